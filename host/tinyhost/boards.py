@@ -1,0 +1,193 @@
+"""Board profiles: one TOML file per board under ``boards/``, data not code.
+
+A variant names its parent with ``extends = "esp32"`` and overrides only what differs. Profiles are validated on
+load: an unknown field, a missing one or a bad value is a :class:`BoardProfileError` naming the file and field.
+"""
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BoardProfileError, UsageError
+from .paths import boards_dir
+
+RADIOS = ("wifi", "ble")
+FLASH_METHODS = ("esptool", "bossac", "sim")
+POWER_STATES = ("active", "idle", "radio_tx", "radio_rx")
+
+
+@dataclass(frozen=True)
+class PowerFigure:
+    current_ma: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    mcu: str
+    clock_mhz: int
+    heap_bytes: int
+    heap_source: str
+    fs_bytes: int
+    fs_block_bytes: int
+    fs_source: str
+    usb_ids: tuple           # ("10C4:EA60", ...), upper-case hex
+    baud: int
+    radios: tuple
+    supply_v: float
+    flash_method: str
+    power: dict              # state -> PowerFigure
+    virtual: bool = False
+    esptool_chip: str = ""
+    firmware_offset: int = 0
+    path: Path = field(default=None, compare=False)
+
+    def power_mw(self, state):
+        """Power in mW drawn in ``state`` (one of POWER_STATES), from the profile's current and supply voltage."""
+        return self.power[state].current_ma * self.supply_v
+
+
+# field -> (type, required); types are checked exactly (bool is not an int here).
+_FIELDS = {
+    "name": (str, True), "extends": (str, False), "description": (str, True), "mcu": (str, True),
+    "clock_mhz": (int, True), "heap_bytes": (int, True), "heap_source": (str, True),
+    "fs_bytes": (int, True), "fs_block_bytes": (int, True), "fs_source": (str, True),
+    "usb_ids": (list, True), "baud": (int, True), "radios": (list, True), "supply_v": ((int, float), True),
+    "flash_method": (str, True), "power": (dict, True), "virtual": (bool, False),
+    "esptool_chip": (str, False), "firmware_offset": (int, False),
+}
+
+
+def _fail(path, field_name, why):
+    raise BoardProfileError(f"board profile {path}: field '{field_name}' {why}",
+                            hint="fix the profile file (see docs/boards.md for the fields)")
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise BoardProfileError(f"board profile {path} is not valid TOML: {e}",
+                                hint="fix the syntax error at the position shown") from None
+
+
+def _merge(parent, child):
+    merged = dict(parent)
+    for key, value in child.items():
+        if key == "power" and isinstance(value, dict):
+            power = dict(parent.get("power", {}))
+            power.update(value)
+            merged["power"] = power
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve(name, directory, seen=()):
+    path = directory / f"{name}.toml"
+    if not path.is_file():
+        return None, path
+    raw = _read(path)
+    for key in raw:
+        if key not in _FIELDS:
+            _fail(path, key, f"is unknown (known fields: {', '.join(sorted(_FIELDS))})")
+    if raw.get("name") != name:
+        _fail(path, "name", f"is {raw.get('name')!r} but the file is named {name}.toml")
+    parent_name = raw.get("extends")
+    if parent_name is None:
+        return raw, path
+    if parent_name in seen + (name,):
+        _fail(path, "extends", f"makes a cycle: {' -> '.join(seen + (name, parent_name))}")
+    parent, parent_path = _resolve(parent_name, directory, seen + (name,))
+    if parent is None:
+        _fail(path, "extends", f"names {parent_name!r} but {parent_path} does not exist")
+    parent = {k: v for k, v in parent.items() if k != "virtual"}   # a virtual board's variants say so themselves
+    return _merge(parent, raw), path
+
+
+def _validate(raw, path):
+    for key, (kind, required) in _FIELDS.items():
+        if key not in raw:
+            if required:
+                _fail(path, key, "is missing")
+            continue
+        value = raw[key]
+        if isinstance(value, bool) and kind is not bool:
+            _fail(path, key, f"must be {kind}, not a boolean")
+        if not isinstance(value, kind):
+            _fail(path, key, f"must be of type {getattr(kind, '__name__', 'number')}, got {value!r}")
+    for key in ("clock_mhz", "heap_bytes", "fs_bytes", "fs_block_bytes", "baud"):
+        if raw[key] <= 0:
+            _fail(path, key, f"must be positive, got {raw[key]}")
+    if raw["supply_v"] <= 0:
+        _fail(path, "supply_v", f"must be positive, got {raw['supply_v']}")
+    usb_ids = []
+    for vid_pid in raw["usb_ids"]:
+        parts = vid_pid.split(":") if isinstance(vid_pid, str) else []
+        if len(parts) != 2 or not all(len(p) == 4 for p in parts):
+            _fail(path, "usb_ids", f"entry {vid_pid!r} is not VID:PID in hex (e.g. '10C4:EA60')")
+        try:
+            int(parts[0], 16), int(parts[1], 16)
+        except ValueError:
+            _fail(path, "usb_ids", f"entry {vid_pid!r} is not VID:PID in hex (e.g. '10C4:EA60')")
+        usb_ids.append(vid_pid.upper())
+    for radio in raw["radios"]:
+        if radio not in RADIOS:
+            _fail(path, "radios", f"entry {radio!r} is not one of {', '.join(RADIOS)} (use [] for none)")
+    if raw["flash_method"] not in FLASH_METHODS:
+        _fail(path, "flash_method", f"is {raw['flash_method']!r}, not one of {', '.join(FLASH_METHODS)}")
+    if raw["flash_method"] == "esptool" and not raw.get("esptool_chip"):
+        _fail(path, "esptool_chip", "is required when flash_method is 'esptool'")
+    power = {}
+    for state, figure in raw["power"].items():
+        where = f"power.{state}"
+        if state not in POWER_STATES:
+            _fail(path, where, f"is unknown (known: {', '.join(POWER_STATES)})")
+        if not isinstance(figure, dict) or set(figure) != {"current_ma", "source"}:
+            _fail(path, where, "must have exactly 'current_ma' and 'source'")
+        current = figure["current_ma"]
+        if isinstance(current, bool) or not isinstance(current, (int, float)) or current < 0:
+            _fail(path, f"{where}.current_ma", f"must be a non-negative number, got {current!r}")
+        if not isinstance(figure["source"], str) or not figure["source"].strip():
+            _fail(path, f"{where}.source", "must say where the figure comes from")
+        power[state] = PowerFigure(float(current), figure["source"])
+    missing = [s for s in POWER_STATES if s not in power]
+    if missing:
+        _fail(path, "power", f"lacks {', '.join(missing)}")
+    return Board(
+        name=raw["name"], description=raw["description"], mcu=raw["mcu"], clock_mhz=raw["clock_mhz"],
+        heap_bytes=raw["heap_bytes"], heap_source=raw["heap_source"], fs_bytes=raw["fs_bytes"],
+        fs_block_bytes=raw["fs_block_bytes"], fs_source=raw["fs_source"], usb_ids=tuple(usb_ids),
+        baud=raw["baud"], radios=tuple(raw["radios"]), supply_v=float(raw["supply_v"]),
+        flash_method=raw["flash_method"], power=power, virtual=raw.get("virtual", False),
+        esptool_chip=raw.get("esptool_chip", ""), firmware_offset=raw.get("firmware_offset", 0), path=path)
+
+
+def available(directory=None):
+    """Names of all board profiles, sorted."""
+    directory = Path(directory) if directory else boards_dir()
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def load(name, directory=None):
+    """Load and validate the profile ``name`` (following ``extends``)."""
+    directory = Path(directory) if directory else boards_dir()
+    raw, path = _resolve(name, directory)
+    if raw is None:
+        raise UsageError(f"unknown board {name!r}",
+                         hint=f"choose one of: {', '.join(available(directory))}")
+    return _validate(raw, path)
+
+
+def load_all(directory=None):
+    return [load(name, directory) for name in available(directory)]
+
+
+def match_usb(vid, pid, directory=None):
+    """Boards whose profile lists this USB VID:PID (ints), best guess first (fewest ids = most specific)."""
+    key = f"{vid:04X}:{pid:04X}"
+    hits = [b for b in load_all(directory) if key in b.usb_ids and not b.virtual]
+    return sorted(hits, key=lambda b: len(b.usb_ids))

@@ -1,0 +1,57 @@
+"""The ``tinyhost`` command line: a thin layer that parses options, calls the client, formats dataclasses.
+
+Every :class:`~tinyhost.errors.TinyhostError` ends here: printed as ``tinyhost: <what happened> — <what to do>``
+on stderr, exit code from the error class (docs/cli.md lists them); the traceback only with ``--debug``.
+"""
+
+import logging
+import sys
+
+import click
+
+from . import __version__
+from .errors import TinyhostError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tinyhost")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for protocol frames).")
+@click.pass_context
+def cli(ctx, debug, verbose):
+    """Flash, benchmark and offload ML models on microcontrollers (or the virtual board)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_commands():
+    # Each command lives in its own module under tinyhost/commands/ and is added here, one line each.
+    from .commands import boards as boards_cmd
+    cli.add_command(boards_cmd.boards)
+    # -- more commands are registered below --
+
+
+_register_commands()
+
+
+def main(argv=None):
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="tinyhost", standalone_mode=False)
+    except TinyhostError as e:
+        if debug:
+            raise
+        click.echo(f"tinyhost: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tinyhost: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tinyhost: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
