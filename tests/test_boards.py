@@ -45,7 +45,7 @@ def board_dir(tmp_path):
 
 
 @pytest.mark.parametrize("edit, field", [
-    (lambda t: t + '\ncolour = "red"\n', "colour"),
+    (lambda t: 'colour = "red"\n' + t, "colour"),
     (lambda t: t.replace("clock_mhz = 240", "clock_mhz = -1"), "clock_mhz"),
     (lambda t: t.replace("heap_bytes = 112640", 'heap_bytes = "lots"'), "heap_bytes"),
     (lambda t: t.replace('radios = ["wifi", "ble"]', 'radios = ["lora"]'), "radios"),
