@@ -17,11 +17,37 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The main job on the virtual board, one real command at a time (each starts a virtual ESP32 that keeps its flash
+# in .sim/): firmware and the KWS model flashed (files already there are skipped), the board's own report, then an
+# MLPerf-Tiny-style benchmark with a report in out/demo/.
+DEMO_SIM := --board sim --state-dir .sim
 demo: $(STAMP)
-	$(BIN)/tinyhost demo
+	$(BIN)/tinyhost flash $(DEMO_SIM) --model kws
+	$(BIN)/tinyhost info $(DEMO_SIM)
+	$(BIN)/tinyhost bench $(DEMO_SIM) --model kws --dataset models/kws/testset --mode all \
+	  --window-s 2 --report out/demo --json out/demo/result.json
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
+
+# Shipped models (models/kws, models/vww): regenerate data, train, quantise, evaluate (docs/models.md).
+# TensorFlow goes into its own venv; needs Debian's espeak-ng, sox, fonts-noto-color-emoji and unicode-data.
+TRAIN_VENV  ?= .venv-train
+TRAIN_STAMP := $(TRAIN_VENV)/.installed
+
+$(TRAIN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRAIN_VENV)/bin/pip install --quiet -e '.[train]'
+	touch $(TRAIN_STAMP)
+
+.PHONY: models
+models: $(TRAIN_STAMP)
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null \
+	  && test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf && test -f /usr/share/unicode/emoji/emoji-test.txt \
+	  || { echo "make models needs: apt-get install espeak-ng sox fonts-noto-color-emoji unicode-data"; exit 1; }
+	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.kws
+	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.vww

@@ -4,7 +4,7 @@ import pytest
 
 from tinyhost import boards
 from tinyhost.errors import UsageError
-from tinyhost.firmware_image import bossac_command, esptool_commands, firmware_commands
+from tinyhost.firmware_image import esptool_commands, firmware_commands
 
 
 @pytest.fixture

@@ -30,7 +30,16 @@ def _register_commands():
     # Each command lives in its own module under tinyhost/commands/ and is added here, one line each.
     from .commands import boards as boards_cmd
     cli.add_command(boards_cmd.boards)
+    from .commands import flash as flash_cmd; cli.add_command(flash_cmd.flash)
+    from .commands import info as info_cmd; cli.add_command(info_cmd.info)
     # -- more commands are registered below --
+    from .commands import bench as bench_cmd; cli.add_command(bench_cmd.bench)
+    from .commands import models as models_cmd; cli.add_command(models_cmd.models)
+    from .commands import sim as sim_cmd; cli.add_command(sim_cmd.sim)
+    from .commands import model as model_cmd; cli.add_command(model_cmd.model)
+    from .commands import offload as offload_cmd; cli.add_command(offload_cmd.serve)
+    cli.add_command(offload_cmd.offload)
+    from .commands import infer as infer_cmd; cli.add_command(infer_cmd.infer); cli.add_command(infer_cmd.verify)
 
 
 _register_commands()
@@ -55,3 +64,7 @@ def main(argv=None):
         click.echo("tinyhost: interrupted", err=True)
         sys.exit(130)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -84,3 +84,22 @@ class DoesNotFit(TinyhostError):
     """A file or model does not fit the board's filesystem or RAM."""
 
     exit_code = 11
+
+
+class ModelDownloadError(ModelError):
+    """A model could not be fetched, or arrived incomplete (nothing is kept under its real name)."""
+
+    default_hint = "check the network or pass --from DIR|URL with a local copy or mirror, then retry"
+
+
+class ChecksumMismatch(ModelDownloadError):
+    """A fetched model's SHA-256 is not the published one (the file is refused and removed)."""
+
+    default_hint = "the source is corrupt or not the official file; retry, or use --from with a good copy"
+
+
+class VerifyMismatch(TinyhostError):
+    """``tinyhost verify``: the board's outputs are not bit-exact with TensorFlow Lite Micro's."""
+
+    exit_code = 12
+    default_hint = "report it with the --json file; try another --backend to find the kernel at fault"

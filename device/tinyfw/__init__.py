@@ -1,0 +1,1 @@
+# tinyfw: the device firmware package. Kept empty so importing one module does not pull in the others.

@@ -1,0 +1,329 @@
+# Reference int8 kernels: the specification, in plain Python (runs on any MicroPython, CircuitPython, CPython).
+#
+# Semantics are TFLM's reference kernels (tensorflow/lite/kernels/internal/reference/integer_ops/*), element for
+# element: NHWC layout, int32 accumulation, requantisation by MultiplyByQuantizedMultiplier (double rounding).
+# Signatures and buffer conventions are in KERNELS.md; kernels_viper.py implements the same functions.
+# Buffers: int8 tensors are memoryviews of array('b') (signed); bias, multipliers and shifts are array('i');
+# `p` is an array('i') laid out as in params.py. Kernels write `out` in place and return None.
+# No kernel allocates on a port with 63-bit small ints (unix, 64-bit); see KERNELS.md for 32-bit ports.
+
+from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H,
+                     P_STRIDE_W, P_DIL_H, P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN,
+                     P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET,
+                     A_SIZE, A_IN1_OFFSET, A_IN2_OFFSET, A_IN1_MULT, A_IN1_SHIFT, A_IN2_MULT, A_IN2_SHIFT,
+                     A_OUT_MULT, A_OUT_SHIFT, A_OUT_OFFSET, A_LEFT_SHIFT, A_ACT_MIN, A_ACT_MAX,
+                     S_OUTER, S_DEPTH, Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
+from .quant import mbqm, srdhm, rdbpot, clz32, one_over_one_plus_x
+
+
+def conv2d(out, inp, filt, bias, mult, shift, p):
+    """CONV_2D, per-channel int8 (TFLM ConvPerChannel). filt: [OC_END-OC_BEGIN, K_H, K_W, IN_C]."""
+    in_h = p[P_IN_H]
+    in_w = p[P_IN_W]
+    in_c = p[P_IN_C]
+    out_h = p[P_OUT_H]
+    out_w = p[P_OUT_W]
+    out_c = p[P_OUT_C]
+    k_h = p[P_K_H]
+    k_w = p[P_K_W]
+    s_h = p[P_STRIDE_H]
+    s_w = p[P_STRIDE_W]
+    d_h = p[P_DIL_H]
+    d_w = p[P_DIL_W]
+    pad_h = p[P_PAD_H]
+    pad_w = p[P_PAD_W]
+    in_off = p[P_IN_OFFSET]
+    out_off = p[P_OUT_OFFSET]
+    act_min = p[P_ACT_MIN]
+    act_max = p[P_ACT_MAX]
+    oc0 = p[P_OC_BEGIN]
+    oc1 = p[P_OC_END]
+    f_size = k_h * k_w * in_c
+    for b in range(p[P_BATCHES]):
+        for oy in range(out_h):
+            iy0 = oy * s_h - pad_h
+            for ox in range(out_w):
+                ix0 = ox * s_w - pad_w
+                o = ((b * out_h + oy) * out_w + ox) * out_c
+                for oc in range(oc0, oc1):
+                    acc = 0
+                    fo = (oc - oc0) * f_size
+                    for ky in range(k_h):
+                        iy = iy0 + d_h * ky
+                        if iy < 0 or iy >= in_h:
+                            continue
+                        row = (b * in_h + iy) * in_w
+                        for kx in range(k_w):
+                            ix = ix0 + d_w * kx
+                            if ix < 0 or ix >= in_w:
+                                continue
+                            i = (row + ix) * in_c
+                            f = fo + (ky * k_w + kx) * in_c
+                            for c in range(in_c):
+                                acc += filt[f + c] * (inp[i + c] + in_off)
+                    acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+                    if acc < act_min:
+                        acc = act_min
+                    elif acc > act_max:
+                        acc = act_max
+                    out[o + oc] = acc
+
+
+def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
+    """DEPTHWISE_CONV_2D, per-channel int8 (TFLM DepthwiseConvPerChannel). filt: [1, K_H, K_W, OUT_C]."""
+    in_h = p[P_IN_H]
+    in_w = p[P_IN_W]
+    in_c = p[P_IN_C]
+    out_h = p[P_OUT_H]
+    out_w = p[P_OUT_W]
+    out_c = p[P_OUT_C]
+    k_h = p[P_K_H]
+    k_w = p[P_K_W]
+    s_h = p[P_STRIDE_H]
+    s_w = p[P_STRIDE_W]
+    d_h = p[P_DIL_H]
+    d_w = p[P_DIL_W]
+    pad_h = p[P_PAD_H]
+    pad_w = p[P_PAD_W]
+    in_off = p[P_IN_OFFSET]
+    out_off = p[P_OUT_OFFSET]
+    act_min = p[P_ACT_MIN]
+    act_max = p[P_ACT_MAX]
+    dm = p[P_DEPTH_MULT]
+    for b in range(p[P_BATCHES]):
+        for oy in range(out_h):
+            iy0 = oy * s_h - pad_h
+            for ox in range(out_w):
+                ix0 = ox * s_w - pad_w
+                o = ((b * out_h + oy) * out_w + ox) * out_c
+                for ic in range(in_c):
+                    for m in range(dm):
+                        oc = ic * dm + m
+                        acc = 0
+                        for ky in range(k_h):
+                            iy = iy0 + d_h * ky
+                            if iy < 0 or iy >= in_h:
+                                continue
+                            row = (b * in_h + iy) * in_w
+                            for kx in range(k_w):
+                                ix = ix0 + d_w * kx
+                                if ix < 0 or ix >= in_w:
+                                    continue
+                                acc += filt[(ky * k_w + kx) * out_c + oc] * (inp[(row + ix) * in_c + ic] + in_off)
+                        acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+                        if acc < act_min:
+                            acc = act_min
+                        elif acc > act_max:
+                            acc = act_max
+                        out[o + oc] = acc
+
+
+def fully_connected(out, inp, filt, bias, mult, shift, p):
+    """FULLY_CONNECTED int8 (TFLM reference_integer_ops::FullyConnected). filt: [OC_END-OC_BEGIN, IN_C]."""
+    depth = p[P_IN_C]
+    n_out = p[P_OUT_C]
+    in_off = p[P_IN_OFFSET]
+    f_off = p[P_FILTER_OFFSET]
+    out_off = p[P_OUT_OFFSET]
+    act_min = p[P_ACT_MIN]
+    act_max = p[P_ACT_MAX]
+    oc0 = p[P_OC_BEGIN]
+    oc1 = p[P_OC_END]
+    for b in range(p[P_BATCHES]):
+        i = b * depth
+        for oc in range(oc0, oc1):
+            f = (oc - oc0) * depth
+            acc = 0
+            for d in range(depth):
+                acc += (filt[f + d] + f_off) * (inp[i + d] + in_off)
+            acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+            if acc < act_min:
+                acc = act_min
+            elif acc > act_max:
+                acc = act_max
+            out[b * n_out + oc] = acc
+
+
+def avg_pool2d(out, inp, p):
+    """AVERAGE_POOL_2D int8: mean of the valid (unpadded) window, rounded half away from zero."""
+    in_h = p[P_IN_H]
+    in_w = p[P_IN_W]
+    ch = p[P_IN_C]
+    out_h = p[P_OUT_H]
+    out_w = p[P_OUT_W]
+    k_h = p[P_K_H]
+    k_w = p[P_K_W]
+    s_h = p[P_STRIDE_H]
+    s_w = p[P_STRIDE_W]
+    pad_h = p[P_PAD_H]
+    pad_w = p[P_PAD_W]
+    act_min = p[P_ACT_MIN]
+    act_max = p[P_ACT_MAX]
+    for b in range(p[P_BATCHES]):
+        for oy in range(out_h):
+            iy0 = oy * s_h - pad_h
+            fy0 = -iy0 if iy0 < 0 else 0
+            fy1 = in_h - iy0 if in_h - iy0 < k_h else k_h
+            for ox in range(out_w):
+                ix0 = ox * s_w - pad_w
+                fx0 = -ix0 if ix0 < 0 else 0
+                fx1 = in_w - ix0 if in_w - ix0 < k_w else k_w
+                count = (fy1 - fy0) * (fx1 - fx0)
+                o = ((b * out_h + oy) * out_w + ox) * ch
+                for c in range(ch):
+                    acc = 0
+                    for fy in range(fy0, fy1):
+                        i = ((b * in_h + iy0 + fy) * in_w + ix0) * ch + c
+                        for fx in range(fx0, fx1):
+                            acc += inp[i + fx * ch]
+                    if count <= 0:
+                        acc = 0
+                    elif acc > 0:
+                        acc = (acc + count // 2) // count
+                    else:
+                        acc = -((count // 2 - acc) // count)
+                    if acc < act_min:
+                        acc = act_min
+                    elif acc > act_max:
+                        acc = act_max
+                    out[o + c] = acc
+
+
+def max_pool2d(out, inp, p):
+    """MAX_POOL_2D int8: maximum of the valid window, then the activation clamp."""
+    in_h = p[P_IN_H]
+    in_w = p[P_IN_W]
+    ch = p[P_IN_C]
+    out_h = p[P_OUT_H]
+    out_w = p[P_OUT_W]
+    k_h = p[P_K_H]
+    k_w = p[P_K_W]
+    s_h = p[P_STRIDE_H]
+    s_w = p[P_STRIDE_W]
+    pad_h = p[P_PAD_H]
+    pad_w = p[P_PAD_W]
+    act_min = p[P_ACT_MIN]
+    act_max = p[P_ACT_MAX]
+    for b in range(p[P_BATCHES]):
+        for oy in range(out_h):
+            iy0 = oy * s_h - pad_h
+            fy0 = -iy0 if iy0 < 0 else 0
+            fy1 = in_h - iy0 if in_h - iy0 < k_h else k_h
+            for ox in range(out_w):
+                ix0 = ox * s_w - pad_w
+                fx0 = -ix0 if ix0 < 0 else 0
+                fx1 = in_w - ix0 if in_w - ix0 < k_w else k_w
+                o = ((b * out_h + oy) * out_w + ox) * ch
+                for c in range(ch):
+                    v = -128
+                    for fy in range(fy0, fy1):
+                        i = ((b * in_h + iy0 + fy) * in_w + ix0) * ch + c
+                        for fx in range(fx0, fx1):
+                            x = inp[i + fx * ch]
+                            if x > v:
+                                v = x
+                    if v < act_min:
+                        v = act_min
+                    elif v > act_max:
+                        v = act_max
+                    out[o + c] = v
+
+
+def add(out, in1, in2, p):
+    """ADD int8, same shapes (TFLM AddElementwise: inputs shifted left by A_LEFT_SHIFT, rescaled, summed)."""
+    in1_off = p[A_IN1_OFFSET]
+    in2_off = p[A_IN2_OFFSET]
+    m1 = p[A_IN1_MULT]
+    s1 = p[A_IN1_SHIFT]
+    m2 = p[A_IN2_MULT]
+    s2 = p[A_IN2_SHIFT]
+    mo = p[A_OUT_MULT]
+    so = p[A_OUT_SHIFT]
+    out_off = p[A_OUT_OFFSET]
+    ls = p[A_LEFT_SHIFT]
+    act_min = p[A_ACT_MIN]
+    act_max = p[A_ACT_MAX]
+    for i in range(p[A_SIZE]):
+        a = mbqm((in1[i] + in1_off) << ls, m1, s1)
+        b = mbqm((in2[i] + in2_off) << ls, m2, s2)
+        v = mbqm(a + b, mo, so) + out_off
+        if v < act_min:
+            v = act_min
+        elif v > act_max:
+            v = act_max
+        out[i] = v
+
+
+def softmax(out, inp, exp_q31, exp_q12, p):
+    """SOFTMAX int8 -> int8 (TFLM reference_ops::Softmax, gemmlowp fixed point).
+
+    exp_q31[d] / exp_q12[d] hold exp(-d * beta * scale) for the input difference d = max - x (0..255) in Q0.31 and
+    rescaled to Q12.19; 0 where d is below TFLM's diff_min (those outputs are -128, as in TFLM)."""
+    depth = p[S_DEPTH]
+    for r in range(p[S_OUTER]):
+        base = r * depth
+        mx = -128
+        for c in range(depth):
+            x = inp[base + c]
+            if x > mx:
+                mx = x
+        total = 0
+        for c in range(depth):
+            total += exp_q12[mx - inp[base + c]]
+        # GetReciprocal(total, 12): Q0.31 scale and bits over unit, without building a tuple
+        headroom = clz32(total)
+        x = ((total << headroom) & 0xFFFFFFFF) - 0x80000000
+        scale = one_over_one_plus_x(x)
+        exponent = 12 - headroom + 23
+        for c in range(depth):
+            v = rdbpot(srdhm(scale, exp_q31[mx - inp[base + c]]), exponent) - 128
+            if v > 127:
+                v = 127
+            elif v < -128:
+                v = -128
+            out[base + c] = v
+
+
+def requantize(out, inp, p):
+    """QUANTIZE int8 -> int8: rescale to the output's scale and zero point (TFLM Requantize)."""
+    in_off = p[Q_IN_OFFSET]
+    m = p[Q_MULT]
+    s = p[Q_SHIFT]
+    out_off = p[Q_OUT_OFFSET]
+    for i in range(p[Q_SIZE]):
+        v = mbqm(inp[i] + in_off, m, s) + out_off
+        if v < -128:
+            v = -128
+        elif v > 127:
+            v = 127
+        out[i] = v
+
+
+def copy(out, inp, n):
+    """RESHAPE when input and output do not share memory: copy n elements."""
+    for i in range(n):
+        out[i] = inp[i]
+
+
+# ---- float boundary ops: always run from this module (floats are boxed objects: they allocate) ----
+
+def quantize_float(out, inp, n, scale, zero_point, f32_scratch):
+    """QUANTIZE float32 -> int8: zero_point + round(x / scale), x / scale rounded to float32 first (TFLM).
+
+    f32_scratch: array('f', [0.0]) used to round to float32."""
+    for i in range(n):
+        f32_scratch[0] = inp[i] / scale
+        q = f32_scratch[0]
+        v = int(q + 0.5) if q >= 0 else -int(0.5 - q)
+        v += zero_point
+        if v < -128:
+            v = -128
+        elif v > 127:
+            v = 127
+        out[i] = v
+
+
+def dequantize(out, inp, n, scale, zero_point):
+    """DEQUANTIZE int8 -> float32: scale * (x - zero_point), stored as float32."""
+    for i in range(n):
+        out[i] = scale * (inp[i] - zero_point)

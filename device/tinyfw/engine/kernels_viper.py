@@ -1,0 +1,136 @@
+# Fast int8 kernels in MicroPython viper: the same functions, signatures and results as kernels_ref.py
+# (KERNELS.md is the contract). Bit-exact with the reference on 64-bit ports (the unix VM) and on 32-bit ones
+# (ESP32 Xtensa, nRF52 Arm), where a viper int is a 32-bit machine word that wraps.
+#
+# Rules every function here follows so that the same source gives the same bytes on both word sizes:
+# - Values that TFLM keeps in int32 (accumulators) are wrapped to 32 bits with `(x << WS) >> WS`, WS = word bits
+#   - 32 (0 on a 32-bit port, where the machine wraps by itself). Sums before that wrap may leave int32 on a
+#   64-bit port; modular arithmetic makes the wrapped value the same as on a 32-bit port.
+# - Requantisation (TFLM MultiplyByQuantizedMultiplier, double rounding) never has an intermediate outside
+#   signed 32 bits: the 32x32->64 high product is built from 16-bit and 8-bit pieces (see `requant`).
+# - ptr32 loads are zero-extended on a 64-bit port and are sign-extended with the same WS shift pair.
+# - No integer literal reaches 2**30 (31-bit small ints on 32-bit ports); bigger constants are built with shifts.
+# - Nothing allocates: loops run over addresses (int) read through ptr8/ptr32; one module-level scratch buffer
+#   (allocated at import) holds per-channel constants for conv2d and the lookup tables of add.
+#
+# Speed: int8 operands are read unsigned and offset by 128 (one xor), so an inner product term is
+# (x ^ 128) * (w ^ 128); the offsets are folded back with per-pixel input sums and per-channel weight sums:
+#   sum (xs + io) * ws = S(xu*wu) - 128*S(xu) + (io - 128)*S(wu) - 128*(io - 128)*n,  xu = xs + 128, wu = ws + 128.
+# Hot loops keep their pointers and accumulator in the viper function's first three arguments, which the native
+# emitters hold in registers.
+import micropython
+
+from .viper_conv import conv_patched as _conv_patched, conv_direct as _conv_direct
+from .viper_dw import dw_planes as _dw_planes, dw_direct as _dw_direct
+from . import viper_ops as _ops
+
+try:
+    from gc import mem_free as _mem_free
+    _FREE_BYTES = _mem_free()
+except (ImportError, AttributeError):
+    _FREE_BYTES = 0
+
+# The one scratch buffer (allocated here, once): conv2d's offset weight block and patch, depthwise_conv2d's padded
+# input plane, the lookup tables of add and requantize. Ops whose working set does not fit take a slower path
+# that reads the tensors in place (same results). 4 KB on a microcontroller, 16 KB where the heap is large.
+SCRATCH_BYTES = 16384 if _FREE_BYTES > (1 << 20) else 4096
+_scratch = bytearray(SCRATCH_BYTES)
+
+
+@micropython.viper
+def word_shift() -> int:
+    """Bits above 32 in a viper int on this port: 0 on 32-bit ports, 32 on 64-bit ones."""
+    if (int(1) << 31) > 0:
+        return 32
+    return 0
+
+
+@micropython.viper
+def requant(acc: int, mult: int, shift: int) -> int:
+    """TFLM MultiplyByQuantizedMultiplier(acc, mult, shift): int32 acc, mult in [0, 2**31), shift in [-31, 30].
+
+    The kernels inline this sequence for every output. No intermediate leaves signed 32 bits:
+    - acc << shift (shift > 0) is wrapped to int32 as C does, from its low 31 - shift bits and one sign bit;
+    - SaturatingRoundingDoublingHighMul = floor((acc*mult + 2**30) / 2**31) (TFLM's sign-dependent nudge with
+      truncation is exactly this floor; mult >= 0 rules out the saturating case), computed from
+      acc = a1*2**16 + a0 (a1 signed) and mult = b1*2**16 + b0, with a0*b0 split once more at 8 bits;
+    - RoundingDivideByPOT(r, e) = (r >> e) + ((r & mask) + 2**(e-1) + (r >> 31)) >> e, with e = 31 by cases."""
+    if shift > 0:
+        k = 31 - shift
+        t = (acc >> k) & 1
+        acc = (acc & ~(-1 << k)) << shift
+        if t:
+            acc += -1 << 31
+    b0 = mult & 0xFFFF
+    b1 = mult >> 16
+    a1 = acc >> 16
+    a0 = acc & 0xFFFF
+    t = (a0 >> 8) * b0
+    L = (a0 & 0xFF) * b0 + ((t & 0xFF) << 8)
+    u = a1 * b0
+    v = a0 * b1
+    s = (u & 0xFFFF) + (v & 0xFFFF) + (t >> 8) + (L >> 16) + 0x4000
+    r = a1 * b1 + (u >> 16) + (v >> 16)
+    r = r + (r + (s >> 15))
+    if shift < 0:
+        k = 0 - shift
+        if k < 31:
+            r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
+        elif r >= 1 << 30:
+            r = 1
+        elif r <= -1 << 30:
+            r = -1
+        else:
+            r = 0
+    return r
+
+
+def conv2d(out, inp, filt, bias, mult, shift, p):
+    """CONV_2D int8 per-channel (KERNELS.md); output channels [p[P_OC_BEGIN], p[P_OC_END])."""
+    if not _conv_patched(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch, SCRATCH_BYTES):
+        _conv_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
+
+
+def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
+    """DEPTHWISE_CONV_2D int8 per-channel (KERNELS.md)."""
+    if not _dw_planes(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch, SCRATCH_BYTES):
+        _dw_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
+
+
+def fully_connected(out, inp, filt, bias, mult, shift, p):
+    """FULLY_CONNECTED int8 (KERNELS.md); output channels [p[P_OC_BEGIN], p[P_OC_END])."""
+    if 4 * p[3] <= SCRATCH_BYTES:                # p[P_IN_C]: the accumulation depth
+        _ops.fc_rows(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch)
+    else:
+        _ops.fc(0, 0, 0, out, inp, filt, bias, mult, shift, p)
+
+
+def avg_pool2d(out, inp, p):
+    """AVERAGE_POOL_2D int8 (KERNELS.md)."""
+    _ops.pool(out, inp, p, 0)
+
+
+def max_pool2d(out, inp, p):
+    """MAX_POOL_2D int8 (KERNELS.md)."""
+    _ops.pool(out, inp, p, 1)
+
+
+def add(out, in1, in2, p):
+    """ADD int8, same shapes (KERNELS.md)."""
+    _ops.add(out, in1, in2, p, _scratch)
+
+
+def requantize(out, inp, p):
+    """QUANTIZE int8 -> int8 (KERNELS.md)."""
+    _ops.requantize(out, inp, p, _scratch)
+
+
+copy = _ops.copy
+
+
+def usable():
+    """True when the viper emitter on this port computes what these kernels assume (the engine checks once)."""
+    ws = word_shift()
+    return (ws in (0, 32) and requant(-2147483648, 1073741824, -1) == -536870912
+            and requant(2147483647, 2147483647, 0) == 2147483646 and requant(-7, 1518500250, 2) == -20
+            and requant(1 << 30, 1 << 30, -31) == 0 and requant(-3, 1 << 30, -1) == -1)

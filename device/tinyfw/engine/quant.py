@@ -1,0 +1,228 @@
+# Exact quantisation arithmetic shared by load-time preparation and the reference kernels.
+#
+# TFLM derives its integer multipliers from float32 scales with C `float`/`double` arithmetic. MicroPython's float
+# is single precision on most microcontroller ports, so we never use Python floats for that: a binary float is a
+# pair (mantissa, exponent) of Python ints (value = m * 2**e, m >= 0) and every rounding step that C performs
+# (float32 product, double division, std::round) is done exactly on integers. The result is the same on CPython,
+# the unix VM and an ESP32.
+
+INT32_MIN = -2147483648
+INT32_MAX = 2147483647
+_DOUBLE_BITS = 53
+_FLOAT_BITS = 24
+
+
+def f32_parts(bits):
+    """float32 bit pattern (int) -> (sign, m, e) with value (-1)**sign * m * 2**e. Raises ValueError for inf/nan."""
+    sign = (bits >> 31) & 1
+    exp = (bits >> 23) & 0xFF
+    frac = bits & 0x7FFFFF
+    if exp == 0xFF:
+        raise ValueError("not a finite number")
+    if exp == 0:
+        return sign, frac, -149
+    return sign, frac | 0x800000, exp - 150
+
+
+def f32_to_float(bits):
+    sign, m, e = f32_parts(bits)
+    v = m * (2.0 ** e)
+    return -v if sign else v
+
+
+def _bitlen(n):
+    b = 0
+    while n >= 65536:
+        n >>= 16
+        b += 16
+    while n:
+        n >>= 1
+        b += 1
+    return b
+
+
+def round_bits(m, e, bits):
+    """Round the exact value m*2**e (m >= 0) to `bits` significant bits, to nearest, ties to even."""
+    n = _bitlen(m)
+    if n <= bits:
+        return m, e
+    drop = n - bits
+    q = m >> drop
+    rem = m - (q << drop)
+    half = 1 << (drop - 1)
+    if rem > half or (rem == half and (q & 1)):
+        q += 1
+    return q, e + drop
+
+
+def div_round(a, b, bits=_DOUBLE_BITS):
+    """Correctly rounded quotient of two exact values a=(m, e), b=(m, e): IEEE division with `bits` of precision."""
+    ma, ea = a
+    mb, eb = b
+    if ma == 0:
+        return 0, 0
+    # Scale the numerator so the integer quotient has at least bits + 2 significant bits, then round with the
+    # remainder folded in as a sticky bit.
+    shift = bits + 2 + _bitlen(mb) - _bitlen(ma)
+    if shift < 0:
+        shift = 0
+    q, r = divmod(ma << shift, mb)
+    q = (q << 1) | (1 if r else 0)
+    return round_bits(q, ea - eb - shift - 1, bits)
+
+
+def mul(a, b):
+    return a[0] * b[0], a[1] + b[1]
+
+
+def to_f32(a):
+    return round_bits(a[0], a[1], _FLOAT_BITS)
+
+
+def quantize_multiplier(d):
+    """TFLM's QuantizeMultiplier (double-rounding build) for the exact positive double d=(m, e).
+
+    Returns (multiplier, shift): d ~= multiplier * 2**(shift - 31), multiplier in [2**30, 2**31) or 0."""
+    m, e = d
+    if m == 0:
+        return 0, 0
+    n = _bitlen(m)
+    shift = e + n                       # frexp: d = q * 2**shift, q in [0.5, 1)
+    # q * 2**31 = m * 2**(31 - n), rounded half away from zero (TfLiteRound on a positive value)
+    s = 31 - n
+    if s >= 0:
+        q_fixed = m << s
+    else:
+        q_fixed = (m + (1 << (-s - 1))) >> (-s)
+    if q_fixed == (1 << 31):
+        q_fixed >>= 1
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return q_fixed, shift
+
+
+def round_away(a, negative=False):
+    """std::round of the exact value a=(m, e) (with the given sign), as an int."""
+    m, e = a
+    if e >= 0:
+        v = m << e
+    else:
+        v = (m + (1 << (-e - 1))) >> (-e)
+    return -v if negative else v
+
+
+def quantize_f32(value_int, scale, zero_point):
+    """TFLM's Quantize(): zero_point + round(float32(f / scale)) for a small integer f (0, 6, -1, 1)."""
+    if value_int == 0:
+        return zero_point
+    neg = value_int < 0
+    q = div_round((-value_int if neg else value_int, 0), scale, _FLOAT_BITS)
+    return zero_point + round_away(q, neg)
+
+
+# ---- run-time integer primitives (gemmlowp / TFLM common.h); ints only, no allocation on 64-bit ports ----
+
+def srdhm(a, b):
+    """SaturatingRoundingDoublingHighMul for int32 a, b."""
+    if a == b and a == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    if ab >= 0:
+        return (ab + 1073741824) >> 31
+    return -((1073741823 - ab) >> 31)
+
+
+def rdbpot(x, exponent):
+    """RoundingDivideByPOT: x / 2**exponent rounded to nearest, ties away from zero."""
+    if exponent == 0:
+        return x
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = mask >> 1
+    if x < 0:
+        threshold += 1
+    if remainder > threshold:
+        return (x >> exponent) + 1
+    return x >> exponent
+
+
+def mbqm(x, multiplier, shift):
+    """MultiplyByQuantizedMultiplier (TFLM default, double rounding)."""
+    if shift > 0:
+        return rdbpot(srdhm(x << shift, multiplier), 0)
+    return rdbpot(srdhm(x, multiplier), -shift)
+
+
+def _sat_shl(x, exponent):
+    """gemmlowp SaturatingRoundingMultiplyByPOT with a positive exponent on int32."""
+    threshold = (1 << (31 - exponent)) - 1
+    if x > threshold:
+        return INT32_MAX
+    if x < -threshold:
+        return INT32_MIN
+    return x << exponent
+
+
+def _wrap32(x):
+    x &= 0xFFFFFFFF
+    return x - 0x100000000 if x & 0x80000000 else x
+
+
+def _exp_quarter_interval(a):
+    """gemmlowp exp_on_interval_between_negative_one_quarter_and_0_excl, Q0.31 in and out."""
+    x = _wrap32(a + (1 << 28))
+    x2 = srdhm(x, x)
+    x3 = srdhm(x2, x)
+    x4 = srdhm(x2, x2)
+    x4_over_4 = rdbpot(x4, 2)
+    poly = rdbpot(_wrap32(srdhm(_wrap32(x4_over_4 + x3), 715827883) + x2), 1)
+    return _wrap32(1895147668 + srdhm(1895147668, _wrap32(x + poly)))
+
+
+_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308), (2, 39332535),
+               (3, 720401), (4, 242))
+
+
+def exp_on_negative_values_q5_26(a):
+    """gemmlowp exp_on_negative_values for a Q5.26 input <= 0; returns Q0.31."""
+    one_quarter = 1 << 24
+    a_mod = _wrap32((a & (one_quarter - 1)) - one_quarter)
+    result = _exp_quarter_interval(_sat_shl(a_mod, 5))
+    remainder = _wrap32(a_mod - a)
+    for exponent, multiplier in _EXP_BARREL:
+        if remainder & (1 << (26 + exponent)):
+            result = srdhm(result, multiplier)
+    if a == 0:
+        result = INT32_MAX
+    return result
+
+
+def one_over_one_plus_x(a):
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1, Q0.31 in and out."""
+    s = a + INT32_MAX
+    half_denominator = (s + 1) // 2 if s >= 0 else -((-s + 1) // 2)
+    x = _wrap32(1515870810 + srdhm(half_denominator, -1010580540))
+    for _ in range(3):
+        hdx = srdhm(half_denominator, x)
+        one_minus = _wrap32((1 << 29) - hdx)
+        x = _wrap32(x + _sat_shl(srdhm(x, one_minus), 2))
+    return _sat_shl(x, 1)
+
+
+def clz32(x):
+    """Count leading zeros of a uint32."""
+    x &= 0xFFFFFFFF
+    n = 32
+    while x:
+        x >>= 1
+        n -= 1
+    return n
+
+
+def reciprocal(x, integer_digits):
+    """TFLM GetReciprocal: returns (Q0.31 reciprocal scale, num_bits_over_unit)."""
+    headroom_plus_one = clz32(x)
+    num_bits_over_unit = integer_digits - headroom_plus_one
+    shifted_minus_one = _wrap32(((x << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31))
+    return one_over_one_plus_x(shifted_minus_one), num_bits_over_unit

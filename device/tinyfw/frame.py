@@ -1,0 +1,302 @@
+# tinyfw frame codec, device side (docs/protocol.md). Plain MicroPython; also imports under CPython for tests.
+#
+# Frame: magic FE A7 | type u8 | flags u8 | seq u16 | length u16 | hcheck u16 | payload | crc u32
+# All integers little-endian. hcheck = crc32(type..length) & 0xFFFF, so a damaged length is never trusted;
+# crc = crc32(payload) continued from crc32(type..length), so it covers the header fields as well.
+# Buffers are allocated once in FrameIO.__init__; reading and writing a frame allocate nothing on a 64-bit port
+# and at most the CRC integers on a 32-bit one.
+from binascii import crc32
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+MAGIC0 = const(0xFE)
+MAGIC1 = const(0xA7)
+HEADER_BYTES = const(10)
+TRAILER_BYTES = const(4)
+PROTOCOL_VERSION = const(1)
+PAYLOAD_LIMIT = const(16384)        # no frame carries more, whatever a device offers
+
+FLAG_SYNC = const(1)                # host: accept this seq as the start of a new session
+FLAG_STREAM = const(2)              # host: INVOKE streams an EVENT frame per run
+
+# Requests (host -> device)
+HELLO = const(0x01)
+INFO = const(0x02)
+STATS = const(0x03)
+BYE = const(0x04)
+RESET = const(0x05)
+TIMES = const(0x06)
+LIST = const(0x10)
+HASH = const(0x11)
+REMOVE = const(0x12)
+RENAME = const(0x13)
+MKDIR = const(0x14)
+PUT_BEGIN = const(0x15)
+PUT_DATA = const(0x16)
+PUT_END = const(0x17)
+PUT_ABORT = const(0x18)
+GET = const(0x19)
+LOAD = const(0x20)
+SET_INPUT = const(0x21)
+INVOKE = const(0x22)
+GET_OUTPUT = const(0x23)
+INFER = const(0x24)
+UNLOAD = const(0x25)
+# Replies and events (device -> host)
+OK = const(0x80)
+ERR = const(0x81)
+ACK = const(0x82)
+NAK = const(0x83)
+EVENT = const(0x84)
+READY = const(0x85)
+
+# Error codes carried by ERR replies (payload: code u16, then a UTF-8 message)
+E_UNKNOWN_COMMAND = const(1)
+E_BAD_ARGS = const(2)
+E_NOT_FOUND = const(3)
+E_EXISTS = const(4)
+E_NO_SPACE = const(5)
+E_IO = const(6)
+E_HASH_MISMATCH = const(7)
+E_NO_MODEL = const(8)
+E_MODEL = const(9)
+E_NO_MEMORY = const(10)
+E_STATE = const(11)
+E_NO_ENGINE = const(12)
+E_TOO_BIG = const(13)
+E_INTERNAL = const(14)
+
+# NAK reasons (payload: expected seq u16, reason u8)
+NAK_BAD_HEADER = const(1)
+NAK_BAD_CRC = const(2)
+NAK_STALL = const(3)
+NAK_GAP = const(4)
+NAK_TOO_BIG = const(5)
+
+# read_frame() results
+R_FRAME = const(0)
+R_EOF = const(1)
+R_BAD_HEADER = const(2)
+R_TOO_BIG = const(3)
+R_BAD_CRC = const(4)
+R_STALL = const(5)
+R_INTERRUPT = const(6)
+R_TEXT = const(7)
+
+_TAIL = const(8)                    # last bytes of a frame read one by one, each with a timeout
+
+
+class DevError(Exception):
+    """A command failed; the runtime turns it into an ERR reply carrying ``code`` and ``msg``."""
+
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def u16(b, i):
+    return b[i] | (b[i + 1] << 8)
+
+
+def u32(b, i):
+    return b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)
+
+
+def put16(b, i, v):
+    b[i] = v & 0xFF
+    b[i + 1] = (v >> 8) & 0xFF
+
+
+def put32(b, i, v):
+    b[i] = v & 0xFF
+    b[i + 1] = (v >> 8) & 0xFF
+    b[i + 2] = (v >> 16) & 0xFF
+    b[i + 3] = (v >> 24) & 0xFF
+
+
+def seal(buf, ftype, flags, seq, n):
+    """Fill in header and trailer around the ``n`` payload bytes already at buf[10:10+n]; returns frame length."""
+    mv = memoryview(buf)
+    buf[0] = MAGIC0
+    buf[1] = MAGIC1
+    buf[2] = ftype
+    buf[3] = flags
+    put16(buf, 4, seq)
+    put16(buf, 6, n)
+    hc = crc32(mv[2:8])
+    put16(buf, 8, hc & 0xFFFF)
+    put32(buf, HEADER_BYTES + n, crc32(mv[HEADER_BYTES:HEADER_BYTES + n], hc))
+    return HEADER_BYTES + n + TRAILER_BYTES
+
+
+class FixedFrame:
+    """A frame with a fixed payload size (ACK, NAK, EVENT) whose buffer and views are made once: filling and
+    sealing it allocates nothing beyond the CRC integers on a 32-bit port."""
+
+    def __init__(self, ftype, n):
+        self.n = n
+        self.buf = bytearray(HEADER_BYTES + n + TRAILER_BYTES)
+        self.mv = memoryview(self.buf)
+        self.fields = self.mv[2:8]
+        self.payload = self.mv[HEADER_BYTES:HEADER_BYTES + n]
+        seal(self.buf, ftype, 0, 0, n)
+
+    def sealed(self, seq):
+        buf = self.buf
+        put16(buf, 4, seq)
+        hc = crc32(self.fields)
+        put16(buf, 8, hc & 0xFFFF)
+        put32(buf, HEADER_BYTES + self.n, crc32(self.payload, hc))
+        return self.mv
+
+
+class FrameIO:
+    """Reads frames from ``stream_in`` (readinto) and writes them to ``stream_out`` (write).
+
+    Bytes outside frames are text: they are handed to ``on_text(byte, burst_start)`` one by one. A frame whose
+    bytes stop arriving is abandoned after ``byte_timeout_ms`` (when ``select.poll`` exists on this port).
+    """
+
+    def __init__(self, stream_in, stream_out, max_payload, byte_timeout_ms=150, idle_ms=30):
+        self.inp = stream_in
+        self.out = stream_out
+        self.max_payload = max_payload
+        self.buf = bytearray(HEADER_BYTES + max_payload + TRAILER_BYTES)
+        self.mv = memoryview(self.buf)
+        self.payload = self.mv[HEADER_BYTES:]
+        self.full_payload = self.mv[HEADER_BYTES:HEADER_BYTES + max_payload]
+        self._hdr_bytes = [self.mv[i:i + 1] for i in range(2, HEADER_BYTES)]
+        self._hdr_fields = self.mv[2:8]
+        self._tail = bytearray(_TAIL)
+        self._tail_bytes = [memoryview(self._tail)[i:i + 1] for i in range(_TAIL)]
+        self._one = bytearray(1)
+        self._one_mv = memoryview(self._one)
+        self._ack = FixedFrame(ACK, 0)
+        self.byte_timeout_ms = byte_timeout_ms
+        self.idle_ms = idle_ms
+        self.poll = None
+        try:
+            import select
+            self.poll = select.poll()
+            self.poll.register(stream_in, select.POLLIN)
+            self.poll.poll(0)         # a stream that cannot be polled fails here, not in the loop
+        except (ImportError, AttributeError, OSError, TypeError):
+            self.poll = None
+        self.ftype = 0
+        self.flags = 0
+        self.seq = 0
+        self.n = 0
+        self.header_ok = False       # the last bad frame still had a valid header (its seq can be trusted)
+        self.idle = True             # nothing arrived for idle_ms before the current byte
+        self.eof = False
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _wait(self, timeout_ms):
+        """True when a byte can be read within timeout_ms (always True without poll)."""
+        if self.poll is None:
+            return True
+        for _ in self.poll.ipoll(timeout_ms):
+            return True
+        return False
+
+    def _read1(self, dst):
+        """Read one byte into the 1-byte memoryview ``dst``; False on end of input."""
+        if self.inp.readinto(dst) != 1:
+            self.eof = True
+            return False
+        return True
+
+    def _read_timed(self, views):
+        for v in views:
+            if not self._wait(self.byte_timeout_ms):
+                return False
+            if not self._read1(v):
+                return False
+        return True
+
+    def read_frame(self, on_text):
+        """Read bytes until a frame or a reason to stop; returns one of the R_* codes.
+
+        After R_FRAME: ``ftype``, ``flags``, ``seq``, ``n`` describe it and ``payload[:n]`` holds its payload.
+        ``on_text(byte, burst_start)`` returns True to stop reading (R_INTERRUPT) or None/False to go on.
+        """
+        one = self._one
+        pending_magic = False
+        while True:
+            if self.poll is not None and not self._wait(self.idle_ms):
+                self.idle = True
+                while not self._wait(1000):
+                    pass
+            burst_start = self.idle
+            self.idle = False
+            if not self._read1(self._one_mv):
+                return R_EOF
+            c = one[0]
+            if pending_magic:
+                if c == MAGIC1:
+                    return self._read_body()
+                pending_magic = False
+            if c == MAGIC0:
+                pending_magic = True
+                continue
+            if on_text(c, burst_start):
+                return R_INTERRUPT
+
+    def _read_body(self):
+        buf = self.buf
+        self.header_ok = False
+        if not self._read_timed(self._hdr_bytes):
+            return R_EOF if self.eof else R_STALL
+        hc = crc32(self._hdr_fields)
+        if hc & 0xFFFF != u16(buf, 8):
+            return R_BAD_HEADER
+        self.header_ok = True
+        self.ftype = buf[2]
+        self.flags = buf[3]
+        self.seq = u16(buf, 4)
+        n = u16(buf, 6)
+        self.n = n
+        if n > self.max_payload:
+            return R_TOO_BIG
+        total = n + TRAILER_BYTES
+        bulk = total - _TAIL if total > _TAIL else 0
+        if bulk:
+            if self.inp.readinto(self.payload, bulk) != bulk:
+                self.eof = True
+                return R_EOF
+        rest = total - bulk
+        if not self._read_timed(self._tail_bytes[:rest] if rest != _TAIL else self._tail_bytes):
+            return R_EOF if self.eof else R_STALL
+        tail = self._tail
+        base = HEADER_BYTES + bulk
+        for i in range(rest):
+            buf[base + i] = tail[i]
+        data = self.full_payload if n == self.max_payload else self.mv[HEADER_BYTES:HEADER_BYTES + n]
+        if crc32(data, hc) != u32(buf, HEADER_BYTES + n):
+            return R_BAD_CRC
+        return R_FRAME
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def send_buffer(self, buf, ftype, flags, seq, n):
+        """Send the frame whose ``n`` payload bytes are already at buf[10:10+n]; returns the frame length."""
+        length = seal(buf, ftype, flags, seq, n)
+        self.write(memoryview(buf)[:length])
+        return length
+
+    def send_ack(self, seq):
+        self.write(self._ack.sealed(seq))
+
+    def write(self, mv):
+        out = self.out
+        done = 0
+        total = len(mv)
+        while done < total:
+            w = out.write(mv[done:] if done else mv)
+            if w is None:            # a stream that does not report progress wrote it all
+                return
+            done += w

@@ -1,0 +1,256 @@
+# tinyfw model commands: LOAD, SET_INPUT, INVOKE, GET_OUTPUT, INFER, UNLOAD (docs/protocol.md).
+#
+# The runtime imports this module on the first model command. It drives tinyfw.engine through the engine
+# contract (engine.load -> Model with inputs/outputs, input_buffer, invoke, output_buffer, stats, close) and
+# never depends on how the engine works inside.
+import gc
+import time
+
+from tinyfw.frame import (E_BAD_ARGS, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND, E_TOO_BIG,
+                          FLAG_STREAM, GET_OUTPUT, HEADER_BYTES, INFER, INVOKE, LOAD, SET_INPUT, UNLOAD, put32,
+                          u16, u32)
+
+_engine = None
+
+
+def _engine_module(rt):
+    global _engine
+    if _engine is None:
+        try:
+            from tinyfw import engine
+        except ImportError as e:
+            rt.fail(E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
+        _engine = engine
+    return _engine
+
+
+def backends(rt=None):
+    try:
+        from tinyfw import engine
+    except ImportError:
+        return ()
+    return tuple(engine.BACKENDS)
+
+
+def unload(rt):
+    rt.input_copies = None
+    if rt.model is not None:
+        m = rt.model
+        rt.model = None
+        try:
+            m.close()
+        finally:
+            gc.collect()
+
+
+def load_model(rt, path, backend="auto"):
+    """Load ``path`` with the engine, replacing the loaded model; returns the engine Model."""
+    engine = _engine_module(rt)
+    unload(rt)
+    rt.times = None
+    gc.collect()
+    rt.input_copies = None
+    try:
+        rt.model = engine.load(path, backend=backend)
+    except engine.ModelError as e:
+        rt.fail(E_MODEL, "%s: %s" % (path, e))
+    except MemoryError:
+        gc.collect()
+        rt.fail(E_NO_MEMORY, "%s does not fit in RAM (heap free %d bytes after unloading)" % (path, gc.mem_free()))
+    except OSError as e:
+        if e.args and e.args[0] == 2:
+            rt.fail(E_NOT_FOUND, "%s: no such file" % path)
+        raise
+    # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
+    # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
+    try:
+        rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
+    except MemoryError:
+        rt.input_copies = None
+    return rt.model
+
+
+def _model(rt):
+    if rt.model is None:
+        rt.fail(E_NO_MODEL, "no model loaded: send LOAD first")
+    return rt.model
+
+
+def _tensor_text(t):
+    return "%s|%s|%s|%r|%d|%d" % (t.name, "x".join(str(d) for d in t.shape), t.dtype, t.scale, t.zero_point,
+                                  t.nbytes)
+
+
+def _load(rt):
+    raw = bytes(rt.payload_view())
+    sep = raw.find(b"\0")
+    if sep < 0:
+        rt.fail(E_BAD_ARGS, "LOAD wants 'backend\\0path'")
+    backend = raw[:sep].decode() or "auto"
+    path = raw[sep + 1:].decode()
+    t0 = time.ticks_ms()
+    m = load_model(rt, path, backend)
+    load_ms = time.ticks_diff(time.ticks_ms(), t0)
+    pairs = [("backend", m.backend), ("load_ms", load_ms)]
+    for k, v in m.stats().items():
+        if k != "backend":
+            pairs.append((k, v))
+    for i, t in enumerate(m.inputs):
+        pairs.append(("input%d" % i, _tensor_text(t)))
+    for i, t in enumerate(m.outputs):
+        pairs.append(("output%d" % i, _tensor_text(t)))
+    rt.collect()
+    pairs.append(("heap_free_bytes", gc.mem_free()))
+    pairs.append(("input_kept", int(rt.input_copies is not None)))
+    rt.reply_kv(pairs)
+
+
+def _tensor_buffer(rt, index, inputs):
+    m = _model(rt)
+    tensors = m.inputs if inputs else m.outputs
+    if index >= len(tensors):
+        rt.fail(E_BAD_ARGS, "the model has %d %s, no index %d" % (len(tensors), "inputs" if inputs else "outputs",
+                                                                   index))
+    return m.input_buffer(index) if inputs else m.output_buffer(index)
+
+
+def _set_input(rt):
+    if rt.fio.n < 5:
+        rt.fail(E_BAD_ARGS, "SET_INPUT wants index u8, offset u32 and data")
+    buf = rt.fio.buf
+    index = buf[HEADER_BYTES]
+    offset = u32(buf, HEADER_BYTES + 1)
+    n = rt.fio.n - 5
+    dst = _tensor_buffer(rt, index, True)
+    if offset + n > len(dst):
+        rt.fail(E_BAD_ARGS, "input %d has %d bytes; %d at offset %d do not fit" % (index, len(dst), n, offset))
+    dst[offset:offset + n] = rt.payload_view(5)
+    if rt.input_copies is not None:
+        rt.input_copies[index][offset:offset + n] = rt.payload_view(5)
+    rt.reply_small(0)
+
+
+def _get_output(rt):
+    if rt.fio.n != 7:
+        rt.fail(E_BAD_ARGS, "GET_OUTPUT wants index u8, offset u32, max u16")
+    buf = rt.fio.buf
+    index = buf[HEADER_BYTES]
+    offset = u32(buf, HEADER_BYTES + 1)
+    want = min(u16(buf, HEADER_BYTES + 5), rt.max_payload - 4)
+    src = _tensor_buffer(rt, index, False)
+    total = len(src)
+    n = max(0, min(want, total - offset))
+    put32(buf, HEADER_BYTES, total)
+    rt.fio.payload[4:4 + n] = src[offset:offset + n]
+    rt.reply_big(4 + n)
+
+
+def _invoke(rt):
+    if rt.fio.n != 8:
+        rt.fail(E_BAD_ARGS, "INVOKE wants runs u32, warmup u32")
+    buf = rt.fio.buf
+    n = u32(buf, HEADER_BYTES)
+    warmup = u32(buf, HEADER_BYTES + 4)
+    stream = rt.fio.flags & FLAG_STREAM
+    m = _model(rt)
+    rt.times = None
+    rt.times_n = 0
+    gc.collect()
+    try:
+        times = bytearray(4 * n)
+    except MemoryError:
+        rt.fail(E_NO_MEMORY, "%d runs need %d bytes for their timings; ask for fewer runs per INVOKE" % (n, 4 * n))
+    invoke = m.invoke
+    restore = _restorer(rt, m)
+    for _ in range(warmup):
+        restore()
+        invoke()
+    rt.collect()
+    ticks_us = time.ticks_us
+    ticks_diff = time.ticks_diff
+    mem_alloc = gc.mem_alloc
+    total = 0
+    t_min = 0xFFFFFFFF
+    t_max = 0
+    alloc = 0
+    for i in range(n):
+        restore()
+        a0 = mem_alloc()
+        t0 = ticks_us()
+        invoke()
+        dt = ticks_diff(ticks_us(), t0)
+        a1 = mem_alloc()
+        if a1 > a0:
+            alloc += a1 - a0
+        put32(times, 4 * i, dt)
+        if stream:
+            rt.send_event(i, dt)
+        total += dt
+        if dt < t_min:
+            t_min = dt
+        if dt > t_max:
+            t_max = dt
+    rt.times = times
+    rt.times_n = n
+    s = rt.small
+    put32(s, 0, n)
+    put32(s, 4, total & 0xFFFFFFFF)
+    put32(s, 8, total >> 32)
+    put32(s, 12, t_min if n else 0)
+    put32(s, 16, t_max)
+    put32(s, 20, alloc)
+    rt.reply_small(24)
+
+
+def _restorer(rt, m):
+    """A function that puts the inputs the host set back into the arena (nothing to do without copies)."""
+    copies = rt.input_copies
+    if copies is None:
+        return _nothing
+    views = [m.input_buffer(i) for i in range(len(copies))]
+    pairs = list(zip(views, copies))
+
+    def restore():
+        for view, copy in pairs:
+            view[:] = copy
+    return restore
+
+
+def _nothing():
+    pass
+
+
+def _infer(rt):
+    m = _model(rt)
+    n = rt.fio.n
+    dst = m.input_buffer(0)
+    if n != len(dst):
+        rt.fail(E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
+    out_len = m.outputs[0].nbytes
+    if out_len + 4 > rt.max_payload:
+        rt.fail(E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
+    dst[:] = rt.payload_view()
+    if rt.input_copies is not None:
+        rt.input_copies[0][:] = dst
+    t0 = time.ticks_us()
+    m.invoke()
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    put32(rt.fio.buf, HEADER_BYTES, dt)
+    rt.fio.payload[4:4 + out_len] = m.output_buffer(0)
+    rt.reply_big(4 + out_len)
+
+
+def _unload(rt):
+    unload(rt)
+    rt.reply_small(0)
+
+
+_HANDLERS = {LOAD: _load, SET_INPUT: _set_input, INVOKE: _invoke, GET_OUTPUT: _get_output, INFER: _infer,
+             UNLOAD: _unload}
+
+
+def handle(rt, ftype):
+    h = _HANDLERS.get(ftype)
+    if h is None:
+        rt.fail(E_BAD_ARGS, "command 0x%02x is not a model command" % ftype)
+    h(rt)

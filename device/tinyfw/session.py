@@ -1,0 +1,133 @@
+# tinyfw session commands: HELLO, INFO, STATS, BYE, RESET, TIMES (docs/protocol.md). Functions take the Runtime.
+# Bootstrap note: like files.py, sent into runtime.py's namespace when the host bootstraps; names must not clash.
+import gc
+import os
+import sys
+import time
+
+from hashlib import sha256
+from tinyfw.frame import *  # noqa: F401,F403  (bootstrap: dropped, frame.py's names are already defined)
+from tinyfw.files import path_join, put_cancel
+
+VERSION = "0.1.0"
+
+
+def cmd_hello(rt):
+    rt.reply_kv((("tinyfw", VERSION), ("protocol", PROTOCOL_VERSION), ("max_payload", rt.max_payload),
+                 ("window", rt.window), ("bootstrapped", int(rt.bootstrapped))))
+
+
+def cmd_info(rt):
+    impl = sys.implementation
+    pairs = [("firmware_version", VERSION), ("firmware_hash", firmware_hash(rt)),
+             ("protocol", PROTOCOL_VERSION), ("micropython_version", ".".join(str(v) for v in impl.version[:3])),
+             ("machine", getattr(impl, "_machine", sys.platform)), ("platform", sys.platform),
+             ("max_payload", rt.max_payload), ("window", rt.window),
+             ("bootstrapped", int(rt.bootstrapped)), ("mpy", getattr(impl, "_mpy", 0))]
+    rt.collect()
+    pairs.append(("heap_free_bytes", gc.mem_free()))
+    pairs.append(("heap_total_bytes", gc.mem_free() + gc.mem_alloc()))
+    try:
+        st = os.statvfs("/")
+        pairs.append(("fs_free_bytes", st[0] * st[4]))
+        pairs.append(("fs_total_bytes", st[1] * st[2]))
+    except (OSError, AttributeError):
+        pass
+    board = sys.platform
+    try:
+        import _vboard
+        pairs.append(("virtual", 1))
+        pairs.append(("emulates", _vboard.board))
+        board = "sim"
+    except ImportError:
+        pairs.append(("virtual", 0))
+    pairs.append(("board", board))
+    try:
+        pairs.append(("backends", ",".join(rt.model_module().backends())))
+    except Exception:
+        pairs.append(("backends", ""))
+    rt.reply_kv(pairs)
+
+
+def cmd_stats(rt):
+    rt.collect()
+    pairs = [("frames_rx", rt.frames_rx), ("frames_bad", rt.frames_bad),
+             ("frames_retried", rt.frames_retried), ("frames_dup", rt.frames_dup),
+             ("frames_out_of_order", rt.frames_out_of_order), ("naks_sent", rt.naks_sent),
+             ("errors", rt.errors), ("text_commands", rt.text_commands),
+             ("heap_free_bytes", gc.mem_free()), ("heap_peak_bytes", rt.heap_peak_bytes),
+             ("uptime_ms", time.ticks_diff(time.ticks_ms(), rt.t_start)),
+             ("model_loaded", int(rt.model is not None)), ("last_error", rt.last_error.replace("\n", " "))]
+    rt.reply_kv(pairs)
+
+
+def cmd_bye(rt):
+    rt.reply_small(0)
+    rt.exiting = True
+
+
+def cmd_reset(rt):
+    put_cancel(rt)
+    if rt.model is not None:
+        rt.model_module().unload(rt)
+    rt.times = None
+    rt.times_n = 0
+    rt.frames_rx = rt.frames_bad = rt.frames_retried = rt.frames_dup = 0
+    rt.frames_out_of_order = rt.naks_sent = rt.errors = rt.text_commands = 0
+    rt.last_error = ""
+    rt.heap_peak_bytes = 0
+    rt.collect()
+    rt.reply_small(0)
+
+
+def cmd_times(rt):
+    if rt.fio.n != 6:
+        raise DevError(E_BAD_ARGS, "TIMES wants offset u32, count u16")
+    buf = rt.fio.buf
+    start = u32(buf, HEADER_BYTES)
+    count = u16(buf, HEADER_BYTES + 4)
+    if rt.times is None:
+        raise DevError(E_STATE, "no timings: run INVOKE first")
+    count = max(0, min(count, rt.times_n - start, rt.max_payload // 4))
+    rt.fio.payload[:4 * count] = rt.times[4 * start:4 * (start + count)]
+    rt.reply_big(4 * count)
+
+
+_fw_hash = None
+
+
+def _fw_hash_tree(h, root, rel):
+    for name in sorted(e[0] for e in os.ilistdir(root)):
+        p = path_join(root, name)
+        if os.stat(p)[0] & 0x4000:
+            _fw_hash_tree(h, p, rel + name + "/")
+            continue
+        if not (name.endswith(".py") or name.endswith(".mpy")):
+            continue
+        h.update((rel + name).encode())
+        with open(p, "rb") as f:
+            while True:
+                chunk = f.read(1024)
+                if not chunk:
+                    break
+                h.update(chunk)
+
+
+def firmware_hash(rt):
+    """sha256 (first 16 hex digits) over the names and contents of the tinyfw files on the filesystem; "ram"
+    when the runtime was sent through the REPL instead of imported."""
+    global _fw_hash
+    if rt.bootstrapped:
+        return "ram"
+    if _fw_hash is None:
+        here = rt.firmware_dir
+        if here is None:
+            return "ram"
+        h = sha256()
+        _fw_hash_tree(h, here, "")
+        _fw_hash = "".join("%02x" % b for b in h.digest()[:8])
+    return _fw_hash
+
+
+SESSION_COMMANDS = {HELLO: cmd_hello, INFO: cmd_info, STATS: cmd_stats, BYE: cmd_bye, RESET: cmd_reset,
+                    TIMES: cmd_times}

@@ -1,0 +1,266 @@
+"""Test sets for accuracy runs: the MLPerf Tiny layout, and folders of WAV files (KWS) or images (VWW, IC).
+
+MLPerf Tiny layout: a folder with ``y_labels.csv`` (no header; rows ``file,n_classes,class[,window_bytes,stride]``)
+and one binary file per sample: kws01 49x10 int8 MFCC, vww01 96x96x3 uint8 RGB, ic01 32x32x3 uint8 RGB, ad01
+float32 little-endian frames cut into windows of ``window_bytes`` every ``stride`` bytes (each window is one
+inference; a file's score is the mean over its windows). ``DIR`` may also be the parent holding ``kws01/`` etc.,
+as the MLPerf Tiny runner's ``--dataset_path`` does.
+
+Every inference is an :class:`Item` with a stable ``index``: the accuracy journal records items by that index.
+"""
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+BENCHMARKS = ("kws01", "vww01", "ic01", "ad01")
+# benchmark -> (raw sample dtype in the MLPerf Tiny files, element count of one model input)
+SAMPLE_FORMAT = {"kws01": ("int8", 49 * 10), "vww01": ("uint8", 96 * 96 * 3), "ic01": ("uint8", 32 * 32 * 3),
+                 "ad01": ("float32", 640)}
+# Class names in the order of the reference models' outputs (mlcommons/tiny training scripts).
+CLASS_NAMES = {
+    "kws01": ("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes", "silence", "unknown"),
+    "vww01": ("non_person", "person"),
+    "ic01": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "ad01": ("normal", "anomaly"),
+}
+_WAV = (".wav",)
+_IMAGES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif")
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int            # position in the run; the journal's key
+    file: str             # path relative to the dataset folder
+    file_index: int       # which file (ad01 windows of one file share it)
+    window: int           # window number inside the file (0 for whole-file samples)
+    label: int
+    offset: int = 0
+    nbytes: int = -1      # -1: the whole file
+
+
+@dataclass
+class Dataset:
+    root: Path
+    benchmark: str                     # kws01|vww01|ic01|ad01, or "" when unknown
+    layout: str                        # "mlperf", "wav" or "images"
+    n_classes: int
+    sample_dtype: str                  # dtype of the bytes read(): int8, uint8 or float32
+    items: list
+    files: list = field(default_factory=list)     # relative paths, file_index order
+    class_names: tuple = ()
+    input_quant: tuple = None          # (scale, zero_point) of the model input: WAV features are quantized to it
+    mfcc_config: object = None         # tinyhost.features.MfccConfig for WAV files (default: features.KWS)
+
+    def __len__(self):
+        return len(self.items)
+
+    def read(self, item):
+        """The sample's bytes in ``sample_dtype`` (features already computed for WAV and image folders)."""
+        path = self.root / item.file
+        if self.layout == "wav":
+            return _wav_features(path, self.input_quant, self.mfcc_config)
+        if self.layout == "images":
+            return _image_pixels(path, self.benchmark)
+        try:
+            with open(path, "rb") as f:
+                f.seek(item.offset)
+                data = f.read() if item.nbytes < 0 else f.read(item.nbytes)
+        except OSError as e:
+            raise UsageError(f"cannot read sample {path}: {e.strerror}",
+                             hint="check the dataset folder (y_labels.csv names files next to it)") from None
+        if item.nbytes >= 0 and len(data) != item.nbytes:
+            raise UsageError(f"sample {path} is shorter than y_labels.csv says",
+                             hint="re-create the dataset files")
+        return data
+
+    def fingerprint(self):
+        """sha256 over the list of items and their labels: identifies the set in the journal."""
+        h = hashlib.sha256(f"{self.benchmark}|{self.layout}|{self.n_classes}\n".encode())
+        for it in self.items:
+            h.update(f"{it.index},{it.file},{it.window},{it.label},{it.offset},{it.nbytes}\n".encode())
+        return h.hexdigest()
+
+
+def benchmark_for_input(shape, dtype=None):
+    """The MLPerf Tiny benchmark a model input shape belongs to, or "" when none matches."""
+    elements = 1
+    for d in shape:
+        elements *= d
+    for name, (_, count) in SAMPLE_FORMAT.items():
+        if elements == count:
+            return name
+    return ""
+
+
+def _find_root(directory, benchmark):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"dataset folder {directory} does not exist", hint="pass --dataset DIR with the test set")
+    if (directory / "y_labels.csv").is_file():
+        return directory
+    if benchmark and (directory / benchmark / "y_labels.csv").is_file():
+        return directory / benchmark
+    return directory
+
+
+def load(directory, benchmark=""):
+    """Read a test set. ``benchmark`` (kws01...) picks the sub-folder and the sample format when known."""
+    root = _find_root(directory, benchmark)
+    if not benchmark and root.name in BENCHMARKS:
+        benchmark = root.name
+    if (root / "y_labels.csv").is_file():
+        return _load_mlperf(root, benchmark)
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    files = [f for d in subdirs for f in d.iterdir() if f.is_file()]
+    if any(f.suffix.lower() in _WAV for f in files):
+        return _load_folders(root, benchmark or "kws01", "wav", _WAV)
+    if any(f.suffix.lower() in _IMAGES for f in files):
+        return _load_folders(root, benchmark or "vww01", "images", _IMAGES)
+    raise UsageError(f"{root} is not a test set: no y_labels.csv and no class folders of .wav or image files",
+                     hint="use the MLPerf Tiny layout (y_labels.csv + .bin files) or one folder per class")
+
+
+def _int(value, path, line, column):
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise UsageError(f"{path} line {line}: column '{column}' is {value!r}, not a whole number",
+                         hint="rows are file,n_classes,class[,window_bytes,stride]") from None
+
+
+def _load_mlperf(root, benchmark):
+    path = root / "y_labels.csv"
+    rows = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if line == 1 and len(row) >= 2 and not row[1].strip().lstrip("-").isdigit():
+                continue                                       # a header line
+            if len(row) not in (3, 5):
+                raise UsageError(f"{path} line {line} has {len(row)} columns",
+                                 hint="rows are file,n_classes,class[,window_bytes,stride]")
+            rows.append((line, row))
+    if not rows:
+        raise UsageError(f"{path} lists no samples", hint="add one row per sample file")
+    items, files, n_classes = [], [], None
+    for file_index, (line, row) in enumerate(rows):
+        name = row[0].strip()
+        classes = _int(row[1], path, line, "n_classes")
+        label = _int(row[2], path, line, "class")
+        if n_classes is None:
+            n_classes = classes
+        elif classes != n_classes:
+            raise UsageError(f"{path} line {line}: n_classes {classes} differs from {n_classes} on earlier lines",
+                             hint="all rows of one test set have the same n_classes")
+        if not 0 <= label < max(classes, 2):
+            raise UsageError(f"{path} line {line}: class {label} is outside 0..{classes - 1}",
+                             hint="fix the label column")
+        sample = root / name
+        if not sample.is_file():
+            raise UsageError(f"{path} line {line} names {name}, which does not exist in {root}",
+                             hint="copy the sample files next to y_labels.csv")
+        files.append(name)
+        if len(row) == 5:
+            window = _int(row[3], path, line, "window_bytes")
+            stride = _int(row[4], path, line, "stride")
+            if window <= 0 or stride <= 0:
+                raise UsageError(f"{path} line {line}: window_bytes and stride must be positive",
+                                 hint="fix the row")
+            size = sample.stat().st_size
+            if size < window:
+                raise UsageError(f"{sample} has {size} bytes, less than one window of {window}",
+                                 hint="fix window_bytes or the file")
+            for w, start in enumerate(range(0, size - window + 1, stride)):
+                items.append(Item(len(items), name, file_index, w, label, start, window))
+        else:
+            items.append(Item(len(items), name, file_index, 0, label))
+    if not benchmark and any(it.nbytes >= 0 for it in items):
+        benchmark = "ad01"
+    sample_dtype = SAMPLE_FORMAT[benchmark][0] if benchmark else ""
+    return Dataset(root=root, benchmark=benchmark, layout="mlperf", n_classes=n_classes, sample_dtype=sample_dtype,
+                   items=items, files=files, class_names=CLASS_NAMES.get(benchmark, ()))
+
+
+def _class_index(folder_name, benchmark, names):
+    key = folder_name.lower().lstrip("_").rstrip("_")
+    if benchmark == "kws01":
+        if key in ("background_noise", "silence"):
+            return names.index("silence")
+        return names.index(key) if key in names else names.index("unknown")
+    if key in names:
+        return names.index(key)
+    return None
+
+
+def _load_folders(root, benchmark, layout, suffixes):
+    names = CLASS_NAMES.get(benchmark, ())
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    labels = {}
+    for d in subdirs:
+        index = _class_index(d.name, benchmark, names) if names else None
+        if index is None:
+            if names:
+                raise UsageError(f"class folder {d.name!r} in {root} is not a {benchmark} class",
+                                 hint=f"name the folders after the classes: {', '.join(names)}")
+            index = len(labels)
+        labels[d.name] = index
+    n_classes = len(names) if names else len(labels)
+    items, files = [], []
+    for d in subdirs:
+        for f in sorted(os.listdir(d)):
+            if Path(f).suffix.lower() in suffixes:
+                rel = f"{d.name}/{f}"
+                items.append(Item(len(items), rel, len(files), 0, labels[d.name]))
+                files.append(rel)
+    sample_dtype = SAMPLE_FORMAT[benchmark][0] if benchmark in SAMPLE_FORMAT else "uint8"
+    return Dataset(root=root, benchmark=benchmark, layout=layout, n_classes=n_classes, sample_dtype=sample_dtype,
+                   items=items, files=files, class_names=names or tuple(labels))
+
+
+def _wav_features(path, input_quant, config):
+    """int8 MFCC features of a WAV file, computed by the front end the KWS models were trained with
+    (tinyhost.features) and quantized to the model input's scale and zero point."""
+    from .. import features
+
+    if input_quant is None:
+        raise ValueError("set Dataset.input_quant to the model input's (scale, zero_point) before reading WAV files")
+    return features.wav_features(path, input_quant[0], input_quant[1], config or features.KWS)
+
+
+def _image_pixels(path, benchmark):
+    """RGB uint8 pixels of an image resized to the benchmark's input (96x96 for vww01, 32x32 for ic01)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("reading image folders needs Pillow", hint="pip install pillow") from None
+    side = 32 if benchmark == "ic01" else 96
+    with Image.open(path) as img:
+        return img.convert("RGB").resize((side, side), Image.BILINEAR).tobytes()
+
+
+def to_model_input(raw, sample_dtype, tensor):
+    """Bytes for the model's input tensor from a sample, converted as the MLPerf Tiny reference firmware does.
+
+    uint8 pixels into an int8 input: subtract 128; float32 frames: quantize with the tensor's scale and zero point;
+    same dtype: as is. ``tensor`` has .dtype .nbytes .scale .zero_point (the engine's TensorInfo).
+    """
+    import numpy as np
+
+    if sample_dtype in ("", tensor.dtype) and len(raw) == tensor.nbytes:
+        return bytes(raw)
+    if sample_dtype == "uint8" and tensor.dtype == "int8" and len(raw) == tensor.nbytes:
+        return (np.frombuffer(raw, dtype=np.uint8).astype(np.int16) - 128).astype(np.int8).tobytes()
+    if sample_dtype == "float32" and tensor.dtype in ("int8", "uint8") and len(raw) == 4 * tensor.nbytes:
+        real = np.frombuffer(raw, dtype="<f4").astype(np.float64)
+        q = np.round(real / tensor.scale) + tensor.zero_point
+        lo, hi = (-128, 127) if tensor.dtype == "int8" else (0, 255)
+        return np.clip(q, lo, hi).astype(tensor.dtype).tobytes()
+    raise UsageError(f"a {len(raw)}-byte {sample_dtype or 'raw'} sample does not fit the model input "
+                     f"({tensor.nbytes} bytes {tensor.dtype})",
+                     hint="check that the dataset belongs to this model")

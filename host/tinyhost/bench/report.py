@@ -1,0 +1,262 @@
+"""``--report DIR``: a Markdown and an HTML report of a BenchResult, with PNG plots (matplotlib, Agg backend).
+
+Plots: latency histogram, throughput per window, confusion matrix. A result from the virtual board says so in
+the title, in every plot and next to every figure.
+"""
+
+import html
+import math
+from pathlib import Path
+
+from .results import write_atomic
+
+VIRTUAL_MARK = "virtual board"
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
+def _pct(value):
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
+
+
+def _figure(virtual):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _title(text, virtual):
+    return f"{text} ({VIRTUAL_MARK})" if virtual else text
+
+
+def _save(fig, path):
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
+
+
+def plot_latency_histogram(perf, path, virtual):
+    times_ms = [t / 1000 for w in perf.windows for t in w.times_us]
+    if not times_ms:
+        return False
+    from .metrics import percentile
+
+    fig, ax = _figure(virtual)
+    limit = percentile(times_ms, 99.5) * 1.2         # a few slow outliers would squash the rest into one bar
+    shown = [t for t in times_ms if t <= limit]
+    ax.hist(shown, bins=min(50, max(5, len(shown) // 10)), color="#4477aa")
+    for name, style in (("p50_us", "-"), ("p90_us", "--"), ("p99_us", ":")):
+        if perf.latency and name in perf.latency:
+            ax.axvline(perf.latency[name] / 1000, color="black", linestyle=style, label=name[:-3])
+    beyond = len(times_ms) - len(shown)
+    ax.set_xlabel("latency of one inference (ms, device clock)"
+                  + (f"; {beyond} slower ones beyond the axis" if beyond else ""))
+    ax.set_ylabel("inferences")
+    ax.set_title(_title("Latency distribution", virtual))
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def plot_window_throughput(perf, path, virtual):
+    fig, ax = _figure(virtual)
+    xs = list(range(1, len(perf.windows) + 1))
+    ax.bar(xs, [w.inferences_per_s for w in perf.windows], color="#66aa55")
+    ax.axhline(perf.median_inferences_per_s, color="black", linestyle="--", label="median (score)")
+    ax.set_xticks(xs)
+    ax.set_xlabel("window (input)")
+    ax.set_ylabel("inferences / s")
+    ax.set_title(_title("Throughput per window", virtual))
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def plot_confusion(acc, path, virtual):
+    if not acc.confusion:
+        return False
+    n = len(acc.confusion)
+    fig, ax = _figure(virtual)
+    fig.set_size_inches(max(4.8, 0.5 * n + 2.5), max(4.0, 0.5 * n + 2.0))
+    image = ax.imshow(acc.confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    names = acc.class_names[:n] if len(acc.class_names) >= n else [str(i) for i in range(n)]
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                if acc.confusion[i][j]:
+                    ax.text(j, i, str(acc.confusion[i][j]), ha="center", va="center", fontsize=7)
+    ax.set_title(_title("Confusion matrix", virtual))
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def build(result, plots):
+    """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", file, alt)."""
+    prov = result.provenance
+    virtual = prov.virtual
+    mark = f" ({VIRTUAL_MARK})" if virtual else ""
+    blocks = [("h1", f"tinyhost bench: {Path(prov.model_path).name or 'model'} on {prov.label}")]
+    if virtual:
+        blocks.append(("p", "Every figure below comes from the virtual board: MicroPython's VM on the host CPU "
+                            f"with the RAM, flash and line rate of a {prov.board}. Timings are the host's, not the "
+                            "board's; they compare runs on this machine, not boards."))
+    blocks.append(("h2", "Provenance"))
+    blocks.append(("table", ["field", "value"], [
+        ["board", prov.label], ["virtual", str(prov.virtual)], ["port", prov.port], ["baud", str(prov.baud)],
+        ["DUT protocol", prov.dut], ["DUT name", prov.dut_name], ["firmware", prov.firmware_version],
+        ["firmware hash", prov.firmware_hash], ["MicroPython", prov.micropython_version],
+        ["machine", prov.machine], ["engine backend", prov.backend], ["model", prov.model_path],
+        ["model sha256", prov.model_sha256], ["model bytes", str(prov.model_bytes)],
+        ["benchmark", prov.benchmark], ["dataset", prov.dataset_path], ["dataset sha256", prov.dataset_sha256],
+        ["tinyhost", prov.tinyhost_version], ["date", prov.date], ["host", prov.host]]))
+    perf = result.performance
+    if perf:
+        blocks.append(("h2", "Performance" + mark))
+        blocks.append(("p", f"MLPerf Tiny rules: {len(perf.windows)} inputs; per input, warm-up then a window of "
+                            f">= {perf.window_s:g} s and >= {perf.min_inferences} inferences, timed by the device "
+                            "clock. Score: median throughput over the windows."))
+        rows = [["median throughput (score)", f"{perf.median_inferences_per_s:.3f} inferences/s" + mark],
+                ["latency at the median", f"{perf.median_latency_us / 1000:.3f} ms" + mark],
+                ["spread between windows", f"{perf.spread_pct:.2f} % (min {perf.min_inferences_per_s:.3f}, "
+                                           f"max {perf.max_inferences_per_s:.3f} inferences/s)"]]
+        if perf.latency:
+            for name in ("p50_us", "p90_us", "p99_us", "min_us", "max_us"):
+                rows.append([f"single inference {name[:-3]}", f"{perf.latency[name] / 1000:.3f} ms" + mark])
+            rows.append(["single-inference latencies from", perf.latency_source])
+        blocks.append(("table", ["figure", "value"], rows))
+        blocks.append(("table", ["window", "input", "warm-ups", "inferences", "elapsed (ms)", "inferences/s"],
+                       [[str(i + 1), str(w.input_index), str(w.warmups), str(w.inferences),
+                         f"{w.elapsed_us / 1000:.1f}", f"{w.inferences_per_s:.3f}"]
+                        for i, w in enumerate(perf.windows)]))
+        for name, alt in (("latency_histogram.png", "latency histogram"),
+                          ("window_throughput.png", "throughput per window")):
+            if name in plots:
+                blocks.append(("img", name, alt + mark))
+    acc = result.accuracy
+    if acc:
+        blocks.append(("h2", "Accuracy" + mark))
+        metric = "ROC AUC" if acc.metric == "auc" else "top-1 accuracy"
+        value = f"{acc.value:.4f}" if acc.metric == "auc" else _pct(acc.value)
+        if acc.target is not None:
+            target = f"{acc.target:.2f}" if acc.metric == "auc" else _pct(acc.target)
+            verdict = "meets" if acc.meets_target else "does NOT meet"
+            blocks.append(("p", f"{metric}: **{value}** over {acc.n_items} inferences ({acc.n_files} files); "
+                                f"MLPerf Tiny quality target {target}: {verdict} it."))
+        else:
+            blocks.append(("p", f"{metric}: **{value}** over {acc.n_items} inferences (no MLPerf Tiny target for "
+                                "this model)."))
+        rows = [[f"top-{k}", _pct(v)] for k, v in acc.top_k.items()]
+        rows += [["board resets / link breaks recovered", str(acc.board_resets)],
+                 ["samples taken from an earlier run's journal", str(acc.resumed_items)],
+                 ["wall time", f"{acc.wall_s:.1f} s"], ["device inference time", f"{acc.device_time_s:.1f} s" + mark],
+                 ["input bytes sent", str(acc.input_bytes)]]
+        blocks.append(("table", ["figure", "value"], rows))
+        if acc.per_class:
+            blocks.append(("table", ["class", "support", "precision", "recall"],
+                           [[c["name"], str(c["support"]), _pct(c["precision"]), _pct(c["recall"])]
+                            for c in acc.per_class]))
+        if "confusion_matrix.png" in plots:
+            blocks.append(("img", "confusion_matrix.png", "confusion matrix" + mark))
+    mem = result.memory
+    if mem:
+        blocks.append(("h2", "Memory" + mark))
+        blocks.append(("table", ["figure", "bytes"], [
+            ["model file", _fmt(mem.model_bytes)], ["tensor arena", _fmt(mem.arena_bytes)],
+            ["weights copied to RAM", _fmt(mem.weights_ram_bytes)], ["heap total", _fmt(mem.heap_total_bytes)],
+            ["heap free with the model loaded", _fmt(mem.heap_free_bytes)],
+            ["peak heap use during inference", _fmt(mem.heap_peak_bytes)]]))
+        blocks.append(("p", f"Source: {mem.source}"))
+    en = result.energy
+    if en:
+        label = "ESTIMATE" if en.kind == "estimate" else "measured"
+        blocks.append(("h2", f"Energy ({label})" + mark))
+        blocks.append(("p", f"**{en.uj_per_inference:.2f} uJ per inference ({label})**. {en.note}"))
+        blocks.append(("table", ["input", "value"], [[k, _fmt(v, 4)] for k, v in en.inputs.items()]))
+        blocks.append(("p", "Sources: " + "; ".join(en.sources)))
+    return blocks
+
+
+def to_markdown(blocks):
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {block[1]}\n")
+        elif kind == "p":
+            out.append(block[1] + "\n")
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            for row in rows:
+                out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+            out.append("")
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})\n")
+    return "\n".join(out)
+
+
+def to_html(blocks, title):
+    def inline(text):
+        escaped = html.escape(text)
+        parts = escaped.split("**")
+        return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{inline(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{inline(block[1])}</p>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block[1]) + "</tr>")
+            for row in block[2]:
+                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+            out.append("</table>")
+        elif kind == "img":
+            out.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(result, directory):
+    """Write report.md, report.html and the PNG plots into ``directory``; returns the paths written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    virtual = result.provenance.virtual
+    plots = set()
+    if result.performance:
+        if plot_latency_histogram(result.performance, directory / "latency_histogram.png", virtual):
+            plots.add("latency_histogram.png")
+        plot_window_throughput(result.performance, directory / "window_throughput.png", virtual)
+        plots.add("window_throughput.png")
+    if result.accuracy and plot_confusion(result.accuracy, directory / "confusion_matrix.png", virtual):
+        plots.add("confusion_matrix.png")
+    blocks = build(result, plots)
+    write_atomic(directory / "report.md", to_markdown(blocks))
+    write_atomic(directory / "report.html", to_html(blocks, blocks[0][1]))
+    return [directory / "report.md", directory / "report.html"] + [directory / p for p in sorted(plots)]

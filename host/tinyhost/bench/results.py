@@ -1,0 +1,230 @@
+"""Result dataclasses of ``tinyhost bench`` and their JSON and CSV forms, with full provenance.
+
+Reports and tests read these dataclasses (or the JSON written from them), never the printed text. Every raw figure
+is kept: each window's inference count and device-clock time, each inference's latency when the DUT streams them,
+and each sample's label, prediction, score and latency.
+"""
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..atomic import write_bytes_atomic
+
+SCHEMA = "tinyhost-bench/1"
+
+
+@dataclass
+class Provenance:
+    board: str                      # board profile name (esp32, nano33ble, ...) the figures are for
+    virtual: bool                   # True: measured on the virtual board (host CPU), not on the board itself
+    port: str = ""
+    baud: int = 0
+    dut: str = "tinyhost"           # tinyhost (binary protocol) or eembc (MLPerf Tiny text protocol)
+    dut_name: str = ""              # EEMBC `name` answer, or the firmware name
+    firmware_version: str = ""
+    firmware_hash: str = ""
+    micropython_version: str = ""
+    machine: str = ""
+    backend: str = ""
+    model_path: str = ""
+    model_sha256: str = ""
+    model_bytes: int = 0
+    benchmark: str = ""             # kws01/vww01/ic01/ad01 when known
+    dataset_path: str = ""
+    dataset_sha256: str = ""
+    tinyhost_version: str = ""
+    date: str = ""                  # ISO 8601, UTC
+    host: str = ""                  # host machine (python, platform) that ran the benchmark
+
+    @property
+    def label(self):
+        return f"{self.board} (virtual board)" if self.virtual else self.board
+
+
+@dataclass
+class Window:
+    input_index: int                # which of the (5) inputs
+    warmups: int
+    inferences: int
+    elapsed_us: int                 # device clock, first inference start to last inference end
+    inferences_per_s: float
+    times_us: list = field(default_factory=list)   # each inference, when the DUT reports them
+
+
+@dataclass
+class PerformanceResult:
+    window_s: float                 # minimum window length asked for
+    min_inferences: int
+    windows: list                   # of Window
+    median_inferences_per_s: float
+    median_latency_us: float
+    min_inferences_per_s: float
+    max_inferences_per_s: float
+    spread_pct: float               # (max - min) / median between windows
+    latency: dict = None            # LatencyStats fields over all single inferences, None when unavailable
+    latency_source: str = ""        # where the single-inference latencies come from
+
+
+@dataclass
+class SampleResult:
+    index: int                      # item index (journal key)
+    file: str
+    window: int
+    label: int
+    predicted: int                  # argmax (classification); -1 for anomaly detection
+    score: float                    # top score (classification) or anomaly score (MSE)
+    time_us: int                    # device clock
+    output: list = field(default_factory=list)    # dequantized output vector
+
+
+@dataclass
+class AccuracyResult:
+    benchmark: str
+    n_items: int                    # inferences
+    n_files: int
+    metric: str                     # "top1" or "auc"
+    value: float                    # the score compared with the target
+    target: float = None
+    meets_target: bool = None
+    top_k: dict = field(default_factory=dict)     # {"1": acc, "5": acc}
+    auc: float = None
+    class_names: list = field(default_factory=list)
+    per_class: list = field(default_factory=list)  # [{"index", "name", "support", "precision", "recall"}]
+    confusion: list = field(default_factory=list)  # confusion[true][predicted]
+    samples: list = field(default_factory=list)    # of SampleResult
+    file_scores: list = field(default_factory=list)  # ad01: [{"file", "label", "score"}]
+    board_resets: int = 0
+    resumed_items: int = 0          # items taken from the journal of an earlier, interrupted run
+    wall_s: float = 0.0
+    device_time_s: float = 0.0
+    input_bytes: int = 0
+
+
+@dataclass
+class MemoryResult:
+    model_bytes: int
+    arena_bytes: int = None
+    weights_ram_bytes: int = None
+    heap_total_bytes: int = None
+    heap_free_bytes: int = None     # free heap with the model loaded
+    heap_peak_bytes: int = None     # peak heap use during inference
+    source: str = ""
+
+
+@dataclass
+class EnergyResult:
+    kind: str                       # "estimate" or "measured"
+    uj_per_inference: float
+    inputs: dict = field(default_factory=dict)     # every figure the number is computed from
+    sources: list = field(default_factory=list)    # where those figures come from
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    provenance: Provenance
+    performance: PerformanceResult = None
+    accuracy: AccuracyResult = None
+    memory: MemoryResult = None
+    energy: EnergyResult = None
+    schema: str = SCHEMA
+
+    def to_dict(self):
+        return asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=1, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, d):
+        def build(kind, value, nested=None):
+            if value is None:
+                return None
+            known = {f.name for f in fields(kind)}
+            kwargs = {k: v for k, v in value.items() if k in known}
+            for key, sub in (nested or {}).items():
+                if kwargs.get(key) is not None:
+                    kwargs[key] = [build(sub, v) for v in kwargs[key]]
+            return kind(**kwargs)
+
+        return cls(provenance=build(Provenance, d["provenance"]),
+                   performance=build(PerformanceResult, d.get("performance"), {"windows": Window}),
+                   accuracy=build(AccuracyResult, d.get("accuracy"), {"samples": SampleResult}),
+                   memory=build(MemoryResult, d.get("memory")), energy=build(EnergyResult, d.get("energy")),
+                   schema=d.get("schema", SCHEMA))
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+
+_PROVENANCE_COLUMNS = [f.name for f in fields(Provenance)]
+_RECORD_COLUMNS = ["record", "metric", "value", "window", "seq", "sample", "file", "segment", "label",
+                   "predicted", "score", "time_us", "inferences", "elapsed_us"]
+
+
+def csv_rows(result):
+    """Long-format rows: one per summary figure, window, single inference and sample; provenance on each."""
+    prov = asdict(result.provenance)
+    base = {k: prov[k] for k in _PROVENANCE_COLUMNS}
+
+    def row(**kw):
+        r = dict(base)
+        r.update({k: "" for k in _RECORD_COLUMNS})
+        r.update(kw)
+        return r
+
+    rows = []
+    perf = result.performance
+    if perf:
+        for name in ("median_inferences_per_s", "median_latency_us", "min_inferences_per_s",
+                     "max_inferences_per_s", "spread_pct"):
+            rows.append(row(record="summary", metric=f"performance.{name}", value=getattr(perf, name)))
+        for name, value in (perf.latency or {}).items():
+            rows.append(row(record="summary", metric=f"latency.{name}", value=value))
+        for w_index, w in enumerate(perf.windows):
+            rows.append(row(record="window", window=w_index, sample=w.input_index, value=w.inferences_per_s,
+                            inferences=w.inferences, elapsed_us=w.elapsed_us))
+            for seq, t in enumerate(w.times_us):
+                rows.append(row(record="inference", window=w_index, seq=seq, time_us=t))
+    acc = result.accuracy
+    if acc:
+        rows.append(row(record="summary", metric=f"accuracy.{acc.metric}", value=acc.value))
+        for k, v in acc.top_k.items():
+            rows.append(row(record="summary", metric=f"accuracy.top{k}", value=v))
+        if acc.auc is not None:
+            rows.append(row(record="summary", metric="accuracy.auc", value=acc.auc))
+        for s in acc.samples:
+            rows.append(row(record="sample", sample=s.index, file=s.file, segment=s.window, label=s.label,
+                            predicted=s.predicted, score=s.score, time_us=s.time_us))
+    if result.memory:
+        for name, value in asdict(result.memory).items():
+            if value is not None and name != "source":
+                rows.append(row(record="summary", metric=f"memory.{name}", value=value))
+    if result.energy:
+        rows.append(row(record="summary", metric=f"energy.uj_per_inference.{result.energy.kind}",
+                        value=result.energy.uj_per_inference))
+    return rows
+
+
+def to_csv(result):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=_PROVENANCE_COLUMNS + _RECORD_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(result))
+    return out.getvalue()
+
+
+def write_atomic(path, data):
+    """Write ``data`` (str or bytes) through a temporary file and a rename: never half-written."""
+    write_bytes_atomic(path, data if isinstance(data, bytes) else data.encode())
+
+
+def write_json(result, path):
+    write_atomic(path, result.to_json() + "\n")
+
+
+def write_csv(result, path):
+    write_atomic(path, to_csv(result))

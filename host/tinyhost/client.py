@@ -1,0 +1,485 @@
+"""Typed operations on a board running the tinyfw runtime; results are dataclasses.
+
+    with Device.open("/dev/ttyUSB0") as dev:
+        print(dev.info().heap_free_bytes)
+        dev.put_file("models/kws.tflite", "/models/kws.tflite")
+
+:meth:`Device.open` gets the runtime going whatever state the board is in: it answers frames already (started by
+main.py), or it is imported from the board's filesystem through the raw REPL, or -- on a board with stock
+MicroPython only -- its source is sent through the raw REPL and run from RAM ("bootstrap").
+"""
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import protocol as P
+from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
+from .link import Link
+from .paths import firmware_dir
+from .rawrepl import RawRepl
+from .transport import SerialTransport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BAUD = 115200
+INVOKE_BATCH_RUNS = 256            # runs per INVOKE request: bounds the device's timing buffer to 1 KB
+START_CODE = ("try:\n import tinyfw.runtime as _tinyfw_runtime\nexcept ImportError as e:\n"
+              " print('TINYFW-ABSENT', e)\nelse:\n _tinyfw_runtime.run()\n")
+ABSENT_MARK = b"TINYFW-ABSENT"
+_TINYFW_IMPORT = re.compile(r"^from tinyfw\.(frame|files|session) import .*$", re.M)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    firmware_version: str
+    firmware_hash: str
+    board: str                      # "sim" for the virtual board, else the MicroPython platform (esp32, nrf52...)
+    virtual: bool
+    emulates: str                   # board profile the virtual board stands in for ("" on a real board)
+    micropython_version: str
+    machine: str
+    heap_free_bytes: int
+    heap_total_bytes: int
+    fs_free_bytes: int
+    fs_total_bytes: int
+    backends: tuple
+    platform: str = ""
+    protocol: int = P.PROTOCOL_VERSION
+    max_payload: int = 0
+    window: int = 1
+    bootstrapped: bool = False      # runtime sent through the REPL (not flashed yet)
+    raw: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    nbytes: int
+    seconds: float
+    frames: int = 0                 # data frames sent, retries included
+    frames_retried: int = 0
+
+    @property
+    def bytes_per_s(self):
+        return self.nbytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple
+    dtype: str
+    scale: float
+    zero_point: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    inputs: list
+    outputs: list
+    arena_bytes: int
+    backend: str
+    load_ms: int
+    weights_ram_bytes: int = 0
+    ops: int = 0
+    macs: int = 0
+    heap_free_bytes: int = 0
+    raw: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    times_us: list                  # one per timed run, in order (device ticks_us)
+    warmup: int = 0
+    alloc_bytes: int = 0            # heap the engine allocated during the timed runs
+
+    @property
+    def mean_us(self):
+        return sum(self.times_us) / len(self.times_us) if self.times_us else 0.0
+
+
+@dataclass(frozen=True)
+class InferResult:
+    output: bytes
+    time_us: int
+
+
+def _int(v, default=0):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _number(v):
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def _tensor(text):
+    name, shape, dtype, scale, zp, nbytes = text.split("|")
+    dims = tuple(int(d) for d in shape.split("x") if d)
+    return TensorInfo(name, dims, dtype, float(scale), int(zp), int(nbytes))
+
+
+BOOTSTRAP_MODULES = ("frame.py", "files.py", "session.py", "runtime.py")
+
+
+def bootstrap_sources(fw_dir=None):
+    """The scripts that start the runtime from RAM: BOOTSTRAP_MODULES with their tinyfw imports dropped (they
+    share the raw REPL's namespace) and comment lines removed, then the call of run()."""
+    pkg = Path(fw_dir or firmware_dir()) / "tinyfw"
+    scripts = []
+    for name in BOOTSTRAP_MODULES:
+        text = _TINYFW_IMPORT.sub("", (pkg / name).read_text())
+        scripts.append("import gc\ngc.collect()\n" + "\n".join(
+            ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")))
+    scripts.append("run(bootstrapped=True)")
+    return scripts
+
+
+class Device:
+    """A board running the tinyfw runtime. Use :meth:`open`; a context manager."""
+
+    def __init__(self, transport, timeout_s=5.0):
+        self.t = transport
+        self.timeout_s = timeout_s
+        self.link = Link(transport, timeout_s)
+        self.repl = RawRepl(transport, timeout_s)
+        self.hello = {}
+        self.running = False
+        self.started_via = None          # "running" (answered at once), "import", "bootstrap"
+
+    @classmethod
+    def open(cls, port, baud=None, timeout_s=5.0, start=True):
+        """Open ``port`` exclusively and get the runtime answering (unless ``start=False``)."""
+        transport = SerialTransport.open(port, baud or DEFAULT_BAUD)
+        dev = cls(transport, timeout_s)
+        if start:
+            try:
+                dev.start()
+            except BaseException:
+                transport.close()
+                raise
+        return dev
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- session --------------------------------------------------------------------------------------------
+    def start(self):
+        """Make sure the runtime answers: probe it, else import it through the raw REPL, else bootstrap it."""
+        if self._probe():
+            self.started_via = "running"
+            return
+        self.repl.enter()
+        self._start_from_repl()
+
+    def _start_from_repl(self):
+        self.repl.exec_start(START_CODE)
+        if self._await_ready(allow_absent=True):
+            self.started_via = "import"
+        else:
+            log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
+            *modules, start = bootstrap_sources()
+            for script in modules:
+                self.repl.exec(script, timeout_s=max(self.timeout_s, 20.0))
+            self.repl.exec_start(start)
+            if not self._await_ready(allow_absent=False):
+                raise BoardNotResponding("the bootstrapped runtime did not start")
+            self.started_via = "bootstrap"
+        self._hello()
+
+    def _probe(self):
+        """True when a runtime already answers frames (e.g. started by main.py)."""
+        self.t.drain(quiet_s=0.02, limit_s=0.5)
+        try:
+            self._hello(tries=1, timeout_s=0.3 + self.t.wire_time_s(64))
+        except TinyhostError:
+            return False
+        return True
+
+    def _hello(self, tries=4, timeout_s=None):
+        f = self.link.request(P.T.HELLO, flags=P.FLAG_SYNC, tries=tries, timeout_s=timeout_s, expect_bytes=160)
+        kv = P.parse_kv(f.payload)
+        if _int(kv.get("protocol")) != P.PROTOCOL_VERSION:
+            raise ProtocolError(f"the board speaks tinyfw protocol {kv.get('protocol')}, this host "
+                                f"{P.PROTOCOL_VERSION}", hint="run `tinyhost flash` to update the firmware")
+        self.hello = kv
+        self.link.max_payload = min(_int(kv.get("max_payload"), 1024), P.PAYLOAD_LIMIT)
+        self.link.window = max(1, _int(kv.get("window"), 1))
+        self.link.take_text()
+        self.running = True
+
+    def _await_ready(self, allow_absent):
+        deadline = time.monotonic() + max(self.timeout_s, 10.0)
+        while True:
+            f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
+            text = bytes(self.link.text_tail)
+            if f is not None and f.ftype == P.T.READY:
+                return True
+            if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
+                self.link.take_text()
+                return False
+            if b"Traceback" in text and text.rstrip().endswith(b"\x04>"):
+                detail = text.replace(b"\x04", b" ").decode(errors="replace").strip()
+                raise DeviceError(f"the tinyfw runtime failed to start: {detail[-500:]}",
+                                  hint="run `tinyhost flash` to reinstall the firmware")
+            if f is None and time.monotonic() >= deadline:
+                raise BoardNotResponding(f"the tinyfw runtime did not start on {self.t.port} "
+                                         f"(board printed {text[-80:]!r})")
+
+    def stop(self):
+        """End the runtime (BYE): the board is back in the REPL it was started from."""
+        if not self.running:
+            return
+        self.running = False
+        self.link.request(P.T.BYE, tries=3)
+        if self.started_via in ("import", "bootstrap"):
+            self.t.read_until(b"\x04>", 2.0)
+
+    def close(self, leave_running=False):
+        """Stop the runtime (unless ``leave_running``), return the board to its friendly REPL, close the port."""
+        try:
+            if self.running and not leave_running:
+                self.stop()
+                if self.started_via in ("import", "bootstrap"):
+                    self.repl.leave()
+        except TinyhostError as e:
+            log.info("closing %s: %s", self.t.port, e)
+        finally:
+            self.t.close()
+
+    def soft_reset(self):
+        """Soft-reset the board (MicroPython restarts, flashed files are loaded afresh) and start the runtime."""
+        if self.running:
+            try:
+                self.stop()
+            except TinyhostError as e:
+                log.info("stopping the runtime before a reset: %s", e)
+                self.running = False
+        self.repl.enter()
+        self.repl.soft_reset()
+        self._start_from_repl()
+
+    # -- information ----------------------------------------------------------------------------------------
+    def info(self):
+        kv = P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600).payload)
+        return DeviceInfo(
+            firmware_version=kv.get("firmware_version", ""), firmware_hash=kv.get("firmware_hash", ""),
+            board=kv.get("board", ""), virtual=kv.get("virtual") == "1", emulates=kv.get("emulates", ""),
+            micropython_version=kv.get("micropython_version", ""), machine=kv.get("machine", ""),
+            heap_free_bytes=_int(kv.get("heap_free_bytes")), heap_total_bytes=_int(kv.get("heap_total_bytes")),
+            fs_free_bytes=_int(kv.get("fs_free_bytes")), fs_total_bytes=_int(kv.get("fs_total_bytes")),
+            backends=tuple(b for b in kv.get("backends", "").split(",") if b), platform=kv.get("platform", ""),
+            protocol=_int(kv.get("protocol")), max_payload=_int(kv.get("max_payload")),
+            window=_int(kv.get("window"), 1), bootstrapped=kv.get("bootstrapped") == "1", raw=kv)
+
+    def stats(self):
+        """Device counters (frames_rx, frames_bad, frames_retried, heap_free_bytes, heap_peak_bytes, last_error,
+        ...) plus this host's link counters as ``host_*``."""
+        kv = P.parse_kv(self.link.request(P.T.STATS, expect_bytes=600).payload)
+        out = {k: (v if k == "last_error" else _number(v)) for k, v in kv.items()}
+        for k, v in vars(self.link.stats).items():
+            out[f"host_{k}"] = v
+        return out
+
+    def reset_state(self):
+        """Unload the model and zero the device's counters (the runtime keeps running)."""
+        self.link.request(P.T.RESET)
+
+    # -- files ----------------------------------------------------------------------------------------------
+    def list_files(self, path="/"):
+        entries = []
+        start = 0
+        while True:
+            more, page = P.parse_list(self.link.request(P.T.LIST, P.pack_list(path, start),
+                                                        expect_bytes=self.link.max_payload).payload)
+            entries += [FileEntry(n, s, d) for n, s, d in page]
+            start += len(page)
+            if not more or not page:
+                return entries
+
+    def file_hash(self, path):
+        """sha256 hex of the file on the board, or None when there is none."""
+        try:
+            f = self.link.request(P.T.HASH, str(path).encode(), timeout_s=max(self.timeout_s, 10.0))
+        except DeviceError as e:
+            if getattr(e, "code", None) == P.ErrorCode.NOT_FOUND:
+                return None
+            raise
+        return P.parse_hash(f.payload)[0]
+
+    def put_file(self, data_or_path, remote_path, progress=None):
+        """Write a file atomically: to ``remote_path + '.part'``, sha256 checked on the board, then renamed.
+
+        ``progress(sent_bytes, total_bytes)`` is called as data is acknowledged.
+        """
+        if isinstance(data_or_path, (str, Path)):
+            try:
+                data = Path(data_or_path).read_bytes()
+            except OSError as e:
+                raise UsageError(f"cannot read {data_or_path}: {e.strerror}") from None
+        else:
+            data = bytes(data_or_path)
+        digest = hashlib.sha256(data).digest()
+        retried_before = self.link.stats.frames_retried
+        t0 = time.monotonic()
+        self.link.request(P.T.PUT_BEGIN, P.pack_put_begin(len(data), digest, remote_path),
+                          timeout_s=max(self.timeout_s, 5.0), what=f"put {remote_path}")
+        sent_before = self.link.stats.frames_sent
+        try:
+            self.link.send_data(P.T.PUT_DATA, data, P.pack_put_data, what=f"put {remote_path}",
+                                progress=(lambda done: progress(done, len(data))) if progress else None)
+            self.link.request(P.T.PUT_END, timeout_s=max(self.timeout_s, 2.0 + len(data) / 50_000),
+                              what=f"put {remote_path}")
+        except BaseException:
+            self._abort_put()
+            raise
+        return TransferResult(len(data), time.monotonic() - t0, self.link.stats.frames_sent - sent_before - 1,
+                              self.link.stats.frames_retried - retried_before)
+
+    def _abort_put(self):
+        try:
+            self.link.request(P.T.PUT_ABORT, tries=2)
+        except (TinyhostError, KeyboardInterrupt):
+            pass
+
+    def get_file(self, remote_path):
+        """The file's bytes. Reads in frame-sized pieces, smaller ones while the line damages large replies."""
+        chunk = min(self.link.max_payload - 4, 0xFFFF)
+        out = bytearray()
+        while True:
+            try:
+                f = self.link.request(P.T.GET, P.pack_get(remote_path, len(out), chunk),
+                                      tries=4 if chunk > 128 else 8,
+                                      expect_bytes=chunk + P.OVERHEAD_BYTES + 4, what=f"get {remote_path}")
+            except ProtocolError:
+                if chunk <= 128:
+                    raise
+                chunk //= 2
+                continue
+            size, data = P.parse_get(f.payload)
+            out += data
+            if len(out) >= size or not data:
+                if len(out) != size:
+                    raise ProtocolError(f"get {remote_path}: got {len(out)} of {size} bytes")
+                return bytes(out)
+
+    def remove(self, path):
+        self.link.request(P.T.REMOVE, str(path).encode(), what=f"remove {path}")
+
+    def rename(self, src, dst):
+        self.link.request(P.T.RENAME, P.pack_rename(src, dst), what=f"rename {src}")
+
+    def mkdir(self, path):
+        """Make ``path`` and its parents; an existing directory is fine."""
+        self.link.request(P.T.MKDIR, str(path).encode(), what=f"mkdir {path}")
+
+    # -- models ---------------------------------------------------------------------------------------------
+    def load_model(self, remote_path, backend="auto", timeout_s=120.0):
+        f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
+                              expect_bytes=1024, what=f"load {remote_path}")
+        kv = P.parse_kv(f.payload)
+        inputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"input\d+", k)),
+                                                  key=lambda k: int(k[5:]))]
+        outputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"output\d+", k)),
+                                                   key=lambda k: int(k[6:]))]
+        return ModelInfo(inputs=inputs, outputs=outputs, arena_bytes=_int(kv.get("arena_bytes")),
+                         backend=kv.get("backend", ""), load_ms=_int(kv.get("load_ms")),
+                         weights_ram_bytes=_int(kv.get("weights_ram_bytes")), ops=_int(kv.get("ops")),
+                         macs=_int(kv.get("macs")), heap_free_bytes=_int(kv.get("heap_free_bytes")), raw=kv)
+
+    def set_input(self, data, index=0):
+        data = bytes(data)
+        chunk = self.link.max_payload - 5
+        for off in range(0, max(len(data), 1), chunk):
+            self.link.request(P.T.SET_INPUT, P.pack_set_input(index, off, data[off:off + chunk]),
+                              what="set input")
+
+    def invoke(self, n=1, warmup=0, on_timing=None, timeout_s=120.0):
+        """Run the model ``n`` times after ``warmup`` untimed runs; ``on_timing(i, us)`` is called as each
+        timing arrives from the board."""
+        if n < 0 or warmup < 0:
+            raise UsageError("invoke: runs and warmup must be >= 0")
+        times = []
+        alloc = 0
+        done = 0
+        first = True
+        while done < n or first:
+            runs = min(INVOKE_BATCH_RUNS, n - done)
+            got = {}
+
+            def on_event(i, us, base=done):
+                got[i] = us
+                if on_timing:
+                    on_timing(base + i, us)
+
+            f = self.link.request(P.T.INVOKE, P.pack_invoke(runs, warmup if first else 0), flags=P.FLAG_STREAM,
+                                  on_event=on_event, timeout_s=timeout_s, tries=3, what="invoke")
+            summary = P.parse_invoke(f.payload)
+            missing = [i for i in range(runs) if i not in got]
+            if missing:
+                log.info("invoke: %d timings lost on the line, asking for them", len(missing))
+                lo, hi = min(missing), max(missing) + 1
+                for off in range(lo, hi, 256):
+                    rep = self.link.request(P.T.TIMES, P.pack_times(off, min(256, hi - off)), expect_bytes=1100)
+                    for k, us in enumerate(P.parse_times(rep.payload)):
+                        got.setdefault(off + k, us)
+            times += [got[i] for i in range(runs)]
+            alloc += summary.alloc_bytes
+            done += runs
+            first = False
+        return InvokeResult(times_us=times, warmup=warmup, alloc_bytes=alloc)
+
+    def get_output(self, index=0):
+        chunk = min(self.link.max_payload - 4, 0xFFFF)
+        out = bytearray()
+        while True:
+            f = self.link.request(P.T.GET_OUTPUT, P.pack_get_output(index, len(out), chunk),
+                                  expect_bytes=self.link.max_payload, what="get output")
+            total, data = P.parse_get_output(f.payload)
+            out += data
+            if len(out) >= total or not data:
+                return bytes(out)
+
+    def infer(self, data, timeout_s=120.0):
+        """Set input 0, run once, return output 0 -- in one round trip when both fit in a frame."""
+        data = bytes(data)
+        if len(data) > self.link.max_payload:
+            self.set_input(data)
+            r = self.invoke(1, timeout_s=timeout_s)
+            return InferResult(self.get_output(0), r.times_us[0])
+        try:
+            f = self.link.request(P.T.INFER, data, timeout_s=timeout_s, expect_bytes=self.link.max_payload,
+                                  what="infer")
+        except DeviceError as e:
+            if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
+                raise
+            self.set_input(data)
+            r = self.invoke(1, timeout_s=timeout_s)
+            return InferResult(self.get_output(0), r.times_us[0])
+        us, out = P.parse_infer(f.payload)
+        return InferResult(out, us)
+
+    def unload_model(self):
+        self.link.request(P.T.UNLOAD)

@@ -1,0 +1,180 @@
+"""``tinyhost bench``: MLPerf-Tiny-style performance, accuracy, memory and energy, streamed live.
+
+Parses options, prints the runner's events as they arrive, formats the BenchResult and writes --json/--csv/--report.
+"""
+
+import math
+import sys
+import time
+
+import click
+
+from ..bench import runner, session
+from ..bench.results import write_csv, write_json
+from .common import board_options
+
+
+class LivePrinter(runner.Listener):
+    """Progress bar with ETA and running accuracy on stderr; with --verbose each timing and prediction as a line."""
+
+    def __init__(self, verbose=False, stream=None):
+        self.verbose = verbose
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self._last_draw = 0.0
+        self._started = None
+        self._first_done = 0
+        self._window_count = 0
+        self._window_us = 0
+
+    def _status(self, text, force=False):
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.2:
+            return
+        self._last_draw = now
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+        elif force:
+            self.stream.write(text + "\n")
+
+    def _line(self, text):
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text):
+        self._line(text)
+
+    def timing(self, input_index, seq, time_us):
+        if seq == 0:
+            self._window_count, self._window_us = 0, 0
+        self._window_count += 1
+        self._window_us += time_us
+        if self.verbose:
+            self._line(f"  input {input_index + 1} inference {seq + 1}: {time_us / 1000:.3f} ms")
+        else:
+            self._status(f"  input {input_index + 1}: {self._window_count} inferences, "
+                         f"{self._window_us / 1e6:.2f} s of device time")
+
+    def window(self, w):
+        self._line(f"  window {w.input_index + 1}: {w.inferences} inferences in {w.elapsed_us / 1e6:.3f} s -> "
+                   f"{w.inferences_per_s:.2f} inferences/s")
+
+    def sample(self, s, done, total, running):
+        now = time.monotonic()
+        if self._started is None:
+            self._started, self._first_done = now, done - 1
+        if self.verbose:
+            mark = "" if s.predicted < 0 else (" ok" if s.predicted == s.label else " MISS")
+            what = f"score {s.score:.5f}" if s.predicted < 0 else f"pred {s.predicted} ({s.score:.3f})"
+            self._line(f"  #{s.index} {s.file}{'' if not s.window else f'[{s.window}]'} label {s.label} {what} "
+                       f"{s.time_us / 1000:.2f} ms{mark}")
+        rate = (done - self._first_done) / max(now - self._started, 1e-6)
+        eta_s = (total - done) / rate if rate > 0 else float("inf")
+        eta = "--:--" if math.isinf(eta_s) else time.strftime("%H:%M:%S", time.gmtime(eta_s))
+        width = 30
+        filled = int(width * done / total)
+        value = running.get("value")
+        shown = "n/a" if value is None else (f"{value:.4f}" if running["metric"] == "auc" else f"{100 * value:.2f} %")
+        self._status(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ETA {eta} "
+                     f"{running['metric']} {shown}", force=(done == total or done % max(1, total // 10) == 0))
+        if done == total and self.tty:
+            self.stream.write("\n")
+
+
+def format_result(result):
+    p = result.provenance
+    mark = " [virtual board]" if p.virtual else ""
+    lines = [f"board {p.label}, {p.dut} DUT {p.dut_name}, firmware {p.firmware_version} ({p.firmware_hash}), "
+             f"backend {p.backend or 'n/a'}, model {p.model_path or p.benchmark} {p.model_sha256[:12]}"]
+    perf = result.performance
+    if perf:
+        lines.append(f"performance{mark}: {perf.median_inferences_per_s:.3f} inferences/s (median of "
+                     f"{len(perf.windows)} windows), latency {perf.median_latency_us / 1000:.3f} ms; windows spread "
+                     f"{perf.spread_pct:.2f} %")
+        if perf.latency:
+            lat = perf.latency
+            lines.append(f"  single inference: p50 {lat['p50_us'] / 1000:.3f} ms, p90 {lat['p90_us'] / 1000:.3f} ms,"
+                         f" p99 {lat['p99_us'] / 1000:.3f} ms ({lat['count']} inferences)")
+    acc = result.accuracy
+    if acc:
+        value = f"{acc.value:.4f}" if acc.metric == "auc" else f"{100 * acc.value:.2f} %"
+        target = ""
+        if acc.target is not None:
+            t = f"{acc.target:.2f}" if acc.metric == "auc" else f"{100 * acc.target:.0f} %"
+            target = f" (MLPerf Tiny target {t}: {'met' if acc.meets_target else 'NOT met'})"
+        lines.append(f"accuracy{mark}: {acc.metric} {value}{target} over {acc.n_items} inferences")
+        for k, v in acc.top_k.items():
+            if k != "1":
+                lines.append(f"  top-{k} {100 * v:.2f} %")
+        if acc.board_resets:
+            lines.append(f"  recovered from {acc.board_resets} board resets / link breaks")
+    mem = result.memory
+    if mem:
+        def kb(v):
+            return "n/a" if v is None else f"{v / 1024:.1f} KB"
+        lines.append(f"memory{mark}: model {kb(mem.model_bytes)}, arena {kb(mem.arena_bytes)}, peak heap "
+                     f"{kb(mem.heap_peak_bytes)}, free heap {kb(mem.heap_free_bytes)}")
+    en = result.energy
+    if en:
+        label = "ESTIMATE" if en.kind == "estimate" else "measured"
+        lines.append(f"energy ({label}){mark}: {en.uj_per_inference:.2f} uJ per inference — {en.note}")
+        lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in en.inputs.items()))
+    return "\n".join(lines)
+
+
+@click.command()
+@board_options
+@click.option("--model", required=True, help="Model: a .tflite file or a name (kws, vww, kws01 ...).")
+@click.option("--mode", type=click.Choice(session.MODES), default="performance", show_default=True)
+@click.option("--dataset", type=click.Path(file_okay=False), default=None,
+              help="Test set: MLPerf Tiny layout (y_labels.csv + .bin), or class folders of .wav / images.")
+@click.option("--dut", type=click.Choice(["tinyhost", "eembc"]), default="tinyhost", show_default=True,
+              help="tinyhost: our firmware and protocol; eembc: any firmware speaking the MLPerf Tiny protocol.")
+@click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")
+@click.option("--window-s", type=float, default=runner.MLPERF_WINDOW_S, show_default=True,
+              help="Minimum length of each timed window (MLPerf Tiny: 10 s).")
+@click.option("--min-inferences", type=int, default=runner.MLPERF_MIN_INFERENCES, show_default=True)
+@click.option("--warmups", type=int, default=1, show_default=True)
+@click.option("--inputs", "n_inputs", type=int, default=runner.MLPERF_INPUTS, show_default=True,
+              help="Different inputs, one window each (MLPerf Tiny: 5).")
+@click.option("--limit", type=int, default=None, help="Accuracy: only the first N samples (a quick check).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write every figure as CSV.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.md, report.html and PNG plots into this folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted accuracy run from its journal.")
+@click.option("--journal", type=click.Path(dir_okay=False), default=None,
+              help="Accuracy journal file (default .tinyhost/bench/<board>-<model>-<dataset>.jsonl).")
+@click.option("--energy-meter", type=click.Choice(["none", "joulescope"]), default="none", show_default=True,
+              help="joulescope: measure energy (needs `pip install joulescope`); none: estimate it.")
+@click.option("--verbose", "verbose_lines", is_flag=True, help="Print each timing and prediction as it arrives.")
+def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend, window_s, min_inferences, warmups,
+          n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines):
+    """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy."""
+    opts = session.BenchOptions(
+        model=model, mode=mode, board=board_name, port=port, baud=baud, state_dir=state_dir, dataset=dataset,
+        dut=dut, backend=backend, window_s=window_s, min_inferences=min_inferences, warmups=warmups,
+        inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter)
+    printer = LivePrinter(verbose=verbose_lines)
+    try:
+        result = session.run(opts, printer)
+    except KeyboardInterrupt:
+        if mode in ("accuracy", "all"):
+            click.echo("tinyhost: interrupted — the journal keeps every finished sample; run the same command "
+                       "with --resume to continue", err=True)
+        raise
+    click.echo(format_result(result))
+    if json_path:
+        write_json(result, json_path)
+        click.echo(f"wrote {json_path}")
+    if csv_path:
+        write_csv(result, csv_path)
+        click.echo(f"wrote {csv_path}")
+    if report_dir:
+        from ..bench.report import write_report
+
+        paths = write_report(result, report_dir)
+        click.echo(f"wrote {paths[0]} and {len(paths) - 1} more files in {report_dir}")

@@ -1,0 +1,98 @@
+"""``tinyhost flash``: firmware files (and models) onto a board; ``--firmware IMAGE`` for MicroPython itself."""
+
+import subprocess
+import time
+
+import click
+
+from .. import boards as board_profiles
+from ..errors import TinyhostError, UsageError
+from ..firmware_image import firmware_commands
+from ..flash import check_fits_profile, firmware_items, model_item
+from ..ports import find_port, open_target
+from ..zoo import resolve
+from .common import board_options, human_bytes
+
+
+@click.command()
+@board_options
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Also put this .tflite model (or a model name, see `tinyhost models list`) on the board, "
+                   "under /models/. Repeatable.")
+@click.option("--firmware", "image", type=click.Path(dir_okay=False), default=None,
+              help="Write this MicroPython image to the chip first (esptool/bossac; prints the commands).")
+@click.option("--run", "run_commands", is_flag=True, help="With --firmware: run the printed commands.")
+@click.option("--force", is_flag=True, help="Send every file, even those already on the board.")
+def flash(board_name, port, baud, state_dir, models, image, run_commands, force):
+    """Put tinyhost's firmware files (and --model files) on a board, skipping files already there."""
+    if image:
+        _write_micropython(board_name, port, image, run_commands)
+        return
+    profile = board_profiles.load(board_name or "esp32")
+    items = firmware_items() + [model_item(resolve(m), profile) for m in models]
+    check_fits_profile(items, profile)
+    with open_target(board_name, port, baud, state_dir=state_dir) as target:
+        from ..client import Device
+        from ..flash import flash_items
+
+        where = f"virtual {target.board.name}" if target.virtual else target.board.name
+        click.echo(f"flashing {len(items)} files to {target.port} ({where})")
+        with Device.open(target.port, baud=baud) as dev:
+            with _Progress() as progress:
+                report = flash_items(dev, items, target.board, force=force, progress=progress)
+        click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
+                   f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
+
+
+def _write_micropython(board_name, port, image, run_commands):
+    if not board_name:
+        raise UsageError("--firmware needs --board to know the chip", hint="e.g. --board esp32")
+    board = board_profiles.load(board_name)
+    if port is None and not board.virtual:
+        port = find_port(board.name)
+    commands = firmware_commands(board, image, port)
+    for command in commands:
+        click.echo(f"# {command.note}\n{command.shell()}")
+    if not run_commands:
+        click.echo("(not run: add --run to run these commands)")
+        return
+    for command in commands:
+        try:
+            subprocess.run(command.argv, check=True)
+        except FileNotFoundError:
+            raise TinyhostError(f"{command.argv[0]} is not installed",
+                                hint="pip install 'tinyhost[esp]' (esptool) or install bossac") from None
+        except subprocess.CalledProcessError as e:
+            raise TinyhostError(f"{command.argv[0]} failed with exit code {e.returncode}",
+                                hint="check the port and put the board in bootloader mode") from None
+
+
+class _Progress:
+    """A progress bar with bytes/s, fed with (name, sent, total) calls."""
+
+    def __enter__(self):
+        self._bar = None
+        self._name = None
+        return self
+
+    def __call__(self, name, sent, total):
+        if name != self._name:
+            self._finish()
+            self._name, self._start, self._last = name, time.monotonic(), 0
+            self._bar = click.progressbar(length=max(total, 1), label=f"{name:<32}",
+                                          item_show_func=self._rate, show_eta=True, file=click.get_text_stream("stderr"))
+            self._bar.__enter__()
+        self._bar.update(sent - self._last, current_item=sent)
+        self._last = sent
+
+    def _rate(self, sent):
+        elapsed = time.monotonic() - self._start
+        return f"{human_bytes(sent / elapsed)}/s" if sent and elapsed > 0 else ""
+
+    def _finish(self):
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __exit__(self, *exc):
+        self._finish()

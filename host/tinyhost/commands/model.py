@@ -1,0 +1,44 @@
+"""``tinyhost model inspect FILE``: what a .tflite model contains and whether it fits each board."""
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def model():
+    """Inspect models before flashing them."""
+
+
+@model.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--board", "-b", default=None, help="Only this board profile (default: all).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full report as JSON to this file.")
+def inspect_cmd(file, board, json_out):
+    """Operators, tensors, MACs, arena bytes (ours and TFLM's), peak RAM and fit per board."""
+    from ..model import inspect
+
+    r = inspect(file, board=board)
+    click.echo(f"{r.path}: {r.model_bytes} bytes, {len(r.operators)} operators, {r.macs:,} MACs")
+    click.echo(f"{'#':>3} {'operator':<18} {'MACs':>12} {'weights':>8}  parameters")
+    for op in r.operators:
+        params = ", ".join(f"{k}={v}" for k, v in op.params.items())
+        click.echo(f"{op.index:>3} {op.op:<18} {op.macs:>12,} {op.weight_bytes:>8}  {params}")
+    for label, idx in (("input", r.inputs), ("output", r.outputs)):
+        for i in idx:
+            t = r.tensors[i]
+            click.echo(f"{label}: '{t.name}' {t.dtype}{list(t.shape)} scale={t.scale:.6g} zero_point={t.zero_point}")
+    tflm = f"{r.tflm_arena_bytes} B" if r.tflm_arena_bytes is not None else "n/a (install tinyhost[oracle])"
+    click.echo(f"arena: {r.arena_bytes} B (TFLM non-persistent arena: {tflm}); weights {r.weight_bytes} B")
+    click.echo(f"peak RAM: {r.peak_ram_weights_in_ram_bytes} B with weights in RAM, "
+               f"{r.peak_ram_weights_streamed_bytes} B with weights streamed from flash")
+    for fit in r.fits:
+        verdict = "fits" if fit.fits else "does not fit: " + "; ".join(fit.reasons)
+        where = "weights in RAM" if fit.weights_in_ram else "weights streamed"
+        click.echo(f"  {fit.board:<10} {verdict}" + (f" ({where}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))
+    if json_out:
+        tmp = Path(json_out).with_suffix(Path(json_out).suffix + ".part")
+        tmp.write_text(json.dumps(r.to_dict(), indent=2, default=list))
+        tmp.replace(json_out)

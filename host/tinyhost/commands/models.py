@@ -1,0 +1,44 @@
+"""``tinyhost models list|pull``: shipped models and the official MLPerf Tiny models in the cache."""
+
+import click
+
+from .. import zoo
+from .common import human_bytes
+
+
+@click.group()
+def models():
+    """Shipped models and the official MLPerf Tiny models (kws01, vww01, ic01, ad01)."""
+
+
+@models.command("list")
+def list_cmd():
+    """List shipped and pullable models with their size and status."""
+    rows = zoo.list_models()
+    click.echo(f"{'name':<7} {'kind':<9} {'task':<21} {'input':<14} {'size':>9}  {'status':<11} path")
+    for st in rows:
+        e = st.entry
+        shape = "x".join(str(d) for d in e.input_shape)
+        click.echo(f"{e.name:<7} {e.kind:<9} {e.task:<21} {shape:<14} {human_bytes(st.size_bytes):>9}  "
+                   f"{st.state:<11} {st.path}")
+    click.echo(f"\ncache: {zoo.cache_dir()}  (set TINYHOST_CACHE to move it)")
+    if any(st.state == "not pulled" for st in rows):
+        click.echo("pull the official models with: tinyhost models pull kws01 vww01 ic01 ad01")
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+@click.option("--from", "source", metavar="DIR|URL", default=None,
+              help="Install from a local folder (searched recursively) or a mirror's base URL instead of the "
+                   "official address.")
+@click.option("--force", is_flag=True, help="Download again even when the cached file is good.")
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="Network timeout in seconds.")
+def pull_cmd(names, source, force, timeout_s):
+    """Download official models into the cache, verifying their SHA-256 (default: all four)."""
+    names = names or tuple(e.name for e in zoo.OFFICIAL)
+    for name in names:
+        result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s)
+        verb = "already cached" if result.skipped else "pulled"
+        click.echo(f"{result.name}: {verb}, {human_bytes(result.size_bytes)}, sha256 {result.sha256[:16]}…  "
+                   f"-> {result.path}")

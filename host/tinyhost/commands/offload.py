@@ -1,0 +1,214 @@
+"""``tinyhost serve`` (the offload server) and ``tinyhost offload on|off|auto|status|keygen|relay``."""
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from ..errors import UsageError
+from .common import board_options
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--model", "model_specs", multiple=True, required=True,
+              help="Model to serve: kws|ic|ad|vww, a .tflite path, or ID=PATH. Repeat for more models.")
+@click.option("--reference-model", default=None,
+              help="Larger model (e.g. float32) whose answer is returned instead: PATH, or ID=PATH for one of "
+                   "several models. Same input and output element counts as the device model.")
+@click.option("--listen", default="127.0.0.1:7373", show_default=True,
+              help="HOST:PORT to listen on. Anything but loopback needs --token-file.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="Per-device keys (JSON, see `tinyhost offload keygen`); without it, no authentication.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Workers, each with its own interpreters.")
+@click.option("--threads", is_flag=True,
+              help="Run models on worker threads (helps backends that release the GIL, e.g. LiteRT).")
+@click.option("--backend", type=click.Choice(["auto", "tflm", "litert"]), default="auto", show_default=True)
+@click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-clients", type=int, default=256, show_default=True)
+def serve(model_specs, reference_model, listen, token_file, workers, threads, backend, max_frame_bytes,
+          max_clients):
+    """Run boards' models for them: the offload server (asyncio, many devices at once)."""
+    from ..offload import auth, models, server
+
+    host, port = server.parse_listen(listen)
+    entries = {}
+    for spec in model_specs:
+        model_id, path = models.resolve_model(spec)
+        if model_id in entries:
+            raise UsageError(f"model id {model_id!r} given twice", hint="name them with ID=PATH")
+        entries[model_id] = models.ModelEntry(model_id, path)
+    if reference_model:
+        ref_id, _, ref_path = reference_model.rpartition("=") if "=" in reference_model else ("", "", reference_model)
+        if not ref_id:
+            if len(entries) != 1:
+                raise UsageError("--reference-model: which model is it for?", hint="write ID=PATH")
+            ref_id = next(iter(entries))
+        if ref_id not in entries:
+            raise UsageError(f"--reference-model names {ref_id!r}, which is not served")
+        _, ref_file = models.resolve_model(ref_path)
+        entries[ref_id] = models.ModelEntry(ref_id, entries[ref_id].path, ref_file)
+    keys = auth.KeyStore(token_file) if token_file else None
+    cfg = server.ServerConfig(host=host, port=port, workers=workers, threads=threads, backend=backend,
+                              reference_backend=backend, max_frame_bytes=max_frame_bytes, max_clients=max_clients)
+    srv = server.OffloadServer(entries, keys, cfg)
+
+    async def run():
+        address = await srv.start()
+        for mid, (inp, out, has_ref) in srv.model_specs().items():
+            click.echo(f"serving {mid}: {entries[mid].path.name} {inp.dtype}{list(inp.shape)} -> "
+                       f"{out.dtype}{list(out.shape)}" + (f", reference {entries[mid].reference_path.name}"
+                                                          if has_ref else ""))
+        click.echo(f"listening on {address[0]}:{address[1]} "
+                   + (f"(authentication: {len(keys)} device(s) in {token_file})" if keys
+                      else "(no authentication: loopback only)"))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await srv.close()
+        st = srv.stats
+        click.echo(f"stopped: {st.requests_ok} answers, {st.requests_rejected} refused requests, "
+                   f"{st.auth_failures} authentication failures, {st.connections_total} connections")
+
+    asyncio.run(run())
+
+
+@click.group()
+def offload():
+    """Switch a board's inference between local and offloaded (on / off / auto), manage keys, relay serial."""
+
+
+def _open(board_name, port, baud, state_dir):
+    from ..client import Device
+    from ..ports import open_target
+    target_cm = open_target(board_name, port, baud, state_dir=state_dir)
+    target = target_cm.__enter__()
+    try:
+        dev = Device.open(target.port, baud=baud)
+    except BaseException as e:
+        target_cm.__exit__(type(e), e, e.__traceback__)
+        raise
+    return target_cm, dev
+
+
+def _set_mode(board_name, port, baud, state_dir, **changes):
+    from ..offload import auth, board
+    token_file = changes.pop("token_file", None)
+    target_cm, dev = _open(board_name, port, baud, state_dir)
+    try:
+        if token_file:
+            device_id = changes.get("device_id") or (board.read_config(dev) or {}).get("device_id")
+            if not device_id:
+                raise UsageError("--device-id is needed the first time a key is given to a board")
+            changes["device_id"] = device_id
+            changes["key"] = auth.ensure_device_key(token_file, device_id).hex()
+        cfg = board.configure(dev, **changes)
+    finally:
+        dev.close()
+        target_cm.__exit__(None, None, None)
+    shown = board.redacted(cfg)
+    click.echo(f"offload {cfg['mode']} " + " ".join(f"{k}={v}" for k, v in shown.items() if k != "mode"))
+
+
+def _remote_options(f):
+    for option in reversed((
+            click.option("--server", default=None, help="HOST:PORT of `tinyhost serve` (tcp transport)."),
+            click.option("--model-id", default=None, help="The model id the server serves (e.g. kws)."),
+            click.option("--device-id", default=None, help="This board's name towards the server."),
+            click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+                         help="Take (or add) this board's key from the token file the server uses."),
+            click.option("--transport", type=click.Choice(["tcp", "serial"]), default=None,
+                         help="tcp (Wi-Fi; the virtual board's loopback) or serial (relayed by the host)."),
+            click.option("--timeout-ms", type=int, default=None, help="Per-request time limit before falling back."),
+            click.option("--want", type=click.Choice(["default", "model", "reference"]), default=None,
+                         help="Which server model answers (default: the reference when the server has one)."))):
+        f = option(f)
+    return f
+
+
+@offload.command("on")
+@board_options
+@_remote_options
+def offload_on(board_name, port, baud, state_dir, **remote):
+    """Always offload; fall back to local inference on timeout or error (counted)."""
+    _set_mode(board_name, port, baud, state_dir, mode="on", **remote)
+
+
+@offload.command("auto")
+@board_options
+@_remote_options
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Offload when the local top-1 confidence is below this (default 0.8).")
+def offload_auto(board_name, port, baud, state_dir, threshold, **remote):
+    """Run locally; offload only when the local top-1 confidence is below --threshold."""
+    _set_mode(board_name, port, baud, state_dir, mode="auto", threshold=threshold, **remote)
+
+
+@offload.command("off")
+@board_options
+def offload_off(board_name, port, baud, state_dir):
+    """Always run locally (the rest of the config is kept for the next `on`)."""
+    _set_mode(board_name, port, baud, state_dir, mode="off")
+
+
+@offload.command("status")
+@board_options
+def offload_status(board_name, port, baud, state_dir):
+    """Show the board's offload config (the key redacted)."""
+    from ..offload import board
+    target_cm, dev = _open(board_name, port, baud, state_dir)
+    try:
+        cfg = board.read_config(dev)
+    finally:
+        dev.close()
+        target_cm.__exit__(None, None, None)
+    if cfg is None:
+        click.echo(f"no {board.CONFIG_PATH} on the board: offload is off")
+        return
+    for k, v in board.redacted(cfg).items():
+        click.echo(f"{k:<16} {v}")
+
+
+@offload.command("keygen")
+@click.option("--token-file", type=click.Path(dir_okay=False), required=True)
+@click.option("--device-id", required=True)
+@click.option("--rotate", is_flag=True, help="Replace the device's key (the board needs `offload on` again).")
+def offload_keygen(token_file, device_id, rotate):
+    """Add a device with a fresh random key to a token file (created with mode 0600)."""
+    from ..offload import auth
+    auth.ensure_device_key(token_file, device_id, rotate=rotate)
+    click.echo(f"{device_id}: key {'rotated' if rotate else 'ready'} in {token_file}")
+
+
+@offload.command("relay")
+@click.option("--port", required=True, help="Serial port of a board using the serial transport.")
+@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--server", default="127.0.0.1:7373", show_default=True)
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
+def offload_relay(port, baud, server, seconds):
+    """Forward a board's offload frames from its serial port to the server; print the board's other output."""
+    import serial
+
+    from ..errors import PortBusy, TransportError
+    from ..offload.relay import OffloadRelay, relay_stream
+    from ..offload.server import parse_listen
+
+    host, tcp_port = parse_listen(server)
+    try:
+        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.05, exclusive=True)
+    except serial.SerialException as e:
+        if "busy" in str(e).lower() or "lock" in str(e).lower():
+            raise PortBusy(f"{port} is in use") from None
+        raise TransportError(f"cannot open {port}: {e}", hint="check --port") from None
+    relay = OffloadRelay(host, tcp_port)
+    try:
+        n = relay_stream(ser, relay, on_text=lambda b: click.echo(b.decode(errors="replace"), nl=False),
+                         max_seconds=seconds)
+    finally:
+        relay.close()
+        ser.close()
+    click.echo(f"\nrelayed {n} frames ({relay.frames_failed} could not reach the server)")

@@ -1,0 +1,28 @@
+"""``tinyhost sim``: run a virtual board until Ctrl-C / SIGTERM; the first line of stdout is its port path."""
+
+import click
+
+from ..sim.relay import BootFailed, make_config, serve
+from ..errors import TransportError
+
+
+@click.command()
+@click.option("--board", "board_name", default="esp32", show_default=True,
+              help="Board profile to emulate (its heap, flash size and baud): esp32 (or sim), esp32s3, nano33ble.")
+@click.option("--baud", type=click.IntRange(min=1), help="Emulated line rate in bit/s [default: the profile's].")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Where the flash image lives [default: ~/.cache/tinyhost/sim/<board>].")
+@click.option("--drop-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Probability that a byte is lost on the line (both directions).")
+@click.option("--corrupt-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Probability that a byte is changed on the line (both directions).")
+@click.option("--seed", type=int, help="Seed for the fault injection, for reproducible faults.")
+@click.option("--fresh", is_flag=True, help="Erase the flash first (an empty filesystem with a default boot.py).")
+def sim(board_name, baud, state_dir, drop_rate, corrupt_rate, seed, fresh):
+    """Start a virtual board: MicroPython's VM on a pseudo-terminal that mpremote, pyserial and tinyhost open
+    like /dev/ttyUSB0. Prints the port path first, then what it emulates; serves until Ctrl-C or SIGTERM."""
+    config = make_config(board_name, baud, state_dir, drop_rate, corrupt_rate, seed, fresh)
+    try:
+        serve(config)
+    except BootFailed as e:
+        raise TransportError(str(e), hint="run `tinyhost sim --fresh` to start from an empty flash") from None

@@ -1,0 +1,303 @@
+"""Reliable frame exchange with the tinyfw runtime: sequence numbers, timeouts, bounded retries, a sliding window.
+
+:class:`Link` sits between the byte transport and the typed client. ``request`` sends one request and returns its
+reply (retrying the same sequence number, so a retried request whose reply was lost is not executed twice);
+``send_data`` streams a file as consecutive data frames with up to ``window`` of them in flight (go-back-N on NAK
+or timeout). Every wait has a deadline; every retry loop stops after ``MAX_TRIES``.
+"""
+
+import collections
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from . import protocol as P
+from .errors import BoardNotResponding, DeviceError, DoesNotFit, ModelError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_TRIES = 8                  # sends of one frame before giving up
+BASE_TIMEOUT_S = 0.4           # reply timeout on top of the wire time (a loaded host or board answers late)
+TEXT_TAIL_BYTES = 2048
+STALL_S = 0.08                 # a frame from the device that stops arriving this long has lost bytes
+MIN_CHUNK_BYTES = 128          # smallest data chunk the sender shrinks to on a noisy line
+GROW_AFTER_CLEAN = 8           # acknowledged frames in a row before the chunk doubles again
+REPL_END = b"\x04>"            # the raw REPL's "code finished" marker: the runtime is gone
+DAMAGED = P.Frame(-1, -1)      # next_frame(): a frame from the device arrived damaged
+
+
+@dataclass
+class LinkStats:
+    frames_sent: int = 0
+    frames_retried: int = 0     # frames sent again (timeout or NAK)
+    naks_received: int = 0
+    timeouts: int = 0
+    frames_bad: int = 0         # damaged frames from the device
+    stale_frames: int = 0       # replies to requests already answered
+
+
+def device_error(frame, what):
+    """The exception for an ERR reply to ``what``."""
+    code, message = P.parse_error(frame.payload)
+    text = f"{what}: {message}"
+    if code in (P.ErrorCode.NO_SPACE, P.ErrorCode.NO_MEMORY):
+        err = DoesNotFit(text, hint="free space on the board (tinyhost ls / rm) or use a smaller model"
+                         if code == P.ErrorCode.NO_SPACE else "use a smaller model or a board with more RAM")
+    elif code in (P.ErrorCode.MODEL, P.ErrorCode.NO_MODEL):
+        err = ModelError(text, hint="load a supported int8 .tflite model first" if code == P.ErrorCode.NO_MODEL
+                         else "check the model with `tinyhost model check`")
+    elif code == P.ErrorCode.HASH_MISMATCH:
+        err = ProtocolError(text)
+    elif code == P.ErrorCode.NO_ENGINE:
+        err = DeviceError(text, hint="run `tinyhost flash` to put the firmware on the board")
+    else:
+        err = DeviceError(text, hint="see the message; `tinyhost info` shows the board's state")
+    err.code = code
+    err.device_message = message
+    return err
+
+
+class Link:
+    def __init__(self, transport, timeout_s=5.0):
+        self.t = transport
+        self.timeout_s = timeout_s
+        self.decoder = P.FrameDecoder()
+        self.frames = collections.deque()
+        self.seq = random.randrange(0x10000)
+        self.max_payload = 1024          # until HELLO tells what the device takes
+        self.window = 1
+        self.data_chunk = 0              # current data chunk size (0: as large as a frame allows)
+        self.resync = False              # next request carries FLAG_SYNC
+        self.stats = LinkStats()
+        self.text_tail = bytearray()
+        self.on_text = None              # callback(bytes) for text from the device (EEMBC output, prints)
+
+    # -- receiving ------------------------------------------------------------------------------------------
+    def next_frame(self, deadline, report_damage=False):
+        """The next frame from the device, or None once ``deadline`` (time.monotonic) has passed.
+
+        With ``report_damage``, a damaged frame from the device (a reply lost on the line) returns ``DAMAGED`` at
+        once, so the caller can ask again without waiting for its timeout.
+        """
+        while not self.frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            partial = report_damage and self.decoder.pending()
+            data = self.t.read_some(min(left, STALL_S if partial else 0.25))
+            if data:
+                if self._feed(data) and report_damage and not self.frames:
+                    return DAMAGED
+            elif partial and time.monotonic() < deadline:
+                # a frame stopped arriving halfway: bytes were lost on the line
+                bad = self.decoder.frames_bad
+                self.frames.extend(self.decoder.discard_pending())
+                self.stats.frames_bad += self.decoder.frames_bad - bad
+                if not self.frames:
+                    return DAMAGED
+        return self.frames.popleft()
+
+    def _feed(self, data):
+        """Decode ``data``; returns how many damaged frames it held."""
+        bad = self.decoder.frames_bad
+        self.frames.extend(self.decoder.feed(data))
+        damaged = self.decoder.frames_bad - bad
+        self.stats.frames_bad += damaged
+        text = self.decoder.take_text()
+        if text:
+            self.text_tail += text
+            del self.text_tail[:-TEXT_TAIL_BYTES]
+            log.debug("text from the device: %r", text)
+            if self.on_text:
+                self.on_text(text)
+        return damaged
+
+    def take_text(self):
+        text = bytes(self.text_tail)
+        self.text_tail.clear()
+        return text
+
+    def _check_alive(self):
+        """Raise when the text from the device shows that the runtime has ended (back at the REPL)."""
+        tail = bytes(self.text_tail)
+        if REPL_END in tail or b"Traceback" in tail:
+            detail = tail.replace(b"\x04", b" ").decode(errors="replace").strip()
+            raise DeviceError(f"the tinyfw runtime on the board stopped: {detail[-400:]}",
+                              hint="reconnect (tinyhost starts it again); report the traceback if it repeats")
+
+    # -- sending --------------------------------------------------------------------------------------------
+    def reply_timeout_s(self, out_bytes, in_bytes=P.OVERHEAD_BYTES):
+        return BASE_TIMEOUT_S + 3.0 * self.t.wire_time_s(out_bytes + in_bytes)
+
+    def next_seq(self):
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFF
+        return seq
+
+    def request(self, ftype, payload=b"", flags=0, timeout_s=None, on_event=None, tries=MAX_TRIES,
+                expect_bytes=P.OVERHEAD_BYTES, what=None):
+        """Send one request, return its OK/ACK reply frame; raises the mapped error for an ERR reply.
+
+        ``timeout_s`` is the wait for a reply to one send (default: from the wire time of both frames);
+        an EVENT frame for this request (``on_event(index, value)``) starts the wait again.
+        """
+        seq = self.next_seq()
+        if self.resync:                           # an interrupted transfer left the device's count behind
+            flags |= P.FLAG_SYNC
+            self.resync = False
+        raw = P.encode_frame(ftype, seq, payload, flags)
+        what = what or P.Frame(ftype, seq).name
+        wait_s = timeout_s if timeout_s is not None else self.reply_timeout_s(len(raw), expect_bytes)
+        heard = False
+        for attempt in range(tries):
+            if attempt:
+                self.stats.frames_retried += 1
+                log.info("%s seq %d: sending again (try %d)", what, seq, attempt + 1)
+            self.t.write(raw)
+            self.stats.frames_sent += 1
+            deadline = time.monotonic() + wait_s
+            while True:
+                f = self.next_frame(deadline, report_damage=True)
+                if f is None:
+                    self.stats.timeouts += 1
+                    self._check_alive()
+                    break
+                heard = True
+                if f is DAMAGED:
+                    break                         # the reply was damaged: ask again (the device answers a copy)
+                if f.ftype == P.T.READY:
+                    raise ProtocolError("the tinyfw runtime restarted in the middle of a session",
+                                        hint="the board was reset; reconnect")
+                if f.ftype == P.T.NAK:
+                    self.stats.naks_received += 1
+                    if 0 < ((seq - P.parse_nak(f.payload)[0]) & 0xFFFF) < 0x8000:
+                        # the device still waits for an earlier frame that will not come (an interrupted
+                        # transfer); it has not seen this seq, so a SYNC copy cannot run twice
+                        raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
+                    break                         # else: send the same again (it gets the cached reply if it ran)
+                if f.seq != seq:
+                    self.stats.stale_frames += 1
+                    continue
+                if f.ftype == P.T.EVENT:
+                    if on_event:
+                        on_event(*P.parse_event(f.payload))
+                    deadline = time.monotonic() + wait_s
+                    continue
+                if f.ftype == P.T.ERR:
+                    raise device_error(f, what)
+                if f.ftype == P.T.OK or (f.ftype == P.T.ACK and ftype == P.T.PUT_DATA):
+                    return f
+                if f.ftype == P.T.ACK:
+                    # the device took this seq for a copy of an old frame: make it take this one as new
+                    raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
+                    break
+                self.stats.stale_frames += 1
+        if not heard:
+            raise BoardNotResponding(f"no answer to {what} from the board on {self.t.port} "
+                                     f"({tries} tries, {wait_s:.1f} s each)")
+        raise ProtocolError(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
+                            f"NAKs: {self.stats.naks_received})")
+
+    def send_data(self, ftype, data, pack, progress=None, what="data"):
+        """Send ``data`` as consecutive frames ``pack(offset, chunk)``, up to ``self.window`` in flight, each
+        acknowledged by an ACK (go-back-N on NAK or timeout). ``progress(bytes_acknowledged)`` as ACKs arrive.
+
+        The chunk size adapts to the line: halved (down to MIN_CHUNK_BYTES) when frames are lost or damaged,
+        doubled again after a run of clean ones; unacknowledged frames are cut anew. That is safe because the device
+        takes data by offset: a frame overlapping bytes it has already written only adds the bytes past its end.
+        """
+        total = len(data)
+        if total == 0:
+            return
+        max_chunk = self.max_payload - len(pack(0, b""))
+        chunk = min(self.data_chunk or max_chunk, max_chunk)
+        first = self.seq
+        frames = []                     # index -> (offset, length, raw); index i has seq first + i
+        self.seq_used = 0
+        try:
+            self._send_frames(ftype, data, pack, progress, what, first, frames, max_chunk, chunk)
+        except BaseException:
+            self.resync = True          # the device may be left waiting for a frame that will not come
+            raise
+        finally:
+            self.seq = (first + self.seq_used) & 0xFFFF
+
+    def _send_frames(self, ftype, data, pack, progress, what, first, frames, max_chunk, chunk):
+        total = len(data)
+        window = max(1, self.window)
+        base = next_i = 0
+        tries = 0
+        clean = 0
+        deadline = 0.0
+
+        def end_of(i):
+            return frames[i][0] + frames[i][1] if i >= 0 else 0
+
+        def inflight_bytes():
+            return sum(len(frames[i][2]) for i in range(base, next_i)) or P.OVERHEAD_BYTES
+
+        while base < len(frames) or end_of(len(frames) - 1) < total:
+            sent_any = False
+            while next_i - base < window and (next_i < len(frames) or end_of(len(frames) - 1) < total):
+                if next_i == len(frames):
+                    off = end_of(next_i - 1)
+                    n = min(chunk, total - off)
+                    if len(frames) >= 0x8000:
+                        raise ValueError("too many frames for one transfer")
+                    frames.append((off, n, P.encode_frame(ftype, (first + next_i) & 0xFFFF,
+                                                          pack(off, data[off:off + n]))))
+                    self.seq_used = max(self.seq_used, len(frames))
+                self.t.write(frames[next_i][2])
+                self.stats.frames_sent += 1
+                sent_any = True
+                next_i += 1
+            if sent_any:
+                deadline = time.monotonic() + self.reply_timeout_s(inflight_bytes())
+            f = self.next_frame(deadline, report_damage=True)
+            if f is None or f is DAMAGED:
+                if f is None:
+                    self.stats.timeouts += 1
+                    self._check_alive()
+                log.info("%s: %s for frame %d (%d in flight, chunk %d): sending again", what,
+                         "no ACK" if f is None else "damaged reply", base, next_i - base, chunk)
+                tries += 1
+                if tries >= MAX_TRIES:
+                    raise ProtocolError(f"{what}: bytes {end_of(base - 1)}.. not acknowledged after {tries} tries")
+                self.stats.frames_retried += next_i - base
+                next_i = base                     # go back to the oldest unacknowledged frame, cut smaller
+                del frames[base:]
+                chunk = max(MIN_CHUNK_BYTES, chunk // 2)
+                clean = 0
+                continue
+            idx = (f.seq - first) & 0xFFFF
+            if f.ftype == P.T.ACK and base <= idx < next_i:
+                base = idx + 1
+                tries = 0
+                clean += 1
+                if clean >= GROW_AFTER_CLEAN and chunk < max_chunk:
+                    chunk = min(max_chunk, chunk * 2)
+                    clean = 0
+                deadline = time.monotonic() + self.reply_timeout_s(inflight_bytes())
+                if progress:
+                    progress(end_of(base - 1))
+            elif f.ftype == P.T.NAK:
+                self.stats.naks_received += 1
+                idx = (P.parse_nak(f.payload)[0] - first) & 0xFFFF
+                if base <= idx < next_i:
+                    self.stats.frames_retried += next_i - idx
+                    base = next_i = idx           # everything before idx arrived; idx and later were dropped
+                    del frames[idx:]
+                    chunk = max(MIN_CHUNK_BYTES, chunk // 2)
+                    clean = 0
+                    tries += 1
+                    if tries >= MAX_TRIES:
+                        raise ProtocolError(f"{what}: bytes {end_of(idx - 1)}.. rejected {tries} times")
+            elif f.ftype == P.T.ERR and idx < len(frames):
+                raise device_error(f, what)
+            elif f.ftype == P.T.READY:
+                raise ProtocolError("the tinyfw runtime restarted in the middle of a transfer",
+                                    hint="the board was reset; reconnect and retry")
+            else:
+                self.stats.stale_frames += 1
+        self.data_chunk = chunk

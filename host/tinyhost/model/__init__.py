@@ -1,0 +1,170 @@
+"""Host-side view of a model, using the device engine's own reader, operator preparation and planner.
+
+``inspect(path, board=None)`` validates a ``.tflite`` file exactly as the firmware will (same code) and returns a
+:class:`ModelReport`: operators with parameters and MACs, tensors, model size, our arena and TFLM's, peak RAM
+estimates and, per board profile, whether it fits and why not.
+"""
+
+import importlib
+import sys
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+from .. import boards as board_profiles
+from ..errors import ModelError, UsageError
+from ..paths import firmware_dir
+
+# RAM the firmware itself needs besides the model (code of the runtime and engine, buffers); an estimate for
+# MicroPython on a 32-bit board, used only for the fits-per-board verdict. `tinyhost info` reports real heap figures.
+FIRMWARE_OVERHEAD_BYTES = 40 * 1024
+# Per-channel and per-operator bookkeeping kept in RAM (multipliers, shifts, biases, parameter arrays).
+_PER_CHANNEL_BYTES = 12
+_PER_OP_BYTES = 200
+
+
+def engine_module():
+    """The device engine package (tinyfw.engine), imported from the firmware directory, with the numpy backend."""
+    root = str(firmware_dir())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    engine = importlib.import_module("tinyfw.engine")
+    from . import kernels_numpy
+    engine.register_backend("numpy", kernels_numpy)
+    return engine
+
+
+@dataclass
+class TensorReport:
+    index: int
+    name: str
+    shape: tuple
+    dtype: str
+    scale: float
+    zero_point: int
+    per_channel: bool
+    constant: bool
+    nbytes: int
+
+
+@dataclass
+class OpReport:
+    index: int
+    op: str
+    inputs: list
+    outputs: list
+    params: dict
+    macs: int
+    weight_bytes: int
+
+
+@dataclass
+class BoardFit:
+    board: str
+    fits: bool
+    reasons: list
+    heap_bytes: int
+    fs_bytes: int
+    peak_ram_bytes: int
+    weights_in_ram: bool
+
+
+@dataclass
+class ModelReport:
+    path: str
+    model_bytes: int
+    description: str
+    operators: list
+    tensors: list
+    inputs: list
+    outputs: list
+    macs: int
+    weight_bytes: int
+    arena_bytes: int
+    tflm_arena_bytes: object        # TFLM's non-persistent (head) arena, None without tflite-micro
+    tflm_persistent_bytes: object
+    peak_ram_weights_in_ram_bytes: int
+    peak_ram_weights_streamed_bytes: int
+    fits: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _fail(e, path):
+    return ModelError(f"{path}: {e}", hint="the model must be an int8 .tflite file using only the supported "
+                                           "operators (see docs/engine.md)")
+
+
+def inspect(path, board=None, tflm=True):
+    """Validate and describe the model at `path`. Raises tinyhost.errors.ModelError for a bad model."""
+    engine = engine_module()
+    from tinyfw.engine import reader, ops as engine_ops
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no model file at {path}", hint="give the path of a .tflite file")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            md = reader.read_model(f, size)
+            specs = engine_ops.prepare(md)
+            _, arena = engine.plan_arena(md, specs)
+            tensors = [TensorReport(t.index, t.name, tuple(t.shape), t.dtype, t.scale, t.zero_point, t.nq > 1,
+                                    t.is_const, t.nbytes) for t in md.tensors]
+    except engine.ModelError as e:
+        raise _fail(e, path) from None
+    operators = []
+    channels = 0
+    weights = 0
+    biggest = 0
+    for s in specs:
+        wb = (s.weights.nbytes if s.weights is not None else 0) + (s.bias.nbytes if s.bias is not None else 0)
+        weights += wb
+        biggest = max(biggest, min(wb, engine.STREAM_SCRATCH_BYTES) if s.row_bytes else wb)
+        channels += s.channels
+        operators.append(OpReport(s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info),
+                                  s.macs, wb))
+    bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES
+    tflm_head = tflm_tail = None
+    if tflm:
+        from . import oracle
+        if oracle.available():
+            try:
+                a = oracle.tflm_arena(path)
+                tflm_head, tflm_tail = a.head_bytes, a.tail_bytes
+            except Exception:       # TFLM refuses models we accept only in corner cases; report None
+                tflm_head = tflm_tail = None
+    report = ModelReport(
+        path=str(path), model_bytes=size, description=md.description, operators=operators, tensors=tensors,
+        inputs=list(md.inputs), outputs=list(md.outputs), macs=sum(s.macs for s in specs), weight_bytes=weights,
+        arena_bytes=arena, tflm_arena_bytes=tflm_head, tflm_persistent_bytes=tflm_tail,
+        peak_ram_weights_in_ram_bytes=arena + weights + bookkeeping,
+        peak_ram_weights_streamed_bytes=arena + biggest + bookkeeping)
+    names = [board] if board else board_profiles.available()
+    for name in names:
+        report.fits.append(board_fit(report, board_profiles.load(name)))
+    return report
+
+
+def board_fit(report, b):
+    """Whether the model described by `report` fits board profile `b`, and why not."""
+    reasons = []
+    if report.model_bytes > b.fs_bytes:
+        reasons.append(f"model file ({report.model_bytes} B) is larger than the board's filesystem ({b.fs_bytes} B)")
+    budget = b.heap_bytes - FIRMWARE_OVERHEAD_BYTES
+    in_ram = report.peak_ram_weights_in_ram_bytes <= budget // 2 + report.arena_bytes
+    peak = report.peak_ram_weights_in_ram_bytes if in_ram else report.peak_ram_weights_streamed_bytes
+    if peak > budget:
+        reasons.append(f"needs about {peak} B of RAM (arena {report.arena_bytes} B + weights/bookkeeping), the "
+                       f"board has about {budget} B free for models ({b.heap_bytes} B heap)")
+    return BoardFit(b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak, in_ram)
+
+
+def check_fits(path, board):
+    """Raise DoesNotFit / ModelError before flashing when the model cannot run on `board` (a profile name)."""
+    from ..errors import DoesNotFit
+    report = inspect(path, board=board, tflm=False)
+    fit = report.fits[0]
+    if not fit.fits:
+        raise DoesNotFit(f"{path} does not fit {board}: " + "; ".join(fit.reasons),
+                         hint="use a smaller model or a board with more RAM/flash (see `tinyhost model inspect`)")
+    return report

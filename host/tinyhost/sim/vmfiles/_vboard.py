@@ -1,0 +1,107 @@
+# The virtual board's boot code, run by MicroPython's unix VM; stays in sys.modules as `_vboard`.
+#
+# It mounts the board's flash (a littlefs2 image file on the host) at "/" in place of the host filesystem, so the
+# board sees only its own files, like an ESP32; then runs boot.py, and main.py after a reset into the friendly
+# REPL, as MicroPython does on a board. The relay (tinyhost.sim.relay) passes the settings on the command line.
+import builtins
+import gc
+import micropython
+import os
+import sys
+import vfs
+
+board = ""
+heap_bytes = 0
+fs_bytes = 0
+baud = 0
+virtual = True
+
+# In-band notes to the relay, which removes them from the output (see tinyhost.sim.relay).
+_NOTE_MOUNTED = "\x1b]tinyhost-sim:mounted\x07"     # flash at /, Ctrl-C can interrupt from here on
+_NOTE_READY = "\x1b]tinyhost-sim:ready\x07"         # boot.py has run
+_BLOCK_DEVICE_IOCTL_COUNT = 4
+_BLOCK_DEVICE_IOCTL_SIZE = 5
+
+
+class _FlashImage:
+    # Block device over the host file holding the flash image (MicroPython's extended block protocol).
+
+    def __init__(self, path, block_bytes, block_count):
+        self._file = open(path, "r+b")
+        self._block_bytes = block_bytes
+        self._block_count = block_count
+
+    def readblocks(self, block, buf, offset=0):
+        self._file.seek(block * self._block_bytes + offset)
+        self._file.readinto(buf)
+
+    def writeblocks(self, block, buf, offset=0):
+        if offset is None:
+            offset = 0
+        self._file.seek(block * self._block_bytes + offset)
+        self._file.write(buf)     # unbuffered: in the host's page cache at once (no fsync, that's 100x slower)
+
+    def ioctl(self, op, arg):
+        if op == _BLOCK_DEVICE_IOCTL_COUNT:
+            return self._block_count
+        if op == _BLOCK_DEVICE_IOCTL_SIZE:
+            return self._block_bytes
+        return 0        # init, deinit, sync, erase: nothing to do for a file
+
+
+def _mount(image_path, block_bytes, block_count):
+    flash = _FlashImage(image_path, block_bytes, block_count)
+    vfs.umount("/")
+    try:
+        vfs.mount(vfs.VfsLfs2(flash), "/")
+        fresh = False
+    except OSError:
+        # First start (or a damaged image): format, as MicroPython does on a board whose filesystem won't mount.
+        vfs.VfsLfs2.mkfs(flash)
+        vfs.mount(vfs.VfsLfs2(flash), "/")
+        fresh = True
+    os.chdir("/")
+    if fresh:
+        with open("boot.py", "w") as f:
+            f.write("# boot.py: runs at every reset of this (virtual) board, before main.py\n")
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _run(path):
+    # Like pyexec_file on a board: errors are printed and booting goes on; SystemExit means a soft reset.
+    import __main__
+    try:
+        builtins.execfile(path, __main__.__dict__)      # compiles from the file, as a board does
+    except SystemExit:
+        # The relay restarts the VM when it ends and shows the soft reboot, as a board resets here.
+        os.system("kill -KILL $PPID")
+    except BaseException as e:  # noqa: B036 (a board prints every error from boot.py/main.py and carries on)
+        sys.print_exception(e)
+    gc.collect()
+
+
+def _boot():
+    global board, heap_bytes, fs_bytes, baud
+    image_path, block_bytes, block_count, board, heap_bytes, fs_bytes, baud, mode = sys.argv[1:9]
+    micropython.kbd_intr(-1)        # Ctrl-C while mounting arrives as data; boot.py and main.py can be interrupted
+    block_bytes, block_count = int(block_bytes), int(block_count)
+    heap_bytes, fs_bytes, baud = int(heap_bytes), int(fs_bytes), int(baud)
+    _mount(image_path, block_bytes, block_count)
+    sys.path[:] = ["", ".frozen", "/lib"]
+    sys.argv[:] = []
+    gc.collect()
+    micropython.kbd_intr(3)
+    sys.stdout.write(_NOTE_MOUNTED)
+    if _exists("boot.py"):
+        _run("boot.py")
+    sys.stdout.write(_NOTE_READY)
+    if mode == "friendly" and _exists("main.py"):
+        _run("main.py")
+    gc.collect()

@@ -1,0 +1,237 @@
+"""Visual-wake-words data: 96x96 RGB scenes composed from emoji glyphs, or COCO-VWW folders when present.
+
+Synthetic set (the default, needs Debian's ``fonts-noto-color-emoji`` and ``unicode-data``): Noto Color Emoji
+glyphs, grouped by the Unicode emoji-test.txt groups. *Person* glyphs are the People & Body subgroups person,
+person-gesture, person-role, person-fantasy, person-activity, person-sport, person-resting and family, in all
+skin tones. *Non-person* glyphs are Animals & Nature, Food & Drink, Travel & Places, Activities and Objects.
+Faces (Smileys & Emotion), hands, body parts, person symbols, symbols and flags are left out of both classes
+as ambiguous. Glyphs are split by base emoji (skin tones of one emoji stay in one split), so the test set shows
+figures the model never saw. A scene is a procedural background (gradients, horizons, blocks, smooth noise,
+stripes) with 0-3 non-person glyphs as clutter and, for the *person* class, 1-2 person glyphs; glyphs are
+scaled (18-88 px), rotated a little, may be cut by the frame or overlap; the scene then gets colour jitter,
+blur, noise and low-resolution resampling. A quarter of the training scenes are "easy" (one large glyph, no
+clutter); validation and test scenes never are. Labels: 0 = no person, 1 = person (MLPerf Tiny vww01 order).
+
+Real data: ``--vww-dir DIR`` with ``DIR/person/*`` and ``DIR/non_person/*`` images (the Visual Wake Words
+split of COCO), resized to 96x96, split 80/10/10 with the seed.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("pipeline.vww")
+
+SIZE = 96
+LABELS = ("non_person", "person")
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+PERSON_SUBGROUPS = {"person", "person-gesture", "person-role", "person-fantasy", "person-activity",
+                    "person-sport", "person-resting", "family"}
+NON_PERSON_GROUPS = {"Animals & Nature", "Food & Drink", "Travel & Places", "Activities", "Objects"}
+GLYPH_PX = 80                     # glyphs are cached at this size, then scaled per scene
+
+
+def emoji_catalogue(path=EMOJI_TEST):
+    """[(characters, base name, label, subgroup)] for every fully-qualified emoji in the two classes."""
+    if not path.is_file():
+        raise SystemExit(f"pipeline: {path} is missing — apt-get install unicode-data fonts-noto-color-emoji")
+    group = subgroup = None
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line and not line.startswith("#") and "; fully-qualified" in line:
+            codes, rest = line.split(";", 1)
+            chars = "".join(chr(int(c, 16)) for c in codes.split())
+            name = rest.split("#", 1)[1].strip().split(" ", 2)[2]      # after the glyph and "E1.0"
+            base = name.split(":")[0].strip()
+            if group == "People & Body" and subgroup in PERSON_SUBGROUPS:
+                out.append((chars, base, 1, subgroup))
+            elif group in NON_PERSON_GROUPS:
+                out.append((chars, base, 0, subgroup))
+    return out
+
+
+def render_glyphs(catalogue):
+    """(RGBA uint8 array GLYPH_PX square, base, label, subgroup) for the emoji the font draws as one glyph."""
+    from PIL import Image, ImageDraw, ImageFont
+    if not EMOJI_FONT.is_file():
+        raise SystemExit(f"pipeline: {EMOJI_FONT} is missing — apt-get install fonts-noto-color-emoji")
+    font = ImageFont.truetype(str(EMOJI_FONT), 109)
+    glyphs = []
+    for chars, base, label, subgroup in catalogue:
+        canvas = Image.new("RGBA", (400, 160), (0, 0, 0, 0))
+        ImageDraw.Draw(canvas).text((8, 8), chars, font=font, embedded_color=True)
+        box = canvas.getbbox()
+        if box is None:
+            continue
+        w, h = box[2] - box[0], box[3] - box[1]
+        if w > 1.4 * h or w < 20 or h < 20:        # the font drew a sequence as several glyphs: skip it
+            continue
+        glyph = canvas.crop(box)
+        side = max(w, h)
+        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        square.paste(glyph, ((side - w) // 2, (side - h) // 2))
+        glyphs.append((np.asarray(square.resize((GLYPH_PX, GLYPH_PX), Image.LANCZOS)), base, label, subgroup))
+    return glyphs
+
+
+def split_by_base(glyphs, seed, fractions=(0.75, 0.1, 0.15)):
+    """{split: {label: [(glyph array, subgroup)]}}, every base emoji (all its skin tones) in one split."""
+    rng = np.random.default_rng(seed)
+    out = {s: {0: [], 1: []} for s in ("train", "val", "test")}
+    for label in (0, 1):
+        bases = sorted({b for _, b, lab, _ in glyphs if lab == label})
+        order = [bases[i] for i in rng.permutation(len(bases))]
+        n_train = int(round(fractions[0] * len(order)))
+        n_val = int(round(fractions[1] * len(order)))
+        where = {b: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+                 for i, b in enumerate(order)}
+        for g, b, lab, sub in glyphs:
+            if lab == label:
+                out[where[b]][label].append((g, sub))
+    return out
+
+
+# -- scenes -------------------------------------------------------------------------------------------------
+
+def _smooth_noise(rng, cells):
+    from PIL import Image
+    small = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((SIZE, SIZE), Image.BICUBIC)).astype(np.float32)
+
+
+def background(rng):
+    """A 96x96x3 float32 procedural background in [0, 255]."""
+    kind = rng.integers(5)
+    y = np.linspace(0, 1, SIZE, dtype=np.float32)[:, None, None]
+    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    if kind == 0:                                   # vertical gradient
+        img = c1 * (1 - y) + c2 * y + np.zeros((SIZE, SIZE, 3), np.float32)
+    elif kind == 1:                                 # sky over ground with a horizon
+        horizon = rng.uniform(0.3, 0.8)
+        img = np.where(y < horizon, c1 * (1 - 0.4 * y), c2 * (0.7 + 0.3 * y)) + np.zeros((SIZE, SIZE, 3))
+    elif kind == 2:                                 # smooth noise (foliage, clouds, carpet)
+        img = 0.5 * _smooth_noise(rng, int(rng.integers(3, 24))) + 0.5 * c1
+    elif kind == 3:                                 # stripes or tiles
+        period = rng.uniform(6, 30)
+        xx = np.arange(SIZE)[None, :, None]
+        yy = np.arange(SIZE)[:, None, None]
+        pattern = ((xx // period + (yy // period) * rng.integers(0, 2)) % 2).astype(np.float32)
+        img = c1 * pattern + c2 * (1 - pattern)
+    else:                                           # blocks (buildings, furniture, shelves)
+        img = np.zeros((SIZE, SIZE, 3), np.float32) + c1
+        for _ in range(rng.integers(3, 12)):
+            x0, y0 = rng.integers(0, SIZE, 2)
+            w, h = rng.integers(8, 60, 2)
+            img[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+    img = img + rng.normal(0, rng.uniform(0, 12), (SIZE, SIZE, 3))
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def _paste(rng, img, glyph, size_px):
+    from PIL import Image
+    g = Image.fromarray(glyph)
+    if rng.random() < 0.5:
+        g = g.transpose(Image.FLIP_LEFT_RIGHT)
+    g = g.rotate(float(rng.uniform(-25, 25)), resample=Image.BILINEAR, expand=False)
+    g = np.asarray(g.resize((size_px, size_px), Image.BILINEAR)).astype(np.float32)
+    x0 = int(rng.integers(-size_px // 3, SIZE - 2 * size_px // 3))
+    y0 = int(rng.integers(-size_px // 3, SIZE - 2 * size_px // 3))
+    xs, ys = max(0, x0), max(0, y0)
+    xe, ye = min(SIZE, x0 + size_px), min(SIZE, y0 + size_px)
+    patch = g[ys - y0:ye - y0, xs - x0:xe - x0]
+    alpha = patch[..., 3:4] / 255.0
+    img[ys:ye, xs:xe] = img[ys:ye, xs:xe] * (1 - alpha) + patch[..., :3] * alpha
+
+
+def scene(rng, label, people, things, easy=False):
+    """One 96x96x3 uint8 scene of class ``label`` from the given (glyph, subgroup) lists, and the subgroups of
+    the glyphs in it (the training-only auxiliary target).
+
+    ``easy``: a single large glyph of the class and no clutter (used for part of the training set only, so the
+    network first finds what a person glyph looks like; validation and test scenes are never easy).
+    """
+    from PIL import Image, ImageFilter
+    img = background(rng)
+    if easy:
+        pool = people if label else things
+        glyph, sub = pool[rng.integers(len(pool))]
+        _paste(rng, img, glyph, int(rng.integers(44, 88)))
+        layers, tags = [], {sub}
+    else:
+        n_things = int(rng.integers(0, 4)) if label else int(rng.integers(1, 5))
+        layers = [(things[rng.integers(len(things))], False) for _ in range(n_things)]
+        if label:
+            layers += [(people[rng.integers(len(people))], True) for _ in range(1 + int(rng.random() < 0.3))]
+        tags = {sub for (_, sub), _ in layers}
+    order = rng.permutation(len(layers))
+    for i in order:
+        (glyph, _), is_person = layers[i]
+        _paste(rng, img, glyph, int(rng.integers(24, 88) if is_person else rng.integers(18, 80)))
+    img = img * rng.uniform(0.6, 1.3) + rng.uniform(-40, 40)               # brightness / contrast
+    img = img * rng.uniform(0.85, 1.15, 3)                                  # white balance
+    if rng.random() < 0.15:
+        img = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)         # greyscale camera
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        pil = pil.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    if rng.random() < 0.3:                                                  # low-resolution sensor
+        small = int(rng.integers(32, 72))
+        pil = pil.resize((small, small), Image.BILINEAR).resize((SIZE, SIZE), Image.BILINEAR)
+    out = np.asarray(pil).astype(np.float32) + rng.normal(0, rng.uniform(0, 8), (SIZE, SIZE, 3))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), tags
+
+
+def synthetic(seed, counts, easy_fraction=0.25):
+    """Scenes per split, ``{split: (images uint8 (n, 96, 96, 3), labels)}`` with ``counts[split]`` images per
+    class, the glyph counts per split, and ``{split: multi-hot (n, len(subgroups))}`` of the emoji subgroups
+    in each scene with the subgroup names. A fraction ``easy_fraction`` of the *training* scenes are easy ones
+    (see :func:`scene`)."""
+    glyphs = render_glyphs(emoji_catalogue())
+    parts = split_by_base(glyphs, seed)
+    subgroups = sorted({sub for *_, sub in glyphs})
+    column = {sub: i for i, sub in enumerate(subgroups)}
+    stats = {s: {LABELS[k]: len(v) for k, v in parts[s].items()} for s in parts}
+    log.info("emoji glyphs per split: %s", stats)
+    data, tags = {}, {}
+    for i, split in enumerate(("train", "val", "test")):
+        rng = np.random.default_rng(seed * 1000 + i)
+        people, things = parts[split][1], parts[split][0]
+        labels = np.array([0, 1] * counts[split], dtype=np.int64)
+        easy = rng.random(labels.size) < (easy_fraction if split == "train" else 0.0)
+        scenes = [scene(rng, int(y), people, things, bool(e)) for y, e in zip(labels, easy)]
+        multi_hot = np.zeros((labels.size, len(subgroups)), dtype=np.float32)
+        for row, (_, present) in enumerate(scenes):
+            multi_hot[row, [column[sub] for sub in present]] = 1.0
+        data[split] = (np.stack([img for img, _ in scenes]), labels)
+        tags[split] = multi_hot
+    return data, stats, (tags, subgroups)
+
+
+def vww_folders(root, seed, max_per_class=None):
+    """COCO Visual Wake Words as ``root/person/*`` and ``root/non_person/*`` images, resized to 96x96."""
+    from PIL import Image
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, name in enumerate(LABELS):
+        folder = root / name
+        if not folder.is_dir():
+            raise SystemExit(f"pipeline: {folder} is missing (expected {root}/person and {root}/non_person)")
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if max_per_class:
+            paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:max_per_class])]
+        for p in paths:
+            with Image.open(p) as im:
+                images.append(np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)))
+            labels.append(label)
+    images, labels = np.stack(images), np.array(labels, dtype=np.int64)
+    order = rng.permutation(len(labels))
+    n_train, n_val = int(0.8 * len(order)), int(0.1 * len(order))
+    cut = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    return {s: (images[idx], labels[idx]) for s, idx in cut.items()}

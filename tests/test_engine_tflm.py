@@ -1,0 +1,115 @@
+"""Bit-exactness of the on-device engine with TFLM (the tflite-micro interpreter) on the same host.
+
+Every model (MLPerf Tiny KWS, IC, AD from ../shared and synthetic models covering strides, dilation, padding,
+depth multipliers, fused activations, per-tensor/per-channel quantisation, pooling, ADD, SOFTMAX):
+- 100 inputs through the engine with the host's numpy kernels (same reader, quantisation and planner as the
+  device), compared element by element with TFLM;
+- a few inputs through the reference kernels under CPython (the same file the device imports);
+- a few inputs through the real MicroPython VM for every device backend, with the heap locked during invoke().
+The 100-input sweep through the reference kernels themselves is @slow (runs with TINYHOST_SLOW=1).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from engine_harness import helpers, synthetic
+
+pytestmark = pytest.mark.oracle
+
+oracle = pytest.importorskip("tinyhost.model.oracle")
+if not oracle.available():
+    pytest.skip("tflite-micro is not installed", allow_module_level=True)
+
+from tinyhost.model import engine_module  # noqa: E402
+
+engine = engine_module()
+
+MODELS = list(helpers.MLPERF_MODELS) + list(synthetic.SYNTHETIC)
+# inputs through the CPython reference kernels in the default run (the slow test does 100 for all)
+REF_INPUTS = {"kws_ref_model": 3, "pretrainedResnet_quant": 2, "ad01_int8": 20}
+# inputs through the MicroPython VM per backend in the default run
+VM_INPUTS = {"kws_ref_model": 2, "pretrainedResnet_quant": 1, "ad01_int8": 6}
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synthetic")
+    files = {}
+    for name, build in synthetic.SYNTHETIC.items():
+        files[name] = d / f"{name}.tflite"
+        files[name].write_bytes(build())
+    return files
+
+
+def _path(name, model_files):
+    return model_files[name] if name in model_files else helpers.mlperf_path(name)
+
+
+def _expected(path, xs):
+    tflm = oracle.TflmOracle(path)
+    return np.stack([tflm.run(x).reshape(-1) for x in xs])
+
+
+def _assert_same(got, want, what):
+    bad = got != want
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} output elements differ from TFLM, "
+                           f"largest difference {int(np.abs(got.astype(int) - want.astype(int)).max())}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_engine_matches_tflm_on_100_inputs(name, model_files):
+    path = _path(name, model_files)
+    m = engine.load(str(path), backend="numpy")
+    xs = helpers.inputs_for(m.inputs[0].shape, 100, seed=7)
+    want = _expected(path, xs)
+    got = np.stack([helpers.engine_output(m, x) for x in xs])
+    assert len(np.unique(want, axis=0)) > 1, "degenerate test: TFLM gives one output for every input"
+    _assert_same(got, want, f"{name} (numpy kernels)")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reference_kernels_match_tflm(name, model_files):
+    path = _path(name, model_files)
+    m = engine.load(str(path), backend="ref")
+    xs = helpers.inputs_for(m.inputs[0].shape, REF_INPUTS.get(name, 10), seed=11)
+    got = np.stack([helpers.engine_output(m, x) for x in xs])
+    _assert_same(got, _expected(path, xs), f"{name} (ref kernels, CPython)")
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("backend", helpers.VM_BACKENDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_device_vm_matches_tflm_with_heap_locked(name, backend, model_files, tmp_path):
+    path = _path(name, model_files)
+    m = engine.load(str(path), backend="numpy")
+    xs = helpers.inputs_for(m.inputs[0].shape, VM_INPUTS.get(name, 4), seed=13)
+    out, stats = helpers.run_on_vm(path, backend, xs, tmp_path)
+    got = np.frombuffer(out, dtype=np.int8).reshape(len(xs), -1)
+    _assert_same(got, _expected(path, xs), f"{name} ({backend} kernels, MicroPython VM)")
+    assert stats["backend"] == backend
+    assert stats["invoke_allocation_free"], "invoke() allocated with micropython.heap_lock() held"
+    assert stats["arena_bytes"] == m.arena_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1", reason="about 5 minutes: set TINYHOST_SLOW=1")
+@pytest.mark.parametrize("name", MODELS)
+def test_reference_kernels_match_tflm_on_100_inputs(name, model_files):
+    path = _path(name, model_files)
+    m = engine.load(str(path), backend="ref")
+    xs = helpers.inputs_for(m.inputs[0].shape, 100, seed=17)
+    got = np.stack([helpers.engine_output(m, x) for x in xs])
+    _assert_same(got, _expected(path, xs), f"{name} (ref kernels, 100 inputs)")
+
+
+def test_weights_streamed_from_flash_give_the_same_outputs(model_files):
+    path = helpers.mlperf_path("kws_ref_model")
+    in_ram = engine.load(str(path), backend="ref", weights="ram")
+    streamed = engine.load(str(path), backend="ref", weights="flash", scratch_bytes=1000)
+    assert streamed.stats()["weights_mode"] == "flash"
+    assert streamed.stats()["weights_ram_bytes"] < in_ram.stats()["weights_ram_bytes"]
+    x = helpers.inputs_for(in_ram.inputs[0].shape, 7)[6]
+    np.testing.assert_array_equal(helpers.engine_output(streamed, x), helpers.engine_output(in_ram, x))
+    streamed.close()

@@ -1,0 +1,84 @@
+"""`tinyhost model inspect` and the planner's arena against TFLM's."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine_harness import helpers
+from tinyhost.cli import main
+from tinyhost.model import engine_module, inspect, oracle, writer
+
+engine = engine_module()
+from tinyfw.engine import planner  # noqa: E402
+
+
+def test_inspect_kws():
+    r = inspect(helpers.mlperf_path("kws_ref_model"), tflm=oracle.available())
+    assert [op.op for op in r.operators][:3] == ["CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D"]
+    assert len(r.operators) == 13
+    assert r.macs == 2664768
+    assert r.operators[0].params["kernel"] == (10, 4) and r.operators[0].params["stride"] == (2, 2)
+    assert r.arena_bytes == 16000
+    assert r.tensors[r.inputs[0]].shape == (1, 49, 10, 1)
+    assert {f.board for f in r.fits} >= {"esp32", "nano33ble"}
+    assert all(f.fits for f in r.fits)
+
+
+@pytest.mark.skipif(not oracle.available(), reason="tflite-micro is not installed")
+@pytest.mark.parametrize("name", helpers.MLPERF_MODELS + ("vww_like",))
+def test_arena_within_10_percent_of_tflm(name, tmp_path):
+    if name == "vww_like":
+        path = tmp_path / "vww.tflite"
+        path.write_bytes(writer.vww_like())
+    else:
+        path = helpers.mlperf_path(name)
+    ours = inspect(path, tflm=False).arena_bytes
+    tflm = oracle.tflm_arena(path).head_bytes
+    assert ours <= 1.10 * tflm, f"{name}: our arena {ours} B vs TFLM's non-persistent arena {tflm} B"
+
+
+def test_model_larger_than_the_boards_flash(tmp_path):
+    r = inspect(helpers.mlperf_path("ad01_int8"), board="nano33ble", tflm=False)
+    from tinyhost.boards import load
+    small = load("nano33ble")
+    import dataclasses
+    tiny = dataclasses.replace(small, fs_bytes=100_000)
+    from tinyhost.model import board_fit
+    fit = board_fit(r, tiny)
+    assert not fit.fits
+    assert any("larger than the board's filesystem" in reason for reason in fit.reasons)
+
+
+def test_cli_inspect_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        main(["model", "inspect", str(helpers.mlperf_path("ad01_int8")), "--board", "esp32", "--json", str(out)])
+    assert e.value.code == 0
+    report = json.loads(out.read_text())
+    assert report["macs"] == sum(op["macs"] for op in report["operators"])
+    assert report["fits"][0]["board"] == "esp32"
+    assert "FULLY_CONNECTED" in capsys.readouterr().out
+
+
+def test_cli_bad_model_exit_code(tmp_path, capsys):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x10\x00\x00\x00TFL3" + b"\xff" * 40)
+    with pytest.raises(SystemExit) as e:
+        main(["model", "inspect", str(bad)])
+    assert e.value.code == 10
+    assert "tinyhost: " in capsys.readouterr().err
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=25))
+def test_planner_never_overlaps_live_buffers(bufs):
+    sizes = [b[0] for b in bufs]
+    first = [min(b[1], b[2]) for b in bufs]
+    last = [max(b[1], b[2]) for b in bufs]
+    offsets, arena = planner.plan(sizes, first, last)
+    assert planner.check(sizes, first, last, offsets)
+    assert all(o % planner.ALIGN == 0 for o in offsets)
+    assert arena >= max(o + s for o, s in zip(offsets, sizes))
+    assert arena <= sum(-(-s // 16) * 16 for s in sizes)

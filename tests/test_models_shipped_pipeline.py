@@ -1,0 +1,65 @@
+"""The training pipeline's readers for the real datasets (Speech Commands v2, COCO VWW folders), numpy only."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyhost.features.mfcc import write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from models.pipeline import kws_data  # noqa: E402
+
+
+def _tone(hz, seconds=1.0):
+    t = np.arange(int(16000 * seconds)) / 16000
+    return 0.3 * np.sin(2 * np.pi * hz * t)
+
+
+def test_speech_commands_layout_is_split_by_its_lists(tmp_path):
+    for word in ("yes", "no", "cat", "dog"):
+        (tmp_path / word).mkdir()
+        for i in range(4):
+            write_wav(tmp_path / word / f"s{i}_nohash_0.wav", _tone(200 + 50 * i, 0.8))
+    (tmp_path / "_background_noise_").mkdir()
+    write_wav(tmp_path / "_background_noise_" / "white.wav", np.random.default_rng(0).normal(0, 0.1, 48000))
+    (tmp_path / "testing_list.txt").write_text("yes/s0_nohash_0.wav\nno/s0_nohash_0.wav\ncat/s0_nohash_0.wav\n")
+    (tmp_path / "validation_list.txt").write_text("yes/s1_nohash_0.wav\n")
+    data = kws_data.speech_commands(tmp_path, seed=1)
+    x, y = data["test"]
+    assert sorted(kws_data.LABELS[i] for i in y) == ["no", "unknown", "yes"] and x.shape[1] == 16000
+    train_names = sorted(kws_data.LABELS[i] for i in data["train"][1])
+    # 2 yes + 3 no; unknown words capped to ~10 % of the set (at least one); silence ~10 % (none of 6 here)
+    assert train_names == ["no", "no", "no", "unknown", "yes", "yes"]
+    assert np.all(np.abs(x[:, 12800:]) == 0)                    # 0.8 s clips zero-padded to 1 s
+
+
+def test_not_speech_commands_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="Speech Commands"):
+        kws_data.speech_commands(tmp_path, seed=1)
+
+
+def test_vww_folders_are_resized_and_split(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    from models.pipeline import vww_data
+    for label, colour in (("person", (200, 150, 120)), ("non_person", (20, 200, 30))):
+        (tmp_path / label).mkdir()
+        for i in range(10):
+            Image.new("RGB", (64 + i, 48), colour).save(tmp_path / label / f"{i}.jpg")
+    data = vww_data.vww_folders(tmp_path, seed=1)
+    assert sum(len(y) for _, y in data.values()) == 20
+    x, y = data["train"]
+    assert x.shape[1:] == (96, 96, 3) and x.dtype == np.uint8 and len(y) == 16
+    greenish = x[:, 48, 48, 1] > 150
+    assert np.array_equal(greenish, y == 0)                      # labels follow the folders
+
+
+def test_synthetic_speech_split_keeps_voices_apart():
+    variants = [f"v{i}" for i in range(20)]
+    split = kws_data.split_speakers(variants, seed=3)
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(variants)
+    assert not set(split["train"]) & set(split["test"]) and len(split["test"]) == 4
+    assert split == kws_data.split_speakers(variants, seed=3)

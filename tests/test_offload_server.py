@@ -1,0 +1,242 @@
+"""`tinyhost serve`'s server on a real loopback socket: answers, authentication, and bad clients that must not
+crash or stall it for others. All loops are bounded; every socket has a timeout."""
+
+import logging
+import socket
+import threading
+
+import pytest
+
+from test_offload_support import kws_tensor, need_kws, start_server, tflm_kws
+from tinyhost.errors import UsageError
+from tinyhost.offload import auth, models, wire
+from tinyhost.offload.client import OffloadClient, OffloadRefused, read_frame
+from tinyhost.offload.server import OffloadServer, ServerConfig, parse_listen
+
+
+@pytest.fixture(scope="module")
+def kws_server():
+    thread, srv, address = start_server(frame_timeout_s=1.0, max_frame_bytes=64 * 1024)
+    yield srv, address
+    thread.stop()
+
+
+@pytest.fixture
+def keyed_server(tmp_path):
+    token_file = tmp_path / "keys.json"
+    key = auth.ensure_device_key(token_file, "board-1")
+    thread, srv, address = start_server(keys=auth.KeyStore(token_file))
+    yield srv, address, token_file, key
+    thread.stop()
+
+
+def _raw(address, timeout_s=5.0):
+    s = socket.create_connection(address, timeout=timeout_s)
+    return s
+
+
+def _hello(s, device_id="raw"):
+    s.sendall(wire.encode_hello(1, device_id, bytes(16)))
+    return wire.decode_frame(read_frame(s.recv_into))
+
+
+def _reply(s):
+    f = wire.decode_frame(read_frame(s.recv_into))
+    return wire.decode_reply(f.body)
+
+
+def test_answer_is_the_tflm_models_with_server_times(kws_server):
+    _, address = kws_server
+    data = bytes((i * 37) % 256 for i in range(490))
+    with OffloadClient(*address, device_id="t1") as c:
+        ex = c.infer("kws", kws_tensor(data))
+    assert ex.reply.tensor.data == tflm_kws(data)
+    assert ex.reply.tensor.shape == (1, 12) and ex.reply.tensor.dtype == "int8"
+    assert ex.reply.tensor.zero_point == -128 and ex.reply.source == wire.SOURCE_MODEL
+    assert ex.reply.compute_us > 0 and ex.total_us >= ex.reply.compute_us
+
+
+@pytest.mark.parametrize("model_id, status", [
+    ("kws", wire.BAD_SHAPE), ("kws", wire.BAD_DTYPE), ("kws", wire.BAD_SIZE), ("kws", wire.BAD_QUANT),
+    ("nope", wire.UNKNOWN_MODEL), ("kws", wire.NO_REFERENCE),
+])
+def test_bad_requests_get_an_error_reply_and_the_connection_stays_usable(kws_server, model_id, status):
+    _, address = kws_server
+    good = kws_tensor()
+    bad = {wire.BAD_SHAPE: wire.Tensor("int8", (1, 490), good.scale, 83, bytes(490)),
+           wire.BAD_DTYPE: wire.Tensor("uint8", good.shape, good.scale, 83, bytes(490)),
+           wire.BAD_SIZE: wire.Tensor("int8", good.shape, good.scale, 83, bytes(489)),
+           wire.BAD_QUANT: wire.Tensor("int8", good.shape, 0.25, 83, bytes(490))}.get(status, good)
+    want = wire.WANT_REFERENCE if status == wire.NO_REFERENCE else wire.WANT_DEFAULT
+    with OffloadClient(*address, device_id="t2") as c:
+        ex = c.infer(model_id, bad, want=want, check=False)
+        assert ex.reply.status == status and ex.reply.message
+        assert c.infer("kws", good).reply.ok
+    with OffloadClient(*address, device_id="t2") as c, pytest.raises(OffloadRefused) as e:
+        c.infer(model_id, bad, want=want)
+    assert e.value.status == status
+
+
+def test_garbage_gets_an_error_reply_and_close_while_others_are_served(kws_server):
+    _, address = kws_server
+    with OffloadClient(*address, device_id="steady") as steady, _raw(address) as junk:
+        junk.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = _reply(junk)
+        assert reply.status == wire.BAD_FRAME
+        assert junk.recv(1) == b""                       # closed by the server
+        assert steady.infer("kws", kws_tensor()).reply.ok
+
+
+def test_oversize_frame_is_refused_before_reading_it(kws_server):
+    _, address = kws_server
+    with _raw(address) as s:
+        assert wire.decode_welcome(_hello(s).body).status == wire.OK
+        s.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.KIND_REQUEST, 0, 2, 10_000_000))
+        assert _reply(s).status == wire.TOO_LARGE
+        assert s.recv(1) == b""
+
+
+def test_corrupt_crc_is_answered_and_the_session_goes_on(kws_server):
+    _, address = kws_server
+    with _raw(address) as s:
+        _hello(s)
+        frame = bytearray(wire.encode_request(2, wire.Request("kws", 0, kws_tensor())))
+        frame[50] ^= 0x40
+        s.sendall(frame)
+        assert _reply(s).status == wire.BAD_CRC
+        s.sendall(wire.encode_request(3, wire.Request("kws", 0, kws_tensor())))
+        assert _reply(s).ok
+
+
+def test_request_before_hello_and_replayed_sequence_are_refused(kws_server):
+    _, address = kws_server
+    with _raw(address) as s:
+        s.sendall(wire.encode_request(1, wire.Request("kws", 0, kws_tensor())))
+        assert _reply(s).status == wire.AUTH_REQUIRED
+        _hello(s)
+        s.sendall(wire.encode_request(5, wire.Request("kws", 0, kws_tensor())))
+        assert _reply(s).ok
+        s.sendall(wire.encode_request(5, wire.Request("kws", 0, kws_tensor())))
+        assert _reply(s).status == wire.REPLAYED
+
+
+def test_a_stalled_half_frame_does_not_stall_other_devices(kws_server):
+    srv, address = kws_server
+    with _raw(address) as slow, OffloadClient(*address, device_id="fast") as fast:
+        _hello(slow)
+        frame = wire.encode_request(2, wire.Request("kws", 0, kws_tensor()))
+        slow.sendall(frame[:100])                       # and then nothing
+        for _ in range(5):
+            assert fast.infer("kws", kws_tensor()).reply.ok
+        assert _reply(slow).status == wire.BAD_FRAME    # after the 1 s frame timeout
+        assert slow.recv(1) == b""
+
+
+def test_many_concurrent_devices_each_get_their_own_answers(kws_server):
+    _, address = kws_server
+    inputs = [bytes(((i + 3) * (j + 1)) % 256 for j in range(490)) for i in range(4)]
+    expected = [tflm_kws(d) for d in inputs]
+    failures = []
+
+    def device(n):
+        try:
+            with OffloadClient(*address, device_id=f"dev{n}", timeout_s=20) as c:
+                for k in range(6):
+                    i = (n + k) % len(inputs)
+                    if c.infer("kws", kws_tensor(inputs[i])).reply.tensor.data != expected[i]:
+                        failures.append((n, k))
+        except Exception as e:      # reported below, with the device number
+            failures.append((n, repr(e)))
+
+    threads = [threading.Thread(target=device, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+
+
+def test_authenticated_device_is_served_and_replies_are_signed(keyed_server):
+    _, address, _, key = keyed_server
+    with OffloadClient(*address, device_id="board-1", key=key) as c:
+        assert c.welcome.auth
+        assert c.infer("kws", kws_tensor()).reply.ok
+
+
+def test_unknown_device_and_wrong_key_are_refused_and_logged(keyed_server, caplog):
+    srv, address, _, key = keyed_server
+    caplog.set_level(logging.WARNING, logger="tinyhost.offload.server")
+    with pytest.raises(OffloadRefused) as e:
+        OffloadClient(*address, device_id="stranger", key=key).connect()
+    assert e.value.status == wire.AUTH_FAILED
+    # right id, wrong key: the server's proof does not match, and the request MAC is refused
+    c = OffloadClient(*address, device_id="board-1", key=b"k" * 32)
+    with pytest.raises(OffloadRefused):
+        c.connect()
+    with _raw(address) as s:
+        assert wire.decode_welcome(_hello(s, "board-1").body).auth
+        s.sendall(wire.encode_request(2, wire.Request("kws", 0, kws_tensor()), auth.frame_mac(b"x" * 32)))
+        assert _reply(s).status == wire.AUTH_FAILED
+    with _raw(address) as s:
+        _hello(s, "board-1")
+        s.sendall(wire.encode_request(2, wire.Request("kws", 0, kws_tensor())))     # no MAC at all
+        assert _reply(s).status == wire.AUTH_FAILED
+    assert srv.stats.auth_failures == 3
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "unknown device 'stranger'" in logged and "bad request MAC" in logged
+
+
+def test_device_added_to_the_token_file_while_serving_gets_in(keyed_server):
+    _, address, token_file, _ = keyed_server
+    new_key = auth.ensure_device_key(token_file, "board-2")
+    with OffloadClient(*address, device_id="board-2", key=new_key) as c:
+        assert c.infer("kws", kws_tensor()).reply.ok
+
+
+def test_reference_model_answers_in_the_device_models_layout():
+    kws = need_kws()
+    entry = models.ModelEntry("kws", kws, reference_path=kws)      # same model as its own reference
+    thread, _, address = start_server({"kws": entry})
+    try:
+        data = bytes((i * 11) % 256 for i in range(490))
+        with OffloadClient(*address, device_id="r") as c:
+            ref = c.infer("kws", kws_tensor(data)).reply
+            dev = c.infer("kws", kws_tensor(data), want=wire.WANT_MODEL).reply
+    finally:
+        thread.stop()
+    assert ref.source == wire.SOURCE_REFERENCE and dev.source == wire.SOURCE_MODEL
+    assert ref.tensor.data == dev.tensor.data == tflm_kws(data)
+
+
+def test_busy_when_clients_exceed_the_limit():
+    thread, srv, address = start_server(max_clients=1)
+    try:
+        with OffloadClient(*address, device_id="first"), _raw(address) as second:
+            assert _reply(second).status == wire.BUSY
+        assert srv.stats.connections_refused == 1
+    finally:
+        thread.stop()
+
+
+def test_listen_address_parsing_and_loopback_rule():
+    assert parse_listen("127.0.0.1:7373") == ("127.0.0.1", 7373)
+    assert parse_listen(":8000") == ("127.0.0.1", 8000)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    with pytest.raises(UsageError):
+        parse_listen("host:port")
+    entry = models.ModelEntry("kws", "unused.tflite")
+    with pytest.raises(UsageError, match="without authentication"):
+        OffloadServer({"kws": entry}, None, ServerConfig(host="0.0.0.0"))
+
+
+def test_resolve_model_names_and_paths(tmp_path):
+    kws = need_kws()
+    model_id, path = models.resolve_model("kws01")           # registry name; pulled, or found in shared/
+    assert model_id == "kws01" and path.read_bytes() == kws.read_bytes()
+    assert models.resolve_model(f"small={kws}") == ("small", kws)
+    assert models.resolve_model(str(kws)) == ("kws_ref_model", kws)
+    with pytest.raises(UsageError):
+        models.resolve_model("nosuchmodel")
+    with pytest.raises(UsageError, match="no such model file"):
+        models.resolve_model(str(tmp_path / "x.tflite"))

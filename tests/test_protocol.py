@@ -1,0 +1,107 @@
+"""Property tests of the host frame codec (tinyhost.protocol) and its payload codecs."""
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyhost import protocol as P
+
+payloads = st.binary(min_size=0, max_size=3000)
+seqs = st.integers(0, 0xFFFF)
+types = st.sampled_from(list(P.T))
+flags = st.integers(0, 255)
+
+
+@given(types, seqs, payloads, flags)
+def test_round_trip(ftype, seq, payload, flag):
+    raw = P.encode_frame(ftype, seq, payload, flag)
+    assert len(raw) == P.OVERHEAD_BYTES + len(payload)
+    status, frame, end = P.decode_at(raw)
+    assert status is P.Status.FRAME and end == len(raw)
+    assert frame == P.Frame(ftype, seq, payload, flag)
+    assert P.FrameDecoder().feed(raw) == [frame]
+
+
+@given(types, seqs, payloads, st.data())
+def test_truncated_frame_is_incomplete_never_a_frame(ftype, seq, payload, data):
+    raw = P.encode_frame(ftype, seq, payload)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    status, frame, end = P.decode_at(raw[:cut])
+    assert status is P.Status.INCOMPLETE and frame is None and end == 0
+    decoder = P.FrameDecoder()
+    assert decoder.feed(raw[:cut]) == []
+    assert decoder.feed(raw[cut:]) == [P.Frame(ftype, seq, payload)]     # the rest completes it
+
+
+@given(types, seqs, payloads, st.data())
+def test_any_corrupted_byte_is_rejected(ftype, seq, payload, data):
+    raw = bytearray(P.encode_frame(ftype, seq, payload))
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    raw[pos] ^= data.draw(st.integers(1, 255))
+    status, frame, _ = P.decode_at(bytes(raw))
+    assert status is not P.Status.FRAME and frame is None
+    if pos >= 2:    # magic intact: the header check, the length limit or the CRC catches it
+        assert status in (P.Status.BAD_HEADER, P.Status.BAD_CRC, P.Status.TOO_BIG, P.Status.INCOMPLETE)
+    decoder = P.FrameDecoder()
+    assert decoder.feed(bytes(raw)) == []
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.binary(max_size=300), types, seqs, st.binary(max_size=500)), min_size=1, max_size=6),
+       st.binary(max_size=300), st.integers(1, 64))
+def test_garbage_between_frames_resync_finds_every_frame(parts, tail, chunk):
+    stream = b""
+    frames = []
+    for garbage, ftype, seq, payload in parts:
+        frames.append(P.Frame(ftype, seq, payload))
+        stream += garbage + P.encode_frame(ftype, seq, payload)
+    stream += tail
+    decoder = P.FrameDecoder()
+    got = []
+    for i in range(0, len(stream), chunk):     # fed in arbitrary pieces, as a serial port delivers them
+        got += decoder.feed(stream[i:i + chunk])
+    # garbage could in principle hold a frame of its own; the real ones must all be found, in order
+    it = iter(got)
+    assert all(any(g == f for g in it) for f in frames)
+
+
+@given(types, seqs, payloads)
+def test_damaged_frame_followed_by_good_frame(ftype, seq, payload):
+    bad = bytearray(P.encode_frame(ftype, seq, payload))
+    bad[-1] ^= 1
+    good = P.encode_frame(P.T.ACK, (seq + 1) & 0xFFFF)
+    decoder = P.FrameDecoder()
+    assert decoder.feed(bytes(bad) + good) == [P.Frame(P.T.ACK, (seq + 1) & 0xFFFF)]
+    assert decoder.frames_bad >= 1
+
+
+def test_length_over_limit_is_rejected_before_waiting_for_it():
+    fields = struct.pack("<BBHH", P.T.PUT_DATA, 0, 1, 40000)
+    raw = P.MAGIC + fields + struct.pack("<H", zlib.crc32(fields) & 0xFFFF)
+    assert P.decode_at(raw)[0] is P.Status.TOO_BIG
+    with pytest.raises(ValueError):
+        P.encode_frame(P.T.PUT_DATA, 1, bytes(P.PAYLOAD_LIMIT + 1))
+
+
+def test_text_outside_frames_is_kept():
+    decoder = P.FrameDecoder()
+    frames = decoder.feed(b"m-ready\r\n" + P.encode_frame(P.T.OK, 3) + b"\xfe\x00after")
+    assert frames == [P.Frame(P.T.OK, 3)]
+    assert decoder.take_text() == b"m-ready\r\n\xfe\x00after"
+
+
+def test_payload_codecs():
+    assert P.parse_kv(b"a=1\nb=x=y\n\nnoequals") == {"a": "1", "b": "x=y"}
+    assert P.parse_error(struct.pack("<H", 3) + b"gone") == (P.ErrorCode.NOT_FOUND, "gone")
+    assert P.parse_nak(struct.pack("<HB", 7, 2)) == (7, P.NakReason.BAD_CRC)
+    assert P.parse_list(b"\x01d 0 lib\nf 12 a b.txt\n") == (True, [("lib", 0, True), ("a b.txt", 12, False)])
+    s = P.parse_invoke(struct.pack("<IIIIII", 3, 5, 1, 10, 20, 0))
+    assert s.runs == 3 and s.total_us == 5 + (1 << 32) and (s.min_us, s.max_us) == (10, 20)
+    assert P.parse_times(struct.pack("<3I", 1, 2, 3)) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        P.pack_rename("a\0b", "c")
+    with pytest.raises(ValueError):
+        P.pack_put_begin(1, b"short", "/x")

@@ -1,0 +1,380 @@
+"""The tinyfw runtime under the real MicroPython VM, driven by the host client (tinyhost.client / link).
+
+The VM runs tests/device/run_runtime.py: firmware files copied into a littlefs filesystem in RAM mounted at "/",
+the runtime imported from there, its stdin/stdout a TCP connection that the host opens as ``socket://`` through
+pyserial -- the same SerialTransport as for a real port, minus the raw REPL (tests/test_client_sim.py covers that).
+"""
+
+import hashlib
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tinyhost import protocol as P
+from tinyhost.client import Device
+from tinyhost.errors import DeviceError, DoesNotFit, ModelError
+from tinyhost.transport import SerialTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_DIR = ROOT / "device"
+RUNNER = ROOT / "tests" / "device" / "run_runtime.py"
+FAKE_ENGINE = ROOT / "tests" / "device" / "fake_engine.py"
+FIRMWARE = "__init__.py,frame.py,files.py,session.py,runtime.py,inference.py"
+LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
+
+
+class VmRuntime:
+    """One MicroPython VM running the runtime; ``dev`` is a connected Device, ``proc`` the VM process."""
+
+    def __init__(self, fs_blocks=48, max_payload=4096, window=0, heap_bytes=1024 * 1024, files=FIRMWARE):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.proc = None
+        args = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={heap_bytes}", str(RUNNER), str(DEVICE_DIR),
+                str(fs_blocks), str(max_payload), str(window), files]
+
+        def accept():
+            conn, _ = self.srv.accept()
+            self.proc = subprocess.Popen(args, stdin=conn, stdout=conn, stderr=subprocess.PIPE)
+            conn.close()
+
+        th = threading.Thread(target=accept, daemon=True)
+        th.start()
+        self.transport = SerialTransport.open(f"socket://127.0.0.1:{self.srv.getsockname()[1]}", 115200)
+        th.join(10)
+        self.dev = Device(self.transport, timeout_s=5.0)
+        self.dev.started_via = "running"
+        assert self.dev._await_ready(allow_absent=False)
+        self.dev._hello()
+
+    def raw_request(self, raw, wait_s=2.0):
+        """Write raw bytes, return the frames that come back within wait_s (stops at the first reply)."""
+        self.transport.write(raw)
+        frame = self.dev.link.next_frame(time.monotonic() + wait_s)
+        return frame
+
+    def close(self):
+        try:
+            self.transport.close()
+        finally:
+            self.srv.close()
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+
+@pytest.fixture
+def vm():
+    v = VmRuntime()
+    yield v
+    v.close()
+
+
+def test_hello_and_info(vm):
+    info = vm.dev.info()
+    assert info.firmware_version == "0.1.0"
+    assert info.protocol == P.PROTOCOL_VERSION
+    assert info.platform == "linux" and info.window == 4 and info.max_payload >= 4096
+    assert info.fs_total_bytes == 48 * 4096
+    assert 0 < info.fs_free_bytes < info.fs_total_bytes
+    assert info.heap_free_bytes > 0 and info.heap_total_bytes > info.heap_free_bytes
+    assert info.bootstrapped is False and len(info.firmware_hash) == 16
+
+
+def test_put_get_hash_list_remove_rename(vm):
+    dev = vm.dev
+    data = bytes(range(256)) * 41 + b"tail"          # 10500 bytes: several frames and a short last one
+    seen = []
+    r = dev.put_file(data, "/d/sub/blob.bin", progress=lambda sent, total: seen.append((sent, total)))
+    assert r.nbytes == len(data) and r.frames == 3
+    assert seen[-1] == (len(data), len(data))
+    assert dev.get_file("/d/sub/blob.bin") == data
+    assert dev.file_hash("/d/sub/blob.bin") == hashlib.sha256(data).hexdigest()
+    assert dev.file_hash("/d/sub/nothing") is None
+    assert dev.list_files("/d") == [P_entry("sub", 0, True)]
+    assert dev.list_files("/d/sub") == [P_entry("blob.bin", len(data), False)]
+    dev.rename("/d/sub/blob.bin", "/d/b2")
+    assert sorted(e.name for e in dev.list_files("/d")) == ["b2", "sub"]
+    dev.remove("/d/b2")
+    dev.remove("/d/sub")
+    assert dev.list_files("/d") == []
+    dev.mkdir("/d/x/y")
+    dev.mkdir("/d/x/y")                               # existing directory: fine
+    assert dev.list_files("/d/x") == [P_entry("y", 0, True)]
+
+
+def P_entry(name, size, is_dir):
+    from tinyhost.client import FileEntry
+    return FileEntry(name, size, is_dir)
+
+
+def test_empty_file_and_overwrite(vm):
+    dev = vm.dev
+    dev.put_file(b"", "/empty")
+    assert dev.get_file("/empty") == b""
+    dev.put_file(b"old content", "/f")
+    dev.put_file(b"new", "/f")
+    assert dev.get_file("/f") == b"new"
+    assert [e.name for e in dev.list_files("/")] == ["empty", "f", "tinyfw"]
+
+
+def test_errors_name_the_problem(vm):
+    dev = vm.dev
+    with pytest.raises(DeviceError) as e:
+        dev.get_file("/missing")
+    assert e.value.code == P.ErrorCode.NOT_FOUND
+    with pytest.raises(DeviceError):
+        dev.remove("/missing")
+    with pytest.raises(DoesNotFit) as e:
+        dev.put_file(b"x" * (300 * 1024), "/big")
+    assert "needs 307200 bytes" in str(e.value)
+    assert dev.file_hash("/big") is None and dev.file_hash("/big.part") is None
+
+
+def test_unknown_command_gets_error_and_runtime_still_answers(vm):
+    with pytest.raises(DeviceError) as e:
+        vm.dev.link.request(0x3F)
+    assert e.value.code == P.ErrorCode.UNKNOWN_COMMAND
+    assert vm.dev.info().firmware_version == "0.1.0"
+    assert vm.dev.stats()["errors"] == 1
+
+
+def test_bad_frame_gets_nak_then_retry_succeeds(vm):
+    link = vm.dev.link
+    seq = link.next_seq()
+    good = P.encode_frame(P.T.INFO, seq)
+    bad = bytearray(good)
+    bad[-1] ^= 0x40                                   # damaged CRC
+    f = vm.raw_request(bytes(bad))
+    assert f.ftype == P.T.NAK and P.parse_nak(f.payload) == (seq, P.NakReason.BAD_CRC)
+    f = vm.raw_request(good)
+    assert f.ftype == P.T.OK and f.seq == seq and "firmware_version" in P.parse_kv(f.payload)
+    stats = vm.dev.stats()
+    assert stats["frames_bad"] == 1 and stats["naks_sent"] == 1 and stats["frames_retried"] == 1
+
+
+def test_garbage_between_frames_is_skipped(vm):
+    link = vm.dev.link
+    seq = link.next_seq()
+    noise = b"\xfe\x00\xfe\xa7\xff\xff\xff\xff\xff\xff\xff\xff" + bytes(range(200))
+    f = vm.raw_request(noise + P.encode_frame(P.T.STATS, seq))
+    while f.ftype == P.T.NAK:                         # the fake header in the noise was NAKed first
+        f = link.next_frame(time.monotonic() + 2)
+    assert f.ftype == P.T.OK and f.seq == seq
+
+
+def test_retried_request_is_not_executed_twice(vm):
+    dev = vm.dev
+    dev.put_file(b"abc", "/a")
+    seq = dev.link.next_seq()
+    raw = P.encode_frame(P.T.RENAME, seq, P.pack_rename("/a", "/b"))
+    first = vm.raw_request(raw)
+    second = vm.raw_request(raw)                      # as if the first reply had been lost
+    assert first.ftype == P.T.OK and second.ftype == P.T.OK and first == second
+    assert dev.get_file("/b") == b"abc"
+    assert dev.stats()["frames_dup"] == 1
+
+
+def test_retried_data_frame_is_acked_not_written_twice(vm):
+    dev = vm.dev
+    link = dev.link
+    data = b"0123456789"
+    link.request(P.T.PUT_BEGIN, P.pack_put_begin(len(data), hashlib.sha256(data).digest(), "/p"))
+    seq = link.next_seq()
+    raw = P.encode_frame(P.T.PUT_DATA, seq, P.pack_put_data(0, data))
+    assert vm.raw_request(raw).ftype == P.T.ACK
+    assert vm.raw_request(raw).ftype == P.T.ACK
+    link.request(P.T.PUT_END)
+    assert dev.get_file("/p") == data
+
+
+def test_interrupted_put_leaves_old_file_and_at_most_a_part(vm):
+    dev = vm.dev
+    dev.put_file(b"old", "/model.bin")
+    link = dev.link
+    new = bytes(20000)
+    link.request(P.T.PUT_BEGIN, P.pack_put_begin(len(new), hashlib.sha256(new).digest(), "/model.bin"))
+    link.send_data(P.T.PUT_DATA, new[:4000], P.pack_put_data)
+    # the host goes away here; a new session starts
+    dev._hello()
+    assert dev.get_file("/model.bin") == b"old"
+    assert {e.name for e in dev.list_files("/")} <= {"model.bin", "model.bin.part", "tinyfw"}
+    dev.put_file(b"newer", "/model.bin")              # a new put replaces the stale .part
+    assert {e.name for e in dev.list_files("/")} == {"model.bin", "tinyfw"}
+
+
+def test_hash_mismatch_is_refused_and_leaves_nothing(vm):
+    link = vm.dev.link
+    data = b"payload"
+    link.request(P.T.PUT_BEGIN, P.pack_put_begin(len(data), hashlib.sha256(b"other").digest(), "/h"))
+    link.send_data(P.T.PUT_DATA, data, P.pack_put_data)
+    with pytest.raises(Exception) as e:
+        link.request(P.T.PUT_END)
+    assert getattr(e.value, "code", None) == P.ErrorCode.HASH_MISMATCH
+    assert [e.name for e in vm.dev.list_files("/")] == ["tinyfw"]
+
+
+def test_text_command_without_eembc_module_answers_in_text(vm):
+    vm.transport.write(b"name%")
+    deadline = time.monotonic() + 5
+    while b"m-ready" not in vm.dev.link.text_tail and b"e-[" not in vm.dev.link.text_tail:
+        assert vm.dev.link.next_frame(min(deadline, time.monotonic() + 0.1)) is None
+        assert time.monotonic() < deadline, "no text reply"
+    assert b"e-[no text commands" in vm.dev.link.take_text()
+    assert vm.dev.stats()["text_commands"] == 1
+
+
+def test_text_command_goes_to_eembc_module_when_present():
+    if not (DEVICE_DIR / "tinyfw" / "eembc.py").is_file():
+        pytest.skip("device/tinyfw/eembc.py is not there")
+    vm = VmRuntime(files=FIRMWARE + ",eembc.py")
+    try:
+        vm.transport.write(b"name%")
+        deadline = time.monotonic() + 5
+        while b"m-ready" not in vm.dev.link.text_tail:
+            assert vm.dev.link.next_frame(min(deadline, time.monotonic() + 0.1)) is None
+            assert time.monotonic() < deadline, "no m-ready"
+        assert b"m-name-dut-[" in vm.dev.link.take_text()
+        assert vm.dev.info().firmware_version == "0.1.0"      # frames still work after text
+    finally:
+        vm.close()
+
+
+def test_ctrl_c_in_a_burst_is_data_but_after_a_pause_it_ends_the_runtime(vm):
+    vm.transport.write(b"abc\x03def")                 # not at the start of a burst: text, ignored
+    time.sleep(0.2)
+    assert vm.dev.info().firmware_version == "0.1.0"
+    time.sleep(0.2)
+    vm.transport.write(b"\x03")
+    vm.proc.wait(timeout=5)
+    assert vm.proc.returncode == 0
+
+
+def test_bye_ends_the_runtime_cleanly(vm):
+    vm.dev.stop()
+    vm.proc.wait(timeout=5)
+    assert vm.proc.returncode == 0
+
+
+# -- model commands, with the test-double engine ------------------------------------------------------------------
+
+def _fake_model(n_in, n_out):
+    return b"FAKE" + struct.pack("<HH", n_in, n_out)
+
+
+def _expected_output(data, n_out):
+    s = sum(data)
+    return bytes((s + i) & 0xFF for i in range(n_out))
+
+
+@pytest.fixture
+def vm_model(vm):
+    vm.dev.put_file(FAKE_ENGINE.read_bytes(), "/tinyfw/engine/__init__.py")
+    vm.dev.put_file(_fake_model(40, 10), "/m.fake")
+    return vm
+
+
+def test_model_commands_without_engine_say_so(vm):
+    with pytest.raises(DeviceError) as e:
+        vm.dev.load_model("/m.fake")
+    assert e.value.code == P.ErrorCode.NO_ENGINE
+    assert vm.dev.info().backends == ()
+
+
+def test_load_set_input_invoke_output(vm_model):
+    dev = vm_model.dev
+    assert dev.info().backends == ("fake",)
+    m = dev.load_model("/m.fake")
+    assert m.backend == "fake" and m.arena_bytes == 50 and m.ops == 1
+    assert m.inputs[0].shape == (1, 40) and m.inputs[0].dtype == "int8" and m.inputs[0].zero_point == -3
+    assert m.outputs[0].nbytes == 10 and m.inputs[0].scale == 0.5
+    data = bytes(range(40))
+    dev.set_input(data)
+    live = []
+    r = dev.invoke(5, warmup=2, on_timing=lambda i, us: live.append(i))
+    assert live == [0, 1, 2, 3, 4] and len(r.times_us) == 5 and all(t >= 0 for t in r.times_us)
+    assert dev.get_output(0) == _expected_output(data, 10)
+    res = dev.infer(bytes([1] * 40))
+    assert res.output == _expected_output(bytes([1] * 40), 10) and res.time_us >= 0
+    assert dev.stats()["model_loaded"] == 1
+
+
+def test_invoke_in_batches_keeps_order_and_count(vm_model):
+    dev = vm_model.dev
+    dev.load_model("/m.fake")
+    live = []
+    r = dev.invoke(300, on_timing=lambda i, us: live.append(i))
+    assert live == list(range(300)) and len(r.times_us) == 300
+
+
+def test_bad_model_and_missing_model(vm_model):
+    dev = vm_model.dev
+    dev.put_file(b"FAIL0000", "/bad.fake")
+    with pytest.raises(ModelError) as e:
+        dev.load_model("/bad.fake")
+    assert "not a fake model" in str(e.value)
+    with pytest.raises(DeviceError) as e:
+        dev.load_model("/nope.fake")
+    assert e.value.code == P.ErrorCode.NOT_FOUND
+    with pytest.raises(ModelError):
+        dev.infer(bytes(40))                          # no model loaded now
+    dev.load_model("/m.fake")
+    with pytest.raises(DeviceError) as e:
+        dev.infer(bytes(3))                           # input 0 has 40 bytes
+    assert e.value.code == P.ErrorCode.BAD_ARGS
+
+
+# -- the real engine (device/tinyfw/engine) with a real model -----------------------------------------------------
+
+MLPERF_DIR = ROOT.parent / "shared" / "mlperf-tiny"
+
+
+def test_real_engine_runs_kws_model_through_the_runtime():
+    model = MLPERF_DIR / "kws_ref_model.tflite"
+    engine_dir = DEVICE_DIR / "tinyfw" / "engine"
+    if not model.is_file() or not (engine_dir / "__init__.py").is_file():
+        pytest.skip("needs ../shared/mlperf-tiny/kws_ref_model.tflite and device/tinyfw/engine")
+    vm = VmRuntime(fs_blocks=96, heap_bytes=4 * 1024 * 1024)
+    try:
+        dev = vm.dev
+        for path in sorted(engine_dir.glob("*.py")):
+            dev.put_file(path, f"/tinyfw/engine/{path.name}")
+        dev.put_file(model, "/kws.tflite")
+        info = dev.load_model("/kws.tflite")
+        assert info.inputs[0].dtype == "int8" and info.inputs[0].nbytes == 490
+        assert info.outputs[0].nbytes == 12 and info.arena_bytes > 0
+        x = bytes((i * 7) & 0xFF for i in range(490))
+        first = dev.infer(x)
+        assert len(first.output) == 12 and first.time_us > 0
+        assert dev.infer(x).output == first.output                  # deterministic
+        dev.set_input(x)
+        r = dev.invoke(3, warmup=1)
+        assert len(r.times_us) == 3 and r.alloc_bytes == 0            # the engine's invoke allocates nothing
+        assert dev.get_output(0) == first.output
+    finally:
+        vm.close()
+
+
+def test_upload_hot_path_allocates_nothing(tmp_path):
+    """Full-size PUT_DATA frames are read, checked, written, hashed and acknowledged under heap_lock()."""
+    data = bytes(range(256)) * 16 * 20
+    chunk = 4092
+    stream = P.encode_frame(P.T.PUT_BEGIN, 1, P.pack_put_begin(len(data), hashlib.sha256(data).digest(), "up.bin"),
+                            P.FLAG_SYNC)
+    for i, off in enumerate(range(0, 20 * chunk, chunk)):
+        stream += P.encode_frame(P.T.PUT_DATA, 2 + i, P.pack_put_data(off, data[off:off + chunk]))
+    (tmp_path / "frames.bin").write_bytes(stream)
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, "-X", "heapsize=400000",
+                          str(ROOT / "tests" / "device" / "hotpath_check.py"), str(DEVICE_DIR),
+                          str(tmp_path / "frames.bin"), str(tmp_path)], capture_output=True, timeout=60)
+    assert out.stdout.decode().split() == ["ok", "19"], out.stderr.decode()
