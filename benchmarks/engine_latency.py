@@ -8,8 +8,8 @@ Models: KWS, IC and AD reference models from ../shared/mlperf-tiny (skipped when
 models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 with the VWW architecture
 (labelled "vww (random weights)"; same operators and MACs, latency does not depend on weight values).
 
-    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--models kws,ic,ad,vww] [--backends viper,ref]
-                                                    [--heap-bytes N] [--profile] [--json OUT]
+    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 3] [--models kws,ic,ad,vww]
+                                                    [--backends viper,ref] [--heap-bytes N] [--profile] [--json OUT]
 
 The VM runs with the MicroPython heap given by --heap-bytes (default 4 MiB, so weights stay in RAM as on a board
 with PSRAM; pass the esp32 profile's 112640 to measure weights streamed from flash). --profile adds the time of
@@ -57,15 +57,19 @@ for i in range(n):
     m.invoke()
     times.append(time.ticks_diff(time.ticks_us(), t0))
 ops = []
+names = []
 if profile:
-    best = None
-    for r in range(max(3, n // 3)):
-        row = m.profile_invoke() if hasattr(m, "profile_invoke") else []
-        best = row if best is None else [min(a, b) for a, b in zip(best, row)]
-    ops = best or []
+    try:                       # uses the engine's internal step list: skipped if that changes shape
+        best = None
+        for r in range(max(3, n // 3)):
+            row = m.profile_invoke()
+            best = row if best is None else [min(a, b) for a, b in zip(best, row)]
+        ops = best or []
+        names = [s[1].__name__ for s in m._steps]
+    except Exception as e:
+        ops = []
 st = m.stats()
-print("RESULT " + json.dumps({"times_us": times, "stats": st, "ops_us": ops,
-                              "op_names": [s[1].__name__ for s in m._steps] if profile else []}))
+print("RESULT " + json.dumps({"times_us": times, "stats": st, "ops_us": ops, "op_names": names}))
 """
 
 # Per-operator times without changing the engine: a copy of Model.invoke() that times each step.
@@ -98,7 +102,7 @@ def micropython_exe():
     return exe
 
 
-def tflm_latency_us(path, x, repeats):
+def tflm_latencies_us(path, x, repeats):
     from tflite_micro.python.tflite_micro import runtime
     it = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=max(path.stat().st_size * 4, 1 << 20))
     det = it.get_input_details(0)
@@ -109,7 +113,7 @@ def tflm_latency_us(path, x, repeats):
         t0 = time.perf_counter_ns()
         it.invoke()
         times.append((time.perf_counter_ns() - t0) / 1000.0)
-    return statistics.median(times), np.array(it.get_output(0)).reshape(-1)
+    return times
 
 
 def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp):
@@ -153,7 +157,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30, help="timed invokes per model and backend (median)")
     ap.add_argument("--models", default="kws,ic,ad,vww")
     ap.add_argument("--backends", default="viper,ref")
-    ap.add_argument("--ref-repeats", type=int, default=3, help="timed invokes for the slow reference backend")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of TFLM and VM measurements")
+    ap.add_argument("--ref-repeats", type=int, default=3, help="timed invokes for the slow reference backend "
+                                                                   "(first round only)")
     ap.add_argument("--heap-bytes", type=int, default=4 << 20)
     ap.add_argument("--profile", action="store_true", help="per-operator times of the first backend")
     ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
@@ -168,24 +174,47 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, label, path in model_paths(names, tmp):
-            rng = np.random.default_rng(3)
-            tflm_us, _ = tflm_latency_us(path, _input_for(path, rng), args.repeats)
-            row = {"model": label, "file": path.name, "tflm_us": round(tflm_us, 1), "backends": {}}
-            for i, be in enumerate(backends):
-                reps = args.repeats if be != "ref" else args.ref_repeats
-                res = vm_latency(path, be, _input_for(path, np.random.default_rng(3)), reps, args.heap_bytes,
-                                 args.profile and i == 0, tmp)
-                med = statistics.median(res["times_us"])
-                entry = {"median_us": med, "min_us": min(res["times_us"]), "ratio": round(med / tflm_us, 2),
-                         "repeats": reps, "weights_mode": res["stats"].get("weights_mode"),
+            x = _input_for(path, np.random.default_rng(3))
+            # Interleaved rounds (TFLM, then each backend), so that load from other processes on this machine
+            # falls on both sides; medians are over all samples of all rounds.
+            tflm_times = []
+            samples = {be: [] for be in backends}
+            results = {}
+            for r in range(args.rounds):
+                tflm_times += tflm_latencies_us(path, x, args.repeats)
+                for i, be in enumerate(backends):
+                    if be == "ref" and r > 0:
+                        continue
+                    reps = args.repeats if be != "ref" else args.ref_repeats
+                    try:
+                        res = vm_latency(path, be, x, reps, args.heap_bytes, args.profile and i == 0 and r == 0,
+                                         tmp)
+                    except RuntimeError as e:
+                        print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                        continue
+                    samples[be] += res["times_us"]
+                    results.setdefault(be, res)
+            tflm_us = statistics.median(tflm_times)
+            row = {"model": label, "file": path.name, "tflm_us": round(tflm_us, 1),
+                   "tflm_min_us": round(min(tflm_times), 1), "backends": {}}
+            for be in backends:
+                if be not in results:
+                    row["backends"][be] = {"error": "the VM run failed (see stderr)"}
+                    continue
+                res = results[be]
+                med = statistics.median(samples[be])
+                entry = {"median_us": med, "min_us": min(samples[be]), "ratio": round(med / tflm_us, 2),
+                         "min_ratio": round(min(samples[be]) / min(tflm_times), 2), "samples": len(samples[be]),
+                         "weights_mode": res["stats"].get("weights_mode"),
                          "ref_ops": res["stats"].get("ref_ops", []), "macs": res["stats"].get("macs")}
                 if res.get("ops_us"):
                     entry["ops_us"] = list(zip(res["op_names"], res["ops_us"]))
                 row["backends"][be] = entry
             rows.append(row)
             _print_row(row, backends)
-    print(f"target: fast backend <= {TARGET_RATIO}x TFLM; times are medians in this run (virtual board = "
-          f"MicroPython unix VM on this host, heap {args.heap_bytes} B)")
+    print(f"target: fast backend <= {TARGET_RATIO}x TFLM. Times: medians over {args.rounds} interleaved rounds "
+          f"of {args.repeats} invokes; x TFLM = median/median, (min) = fastest/fastest. Virtual board = "
+          f"MicroPython unix VM on this host, heap {args.heap_bytes} B.")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "target_ratio": TARGET_RATIO,
                                                    "heap_bytes": args.heap_bytes}, indent=1))
@@ -204,14 +233,17 @@ _header_done = []
 
 def _print_row(row, backends):
     if not _header_done:
-        cols = "".join(f" {be + ' ms':>10} {'x TFLM':>7}" for be in backends)
+        cols = "".join(f" {be + ' ms':>10} {'x TFLM':>7} {'(min)':>6}" for be in backends)
         print(f"{'model':<22} {'MMAC':>6} {'TFLM ms':>8}{cols}")
         _header_done.append(1)
-    macs = next((e["macs"] for e in row["backends"].values() if e.get("macs")), 0)
+    macs = next((e["macs"] for e in row["backends"].values() if e.get("macs")), 0) or 0
     line = f"{row['model']:<22} {macs / 1e6:>6.2f} {row['tflm_us'] / 1000:>8.3f}"
     for be in backends:
         e = row["backends"][be]
-        line += f" {e['median_us'] / 1000:>10.3f} {e['ratio']:>7.2f}"
+        if "error" in e:
+            line += f" {'failed':>10} {'-':>7} {'-':>6}"
+            continue
+        line += f" {e['median_us'] / 1000:>10.3f} {e['ratio']:>7.2f} {e['min_ratio']:>6.2f}"
     print(line, flush=True)
     for be in backends:
         e = row["backends"][be]

@@ -92,7 +92,8 @@ def run_in_vm(cases, tmp_path):
     cases_file = tmp_path / "cases.jsonl"
     cases_file.write_text("".join(json.dumps(c) + "\n" for c in cases))
     out_file = tmp_path / "results.txt"
-    proc = subprocess.run([micropython_exe(), "-X", "heapsize=64M", str(script), str(DEVICE_DIR), str(cases_file), str(out_file)],
+    proc = subprocess.run([micropython_exe(), "-X", "heapsize=64M", str(script), str(DEVICE_DIR), str(cases_file),
+                           str(out_file)],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"VM failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     lines = out_file.read_text().splitlines()
@@ -269,7 +270,9 @@ def test_depthwise_conv2d_matches_reference(tmp_path):
 
 
 def test_fc_pool_add_requantize_copy_match_reference(tmp_path):
-    cases = drawn(st.one_of(fc_case(), pool_case(), add_case(), requantize_case(), copy_case()), 120)
+    # Each kind drawn on its own: a single one_of() draw may, under load, stop before covering every kind.
+    cases = [case for strategy in (fc_case(), pool_case(), add_case(), requantize_case(), copy_case())
+             for case in drawn(strategy, 24)]
     kinds = {c["kind"] for c, _ in cases}
     assert kinds == {"fc", "avg", "max", "add", "requantize", "copy"}
     _check_batch(cases, tmp_path)
@@ -308,7 +311,7 @@ def test_engine_offers_viper_first(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text("import sys\nsys.path.insert(0, sys.argv[1])\nfrom tinyfw import engine\n"
                       "print(engine.BACKENDS)\n")
-    proc = subprocess.run([micropython_exe(), "-X", "heapsize=64M", str(script), str(DEVICE_DIR)], capture_output=True, text=True,
+    proc = subprocess.run([micropython_exe(), str(script), str(DEVICE_DIR)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "('viper', 'ref')"

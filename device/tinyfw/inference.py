@@ -3,14 +3,42 @@
 # The runtime imports this module on the first model command. It drives tinyfw.engine through the engine
 # contract (engine.load -> Model with inputs/outputs, input_buffer, invoke, output_buffer, stats, close) and
 # never depends on how the engine works inside.
+#
+# Offload (docs/offload.md): when /offload.json says "on" or "auto", INFER goes through tinyfw.offload's
+# Predictor (same input, same output layout) instead of a plain invoke; the package is imported only then. The
+# file is read when a model is loaded and checked again at most every config_check_ms, so `tinyhost offload ...`
+# switches a running board and the setting survives a reset. A request with FLAG_INFO gets the Predictor's record
+# of which path answered and how long each stage took, between the time and the output.
 import gc
+import struct
 import time
 
-from tinyfw.frame import (E_BAD_ARGS, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND, E_TOO_BIG,
-                          FLAG_STREAM, GET_OUTPUT, HEADER_BYTES, INFER, INVOKE, LOAD, SET_INPUT, UNLOAD, put32,
-                          u16, u32)
+from tinyfw.frame import (E_BAD_ARGS, E_INTERNAL, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND,
+                          E_TOO_BIG, FLAG_STREAM, GET_OUTPUT, HEADER_BYTES, INFER, INVOKE, LOAD, SET_INPUT, UNLOAD,
+                          put32, u16, u32)
 
 _engine = None
+
+OFFLOAD_CONFIG = "/offload.json"
+FLAG_INFO = 0x04               # INFER request flag: the reply carries the info block below
+INFO_BYTES = 56                # source u8, flags u8, error i16, retries u8, mode u8, 2 spare, confidence f32, 11 x u32
+_INFO_FMT = "<BBhBBxxf11I"
+_SOURCES = {"local": 0, "model": 1, "reference": 2}
+_MODES = {"off": 0, "on": 1, "auto": 2}
+_CHECK_MS = 1000               # how often the config file is looked at when it does not say otherwise
+
+
+class _Offload:
+    # The runtime's offload state: the config file's bytes as last read, and the Predictor while it is on/auto.
+    predictor = None
+    raw = None
+    mode = "off"
+    error = ""
+    checked_ms = 0
+    check_ms = _CHECK_MS
+
+
+_off = _Offload()
 
 
 def _engine_module(rt):
@@ -32,7 +60,67 @@ def backends(rt=None):
     return tuple(engine.BACKENDS)
 
 
+def _offload_close():
+    p = _off.predictor
+    _off.predictor = None
+    if p is not None:
+        p.close()
+
+
+def offload_check(rt, force=False):
+    """Re-read /offload.json when it changed (at most every config_check_ms unless ``force``); builds or drops the
+    Predictor for the loaded model. A bad file is noted (``offload_status``) and the board runs locally."""
+    now = time.ticks_ms()
+    if not force and time.ticks_diff(now, _off.checked_ms) < _off.check_ms:
+        return _off.predictor
+    _off.checked_ms = now
+    try:
+        with open(OFFLOAD_CONFIG, "rb") as f:
+            raw = f.read()
+    except OSError:
+        raw = b""
+    if raw == _off.raw and not force:
+        return _off.predictor
+    _off.raw = raw
+    _offload_close()
+    _off.mode = "off"
+    _off.error = ""
+    _off.check_ms = _CHECK_MS
+    if not raw:
+        return None
+    try:
+        import json
+        cfg = json.loads(raw)
+        mode = cfg.get("mode", "off")
+        _off.check_ms = int(cfg.get("config_check_ms", _CHECK_MS))
+    except (ValueError, AttributeError, TypeError) as e:
+        _off.error = "%s: %s" % (OFFLOAD_CONFIG, e)
+        return None
+    if mode == "off" or rt.model is None:      # a model load checks again (force)
+        return None
+    gc.collect()
+    try:
+        from tinyfw.offload import Predictor
+        _off.predictor = Predictor(rt.model, config=cfg)
+        _off.mode = mode
+    except ImportError as e:
+        _off.error = "tinyfw.offload is not on the board: %s" % e
+    except (ValueError, TypeError, KeyError) as e:
+        _off.error = "%s: %s" % (OFFLOAD_CONFIG, e)
+    except MemoryError:
+        gc.collect()
+        _off.error = "offload buffers do not fit in RAM (heap free %d bytes)" % gc.mem_free()
+    return _off.predictor
+
+
+def offload_status():
+    """(mode in use, error text or "", the Predictor's counters or None)."""
+    p = _off.predictor
+    return _off.mode, _off.error, (p.counters() if p is not None else None)
+
+
 def unload(rt):
+    _offload_close()
     rt.input_copies = None
     if rt.model is not None:
         m = rt.model
@@ -67,6 +155,7 @@ def load_model(rt, path, backend="auto"):
         rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
     except MemoryError:
         rt.input_copies = None
+    offload_check(rt, force=True)
     return rt.model
 
 
@@ -102,6 +191,9 @@ def _load(rt):
     rt.collect()
     pairs.append(("heap_free_bytes", gc.mem_free()))
     pairs.append(("input_kept", int(rt.input_copies is not None)))
+    pairs.append(("offload", _off.mode))
+    if _off.error:
+        pairs.append(("offload_error", _off.error.replace("\n", " ")))
     rt.reply_kv(pairs)
 
 
@@ -227,17 +319,46 @@ def _infer(rt):
     if n != len(dst):
         rt.fail(E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
     out_len = m.outputs[0].nbytes
-    if out_len + 4 > rt.max_payload:
+    want_info = rt.fio.flags & FLAG_INFO
+    head = 5 + INFO_BYTES if want_info else 4
+    if out_len + head > rt.max_payload:
         rt.fail(E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
-    dst[:] = rt.payload_view()
+    data = rt.payload_view()
     if rt.input_copies is not None:
-        rt.input_copies[0][:] = dst
-    t0 = time.ticks_us()
-    m.invoke()
-    dt = time.ticks_diff(time.ticks_us(), t0)
-    put32(rt.fio.buf, HEADER_BYTES, dt)
-    rt.fio.payload[4:4 + out_len] = m.output_buffer(0)
-    rt.reply_big(4 + out_len)
+        rt.input_copies[0][:] = data
+    p = offload_check(rt)
+    if p is None:
+        dst[:] = data
+        t0 = time.ticks_us()
+        m.invoke()
+        dt = time.ticks_diff(time.ticks_us(), t0)
+        out = m.output_buffer(0)
+        info = None
+    else:
+        out, info = p.predict(data)          # same input, same output layout, local or remote
+        dt = info.total_us
+        if len(out) != out_len:
+            rt.fail(E_INTERNAL, "offload answer has %d bytes, output 0 has %d" % (len(out), out_len))
+    buf = rt.fio.buf
+    put32(buf, HEADER_BYTES, dt)
+    if want_info:
+        buf[HEADER_BYTES + 4] = INFO_BYTES
+        _pack_info(buf, HEADER_BYTES + 5, info, dt)
+    rt.fio.payload[head:head + out_len] = out
+    rt.reply_big(head + out_len)
+
+
+def _pack_info(buf, at, info, dt):
+    if info is None:
+        struct.pack_into(_INFO_FMT, buf, at, 0, 0, 0, 0, 0, float("nan"), dt, 0, 0, 0, 0, 0, 0, 0, dt, 0, 0)
+        return
+    flags = (1 if info.offloaded else 0) | (2 if info.fallback else 0) | 4
+    conf = info.confidence
+    struct.pack_into(_INFO_FMT, buf, at, _SOURCES.get(info.source, 0), flags, info.error, min(info.retries, 255),
+                     _MODES.get(_off.mode, 0), float("nan") if conf is None else conf, info.local_us,
+                     info.serialise_us, info.send_us, info.wait_us, info.receive_us, info.parse_us,
+                     info.server_queue_us, info.server_compute_us, info.total_us, info.request_bytes,
+                     info.reply_bytes)
 
 
 def _unload(rt):

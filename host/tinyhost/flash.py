@@ -87,6 +87,22 @@ def model_item(path, board=None):
     return item
 
 
+def with_plans(items):
+    """``items`` plus, for each ``.tflite`` model among them, its load plan beside it (``MODEL.plan``, built on
+    the host with the firmware's engine code; the board uses it only when it matches the model's sha256)."""
+    from .model.plan import plan_file, plan_remote_path
+
+    out = list(items)
+    listed = {item.remote for item in out}
+    for item in items:
+        if item.remote.startswith(MODELS_DIR + "/") and item.remote.endswith(".tflite"):
+            remote = plan_remote_path(item.remote)
+            if remote not in listed:
+                out.append(_item(plan_file(item.local), remote))
+                listed.add(remote)
+    return out
+
+
 def blocks(nbytes, block_bytes):
     return -(-nbytes // block_bytes)
 
@@ -165,6 +181,7 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
 
     from .mpy import precompile
 
+    items = with_plans(items)
     check_fits_profile(items, board)
     info = dev.info()
     if compile_mpy:

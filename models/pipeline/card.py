@@ -5,6 +5,8 @@ from pathlib import Path
 from models.pipeline.common import write_atomic
 
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
+#: MLPerf Tiny quality targets (top-1) of the tasks the shipped models stand in for.
+TARGETS = {"kws": 0.90, "vww": 0.80}
 
 
 def _pct(x):
@@ -37,6 +39,14 @@ def numbers_markdown(m):
                        ("official_vww01_on_this_testset", "MLPerf Tiny's own vww01 model on this test set")):
         if key in m:
             lines.append(f"| {label} | {_pct(m[key])} |")
+    target = TARGETS.get(m["model"])
+    if target is not None:
+        verdict = ("meets the MLPerf Tiny target" if m["accuracy_int8"] >= target
+                   else "is **below the MLPerf Tiny target**")
+        lines.append("")
+        lines.append(f"The int8 model {verdict} of {_pct(target)} top-1 on this held-out set "
+                     f"({_pct(m['accuracy_int8'])}); int8 is {100 * (m['accuracy_float'] - m['accuracy_int8']):.1f} "
+                     "points below float.")
     per_class = m.get("accuracy_int8_per_class", {})
     if per_class:
         lines.append("")
@@ -48,6 +58,9 @@ def numbers_markdown(m):
 def update(path, metrics):
     """Replace the numbers section of the card at ``path`` (appended when the markers are missing)."""
     path = Path(path)
+    labels_csv = path.parent / "testset" / "y_labels.csv"
+    if "shipped_count" not in metrics and labels_csv.is_file():
+        metrics = dict(metrics, shipped_count=len(labels_csv.read_text().splitlines()))
     text = path.read_text() if path.is_file() else f"# {metrics['model']}\n\n## Numbers\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text += f"\n## Numbers\n\n{BEGIN}\n{END}\n"

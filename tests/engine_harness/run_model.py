@@ -58,3 +58,5 @@ stats["invoke_allocation_free"] = locked_ok
 stats["times_us"] = times_us
 stats["backends"] = list(engine.BACKENDS)
 print("RESULT", json.dumps(stats))
+
+m.close()

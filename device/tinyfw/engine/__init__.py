@@ -3,17 +3,19 @@
 #   m = engine.load("/model.tflite")          # parse + validate, plan, allocate the arena once
 #   m.input_buffer()[:] = data; m.invoke(); m.output_buffer()
 #
-# load() reads the flatbuffer piecewise from the file (reader.py), prepares every operator (ops.py), places the
-# activation tensors in one arena (planner.py) and loads weights into RAM when they fit comfortably; otherwise it
-# keeps the file open and streams each operator's weights from flash into one scratch buffer while it runs.
-# invoke() allocates nothing. Kernels come from a backend module (kernels_ref = the specification, kernels_viper).
+# This module is what stays in RAM while a model runs. load() takes one of two paths to a load plan (everything
+# computed at load: arena placement, kernel parameters, per-channel constants; format in planload.py):
+# - MODEL.plan next to MODEL.tflite (put there by `tinyhost flash`), used only when it was made from this very
+#   model file (sha256) by this plan format: planload.py alone reads it, allocating the arena first;
+# - otherwise the full path: loader.py (with reader.py, ops.py, planner.py) parses, validates and prepares the
+#   model, planwrite.py packs it into a plan in RAM, and planload.py builds from that.
+# Load-time modules are dropped from the heap again (del sys.modules[...], gc.collect()). Weights and per-channel
+# constants stay in RAM when they fit comfortably; otherwise they are streamed from flash per operator while it
+# runs (docs/engine.md, "Memory"). invoke() allocates nothing. Kernels come from a backend module (kernels_ref =
+# the specification, kernels_viper).
 
+import sys
 from array import array
-
-from .reader import ModelError, read_model, TYPES, T_INT8, T_FLOAT32
-from . import ops as _ops
-from . import planner
-from . import kernels_ref
 
 try:
     import gc as _gc
@@ -21,6 +23,10 @@ try:
 except (ImportError, AttributeError):      # CPython
     _gc = None
     _mem_free = None
+
+
+class ModelError(ValueError):
+    """A model is corrupt, malformed or uses something this engine does not support. The message names it."""
 
 
 def _probe_viper():
@@ -40,15 +46,28 @@ def _probe_viper():
 _VIPER = _probe_viper()
 BACKENDS = ("viper", "ref") if _VIPER is not None else ("ref",)
 
-_KERNEL_NAMES = {_ops.K_CONV: "conv2d", _ops.K_DW: "depthwise_conv2d", _ops.K_FC: "fully_connected",
-                 _ops.K_AVG: "avg_pool2d", _ops.K_MAX: "max_pool2d", _ops.K_ADD: "add", _ops.K_SOFTMAX: "softmax",
-                 _ops.K_REQUANT: "requantize", _ops.K_RESHAPE: "copy"}
+# Operation kinds (same numbers as ops.K_*) -> kernel function name
+_KERNEL_NAMES = {1: "conv2d", 2: "depthwise_conv2d", 3: "fully_connected", 4: "avg_pool2d", 5: "max_pool2d",
+                 6: "add", 7: "softmax", 9: "requantize", 8: "copy"}
+_OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVERAGE_POOL_2D", 5: "MAX_POOL_2D",
+             6: "ADD", 7: "SOFTMAX", 8: "RESHAPE", 9: "QUANTIZE"}
 
-# Default size of the weight scratch buffer when weights are streamed from flash (bytes).
+# Largest weight scratch buffer when weights are streamed from flash (bytes); on a small heap it is smaller.
 STREAM_SCRATCH_BYTES = 16384
-
+# Modules only load() needs; dropped from the heap after each load on MicroPython.
+_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "planload")
+# The load plan of MODEL.tflite: MODEL.plan (plan_path; format in planload.py).
+PLAN_SUFFIX = ".plan"
 
 _EXTRA_BACKENDS = {}
+
+# Load-stage hook for memory profiling (tests/engine_harness/heap_profile.py): trace(stage_name) or None.
+trace = None
+
+
+def _stage(name):
+    if trace is not None:
+        trace(name)
 
 
 def register_backend(name, module):
@@ -56,15 +75,45 @@ def register_backend(name, module):
     _EXTRA_BACKENDS[name] = module
 
 
+def _kernels_ref():
+    from . import kernels_ref
+    return kernels_ref
+
+
 def backend_module(name):
     """The kernel module of backend `name`; ValueError for an unknown or unusable backend (never a fallback)."""
     if name in _EXTRA_BACKENDS:
         return _EXTRA_BACKENDS[name]
     if name == "ref":
-        return kernels_ref
+        return _kernels_ref()
     if name == "viper" and _VIPER is not None:
         return _VIPER
     raise ValueError("unknown backend %r: this port offers %s" % (name, ", ".join(BACKENDS)))
+
+
+def _drop_load_modules(keep=()):
+    """Forget the load-time modules so that their code is garbage (MicroPython only; the host keeps them)."""
+    if _gc is None:
+        return
+    keep_ref = (__name__ + ".kernels_ref") in sys.modules     # kernels_ref uses quant and params
+    g = globals()
+    for name in _LOAD_MODULES:
+        if name in keep or (keep_ref and name in ("quant", "params")):
+            continue
+        sys.modules.pop(__name__ + "." + name, None)
+        g.pop(name, None)
+    _gc.collect()
+
+
+def plan_arena(md, specs):
+    """(offset per int8 activation tensor index, arena bytes) for ops.prepare(md)'s specs (host tools)."""
+    from .loader import plan_arena as plan
+    return plan(md, specs)
+
+
+def activation_lifetimes(md, specs):
+    from .loader import activation_lifetimes as lifetimes
+    return lifetimes(md, specs)
 
 
 def _int8_buffer(n):
@@ -75,79 +124,36 @@ def _int8_buffer(n):
 
 
 class TensorInfo:
-    def __init__(self, t):
-        self.name = t.name
-        self.shape = tuple(t.shape)
-        self.dtype = t.dtype
-        self.scale = t.scale
-        self.zero_point = t.zero_point
-        self.nbytes = t.nbytes
+    def __init__(self, name, shape, dtype, scale, zero_point, nbytes):
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.scale = scale
+        self.zero_point = zero_point
+        self.nbytes = nbytes
 
     def __repr__(self):
         return "TensorInfo(%r, %s, %s, scale=%r, zero_point=%d)" % (self.name, self.shape, self.dtype,
                                                                    self.scale, self.zero_point)
 
 
-def activation_lifetimes(md, specs):
-    """Activation buffers of the graph: list of (tensor indices sharing it, first op, last op, bytes).
-
-    RESHAPE outputs share their input's buffer; float32 graph I/O lives outside the arena."""
-    n_ops = len(specs)
-    group = {}
-
-    def root(i):
-        while group.get(i, i) != i:
-            i = group[i]
-        return i
-
-    for s in specs:
-        if s.kind == _ops.K_RESHAPE:
-            group[root(s.out)] = root(s.ins[0])
-    first = {}
-    last = {}
-
-    def touch(i, k):
-        r = root(i)
-        if r not in first or k < first[r]:
-            first[r] = k
-        if r not in last or k > last[r]:
-            last[r] = k
-
-    for i in md.inputs:
-        touch(i, 0)
-    for k, s in enumerate(specs):
-        for i in s.ins:
-            touch(i, k)
-        touch(s.out, k)
-    for i in md.outputs:
-        touch(i, n_ops - 1)
-    members = {}
-    for t in md.tensors:
-        if t.is_const or t.type != T_INT8:
-            continue
-        r = root(t.index)
-        if r in first:
-            members.setdefault(r, []).append(t.index)
-    out = []
-    for r in sorted(members):
-        size = max(md.tensors[i].nbytes for i in members[r])
-        out.append((members[r], first[r], last[r], size))
-    return out
+def plan_path(path):
+    """Where the load plan of the model at `path` lives: MODEL.tflite -> MODEL.plan (other names: + ".plan")."""
+    return (path[:-7] if path.endswith(".tflite") else path) + PLAN_SUFFIX
 
 
-def plan_arena(md, specs):
-    """(offset per int8 activation tensor index, arena bytes)."""
-    bufs = activation_lifetimes(md, specs)
-    offsets, arena = planner.plan([b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs])
-    where = {}
-    for b, off in zip(bufs, offsets):
-        for i in b[0]:
-            where[i] = off
-    return where, arena
-
-
-def _weight_bytes(s):
-    return s.weights.nbytes if s.weights is not None else 0
+def _kernel(k, kind, fallback):
+    """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it."""
+    if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
+        return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
+    name = _KERNEL_NAMES.get(kind)
+    if name is None:
+        raise ModelError("corrupt plan: unknown operation kind %d" % kind)
+    fn = getattr(k, name, None)
+    if fn is None:
+        fn = getattr(_kernels_ref(), name)
+        fallback.append(_OP_NAMES[kind])
+    return fn
 
 
 class Model:
@@ -160,126 +166,76 @@ class Model:
         if weights not in ("auto", "ram", "flash"):
             raise ValueError("weights must be 'auto', 'ram' or 'flash', not %r" % (weights,))
         self.backend = backend
+        self._steps = ()
+        self._side = None
+        self._arena = None
+        self._fallback = []
+        self.plan = None               # "file": loaded from MODEL.plan; "built": planned here (full path)
+        self.plan_note = ""            # why MODEL.plan was not used
         self._f = open(path, "rb")
         try:
-            self._load(k, arena_bytes, weights, scratch_bytes)
+            self._load(path, k, arena_bytes, weights, scratch_bytes)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, k, arena_bytes, weights, scratch_bytes):
-        f = self._f
-        size = f.seek(0, 2)
-        f.seek(0)
-        md = read_model(f, size)
-        specs = _ops.prepare(md)
-        where, needed = plan_arena(md, specs)
-        self.model_bytes = size
-        self.macs = sum(s.macs for s in specs)
-        self.planned_arena_bytes = needed
-        if arena_bytes is not None and arena_bytes < needed:
-            raise ModelError("arena too small: the model needs %d bytes of tensor arena, arena_bytes=%d"
-                             % (needed, arena_bytes))
-        total = needed if arena_bytes is None else arena_bytes
-        if _gc is not None:
-            _gc.collect()
+    def _load(self, path, k, arena_bytes, weights, scratch_bytes):
         try:
-            self._arena = _int8_buffer(total)
-        except MemoryError:
-            raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
-                              % (total, _mem_free() if _mem_free else "?"))
-        self.arena_bytes = total
-        arena_mv = memoryview(self._arena)
-        views = {}
-        for i, off in where.items():
-            views[i] = arena_mv[off:off + md.tensors[i].nbytes]
-        for i in list(md.inputs) + list(md.outputs):
-            t = md.tensors[i]
-            if i not in views:
-                if t.type != T_FLOAT32:
-                    raise ModelError("unsupported model: graph tensor %s is %s" % (t.describe(), t.dtype))
-                views[i] = memoryview(array("f", [0.0] * t.elements))
-
-        weight_total = sum(_weight_bytes(s) for s in specs)
-        if weights == "auto":
-            weights = "ram"
-            if _mem_free is not None:
-                _gc.collect()
-                if weight_total > _mem_free() // 2:
-                    weights = "flash"
-        self.weights_mode = weights
-        scratch = None
-        if weights == "flash":
-            want = scratch_bytes or STREAM_SCRATCH_BYTES
-            floor = 0
-            for s in specs:
-                if s.weights is not None:
-                    floor = max(floor, s.row_bytes if s.row_bytes else s.weights.nbytes)
-            biggest = max(_weight_bytes(s) for s in specs)
-            scratch = _int8_buffer(min(max(want, floor), biggest) if biggest else 0)
-        self.scratch_bytes = len(scratch) if scratch is not None else 0
-
-        ram = 0
-        steps = []
-        self._fallback = []
-        for s in specs:
-            name = _KERNEL_NAMES.get(s.kind)
-            fn = getattr(k, name, None) if name else None
-            if name and fn is None:
-                fn = getattr(kernels_ref, name)
-                self._fallback.append(s.op.name)
-            out = views[s.out]
-            inp = views[s.ins[0]]
-            if s.kind in (_ops.K_CONV, _ops.K_DW, _ops.K_FC):
-                bias = array("i", [0] * s.channels)
-                if s.bias is not None:
-                    f.seek(s.bias.data_pos)
-                    f.readinto(memoryview(bias))
-                ram += 4 * 3 * s.channels
-                if weights == "ram":
-                    filt = _int8_buffer(s.weights.nbytes)
-                    f.seek(s.weights.data_pos)
-                    f.readinto(memoryview(filt))
-                    ram += s.weights.nbytes
-                    steps.append((1, fn, out, inp, memoryview(filt), bias, s.mult, s.shift, s.p))
-                else:
-                    rb = s.row_bytes if s.row_bytes else s.weights.nbytes
-                    per_block = len(scratch) // rb if s.row_bytes else s.channels
-                    if per_block > s.channels:
-                        per_block = s.channels
-                    rest = s.channels % per_block if s.row_bytes else 0
-                    smv = memoryview(scratch)
-                    full = smv[:per_block * rb] if s.row_bytes else smv[:s.weights.nbytes]
-                    tail = smv[:rest * rb] if rest else full
-                    steps.append((2, fn, out, inp, full, bias, s.mult, s.shift, s.p, tail, s.weights.data_pos,
-                                  per_block if s.row_bytes else s.channels, rb if s.row_bytes else 0, s.channels))
-            elif s.kind in (_ops.K_AVG, _ops.K_MAX, _ops.K_REQUANT):
-                steps.append((3, fn, out, inp, s.p))
-            elif s.kind == _ops.K_ADD:
-                steps.append((4, fn, out, inp, views[s.ins[1]], s.p))
-            elif s.kind == _ops.K_SOFTMAX:
-                ram += 2 * 4 * 256
-                steps.append((5, fn, out, inp, s.exp_q31, s.exp_q12, s.p))
-            elif s.kind == _ops.K_RESHAPE:
-                if views[s.out] is not views[s.ins[0]] and where.get(s.out) != where.get(s.ins[0]):
-                    steps.append((6, fn, out, inp, md.tensors[s.out].elements))
-            elif s.kind == _ops.K_QUANT_F:
-                t_out = md.tensors[s.out]
-                steps.append((7, kernels_ref.quantize_float, out, inp, t_out.elements, t_out.scale,
-                              t_out.zero_point, array("f", [0.0])))
-            elif s.kind == _ops.K_DEQUANT:
-                t_in = md.tensors[s.ins[0]]
-                steps.append((8, kernels_ref.dequantize, out, inp, t_in.elements, t_in.scale, t_in.zero_point))
-        self._steps = steps
-        self._specs_count = len(specs)
-        self.weights_ram_bytes = ram
-        self.inputs = [TensorInfo(md.tensors[i]) for i in md.inputs]
-        self.outputs = [TensorInfo(md.tensors[i]) for i in md.outputs]
-        self._in_views = [views[i] for i in md.inputs]
-        self._out_views = [views[i] for i in md.outputs]
-        if weights == "ram":
+            from . import planload
+            h = "absent"
+            try:
+                g = open(plan_path(path), "rb")
+            except OSError:
+                g = None
+            if g is not None:
+                try:
+                    h = planload.check(g, self._f)
+                finally:
+                    if isinstance(h, str):
+                        g.close()
+            _stage("plan checked")
+            if not isinstance(h, str):
+                self.plan = "file"
+                try:
+                    planload.build(self, g, h, k, weights, arena_bytes, scratch_bytes, True)
+                finally:
+                    if self._side is not g:        # nothing is streamed from the plan at invoke
+                        g.close()
+            else:
+                self.plan = "built"
+                self.plan_note = h
+                try:
+                    g = self._plan_here(path, planload)
+                except MemoryError:
+                    raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
+                                      "`tinyhost flash --model` puts a plan next to it"
+                                      % (path, plan_path(path), h))
+                h = planload.check(g, self._f)
+                if isinstance(h, str):
+                    raise ModelError("internal error: the plan built here does not check: %s" % h)
+                planload.build(self, g, h, k, weights, arena_bytes, scratch_bytes, False)
+        finally:
+            planload = None
+            _drop_load_modules()
+        _stage("load-time code dropped")
+        if self.weights_mode == "ram":
             self._f.close()
             self._f = None
+
+    def _plan_here(self, path, planload):
+        """The full path: parse, validate, prepare and plan the model here, into an in-RAM plan."""
+        import io
+        from . import loader, planwrite
+        _stage("loader imported")
+        f = self._f
+        r = loader.prepare(f, _stage)
+        digest = planload.model_sha256(f, r.model_bytes)
+        g = io.BytesIO()
+        planwrite.write(r, digest, g)
+        r = loader = planwrite = None
+        _drop_load_modules(keep=("planload",))
+        _stage("load-time code dropped")
+        return g
 
     def input_buffer(self, i=0):
         return self._in_views[i]
@@ -292,8 +248,13 @@ class Model:
         for s in self._steps:
             kind = s[0]
             if kind == 1:
-                s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8])
-            elif kind == 2:
+                if s[14] >= 0:                     # per-channel bias, multiplier, shift from the plan file
+                    g = self._side
+                    g.seek(s[14])
+                    g.readinto(s[15])
+                if s[10] < 0:
+                    s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8])
+                    continue
                 p = s[8]
                 total = s[13]
                 block = s[11]
@@ -329,14 +290,18 @@ class Model:
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,
                 "weights_ram_bytes": self.weights_ram_bytes, "weights_mode": self.weights_mode,
+                "channel_data": "flash" if self._side is not None else "ram",
                 "scratch_bytes": self.scratch_bytes, "ops": self._specs_count, "macs": self.macs,
-                "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback)}
+                "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback),
+                "plan": self.plan, "plan_note": self.plan_note}
 
     def close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        self._steps = []
+        for name in ("_f", "_side"):
+            g = getattr(self, name, None)
+            if g is not None:
+                g.close()
+                setattr(self, name, None)
+        self._steps = ()
         self._arena = None
 
     def __enter__(self):
@@ -350,7 +315,7 @@ def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=N
     """Parse, validate and prepare the .tflite model at `path`; allocate its arena once.
 
     backend: "auto" (fastest in BACKENDS) or a name in BACKENDS; anything else is a ValueError.
-    weights: "ram", "flash" (streamed per operator from the file) or "auto" (RAM when they take at most half
-    of the free heap). Raises ModelError (bad/unsupported model, arena_bytes too small), OSError (no file),
-    MemoryError (the arena does not fit the heap)."""
+    weights: "ram", "flash" (streamed per operator from the file, with the per-channel constants) or "auto" (RAM
+    when the filters take at most half of the free heap). Raises ModelError (bad/unsupported model, arena_bytes
+    too small), OSError (no file), MemoryError (the arena does not fit the heap)."""
     return Model(path, backend, arena_bytes, weights, scratch_bytes)

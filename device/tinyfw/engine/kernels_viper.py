@@ -11,13 +11,18 @@
 # - ptr32 loads are zero-extended on a 64-bit port and are sign-extended with the same WS shift pair.
 # - No integer literal reaches 2**30 (31-bit small ints on 32-bit ports); bigger constants are built with shifts.
 # - Nothing allocates: loops run over addresses (int) read through ptr8/ptr32; one module-level scratch buffer
-#   (allocated at import) holds per-channel constants for conv2d and the lookup tables of add.
+#   (allocated at import) holds offset copies of operands (below) and the lookup tables of add/requantize.
 #
-# Speed: int8 operands are read unsigned and offset by 128 (one xor), so an inner product term is
-# (x ^ 128) * (w ^ 128); the offsets are folded back with per-pixel input sums and per-channel weight sums:
-#   sum (xs + io) * ws = S(xu*wu) - 128*S(xu) + (io - 128)*S(wu) - 128*(io - 128)*n,  xu = xs + 128, wu = ws + 128.
-# Hot loops keep their pointers and accumulator in the viper function's first three arguments, which the native
-# emitters hold in registers.
+# Speed (the viper emitters compile each operation naively, so fewer operations per MAC is what counts):
+# - int8 operands are used offset by 128 (xu = x ^ 128, unsigned) and the offsets are folded back with sums:
+#   sum (xs + io) * ws = S(xu*wu) - 128*S(xu) + (io - 128)*S(wu) - 128*(io - 128)*n,  wu = ws + 128.
+# - conv2d copies a block of output channels' weights (offset) and, per output pixel, the receptive field
+#   (offset, padding taps = input zero point) into the scratch buffer, so the inner loop is two byte loads, a
+#   multiply and an add, unrolled 16 times (viper_conv.py). depthwise_conv2d copies each padded input plane
+#   (viper_dw.py); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
+# - Hot loops keep their pointers and accumulator in the viper function's first three arguments, which the native
+#   emitters hold in registers; requantisation is inlined (a call per output would cost more than the MACs).
+# Ops whose working set does not fit the scratch buffer take "direct" paths that read the tensors in place.
 import micropython
 
 from .viper_conv import conv_patched as _conv_patched, conv_direct as _conv_direct
@@ -60,7 +65,7 @@ def requant(acc: int, mult: int, shift: int) -> int:
         t = (acc >> k) & 1
         acc = (acc & ~(-1 << k)) << shift
         if t:
-            acc += -1 << 31
+            acc += int(-1) << 31
     b0 = mult & 0xFFFF
     b1 = mult >> 16
     a1 = acc >> 16
@@ -76,9 +81,9 @@ def requant(acc: int, mult: int, shift: int) -> int:
         k = 0 - shift
         if k < 31:
             r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
-        elif r >= 1 << 30:
+        elif r >= int(1) << 30:
             r = 1
-        elif r <= -1 << 30:
+        elif r <= int(-1) << 30:
             r = -1
         else:
             r = 0

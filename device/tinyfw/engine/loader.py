@@ -1,26 +1,22 @@
-# Load-time half of the engine: parse (reader.py), prepare (ops.py) and plan (planner.py) a model into a compact
-# Recipe that the resident engine (__init__.py) turns into kernel calls.
+# Load-time half of the engine (the full path): parse (reader.py), prepare (ops.py) and plan (planner.py) a model
+# into a compact Recipe, which planwrite.py packs into a load plan (the same bytes `tinyhost flash` puts next to
+# the model as MODEL.plan) and planload.py turns into kernel calls.
 #
 # The engine drops this module, reader, ops and planner from the heap after every load (del sys.modules[...]), so
-# none of their code, and none of the per-tensor objects the reader builds, stays in RAM while a model runs. What
-# survives is small: per operator one tuple with its kernel parameter array, and per output channel the bias,
-# multiplier and shift (array('i')), either in RAM or streamed at invoke from a side file next to the model
-# (MODEL + ".prep", written atomically at each load, removed by Model.close()).
+# none of their code, and none of the per-tensor objects the reader builds, stays in RAM while a model runs.
 
-import os
 from array import array
 
-from . import ModelError, TensorInfo
+from . import ModelError
 from .reader import read_model, T_INT8, T_FLOAT32
 from . import ops as _ops
 from . import planner
 
-SIDE_SUFFIX = ".prep"
 _CONV_KINDS = (_ops.K_CONV, _ops.K_DW, _ops.K_FC)
 
 
 class Recipe:
-    """Everything the resident engine needs to allocate the arena and build its steps (see __init__._build)."""
+    """Everything a load plan holds (planwrite.py packs it)."""
 
     def __init__(self):
         self.model_bytes = 0
@@ -31,12 +27,9 @@ class Recipe:
         self.floats = None         # float32 graph I/O tensor index -> elements
         self.inputs = ()           # tensor indices
         self.outputs = ()
-        self.input_info = ()       # TensorInfo per graph input
+        self.input_info = ()       # (name, shape, type, scale bits, zero point) per graph input
         self.output_info = ()
         self.records = []          # one tuple per operator (layouts in _record)
-        self.weights = "ram"
-        self.side = None           # open side file (per-channel data) or None
-        self.side_path = None
         self.max_channels = 0
 
 
@@ -107,40 +100,11 @@ def plan_arena(md, specs):
     return _plan(md, [(s.kind, s.ins, s.out) for s in specs])
 
 
-def _filter_bytes(md):
-    total = 0
-    nt = len(md.tensors)
-    for op in md.ops:
-        if op.code in (3, 4, 9) and len(op.inputs) > 1 and 0 <= op.inputs[1] < nt:
-            total += md.tensors[op.inputs[1]].nbytes
-    return total
-
-
-def _open_side(path):
-    """The side file for streamed per-channel data, open for writing under a temporary name; None if impossible."""
-    try:
-        return open(path + SIDE_SUFFIX + ".part", "wb")
-    except OSError:
-        return None
-
-
-def _finish_side(w, path):
-    w.close()
-    final = path + SIDE_SUFFIX
-    try:
-        os.remove(final)
-    except OSError:
-        pass
-    os.rename(final + ".part", final)
-    return open(final, "rb"), final
-
-
-def _record(md, s, f, side_w, pos):
+def _record(md, s, f):
     """Compact tuple for one prepared operator. Layouts (kind first, then ins, out):
-    conv-like: p, channels, weights file offset, weights bytes, row bytes, bias, mult, shift, side offset
-               (bias/mult/shift None and side offset >= 0 when streamed from the side file);
+    conv-like: p, channels, weights file offset, weights bytes, row bytes, bias, mult, shift (array('i'));
     pools/requantize/add: p; softmax: p, exp_q31, exp_q12; reshape: elements;
-    float quantize/dequantize: elements, scale, zero point of the float side's int8 partner."""
+    float quantize/dequantize: elements, scale (float32 bits), zero point of the float side's int8 partner."""
     k = s.kind
     if k in _CONV_KINDS:
         n = s.channels
@@ -148,65 +112,45 @@ def _record(md, s, f, side_w, pos):
         if s.bias is not None:
             f.seek(s.bias.data_pos)
             f.readinto(bias)
-        if side_w is not None:
-            side_w.write(bias)
-            side_w.write(s.mult)
-            side_w.write(s.shift)
-            return (k, s.ins, s.out, s.p, n, s.weights.data_pos, s.weights.nbytes, s.row_bytes, None, None, None,
-                    pos), pos + 12 * n
         return (k, s.ins, s.out, s.p, n, s.weights.data_pos, s.weights.nbytes, s.row_bytes, bias, s.mult,
-                s.shift, -1), pos
+                s.shift)
     if k == _ops.K_SOFTMAX:
-        return (k, s.ins, s.out, s.p, s.exp_q31, s.exp_q12), pos
+        return (k, s.ins, s.out, s.p, s.exp_q31, s.exp_q12)
     if k == _ops.K_RESHAPE:
-        return (k, s.ins, s.out, md.tensors[s.out].elements), pos
+        return (k, s.ins, s.out, md.tensors[s.out].elements)
     if k == _ops.K_QUANT_F:
         t = md.tensors[s.out]
-        return (k, s.ins, s.out, t.elements, t.scale, t.zero_point), pos
+        return (k, s.ins, s.out, t.elements, t.scale_bits, t.zero_point)
     if k == _ops.K_DEQUANT:
         t = md.tensors[s.ins[0]]
-        return (k, s.ins, s.out, t.elements, t.scale, t.zero_point), pos
-    return (k, s.ins, s.out, s.p), pos
+        return (k, s.ins, s.out, t.elements, t.scale_bits, t.zero_point)
+    return (k, s.ins, s.out, s.p)
 
 
-def prepare(f, path, weights, mem_free):
-    """Parse, validate, prepare and plan the model in the open file f -> Recipe.
+def _info(t):
+    return (t.name, tuple(t.shape), t.type, t.scale_bits if t.nq else 0, t.zero_point)
 
-    weights: "ram", "flash" or "auto" (RAM when the filters take at most half of the free heap, as measured now
-    by mem_free(); always RAM where mem_free is None, i.e. under CPython)."""
+
+def prepare(f, stage=None):
+    """Parse, validate, prepare and plan the model in the open file f -> Recipe (packed by planwrite.py)."""
     size = f.seek(0, 2)
     f.seek(0)
     md = read_model(f, size)
+    if stage:
+        stage("model parsed")
     r = Recipe()
     r.model_bytes = size
-    if weights == "auto":
-        weights = "ram"
-        if mem_free is not None and _filter_bytes(md) > mem_free() // 2:
-            weights = "flash"
-    r.weights = weights
-    side_w = _open_side(path) if weights == "flash" else None
     triples = []
-    pos = 0
-    try:
-        for op in md.ops:
-            s = _ops.prepare_op(md, op)
-            r.macs += s.macs
-            if s.kind in _CONV_KINDS and s.channels > r.max_channels:
-                r.max_channels = s.channels
-            triples.append((s.kind, s.ins, s.out))
-            rec, pos = _record(md, s, f, side_w, pos)
-            r.records.append(rec)
-            s = None
-        if side_w is not None:
-            r.side, r.side_path = _finish_side(side_w, path)
-            side_w = None
-    finally:
-        if side_w is not None:           # failed half-way: no side file left behind
-            side_w.close()
-            try:
-                os.remove(path + SIDE_SUFFIX + ".part")
-            except OSError:
-                pass
+    for op in md.ops:
+        s = _ops.prepare_op(md, op)
+        r.macs += s.macs
+        if s.kind in _CONV_KINDS and s.channels > r.max_channels:
+            r.max_channels = s.channels
+        triples.append((s.kind, s.ins, s.out))
+        r.records.append(_record(md, s, f))
+        s = None
+    if stage:
+        stage("operators prepared")
     where, r.arena_bytes = _plan(md, triples)
     triples = None
     r.where = where
@@ -222,6 +166,8 @@ def prepare(f, path, weights, mem_free):
             r.floats[i] = t.elements
     r.inputs = tuple(md.inputs)
     r.outputs = tuple(md.outputs)
-    r.input_info = [TensorInfo(md.tensors[i]) for i in md.inputs]
-    r.output_info = [TensorInfo(md.tensors[i]) for i in md.outputs]
+    r.input_info = [_info(md.tensors[i]) for i in md.inputs]
+    r.output_info = [_info(md.tensors[i]) for i in md.outputs]
+    if stage:
+        stage("arena planned")
     return r

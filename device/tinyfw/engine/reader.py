@@ -293,16 +293,12 @@ class ModelDef:
     def __init__(self):
         self.file_size = 0
         self.version = 0
-        self.description_pos = 0
+        self.description = ""
         self.tensors = []
         self.ops = []
         self.inputs = ()
         self.outputs = ()
         self.fb = None
-
-    @property
-    def description(self):
-        return self.fb.string(self.description_pos)
 
     def scales(self, t):
         """All scales of tensor t as float32 bit patterns."""
@@ -408,7 +404,7 @@ def read_model(f, size):
     md.version = root.scalar(0, "u32", 0)
     if md.version != 3:
         raise ModelError("unsupported model: schema version %d, this engine reads version 3" % md.version)
-    md.description_pos = root.string_pos(3, "model description")
+    md.description = root.string(3, "model description")
 
     opcodes = []
     for k, oc in enumerate(root.tables(1, "operator_codes", 1024)):

@@ -169,7 +169,7 @@ def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, b
                             t = (acc >> k) & 1
                             acc = (acc & ~(-1 << k)) << sh
                             if t:
-                                acc += -1 << 31
+                                acc += int(-1) << 31
                         b0 = m & 0xFFFF
                         a1 = acc >> 16
                         a0 = acc & 0xFFFF
@@ -184,9 +184,9 @@ def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, b
                             k = 0 - sh
                             if k < 31:
                                 r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
-                            elif r >= 1 << 30:
+                            elif r >= int(1) << 30:
                                 r = 1
-                            elif r <= -1 << 30:
+                            elif r <= int(-1) << 30:
                                 r = -1
                             else:
                                 r = 0
@@ -270,7 +270,7 @@ def conv_direct(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bi
                         t = (acc >> k) & 1
                         acc = (acc & ~(-1 << k)) << sh
                         if t:
-                            acc += -1 << 31
+                            acc += int(-1) << 31
                     b0 = m & 0xFFFF
                     a1 = acc >> 16
                     a0 = acc & 0xFFFF
@@ -285,9 +285,9 @@ def conv_direct(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bi
                         k = 0 - sh
                         if k < 31:
                             r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
-                        elif r >= 1 << 30:
+                        elif r >= int(1) << 30:
                             r = 1
-                        elif r <= -1 << 30:
+                        elif r <= int(-1) << 30:
                             r = -1
                         else:
                             r = 0

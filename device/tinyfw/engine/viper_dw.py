@@ -162,7 +162,7 @@ def dw_planes(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
                             t = (acc >> (31 - sh)) & 1
                             acc = (acc & ~(-1 << (31 - sh))) << sh
                             if t:
-                                acc += -1 << 31
+                                acc += int(-1) << 31
                         a1 = acc >> 16
                         a0 = acc & 0xFFFF
                         t = (a0 >> 8) * b0
@@ -175,9 +175,9 @@ def dw_planes(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
                         if k:
                             if k < 31:
                                 r = (r >> k) + (((r & mask) + half + (r >> 31)) >> k)
-                            elif r >= 1 << 30:
+                            elif r >= int(1) << 30:
                                 r = 1
-                            elif r <= -1 << 30:
+                            elif r <= int(-1) << 30:
                                 r = -1
                             else:
                                 r = 0
@@ -254,7 +254,7 @@ def dw_direct(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
                         t = (acc >> k) & 1
                         acc = (acc & ~(-1 << k)) << sh
                         if t:
-                            acc += -1 << 31
+                            acc += int(-1) << 31
                     b0 = m & 0xFFFF
                     a1 = acc >> 16
                     a0 = acc & 0xFFFF
@@ -269,9 +269,9 @@ def dw_direct(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
                         k = 0 - sh
                         if k < 31:
                             r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
-                        elif r >= 1 << 30:
+                        elif r >= int(1) << 30:
                             r = 1
-                        elif r <= -1 << 30:
+                        elif r <= int(-1) << 30:
                             r = -1
                         else:
                             r = 0

@@ -108,7 +108,7 @@ def fc(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32
                 t = (acc >> k) & 1
                 acc = (acc & ~(-1 << k)) << sh
                 if t:
-                    acc += -1 << 31
+                    acc += int(-1) << 31
             b1 = m >> 16
             b0 = m & 0xFFFF
             a1 = acc >> 16
@@ -199,7 +199,7 @@ def fc_rows(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
                 t = (acc >> k) & 1
                 acc = (acc & ~(-1 << k)) << sh
                 if t:
-                    acc += -1 << 31
+                    acc += int(-1) << 31
             b0 = m & 0xFFFF
             a1 = acc >> 16
             a0 = acc & 0xFFFF
@@ -214,9 +214,9 @@ def fc_rows(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
                 k = 0 - sh
                 if k < 31:
                     r = (r >> k) + (((r & ~(-1 << k)) + (1 << (k - 1)) + (r >> 31)) >> k)
-                elif r >= 1 << 30:
+                elif r >= int(1) << 30:
                     r = 1
-                elif r <= -1 << 30:
+                elif r <= int(-1) << 30:
                     r = -1
                 else:
                     r = 0
@@ -323,7 +323,7 @@ def table(dst: ptr32, off: int, ls: int, mult: int, shift: int):
             t = (acc >> k) & 1
             acc = (acc & ~(-1 << k)) << shift
             if t:
-                acc += -1 << 31
+                acc += int(-1) << 31
         a1 = acc >> 16
         a0 = acc & 0xFFFF
         t = (a0 >> 8) * b0
@@ -375,7 +375,7 @@ def add(out: ptr8, in1: ptr8, in2: ptr8, p: ptr32, tab: ptr32):
             t = (acc >> k) & 1
             acc = (acc & ~(-1 << k)) << sh
             if t:
-                acc += -1 << 31
+                acc += int(-1) << 31
         a1 = acc >> 16
         a0 = acc & 0xFFFF
         t = (a0 >> 8) * b0

@@ -192,6 +192,61 @@ def build(result, plots):
         blocks.append(("p", f"**{en.uj_per_inference:.2f} uJ per inference ({label})**. {en.note}"))
         blocks.append(("table", ["input", "value"], [[k, _fmt(v, 4)] for k, v in en.inputs.items()]))
         blocks.append(("p", "Sources: " + "; ".join(en.sources)))
+    if result.offload:
+        blocks.extend(offload_blocks(result.offload, mark))
+    return blocks
+
+
+def _stage_cell(stats):
+    if not stats:
+        return "-"
+    return " / ".join(f"{stats[q] / 1000:.3f}" for q in ("p50_us", "p90_us", "p99_us"))
+
+
+def offload_blocks(off, mark=""):
+    """``bench --offload``: the local and the offloaded pass side by side."""
+    local, offl = off.passes
+    head = ["figure", "local", f"offloaded ({offl.mode})"]
+    started = " It was started in-process for this run (no --server given)." if off.server_started else ""
+    blocks = [("h2", "Offload: local vs offloaded" + mark),
+              ("p", f"Server {off.server}, model id {off.model_id}, transport {off.transport}.{started} Inputs: "
+                    f"{off.inputs_source}. Both passes use the board's INFER; {off.note}")]
+    rows = [["answers from the board / the server", f"{local.sources.get('local', 0)} / {local.offloaded}",
+             f"{offl.sources.get('local', 0)} / {offl.offloaded}"],
+            ["fallbacks to local", str(local.fallbacks), str(offl.fallbacks)],
+            ["retries", str(local.retries), str(offl.retries)],
+            ["errors (code: count)", ", ".join(f"{k}: {v}" for k, v in local.errors.items()) or "none",
+             ", ".join(f"{k}: {v}" for k, v in offl.errors.items()) or "none"],
+            ["board time, all predictions", f"{local.board_time_s:.3f} s" + mark, f"{offl.board_time_s:.3f} s" + mark],
+            ["host wall time (serial link included)", f"{local.host_wall_s:.2f} s", f"{offl.host_wall_s:.2f} s"]]
+    if local.accuracy is not None:
+        rows += [["accuracy vs ground truth", _pct(local.accuracy), _pct(offl.accuracy)],
+                 ["correct predictions per second (board time)", _fmt(local.correct_per_s, 2) + mark,
+                  _fmt(offl.correct_per_s, 2) + mark]]
+    if local.agreement:
+        rows += [["top-1 agreement with the reference model", _pct(local.agreement["top1"]),
+                  _pct(offl.agreement["top1"])],
+                 ["top-3 agreement with the reference model", _pct(local.agreement["top3"]),
+                  _pct(offl.agreement["top3"])],
+                 ["mean abs confidence difference vs reference", _fmt(local.agreement["mean_abs_confidence_diff"], 4),
+                  _fmt(offl.agreement["mean_abs_confidence_diff"], 4)]]
+    if offl.agreement_with_local:
+        rows.append(["top-1 agreement with the local answers", "100.00 %", _pct(offl.agreement_with_local["top1"])])
+    if local.energy and offl.energy:
+        rows.append(["energy per inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f} uJ",
+                     f"{offl.energy['uj_per_inference']:.2f} uJ"])
+    blocks.append(("table", head, rows))
+    stages = ("total", "local", "serialise", "send", "network", "server_queue", "server_compute", "receive", "parse",
+              "overhead")
+    blocks.append(("p", "End-to-end latency by stage, p50 / p90 / p99 in ms (board clock" + mark + "); remote stages "
+                        "over the answers that came from the server, `network` = waiting for the reply minus the "
+                        "server's queue and compute time, `overhead` = total minus server compute and local "
+                        "inference."))
+    blocks.append(("table", ["stage", "local", f"offloaded ({offl.mode})"],
+                   [[st, _stage_cell(local.latency.get(st)), _stage_cell(offl.latency.get(st))] for st in stages
+                    if local.latency.get(st) or offl.latency.get(st)]))
+    if offl.energy:
+        blocks.append(("p", f"Energy: {offl.energy['note']}."))
     return blocks
 
 

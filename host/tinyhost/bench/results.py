@@ -123,6 +123,42 @@ class EnergyResult:
 
 
 @dataclass
+class OffloadPass:
+    """One pass of ``bench --offload`` over the inputs: "local" (offload off) or "offload" (on / auto)."""
+    name: str                       # local | offload
+    mode: str                       # the board's offload mode during the pass (off, on, auto)
+    requests: int
+    offloaded: int                  # answers that came from the server
+    fallbacks: int                  # offload wanted, answered locally (timeout, refusal, broken link, server down)
+    retries: int
+    errors: dict = field(default_factory=dict)    # error code (str) -> count; codes in docs/offload.md
+    sources: dict = field(default_factory=dict)   # local / model / reference -> answers
+    latency: dict = field(default_factory=dict)   # stage -> LatencyStats fields (board clock, µs)
+    board_time_s: float = 0.0       # sum of the predictions' end-to-end times (board clock)
+    host_wall_s: float = 0.0        # the whole pass seen from the host, serial link included
+    correct: int = None             # against ground truth (with --dataset)
+    accuracy: float = None
+    correct_per_s: float = None     # correct / board_time_s
+    agreement: dict = None          # with the server's reference model: count, top1, top3, mean_abs_confidence_diff
+    agreement_with_local: dict = None   # offload pass: with the local pass's answers
+    energy: dict = None             # offload.metrics.EnergyEstimate fields (an estimate)
+    samples: list = field(default_factory=list)   # per input: index, label, predicted, output (hex), record fields
+
+
+@dataclass
+class OffloadResult:
+    server: str                     # HOST:PORT the board talked to
+    server_started: bool            # True: started in-process by this run (no --server given)
+    model_id: str
+    reference: bool                 # the server has a reference model (agreement figures are against it)
+    transport: str
+    link_rate_bps: int              # radio airtime in the energy estimate
+    inputs_source: str
+    passes: list = field(default_factory=list)   # of OffloadPass
+    note: str = ""
+
+
+@dataclass
 class BenchResult:
     provenance: Provenance
     performance: PerformanceResult = None
@@ -130,6 +166,7 @@ class BenchResult:
     memory: MemoryResult = None
     energy: EnergyResult = None
     schema: str = SCHEMA
+    offload: OffloadResult = None   # tinyhost bench --offload: local and offloaded passes side by side
 
     def to_dict(self):
         return asdict(self)
@@ -153,7 +190,8 @@ class BenchResult:
                    performance=build(PerformanceResult, d.get("performance"), {"windows": Window}),
                    accuracy=build(AccuracyResult, d.get("accuracy"), {"samples": SampleResult}),
                    memory=build(MemoryResult, d.get("memory")), energy=build(EnergyResult, d.get("energy")),
-                   schema=d.get("schema", SCHEMA))
+                   schema=d.get("schema", SCHEMA),
+                   offload=build(OffloadResult, d.get("offload"), {"passes": OffloadPass}))
 
     @classmethod
     def from_json(cls, text):
@@ -162,7 +200,7 @@ class BenchResult:
 
 _PROVENANCE_COLUMNS = [f.name for f in fields(Provenance)]
 _RECORD_COLUMNS = ["record", "metric", "value", "window", "seq", "sample", "file", "segment", "label",
-                   "predicted", "score", "time_us", "inferences", "elapsed_us"]
+                   "predicted", "score", "time_us", "inferences", "elapsed_us", "source"]
 
 
 def csv_rows(result):
@@ -206,6 +244,34 @@ def csv_rows(result):
     if result.energy:
         rows.append(row(record="summary", metric=f"energy.uj_per_inference.{result.energy.kind}",
                         value=result.energy.uj_per_inference))
+    if result.offload:
+        rows.extend(_offload_rows(result.offload, row))
+    return rows
+
+
+def _offload_rows(off, row):
+    rows = []
+    for p in off.passes:
+        def figure(name, value):
+            if value is not None:
+                rows.append(row(record="offload", metric=f"offload.{p.name}.{name}", value=value))
+        for name in ("requests", "offloaded", "fallbacks", "retries", "board_time_s", "host_wall_s", "correct",
+                     "accuracy", "correct_per_s"):
+            figure(name, getattr(p, name))
+        for stage, stats in p.latency.items():
+            for q in ("p50_us", "p90_us", "p99_us"):
+                figure(f"latency.{stage}.{q}", stats[q])
+        for key in ("agreement", "agreement_with_local"):
+            for name, value in (getattr(p, key) or {}).items():
+                figure(f"{key}.{name}", value)
+        if p.energy:
+            figure("energy.uj_per_inference.estimate", p.energy["uj_per_inference"])
+        for code, n in p.errors.items():
+            figure(f"errors.{code}", n)
+        for s in p.samples:
+            rows.append(row(record="offload_sample", metric=f"offload.{p.name}", sample=s["index"],
+                            label=s.get("label", ""), predicted=s.get("predicted", ""), source=s.get("source", ""),
+                            time_us=s.get("total_us", "")))
     return rows
 
 
@@ -219,7 +285,7 @@ def to_csv(result):
 
 def write_atomic(path, data):
     """Write ``data`` (str or bytes) through a temporary file and a rename: never half-written."""
-    write_bytes_atomic(path, data if isinstance(data, bytes) else data.encode())
+    write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
 
 
 def write_json(result, path):

@@ -50,6 +50,9 @@ class Listener:
     def sample(self, sample, done, total, running):
         """One accuracy sample finished; ``running`` is {"metric": name, "value": float or None}."""
 
+    def offload_sample(self, pass_name, done, total, sample):
+        """``bench --offload``: one prediction of the "local" or "offload" pass finished (a sample dict)."""
+
 
 @dataclass
 class ItemOutcome:

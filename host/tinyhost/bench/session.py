@@ -40,6 +40,7 @@ class BenchOptions:
     energy_meter: str = "none"         # "none" (estimate) or "joulescope"
     timeout_s: float = 5.0
     extra: dict = field(default_factory=dict)
+    offload: object = None             # bench.offload.OffloadOptions: also run local vs offloaded passes
 
 
 def _sha256(path):
@@ -97,7 +98,10 @@ def run(opts, listener=None):
     from ..ports import open_target
 
     listener = listener or runner.Listener()
-    modes = _modes(opts.mode)
+    modes = _modes(opts.mode) if opts.mode or not opts.offload else ()   # --offload alone: only its passes
+    if opts.offload is not None and opts.dut != "tinyhost":
+        raise errors.UsageError("--offload needs the tinyhost DUT (the board's offload runs inside tinyfw)",
+                                hint="leave out --dut eembc")
     if "accuracy" in modes and not opts.dataset:
         if opts.mode == "all":
             modes = tuple(m for m in modes if m != "accuracy")
@@ -141,6 +145,7 @@ def _flash_virtual(tgt, opts, listener):
 
 
 def _tinyhost_target(opts, tgt, prov, model_path):
+    from .. import flash
     from ..client import Device
 
     remote = f"{REMOTE_MODEL_DIR}/{model_path.name}"
@@ -153,6 +158,8 @@ def _tinyhost_target(opts, tgt, prov, model_path):
                 if REMOTE_MODEL_DIR.strip("/") not in names:
                     dev.mkdir(REMOTE_MODEL_DIR)
                 dev.put_file(model_path, remote)
+            if remote == f"{flash.MODELS_DIR}/{model_path.name}":    # its load plan beside it (engine: see flash)
+                flash.flash_items(dev, [flash.model_item(model_path)], tgt.board, compile_mpy=False)
             info = dev.load_model(remote, backend=opts.backend)
         except BaseException:
             dev.close()
@@ -247,4 +254,19 @@ def _run_modes(opts, modes, target, tgt, prov, listener):
                 lambda n: target.window(inputs[0], 0, n, 0), latency_us)
         else:
             result.energy = energy.estimate(tgt.board, latency_us, virtual=prov.virtual)
+    if opts.offload is not None:
+        result.offload = _run_offload(opts, target, tgt, prov, ds, listener)
     return result
+
+
+def _run_offload(opts, target, tgt, prov, ds, listener):
+    from .offload import run_offload
+
+    remote = f"{REMOTE_MODEL_DIR}/{Path(prov.model_path).name}"
+
+    def load_model():
+        target.model_info = target.dev.load_model(remote, backend=opts.backend)
+        return target.model_info
+
+    return run_offload(target.dev, load_model, Path(prov.model_path), ds, prov.benchmark, tgt.board, opts.offload,
+                       listener)

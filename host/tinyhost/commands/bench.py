@@ -83,6 +83,14 @@ class LivePrinter(runner.Listener):
         if done == total and self.tty:
             self.stream.write("\n")
 
+    def offload_sample(self, pass_name, done, total, sample):
+        if self.verbose:
+            how = sample["source"] + (" (fallback)" if sample["fallback"] else "")
+            self._line(f"  {pass_name} #{sample['index']}: pred {sample['predicted']} from {how}, "
+                       f"{sample['total_us'] / 1000:.3f} ms")
+        else:
+            self._status(f"  {pass_name}: {done}/{total}", force=(done == total))
+
 
 def format_result(result):
     p = result.provenance
@@ -122,13 +130,58 @@ def format_result(result):
         label = "ESTIMATE" if en.kind == "estimate" else "measured"
         lines.append(f"energy ({label}){mark}: {en.uj_per_inference:.2f} uJ per inference — {en.note}")
         lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in en.inputs.items()))
+    if result.offload:
+        lines.extend(format_offload(result.offload, mark))
     return "\n".join(lines)
+
+
+def _ms(stats, q):
+    return f"{stats[q] / 1000:.3f}" if stats else "-"
+
+
+def format_offload(off, mark=""):
+    """Local and offloaded passes side by side (board clock; the virtual board's is the host CPU's)."""
+    local, offl = off.passes
+    started = " (started in-process for this run)" if off.server_started else ""
+    lines = [f"offload{mark}: server {off.server}{started}, model id {off.model_id}, transport {off.transport}, "
+             f"inputs: {off.inputs_source}",
+             f"  {'':<34}{'local':>16}{'offload (' + offl.mode + ')':>18}"]
+
+    def row(name, a, b):
+        lines.append(f"  {name:<34}{a:>16}{b:>18}")
+
+    row("answers local / server", f"{local.sources.get('local', 0)} / {local.offloaded}",
+        f"{offl.sources.get('local', 0)} / {offl.offloaded}")
+    row("fallbacks / retries", f"{local.fallbacks} / {local.retries}", f"{offl.fallbacks} / {offl.retries}")
+    for stage in ("total", "local", "serialise", "send", "network", "server_queue", "server_compute", "receive",
+                  "parse", "overhead"):
+        a, b = local.latency.get(stage), offl.latency.get(stage)
+        if a or b:
+            row(f"{stage} p50/p90/p99 ms", "/".join(_ms(a, q) for q in ("p50_us", "p90_us", "p99_us")) if a else "-",
+                "/".join(_ms(b, q) for q in ("p50_us", "p90_us", "p99_us")) if b else "-")
+    if local.accuracy is not None:
+        row("accuracy (ground truth)", f"{100 * local.accuracy:.2f} %", f"{100 * offl.accuracy:.2f} %")
+        row("correct predictions / s (board)", f"{local.correct_per_s or 0:.2f}", f"{offl.correct_per_s or 0:.2f}")
+    if local.agreement:
+        for k, label in (("top1", "top-1 agreement with reference"), ("top3", "top-3 agreement with reference")):
+            row(label, f"{100 * local.agreement[k]:.1f} %", f"{100 * offl.agreement[k]:.1f} %")
+        row("mean |confidence diff| vs reference", f"{local.agreement['mean_abs_confidence_diff']:.4f}",
+            f"{offl.agreement['mean_abs_confidence_diff']:.4f}")
+    if offl.agreement_with_local:
+        row("top-1 agreement with local", "100.0 %", f"{100 * offl.agreement_with_local['top1']:.1f} %")
+    if local.energy and offl.energy:
+        row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
+            f"{offl.energy['uj_per_inference']:.2f}")
+    if offl.errors:
+        lines.append("  offload errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in offl.errors.items()))
+    return lines
 
 
 @click.command()
 @board_options
 @click.option("--model", required=True, help="Model: a .tflite file or a name (kws, vww, kws01 ...).")
-@click.option("--mode", type=click.Choice(session.MODES), default="performance", show_default=True)
+@click.option("--mode", type=click.Choice(session.MODES), default=None,
+              help="What to measure [default: performance; with --offload only the offload passes].")
 @click.option("--dataset", type=click.Path(file_okay=False), default=None,
               help="Test set: MLPerf Tiny layout (y_labels.csv + .bin), or class folders of .wav / images.")
 @click.option("--dut", type=click.Choice(["tinyhost", "eembc"]), default="tinyhost", show_default=True,
@@ -151,13 +204,51 @@ def format_result(result):
 @click.option("--energy-meter", type=click.Choice(["none", "joulescope"]), default="none", show_default=True,
               help="joulescope: measure energy (needs `pip install joulescope`); none: estimate it.")
 @click.option("--verbose", "verbose_lines", is_flag=True, help="Print each timing and prediction as it arrives.")
+@click.option("--offload", "offload_on", is_flag=True,
+              help="Also run the inputs (the dataset when given) locally and offloaded, side by side.")
+@click.option("--server", default=None,
+              help="--offload: HOST:PORT of `tinyhost serve` (default: start one on 127.0.0.1 for this run).")
+@click.option("--offload-mode", type=click.Choice(["on", "auto"]), default="on", show_default=True,
+              help="--offload: the offloaded pass always offloads (on) or only when unsure (auto).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="--offload-mode auto: offload when the local top-1 confidence is below this (default 0.8).")
+@click.option("--reference-model", default=None,
+              help="--offload without --server: a larger model the started server answers with (PATH or name).")
+@click.option("--model-id", default=None, help="--offload: the model id on the server (default: from --model).")
+@click.option("--device-id", default=None, help="--offload: the board's name towards the server.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="--offload: take (or add) the board's key from this token file (the server's).")
+@click.option("--offload-inputs", type=int, default=None,
+              help="--offload without --dataset: how many pseudo-random inputs [default: 20].")
+@click.option("--offload-timeout-ms", type=int, default=None, help="--offload: per-request limit before falling back.")
+@click.option("--link-rate-bps", type=int, default=None,
+              help="--offload: radio link rate for the energy estimate's airtime [default: 1000000].")
 def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend, window_s, min_inferences, warmups,
-          n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines):
-    """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy."""
+          n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines,
+          offload_on, server, offload_mode, threshold, reference_model, model_id, device_id, token_file,
+          offload_inputs, offload_timeout_ms, link_rate_bps):
+    """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded."""
+    offload_opts = None
+    if offload_on:
+        from ..bench.offload import DEFAULT_INPUTS, DEFAULT_LINK_RATE_BPS, OffloadOptions
+
+        offload_opts = OffloadOptions(
+            server=server, mode=offload_mode, threshold=threshold, model_id=model_id, device_id=device_id,
+            token_file=token_file, reference_model=reference_model, timeout_ms=offload_timeout_ms,
+            inputs=offload_inputs or DEFAULT_INPUTS, link_rate_bps=link_rate_bps or DEFAULT_LINK_RATE_BPS)
+    elif any(v is not None for v in (server, threshold, reference_model, model_id, device_id, token_file,
+                                     offload_inputs, offload_timeout_ms, link_rate_bps)):
+        from ..errors import UsageError
+
+        raise UsageError("--server, --reference-model and the other offload options need --offload",
+                         hint="add --offload")
+    if mode is None and not offload_on:
+        mode = "performance"
     opts = session.BenchOptions(
         model=model, mode=mode, board=board_name, port=port, baud=baud, state_dir=state_dir, dataset=dataset,
         dut=dut, backend=backend, window_s=window_s, min_inferences=min_inferences, warmups=warmups,
-        inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter)
+        inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter,
+        offload=offload_opts)
     printer = LivePrinter(verbose=verbose_lines)
     try:
         result = session.run(opts, printer)

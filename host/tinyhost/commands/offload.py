@@ -106,6 +106,13 @@ def _set_mode(board_name, port, baud, state_dir, **changes):
                 raise UsageError("--device-id is needed the first time a key is given to a board")
             changes["device_id"] = device_id
             changes["key"] = auth.ensure_device_key(token_file, device_id).hex()
+        if changes.get("mode") != "off" and not (changes.get("model_id") and changes.get("device_id")):
+            current = dict(board.read_config(dev) or {})
+            current.update({k: v for k, v in changes.items() if v})
+            model_id, device_id = board.default_ids(dev, current)
+            changes.setdefault("model_id", None)
+            changes["model_id"] = changes["model_id"] or model_id
+            changes["device_id"] = changes.get("device_id") or device_id
         cfg = board.configure(dev, **changes)
     finally:
         dev.close()
@@ -133,9 +140,11 @@ def _remote_options(f):
 @offload.command("on")
 @board_options
 @_remote_options
-def offload_on(board_name, port, baud, state_dir, **remote):
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Kept for `offload auto` (default 0.8); `on` offloads every prediction.")
+def offload_on(board_name, port, baud, state_dir, threshold, **remote):
     """Always offload; fall back to local inference on timeout or error (counted)."""
-    _set_mode(board_name, port, baud, state_dir, mode="on", **remote)
+    _set_mode(board_name, port, baud, state_dir, mode="on", threshold=threshold, **remote)
 
 
 @offload.command("auto")

@@ -1,17 +1,23 @@
 """Offload on a board, through the host client (tinyhost.client.Device): its config file and measured runs.
 
-``configure`` writes /offload.json on the board (atomically, via ``Device.put_file``); the board's Predictor picks
-the change up by itself, and the file survives a reset. ``run_predictions`` runs the board's own Predictor on a
-list of inputs and returns each output with its per-request Info record: what ``tinyhost bench --offload`` feeds
-to ``tinyhost.offload.metrics``.
+``configure`` writes /offload.json on the board (atomically, via ``Device.put_file``); the runtime picks the change
+up by itself (at the next model load, or within ``config_check_ms``), and the file survives a reset.
+``infer_with_info`` is the runtime's INFER with the offload record asked for: which path answered (local, the
+server's model or its reference, a fallback) and each stage's time -- what ``tinyhost bench --offload`` feeds to
+``tinyhost.offload.metrics``. ``run_predictions`` runs the board's own Predictor on a list of inputs from a script
+through the raw REPL (no runtime in between; the overhead benchmark uses it).
 """
 
 import json
+import math
+import struct
 import sys
 from dataclasses import dataclass
 
-from ..errors import DeviceError, UsageError
+from .. import protocol as P
+from ..errors import DeviceError, ProtocolError, UsageError
 from ..paths import firmware_dir
+from .metrics import OffloadRecord
 
 CONFIG_PATH = "/offload.json"
 INPUTS_PATH = "/offload_inputs.bin"
@@ -54,6 +60,76 @@ def configure(dev, **changes):
     cfg = check_config(cfg)
     dev.put_file(json.dumps(cfg).encode(), CONFIG_PATH)
     return cfg
+
+
+def default_ids(dev, cfg):
+    """(model id, device id) for a board whose config names none: the stem of the only model in /models (what
+    `tinyhost serve --model NAME` calls it) and the board's name (``sim``, ``esp32`` ...). None where unknown."""
+    model_id = cfg.get("model_id") or None
+    if not model_id:
+        try:
+            names = [e.name for e in dev.list_files("/models") if not e.is_dir and e.name.endswith(".tflite")]
+        except DeviceError:
+            names = []
+        if len(names) == 1:
+            model_id = names[0][:-len(".tflite")]
+    device_id = cfg.get("device_id") or dev.info().board or None
+    return model_id, device_id
+
+
+def restore_config(dev, previous):
+    """Put back the config ``read_config`` returned before a run (None: the board had no file)."""
+    if previous is None:
+        if dev.file_hash(CONFIG_PATH) is not None:
+            dev.remove(CONFIG_PATH)
+    else:
+        dev.put_file(json.dumps(previous).encode(), CONFIG_PATH)
+
+
+# The INFER reply with FLAG_INFO (device/tinyfw/inference.py): us u32, info length u8, info, output 0.
+FLAG_INFO = 0x04
+INFO_FORMAT = struct.Struct("<BBhBBxxf11I")
+SOURCES = ("local", "model", "reference")
+MODES = ("off", "on", "auto")
+_INFO_TIMES = ("local_us", "serialise_us", "send_us", "wait_us", "receive_us", "parse_us", "server_queue_us",
+               "server_compute_us", "total_us", "request_bytes", "reply_bytes")
+
+
+@dataclass(frozen=True)
+class InferInfo:
+    output: bytes
+    time_us: int             # the whole prediction on the board's clock (local invoke, or the Predictor's total)
+    mode: str                # the board's offload mode when it answered: off | on | auto
+    record: OffloadRecord    # which path answered and each stage's time
+
+
+def decode_infer_info(payload, output_bytes=None):
+    """INFER-with-FLAG_INFO reply payload -> InferInfo. Raises ProtocolError on a reply without the block."""
+    payload = bytes(payload)
+    if len(payload) < 5 or payload[4] < INFO_FORMAT.size or len(payload) < 5 + payload[4]:
+        raise ProtocolError("INFER reply carries no offload info: the board's tinyfw is older than this tinyhost",
+                            hint="run `tinyhost flash` to update the firmware")
+    time_us, n = struct.unpack_from("<IB", payload)
+    source, flags, error, retries, mode, confidence, *times = INFO_FORMAT.unpack_from(payload, 5)
+    output = payload[5 + n:]
+    if output_bytes is not None and len(output) != output_bytes:
+        raise ProtocolError(f"INFER reply has {len(output)} output bytes, the model's output has {output_bytes}")
+    fields = dict(zip(_INFO_TIMES, times))
+    record = OffloadRecord(source=SOURCES[source] if source < len(SOURCES) else "local",
+                           offloaded=bool(flags & 1), fallback=bool(flags & 2), error=error, retries=retries,
+                           confidence=None if math.isnan(confidence) else confidence, **fields)
+    return InferInfo(output, time_us, MODES[mode] if mode < len(MODES) else "off", record)
+
+
+def infer_with_info(dev, data, output_bytes=None, timeout_s=120.0):
+    """The runtime's INFER (local or through the board's Predictor, as /offload.json says) with its record."""
+    data = bytes(data)
+    if len(data) > dev.link.max_payload:
+        raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
+                         f"({dev.link.max_payload} bytes); offloaded runs need INFER")
+    f = dev.link.request(P.T.INFER, data, flags=FLAG_INFO, timeout_s=timeout_s, expect_bytes=dev.link.max_payload,
+                         what="infer")
+    return decode_infer_info(f.payload, output_bytes)
 
 
 def redacted(cfg):

@@ -1,0 +1,290 @@
+# Loading a model from its load plan: the small load path (it never imports reader, ops, planner or loader).
+#
+# A plan (MODEL.plan next to MODEL.tflite, see plan_path) is everything the engine computes at load -- arena
+# placement, kernel parameter arrays, per-channel bias/multiplier/shift, softmax tables, where each operator's
+# weights lie in the .tflite -- packed by the host (`tinyhost flash`, tinyhost.model.plan) with the same engine
+# code (planwrite.py). The .tflite itself is never changed: weights are read from it, and the plan is only used
+# when its header's sha256 of the model equals the model file's (computed here), its format version is this one
+# and its own trailing sha256 checks out. Anything else: the plan is ignored and the engine takes its full path.
+#
+# Format (little-endian):
+#   header   HEADER_FMT: b"TFPL", version, header bytes, model sha256, model bytes, arena bytes, MACs, ops,
+#            ops section offset, channel data section offset, channel data bytes, filter bytes (all, largest),
+#            weight scratch floor (bytes of one output channel's filter, or a whole depthwise filter),
+#            widest layer's channels, inputs, outputs
+#   I/O      per graph input then output: u16 record bytes, u8 type (9 int8, 0 float32), u8 rank, i32 ref,
+#            u32 bytes, u32 scale (float32 bits), i32 zero point, u32 dims[rank], u8 name length, name
+#   ops      per operator: u16 record bytes, u8 kind, u8 inputs, (i32 ref, u32 bytes) output then each input,
+#            u8 parameter count, i32 parameters[count], then by kind: conv-like u32 channels, weights offset in
+#            the .tflite, weights bytes, bytes per output channel, channel data offset (bias, multipliers,
+#            shifts: 3 x channels int32); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
+#            u32 elements; float quantize/dequantize u32 elements, u32 scale bits, i32 zero point
+#   channel data, then the sha256 of everything before it (32 bytes)
+# ref: an arena offset (>= 0) or -1 - k for the k-th float32 graph buffer (outside the arena).
+
+import struct
+import hashlib
+from array import array
+
+from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernel, _stage, STREAM_SCRATCH_BYTES
+
+MAGIC = b"TFPL"
+PLAN_VERSION = 1
+HEADER_FMT = "<4sHH32sIIQIIIIIIIIHH"
+HEADER_BYTES = struct.calcsize(HEADER_FMT)
+K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
+K_ADD = 6
+K_SOFTMAX = 7
+K_RESHAPE = 8
+K_QUANT_F = 10
+K_DEQUANT = 11
+T_FLOAT32 = 0
+T_INT8 = 9
+_RECORD_MAX = 512
+_CHUNK = 512
+
+
+def _sha256_of(f, start, end, buf):
+    h = hashlib.sha256()
+    mv = memoryview(buf)
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        n = f.readinto(mv[:min(left, len(buf))])
+        if not n:
+            return None
+        h.update(mv[:n])
+        left -= n
+    return h.digest()
+
+
+def model_sha256(f, size):
+    """sha256 digest of the open model file (read in small chunks)."""
+    return _sha256_of(f, 0, size, bytearray(_CHUNK))
+
+
+def check(g, f):
+    """Header fields of the plan in open file g if it belongs to the model in open file f, else a string saying
+    why not (stale, corrupt, truncated, another format version)."""
+    plan_bytes = g.seek(0, 2)
+    if plan_bytes < HEADER_BYTES + 32:
+        return "truncated (%d bytes)" % plan_bytes
+    g.seek(0)
+    raw = g.read(HEADER_BYTES)
+    if len(raw) != HEADER_BYTES:
+        return "truncated"
+    h = struct.unpack(HEADER_FMT, raw)
+    if h[0] != MAGIC:
+        return "not a plan file"
+    if h[1] != PLAN_VERSION:
+        return "format version %d, this firmware reads %d" % (h[1], PLAN_VERSION)
+    size = f.seek(0, 2)
+    buf = bytearray(_CHUNK)
+    if h[4] != size or _sha256_of(f, 0, size, buf) != h[3]:
+        return "stale: it was made for another model file (sha256 differs)"
+    if h[8] < HEADER_BYTES or h[9] < h[8] or h[9] + h[10] + 32 != plan_bytes:
+        return "corrupt: section sizes do not add up"
+    digest = _sha256_of(g, 0, plan_bytes - 32, buf)
+    g.seek(plan_bytes - 32)
+    if digest is None or g.read(32) != digest:
+        return "corrupt: its sha256 does not match its contents"
+    return h
+
+
+class _Reader:
+    """Length-prefixed records from the plan, through one buffer."""
+
+    def __init__(self, g, pos):
+        self.g = g
+        self.pos = pos
+        self.buf = bytearray(_RECORD_MAX)
+
+    def next(self):
+        g = self.g
+        g.seek(self.pos)
+        if g.readinto(memoryview(self.buf)[:2]) != 2:
+            raise ModelError("corrupt plan: truncated record")
+        n = struct.unpack_from("<H", self.buf, 0)[0]
+        if n < 4 or n > _RECORD_MAX:
+            raise ModelError("corrupt plan: record of %d bytes" % n)
+        if g.readinto(memoryview(self.buf)[2:n]) != n - 2:
+            raise ModelError("corrupt plan: truncated record")
+        self.pos += n
+        return self.buf
+
+
+def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
+    key = (ref, nbytes)
+    v = views.get(key)
+    if v is None:
+        if ref >= 0:
+            if ref + nbytes > arena_bytes:
+                raise ModelError("corrupt plan: a tensor lies outside the arena")
+            v = arena_mv[ref:ref + nbytes]
+        else:
+            v = memoryview(array("f", bytes(nbytes)))
+        views[key] = v
+    return v
+
+
+def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
+    """Allocate the arena first, then read the plan's records from g into m's steps.
+
+    h: check()'s header tuple; k: backend module; weights: "auto", "ram" or "flash"; stream_ok: whether g may stay
+    open for streaming per-channel data at invoke (a plan file, not the full path's in-RAM plan)."""
+    needed = h[5]
+    m.model_bytes = h[4]
+    m.macs = h[6]
+    m.planned_arena_bytes = needed
+    n_ops, ops_at, chan_at, chan_bytes = h[7], h[8], h[9], h[10]
+    filter_total, filter_max, floor, max_ch = h[11], h[12], h[13], h[14]
+    if arena_bytes is not None and arena_bytes < needed:
+        raise ModelError("arena too small: the model needs %d bytes of tensor arena, arena_bytes=%d"
+                         % (needed, arena_bytes))
+    total = needed if arena_bytes is None else arena_bytes
+    if _gc is not None:
+        _gc.collect()
+    try:
+        m._arena = _int8_buffer(total)
+    except MemoryError:
+        raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
+                          % (total, _mem_free() if _mem_free else "?"))
+    m.arena_bytes = total
+    _stage("arena allocated")
+    arena_mv = memoryview(m._arena)
+
+    if weights == "auto":
+        weights = "ram"
+        if _mem_free is not None:
+            _gc.collect()
+            if filter_total > _mem_free() // 2:
+                weights = "flash"
+    m.weights_mode = weights
+    stream_chan = stream_ok and weights == "flash" and chan_bytes > 2 * 12 * max_ch
+    ram = 0
+    chan = None                                 # per-channel data: all of it, or one op's at a time
+    if chan_bytes:
+        chan = memoryview(array("i", bytes(12 * max_ch if stream_chan else chan_bytes)))
+        ram += len(chan) * 4
+        if not stream_chan:
+            g.seek(chan_at)
+            if g.readinto(chan) != chan_bytes:
+                raise ModelError("corrupt plan: channel data truncated")
+    chan_views = {}
+    if stream_chan:
+        m._side = g
+    scratch = None
+    if weights == "flash":
+        want = scratch_bytes
+        if not want:
+            want = STREAM_SCRATCH_BYTES
+            if _mem_free is not None:
+                _gc.collect()
+                want = min(want, _mem_free() // 4)
+        scratch = _int8_buffer(min(max(want, floor), filter_max) if filter_max else 0)
+    m.scratch_bytes = len(scratch) if scratch is not None else 0
+
+    rd = _Reader(g, HEADER_BYTES)
+    views = {}
+    infos = []
+    io_views = []
+    for _ in range(h[15] + h[16]):
+        b = rd.next()
+        ttype, rank, ref, nbytes, scale_bits, zp = struct.unpack_from("<BBiIIi", b, 2)
+        shape = struct.unpack_from("<%dI" % rank, b, 20)
+        at = 20 + 4 * rank
+        name = str(bytes(b[at + 1:at + 1 + b[at]]), "utf-8")
+        scale = struct.unpack("<f", struct.pack("<I", scale_bits))[0]
+        infos.append(TensorInfo(name, shape, "int8" if ttype == T_INT8 else "float32", scale, zp, nbytes))
+        io_views.append(_view(m, views, ref, nbytes, arena_mv, total))
+    m.inputs = infos[:h[15]]
+    m.outputs = infos[h[15]:]
+    m._in_views = io_views[:h[15]]
+    m._out_views = io_views[h[15]:]
+    infos = io_views = None
+    if rd.pos != ops_at:
+        raise ModelError("corrupt plan: the operator records do not start where the header says")
+
+    f = m._f
+    steps = []
+    fallback = m._fallback
+    model_bytes = h[4]
+    for _ in range(n_ops):
+        b = rd.next()
+        kind, n_in, o_ref, o_n = struct.unpack_from("<BBiI", b, 2)
+        out = _view(m, views, o_ref, o_n, arena_mv, total)
+        at = 12
+        ins = []
+        for _ in range(n_in):
+            ref, n = struct.unpack_from("<iI", b, at)
+            ins.append(_view(m, views, ref, n, arena_mv, total))
+            at += 8
+        inp = ins[0]
+        n_p = b[at]
+        at += 1
+        p = None
+        if n_p:
+            p = array("i", struct.unpack_from("<%di" % n_p, b, at))
+            at += 4 * n_p
+        fn = _kernel(k, kind, fallback)
+        if kind <= K_CONV_MAX:
+            n, w_pos, w_bytes, rb, c_pos = struct.unpack_from("<IIIII", b, at)
+            if w_pos + w_bytes > model_bytes or c_pos + 12 * n > chan_bytes:
+                raise ModelError("corrupt plan: operator data lies outside the model or the plan")
+            side_pos = -1
+            ch_all = None
+            if stream_chan:
+                v = chan_views.get(n)
+                if v is None:
+                    v = chan_views[n] = (chan[:3 * n], chan[:n], chan[n:2 * n], chan[2 * n:3 * n])
+                ch_all, bias, mult, shift = v
+                side_pos = chan_at + c_pos
+            else:
+                c = c_pos // 4
+                bias, mult, shift = chan[c:c + n], chan[c + n:c + 2 * n], chan[c + 2 * n:c + 3 * n]
+            if weights == "ram":
+                filt = _int8_buffer(w_bytes)
+                f.seek(w_pos)
+                f.readinto(filt)
+                ram += w_bytes
+                steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, -1, n, 0, n,
+                              side_pos, ch_all))
+            else:
+                smv = memoryview(scratch)
+                block = len(scratch) // rb if rb else n
+                if block > n:
+                    block = n
+                rest = n % block if rb else 0
+                full = smv[:block * rb] if rb else smv[:w_bytes]
+                tail = smv[:rest * rb] if rest else full
+                steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, w_pos, block, rb, n,
+                              side_pos, ch_all))
+        elif kind == K_ADD:
+            steps.append((4, fn, out, inp, ins[1], p))
+        elif kind == K_SOFTMAX:
+            c = struct.unpack_from("<I", b, at)[0] // 4
+            if stream_chan:                    # the tables stay in RAM: read them out of the plan
+                t = array("i", bytes(2048))
+                g.seek(chan_at + 4 * c)
+                g.readinto(t)
+                ram += 2048
+                c = 0
+            else:
+                t = chan
+            steps.append((5, fn, out, inp, t[c:c + 256], t[c + 256:c + 512], p))
+        elif kind == K_RESHAPE:                 # a copy only when the planner could not alias
+            if o_ref != struct.unpack_from("<i", b, 12)[0]:
+                steps.append((6, fn, out, inp, struct.unpack_from("<I", b, at)[0]))
+        elif kind == K_QUANT_F or kind == K_DEQUANT:
+            n, s_bits, zp = struct.unpack_from("<IIi", b, at)
+            scale = struct.unpack("<f", struct.pack("<I", s_bits))[0]
+            if kind == K_QUANT_F:
+                steps.append((7, fn, out, inp, n, scale, zp, array("f", [0.0])))
+            else:
+                steps.append((8, fn, out, inp, n, scale, zp))
+        else:                                   # pools, QUANTIZE int8 -> int8
+            steps.append((3, fn, out, inp, p))
+    m._steps = steps
+    m._specs_count = n_ops
+    m.weights_ram_bytes = ram
+    _stage("steps built")
