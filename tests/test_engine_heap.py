@@ -1,5 +1,6 @@
-"""The engine's memory diet on the MicroPython VM: load-time code dropped after load, per-channel constants
-streamed from a side file, and the esp32 heap target (heapsize=112640, docs/engine.md "Memory")."""
+"""The engine's memory diet on the MicroPython VM: load-time code dropped after load, and the esp32 heap target
+(heapsize=112640, docs/engine.md "Memory"): with the runtime imported and the firmware precompiled as `tinyhost
+flash` sends it, a model with its load plan beside it loads and runs with the heap locked during invoke."""
 
 import json
 import shutil
@@ -15,16 +16,6 @@ ESP32_HEAP_BYTES = 112640
 TARGET_MODELS = list(helpers.MLPERF_MODELS)
 
 
-def _profile(model, heap_bytes, runtime=True, timeout_s=120):
-    cmd = [helpers.micropython(), "-X", f"heapsize={heap_bytes}", str(HEAP_PROFILE), str(model),
-           str(helpers.DEVICE_DIR)] + (["--runtime"] if runtime else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):]), proc.stdout
-    return None, proc.stdout + proc.stderr
-
-
 @pytest.mark.sim
 def test_load_time_modules_are_dropped_after_load(tmp_path):
     model = tmp_path / "kws.tflite"
@@ -34,37 +25,44 @@ def test_load_time_modules_are_dropped_after_load(tmp_path):
         "import sys\nsys.path.insert(0, %r)\nfrom tinyfw import engine\n"
         "m = engine.load(%r, weights='flash')\n"
         "print('LEFT', sorted(k for k in sys.modules if k.split('.')[-1] in "
-        "('loader', 'reader', 'ops', 'planner')))\n" % (str(helpers.DEVICE_DIR), str(model)))
+        "('loader', 'reader', 'ops', 'planner', 'quant', 'planwrite', 'plancheck', 'planload')))\n"
+        % (str(helpers.DEVICE_DIR), str(model)))
     out = subprocess.run([helpers.micropython(), str(script)], capture_output=True, text=True, timeout=60)
     assert "LEFT []" in out.stdout, out.stdout + out.stderr
 
 
-def test_streamed_channel_data_matches_ram_and_side_file_is_removed(tmp_path):
-    from tinyhost.model import engine_module
-    engine = engine_module()
-    model = tmp_path / "kws.tflite"
-    shutil.copy(helpers.mlperf_path("kws_ref_model"), model)
-    in_ram = engine.load(str(model), backend="ref", weights="ram")
-    streamed = engine.load(str(model), backend="ref", weights="flash", scratch_bytes=700)
-    side = tmp_path / "kws.tflite.prep"
-    assert streamed.stats()["channel_data"] == "flash" and side.is_file()
-    assert not (tmp_path / "kws.tflite.prep.part").exists()
-    assert streamed.stats()["weights_ram_bytes"] < in_ram.stats()["weights_ram_bytes"] // 4
-    for x in helpers.inputs_for(in_ram.inputs[0].shape, 3, seed=5):
-        np.testing.assert_array_equal(helpers.engine_output(streamed, x), helpers.engine_output(in_ram, x))
-    streamed.close()
-    in_ram.close()
-    assert not side.exists()
+@pytest.fixture(scope="module")
+def mpy_device(tmp_path_factory):
+    return helpers.mpy_tree(tmp_path_factory.mktemp("mpy") / "device")
+
+
+def _profile(model, device_dir, heap_bytes=ESP32_HEAP_BYTES):
+    cmd = [helpers.micropython(), "-X", f"heapsize={heap_bytes}", str(HEAP_PROFILE), str(model), str(device_dir),
+           "--runtime"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):]), proc.stdout
+    return None, proc.stdout + proc.stderr
+
+
+# pretrainedResnet_quant (IC): its 49,152-byte arena is allocated, but the steps do not fit the ~5 KB left on the
+# 64-bit VM (docs/engine.md, "Memory"); the target stays a strict xfail for it.
+IC_OPEN = pytest.mark.xfail(strict=True, reason="open: IC's arena fits the esp32 heap with the runtime, its steps "
+                                                "not yet (docs/engine.md, Memory)")
 
 
 @pytest.mark.sim
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: runtime + engine + model do not fit the esp32 heap on the 64-bit VM "
-                                       "yet (docs/engine.md, Memory: measured breakdown and what is left)")
-@pytest.mark.parametrize("name", TARGET_MODELS)
-def test_model_loads_and_runs_with_runtime_in_esp32_heap(name, tmp_path):
-    model = tmp_path / f"{name}.tflite"
-    shutil.copy(helpers.mlperf_path(name), model)
-    result, text = _profile(model, ESP32_HEAP_BYTES)
+@pytest.mark.parametrize("name", [n if n != "pretrainedResnet_quant" else pytest.param(n, marks=IC_OPEN)
+                                  for n in TARGET_MODELS])
+def test_model_with_plan_loads_and_runs_with_runtime_in_esp32_heap(name, tmp_path, mpy_device):
+    from tinyhost.model import engine_module
+
+    model = helpers.with_plan(helpers.mlperf_path(name), tmp_path)
+    result, text = _profile(model, mpy_device)
     assert result is not None and result["ok"], text[-1500:]
+    assert result["stats"]["plan"] == "file"
     assert result["invoke_allocation_free"]
+    m = engine_module().load(str(model), backend="numpy")
+    x = np.array([(i * 7) % 256 - 128 for i in range(m.inputs[0].nbytes)], dtype=np.int8)
+    assert bytes(result["output"]) == helpers.engine_output(m, x).tobytes()

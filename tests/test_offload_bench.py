@@ -159,7 +159,7 @@ def test_infer_follows_the_board_config_and_the_setting_survives_a_reset(board, 
 
 
 def test_bench_offload_reports_local_and_offloaded_side_by_side(board, server, models, dataset, tmp_path):
-    _, srv, address = server
+    _, _, address = server
     with _device(board) as dev:
         offload_board.configure(dev, mode="off", server="10.9.9.9:1", model_id="other", device_id="mine")
         before = offload_board.read_config(dev)

@@ -42,3 +42,14 @@ def test_neither_board_nor_port_is_a_usage_error():
     with pytest.raises(UsageError):
         with open_target():
             pass
+
+
+def test_board_spec_names_real_and_virtual_boards():
+    from tinyhost.boards import from_spec
+
+    assert [(p.name, v) for p, v in (from_spec("esp32"), from_spec("sim"), from_spec("sim:esp32s3"))] == [
+        ("esp32", False), ("sim", True), ("esp32s3", True)]
+    with pytest.raises(UsageError):
+        from_spec("sim:sim")
+    with pytest.raises(UsageError):
+        from_spec("sim:arduino-uno")

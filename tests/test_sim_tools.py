@@ -174,3 +174,13 @@ def test_mpremote_interrupts_a_main_py_that_never_ends(sim_board, tmp_path):
         result = _mpremote(vb.port, "exec", "print(1+1)")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "2"
+
+
+def test_relative_state_dir_works(tmp_path, monkeypatch):
+    """`--state-dir .sim` (as `make demo` uses) names the same place after the VM has changed directory."""
+    from tinyhost.sim import VirtualBoard
+
+    monkeypatch.chdir(tmp_path)
+    with VirtualBoard(board="esp32", state_dir="rel-state") as vb:
+        assert vb.flash_image == tmp_path / "rel-state" / "flash.img"
+        assert vb.flash_image.is_file()

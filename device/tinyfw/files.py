@@ -2,16 +2,18 @@
 #
 # A put writes `path.part`, checks size and sha256 of what reached the flash, then renames it over `path`, so an
 # interrupted transfer never leaves a half-written file under the real name. Functions take the Runtime `rt`.
+# The runtime imports this module on the first file command and drops it again before a model is loaded (its
+# code is ~9 KB of heap on the 64-bit VM; docs/engine.md, "Memory"); an upload in progress keeps it.
 # Bootstrap note: the host may send this file through the raw REPL into the same namespace as runtime.py, so its
 # top-level names must not clash with runtime.py's and its tinyfw imports are single lines the host can drop.
 import os
 
 from hashlib import sha256
-from tinyfw.frame import *  # noqa: F401,F403  (bootstrap: dropped, frame.py's names are already defined)
+from tinyfw.frame import DevError, E_BAD_ARGS, E_EXISTS, E_HASH_MISMATCH, E_IO, E_NO_SPACE, E_STATE, HEADER_BYTES
+from tinyfw.frame import GET, HASH, LIST, MKDIR, PUT_ABORT, PUT_BEGIN, PUT_DATA, PUT_END, REMOVE, RENAME
+from tinyfw.frame import put32, u16, u32
 
-_ENOENT = 2
 _EEXIST = 17
-_ENOSPC = 28
 
 
 class Upload:
@@ -22,6 +24,10 @@ class Upload:
         self.offset = 0
         self.hash = sha256()
         self.file = open(path + ".part", "wb")
+
+    def apply(self, rt):
+        """Write a PUT_DATA frame's bytes (put_data_apply); the runtime calls it for retried copies too."""
+        put_data_apply(rt)
 
     def close(self, remove):
         if self.file is not None:
@@ -186,9 +192,7 @@ def cmd_put_abort(rt):
 
 
 def put_cancel(rt):
-    if rt.upload is not None:
-        rt.upload.close(True)
-        rt.upload = None
+    rt.put_cancel()
 
 
 def cmd_get(rt):
@@ -243,18 +247,6 @@ def replace_file(src, dst):
             raise
         os.remove(dst)
         os.rename(src, dst)
-
-
-def os_error(e):
-    """(code, message) for an OSError from a command."""
-    errno = e.args[0] if e.args else 0
-    if errno == _ENOENT:
-        return E_NOT_FOUND, "no such file or directory"
-    if errno == _EEXIST:
-        return E_EXISTS, "already exists"
-    if errno == _ENOSPC:
-        return E_NO_SPACE, "the filesystem is full"
-    return E_IO, "OSError %s" % (errno,)
 
 
 FILE_COMMANDS = {LIST: cmd_list, HASH: cmd_hash, REMOVE: cmd_remove, RENAME: cmd_rename, MKDIR: cmd_mkdir,

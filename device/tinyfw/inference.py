@@ -10,7 +10,7 @@
 # switches a running board and the setting survives a reset. A request with FLAG_INFO gets the Predictor's record
 # of which path answered and how long each stage took, between the time and the output.
 import gc
-import struct
+import os
 import time
 
 from tinyfw.frame import (E_BAD_ARGS, E_INTERNAL, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND,
@@ -20,25 +20,11 @@ from tinyfw.frame import (E_BAD_ARGS, E_INTERNAL, E_MODEL, E_NO_ENGINE, E_NO_MEM
 _engine = None
 
 OFFLOAD_CONFIG = "/offload.json"
-FLAG_INFO = 0x04               # INFER request flag: the reply carries the info block below
-INFO_BYTES = 56                # source u8, flags u8, error i16, retries u8, mode u8, 2 spare, confidence f32, 11 x u32
-_INFO_FMT = "<BBhBBxxf11I"
-_SOURCES = {"local": 0, "model": 1, "reference": 2}
-_MODES = {"off": 0, "on": 1, "auto": 2}
-_CHECK_MS = 1000               # how often the config file is looked at when it does not say otherwise
-
-
-class _Offload:
-    # The runtime's offload state: the config file's bytes as last read, and the Predictor while it is on/auto.
-    predictor = None
-    raw = None
-    mode = "off"
-    error = ""
-    checked_ms = 0
-    check_ms = _CHECK_MS
-
-
-_off = _Offload()
+FLAG_INFO = 0x04               # INFER request flag: the reply carries the info block (tinyfw.offload_switch)
+INFO_BYTES = 56
+_CHECK_MS = 1000               # how often the config file is looked for while tinyfw.offload_switch is not loaded
+_switch = None                 # tinyfw.offload_switch once imported
+_looked_ms = 0
 
 
 def _engine_module(rt):
@@ -60,67 +46,39 @@ def backends(rt=None):
     return tuple(engine.BACKENDS)
 
 
-def _offload_close():
-    p = _off.predictor
-    _off.predictor = None
-    if p is not None:
-        p.close()
+def _switch_module():
+    global _switch
+    if _switch is None:
+        from tinyfw import offload_switch
+        _switch = offload_switch
+    return _switch
 
 
 def offload_check(rt, force=False):
-    """Re-read /offload.json when it changed (at most every config_check_ms unless ``force``); builds or drops the
-    Predictor for the loaded model. A bad file is noted (``offload_status``) and the board runs locally."""
-    now = time.ticks_ms()
-    if not force and time.ticks_diff(now, _off.checked_ms) < _off.check_ms:
-        return _off.predictor
-    _off.checked_ms = now
-    try:
-        with open(OFFLOAD_CONFIG, "rb") as f:
-            raw = f.read()
-    except OSError:
-        raw = b""
-    if raw == _off.raw and not force:
-        return _off.predictor
-    _off.raw = raw
-    _offload_close()
-    _off.mode = "off"
-    _off.error = ""
-    _off.check_ms = _CHECK_MS
-    if not raw:
-        return None
-    try:
-        import json
-        cfg = json.loads(raw)
-        mode = cfg.get("mode", "off")
-        _off.check_ms = int(cfg.get("config_check_ms", _CHECK_MS))
-    except (ValueError, AttributeError, TypeError) as e:
-        _off.error = "%s: %s" % (OFFLOAD_CONFIG, e)
-        return None
-    if mode == "off" or rt.model is None:      # a model load checks again (force)
-        return None
-    gc.collect()
-    try:
-        from tinyfw.offload import Predictor
-        _off.predictor = Predictor(rt.model, config=cfg)
-        _off.mode = mode
-    except ImportError as e:
-        _off.error = "tinyfw.offload is not on the board: %s" % e
-    except (ValueError, TypeError, KeyError) as e:
-        _off.error = "%s: %s" % (OFFLOAD_CONFIG, e)
-    except MemoryError:
+    """The offload Predictor for INFER, or None to run locally. tinyfw.offload_switch (which reads /offload.json)
+    is imported once the file exists; until then the file is looked for at most every _CHECK_MS (always when
+    ``force``: a model load)."""
+    global _looked_ms
+    if _switch is None:
+        now = time.ticks_ms()
+        if not force and time.ticks_diff(now, _looked_ms) < _CHECK_MS:
+            return None
+        _looked_ms = now
+        try:
+            os.stat(OFFLOAD_CONFIG)
+        except OSError:
+            return None
         gc.collect()
-        _off.error = "offload buffers do not fit in RAM (heap free %d bytes)" % gc.mem_free()
-    return _off.predictor
+    return _switch_module().offload_check(rt, force)
 
 
-def offload_status():
-    """(mode in use, error text or "", the Predictor's counters or None)."""
-    p = _off.predictor
-    return _off.mode, _off.error, (p.counters() if p is not None else None)
+def _mode_error(rt):
+    return _switch.mode_error(rt) if _switch is not None else ("off", "")
 
 
 def unload(rt):
-    _offload_close()
+    if _switch is not None:
+        _switch.release(rt)
     rt.input_copies = None
     if rt.model is not None:
         m = rt.model
@@ -136,6 +94,9 @@ def load_model(rt, path, backend="auto"):
     engine = _engine_module(rt)
     unload(rt)
     rt.times = None
+    drop = getattr(rt, "drop_commands", None)    # the session and file commands' code goes back to the heap first
+    if drop is not None:
+        drop()
     gc.collect()
     rt.input_copies = None
     try:
@@ -191,9 +152,10 @@ def _load(rt):
     rt.collect()
     pairs.append(("heap_free_bytes", gc.mem_free()))
     pairs.append(("input_kept", int(rt.input_copies is not None)))
-    pairs.append(("offload", _off.mode))
-    if _off.error:
-        pairs.append(("offload_error", _off.error.replace("\n", " ")))
+    mode, error = _mode_error(rt)
+    pairs.append(("offload", mode))
+    if error:
+        pairs.append(("offload_error", error.replace("\n", " ")))
     rt.reply_kv(pairs)
 
 
@@ -343,22 +305,9 @@ def _infer(rt):
     put32(buf, HEADER_BYTES, dt)
     if want_info:
         buf[HEADER_BYTES + 4] = INFO_BYTES
-        _pack_info(buf, HEADER_BYTES + 5, info, dt)
+        _switch_module().pack_info(buf, HEADER_BYTES + 5, info, dt, _mode_error(rt)[0])
     rt.fio.payload[head:head + out_len] = out
     rt.reply_big(head + out_len)
-
-
-def _pack_info(buf, at, info, dt):
-    if info is None:
-        struct.pack_into(_INFO_FMT, buf, at, 0, 0, 0, 0, 0, float("nan"), dt, 0, 0, 0, 0, 0, 0, 0, dt, 0, 0)
-        return
-    flags = (1 if info.offloaded else 0) | (2 if info.fallback else 0) | 4
-    conf = info.confidence
-    struct.pack_into(_INFO_FMT, buf, at, _SOURCES.get(info.source, 0), flags, info.error, min(info.retries, 255),
-                     _MODES.get(_off.mode, 0), float("nan") if conf is None else conf, info.local_us,
-                     info.serialise_us, info.send_us, info.wait_us, info.receive_us, info.parse_us,
-                     info.server_queue_us, info.server_compute_us, info.total_us, info.request_bytes,
-                     info.reply_bytes)
 
 
 def _unload(rt):

@@ -4,14 +4,20 @@
 # On a board without the firmware on its filesystem the host sends frame.py, files.py, session.py and this file
 # through the raw REPL instead, one after the other into one namespace ("bootstrap"); that is why the tinyfw
 # imports below are single lines the host can drop. Model commands live in tinyfw/inference.py, imported on
-# first use.
+# first use; session commands (tinyfw/session.py) and file commands (tinyfw/files.py) are imported on first use
+# and dropped again before a model is loaded, so that the load has their heap (docs/engine.md, "Memory").
 import gc
 import sys
 import time
 
-from tinyfw.frame import *  # noqa: F401,F403  (bootstrap: dropped, frame.py's names are already defined)
-from tinyfw.files import FILE_COMMANDS, os_error, put_cancel, put_data_apply
-from tinyfw.session import SESSION_COMMANDS, VERSION
+from tinyfw.frame import BYE, DevError, ERR, EVENT, E_EXISTS, E_INTERNAL, E_IO, E_NO_ENGINE, E_NO_MEMORY, E_NO_SPACE
+from tinyfw.frame import E_NOT_FOUND, E_UNKNOWN_COMMAND, FLAG_SYNC, FixedFrame, FrameIO, GET, GET_OUTPUT, HASH
+from tinyfw.frame import HEADER_BYTES, HELLO, INFER, INFO, INVOKE, LIST, LOAD, NAK, NAK_BAD_CRC, NAK_BAD_HEADER
+from tinyfw.frame import NAK_GAP, NAK_STALL, NAK_TOO_BIG, OK, PAYLOAD_LIMIT, PROTOCOL_VERSION, PUT_DATA, READY
+from tinyfw.frame import R_BAD_CRC, R_BAD_HEADER, R_EOF, R_FRAME, R_INTERRUPT, R_TOO_BIG, SET_INPUT, STATS, TIMES
+from tinyfw.frame import TRAILER_BYTES, UNLOAD, put16, put32, u32
+
+VERSION = "0.1.0"              # tinyfw's version (HELLO, INFO, READY)
 
 SMALL_PAYLOAD = 240            # replies that are cached for a retried request fit in this
 TEXT_MAX = 512                 # longest text (EEMBC) command
@@ -21,11 +27,14 @@ _CACHE_ACK = 2
 
 
 def _default_max_payload():
+    # The frame buffer is allocated for the runtime's whole life: 2 KB on heaps under 128 KB (an ESP32 with the
+    # VM's 112 KB), where a model's arena needs every byte; uploads still run at > 80 % of the line rate there
+    # (python -m benchmarks.upload_throughput).
     try:
         total = gc.mem_free() + gc.mem_alloc()
     except AttributeError:
         return 4096
-    return 8192 if total >= 256 * 1024 else 4096
+    return 8192 if total >= 256 * 1024 else 4096 if total >= 128 * 1024 else 2048
 
 
 def _default_window():
@@ -48,7 +57,7 @@ class Runtime:
         self.small = memoryview(self.reply)[HEADER_BYTES:HEADER_BYTES + SMALL_PAYLOAD]
         self.event = FixedFrame(EVENT, 8)
         self.nak = FixedFrame(NAK, 3)
-        self.text = bytearray(TEXT_MAX)
+        self.text = None               # bytearray(TEXT_MAX), made when the first text command byte comes
         self.text_len = 0
         self.text_overflow = False
         self.burst_n = 0
@@ -82,9 +91,10 @@ class Runtime:
         self.heap_peak_bytes = 0
         self.t_start = time.ticks_ms()
         # frame type -> function(runtime); model commands are looked up in tinyfw.inference
-        self.handlers = {}
-        self.handlers.update(SESSION_COMMANDS)
-        self.handlers.update(FILE_COMMANDS)
+        self.handlers = {}             # filled from the command modules as they are imported
+        self.version = VERSION
+        self.firmware_hash = None      # tinyfw.session computes it once
+        self._modules = []             # names of the command modules imported (tinyfw.session, tinyfw.files)
         try:
             self.firmware_dir = __file__.rsplit("/", 1)[0] or "."
         except NameError:           # bootstrapped: no file behind this code
@@ -108,6 +118,53 @@ class Runtime:
         used = gc.mem_alloc()
         if used > self.heap_peak_bytes:
             self.heap_peak_bytes = used
+
+    def put_cancel(self):
+        """End an upload in progress, removing its partial file."""
+        if self.upload is not None:
+            self.upload.close(True)
+            self.upload = None
+
+    def drop_commands(self):
+        """Give the session and file commands' code back to the heap (before a model load); the next such command
+        imports it again. tinyfw.files stays while an upload is in progress. Nothing to drop when bootstrapped
+        (the modules' code is part of the runtime's then)."""
+        pkg = sys.modules.get("tinyfw")
+        for name in tuple(self._modules):
+            if name == "files" and self.upload is not None:
+                continue
+            mod = sys.modules.pop("tinyfw." + name, None)
+            self._modules.remove(name)
+            if mod is not None:
+                for ftype in (mod.FILE_COMMANDS if name == "files" else mod.SESSION_COMMANDS):
+                    self.handlers.pop(ftype, None)
+            if pkg is not None and name in pkg.__dict__:
+                delattr(pkg, name)
+        gc.collect()
+
+    def _command(self, ftype):
+        """The handler of a session or file command, importing its module on first use."""
+        g = globals()
+        if HELLO <= ftype <= TIMES:
+            if "SESSION_COMMANDS" in g:      # bootstrapped: session.py ran in this namespace
+                commands = g["SESSION_COMMANDS"]
+            else:
+                gc.collect()
+                from tinyfw import session
+                commands = session.SESSION_COMMANDS
+                self._modules.append("session")
+        elif LIST <= ftype <= GET:
+            if "FILE_COMMANDS" in g:
+                commands = g["FILE_COMMANDS"]
+            else:
+                gc.collect()
+                from tinyfw import files
+                commands = files.FILE_COMMANDS
+                self._modules.append("files")
+        else:
+            return None
+        self.handlers.update(commands)
+        return self.handlers.get(ftype)
 
     def fail(self, code, msg):
         raise DevError(code, msg)
@@ -159,7 +216,7 @@ class Runtime:
                 break
             else:
                 self._on_bad(r)
-        put_cancel(self)
+        self.put_cancel()
 
     def reply_kv_ready(self):
         text = ("tinyfw=%s\nprotocol=%d\nmax_payload=%d\nwindow=%d"
@@ -189,6 +246,8 @@ class Runtime:
             self.text_overflow = False
             return False
         if self.text_len < TEXT_MAX:
+            if self.text is None:
+                self.text = bytearray(TEXT_MAX)
             self.text[self.text_len] = c
             self.text_len += 1
         else:
@@ -206,7 +265,7 @@ class Runtime:
             self.write_text("e-[text command longer than %d bytes ignored]\r\n" % TEXT_MAX)
             return
         try:
-            text = bytes(self.text[:n]).decode().strip()
+            text = bytes(self.text[:n]).decode().strip() if n else ""
         except UnicodeError:
             self.write_text("e-[text command is not UTF-8]\r\n")
             return
@@ -279,7 +338,7 @@ class Runtime:
             if fio.ftype == PUT_DATA:
                 if self.upload is not None:       # idempotent by offset: writes only bytes not yet written
                     try:
-                        put_data_apply(self)
+                        self.upload.apply(self)
                     except (DevError, OSError):
                         pass                      # a stale copy; the reply cache is left alone
                 fio.send_ack(seq)
@@ -299,6 +358,8 @@ class Runtime:
         self.cached = _CACHE_NONE
         try:
             handler = self.handlers.get(ftype)
+            if handler is None:
+                handler = self._command(ftype)
             if handler is None:
                 if LOAD <= ftype <= UNLOAD:
                     self.model_module().handle(self, ftype)
@@ -335,6 +396,18 @@ class Runtime:
                                "run `tinyhost flash` first")
             self._inference = inference
         return self._inference
+
+
+def os_error(e):
+    """(code, message) for an OSError from a command."""
+    errno = e.args[0] if e.args else 0
+    if errno == 2:
+        return E_NOT_FOUND, "no such file or directory"
+    if errno == 17:
+        return E_EXISTS, "already exists"
+    if errno == 28:
+        return E_NO_SPACE, "the filesystem is full"
+    return E_IO, "OSError %s" % (errno,)
 
 
 def run(stream_in=None, stream_out=None, max_payload=None, window=None, bootstrapped=False, autostart=False):

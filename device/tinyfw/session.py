@@ -1,4 +1,5 @@
 # tinyfw session commands: HELLO, INFO, STATS, BYE, RESET, TIMES (docs/protocol.md). Functions take the Runtime.
+# The runtime imports this module on the first of them and drops it again before a model is loaded.
 # Bootstrap note: like files.py, sent into runtime.py's namespace when the host bootstraps; names must not clash.
 import gc
 import os
@@ -6,20 +7,18 @@ import sys
 import time
 
 from hashlib import sha256
-from tinyfw.frame import *  # noqa: F401,F403  (bootstrap: dropped, frame.py's names are already defined)
-from tinyfw.files import path_join, put_cancel
-
-VERSION = "0.1.0"
+from tinyfw.frame import BYE, DevError, E_BAD_ARGS, E_STATE, HEADER_BYTES, HELLO, INFO, PROTOCOL_VERSION, RESET
+from tinyfw.frame import STATS, TIMES, u16, u32
 
 
 def cmd_hello(rt):
-    rt.reply_kv((("tinyfw", VERSION), ("protocol", PROTOCOL_VERSION), ("max_payload", rt.max_payload),
+    rt.reply_kv((("tinyfw", rt.version), ("protocol", PROTOCOL_VERSION), ("max_payload", rt.max_payload),
                  ("window", rt.window), ("bootstrapped", int(rt.bootstrapped))))
 
 
 def cmd_info(rt):
     impl = sys.implementation
-    pairs = [("firmware_version", VERSION), ("firmware_hash", firmware_hash(rt)),
+    pairs = [("firmware_version", rt.version), ("firmware_hash", firmware_hash(rt)),
              ("protocol", PROTOCOL_VERSION), ("micropython_version", ".".join(str(v) for v in impl.version[:3])),
              ("machine", getattr(impl, "_machine", sys.platform)), ("platform", sys.platform),
              ("max_payload", rt.max_payload), ("window", rt.window),
@@ -67,7 +66,7 @@ def cmd_bye(rt):
 
 
 def cmd_reset(rt):
-    put_cancel(rt)
+    rt.put_cancel()
     if rt.model is not None:
         rt.model_module().unload(rt)
     rt.times = None
@@ -93,12 +92,9 @@ def cmd_times(rt):
     rt.reply_big(4 * count)
 
 
-_fw_hash = None
-
-
 def _fw_hash_tree(h, root, rel):
     for name in sorted(e[0] for e in os.ilistdir(root)):
-        p = path_join(root, name)
+        p = root.rstrip("/") + "/" + name
         if os.stat(p)[0] & 0x4000:
             _fw_hash_tree(h, p, rel + name + "/")
             continue
@@ -116,17 +112,16 @@ def _fw_hash_tree(h, root, rel):
 def firmware_hash(rt):
     """sha256 (first 16 hex digits) over the names and contents of the tinyfw files on the filesystem; "ram"
     when the runtime was sent through the REPL instead of imported."""
-    global _fw_hash
     if rt.bootstrapped:
         return "ram"
-    if _fw_hash is None:
+    if rt.firmware_hash is None:
         here = rt.firmware_dir
         if here is None:
             return "ram"
         h = sha256()
         _fw_hash_tree(h, here, "")
-        _fw_hash = "".join("%02x" % b for b in h.digest()[:8])
-    return _fw_hash
+        rt.firmware_hash = "".join("%02x" % b for b in h.digest()[:8])
+    return rt.firmware_hash
 
 
 SESSION_COMMANDS = {HELLO: cmd_hello, INFO: cmd_info, STATS: cmd_stats, BYE: cmd_bye, RESET: cmd_reset,

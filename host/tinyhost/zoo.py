@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hashing import sha256_file  # noqa: F401  (part of this module's API)
 from .errors import ChecksumMismatch, ModelDownloadError, ModelError, UsageError
 from .paths import models_dir
 
@@ -118,14 +119,6 @@ def cache_dir():
         return Path(os.environ["TINYHOST_CACHE"]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "tinyhost" / "models"
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def path_of(entry):

@@ -7,8 +7,8 @@ skin tones. *Non-person* glyphs are Animals & Nature, Food & Drink, Travel & Pla
 Faces (Smileys & Emotion), hands, body parts, person symbols, symbols and flags are left out of both classes
 as ambiguous. Glyphs are split by base emoji (skin tones of one emoji stay in one split), so the test set shows
 figures the model never saw. A scene is a procedural background (gradients, horizons, blocks, smooth noise,
-stripes) with 0-3 non-person glyphs as clutter and, for the *person* class, 1-2 person glyphs; glyphs are
-scaled (18-88 px), rotated a little, may be cut by the frame or overlap; the scene then gets colour jitter,
+stripes) with 0-3 non-person glyphs as clutter and, for the *person* class, 1-2 person glyphs on top; glyphs
+are scaled (people 32-88 px, things 18-80 px), rotated a little, may be cut by the frame or overlap; the scene then gets colour jitter,
 blur, noise and low-resolution resampling. A quarter of the training scenes are "easy" (one large glyph, no
 clutter); validation and test scenes never are. Labels: 0 = no person, 1 = person (MLPerf Tiny vww01 order).
 
@@ -31,6 +31,9 @@ PERSON_SUBGROUPS = {"person", "person-gesture", "person-role", "person-fantasy",
                     "person-sport", "person-resting", "family"}
 NON_PERSON_GROUPS = {"Animals & Nature", "Food & Drink", "Travel & Places", "Activities", "Objects"}
 GLYPH_PX = 80                     # glyphs are cached at this size, then scaled per scene
+PERSON_PX = (32, 88)              # person glyph size range in a scene (pixels of the 96-pixel side)
+THING_PX = (18, 80)               # non-person glyph size range
+LOWRES_PX = (48, 72)              # the "low-resolution sensor" step resamples through this size range
 
 
 def emoji_catalogue(path=EMOJI_TEST):
@@ -169,10 +172,12 @@ def scene(rng, label, people, things, easy=False):
         if label:
             layers += [(people[rng.integers(len(people))], True) for _ in range(1 + int(rng.random() < 0.3))]
         tags = {sub for (_, sub), _ in layers}
-    order = rng.permutation(len(layers))
+    # clutter first in random order, people last: a person may be cut by the frame but is never hidden
+    order = [i for i in rng.permutation(len(layers)) if not layers[i][1]] + \
+            [i for i in range(len(layers)) if layers[i][1]]
     for i in order:
         (glyph, _), is_person = layers[i]
-        _paste(rng, img, glyph, int(rng.integers(24, 88) if is_person else rng.integers(18, 80)))
+        _paste(rng, img, glyph, int(rng.integers(*PERSON_PX) if is_person else rng.integers(*THING_PX)))
     img = img * rng.uniform(0.6, 1.3) + rng.uniform(-40, 40)               # brightness / contrast
     img = img * rng.uniform(0.85, 1.15, 3)                                  # white balance
     if rng.random() < 0.15:
@@ -181,7 +186,7 @@ def scene(rng, label, people, things, easy=False):
     if rng.random() < 0.5:
         pil = pil.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
     if rng.random() < 0.3:                                                  # low-resolution sensor
-        small = int(rng.integers(32, 72))
+        small = int(rng.integers(*LOWRES_PX))
         pil = pil.resize((small, small), Image.BILINEAR).resize((SIZE, SIZE), Image.BILINEAR)
     out = np.asarray(pil).astype(np.float32) + rng.normal(0, rng.uniform(0, 8), (SIZE, SIZE, 3))
     return np.clip(np.round(out), 0, 255).astype(np.uint8), tags

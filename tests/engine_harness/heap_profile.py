@@ -6,9 +6,9 @@
 # --runtime: import tinyfw.runtime first, as on a board where the runtime loads the model.
 # Prints one line per stage: live heap after gc.collect() relative to the start ("used"), the change from the
 # previous stage ("delta") and the free heap, then the model's stats and "RESULT {json}" for tests.
-# The load stages come from the engine's load hook (engine.trace): loader imported (load-time code), model
-# parsed (reader metadata), operators prepared (compact per-op records), arena planned, load-time code dropped,
-# arena allocated, steps built (views, scratch, per-channel buffers).
+# The load stages come from the engine's load hook (engine.trace). With a usable MODEL.plan beside the model:
+# plan checked, arena allocated, steps built (plan loader code, views, scratch, per-channel buffers), load-time
+# code dropped. Without one (full path) first: loader imported, model parsed, operators prepared, arena planned.
 import sys
 import gc
 import json

@@ -55,7 +55,8 @@ _OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVE
 # Largest weight scratch buffer when weights are streamed from flash (bytes); on a small heap it is smaller.
 STREAM_SCRATCH_BYTES = 16384
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
-_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "planload")
+_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planload",
+                 "fixedpoint", "ref_softmax")
 # The load plan of MODEL.tflite: MODEL.plan (plan_path; format in planload.py).
 PLAN_SUFFIX = ".plan"
 
@@ -95,10 +96,11 @@ def _drop_load_modules(keep=()):
     """Forget the load-time modules so that their code is garbage (MicroPython only; the host keeps them)."""
     if _gc is None:
         return
-    keep_ref = (__name__ + ".kernels_ref") in sys.modules     # kernels_ref uses quant and params
+    # The kernels bound params' and fixedpoint's names when they were imported: the modules themselves can go
+    # (a kernel function in use keeps what it needs alive through its globals).
     g = globals()
     for name in _LOAD_MODULES:
-        if name in keep or (keep_ref and name in ("quant", "params")):
+        if name in keep:
             continue
         sys.modules.pop(__name__ + "." + name, None)
         g.pop(name, None)
@@ -142,8 +144,9 @@ def plan_path(path):
     return (path[:-7] if path.endswith(".tflite") else path) + PLAN_SUFFIX
 
 
-def _kernel(k, kind, fallback):
-    """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it."""
+def _kernel(k, kind, fallback, fallback_softmax=None):
+    """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it
+    (fallback_softmax: the reference softmax when it is imported already)."""
     if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
         return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
     name = _KERNEL_NAMES.get(kind)
@@ -151,7 +154,12 @@ def _kernel(k, kind, fallback):
         raise ModelError("corrupt plan: unknown operation kind %d" % kind)
     fn = getattr(k, name, None)
     if fn is None:
-        fn = getattr(_kernels_ref(), name)
+        if kind == 7:                      # just the reference softmax, not every reference kernel
+            fn = fallback_softmax
+            if fn is None:
+                from .ref_softmax import softmax as fn
+        else:
+            fn = getattr(_kernels_ref(), name)
         fallback.append(_OP_NAMES[kind])
     return fn
 
@@ -170,6 +178,7 @@ class Model:
         self._side = None
         self._arena = None
         self._fallback = []
+        self._softmax = None           # the reference softmax, when the backend has none (imported before the arena)
         self.plan = None               # "file": loaded from MODEL.plan; "built": planned here (full path)
         self.plan_note = ""            # why MODEL.plan was not used
         self._f = open(path, "rb")
@@ -180,61 +189,79 @@ class Model:
             raise
 
     def _load(self, path, k, arena_bytes, weights, scratch_bytes):
+        g = None
         try:
-            from . import planload
+            from . import plancheck
             h = "absent"
             try:
                 g = open(plan_path(path), "rb")
             except OSError:
-                g = None
+                pass
             if g is not None:
-                try:
-                    h = planload.check(g, self._f)
-                finally:
-                    if isinstance(h, str):
-                        g.close()
-            _stage("plan checked")
-            if not isinstance(h, str):
-                self.plan = "file"
-                try:
-                    planload.build(self, g, h, k, weights, arena_bytes, scratch_bytes, True)
-                finally:
-                    if self._side is not g:        # nothing is streamed from the plan at invoke
-                        g.close()
-            else:
+                h = plancheck.check(g, self._f)
+            if isinstance(h, str):             # no usable plan: the full path builds one here, in RAM
+                if g is not None:
+                    g.close()
                 self.plan = "built"
                 self.plan_note = h
                 try:
-                    g = self._plan_here(path, planload)
+                    g = self._plan_here(plancheck)
                 except MemoryError:
                     raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
-                                      "`tinyhost flash --model` puts a plan next to it"
-                                      % (path, plan_path(path), h))
-                h = planload.check(g, self._f)
+                                      "`tinyhost flash --model` puts a plan next to it" % (path, plan_path(path), h))
+                h = plancheck.check(g, self._f)
                 if isinstance(h, str):
                     raise ModelError("internal error: the plan built here does not check: %s" % h)
-                planload.build(self, g, h, k, weights, arena_bytes, scratch_bytes, False)
-        finally:
+            else:
+                self.plan = "file"
+            plancheck = None
+            _drop_load_modules()
+            if getattr(k, "softmax", None) is None:    # the fallback softmax's code goes below the arena, not
+                from . import ref_softmax               # in a hole at the end of the build (fragmentation)
+                self._softmax = ref_softmax.softmax
+                ref_softmax = None
+            _stage("plan checked")
+            self._allocate_arena(h[5], arena_bytes)
+            from . import planload
+            planload.build(self, g, h, k, weights, scratch_bytes, self.plan == "file")
             planload = None
+        finally:
+            if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke
+                g.close()
             _drop_load_modules()
         _stage("load-time code dropped")
         if self.weights_mode == "ram":
             self._f.close()
             self._f = None
 
-    def _plan_here(self, path, planload):
+    def _allocate_arena(self, needed, arena_bytes):
+        self.planned_arena_bytes = needed
+        if arena_bytes is not None and arena_bytes < needed:
+            raise ModelError("arena too small: the model needs %d bytes of tensor arena, arena_bytes=%d"
+                             % (needed, arena_bytes))
+        total = needed if arena_bytes is None else arena_bytes
+        if _gc is not None:
+            _gc.collect()
+        try:
+            self._arena = _int8_buffer(total)
+        except MemoryError:
+            raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
+                              % (total, _mem_free() if _mem_free else "?"))
+        self.arena_bytes = total
+        _stage("arena allocated")
+
+    def _plan_here(self, plancheck):
         """The full path: parse, validate, prepare and plan the model here, into an in-RAM plan."""
         import io
         from . import loader, planwrite
         _stage("loader imported")
         f = self._f
         r = loader.prepare(f, _stage)
-        digest = planload.model_sha256(f, r.model_bytes)
+        digest = plancheck.model_sha256(f, r.model_bytes)
         g = io.BytesIO()
         planwrite.write(r, digest, g)
         r = loader = planwrite = None
-        _drop_load_modules(keep=("planload",))
-        _stage("load-time code dropped")
+        _drop_load_modules(keep=("plancheck",))
         return g
 
     def input_buffer(self, i=0):
@@ -312,7 +339,8 @@ class Model:
 
 
 def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None):
-    """Parse, validate and prepare the .tflite model at `path`; allocate its arena once.
+    """Load the .tflite model at `path`; allocate its arena once. With a usable load plan beside it (plan_path;
+    checked against the model's sha256) it is loaded from the plan, else parsed, validated and prepared here.
 
     backend: "auto" (fastest in BACKENDS) or a name in BACKENDS; anything else is a ValueError.
     weights: "ram", "flash" (streamed per operator from the file, with the per-channel constants) or "auto" (RAM

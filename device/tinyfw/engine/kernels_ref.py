@@ -12,8 +12,9 @@ from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_
                      P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET,
                      A_SIZE, A_IN1_OFFSET, A_IN2_OFFSET, A_IN1_MULT, A_IN1_SHIFT, A_IN2_MULT, A_IN2_SHIFT,
                      A_OUT_MULT, A_OUT_SHIFT, A_OUT_OFFSET, A_LEFT_SHIFT, A_ACT_MIN, A_ACT_MAX,
-                     S_OUTER, S_DEPTH, Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
-from .quant import mbqm, srdhm, rdbpot, clz32, one_over_one_plus_x
+                     Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
+from .fixedpoint import mbqm
+from .ref_softmax import softmax  # noqa: F401 (part of this backend; its own module so it can run alone)
 
 
 def conv2d(out, inp, filt, bias, mult, shift, p):
@@ -252,36 +253,6 @@ def add(out, in1, in2, p):
         elif v > act_max:
             v = act_max
         out[i] = v
-
-
-def softmax(out, inp, exp_q31, exp_q12, p):
-    """SOFTMAX int8 -> int8 (TFLM reference_ops::Softmax, gemmlowp fixed point).
-
-    exp_q31[d] / exp_q12[d] hold exp(-d * beta * scale) for the input difference d = max - x (0..255) in Q0.31 and
-    rescaled to Q12.19; 0 where d is below TFLM's diff_min (those outputs are -128, as in TFLM)."""
-    depth = p[S_DEPTH]
-    for r in range(p[S_OUTER]):
-        base = r * depth
-        mx = -128
-        for c in range(depth):
-            x = inp[base + c]
-            if x > mx:
-                mx = x
-        total = 0
-        for c in range(depth):
-            total += exp_q12[mx - inp[base + c]]
-        # GetReciprocal(total, 12): Q0.31 scale and bits over unit, without building a tuple
-        headroom = clz32(total)
-        x = ((total << headroom) & 0xFFFFFFFF) - 0x80000000
-        scale = one_over_one_plus_x(x)
-        exponent = 12 - headroom + 23
-        for c in range(depth):
-            v = rdbpot(srdhm(scale, exp_q31[mx - inp[base + c]]), exponent) - 128
-            if v > 127:
-                v = 127
-            elif v < -128:
-                v = -128
-            out[base + c] = v
 
 
 def requantize(out, inp, p):

@@ -1,4 +1,5 @@
 # Loading a model from its load plan: the small load path (it never imports reader, ops, planner or loader).
+# plancheck.py decides whether a plan may be used; then the engine allocates the arena, then this module builds.
 #
 # A plan (MODEL.plan next to MODEL.tflite, see plan_path) is everything the engine computes at load -- arena
 # placement, kernel parameter arrays, per-channel bias/multiplier/shift, softmax tables, where each operator's
@@ -23,72 +24,18 @@
 # ref: an arena offset (>= 0) or -1 - k for the k-th float32 graph buffer (outside the arena).
 
 import struct
-import hashlib
 from array import array
 
 from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernel, _stage, STREAM_SCRATCH_BYTES
 
-MAGIC = b"TFPL"
-PLAN_VERSION = 1
-HEADER_FMT = "<4sHH32sIIQIIIIIIIIHH"
-HEADER_BYTES = struct.calcsize(HEADER_FMT)
 K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
 K_ADD = 6
 K_SOFTMAX = 7
 K_RESHAPE = 8
 K_QUANT_F = 10
 K_DEQUANT = 11
-T_FLOAT32 = 0
 T_INT8 = 9
 _RECORD_MAX = 512
-_CHUNK = 512
-
-
-def _sha256_of(f, start, end, buf):
-    h = hashlib.sha256()
-    mv = memoryview(buf)
-    f.seek(start)
-    left = end - start
-    while left > 0:
-        n = f.readinto(mv[:min(left, len(buf))])
-        if not n:
-            return None
-        h.update(mv[:n])
-        left -= n
-    return h.digest()
-
-
-def model_sha256(f, size):
-    """sha256 digest of the open model file (read in small chunks)."""
-    return _sha256_of(f, 0, size, bytearray(_CHUNK))
-
-
-def check(g, f):
-    """Header fields of the plan in open file g if it belongs to the model in open file f, else a string saying
-    why not (stale, corrupt, truncated, another format version)."""
-    plan_bytes = g.seek(0, 2)
-    if plan_bytes < HEADER_BYTES + 32:
-        return "truncated (%d bytes)" % plan_bytes
-    g.seek(0)
-    raw = g.read(HEADER_BYTES)
-    if len(raw) != HEADER_BYTES:
-        return "truncated"
-    h = struct.unpack(HEADER_FMT, raw)
-    if h[0] != MAGIC:
-        return "not a plan file"
-    if h[1] != PLAN_VERSION:
-        return "format version %d, this firmware reads %d" % (h[1], PLAN_VERSION)
-    size = f.seek(0, 2)
-    buf = bytearray(_CHUNK)
-    if h[4] != size or _sha256_of(f, 0, size, buf) != h[3]:
-        return "stale: it was made for another model file (sha256 differs)"
-    if h[8] < HEADER_BYTES or h[9] < h[8] or h[9] + h[10] + 32 != plan_bytes:
-        return "corrupt: section sizes do not add up"
-    digest = _sha256_of(g, 0, plan_bytes - 32, buf)
-    g.seek(plan_bytes - 32)
-    if digest is None or g.read(32) != digest:
-        return "corrupt: its sha256 does not match its contents"
-    return h
 
 
 class _Reader:
@@ -113,6 +60,24 @@ class _Reader:
         return self.buf
 
 
+def _int32_buffer(n):
+    """array('i') of n items, to be overwritten: no zeroed bytes object in between on MicroPython."""
+    return array("i", range(n)) if _mem_free is not None else array("i", bytes(4 * n))
+
+
+def _has_softmax(g, pos, n_ops):
+    """Whether one of the n_ops operator records from pos is a SOFTMAX (a pre-scan: kind bytes only)."""
+    head = bytearray(3)
+    for _ in range(n_ops):
+        g.seek(pos)
+        if g.readinto(head) != 3:
+            raise ModelError("corrupt plan: truncated record")
+        if head[2] == K_SOFTMAX:
+            return True
+        pos += head[0] | (head[1] << 8)
+    return False
+
+
 def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
     key = (ref, nbytes)
     v = views.get(key)
@@ -127,30 +92,16 @@ def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
     return v
 
 
-def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
-    """Allocate the arena first, then read the plan's records from g into m's steps.
+def build(m, g, h, k, weights, scratch_bytes, stream_ok):
+    """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes).
 
-    h: check()'s header tuple; k: backend module; weights: "auto", "ram" or "flash"; stream_ok: whether g may stay
-    open for streaming per-channel data at invoke (a plan file, not the full path's in-RAM plan)."""
-    needed = h[5]
+    h: plancheck.check()'s header tuple; k: backend module; weights: "auto", "ram" or "flash"; stream_ok: whether
+    g may stay open for streaming per-channel data at invoke (a plan file, not the full path's in-RAM plan)."""
     m.model_bytes = h[4]
     m.macs = h[6]
-    m.planned_arena_bytes = needed
     n_ops, ops_at, chan_at, chan_bytes = h[7], h[8], h[9], h[10]
     filter_total, filter_max, floor, max_ch = h[11], h[12], h[13], h[14]
-    if arena_bytes is not None and arena_bytes < needed:
-        raise ModelError("arena too small: the model needs %d bytes of tensor arena, arena_bytes=%d"
-                         % (needed, arena_bytes))
-    total = needed if arena_bytes is None else arena_bytes
-    if _gc is not None:
-        _gc.collect()
-    try:
-        m._arena = _int8_buffer(total)
-    except MemoryError:
-        raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
-                          % (total, _mem_free() if _mem_free else "?"))
-    m.arena_bytes = total
-    _stage("arena allocated")
+    total = m.arena_bytes
     arena_mv = memoryview(m._arena)
 
     if weights == "auto":
@@ -163,8 +114,11 @@ def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
     stream_chan = stream_ok and weights == "flash" and chan_bytes > 2 * 12 * max_ch
     ram = 0
     chan = None                                 # per-channel data: all of it, or one op's at a time
+    soft_at = 3 * max_ch                        # streamed: the softmax tables lie after one op's channel data
     if chan_bytes:
-        chan = memoryview(array("i", bytes(12 * max_ch if stream_chan else chan_bytes)))
+        # one buffer for everything read per op and the softmax tables, made before anything else (fragmentation)
+        n_chan = soft_at + (512 if _has_softmax(g, ops_at, n_ops) else 0) if stream_chan else chan_bytes // 4
+        chan = memoryview(_int32_buffer(n_chan))
         ram += len(chan) * 4
         if not stream_chan:
             g.seek(chan_at)
@@ -184,7 +138,7 @@ def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
         scratch = _int8_buffer(min(max(want, floor), filter_max) if filter_max else 0)
     m.scratch_bytes = len(scratch) if scratch is not None else 0
 
-    rd = _Reader(g, HEADER_BYTES)
+    rd = _Reader(g, h[2])
     views = {}
     infos = []
     io_views = []
@@ -226,7 +180,7 @@ def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
         if n_p:
             p = array("i", struct.unpack_from("<%di" % n_p, b, at))
             at += 4 * n_p
-        fn = _kernel(k, kind, fallback)
+        fn = _kernel(k, kind, fallback, m._softmax)
         if kind <= K_CONV_MAX:
             n, w_pos, w_bytes, rb, c_pos = struct.unpack_from("<IIIII", b, at)
             if w_pos + w_bytes > model_bytes or c_pos + 12 * n > chan_bytes:
@@ -264,10 +218,11 @@ def build(m, g, h, k, weights, arena_bytes, scratch_bytes, stream_ok):
         elif kind == K_SOFTMAX:
             c = struct.unpack_from("<I", b, at)[0] // 4
             if stream_chan:                    # the tables stay in RAM: read them out of the plan
-                t = array("i", bytes(2048))
+                if len(chan) < soft_at + 512:
+                    raise ModelError("corrupt plan: a SOFTMAX record the pre-scan did not see")
+                t = chan[soft_at:soft_at + 512]
                 g.seek(chan_at + 4 * c)
                 g.readinto(t)
-                ram += 2048
                 c = 0
             else:
                 t = chan

@@ -1,4 +1,4 @@
-# Load-time half, part 2: serialise a prepared model (loader.Recipe) into a load plan (format: planload.py).
+# Load-time half, part 2: serialise a prepared model (loader.Recipe) into a load plan (format: planload.py, header: plancheck.py).
 #
 # The host runs this under CPython when `tinyhost flash` puts a model on a board (tinyhost.model.plan), so the
 # board can load the model from the plan with planload.py alone. The board runs it too when a model comes without
@@ -8,8 +8,8 @@
 import struct
 import hashlib
 
-from .planload import (MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES, K_CONV_MAX, K_SOFTMAX, K_RESHAPE,
-                       K_QUANT_F, K_DEQUANT, T_FLOAT32)
+from .plancheck import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
+from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT
 
 
 def _refs(r):

@@ -190,7 +190,12 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
         listener.message(f"offload: local pass over {len(inputs)} inputs ({source})")
         local = _run_pass("local", dev, inputs, out_t, listener, "off")
         cfg = board.configure(dev, mode=opts.mode, **remote)
-        load_model()
+        loaded = load_model()
+        if loaded.raw.get("offload", opts.mode) != opts.mode:
+            raise errors.DeviceError(f"the board did not switch offload {opts.mode}: "
+                                     f"{loaded.raw.get('offload_error') or 'no reason given'}",
+                                     hint="check that tinyfw/offload is on the board (`tinyhost flash`) and that "
+                                          "the model leaves RAM for the offload buffers")
         listener.message(f"offload: offloaded pass (mode {opts.mode}) to {address}, model id {model_id}")
         offl = _run_pass("offload", dev, inputs, out_t, listener, opts.mode)
         reference = None
@@ -204,6 +209,9 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
     finally:
         try:
             board.restore_config(dev, previous)
+            load_model()        # the board takes its own config again and closes its connection to our server
+        except errors.TinyhostError as e:
+            log.warning("could not restore the board's offload state after the run: %s", e)
         finally:
             if local_server is not None:
                 local_server.stop()

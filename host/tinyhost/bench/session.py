@@ -1,7 +1,6 @@
 """One ``tinyhost bench`` run from options to a BenchResult: open the board, put and load the model, run the
 modes asked for, with provenance. The CLI only parses options, prints events and writes files."""
 
-import hashlib
 import logging
 import platform
 import time
@@ -9,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, errors
+from ..hashing import sha256_file
 from . import datasets, energy, runner
 from .journal import Journal, default_path
 from .results import BenchResult, Provenance
@@ -41,14 +41,6 @@ class BenchOptions:
     timeout_s: float = 5.0
     extra: dict = field(default_factory=dict)
     offload: object = None             # bench.offload.OffloadOptions: also run local vs offloaded passes
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_model(spec, dut):
@@ -118,7 +110,7 @@ def run(opts, listener=None):
                           host=f"{platform.node()} {platform.machine()} Python {platform.python_version()}")
         if model_path is not None:
             prov.model_path = str(model_path)
-            prov.model_sha256 = _sha256(model_path)
+            prov.model_sha256 = sha256_file(model_path)
             prov.model_bytes = model_path.stat().st_size
         if tgt.virtual:
             _flash_virtual(tgt, opts, listener)

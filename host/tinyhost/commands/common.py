@@ -5,7 +5,8 @@ import click
 board_option = click.option(
     "--board", "board_name", default=None,
     help="Board profile (esp32, esp32s3, nano33ble); its port is found by USB VID:PID. "
-         "'sim' starts a virtual board for the command's duration.")
+         "'sim' starts a virtual ESP32 for the command's duration, 'sim:esp32s3' a virtual board with another "
+         "profile's heap, flash and line rate.")
 port_option = click.option("--port", default=None, help="Serial port of the board, e.g. /dev/ttyUSB0.")
 baud_option = click.option("--baud", type=int, default=None, help="Line rate (default: the board profile's).")
 state_dir_option = click.option(

@@ -28,7 +28,7 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
     if image:
         _write_micropython(board_name, port, image, run_commands)
         return
-    profile = board_profiles.load(board_name or "esp32")
+    profile, _ = board_profiles.from_spec(board_name)
     items = firmware_items() + [model_item(resolve(m), profile) for m in models]
     check_fits_profile(items, profile)
     with open_target(board_name, port, baud, state_dir=state_dir) as target:

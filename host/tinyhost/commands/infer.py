@@ -3,6 +3,7 @@
 Parses options, calls tinyhost.inference_host, formats its dataclasses.
 """
 
+import contextlib
 import sys
 
 import click
@@ -49,6 +50,17 @@ def format_verify(result):
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _flash_progress():
+    """The flash command's progress bars while files go to the board, on a terminal only (logs and CI stay clean:
+    the files sent are in the --json record)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with _Progress() as progress:
+        yield progress
+
+
 def _row_progress(i, n, time_us):
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\x1b[K  inference {i + 1}/{n}: {time_us} µs")
@@ -71,7 +83,7 @@ def _row_progress(i, n, time_us):
 def infer(board_name, port, baud, state_dir, model, input_path, output_path, backend, json_path):
     """Run a model on the board for every input in a .npy file and save the outputs."""
     checked = ih.check_model(model)
-    with _Progress() as progress:
+    with _flash_progress() as progress:
         run = ih.infer(checked, input_path, output_path, board_name=board_name, port=port, baud=baud,
                        state_dir=state_dir, backend=backend, on_row=_row_progress, progress=progress)
     click.echo(format_run(run))
@@ -93,7 +105,7 @@ def verify(board_name, port, baud, state_dir, model, samples, seed, backend, jso
     """Check the board's outputs against TensorFlow Lite Micro's, element by element (exit code 12 on any
     difference)."""
     checked = ih.check_model(model)
-    with _Progress() as progress:
+    with _flash_progress() as progress:
         result = ih.verify(checked, samples=samples, seed=seed, board_name=board_name, port=port, baud=baud,
                            state_dir=state_dir, backend=backend,
                            on_sample=lambda s, n: click.echo(format_sample(s)), progress=progress)

@@ -22,7 +22,7 @@ from . import engine_module
 
 # Engine modules whose code decides a plan's contents: a cached plan is rebuilt when any of them changes.
 _PLAN_SOURCES = ("loader.py", "reader.py", "ops.py", "planner.py", "quant.py", "params.py", "planwrite.py",
-                 "planload.py")
+                 "plancheck.py", "planload.py")
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ def plan_remote_path(model_remote):
 def build_plan(tflite_path):
     """The load plan of the model at ``tflite_path`` (bytes). Raises tinyhost.errors.ModelError for a bad model."""
     engine = engine_module()
-    from tinyfw.engine import loader, planwrite, planload
+    from tinyfw.engine import loader, planwrite, plancheck
 
     path = Path(tflite_path)
     try:
         with open(path, "rb") as f:
             recipe = loader.prepare(f)
-            digest = planload.model_sha256(f, recipe.model_bytes)
+            digest = plancheck.model_sha256(f, recipe.model_bytes)
     except engine.ModelError as e:
         raise ModelError(f"{path}: {e}", hint="the model must be an int8 .tflite file using only the supported "
                                                "operators (see docs/engine.md)") from None
@@ -67,12 +67,12 @@ def build_plan(tflite_path):
 
 def read_header(plan):
     """:class:`PlanHeader` of plan bytes; ModelError when they are not a plan."""
-    from tinyfw.engine import planload
-
     engine_module()
-    if len(plan) < planload.HEADER_BYTES or plan[:4] != planload.MAGIC:
+    from tinyfw.engine import plancheck
+
+    if len(plan) < plancheck.HEADER_BYTES or plan[:4] != plancheck.MAGIC:
         raise ModelError("not a tinyhost load plan", hint="build one with tinyhost.model.plan.build_plan")
-    h = struct.unpack(planload.HEADER_FMT, plan[:planload.HEADER_BYTES])
+    h = struct.unpack(plancheck.HEADER_FMT, plan[:plancheck.HEADER_BYTES])
     return PlanHeader(version=h[1], model_sha256=h[3].hex(), model_bytes=h[4], arena_bytes=h[5], macs=h[6],
                       ops=h[7], channel_data_bytes=h[10], filter_bytes=h[11], largest_filter_bytes=h[12],
                       scratch_floor_bytes=h[13], max_channels=h[14], inputs=h[15], outputs=h[16])

@@ -22,7 +22,7 @@ from .relay import make_config
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0   # generous: a first boot formats the flash image, on a machine that may be busy
 CONTROL_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 LOG_NAME = "sim.log"

@@ -423,6 +423,6 @@ def make_config(board="sim", baud=None, state_dir=None, drop_rate=0.0, corrupt_r
         if not 0.0 <= rate <= 1.0:
             raise UsageError(f"{option} must be a probability per byte between 0 and 1, got {rate}",
                              hint=f"e.g. {option} 0.001")
-    return SimConfig(board=profile, state_dir=Path(state_dir) if state_dir else default_state_dir(profile.name),
+    return SimConfig(board=profile, state_dir=Path(state_dir).resolve() if state_dir else default_state_dir(profile.name),
                      baud=baud or profile.baud, drop_rate=drop_rate, corrupt_rate=corrupt_rate, seed=seed,
                      fresh=fresh, control=control)

@@ -1,0 +1,61 @@
+# Whether a load plan (MODEL.plan, format in planload.py) may be used for a model: the first, smallest step of a
+# load. It reads the plan's header, checks its magic and format version, that it was made from this very model file
+# (size and sha256 of the .tflite, computed here in small chunks) and that the plan's own trailing sha256 matches
+# its contents. Only then does the engine allocate the arena (first, so that it is not fragmented by what follows)
+# and hand the plan to planload.py. A stale, truncated or corrupt plan is never used.
+
+import struct
+import hashlib
+
+MAGIC = b"TFPL"
+PLAN_VERSION = 1
+HEADER_FMT = "<4sHH32sIIQIIIIIIIIHH"
+HEADER_BYTES = struct.calcsize(HEADER_FMT)
+_CHUNK = 512
+
+
+def _sha256_of(f, start, end, buf):
+    h = hashlib.sha256()
+    mv = memoryview(buf)
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        n = f.readinto(mv[:min(left, len(buf))])
+        if not n:
+            return None
+        h.update(mv[:n])
+        left -= n
+    return h.digest()
+
+
+def model_sha256(f, size):
+    """sha256 digest of the open model file (read in small chunks)."""
+    return _sha256_of(f, 0, size, bytearray(_CHUNK))
+
+
+def check(g, f):
+    """The header (a tuple in HEADER_FMT order) of the plan in open file g when it belongs to the model in open
+    file f; otherwise a string saying why not (stale, corrupt, truncated, another format version)."""
+    plan_bytes = g.seek(0, 2)
+    if plan_bytes < HEADER_BYTES + 32:
+        return "truncated (%d bytes)" % plan_bytes
+    g.seek(0)
+    raw = g.read(HEADER_BYTES)
+    if len(raw) != HEADER_BYTES:
+        return "truncated"
+    h = struct.unpack(HEADER_FMT, raw)
+    if h[0] != MAGIC:
+        return "not a plan file"
+    if h[1] != PLAN_VERSION or h[2] != HEADER_BYTES:
+        return "format version %d, this firmware reads %d" % (h[1], PLAN_VERSION)
+    size = f.seek(0, 2)
+    buf = bytearray(_CHUNK)
+    if h[4] != size or _sha256_of(f, 0, size, buf) != h[3]:
+        return "stale: it was made for another model file (sha256 differs)"
+    if h[8] < HEADER_BYTES or h[9] < h[8] or h[9] + h[10] + 32 != plan_bytes:
+        return "corrupt: section sizes do not add up"
+    digest = _sha256_of(g, 0, plan_bytes - 32, buf)
+    g.seek(plan_bytes - 32)
+    if digest is None or g.read(32) != digest:
+        return "corrupt: its sha256 does not match its contents"
+    return h
