@@ -21,7 +21,8 @@ from tinyhost.cli import cli
 from tinyhost.offload import board as offload_board
 
 pytestmark = pytest.mark.sim
-SIM_PROFILE = "esp32s3"
+SIM_PROFILE = "esp32s3"       # not esp32 yet: there the board answers offload=off after `offload on` (not yet
+                              # investigated; most likely the Predictor's buffers next to the model, 112 KB heap)
 SIM_BAUD = 1_000_000          # a fast emulated line keeps uploads short (the serial link is not under test)
 BACKEND = "ref"
 MODEL_REMOTE = "/models/tiny_kws.tflite"
