@@ -10,7 +10,8 @@
 # switches a running board and the setting survives a reset. A request with FLAG_INFO gets the Predictor's record
 # of which path answered and how long each stage took, between the time and the output.
 import gc
-import os
+import json
+import struct
 import time
 
 from tinyfw.frame import (E_BAD_ARGS, E_INTERNAL, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND,
@@ -22,9 +23,11 @@ _engine = None
 OFFLOAD_CONFIG = "/offload.json"
 FLAG_INFO = 0x04               # INFER request flag: the reply carries the info block (tinyfw.offload_switch)
 INFO_BYTES = 56
+_INFO_LOCAL = "<8xfI28x3I"  # offload_switch's record for a local answer: zeros, confidence nan, local_us, total_us
 _CHECK_MS = 1000               # how often the config file is looked for while tinyfw.offload_switch is not loaded
 _switch = None                 # tinyfw.offload_switch once imported
 _looked_ms = 0
+_oom = ""                      # offload did not fit next to the loaded model; not tried again before the next LOAD
 
 
 def _engine_module(rt):
@@ -59,24 +62,78 @@ def offload_check(rt, force=False):
     is imported once the file exists; until then the file is looked for at most every _CHECK_MS (always when
     ``force``: a model load)."""
     global _looked_ms
+    if _oom and not force:
+        return None
     if _switch is None:
         now = time.ticks_ms()
         if not force and time.ticks_diff(now, _looked_ms) < _CHECK_MS:
             return None
         _looked_ms = now
         try:
-            os.stat(OFFLOAD_CONFIG)
+            with open(OFFLOAD_CONFIG, "rb") as f:
+                raw = f.read()
         except OSError:
             return None
+        try:                                   # json is built in: "off" costs no switch module on the heap
+            if json.loads(raw).get("mode", "off") == "off":
+                return None
+        except (ValueError, AttributeError):
+            pass                               # the switch module reports a bad file
+        raw = None
         gc.collect()
     return _switch_module().offload_check(rt, force)
 
 
 def _mode_error(rt):
+    if _oom:
+        return "off", _oom
     return _switch.mode_error(rt) if _switch is not None else ("off", "")
 
 
+def _drop_offload(rt):
+    """Give everything offload allocated back to the heap: the Predictor, tinyfw.offload and the switch module."""
+    global _switch
+    import sys
+    if _switch is not None:
+        try:
+            _switch.release(rt)
+        except MemoryError:
+            pass
+    _switch = None
+    rt.offload_state = None
+    for name in ("tinyfw.offload_switch", "tinyfw.offload", "tinyfw.offload.frames", "tinyfw.offload.links"):
+        if name in sys.modules:
+            del sys.modules[name]
+    import tinyfw
+    for name in ("offload_switch", "offload"):
+        if hasattr(tinyfw, name):
+            delattr(tinyfw, name)
+    gc.collect()
+
+
+def _offload_after_load(rt):
+    """Switch offload on for the model just loaded. The model comes first: when offload does not fit next to it,
+    what it allocated is freed, the board runs locally and LOAD reports offload=off with the reason."""
+    global _oom
+    _oom = ""
+    _checked(rt, True)
+
+
+def _checked(rt, force):
+    # offload_check, but a MemoryError (the config switched on while the board runs, or at LOAD) means local runs.
+    global _oom
+    try:
+        return offload_check(rt, force)
+    except MemoryError:
+        _drop_offload(rt)
+        _oom = "out of memory: %d bytes free" % gc.mem_free()
+        rt.last_error = "offload is off: " + _oom + " next to the model; it runs locally"   # STATS shows it
+        return None
+
+
 def unload(rt):
+    global _oom
+    _oom = ""
     if _switch is not None:
         _switch.release(rt)
     rt.input_copies = None
@@ -116,7 +173,7 @@ def load_model(rt, path, backend="auto"):
         rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
     except MemoryError:
         rt.input_copies = None
-    offload_check(rt, force=True)
+    _offload_after_load(rt)
     return rt.model
 
 
@@ -288,7 +345,7 @@ def _infer(rt):
     data = rt.payload_view()
     if rt.input_copies is not None:
         rt.input_copies[0][:] = data
-    p = offload_check(rt)
+    p = _checked(rt, False)
     if p is None:
         dst[:] = data
         t0 = time.ticks_us()
@@ -305,7 +362,10 @@ def _infer(rt):
     put32(buf, HEADER_BYTES, dt)
     if want_info:
         buf[HEADER_BYTES + 4] = INFO_BYTES
-        _switch_module().pack_info(buf, HEADER_BYTES + 5, info, dt, _mode_error(rt)[0])
+        if info is None:                     # local: no need to import the switch module for an empty record
+            struct.pack_into(_INFO_LOCAL, buf, HEADER_BYTES + 5, float("nan"), dt, dt, 0, 0)
+        else:
+            _switch_module().pack_info(buf, HEADER_BYTES + 5, info, dt, _mode_error(rt)[0])
     rt.fio.payload[head:head + out_len] = out
     rt.reply_big(head + out_len)
 

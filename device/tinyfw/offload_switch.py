@@ -111,8 +111,8 @@ def offload_check(rt, force=False):
     except (ValueError, TypeError, KeyError) as e:
         st.error = "%s: %s" % (OFFLOAD_CONFIG, e)
     except MemoryError:
-        gc.collect()
-        st.error = "offload buffers do not fit in RAM (heap free %d bytes)" % gc.mem_free()
+        st.predictor = None            # tinyfw.inference frees the rest and reports "out of memory: N bytes free"
+        raise
     return st.predictor
 
 

@@ -170,7 +170,7 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     """Send ``items`` that differ from the board's copies; returns a :class:`FlashReport`.
 
     ``progress(name, sent, total)`` is called as bytes go out. When firmware files were sent the board is
-    soft-reset afterwards, so it runs the new code. With ``compile_mpy`` the ``.py`` modules are
+    soft-reset afterwards, so it runs the new code with an unfragmented heap. With ``compile_mpy`` the ``.py`` modules are
     sent precompiled for the board's bytecode version and architecture when mpy-cross can produce them.
     """
     import time
@@ -200,9 +200,10 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     for remote in shadowing:          # a stale x.py on the board would be imported instead of the new x.mpy
         if dev.file_hash(remote) is not None:
             dev.remove(remote)
-    if any(not item.remote.startswith(MODELS_DIR + "/") for item in plan.upload):
-        # New firmware code: restart so the board runs it, with a heap free of the code that was running before.
-        log.info("firmware files changed on the board: soft reset to load them")
+    if plan.upload:
+        # Restart so the board runs new firmware code, and so a model is loaded into a heap that the transfer
+        # buffers and the code that ran before have not left in pieces (on a 100 KB heap that decides it).
+        log.info("files changed on the board: soft reset")
         dev.soft_reset()
     return FlashReport(sent=tuple(i.remote for i in plan.upload), skipped=tuple(i.remote for i in plan.skip),
                        bytes_sent=plan.bytes_to_send, seconds=time.monotonic() - start)

@@ -141,6 +141,13 @@ def _agreement(outputs, others, tensor):
     return asdict(metrics.agreement(outputs, others, tensor.dtype, tensor.scale, tensor.zero_point))
 
 
+def _clean_load(dev, load_model):
+    # The config file's GET/PUT leave the heap in pieces; a small board (the esp32 profile) then cannot place the
+    # model's arena. A soft reset first gives the load an unfragmented heap.
+    dev.soft_reset()
+    return load_model()
+
+
 def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts, listener):
     """Local pass, then offloaded pass, over the same inputs; returns an OffloadResult.
 
@@ -182,22 +189,29 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
         remote["timeout_ms"] = opts.timeout_ms
     if opts.threshold is not None:
         remote["threshold"] = opts.threshold
+    warning = ""
     try:
         board.configure(dev, mode="off")
-        info = load_model()
+        info = _clean_load(dev, load_model)
         in_t, out_t = info.inputs[0], info.outputs[0]
         inputs, source = _inputs(ds, opts, in_t, benchmark)
         listener.message(f"offload: local pass over {len(inputs)} inputs ({source})")
         local = _run_pass("local", dev, inputs, out_t, listener, "off")
         cfg = board.configure(dev, mode=opts.mode, **remote)
-        loaded = load_model()
-        if loaded.raw.get("offload", opts.mode) != opts.mode:
-            raise errors.DeviceError(f"the board did not switch offload {opts.mode}: "
-                                     f"{loaded.raw.get('offload_error') or 'no reason given'}",
-                                     hint="check that tinyfw/offload is on the board (`tinyhost flash`) and that "
-                                          "the model leaves RAM for the offload buffers")
-        listener.message(f"offload: offloaded pass (mode {opts.mode}) to {address}, model id {model_id}")
-        offl = _run_pass("offload", dev, inputs, out_t, listener, opts.mode)
+        loaded = _clean_load(dev, load_model)
+        offl_mode = loaded.raw.get("offload", opts.mode)
+        if offl_mode != opts.mode:
+            reason = loaded.raw.get("offload_error")
+            if not reason:
+                raise errors.DeviceError(f"the board did not switch offload {opts.mode} and gave no reason",
+                                         hint="check that tinyfw/offload is on the board (`tinyhost flash`)")
+            warning = (f"WARNING: the board kept offload {offl_mode} ({reason}); the second pass runs locally too"
+                       + (". Use a smaller model or a board with more RAM to offload" if "out of memory" in reason
+                          else ""))
+            listener.message(f"offload: {warning}")
+        else:
+            listener.message(f"offload: offloaded pass (mode {opts.mode}) to {address}, model id {model_id}")
+        offl = _run_pass("offload", dev, inputs, out_t, listener, offl_mode)
         reference = None
         if local_server is None or opts.reference_model:
             try:
@@ -216,12 +230,12 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
             if local_server is not None:
                 local_server.stop()
     passes = [_summarise_pass("local", "off", *local, board_profile, cfg["transport"], opts.link_rate_bps),
-              _summarise_pass("offload", opts.mode, *offl, board_profile, cfg["transport"], opts.link_rate_bps)]
+              _summarise_pass("offload", offl_mode, *offl, board_profile, cfg["transport"], opts.link_rate_bps)]
     passes[1].agreement_with_local = _agreement(offl[1], local[1], out_t)
     if reference is not None:
         for p, outs in zip(passes, (local[1], offl[1])):
             p.agreement = _agreement(outs, reference, out_t)
-    note = ("board clock for every stage; the server's queue and compute times come from its replies. "
+    note = (f"{warning}. " if warning else "") + ("board clock for every stage; the server's queue and compute times come from its replies. "
             "Energy is an estimate from the board profile's datasheet currents and the measured stage times.")
     return OffloadResult(server=address, server_started=local_server is not None, model_id=model_id,
                          reference=reference is not None, transport=cfg["transport"],

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, errors
+from ..flash import MODELS_DIR as REMOTE_MODEL_DIR
 from ..hashing import sha256_file
 from . import datasets, energy, runner
 from .journal import Journal, default_path
@@ -16,7 +17,6 @@ from .results import BenchResult, Provenance
 log = logging.getLogger(__name__)
 
 MODES = ("performance", "accuracy", "memory", "energy", "all")
-REMOTE_MODEL_DIR = "/models"
 
 
 @dataclass
@@ -145,13 +145,8 @@ def _tinyhost_target(opts, tgt, prov, model_path):
     def connect():
         dev = Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s)
         try:
-            if dev.file_hash(remote) != prov.model_sha256:
-                names = [e.name for e in dev.list_files("/")]
-                if REMOTE_MODEL_DIR.strip("/") not in names:
-                    dev.mkdir(REMOTE_MODEL_DIR)
-                dev.put_file(model_path, remote)
-            if remote == f"{flash.MODELS_DIR}/{model_path.name}":    # its load plan beside it (engine: see flash)
-                flash.flash_items(dev, [flash.model_item(model_path)], tgt.board, compile_mpy=False)
+            # the model and its load plan, only if they differ; the board is soft-reset after an upload
+            flash.flash_items(dev, [flash.model_item(model_path)], tgt.board, compile_mpy=False)
             info = dev.load_model(remote, backend=opts.backend)
         except BaseException:
             dev.close()

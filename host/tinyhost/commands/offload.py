@@ -172,9 +172,12 @@ def offload_status(board_name, port, baud, state_dir):
     target_cm, dev = _open(board_name, port, baud, state_dir)
     try:
         cfg = board.read_config(dev)
+        warning = board.live_warning(dev)
     finally:
         dev.close()
         target_cm.__exit__(None, None, None)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if cfg is None:
         click.echo(f"no {board.CONFIG_PATH} on the board: offload is off")
         return

@@ -52,6 +52,13 @@ def read_config(dev):
     return check_config(raw)
 
 
+def live_warning(dev):
+    """Why the running board does not offload although its config asks for it (e.g. "offload is off: out of
+    memory: N bytes free next to the model; it runs locally"), from its STATS; None when it has not said so."""
+    text = str(dev.stats().get("last_error") or "")
+    return text if text.startswith("offload ") else None
+
+
 def configure(dev, **changes):
     """Merge ``changes`` (config fields; None = keep) into the board's config, check it, write it atomically.
     Returns the new config."""
