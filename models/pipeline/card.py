@@ -45,8 +45,8 @@ def numbers_markdown(m):
                    else "is **below the MLPerf Tiny target**")
         lines.append("")
         lines.append(f"The int8 model {verdict} of {_pct(target)} top-1 on this held-out set "
-                     f"({_pct(m['accuracy_int8'])}); int8 is {100 * (m['accuracy_float'] - m['accuracy_int8']):.1f} "
-                     "points below float.")
+                     f"({_pct(m['accuracy_int8'])}); int8 minus float: "
+                     f"{100 * (m['accuracy_int8'] - m['accuracy_float']):+.1f} points.")
     per_class = m.get("accuracy_int8_per_class", {})
     if per_class:
         lines.append("")

@@ -1,6 +1,6 @@
 """Train, quantise and evaluate the shipped ``kws`` model (DS-CNN as MLPerf Tiny's kws01).
 
-    python -m models.pipeline.kws [--speech-commands DIR] [--seed 1] [--epochs 20]
+    python -m models.pipeline.kws [--speech-commands DIR] [--seed 1] [--epochs 32]
 
 Writes models/kws/kws.tflite, models/kws/testset/ (MLPerf Tiny layout), models/kws/metrics.json and the
 numbers section of models/kws/README.md. Data and features are cached under models/kws/build/ (git-ignored).
@@ -100,7 +100,7 @@ def official_on_testset(x_test_clips, y_test):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=32)
     parser.add_argument("--speech-commands", metavar="DIR", help="train on Google Speech Commands v2 instead")
     parser.add_argument("--max-per-class", type=int, default=2000,
                         help="cap per class and split (Speech Commands; keeps memory and time modest)")
