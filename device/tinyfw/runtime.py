@@ -44,6 +44,17 @@ def _default_window():
     return 4 if sys.platform in ("linux", "darwin") else 1
 
 
+def cmd_stats(rt):
+    rt.collect()
+    rt.reply_kv((("frames_rx", rt.frames_rx), ("frames_bad", rt.frames_bad),
+                 ("frames_retried", rt.frames_retried), ("frames_dup", rt.frames_dup),
+                 ("frames_out_of_order", rt.frames_out_of_order), ("naks_sent", rt.naks_sent),
+                 ("errors", rt.errors), ("text_commands", rt.text_commands),
+                 ("heap_free_bytes", gc.mem_free()), ("heap_peak_bytes", rt.heap_peak_bytes),
+                 ("uptime_ms", time.ticks_diff(time.ticks_ms(), rt.t_start)),
+                 ("model_loaded", int(rt.model is not None)), ("last_error", rt.last_error.replace("\n", " "))))
+
+
 class Runtime:
     def __init__(self, stream_in=None, stream_out=None, max_payload=None, window=None, bootstrapped=False):
         gc.collect()
@@ -91,7 +102,9 @@ class Runtime:
         self.heap_peak_bytes = 0
         self.t_start = time.ticks_ms()
         # frame type -> function(runtime); model commands are looked up in tinyfw.inference
-        self.handlers = {}             # filled from the command modules as they are imported
+        # Filled from the command modules as they are imported. STATS is resident: it is what a host asks while a
+        # model fills the heap (memory figures, reset detection), when importing a command module may not fit.
+        self.handlers = {STATS: cmd_stats}
         self.version = VERSION
         self.firmware_hash = None      # tinyfw.session computes it once
         self._modules = []             # names of the command modules imported (tinyfw.session, tinyfw.files)

@@ -1,4 +1,4 @@
-# tinyfw session commands: HELLO, INFO, STATS, BYE, RESET, TIMES (docs/protocol.md). Functions take the Runtime.
+# tinyfw session commands: HELLO, INFO, BYE, RESET, TIMES (docs/protocol.md; STATS stays in runtime.py). Functions take the Runtime.
 # The runtime imports this module on the first of them and drops it again before a model is loaded.
 # Bootstrap note: like files.py, sent into runtime.py's namespace when the host bootstraps; names must not clash.
 import gc
@@ -8,7 +8,7 @@ import time
 
 from hashlib import sha256
 from tinyfw.frame import BYE, DevError, E_BAD_ARGS, E_STATE, HEADER_BYTES, HELLO, INFO, PROTOCOL_VERSION, RESET
-from tinyfw.frame import STATS, TIMES, u16, u32
+from tinyfw.frame import TIMES, u16, u32
 
 
 def cmd_hello(rt):
@@ -45,18 +45,6 @@ def cmd_info(rt):
         pairs.append(("backends", ",".join(rt.model_module().backends())))
     except Exception:
         pairs.append(("backends", ""))
-    rt.reply_kv(pairs)
-
-
-def cmd_stats(rt):
-    rt.collect()
-    pairs = [("frames_rx", rt.frames_rx), ("frames_bad", rt.frames_bad),
-             ("frames_retried", rt.frames_retried), ("frames_dup", rt.frames_dup),
-             ("frames_out_of_order", rt.frames_out_of_order), ("naks_sent", rt.naks_sent),
-             ("errors", rt.errors), ("text_commands", rt.text_commands),
-             ("heap_free_bytes", gc.mem_free()), ("heap_peak_bytes", rt.heap_peak_bytes),
-             ("uptime_ms", time.ticks_diff(time.ticks_ms(), rt.t_start)),
-             ("model_loaded", int(rt.model is not None)), ("last_error", rt.last_error.replace("\n", " "))]
     rt.reply_kv(pairs)
 
 
@@ -124,5 +112,5 @@ def firmware_hash(rt):
     return rt.firmware_hash
 
 
-SESSION_COMMANDS = {HELLO: cmd_hello, INFO: cmd_info, STATS: cmd_stats, BYE: cmd_bye, RESET: cmd_reset,
+SESSION_COMMANDS = {HELLO: cmd_hello, INFO: cmd_info, BYE: cmd_bye, RESET: cmd_reset,
                     TIMES: cmd_times}

@@ -69,8 +69,9 @@ class TinyhostTarget:
     """tinyfw over the binary protocol. ``connect()`` returns an open Device with the model loaded and its
     ModelInfo, and is called again by recover() after the board reset or the link broke."""
 
-    def __init__(self, connect, anomaly=False):
+    def __init__(self, connect, anomaly=False, board_info=None):
         self._connect = connect
+        self.board_info = board_info      # the board's INFO, taken before the model filled its heap
         self.dev, self.model_info = connect()
         self.anomaly = anomaly
         self.input_tensor = self.model_info.inputs[0]
@@ -119,7 +120,9 @@ class TinyhostTarget:
         self.dev, self.model_info = self._connect()
 
     def memory(self, model_bytes):
-        info = self.dev.info()
+        info = self.board_info() if callable(self.board_info) else self.board_info
+        if info is None:
+            info = self.dev.info()
         stats = {}
         try:
             stats = self.dev.stats() or {}

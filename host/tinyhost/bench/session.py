@@ -142,19 +142,25 @@ def _tinyhost_target(opts, tgt, prov, model_path):
 
     remote = f"{REMOTE_MODEL_DIR}/{model_path.name}"
 
+    board_info = []
+
     def connect():
         dev = Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s)
         try:
             # the model and its load plan, only if they differ; the board is soft-reset after an upload
             flash.flash_items(dev, [flash.model_item(model_path)], tgt.board, compile_mpy=False)
+            # The board's own report before the model takes the heap: on a 100 KB board the INFO command's
+            # code may not fit beside a loaded model. Then a soft reset, so the model gets an unfragmented heap.
+            board_info[:] = [dev.info()]
+            dev.soft_reset()
             info = dev.load_model(remote, backend=opts.backend)
         except BaseException:
             dev.close()
             raise
         return dev, info
 
-    target = runner.TinyhostTarget(connect)
-    info = target.dev.info()
+    target = runner.TinyhostTarget(connect, board_info=lambda: board_info[0])
+    info = board_info[0]
     model = target.model_info
     prov.firmware_version = str(getattr(info, "firmware_version", ""))
     prov.firmware_hash = str(getattr(info, "firmware_hash", ""))
