@@ -60,7 +60,7 @@ def server():
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYHOST_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "models"        # where pulled models go inside tinyhost's cache
 
 
 def _leftovers(cache):
@@ -156,7 +156,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert zoo.cache_dir() == tmp_path / "tinyhost" / "models"
     monkeypatch.setenv("TINYHOST_CACHE", str(tmp_path / "x"))
-    assert zoo.cache_dir() == tmp_path / "x"
+    assert zoo.cache_dir() == tmp_path / "x" / "models"
 
 
 def test_official_registry_matches_the_published_files():

@@ -8,10 +8,10 @@ mpy-cross emits another bytecode version, or the board does not say, the ``.py``
 
 import hashlib
 import logging
-import os
 import subprocess
 from pathlib import Path
 
+from . import paths
 from .atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def compiler_abi():
 
 
 def cache_dir():
-    return Path(os.environ.get("TINYHOST_CACHE", Path.home() / ".cache" / "tinyhost")) / "mpy"
+    return paths.cache_dir("mpy")
 
 
 def compile_module(source, arch, cache=None):

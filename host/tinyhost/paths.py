@@ -33,3 +33,14 @@ def models_dir():
         return _shipped("_models", "models")
     except FileNotFoundError:
         return None
+
+
+def cache_dir(kind):
+    """tinyhost's cache for ``kind`` (``models``, ``plan``, ``mpy``): ``$TINYHOST_CACHE/<kind>``, else
+    ``$XDG_CACHE_HOME/tinyhost/<kind>`` (``~/.cache/tinyhost/<kind>``)."""
+    import os
+
+    base = os.environ.get("TINYHOST_CACHE")
+    if base:
+        return Path(base).expanduser() / kind
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyhost" / kind

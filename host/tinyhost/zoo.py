@@ -2,7 +2,7 @@
 
 ``resolve(name_or_path)`` is how every command turns ``--model`` into a file: a path to a ``.tflite`` file, the
 name of a shipped model (``kws``, ``vww``), or an official one (``kws01``, ``vww01``, ``ic01``, ``ad01``) that
-``tinyhost models pull`` has put in the cache (``$TINYHOST_CACHE``, else ``~/.cache/tinyhost/models``).
+``tinyhost models pull`` has put in the cache (``$TINYHOST_CACHE/models``, else ``~/.cache/tinyhost/models``).
 
 A pull writes to a temporary name in the cache folder, checks the size and SHA-256, and only then renames the
 file to its real name: a partial download or a checksum mismatch leaves nothing behind.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .hashing import sha256_file  # noqa: F401  (part of this module's API)
 from .errors import ChecksumMismatch, ModelDownloadError, ModelError, UsageError
+from . import paths
 from .paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,8 @@ def find(name):
 
 
 def cache_dir():
-    """Where pulled models live: ``$TINYHOST_CACHE``, else ``$XDG_CACHE_HOME/tinyhost/models``."""
-    if os.environ.get("TINYHOST_CACHE"):
-        return Path(os.environ["TINYHOST_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tinyhost" / "models"
+    """Where pulled models live: ``$TINYHOST_CACHE/models``, else ``$XDG_CACHE_HOME/tinyhost/models``."""
+    return paths.cache_dir("models")
 
 
 def path_of(entry):

@@ -11,11 +11,11 @@ sha256 equals its model file's and whose own trailing sha256 checks out (docs/en
 
 import hashlib
 import io
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import paths
 from ..atomic import write_bytes_atomic
 from ..errors import ModelError
 from . import engine_module
@@ -89,7 +89,7 @@ def _engine_digest():
 
 
 def cache_dir():
-    return Path(os.environ.get("TINYHOST_CACHE", Path.home() / ".cache" / "tinyhost")) / "plan"
+    return paths.cache_dir("plan")
 
 
 def plan_file(tflite_path, cache=None):
