@@ -15,12 +15,11 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -90,19 +89,8 @@ def read_token_file(path):
 
 def write_token_file(path, keys):
     """Write {device id: key bytes} atomically (temporary file + rename) with mode 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"version": 1, "devices": {d: {"key": k.hex()} for d, k in sorted(keys.items())}}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
 
 
 def ensure_device_key(path, device_id, rotate=False):
