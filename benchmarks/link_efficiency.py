@@ -24,18 +24,9 @@ SHAPES = {"vww": (1, 96, 96, 3), "kws": (1, 49, 10, 1)}
 
 def tiny_model(path, shape):
     """A random-weight model with the given input and a cheap body, so the link dominates."""
-    from tinyhost.model import writer as W
+    from tinyhost.model.writer import small_classifier
 
-    b, L = W.start(np.random.default_rng(1), shape)
-    k = 8 if shape[1] >= 32 else 7
-    L.pool("AVERAGE_POOL_2D", k=k, stride=k, padding="VALID")
-    n, h, w, c = L._shape()
-    L.reshape((1, h * w * c))
-    L.fc(2 if shape[1] == 96 else 12)
-    L.softmax()
-    path.write_bytes(W.finish(b, L))
-    return path
-
+    return small_classifier(path, shape, 2 if shape[1] == 96 else 12, seed=1, pool=8 if shape[1] >= 32 else 7)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

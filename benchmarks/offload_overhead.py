@@ -62,18 +62,9 @@ def pct(values, q):
 
 def tiny_kws_shaped_model(path):
     """kws's input (1x49x10x1 int8) with a cheap body: average pool, fully connected to 12, softmax."""
-    import numpy as np
-    from tinyhost.model import writer as W
+    from tinyhost.model.writer import small_classifier
 
-    b, L = W.start(np.random.default_rng(1), (1, 49, 10, 1))
-    L.pool("AVERAGE_POOL_2D", k=7, stride=7, padding="VALID")
-    n, h, w, c = L._shape()
-    L.reshape((1, h * w * c))
-    L.fc(12)
-    L.softmax()
-    path.write_bytes(W.finish(b, L))
-    return path
-
+    return small_classifier(path, (1, 49, 10, 1), 12, seed=1, pool=7)
 
 def via_sim(args, tmp):
     from tinyhost import flash

@@ -16,18 +16,9 @@ SIM_BAUD = 1_000_000          # a fast emulated line keeps the firmware upload s
 
 def tiny_kws_model(path):
     """A small random-weight model with the kws01 input (1x49x10x1 int8) and 12 classes: quick on the VM."""
-    from tinyhost.model import writer as W
+    from tinyhost.model.writer import small_classifier
 
-    b, L = W.start(np.random.default_rng(7), (1, 49, 10, 1))
-    L.conv(4, k=3, stride=2, padding="SAME", activation="RELU")
-    L.pool("AVERAGE_POOL_2D", k=5, stride=5, padding="VALID")
-    n, h, w, c = L._shape()
-    L.reshape((1, h * w * c))
-    L.fc(12)
-    L.softmax()
-    path.write_bytes(W.finish(b, L))
-    return path
-
+    return small_classifier(path, (1, 49, 10, 1), 12, seed=7, conv_channels=4, pool=5)
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):

@@ -29,18 +29,9 @@ AD01 = MLPERF_DIR / "ad01_int8.tflite"
 
 def tiny_model(path):
     """A small random-weight int8 model (conv, pool, fully connected, softmax) that loads in a moment."""
-    from tinyhost.model import writer as W
+    from tinyhost.model.writer import small_classifier
 
-    b, L = W.start(np.random.default_rng(11), (1, 12, 8, 1))
-    L.conv(4, k=3, stride=2, padding="SAME", activation="RELU")
-    L.pool("AVERAGE_POOL_2D", k=2, stride=2, padding="VALID")
-    n, h, w, c = L._shape()
-    L.reshape((1, h * w * c))
-    L.fc(6)
-    L.softmax()
-    path.write_bytes(W.finish(b, L))
-    return path
-
+    return small_classifier(path, (1, 12, 8, 1), 6, seed=11, conv_channels=4, pool=2)
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):

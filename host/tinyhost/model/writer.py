@@ -7,6 +7,7 @@ engine itself never needs it.
 from dataclasses import dataclass, field
 
 import numpy as np
+from pathlib import Path
 
 from ..errors import UsageError
 
@@ -267,6 +268,22 @@ def start(rng, shape, scale=0.05, zero_point=-3, description="tinyhost synthetic
 def finish(b, layers):
     b.outputs = [layers.x]
     return b.build()
+
+
+def small_classifier(path, input_shape, classes, seed=0, conv_channels=None, pool=2):
+    """Write a small random-weight int8 classifier to ``path`` and return ``path``: [CONV_2D 3x3/2 RELU with
+    ``conv_channels``] -> AVERAGE_POOL_2D ``pool``x``pool`` -> RESHAPE -> FULLY_CONNECTED ``classes`` -> SOFTMAX.
+    Quick on the VM: for tests and benchmarks where the link or the runtime, not the model, is under test."""
+    b, L = start(np.random.default_rng(seed), tuple(input_shape))
+    if conv_channels:
+        L.conv(conv_channels, k=3, stride=2, padding="SAME", activation="RELU")
+    L.pool("AVERAGE_POOL_2D", k=pool, stride=pool, padding="VALID")
+    n, h, w, c = L._shape()
+    L.reshape((1, h * w * c))
+    L.fc(classes)
+    L.softmax()
+    Path(path).write_bytes(finish(b, L))
+    return path
 
 
 def vww_like(seed=0, alpha=0.25, size=96, classes=2):
