@@ -17,16 +17,7 @@ MODELS = list(helpers.MLPERF_MODELS) + list(synthetic.SYNTHETIC)
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synthetic")
-    files = {}
-    for name, build in synthetic.SYNTHETIC.items():
-        files[name] = d / f"{name}.tflite"
-        files[name].write_bytes(build())
-    return files
-
-
-def _source(name, sources):
-    return sources[name] if name in sources else helpers.mlperf_path(name)
+    return helpers.write_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def _outputs(m, xs):
@@ -40,7 +31,7 @@ def test_plan_sits_beside_the_model():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_plan_path_is_bit_exact_with_full_path_and_tflm(name, sources, tmp_path):
-    src = _source(name, sources)
+    src = helpers.model_path(name, sources)
     planned = helpers.with_plan(src, tmp_path)
     full = tmp_path / "full" / planned.name
     full.parent.mkdir()

@@ -35,16 +35,7 @@ VM_INPUTS = {"kws_ref_model": 2, "pretrainedResnet_quant": 1, "ad01_int8": 6}
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synthetic")
-    files = {}
-    for name, build in synthetic.SYNTHETIC.items():
-        files[name] = d / f"{name}.tflite"
-        files[name].write_bytes(build())
-    return files
-
-
-def _path(name, model_files):
-    return model_files[name] if name in model_files else helpers.mlperf_path(name)
+    return helpers.write_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def _expected(path, xs):
@@ -60,7 +51,7 @@ def _assert_same(got, want, what):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_engine_matches_tflm_on_100_inputs(name, model_files):
-    path = _path(name, model_files)
+    path = helpers.model_path(name, model_files)
     m = engine.load(str(path), backend="numpy")
     xs = helpers.inputs_for(m.inputs[0].shape, 100, seed=7)
     want = _expected(path, xs)
@@ -71,7 +62,7 @@ def test_engine_matches_tflm_on_100_inputs(name, model_files):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_reference_kernels_match_tflm(name, model_files):
-    path = _path(name, model_files)
+    path = helpers.model_path(name, model_files)
     m = engine.load(str(path), backend="ref")
     xs = helpers.inputs_for(m.inputs[0].shape, REF_INPUTS.get(name, 10), seed=11)
     got = np.stack([helpers.engine_output(m, x) for x in xs])
@@ -82,7 +73,7 @@ def test_reference_kernels_match_tflm(name, model_files):
 @pytest.mark.parametrize("backend", helpers.VM_BACKENDS)
 @pytest.mark.parametrize("name", MODELS)
 def test_device_vm_matches_tflm_with_heap_locked(name, backend, model_files, tmp_path):
-    path = _path(name, model_files)
+    path = helpers.model_path(name, model_files)
     m = engine.load(str(path), backend="numpy")
     xs = helpers.inputs_for(m.inputs[0].shape, VM_INPUTS.get(name, 4), seed=13)
     out, stats = helpers.run_on_vm(path, backend, xs, tmp_path)
@@ -97,7 +88,7 @@ def test_device_vm_matches_tflm_with_heap_locked(name, backend, model_files, tmp
 @pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1", reason="about 5 minutes: set TINYHOST_SLOW=1")
 @pytest.mark.parametrize("name", MODELS)
 def test_reference_kernels_match_tflm_on_100_inputs(name, model_files):
-    path = _path(name, model_files)
+    path = helpers.model_path(name, model_files)
     m = engine.load(str(path), backend="ref")
     xs = helpers.inputs_for(m.inputs[0].shape, 100, seed=17)
     got = np.stack([helpers.engine_output(m, x) for x in xs])

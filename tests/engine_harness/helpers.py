@@ -24,6 +24,22 @@ def mlperf_path(name):
     return path
 
 
+def write_synthetic(directory):
+    """Write every synthetic model (engine_harness.synthetic) into ``directory``; returns {name: path}."""
+    from engine_harness import synthetic
+
+    files = {}
+    for name, build in synthetic.SYNTHETIC.items():
+        files[name] = Path(directory) / f"{name}.tflite"
+        files[name].write_bytes(build())
+    return files
+
+
+def model_path(name, synthetic_files):
+    """A synthetic model written by write_synthetic, else the shared MLPerf Tiny model of that name."""
+    return synthetic_files[name] if name in synthetic_files else mlperf_path(name)
+
+
 def inputs_for(shape, n, seed=0):
     """n int8 inputs: structured ones first (zeros, extremes, ramps, checkerboard), then uniform random."""
     size = int(np.prod(shape))
