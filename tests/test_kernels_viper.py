@@ -36,6 +36,7 @@ from array import array
 sys.path.insert(0, sys.argv[1])
 from tinyfw.engine import kernels_viper as K, viper_conv as VC, viper_dw as VD, viper_ops as VO
 assert K.usable()
+SCRATCH = memoryview(array("b", bytes(4096)))   # the work area the engine passes: 4 KB, as WORK_RESERVE
 fo = open(sys.argv[3], "w")
 for line in open(sys.argv[2]):
     c = json.loads(line)
@@ -64,13 +65,13 @@ for line in open(sys.argv[2]):
                 VD.dw_direct(0, 0, 0, mo, inp, filt, bias, mult, shift, p)
         else:
             {"conv": K.conv2d, "dw": K.depthwise_conv2d, "fc": K.fully_connected}[kind](
-                mo, inp, filt, bias, mult, shift, p)
+                mo, inp, filt, bias, mult, shift, p, SCRATCH)
     elif kind in ("avg", "max"):
         (K.avg_pool2d if kind == "avg" else K.max_pool2d)(mo, inp, p)
     elif kind == "add":
-        K.add(mo, inp, memoryview(array("b", bytes.fromhex(c["in2"]))), p)
+        K.add(mo, inp, memoryview(array("b", bytes.fromhex(c["in2"]))), p, SCRATCH)
     elif kind == "requantize":
-        K.requantize(mo, inp, p)
+        K.requantize(mo, inp, p, SCRATCH)
     elif kind == "copy":
         K.copy(mo, inp, c["out_n"])
     fo.write(bytes(out).hex() + "\n")

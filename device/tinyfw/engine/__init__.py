@@ -52,8 +52,11 @@ _KERNEL_NAMES = {1: "conv2d", 2: "depthwise_conv2d", 3: "fully_connected", 4: "a
 _OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVERAGE_POOL_2D", 5: "MAX_POOL_2D",
              6: "ADD", 7: "SOFTMAX", 8: "RESHAPE", 9: "QUANTIZE"}
 
-# Largest weight scratch buffer when weights are streamed from flash (bytes); on a small heap it is smaller.
+# Largest weight block read at once when weights are streamed from flash (bytes); it lives in the operator's work
+# area in the arena, so it is also bounded by the free arena above the operator's live tensors.
 STREAM_SCRATCH_BYTES = 16384
+# Kernel scratch added on top of the plan's work-area floors when the heap has room (viper's fast paths).
+WORK_RESERVE = 4096
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
 _LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planload",
                  "fixedpoint", "ref_softmax")
@@ -221,9 +224,9 @@ class Model:
                 self._softmax = ref_softmax.softmax
                 ref_softmax = None
             _stage("plan checked")
-            self._allocate_arena(h[5], arena_bytes)
+            self._allocate_arena(h, arena_bytes, weights)
             from . import planload
-            planload.build(self, g, h, k, weights, scratch_bytes, self.plan == "file")
+            planload.build(self, g, h, k, scratch_bytes, self.plan == "file")
             planload = None
         finally:
             if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke
@@ -234,19 +237,47 @@ class Model:
             self._f.close()
             self._f = None
 
-    def _allocate_arena(self, needed, arena_bytes):
-        self.planned_arena_bytes = needed
-        if arena_bytes is not None and arena_bytes < needed:
-            raise ModelError("arena too small: the model needs %d bytes of tensor arena, arena_bytes=%d"
-                             % (needed, arena_bytes))
-        total = needed if arena_bytes is None else arena_bytes
+    def _allocate_arena(self, h, arena_bytes, weights):
+        """Decide where the weights live and allocate the one tensor arena: the activations as planned, every
+        operator's work area floor above its live tensors (plan header: with weights streamed / in RAM), plus
+        WORK_RESERVE bytes of kernel scratch when the heap has them (kernels without enough scratch read their
+        tensors in place: same results, slower)."""
+        planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
+        self.planned_arena_bytes = planned
         if _gc is not None:
             _gc.collect()
-        try:
-            self._arena = _int8_buffer(total)
-        except MemoryError:
-            raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
-                              % (total, _mem_free() if _mem_free else "?"))
+        if weights == "auto":
+            weights = "ram"
+            # RAM when the filters take at most half of what the arena and the step builder (~8 KB) leave
+            if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 8192) // 2:
+                weights = "flash"
+        self.weights_mode = weights
+        needed = need_ram if weights == "ram" else need_streamed
+        if arena_bytes is not None:
+            if arena_bytes < needed:
+                raise ModelError("arena too small: the model needs %d bytes of tensor arena (activations %d, the "
+                                 "rest operator work areas), arena_bytes=%d" % (needed, planned, arena_bytes))
+            sizes = (arena_bytes,)
+        else:
+            sizes = (needed,)
+            if _mem_free is not None:
+                # the reserve only when what the step builder needs still fits beside it: its code and one
+                # record per operator (~10 KB + ~0.6 KB an operator), the per-channel data it keeps in RAM, the
+                # filters when they stay in RAM
+                chan = h[10] if weights == "ram" else min(h[10], 12 * h[15] + 2048)
+                build = 10240 + 600 * h[7] + chan + (filters if weights == "ram" else 0)
+                if _mem_free() - needed - WORK_RESERVE >= build:
+                    sizes = (needed + WORK_RESERVE, needed)
+            else:
+                sizes = (needed + WORK_RESERVE,)
+        for total in sizes:
+            try:
+                self._arena = _int8_buffer(total)
+                break
+            except MemoryError:
+                if total == sizes[-1]:
+                    raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
+                                      % (total, _mem_free() if _mem_free else "?"))
         self.arena_bytes = total
         _stage("arena allocated")
 
@@ -279,8 +310,8 @@ class Model:
                     g = self._side
                     g.seek(s[14])
                     g.readinto(s[15])
-                if s[10] < 0:
-                    s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8])
+                if s[10] < 0:                      # weights in RAM
+                    s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[16])
                     continue
                 p = s[8]
                 total = s[13]
@@ -297,22 +328,18 @@ class Model:
                     f.readinto(view)
                     p[20] = oc           # P_OC_BEGIN
                     p[21] = oc + n       # P_OC_END
-                    s[1](s[2], s[3], view, s[5], s[6], s[7], p)
+                    s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[16])
                     oc += n
                 p[20] = 0
                 p[21] = total
-            elif kind == 3:
+            elif kind == 3 or kind == 6:           # pools; RESHAPE copy
                 s[1](s[2], s[3], s[4])
-            elif kind == 4:
+            elif kind == 2:                        # QUANTIZE int8 -> int8 (scratch: its table)
                 s[1](s[2], s[3], s[4], s[5])
-            elif kind == 5:
+            elif kind == 4 or kind == 5 or kind == 8:   # ADD (scratch), SOFTMAX, DEQUANTIZE
                 s[1](s[2], s[3], s[4], s[5], s[6])
-            elif kind == 6:
-                s[1](s[2], s[3], s[4])
-            elif kind == 7:
+            else:                                  # 7: float QUANTIZE
                 s[1](s[2], s[3], s[4], s[5], s[6], s[7])
-            else:
-                s[1](s[2], s[3], s[4], s[5], s[6])
 
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,

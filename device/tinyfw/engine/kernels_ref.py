@@ -17,7 +17,7 @@ from .fixedpoint import mbqm
 from .ref_softmax import softmax  # noqa: F401 (part of this backend; its own module so it can run alone)
 
 
-def conv2d(out, inp, filt, bias, mult, shift, p):
+def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     """CONV_2D, per-channel int8 (TFLM ConvPerChannel). filt: [OC_END-OC_BEGIN, K_H, K_W, IN_C]."""
     in_h = p[P_IN_H]
     in_w = p[P_IN_W]
@@ -70,7 +70,7 @@ def conv2d(out, inp, filt, bias, mult, shift, p):
                     out[o + oc] = acc
 
 
-def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
+def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     """DEPTHWISE_CONV_2D, per-channel int8 (TFLM DepthwiseConvPerChannel). filt: [1, K_H, K_W, OUT_C]."""
     in_h = p[P_IN_H]
     in_w = p[P_IN_W]
@@ -119,7 +119,7 @@ def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
                         out[o + oc] = acc
 
 
-def fully_connected(out, inp, filt, bias, mult, shift, p):
+def fully_connected(out, inp, filt, bias, mult, shift, p, scratch=None):
     """FULLY_CONNECTED int8 (TFLM reference_integer_ops::FullyConnected). filt: [OC_END-OC_BEGIN, IN_C]."""
     depth = p[P_IN_C]
     n_out = p[P_OUT_C]
@@ -230,7 +230,7 @@ def max_pool2d(out, inp, p):
                     out[o + c] = v
 
 
-def add(out, in1, in2, p):
+def add(out, in1, in2, p, scratch=None):
     """ADD int8, same shapes (TFLM AddElementwise: inputs shifted left by A_LEFT_SHIFT, rescaled, summed)."""
     in1_off = p[A_IN1_OFFSET]
     in2_off = p[A_IN2_OFFSET]
@@ -255,7 +255,7 @@ def add(out, in1, in2, p):
         out[i] = v
 
 
-def requantize(out, inp, p):
+def requantize(out, inp, p, scratch=None):
     """QUANTIZE int8 -> int8: rescale to the output's scale and zero point (TFLM Requantize)."""
     in_off = p[Q_IN_OFFSET]
     m = p[Q_MULT]

@@ -10,8 +10,10 @@
 #   signed 32 bits: the 32x32->64 high product is built from 16-bit and 8-bit pieces (see `requant`).
 # - ptr32 loads are zero-extended on a 64-bit port and are sign-extended with the same WS shift pair.
 # - No integer literal reaches 2**30 (31-bit small ints on 32-bit ports); bigger constants are built with shifts.
-# - Nothing allocates: loops run over addresses (int) read through ptr8/ptr32; one module-level scratch buffer
-#   (allocated at import) holds offset copies of operands (below) and the lookup tables of add/requantize.
+# - Nothing allocates: loops run over addresses (int) read through ptr8/ptr32. The engine passes each call a
+#   `scratch` view: the free part of the tensor arena above the operator's live tensors (planner.tops). It holds
+#   offset copies of operands (below) and the lookup tables of add (2 KB) and requantize (1 KB), which the plan
+#   guarantees; conv/depthwise/fully-connected use it when their working set fits and read in place otherwise.
 #
 # Speed (the viper emitters compile each operation naively, so fewer operations per MAC is what counts):
 # - int8 operands are used offset by 128 (xu = x ^ 128, unsigned) and the offsets are folded back with sums:
@@ -28,19 +30,6 @@ import micropython
 from .viper_conv import conv_patched as _conv_patched, conv_direct as _conv_direct
 from .viper_dw import dw_planes as _dw_planes, dw_direct as _dw_direct
 from . import viper_ops as _ops
-
-try:
-    from gc import mem_free as _mem_free
-    _FREE_BYTES = _mem_free()
-except (ImportError, AttributeError):
-    _FREE_BYTES = 0
-
-# The one scratch buffer (allocated here, once): conv2d's offset weight block and patch, depthwise_conv2d's padded
-# input plane, the lookup tables of add and requantize. Ops whose working set does not fit take a slower path
-# that reads the tensors in place (same results). 4 KB on a microcontroller, 16 KB where the heap is large.
-SCRATCH_BYTES = 16384 if _FREE_BYTES > (1 << 20) else 4096
-_scratch = bytearray(SCRATCH_BYTES)
-
 
 @micropython.viper
 def word_shift() -> int:
@@ -90,22 +79,22 @@ def requant(acc: int, mult: int, shift: int) -> int:
     return r
 
 
-def conv2d(out, inp, filt, bias, mult, shift, p):
+def conv2d(out, inp, filt, bias, mult, shift, p, scratch):
     """CONV_2D int8 per-channel (KERNELS.md); output channels [p[P_OC_BEGIN], p[P_OC_END])."""
-    if not _conv_patched(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch, SCRATCH_BYTES):
+    if not _conv_patched(0, 0, 0, out, inp, filt, bias, mult, shift, p, scratch, len(scratch)):
         _conv_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
 
 
-def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
+def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch):
     """DEPTHWISE_CONV_2D int8 per-channel (KERNELS.md)."""
-    if not _dw_planes(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch, SCRATCH_BYTES):
+    if not _dw_planes(0, 0, 0, out, inp, filt, bias, mult, shift, p, scratch, len(scratch)):
         _dw_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
 
 
-def fully_connected(out, inp, filt, bias, mult, shift, p):
+def fully_connected(out, inp, filt, bias, mult, shift, p, scratch):
     """FULLY_CONNECTED int8 (KERNELS.md); output channels [p[P_OC_BEGIN], p[P_OC_END])."""
-    if 4 * p[3] <= SCRATCH_BYTES:                # p[P_IN_C]: the accumulation depth
-        _ops.fc_rows(0, 0, 0, out, inp, filt, bias, mult, shift, p, _scratch)
+    if 4 * p[3] <= len(scratch):                 # p[P_IN_C]: the accumulation depth
+        _ops.fc_rows(0, 0, 0, out, inp, filt, bias, mult, shift, p, scratch)
     else:
         _ops.fc(0, 0, 0, out, inp, filt, bias, mult, shift, p)
 
@@ -120,14 +109,14 @@ def max_pool2d(out, inp, p):
     _ops.pool(out, inp, p, 1)
 
 
-def add(out, in1, in2, p):
-    """ADD int8, same shapes (KERNELS.md)."""
-    _ops.add(out, in1, in2, p, _scratch)
+def add(out, in1, in2, p, scratch):
+    """ADD int8, same shapes (KERNELS.md); scratch >= 2048 bytes (two lookup tables)."""
+    _ops.add(out, in1, in2, p, scratch)
 
 
-def requantize(out, inp, p):
-    """QUANTIZE int8 -> int8 (KERNELS.md)."""
-    _ops.requantize(out, inp, p, _scratch)
+def requantize(out, inp, p, scratch):
+    """QUANTIZE int8 -> int8 (KERNELS.md); scratch >= 1024 bytes (a lookup table)."""
+    _ops.requantize(out, inp, p, scratch)
 
 
 copy = _ops.copy

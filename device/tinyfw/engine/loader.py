@@ -30,6 +30,7 @@ class Recipe:
         self.input_info = ()       # (name, shape, type, scale bits, zero point) per graph input
         self.output_info = ()
         self.records = []          # one tuple per operator (layouts in _record)
+        self.tops = ()             # per operator: arena bytes below it that hold live activations (work area above)
         self.max_channels = 0
 
 
@@ -81,13 +82,15 @@ def _lifetimes(md, triples):
 
 
 def _plan(md, triples):
+    """(tensor index -> arena offset, arena bytes, per operator the first free arena byte above its live buffers)."""
     bufs = _lifetimes(md, triples)
-    offsets, arena = planner.plan([b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs])
+    sizes, first, last = [b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs]
+    offsets, arena = planner.plan(sizes, first, last)
     where = {}
     for b, off in zip(bufs, offsets):
         for i in b[0]:
             where[i] = off
-    return where, arena
+    return where, arena, planner.tops(sizes, first, last, offsets, len(triples))
 
 
 def activation_lifetimes(md, specs):
@@ -97,7 +100,7 @@ def activation_lifetimes(md, specs):
 
 def plan_arena(md, specs):
     """(offset per int8 activation tensor index, arena bytes) for ops.prepare's specs (host tools)."""
-    return _plan(md, [(s.kind, s.ins, s.out) for s in specs])
+    return _plan(md, [(s.kind, s.ins, s.out) for s in specs])[:2]
 
 
 def _record(md, s, f):
@@ -151,7 +154,7 @@ def prepare(f, stage=None):
         s = None
     if stage:
         stage("operators prepared")
-    where, r.arena_bytes = _plan(md, triples)
+    where, r.arena_bytes, r.tops = _plan(md, triples)
     triples = None
     r.where = where
     r.nbytes = {}

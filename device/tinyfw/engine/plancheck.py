@@ -8,8 +8,8 @@ import struct
 import hashlib
 
 MAGIC = b"TFPL"
-PLAN_VERSION = 1
-HEADER_FMT = "<4sHH32sIIQIIIIIIIIHH"
+PLAN_VERSION = 2                # 2: each operator record says where the free arena above its live buffers begins
+HEADER_FMT = "<4sHH32sIIQIIIIIIIIIHH"
 HEADER_BYTES = struct.calcsize(HEADER_FMT)
 _CHUNK = 512
 

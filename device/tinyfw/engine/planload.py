@@ -11,11 +11,14 @@
 # Format (little-endian):
 #   header   HEADER_FMT: b"TFPL", version, header bytes, model sha256, model bytes, arena bytes, MACs, ops,
 #            ops section offset, channel data section offset, channel data bytes, filter bytes (all, largest),
-#            weight scratch floor (bytes of one output channel's filter, or a whole depthwise filter),
-#            widest layer's channels, inputs, outputs
+#            arena bytes with each operator's work area floor when weights are streamed (one output channel's
+#            filter, or a whole depthwise filter, + lookup tables), the same with weights in RAM, widest layer's
+#            channels, inputs, outputs
 #   I/O      per graph input then output: u16 record bytes, u8 type (9 int8, 0 float32), u8 rank, i32 ref,
 #            u32 bytes, u32 scale (float32 bits), i32 zero point, u32 dims[rank], u8 name length, name
-#   ops      per operator: u16 record bytes, u8 kind, u8 inputs, (i32 ref, u32 bytes) output then each input,
+#   ops      per operator: u16 record bytes, u8 kind, u8 inputs, i32 output ref, u32 output bytes, u32 top (the
+#            end of the highest activation alive during the operator: the arena above it is the operator's work
+#            area), (i32 ref, u32 bytes) of each input,
 #            u8 parameter count, i32 parameters[count], then by kind: conv-like u32 channels, weights offset in
 #            the .tflite, weights bytes, bytes per output channel, channel data offset (bias, multipliers,
 #            shifts: 3 x channels int32); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
@@ -26,12 +29,13 @@
 import struct
 from array import array
 
-from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernel, _stage, STREAM_SCRATCH_BYTES
+from . import ModelError, TensorInfo, _mem_free, _int8_buffer, _kernel, _stage, STREAM_SCRATCH_BYTES
 
 K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
 K_ADD = 6
 K_SOFTMAX = 7
 K_RESHAPE = 8
+K_REQUANT = 9
 K_QUANT_F = 10
 K_DEQUANT = 11
 T_INT8 = 9
@@ -60,6 +64,17 @@ class _Reader:
         return self.buf
 
 
+def _align16(n):
+    return (n + 15) & ~15
+
+
+def work_floor(kind, weights_floor):
+    """Bytes of work area (arena above the live tensors) an operator of `kind` must have: the lookup tables of
+    ADD (2 x 256 int32) and QUANTIZE (256 int32), plus weights_floor (the smallest streamed weight block)."""
+    tables = 2048 if kind == K_ADD else 1024 if kind == K_REQUANT else 0
+    return tables + _align16(weights_floor)
+
+
 def _int32_buffer(n):
     """array('i') of n items, to be overwritten: no zeroed bytes object in between on MicroPython."""
     return array("i", range(n)) if _mem_free is not None else array("i", bytes(4 * n))
@@ -79,38 +94,38 @@ def _has_softmax(g, pos, n_ops):
 
 
 def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
-    key = (ref, nbytes)
-    v = views.get(key)
-    if v is None:
+    """A view of nbytes at arena offset ref (or a new float32 buffer for ref < 0); views: ref -> the view made
+    first there, shared by the operators that use the same tensor (int keys: no tuple per entry)."""
+    v = views.get(ref)
+    if v is None or len(v) != nbytes // (4 if ref < 0 else 1):
         if ref >= 0:
             if ref + nbytes > arena_bytes:
                 raise ModelError("corrupt plan: a tensor lies outside the arena")
             v = arena_mv[ref:ref + nbytes]
         else:
             v = memoryview(array("f", bytes(nbytes)))
-        views[key] = v
+        if ref not in views:
+            views[ref] = v
     return v
 
 
-def build(m, g, h, k, weights, scratch_bytes, stream_ok):
-    """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes).
+def build(m, g, h, k, scratch_bytes, stream_ok):
+    """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes,
+    m.weights_mode: "ram" or "flash").
 
-    h: plancheck.check()'s header tuple; k: backend module; weights: "auto", "ram" or "flash"; stream_ok: whether
-    g may stay open for streaming per-channel data at invoke (a plan file, not the full path's in-RAM plan)."""
+    h: plancheck.check()'s header tuple; k: backend module; scratch_bytes: the largest streamed weight block
+    (default STREAM_SCRATCH_BYTES); stream_ok: whether g may stay open for streaming per-channel data at invoke
+    (a plan file, not the full path's in-RAM plan).
+
+    Every operator's work area is the arena above its live tensors (record field `top`) up to the arena's end:
+    a streamed weight block goes first, the rest is the kernel's scratch (planner.tops, docs/engine.md)."""
     m.model_bytes = h[4]
     m.macs = h[6]
     n_ops, ops_at, chan_at, chan_bytes = h[7], h[8], h[9], h[10]
-    filter_total, filter_max, floor, max_ch = h[11], h[12], h[13], h[14]
+    max_ch = h[15]
     total = m.arena_bytes
     arena_mv = memoryview(m._arena)
-
-    if weights == "auto":
-        weights = "ram"
-        if _mem_free is not None:
-            _gc.collect()
-            if filter_total > _mem_free() // 2:
-                weights = "flash"
-    m.weights_mode = weights
+    weights = m.weights_mode
     stream_chan = stream_ok and weights == "flash" and chan_bytes > 2 * 12 * max_ch
     ram = 0
     chan = None                                 # per-channel data: all of it, or one op's at a time
@@ -127,22 +142,14 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
     chan_views = {}
     if stream_chan:
         m._side = g
-    scratch = None
-    if weights == "flash":
-        want = scratch_bytes
-        if not want:
-            want = STREAM_SCRATCH_BYTES
-            if _mem_free is not None:
-                _gc.collect()
-                want = min(want, _mem_free() // 4)
-        scratch = _int8_buffer(min(max(want, floor), filter_max) if filter_max else 0)
-    m.scratch_bytes = len(scratch) if scratch is not None else 0
+    block_cap = scratch_bytes or STREAM_SCRATCH_BYTES
+    largest_block = 0
 
     rd = _Reader(g, h[2])
     views = {}
     infos = []
     io_views = []
-    for _ in range(h[15] + h[16]):
+    for _ in range(h[16] + h[17]):
         b = rd.next()
         ttype, rank, ref, nbytes, scale_bits, zp = struct.unpack_from("<BBiIIi", b, 2)
         shape = struct.unpack_from("<%dI" % rank, b, 20)
@@ -151,10 +158,10 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
         scale = struct.unpack("<f", struct.pack("<I", scale_bits))[0]
         infos.append(TensorInfo(name, shape, "int8" if ttype == T_INT8 else "float32", scale, zp, nbytes))
         io_views.append(_view(m, views, ref, nbytes, arena_mv, total))
-    m.inputs = infos[:h[15]]
-    m.outputs = infos[h[15]:]
-    m._in_views = io_views[:h[15]]
-    m._out_views = io_views[h[15]:]
+    m.inputs = infos[:h[16]]
+    m.outputs = infos[h[16]:]
+    m._in_views = io_views[:h[16]]
+    m._out_views = io_views[h[16]:]
     infos = io_views = None
     if rd.pos != ops_at:
         raise ModelError("corrupt plan: the operator records do not start where the header says")
@@ -165,9 +172,11 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
     model_bytes = h[4]
     for _ in range(n_ops):
         b = rd.next()
-        kind, n_in, o_ref, o_n = struct.unpack_from("<BBiI", b, 2)
+        kind, n_in, o_ref, o_n, top = struct.unpack_from("<BBiII", b, 2)
+        if top > total:
+            raise ModelError("corrupt plan: an operator's live tensors end outside the arena")
         out = _view(m, views, o_ref, o_n, arena_mv, total)
-        at = 12
+        at = 16
         ins = []
         for _ in range(n_in):
             ref, n = struct.unpack_from("<iI", b, at)
@@ -202,19 +211,30 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
                 f.readinto(filt)
                 ram += w_bytes
                 steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, -1, n, 0, n,
-                              side_pos, ch_all))
+                              side_pos, ch_all, _view(m, views, top, total - top, arena_mv, total)))
             else:
-                smv = memoryview(scratch)
-                block = len(scratch) // rb if rb else n
-                if block > n:
+                # the weight block: as many output channels as fit half the work area (at least one: the plan's
+                # floor guarantees it), at most block_cap bytes; the kernel's scratch is the rest
+                room = total - top
+                if rb:
+                    block = min(n, max(1, min(room // 2, block_cap) // rb))
+                    blk_bytes = block * rb
+                else:                           # depthwise: the whole filter at once
                     block = n
+                    blk_bytes = w_bytes
+                if top + blk_bytes > total:
+                    raise ModelError("corrupt plan: the arena has no room for a weight block")
                 rest = n % block if rb else 0
-                full = smv[:block * rb] if rb else smv[:w_bytes]
-                tail = smv[:rest * rb] if rest else full
+                full = arena_mv[top:top + blk_bytes]
+                tail = arena_mv[top:top + rest * rb] if rest else full
+                if blk_bytes > largest_block:
+                    largest_block = blk_bytes
+                w_end = top + _align16(blk_bytes)
+                scratch = _view(m, views, w_end, total - w_end, arena_mv, total) if w_end < total else full[:0]
                 steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, w_pos, block, rb, n,
-                              side_pos, ch_all))
+                              side_pos, ch_all, scratch))
         elif kind == K_ADD:
-            steps.append((4, fn, out, inp, ins[1], p))
+            steps.append((4, fn, out, inp, ins[1], p, _view(m, views, top, total - top, arena_mv, total)))
         elif kind == K_SOFTMAX:
             c = struct.unpack_from("<I", b, at)[0] // 4
             if stream_chan:                    # the tables stay in RAM: read them out of the plan
@@ -228,7 +248,7 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
                 t = chan
             steps.append((5, fn, out, inp, t[c:c + 256], t[c + 256:c + 512], p))
         elif kind == K_RESHAPE:                 # a copy only when the planner could not alias
-            if o_ref != struct.unpack_from("<i", b, 12)[0]:
+            if o_ref != struct.unpack_from("<i", b, 16)[0]:
                 steps.append((6, fn, out, inp, struct.unpack_from("<I", b, at)[0]))
         elif kind == K_QUANT_F or kind == K_DEQUANT:
             n, s_bits, zp = struct.unpack_from("<IIi", b, at)
@@ -237,9 +257,12 @@ def build(m, g, h, k, weights, scratch_bytes, stream_ok):
                 steps.append((7, fn, out, inp, n, scale, zp, array("f", [0.0])))
             else:
                 steps.append((8, fn, out, inp, n, scale, zp))
-        else:                                   # pools, QUANTIZE int8 -> int8
+        elif kind == K_REQUANT:
+            steps.append((2, fn, out, inp, p, _view(m, views, top, total - top, arena_mv, total)))
+        else:                                   # pools
             steps.append((3, fn, out, inp, p))
     m._steps = steps
     m._specs_count = n_ops
     m.weights_ram_bytes = ram
+    m.scratch_bytes = largest_block
     _stage("steps built")

@@ -9,7 +9,7 @@ import struct
 import hashlib
 
 from .plancheck import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
-from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT
+from .planload import K_CONV_MAX, K_ADD, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, K_REQUANT, work_floor
 
 
 def _refs(r):
@@ -32,12 +32,12 @@ def _io_record(info, ref):
     return struct.pack("<H", 2 + len(body)) + body
 
 
-def _op_record(rec, refs, chan_pos):
+def _op_record(rec, refs, chan_pos, top):
     """(record bytes, channel data bytes it adds). Record layout in planload.py."""
     k = rec[0]
     ins = rec[1]
     out = refs[rec[2]]
-    body = struct.pack("<BBiI", k, len(ins), out[0], out[1])
+    body = struct.pack("<BBiII", k, len(ins), out[0], out[1], top)
     for i in ins:
         body += struct.pack("<iI", refs[i][0], refs[i][1])
     p = rec[3] if k not in (K_RESHAPE, K_QUANT_F, K_DEQUANT) else None
@@ -81,20 +81,23 @@ def write(r, model_sha256, out):
     chan_bytes = 0
     filter_total = 0
     filter_max = 0
-    floor = 0
-    for rec in r.records:
-        data, added = _op_record(rec, refs, chan_bytes)
+    need_streamed = need_ram = r.arena_bytes    # arena bytes with the work area every operator must have
+    for rec, top in zip(r.records, r.tops):
+        data, added = _op_record(rec, refs, chan_bytes, top)
         ops_part.append(data)
         chan_bytes += added
-        if rec[0] <= K_CONV_MAX:
+        k = rec[0]
+        conv = k <= K_CONV_MAX
+        if conv:
             filter_total += rec[6]
             filter_max = max(filter_max, rec[6])
-            floor = max(floor, rec[7] if rec[7] else rec[6])
+        need_ram = max(need_ram, top + work_floor(k, 0))
+        need_streamed = max(need_streamed, top + work_floor(k, (rec[7] or rec[6]) if conv else 0))
     ops_at = HEADER_BYTES + len(io_part)
     chan_at = ops_at + sum(len(d) for d in ops_part)
     header = struct.pack(HEADER_FMT, MAGIC, PLAN_VERSION, HEADER_BYTES, model_sha256, r.model_bytes,
                          r.arena_bytes, r.macs, len(r.records), ops_at, chan_at, chan_bytes, filter_total,
-                         filter_max, floor, r.max_channels, len(r.inputs), len(r.outputs))
+                         filter_max, need_streamed, need_ram, r.max_channels, len(r.inputs), len(r.outputs))
     h = hashlib.sha256()
     total = 0
     for piece in [header, io_part] + ops_part:

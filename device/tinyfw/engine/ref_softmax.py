@@ -1,8 +1,12 @@
 # The reference SOFTMAX kernel (part of kernels_ref, the specification), in a module of its own: a fast backend
 # without a softmax kernel falls back to this one alone instead of keeping all reference kernels in RAM.
 
-from .params import S_OUTER, S_DEPTH
 from .fixedpoint import srdhm, rdbpot, clz32, one_over_one_plus_x
+
+# params.S_OUTER, params.S_DEPTH (fixed slot numbers, KERNELS.md): not imported, so that a model that needs only
+# this reference kernel does not pull params.py into RAM while it loads.
+_S_OUTER = 0
+_S_DEPTH = 1
 
 
 def softmax(out, inp, exp_q31, exp_q12, p):
@@ -10,8 +14,8 @@ def softmax(out, inp, exp_q31, exp_q12, p):
 
     exp_q31[d] / exp_q12[d] hold exp(-d * beta * scale) for the input difference d = max - x (0..255) in Q0.31 and
     rescaled to Q12.19; 0 where d is below TFLM's diff_min (those outputs are -128, as in TFLM)."""
-    depth = p[S_DEPTH]
-    for r in range(p[S_OUTER]):
+    depth = p[_S_DEPTH]
+    for r in range(p[_S_OUTER]):
         base = r * depth
         mx = -128
         for c in range(depth):

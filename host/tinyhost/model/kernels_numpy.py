@@ -79,7 +79,7 @@ def _taps(xp, p):
             yield ky, kx, xp[:, y0:y0 + (oh - 1) * sh + 1:sh, x0:x0 + (ow - 1) * sw + 1:sw, :]
 
 
-def conv2d(out, inp, filt, bias, mult, shift, p):
+def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     oc0, oc1, ic = p[P_OC_BEGIN], p[P_OC_END], p[P_IN_C]
     kh, kw = p[P_K_H], p[P_K_W]
     w = _i8(filt)[:(oc1 - oc0) * kh * kw * ic].reshape(oc1 - oc0, kh, kw, ic).astype(np.int64)
@@ -93,7 +93,7 @@ def conv2d(out, inp, filt, bias, mult, shift, p):
     o[..., sl] = res
 
 
-def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
+def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     kh, kw, oc, dm = p[P_K_H], p[P_K_W], p[P_OUT_C], p[P_DEPTH_MULT]
     w = _i8(filt)[:kh * kw * oc].reshape(kh, kw, oc).astype(np.int64)
     xp = _padded(inp, p)
@@ -104,7 +104,7 @@ def depthwise_conv2d(out, inp, filt, bias, mult, shift, p):
     _i8(out)[:res.size] = res.reshape(-1)
 
 
-def fully_connected(out, inp, filt, bias, mult, shift, p):
+def fully_connected(out, inp, filt, bias, mult, shift, p, scratch=None):
     b, depth, n_out, oc0, oc1 = p[P_BATCHES], p[P_IN_C], p[P_OUT_C], p[P_OC_BEGIN], p[P_OC_END]
     x = _i8(inp)[:b * depth].reshape(b, depth).astype(np.int64) + p[P_IN_OFFSET]
     w = _i8(filt)[:(oc1 - oc0) * depth].reshape(oc1 - oc0, depth).astype(np.int64) + p[P_FILTER_OFFSET]
@@ -143,7 +143,7 @@ def max_pool2d(out, inp, p):
     _pool(out, inp, p, False)
 
 
-def add(out, in1, in2, p):
+def add(out, in1, in2, p, scratch=None):
     n = p[0]
     a = mbqm((_i8(in1)[:n].astype(np.int64) + p[1]) << p[10], p[3], p[4])
     b = mbqm((_i8(in2)[:n].astype(np.int64) + p[2]) << p[10], p[5], p[6])
@@ -151,7 +151,7 @@ def add(out, in1, in2, p):
     _i8(out)[:n] = np.clip(v, p[11], p[12]).astype(np.int8)
 
 
-def requantize(out, inp, p):
+def requantize(out, inp, p, scratch=None):
     n = p[0]
     v = mbqm(_i8(inp)[:n].astype(np.int64) + p[1], p[2], p[3]) + p[4]
     _i8(out)[:n] = np.clip(v, -128, 127).astype(np.int8)

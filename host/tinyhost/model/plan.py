@@ -36,7 +36,8 @@ class PlanHeader:
     channel_data_bytes: int
     filter_bytes: int
     largest_filter_bytes: int
-    scratch_floor_bytes: int
+    arena_streamed_bytes: int      # tensor arena with the work area each operator needs, weights streamed
+    arena_ram_bytes: int           # the same with weights in RAM
     max_channels: int
     inputs: int
     outputs: int
@@ -75,7 +76,8 @@ def read_header(plan):
     h = struct.unpack(plancheck.HEADER_FMT, plan[:plancheck.HEADER_BYTES])
     return PlanHeader(version=h[1], model_sha256=h[3].hex(), model_bytes=h[4], arena_bytes=h[5], macs=h[6],
                       ops=h[7], channel_data_bytes=h[10], filter_bytes=h[11], largest_filter_bytes=h[12],
-                      scratch_floor_bytes=h[13], max_channels=h[14], inputs=h[15], outputs=h[16])
+                      arena_streamed_bytes=h[13], arena_ram_bytes=h[14], max_channels=h[15], inputs=h[16],
+                      outputs=h[17])
 
 
 def _engine_digest():
