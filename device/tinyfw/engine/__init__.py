@@ -46,12 +46,6 @@ def _probe_viper():
 _VIPER = _probe_viper()
 BACKENDS = ("viper", "ref") if _VIPER is not None else ("ref",)
 
-# Operation kinds (same numbers as ops.K_*) -> kernel function name
-_KERNEL_NAMES = {1: "conv2d", 2: "depthwise_conv2d", 3: "fully_connected", 4: "avg_pool2d", 5: "max_pool2d",
-                 6: "add", 7: "softmax", 9: "requantize", 8: "copy"}
-_OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVERAGE_POOL_2D", 5: "MAX_POOL_2D",
-             6: "ADD", 7: "SOFTMAX", 8: "RESHAPE", 9: "QUANTIZE"}
-
 # Largest weight block read at once when weights are streamed from flash (bytes); it lives in the operator's work
 # area in the arena, so it is also bounded by the free arena above the operator's live tensors.
 STREAM_SCRATCH_BYTES = 16384
@@ -147,26 +141,6 @@ def plan_path(path):
     return (path[:-7] if path.endswith(".tflite") else path) + PLAN_SUFFIX
 
 
-def _kernel(k, kind, fallback, fallback_softmax=None):
-    """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it
-    (fallback_softmax: the reference softmax when it is imported already)."""
-    if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
-        return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
-    name = _KERNEL_NAMES.get(kind)
-    if name is None:
-        raise ModelError("corrupt plan: unknown operation kind %d" % kind)
-    fn = getattr(k, name, None)
-    if fn is None:
-        if kind == 7:                      # just the reference softmax, not every reference kernel
-            fn = fallback_softmax
-            if fn is None:
-                from .ref_softmax import softmax as fn
-        else:
-            fn = getattr(_kernels_ref(), name)
-        fallback.append(_OP_NAMES[kind])
-    return fn
-
-
 class Model:
     """A loaded model. Build with engine.load()."""
 
@@ -208,7 +182,9 @@ class Model:
                 self.plan = "built"
                 self.plan_note = h
                 try:
-                    g = self._plan_here(plancheck)
+                    from .loader import plan_in_ram
+                    g = plan_in_ram(self._f, plancheck)
+                    plan_in_ram = None
                 except MemoryError:
                     raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
                                       "`tinyhost flash --model` puts a plan next to it" % (path, plan_path(path), h))
@@ -224,8 +200,8 @@ class Model:
                 self._softmax = ref_softmax.softmax
                 ref_softmax = None
             _stage("plan checked")
-            self._allocate_arena(h, arena_bytes, weights)
-            from . import planload
+            from . import planload              # all of the rest of a load is in planload (dropped after it)
+            planload.allocate_arena(self, h, arena_bytes, weights)
             planload.build(self, g, h, k, scratch_bytes, self.plan == "file")
             planload = None
         finally:
@@ -236,64 +212,6 @@ class Model:
         if self.weights_mode == "ram":
             self._f.close()
             self._f = None
-
-    def _allocate_arena(self, h, arena_bytes, weights):
-        """Decide where the weights live and allocate the one tensor arena: the activations as planned, every
-        operator's work area floor above its live tensors (plan header: with weights streamed / in RAM), plus
-        WORK_RESERVE bytes of kernel scratch when the heap has them (kernels without enough scratch read their
-        tensors in place: same results, slower)."""
-        planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
-        self.planned_arena_bytes = planned
-        if _gc is not None:
-            _gc.collect()
-        if weights == "auto":
-            weights = "ram"
-            # RAM when the filters take at most half of what the arena and the step builder (~8 KB) leave
-            if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 8192) // 2:
-                weights = "flash"
-        self.weights_mode = weights
-        needed = need_ram if weights == "ram" else need_streamed
-        if arena_bytes is not None:
-            if arena_bytes < needed:
-                raise ModelError("arena too small: the model needs %d bytes of tensor arena (activations %d, the "
-                                 "rest operator work areas), arena_bytes=%d" % (needed, planned, arena_bytes))
-            sizes = (arena_bytes,)
-        else:
-            sizes = (needed,)
-            if _mem_free is not None:
-                # the reserve only when what the step builder needs still fits beside it: its code and one
-                # record per operator (~10 KB + ~0.6 KB an operator), the per-channel data it keeps in RAM, the
-                # filters when they stay in RAM
-                chan = h[10] if weights == "ram" else min(h[10], 12 * h[15] + 2048)
-                build = 10240 + 600 * h[7] + chan + (filters if weights == "ram" else 0)
-                if _mem_free() - needed - WORK_RESERVE >= build:
-                    sizes = (needed + WORK_RESERVE, needed)
-            else:
-                sizes = (needed + WORK_RESERVE,)
-        for total in sizes:
-            try:
-                self._arena = _int8_buffer(total)
-                break
-            except MemoryError:
-                if total == sizes[-1]:
-                    raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
-                                      % (total, _mem_free() if _mem_free else "?"))
-        self.arena_bytes = total
-        _stage("arena allocated")
-
-    def _plan_here(self, plancheck):
-        """The full path: parse, validate, prepare and plan the model here, into an in-RAM plan."""
-        import io
-        from . import loader, planwrite
-        _stage("loader imported")
-        f = self._f
-        r = loader.prepare(f, _stage)
-        digest = plancheck.model_sha256(f, r.model_bytes)
-        g = io.BytesIO()
-        planwrite.write(r, digest, g)
-        r = loader = planwrite = None
-        _drop_load_modules(keep=("plancheck",))
-        return g
 
     def input_buffer(self, i=0):
         return self._in_views[i]

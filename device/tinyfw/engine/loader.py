@@ -174,3 +174,18 @@ def prepare(f, stage=None):
     if stage:
         stage("arena planned")
     return r
+
+
+def plan_in_ram(f, plancheck):
+    """The full path: parse, validate, prepare and plan the model in open file f into an in-RAM plan (io.BytesIO);
+    this module, reader, ops, planner and planwrite leave sys.modules again before it returns."""
+    import io
+    from . import planwrite, _stage, _drop_load_modules
+    _stage("loader imported")
+    r = prepare(f, _stage)
+    digest = plancheck.model_sha256(f, r.model_bytes)
+    g = io.BytesIO()
+    planwrite.write(r, digest, g)
+    r = planwrite = None
+    _drop_load_modules(keep=("plancheck",))
+    return g

@@ -29,7 +29,8 @@
 import struct
 from array import array
 
-from . import ModelError, TensorInfo, _mem_free, _int8_buffer, _kernel, _stage, STREAM_SCRATCH_BYTES
+from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernels_ref, _stage, STREAM_SCRATCH_BYTES
+from . import WORK_RESERVE
 
 K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
 K_ADD = 6
@@ -107,6 +108,78 @@ def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
         if ref not in views:
             views[ref] = v
     return v
+
+
+# Operation kinds (same numbers as ops.K_*) -> kernel function name
+_KERNEL_NAMES = {1: "conv2d", 2: "depthwise_conv2d", 3: "fully_connected", 4: "avg_pool2d", 5: "max_pool2d",
+                 6: "add", 7: "softmax", 9: "requantize", 8: "copy"}
+_OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVERAGE_POOL_2D", 5: "MAX_POOL_2D",
+             6: "ADD", 7: "SOFTMAX", 8: "RESHAPE", 9: "QUANTIZE"}
+
+
+def _kernel(k, kind, fallback, fallback_softmax=None):
+    """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it
+    (fallback_softmax: the reference softmax when it is imported already)."""
+    if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
+        return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
+    name = _KERNEL_NAMES.get(kind)
+    if name is None:
+        raise ModelError("corrupt plan: unknown operation kind %d" % kind)
+    fn = getattr(k, name, None)
+    if fn is None:
+        if kind == 7:                      # just the reference softmax, not every reference kernel
+            fn = fallback_softmax
+            if fn is None:
+                from .ref_softmax import softmax as fn
+        else:
+            fn = getattr(_kernels_ref(), name)
+        fallback.append(_OP_NAMES[kind])
+    return fn
+
+
+def allocate_arena(m, h, arena_bytes, weights):
+    """Decide where the weights live and allocate the one tensor arena: the activations as planned, every
+    operator's work area floor above its live tensors (plan header: with weights streamed / in RAM), plus
+    WORK_RESERVE bytes of kernel scratch when the heap has them (kernels without enough scratch read their
+    tensors in place: same results, slower)."""
+    planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
+    m.planned_arena_bytes = planned
+    if _gc is not None:
+        _gc.collect()
+    if weights == "auto":
+        weights = "ram"
+        # RAM when the filters take at most half of what the arena and the steps (~4 KB) leave (this module's
+        # code is in the heap already)
+        if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 4096) // 2:
+            weights = "flash"
+    m.weights_mode = weights
+    needed = need_ram if weights == "ram" else need_streamed
+    if arena_bytes is not None:
+        if arena_bytes < needed:
+            raise ModelError("arena too small: the model needs %d bytes of tensor arena (activations %d, the "
+                             "rest operator work areas), arena_bytes=%d" % (needed, planned, arena_bytes))
+        sizes = (arena_bytes,)
+    else:
+        sizes = (needed,)
+        if _mem_free is not None:
+            # the reserve only when what build() needs still fits beside it: ~0.6 KB an operator and ~2 KB of
+            # working objects, the per-channel data kept in RAM, the filters when they stay in RAM
+            chan = h[10] if weights == "ram" else min(h[10], 12 * h[15] + 2048)
+            build = 2048 + 600 * h[7] + chan + (filters if weights == "ram" else 0)
+            if _mem_free() - needed - WORK_RESERVE >= build:
+                sizes = (needed + WORK_RESERVE, needed)
+        else:
+            sizes = (needed + WORK_RESERVE,)
+    for total in sizes:
+        try:
+            m._arena = _int8_buffer(total)
+            break
+        except MemoryError:
+            if total == sizes[-1]:
+                raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
+                                  % (total, _mem_free() if _mem_free else "?"))
+    m.arena_bytes = total
+    _stage("arena allocated")
 
 
 def build(m, g, h, k, scratch_bytes, stream_ok):
@@ -225,7 +298,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 if top + blk_bytes > total:
                     raise ModelError("corrupt plan: the arena has no room for a weight block")
                 rest = n % block if rb else 0
-                full = arena_mv[top:top + blk_bytes]
+                full = _view(m, views, top, blk_bytes, arena_mv, total)
                 tail = arena_mv[top:top + rest * rb] if rest else full
                 if blk_bytes > largest_block:
                     largest_block = blk_bytes
