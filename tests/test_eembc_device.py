@@ -38,7 +38,10 @@ class TI:
         self.nbytes = n * (4 if dtype == "float32" else 1)
 
 class FakeModel:
+    # kind "vww!": an engine whose planner reuses the input's bytes once read (invoke overwrites the input)
     def __init__(self, kind):
+        self.clobber = kind.endswith("!")
+        kind = kind.rstrip("!")
         self.kind = kind
         if kind == "kws":
             self.inputs = [TI((1, 49, 10, 1), "int8", 0.58, 83)]; self.outputs = [TI((1, 12), "int8", 1 / 256, -128)]
@@ -62,6 +65,8 @@ class FakeModel:
         k = self._in[0] % len(self._out)
         for j in range(len(self._out)):
             self._out[j] = 0x7f if j == k else 0x80
+        if self.clobber:
+            self._in[:] = bytes([0x55]) * len(self._in)
 '''
 
 _HARNESS = r'''
@@ -83,10 +88,25 @@ class Rt:
             line, self._partial = self._partial.split("\r\n", 1)
             self.lines.append(line)
 
+import gc
 rt = Rt(None if KIND == "none" else FakeModel(KIND))
+if COPIES:
+    rt.input_copies = [bytearray(rt.model.inputs[0].nbytes)]     # what tinyfw.inference keeps when it fits
 for cmd in COMMANDS:
     rt.lines = []
-    eembc.handle_command(cmd, rt)
+    if cmd == "!swap":                  # another model loaded (through the binary protocol)
+        rt.model = FakeModel(KIND)
+    elif cmd == "!heap":                # live heap bytes (MicroPython)
+        gc.collect()
+        rt.lines = [gc.mem_alloc()]
+    elif cmd.startswith("!fill "):      # db load N and its data, bytes (7 i + 3) & 0xFF, made here: no huge script
+        n = int(cmd[6:])
+        eembc.handle_command("db load %d%%" % n, rt)
+        for i in range(0, n, 31):
+            rt.lines = []               # the reply to the last chunk only
+            eembc.handle_command("db " + "".join("%02x" % ((7 * j + 3) & 0xFF) for j in range(i, min(i + 31, n))), rt)
+    else:
+        eembc.handle_command(cmd, rt)
     print("REPLY " + repr(rt.lines))
 if rt.model is not None:
     print("INVOCATIONS %d" % rt.model.invocations)
@@ -102,9 +122,15 @@ def _interpreters():
     return found
 
 
-def run_dut(interpreter, kind, commands):
-    prelude = f"DEVICE = {str(DEVICE)!r}\nKIND = {kind!r}\nCOMMANDS = {json.dumps(commands)}\n"
-    out = subprocess.run([interpreter, "-c", prelude + _HARNESS], capture_output=True, text=True, timeout=60)
+def run_dut(interpreter, kind, commands, copies=False, heap_bytes=None):
+    """Run ``commands`` through tinyfw.eembc.handle_command with a stand-in model (``kind``: kws, vww, ad, none;
+    ``vww!`` overwrites its input when invoked); ``copies``: the runtime keeps a copy of input 0;
+    ``heap_bytes``: MicroPython's heap cap. Returns (replies per command, extra values printed)."""
+    prelude = (f"DEVICE = {str(DEVICE)!r}\nKIND = {kind!r}\nCOMMANDS = {json.dumps(commands)}\n"
+               f"COPIES = {copies!r}\n")
+    heap = ["-X", f"heapsize={heap_bytes}"] if heap_bytes and interpreter != sys.executable else []
+    out = subprocess.run([interpreter, *heap, "-c", prelude + _HARNESS], capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     replies, extra = [], {}
     for line in out.stdout.splitlines():
@@ -199,3 +225,81 @@ def test_extra_hex_after_the_last_byte_is_ignored(interp):
     replies, _ = run_dut(interp, "kws", ["db load 2%", "db 0102030405%", "db print%"])
     assert replies[1] == ["m-load-done", "m-ready"]
     assert replies[2] == ["m-buffer-01-02", "m-ready"]
+
+
+# -- db load straight into the model's input tensor (vww01: 27,648 bytes) ----------------------------------------
+
+def _pattern(n):
+    return bytes((7 * j + 3) & 0xFF for j in range(n))
+
+
+def _micropython_only(interp):
+    if interp == sys.executable:
+        pytest.skip("heap figures come from MicroPython's gc.mem_alloc()")
+
+
+def test_vww01_db_load_goes_into_the_input_tensor_without_a_buffer(interp):
+    _micropython_only(interp)
+    replies, _ = run_dut(interp, "vww", ["!heap", "!fill 27648", "!heap"], heap_bytes=256 * 1024)
+    assert replies[1][-2:] == ["m-load-done", "m-ready"]
+    assert replies[2][0] - replies[0][0] < 2048            # no 27 KB buffer beside the tensor
+    # the same measurement sees the buffer when there is no model to write into
+    replies, _ = run_dut(interp, "none", ["!heap", "!fill 27648", "!heap"], heap_bytes=256 * 1024)
+    assert replies[1][-2:] == ["m-load-done", "m-ready"]
+    assert replies[2][0] - replies[0][0] >= 27648
+
+
+def test_direct_load_converts_pixels_and_db_print_shows_what_was_sent(interp):
+    data = bytes([200, 0, 128, 255]) + _pattern(96 * 96 * 3 - 4)
+    commands = [f"db load {len(data)}%"] + hex_commands(data) + ["db print 4 0%", "db print 9 27640%", "infer 1 0%"]
+    replies, extra = run_dut(interp, "vww", commands)
+    assert replies[-3] == ["m-buffer-c8-00-80-ff", "m-ready"]
+    tail = data[27640:]
+    assert replies[-2] == ["m-buffer-" + "-".join("%02x" % b for b in tail), "m-ready"]
+    assert extra["INPUT"] == [72, 128, 0, 127]              # 200-128, 0-128, 128-128, 255-128 as int8 bytes
+    assert replies[-1][6] == "m-results-[0.99609,0.00000]"  # class input[0] % 2 = 72 % 2
+
+
+def test_each_infer_starts_from_the_loaded_input_when_the_runtime_keeps_a_copy(interp):
+    data = bytes([129]) + bytes(96 * 96 * 3 - 1)            # tensor[0] = 1 -> class 1
+    commands = [f"db load {len(data)}%"] + hex_commands(data) + ["infer 2 1%", "infer 1 0%", "db print 2%"]
+    replies, _ = run_dut(interp, "vww!", commands, copies=True)
+    assert replies[-3][6] == replies[-2][6] == "m-results-[0.00000,0.99609]"
+    assert replies[-1] == ["m-buffer-81-00", "m-ready"]
+
+
+def test_db_print_says_so_when_inference_overwrote_the_uncopied_input(interp):
+    data = bytes([129]) + bytes(96 * 96 * 3 - 1)
+    commands = [f"db load {len(data)}%"] + hex_commands(data) + ["db print 2%", "infer 1 0%", "db print 2%"]
+    replies, _ = run_dut(interp, "vww!", commands)
+    assert replies[-3] == ["m-buffer-81-00", "m-ready"]
+    assert replies[-2][6] == "m-results-[0.00000,0.99609]"  # the first inference reads what was loaded
+    assert replies[-1][0].startswith("e-[Inference overwrote the input tensor") and replies[-1][-1] == "m-ready"
+
+
+def test_a_model_swapped_after_db_load_is_an_error_not_a_stale_tensor(interp):
+    replies, _ = run_dut(interp, "kws", ["db load 490%", "!swap", "db 00%", "!fill 490", "!swap", "infer 1 0%"])
+    stale = "e-[The model changed since db load; send db load N and the data again]"
+    assert replies[2] == [stale, "m-ready"]
+    assert replies[3][-2:] == ["m-load-done", "m-ready"]
+    assert replies[5] == [stale, "m-ready"]
+
+
+def test_other_sizes_use_a_buffer_and_keep_the_old_errors(interp):
+    replies, _ = run_dut(interp, "kws", ["db load 4%", "db 01020304%", "db print%", "infer 1 0%"])
+    assert replies[1] == ["m-load-done", "m-ready"]
+    assert replies[2] == ["m-buffer-01-02-03-04", "m-ready"]
+    assert replies[3][0] == "e-[input needs 490 bytes (int8), the buffer holds 4]"
+
+
+@pytest.mark.parametrize("kind, advice", [
+    ("none", "load a model first so the input goes straight into its tensor]"),
+    ("kws", "the model's input takes 490 bytes, only that many go straight into its tensor]"),
+])
+def test_db_load_out_of_memory_says_how_much_is_free_and_what_to_do(interp, kind, advice):
+    _micropython_only(interp)
+    replies, _ = run_dut(interp, kind, ["db load 300000%", "name%"], heap_bytes=128 * 1024)
+    error = replies[0][0]
+    assert error.startswith("e-[db load 300000: out of memory, ") and error.endswith(advice)
+    assert 0 < int(error.split(", ")[1].split()[0]) < 128 * 1024
+    assert replies[1] == ["m-name-dut-[tinyhost]", "m-ready"]   # the DUT goes on answering

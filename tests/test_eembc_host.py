@@ -1,5 +1,5 @@
 """``--dut eembc``: the host driver (tinyhost.bench.eembc_host) against a DUT speaking the MLPerf Tiny protocol on
-a pseudo-terminal: tinyfw.eembc.serve() under the MicroPython VM with a stand-in model (test_eembc_device)."""
+a pseudo-terminal: tinyfw.eembc_dut.serve() under the MicroPython VM with a stand-in model (test_eembc_device)."""
 
 import os
 import pty
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.skipif(not Path(MICROPYTHON).exists(), reason="the micr
 _SERVE = r'''
 import sys
 sys.path.insert(0, DEVICE)
-import tinyfw.eembc as eembc
+import tinyfw.eembc_dut as eembc_dut
 ''' + FAKE_MODEL + r'''
 FAKE_DELAY_US = DELAY_US
-rt = eembc.StandaloneRuntime()
+rt = eembc_dut.StandaloneRuntime()
 rt.model = FakeModel(KIND)
-eembc.serve(rt)
+eembc_dut.serve(rt)
 '''
 
 

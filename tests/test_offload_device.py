@@ -27,9 +27,9 @@ def _cfg(port, **kw):
 
 def test_hmac_and_crc32_on_the_device_match_the_host():
     cases = [(b"k", b"message"), (bytes(range(64)), b"x" * 300), (bytes(100), b""), (b"key", bytes(range(256)))]
-    script = "from tinyfw.offload.frames import _crc32_soft\n" + "".join(
-        f"emit('h{i}', offload.Hmac({k!r}).digest({m!r}).hex())\n"
-        f"emit('c{i}', [offload.crc32({m!r}), _crc32_soft({m!r})])\n" for i, (k, m) in enumerate(cases))
+    script = "from tinyfw.offload.auth import Hmac\nfrom tinyfw.offload.softcrc import crc32 as soft\n" + "".join(
+        f"emit('h{i}', Hmac({k!r}).digest({m!r}).hex())\n"
+        f"emit('c{i}', [offload.crc32({m!r}), soft({m!r})])\n" for i, (k, m) in enumerate(cases))
     r = run_vm(script)
     for i, (k, m) in enumerate(cases):
         assert r[f"h{i}"] == hmac.new(k, m, hashlib.sha256).hexdigest()
@@ -38,14 +38,12 @@ def test_hmac_and_crc32_on_the_device_match_the_host():
 
 SCRIPTED_LINK = r'''
 import binascii
-from tinyfw.offload import frames
 class ScriptLink:
     # replays host-made frames and records what the device sends
     def __init__(s, replies):
         s.replies = [binascii.unhexlify(r) for r in replies]; s.sent = []; s.buf = b""; s.nodelay = False
         s.opened = False
     def open(s): s.opened = True
-    def is_open(s): return s.opened
     def close(s): s.opened = False
     def send(s, mv): s.sent.append(binascii.hexlify(bytes(mv)).decode())
     def recv_into(s, mv):
@@ -53,7 +51,7 @@ class ScriptLink:
             if not s.replies: raise OSError(110)
             s.buf = s.replies.pop(0)
         n = len(mv); mv[:] = s.buf[:n]; s.buf = s.buf[n:]
-frames._nonce = lambda: bytes(range(16))
+offload._nonce = lambda: bytes(range(16))
 '''
 
 
@@ -81,7 +79,9 @@ emit("out2", binascii.hexlify(bytes(out)).decode()); emit("info2", info.as_dict(
 emit("sent", link.sent); emit("counters", p.counters())
 '''
     r = run_vm(script)
-    hello_f, request_f, request2_f = (wire.decode_frame(bytes.fromhex(h)) for h in r["sent"])
+    sent = wire.FrameScanner().feed(bytes.fromhex("".join(r["sent"])))    # a frame goes out in pieces
+    assert [kind for kind, _ in sent] == ["frame"] * 3
+    hello_f, request_f, request2_f = (wire.decode_frame(f) for _, f in sent)
     assert wire.decode_hello(hello_f.body) == wire.Hello("vm-1", bytes(range(16)))
     assert request_f.kind == wire.KIND_REQUEST and request_f.seq == 2
     assert auth.macs_equal(request_f.mac, auth.frame_mac(session)(request_f.signed))
@@ -206,45 +206,47 @@ out, info = bad.predict({x!r}); emit("bad", [bytes(out).hex(), info.as_dict()])
     assert out == x[:12].hex() and info["fallback"] and info["error"] == wire.AUTH_FAILED
 
 
-def test_config_survives_reset_and_switches_a_running_predictor(server, tmp_path):
+def test_config_file_survives_reset_and_is_written_atomically(server, tmp_path):
     _, (_, port) = server
     path = str(tmp_path / "offload.json")
     x = bytes([0x80]) * 490
     script = f'''
 import os
-offload.save_config({json.dumps(_cfg(port, config_check_ms=0))}, {path!r})
+from tinyfw.offload import config
+config.save_config({json.dumps(_cfg(port))}, {path!r})
 p = offload.Predictor(KwsStandIn(), config_path={path!r})       # a fresh start reads the board's file
 out, info = p.predict({x!r}); emit("first", [p.mode, info.source])
-cfg = offload.load_config({path!r}); cfg["mode"] = "off"
-with open({path!r}, "w") as f: f.write(json.dumps(cfg) + "  ")  # changed behind its back (tinyhost offload off)
-out, info = p.predict({x!r}); emit("second", [p.mode, info.source])
-pinned = offload.Predictor(KwsStandIn(), dict(cfg, mode="on"), config_path={path!r})   # explicit: file not watched
-pinned.predict({x!r}); emit("pinned", pinned.mode)
-p.set_mode("auto", threshold=0.25)
-emit("saved", offload.load_config({path!r}))
 emit("files", sorted(os.listdir({str(tmp_path)!r})))
+cfg = config.load_config({path!r}); cfg["mode"] = "off"
+config.save_config(cfg, {path!r})
+p = offload.Predictor(KwsStandIn(), config_path={path!r})
+out, info = p.predict({x!r}); emit("off", [p.mode, info.source])
+emit("gone", "tinyfw.offload.config" in sys.modules)            # checked, then dropped from the heap
 with open({path!r}, "w") as f: f.write("{{not json")
-p.reload()
-out, info = p.predict({x!r}); emit("broken", [p.mode, info.source, p.counters()["config_error"] is not None])
+try:
+    offload.Predictor(KwsStandIn(), config_path={path!r}); emit("broken", None)
+except ValueError as e:
+    emit("broken", str(e))
 '''
     r = run_vm(script)
     assert r["first"] == ["on", "model"]
-    assert r["second"] == ["off", "local"]
-    assert r["pinned"] == "on"
-    assert r["saved"]["mode"] == "auto" and r["saved"]["threshold"] == 0.25
     assert r["files"] == ["offload.json"]                # written atomically: no .part left behind
-    assert r["broken"] == ["off", "local", True]
+    assert r["off"] == ["off", "local"]
+    assert r["gone"] is False
+    assert r["broken"]
 
 
 @pytest.mark.parametrize("bad, field", [({"mode": "sometimes"}, "mode"), ({"threshold": 2}, "threshold"),
                                         ({"server": "nohostport"}, "server"), ({"colour": 1}, "unknown"),
-                                        ({"timeout_ms": -5}, "timeout_ms")])
+                                        ({"timeout_ms": -5}, "timeout_ms"), ({"key": "xyz"}, "key"),
+                                        ({"model_id": 5}, "model_id")])
 def test_bad_config_is_refused_naming_the_field(bad, field):
     cfg = _cfg(7373)
     cfg.update(bad)
     script = f'''
+from tinyfw.offload import config
 try:
-    offload.check_config({json.dumps(cfg)}); emit("err", None)
+    config.check_config({json.dumps(cfg)}); emit("err", None)
 except ValueError as e:
     emit("err", str(e))
 '''
@@ -285,7 +287,7 @@ from tinyfw import engine
 m = engine.load({str(need_kws())!r})
 p = offload.Predictor(m, {json.dumps(_cfg(port, mode="auto", threshold=1.0))}, config_path="/x/o.json")
 out, info = p.predict({x!r}); emit("auto", [bytes(out).hex(), info.source, info.local_us > 0, info.confidence])
-p.set_mode("off", save=False)
+p = offload.Predictor(m, {json.dumps(_cfg(port, mode="off"))}, config_path="/x/o.json")
 out, info = p.predict({x!r}); emit("off", [bytes(out).hex(), info.source])
 '''
     r = run_vm(script, timeout_s=60, heap="4M")

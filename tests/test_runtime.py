@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_DIR = ROOT / "device"
 RUNNER = ROOT / "tests" / "device" / "run_runtime.py"
 FAKE_ENGINE = ROOT / "tests" / "device" / "fake_engine.py"
-FIRMWARE = "__init__.py,frame.py,files.py,session.py,runtime.py,inference.py"
+FIRMWARE = "__init__.py,frame.py,files.py,session.py,runtime.py,textcmd.py,inference.py"
 LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
 
 
@@ -378,3 +378,51 @@ def test_upload_hot_path_allocates_nothing(tmp_path):
                           str(ROOT / "tests" / "device" / "hotpath_check.py"), str(DEVICE_DIR),
                           str(tmp_path / "frames.bin"), str(tmp_path)], capture_output=True, timeout=60)
     assert out.stdout.decode().split() == ["ok", "19"], out.stderr.decode()
+
+
+SMALL_FRAMES_SCRIPT = """
+import io, sys, micropython
+sys.path.insert(0, sys.argv[1])
+from tinyfw.runtime import Runtime
+
+
+class Sink:                      # keeps what is written without allocating
+    def __init__(self):
+        self.buf = bytearray(256)
+        self.n = 0
+
+    def write(self, b):
+        for i in range(len(b)):
+            self.buf[self.n + i] = b[i]
+        self.n += len(b)
+        return len(b)
+
+
+out = Sink()
+rt = Runtime(io.BytesIO(b''), out, max_payload=2048, window=1)
+rt.seq = 7
+rt.expected = 9
+micropython.heap_lock()
+try:
+    rt.reply_ack()
+    rt._nak(2)
+    rt.send_event(3, 0xDEADBEEF)
+    rt.send_event(4, 5)
+finally:
+    micropython.heap_unlock()
+sys.stdout.write(bytes(out.buf[:out.n]).hex())
+"""
+
+
+def test_ack_nak_and_event_frames_share_one_buffer_and_allocate_nothing(tmp_path):
+    """ACK, NAK and EVENT frames are sealed in one small buffer with the heap locked, and decode on the host."""
+    script = tmp_path / "small_frames.py"
+    script.write_text(SMALL_FRAMES_SCRIPT)
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, "-X", "heapsize=200000", str(script), str(DEVICE_DIR)],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    frames = P.FrameDecoder().feed(bytes.fromhex(out.stdout.decode()))
+    assert [(f.ftype, f.seq) for f in frames] == [(P.T.ACK, 7), (P.T.NAK, 9), (P.T.EVENT, 7), (P.T.EVENT, 7)]
+    assert frames[0].payload == b""
+    assert P.parse_nak(frames[1].payload) == (9, P.NakReason.BAD_CRC)
+    assert P.parse_event(frames[2].payload) == (3, 0xDEADBEEF) and P.parse_event(frames[3].payload) == (4, 5)

@@ -16,19 +16,19 @@
 # Errors are e-[...]; every reply ends with m-ready. handle_command() never raises.
 #
 # The tinyfw runtime passes each text command here with itself as `rt` (rt.model, rt.load_model(path),
-# rt.write_text(s)); serve() runs a DUT that speaks only this protocol, on the REPL's stdin/stdout.
+# rt.write_text(s), and rt.input_copies when it keeps a copy of the inputs); tinyfw.eembc_dut.serve() runs a DUT
+# that speaks only this protocol, on the REPL's stdin/stdout (a module of its own: the runtime does not carry it).
 
+import gc
 import time
+import binascii
+import struct
 
 try:
-    import binascii
-except ImportError:     # pragma: no cover - every MicroPython port we support has binascii
-    import ubinascii as binascii
-
-try:
-    import struct
-except ImportError:     # pragma: no cover
-    import ustruct as struct
+    from micropython import const
+except ImportError:     # CPython (host-side tests)
+    def const(x):
+        return x
 
 NAME = "tinyhost"
 PROFILE = "tinyhost MLPerf Tiny DUT 1.0"
@@ -37,7 +37,20 @@ DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")
 # ad01 640 values).
 _BENCHMARKS = ((490, "kws01"), (27648, "vww01"), (3072, "ic01"), (640, "ad01"))
 
-_state = {"buf": None, "expected": 0, "pos": 0, "results": None, "model_id": None, "clock_us": 0, "ticks": None}
+# The protocol state, a list indexed by these (no dict keys or globals on the heap):
+_BUF = const(0)         # the separate `db` buffer; None while a direct load writes into the model's input tensor
+_EXPECTED = const(1)    # N of the last `db load`
+_POS = const(2)         # bytes arrived
+_RESULTS = const(3)     # m-results text of the last inference
+_CLOCK = const(4)       # now_us(): microseconds so far, and the last ticks_us() reading
+_TICKS = const(5)
+_DIRECT = const(6)      # id() of the model whose input tensor takes the data (not the model: that would keep an
+_FLIP = const(7)        # unloaded model's arena alive); flip/signed: how bytes go into that tensor
+_SIGNED = const(8)
+_CRC = const(9)         # the tensor's CRC-32 after a direct load when the runtime keeps no copy of input 0
+_state = [None, 0, 0, None, 0, None, None, 0, False, None]
+
+_STALE = "e-[The model changed since db load; send db load N and the data again]"
 
 
 def now_us():
@@ -45,12 +58,12 @@ def now_us():
     2**30 us on most ports); correct as long as it is called at least every ~8 minutes."""
     if not hasattr(time, "ticks_us"):          # CPython (host-side tests)
         return time.perf_counter_ns() // 1000
+    st = _state
     t = time.ticks_us()
-    last = _state["ticks"]
-    if last is not None:
-        _state["clock_us"] += time.ticks_diff(t, last)
-    _state["ticks"] = t
-    return _state["clock_us"]
+    if st[_TICKS] is not None:
+        st[_CLOCK] += time.ticks_diff(t, st[_TICKS])
+    st[_TICKS] = t
+    return st[_CLOCK]
 
 
 def model_id(model):
@@ -85,12 +98,31 @@ def _ensure_model(rt):
     return None
 
 
+def _direct(rt):
+    """(model, the runtime's copy of input 0 or None) while a direct load's model is still the loaded one, else
+    None. tinyfw.inference keeps that copy (rt.input_copies) when it fits next to the model."""
+    model = rt.model
+    if model is None or id(model) != _state[_DIRECT]:
+        return None
+    copies = getattr(rt, "input_copies", None)
+    copy = copies[0] if copies and len(copies[0]) == _state[_EXPECTED] else None
+    return model, copy
+
+
+def _put(dst, at, src, flip, signed):
+    """dst[at:] = src as the reference firmware converts: x ^ flip (0x80: uint8 pixel minus 128), as -128..127 when
+    dst holds signed bytes."""
+    if not flip and not signed:
+        dst[at:at + len(src)] = src
+        return
+    for i in range(len(src)):
+        v = src[i] ^ flip
+        dst[at + i] = v - 256 if signed and v > 127 else v
+
+
 def _db(rt, args):
     st = _state
-    if not args:
-        _say(rt, "e-[Command 'db' requires a subcommand]")
-        return
-    sub = args[0]
+    sub = args[0] if args else ""
     if sub == "load":
         if len(args) < 2:
             _say(rt, "e-[Command 'db load' requires the # of bytes]")
@@ -102,52 +134,91 @@ def _db(rt, args):
         if n <= 0:
             _say(rt, "e-[Command 'db load' must be >0 bytes]")
             return
-        if st["buf"] is None or len(st["buf"]) != n:
-            st["buf"] = None
+        st[_EXPECTED] = st[_POS] = 0
+        st[_DIRECT] = st[_CRC] = None
+        model = _ensure_model(rt)
+        if model is not None and model.inputs[0].nbytes == n and model.inputs[0].dtype in ("int8", "uint8"):
+            # straight into the input tensor: no second copy of a 27 KB vww01 image next to the model
+            st[_BUF] = None
+            st[_DIRECT] = id(model)
+            st[_SIGNED] = _signed_view(model.input_buffer(0))
+            st[_FLIP] = 0x80 if model_id(model) in ("vww01", "ic01") and model.inputs[0].dtype == "int8" else 0
+        elif st[_BUF] is None or len(st[_BUF]) != n:
+            st[_BUF] = None
+            gc.collect()
             try:
-                st["buf"] = bytearray(n)
+                st[_BUF] = bytearray(n)
             except MemoryError:
-                st["expected"] = 0
-                _say(rt, "e-[No memory for a %d-byte buffer]" % n)
+                gc.collect()
+                free = gc.mem_free() if hasattr(gc, "mem_free") else -1
+                if model is None:
+                    _say(rt, "e-[db load %d: out of memory, %d bytes free; load a model first so the input goes "
+                             "straight into its tensor]" % (n, free))
+                else:
+                    _say(rt, "e-[db load %d: out of memory, %d bytes free; the model's input takes %d bytes, only "
+                             "that many go straight into its tensor]" % (n, free, model.inputs[0].nbytes))
                 return
-        st["expected"] = n
-        st["pos"] = 0
+        st[_EXPECTED] = n
         _say(rt, "m-[Expecting %d bytes]" % n)
     elif sub == "print":
-        buf, n_filled = st["buf"], st["pos"]
         try:
-            count = int(args[1]) if len(args) > 1 else n_filled
+            count = int(args[1]) if len(args) > 1 else st[_POS]
             offset = int(args[2]) if len(args) > 2 else 0
         except ValueError:
             _say(rt, "e-[db print takes numbers: db print [N] [offset]]")
             return
+        buf, flip = st[_BUF], 0
+        if st[_DIRECT] is not None:
+            d = _direct(rt)
+            if d is None:
+                _say(rt, _STALE)
+                return
+            buf, flip = d[1], st[_FLIP]
+            if buf is None:
+                buf = d[0].input_buffer(0)
+                if st[_CRC] is not None and binascii.crc32(buf) != st[_CRC]:
+                    _say(rt, "e-[Inference overwrote the input tensor (no room for a copy); send db load N again]")
+                    return
         if buf is None:
             return
-        end = min(offset + count, n_filled)
+        end = min(offset + count, st[_POS])
         for start in range(offset, end, 8):
-            chunk = buf[start:min(start + 8, end)]
-            _say(rt, "m-buffer-" + "-".join("%02x" % b for b in chunk))
+            _say(rt, "m-buffer-" + "-".join("%02x" % ((buf[i] & 0xFF) ^ flip)
+                                            for i in range(start, min(start + 8, end))))
+    elif not sub:
+        _say(rt, "e-[Command 'db' requires a subcommand]")
+    elif st[_EXPECTED] == 0:
+        _say(rt, "e-[db load N must come before db data]")
+    elif len(sub) & 1:
+        _say(rt, "e-[Insufficent number of hex digits]")
     else:
-        if st["buf"] is None or st["expected"] == 0:
-            _say(rt, "e-[db load N must come before db data]")
-            return
-        digits = sub
-        if len(digits) & 1:
-            _say(rt, "e-[Insufficent number of hex digits]")
-            return
         try:
-            data = binascii.unhexlify(digits)
+            data = binascii.unhexlify(sub)
         except ValueError:
-            _say(rt, "e-[Invalid hex digits '%s']" % digits[:16])
+            _say(rt, "e-[Invalid hex digits '%s']" % sub[:16])
             return
-        room = st["expected"] - st["pos"]
-        if room <= 0:
-            _say(rt, "e-[Buffer already holds %d bytes; send db load N first]" % st["expected"])
+        pos = st[_POS]
+        take = st[_EXPECTED] - pos
+        if take <= 0:
+            _say(rt, "e-[Buffer already holds %d bytes; send db load N first]" % st[_EXPECTED])
             return
-        take = min(room, len(data))
-        st["buf"][st["pos"]:st["pos"] + take] = data[:take]
-        st["pos"] += take
-        if st["pos"] == st["expected"]:
+        if take < len(data):
+            data = data[:take]
+        if st[_DIRECT] is None:
+            st[_BUF][pos:pos + len(data)] = data
+        else:
+            d = _direct(rt)
+            if d is None:
+                _say(rt, _STALE)
+                return
+            dst = d[0].input_buffer(0)
+            _put(dst, pos, data, st[_FLIP], st[_SIGNED])
+            if d[1] is not None:
+                d[1][pos:pos + len(data)] = dst[pos:pos + len(data)]
+            elif pos + len(data) == st[_EXPECTED]:
+                st[_CRC] = binascii.crc32(dst)
+        st[_POS] = pos + len(data)
+        if st[_POS] == st[_EXPECTED]:
             _say(rt, "m-load-done")
 
 
@@ -163,7 +234,7 @@ def _signed_view(view):
     return signed
 
 
-def _load_tensor(model, buf, bench):
+def _load_tensor(model, buf):
     """Copy the db buffer into the input tensor the way the reference firmware does: int8 as is, uint8 pixels
     minus 128 for vww01/ic01, float32 quantized with the input's scale and zero point (ad01). Returns None,
     True (float input: the results are the reconstruction error) or an error message."""
@@ -172,13 +243,7 @@ def _load_tensor(model, buf, bench):
     n = info.nbytes
     signed = _signed_view(dst)
     if len(buf) == n:
-        flip = 0x80 if bench in ("vww01", "ic01") and info.dtype == "int8" else 0
-        if not flip and not signed:
-            dst[:] = buf
-            return None
-        for i in range(n):
-            v = buf[i] ^ flip            # x - 128 in two's complement when flipping
-            dst[i] = v - 256 if signed and v > 127 else v
+        _put(dst, 0, buf, 0x80 if model_id(model) in ("vww01", "ic01") and info.dtype == "int8" else 0, signed)
         return None
     if len(buf) == 4 * n and info.dtype in ("int8", "uint8"):
         lo, hi = (-128, 127) if info.dtype == "int8" else (0, 255)
@@ -232,15 +297,22 @@ def _infer(rt, args):
     if model is None:
         _say(rt, "e-[No model loaded: load one with tinyhost or put it at /model.tflite]")
         return
-    if st["buf"] is None or st["pos"] != st["expected"] or st["expected"] == 0:
-        _say(rt, "e-[Input incomplete: %d of %d bytes; send db load N and db data first]"
-             % (st["pos"], st["expected"]))
+    if st[_POS] != st[_EXPECTED] or st[_EXPECTED] == 0:
+        _say(rt, "e-[Input incomplete: %d of %d bytes; send db load N and db data first]" % (st[_POS], st[_EXPECTED]))
         return
-    bench = model_id(model)
-    loaded = _load_tensor(model, st["buf"], bench)
-    if isinstance(loaded, str):
-        _say(rt, "e-[" + loaded + "]")
-        return
+    loaded = None
+    if st[_DIRECT] is not None:
+        d = _direct(rt)
+        if d is None:
+            _say(rt, _STALE)
+            return
+        if d[1] is not None:                 # what db loaded, even if an earlier inference overwrote the tensor
+            model.input_buffer(0)[:] = d[1]
+    else:
+        loaded = _load_tensor(model, st[_BUF])
+        if isinstance(loaded, str):
+            _say(rt, "e-[" + loaded + "]")
+            return
     invoke = model.invoke
     _say(rt, "m-warmup-start-%d" % w)
     for _ in range(w):
@@ -253,13 +325,8 @@ def _infer(rt, args):
     t_end = now_us()
     _say(rt, "m-lap-us-%d" % t_end)
     _say(rt, "m-infer-done")
-    st["results"] = _results(model, st["buf"], loaded is True)
-    _say(rt, "m-results-[%s]" % st["results"])
-
-
-def _help(rt):
-    _say(rt, PROFILE)
-    _say(rt, "commands: name, profile, timestamp, db load N, db HEX, db print [N] [offset], infer N [W], results")
+    st[_RESULTS] = _results(model, st[_BUF], loaded is True)
+    _say(rt, "m-results-[%s]" % st[_RESULTS])
 
 
 def handle_command(text, rt):
@@ -282,79 +349,20 @@ def handle_command(text, rt):
         elif cmd == "infer":
             _infer(rt, args)
         elif cmd == "results":
-            if _state["results"] is None:
+            if _state[_RESULTS] is None:
                 _say(rt, "e-[No results yet: run infer first]")
             else:
-                _say(rt, "m-results-[%s]" % _state["results"])
+                _say(rt, "m-results-[%s]" % _state[_RESULTS])
         elif cmd == "timestamp":
             _say(rt, "m-lap-us-%d" % now_us())
         elif cmd == "help":
-            _help(rt)
-        elif cmd == "":
-            pass
-        else:
+            _say(rt, PROFILE)
+            _say(rt, "commands: name, profile, timestamp, db load N, db HEX, db print [N] [offset], infer N [W], "
+                     "results")
+        elif cmd:
             _say(rt, "e-[Unknown command: %s]" % cmd[:32])
     except MemoryError:
         _say(rt, "e-[Out of memory]")
     except Exception as e:       # the DUT must keep answering whatever arrives
         _say(rt, "e-[%s: %s]" % (type(e).__name__, str(e)[:80]))
     rt.write_text("m-ready\r\n")
-
-
-class StandaloneRuntime:
-    """The smallest `rt` for serve(): a model from tinyfw.engine and text to stdout."""
-
-    def __init__(self, out=None):
-        import sys
-
-        self.model = None
-        self._out = out or sys.stdout
-
-    def load_model(self, path, backend="auto"):
-        from tinyfw import engine
-
-        if self.model is not None:
-            self.model.close()
-            self.model = None
-        self.model = engine.load(path, backend=backend)
-        return self.model
-
-    def write_text(self, s):
-        self._out.write(s)
-        try:
-            self._out.flush()
-        except AttributeError:
-            pass
-
-
-def serve(rt=None, read=None, max_command=512):
-    """Run a DUT that speaks only this protocol: read bytes, dispatch each '%'-terminated command, forever.
-
-    ``read()`` returns one byte (bytes/str of length 1, empty at end of input); default: stdin.
-    """
-    import sys
-
-    if rt is None:
-        rt = StandaloneRuntime()
-    if read is None:
-        stream = getattr(sys.stdin, "buffer", sys.stdin)
-
-        def read():
-            return stream.read(1)
-
-    cmd = bytearray(max_command)
-    n = 0
-    rt.write_text("m-init-done\r\nm-ready\r\n")
-    while True:
-        c = read()
-        if not c:
-            return
-        b = c[0] if not isinstance(c, str) else ord(c)
-        if b == 0x25:          # '%'
-            handle_command(bytes(cmd[:n]).decode(), rt)
-            n = 0
-        elif b in (0x0A, 0x0D):
-            continue
-        elif n < max_command:
-            cmd[n] = b
-            n += 1

@@ -9,11 +9,33 @@
 import os
 
 from hashlib import sha256
-from tinyfw.frame import DevError, E_BAD_ARGS, E_EXISTS, E_HASH_MISMATCH, E_IO, E_NO_SPACE, E_STATE, HEADER_BYTES
-from tinyfw.frame import GET, HASH, LIST, MKDIR, PUT_ABORT, PUT_BEGIN, PUT_DATA, PUT_END, REMOVE, RENAME
-from tinyfw.frame import put32, u16, u32
+from tinyfw.frame import DevError, put32, u16, u32
 
-_EEXIST = 17
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+# Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
+_HEADER_BYTES = const(10)
+_LIST = const(0x10)
+_HASH = const(0x11)
+_REMOVE = const(0x12)
+_RENAME = const(0x13)
+_MKDIR = const(0x14)
+_PUT_BEGIN = const(0x15)
+_PUT_DATA = const(0x16)
+_PUT_END = const(0x17)
+_PUT_ABORT = const(0x18)
+_GET = const(0x19)
+_E_BAD_ARGS = const(2)
+_E_EXISTS = const(4)
+_E_NO_SPACE = const(5)
+_E_IO = const(6)
+_E_HASH_MISMATCH = const(7)
+_E_STATE = const(11)
+_EEXIST = const(17)
 
 
 class Upload:
@@ -60,8 +82,8 @@ def file_sha256(rt, path):
 
 def cmd_list(rt):
     if rt.fio.n < 2:
-        raise DevError(E_BAD_ARGS, "LIST wants start u16 and a path")
-    start = u16(rt.fio.buf, HEADER_BYTES)
+        raise DevError(_E_BAD_ARGS, "LIST wants start u16 and a path")
+    start = u16(rt.fio.buf, _HEADER_BYTES)
     path = rt.payload_str(2) or "/"
     out = rt.fio.payload
     pos = 1
@@ -108,7 +130,7 @@ def cmd_rename(rt):
     raw = bytes(rt.payload_view())
     sep = raw.find(b"\0")
     if sep < 0:
-        raise DevError(E_BAD_ARGS, "RENAME wants 'src\\0dst'")
+        raise DevError(_E_BAD_ARGS, "RENAME wants 'src\\0dst'")
     replace_file(raw[:sep].decode(), raw[sep + 1:].decode())
     rt.reply_small(0)
 
@@ -120,9 +142,9 @@ def cmd_mkdir(rt):
 
 def cmd_put_begin(rt):
     if rt.fio.n < 37:
-        raise DevError(E_BAD_ARGS, "PUT_BEGIN wants size u32, sha256 (32 bytes) and a path")
+        raise DevError(_E_BAD_ARGS, "PUT_BEGIN wants size u32, sha256 (32 bytes) and a path")
     put_cancel(rt)
-    size = u32(rt.fio.buf, HEADER_BYTES)
+    size = u32(rt.fio.buf, _HEADER_BYTES)
     sha = bytes(rt.payload_view(4, 36))
     path = rt.payload_str(36)
     parent = path.rsplit("/", 1)[0]
@@ -130,7 +152,7 @@ def cmd_put_begin(rt):
         makedirs(parent)
     free = fs_free_bytes(parent or "/")
     if free is not None and size > free:
-        raise DevError(E_NO_SPACE, "%s needs %d bytes, the filesystem has %d free" % (path, size, free))
+        raise DevError(_E_NO_SPACE, "%s needs %d bytes, the filesystem has %d free" % (path, size, free))
     rt.upload = Upload(path, size, sha)
     rt.reply_small(0)
 
@@ -147,16 +169,16 @@ def put_data_apply(rt):
     up = rt.upload
     n = fio.n - 4
     if up is None:
-        raise DevError(E_STATE, "PUT_DATA without PUT_BEGIN")
-    offset = u32(fio.buf, HEADER_BYTES)
+        raise DevError(_E_STATE, "PUT_DATA without PUT_BEGIN")
+    offset = u32(fio.buf, _HEADER_BYTES)
     if n < 0 or offset > up.offset or offset + n > up.size:
-        raise DevError(E_STATE, "PUT_DATA at %d+%d, expected offset %d of %d" % (offset, n, up.offset, up.size))
+        raise DevError(_E_STATE, "PUT_DATA at %d+%d, expected offset %d of %d" % (offset, n, up.offset, up.size))
     skip = up.offset - offset
     if skip < n:
         if skip == 0 and n == rt.max_payload - 4:
             data = rt.put_data_full
         else:
-            data = fio.mv[HEADER_BYTES + 4 + skip:HEADER_BYTES + 4 + n]
+            data = fio.mv[_HEADER_BYTES + 4 + skip:_HEADER_BYTES + 4 + n]
         try:
             up.file.write(data)
         except OSError:
@@ -169,16 +191,16 @@ def put_data_apply(rt):
 def cmd_put_end(rt):
     up = rt.upload
     if up is None:
-        raise DevError(E_STATE, "PUT_END without PUT_BEGIN")
+        raise DevError(_E_STATE, "PUT_END without PUT_BEGIN")
     rt.upload = None
     up.close(False)
     try:
         if up.offset != up.size:
-            raise DevError(E_STATE, "%s: got %d of %d bytes" % (up.path, up.offset, up.size))
+            raise DevError(_E_STATE, "%s: got %d of %d bytes" % (up.path, up.offset, up.size))
         if up.hash.digest() != up.sha:
-            raise DevError(E_HASH_MISMATCH, "%s: sha256 of the received data differs from the host's" % up.path)
+            raise DevError(_E_HASH_MISMATCH, "%s: sha256 of the received data differs from the host's" % up.path)
         if file_sha256(rt, up.path + ".part") != (up.sha, up.size):
-            raise DevError(E_IO, "%s: the file read back from flash differs from the data received" % up.path)
+            raise DevError(_E_IO, "%s: the file read back from flash differs from the data received" % up.path)
         replace_file(up.path + ".part", up.path)
     except BaseException:
         up.close(True)
@@ -192,23 +214,26 @@ def cmd_put_abort(rt):
 
 
 def put_cancel(rt):
-    rt.put_cancel()
+    """End an upload in progress, removing its partial file."""
+    if rt.upload is not None:
+        rt.upload.close(True)
+        rt.upload = None
 
 
 def cmd_get(rt):
     if rt.fio.n < 7:
-        raise DevError(E_BAD_ARGS, "GET wants offset u32, max u16 and a path")
+        raise DevError(_E_BAD_ARGS, "GET wants offset u32, max u16 and a path")
     buf = rt.fio.buf
-    offset = u32(buf, HEADER_BYTES)
-    want = min(u16(buf, HEADER_BYTES + 4), rt.max_payload - 4)
+    offset = u32(buf, _HEADER_BYTES)
+    want = min(u16(buf, _HEADER_BYTES + 4), rt.max_payload - 4)
     path = rt.payload_str(6)
     size = os.stat(path)[6]
     n = 0
     if offset < size and want:
         with open(path, "rb") as f:
             f.seek(offset)
-            n = f.readinto(rt.fio.mv[HEADER_BYTES + 4:HEADER_BYTES + 4 + want]) or 0
-    put32(buf, HEADER_BYTES, size)
+            n = f.readinto(rt.fio.mv[_HEADER_BYTES + 4:_HEADER_BYTES + 4 + want]) or 0
+    put32(buf, _HEADER_BYTES, size)
     rt.reply_big(4 + n)
 
 
@@ -236,7 +261,7 @@ def makedirs(path):
             if e.args[0] != _EEXIST:
                 raise
             if not os.stat(cur)[0] & 0x4000:
-                raise DevError(E_EXISTS, "%s exists and is not a directory" % cur)
+                raise DevError(_E_EXISTS, "%s exists and is not a directory" % cur)
 
 
 def replace_file(src, dst):
@@ -249,6 +274,6 @@ def replace_file(src, dst):
         os.rename(src, dst)
 
 
-FILE_COMMANDS = {LIST: cmd_list, HASH: cmd_hash, REMOVE: cmd_remove, RENAME: cmd_rename, MKDIR: cmd_mkdir,
-                 PUT_BEGIN: cmd_put_begin, PUT_DATA: cmd_put_data, PUT_END: cmd_put_end, PUT_ABORT: cmd_put_abort,
-                 GET: cmd_get}
+FILE_COMMANDS = {_LIST: cmd_list, _HASH: cmd_hash, _REMOVE: cmd_remove, _RENAME: cmd_rename, _MKDIR: cmd_mkdir,
+                 _PUT_BEGIN: cmd_put_begin, _PUT_DATA: cmd_put_data, _PUT_END: cmd_put_end,
+                 _PUT_ABORT: cmd_put_abort, _GET: cmd_get}

@@ -77,26 +77,23 @@ NAK_STALL = const(3)
 NAK_GAP = const(4)
 NAK_TOO_BIG = const(5)
 
-# read_frame() results
+# read_frame() results (R_FRAME is 0: any other result is a reason the frame was not taken)
 R_FRAME = const(0)
 R_EOF = const(1)
-R_BAD_HEADER = const(2)
-R_TOO_BIG = const(3)
-R_BAD_CRC = const(4)
-R_STALL = const(5)
-R_INTERRUPT = const(6)
-R_TEXT = const(7)
+_R_BAD_HEADER = const(2)
+_R_TOO_BIG = const(3)
+_R_BAD_CRC = const(4)
+_R_STALL = const(5)
+_R_INTERRUPT = const(6)
 
 _TAIL = const(8)                    # last bytes of a frame read one by one, each with a timeout
+_IDLE_MS = const(30)                # a byte after this long without one starts a new burst (FrameIO.idle)
+_SMALL = const(22)                  # header + 8 payload bytes + trailer: the ACK/NAK/EVENT buffer
 
 
 class DevError(Exception):
-    """A command failed; the runtime turns it into an ERR reply carrying ``code`` and ``msg``."""
-
-    def __init__(self, code, msg):
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
+    """``DevError(code, msg)``: a command failed; the runtime turns it into an ERR reply carrying ``args``, the
+    error code (E_*) and the message."""
 
 
 def u16(b, i):
@@ -134,51 +131,30 @@ def seal(buf, ftype, flags, seq, n):
     return HEADER_BYTES + n + TRAILER_BYTES
 
 
-class FixedFrame:
-    """A frame with a fixed payload size (ACK, NAK, EVENT) whose buffer and views are made once: filling and
-    sealing it allocates nothing beyond the CRC integers on a 32-bit port."""
-
-    def __init__(self, ftype, n):
-        self.n = n
-        self.buf = bytearray(HEADER_BYTES + n + TRAILER_BYTES)
-        self.mv = memoryview(self.buf)
-        self.fields = self.mv[2:8]
-        self.payload = self.mv[HEADER_BYTES:HEADER_BYTES + n]
-        seal(self.buf, ftype, 0, 0, n)
-
-    def sealed(self, seq):
-        buf = self.buf
-        put16(buf, 4, seq)
-        hc = crc32(self.fields)
-        put16(buf, 8, hc & 0xFFFF)
-        put32(buf, HEADER_BYTES + self.n, crc32(self.payload, hc))
-        return self.mv
-
-
 class FrameIO:
     """Reads frames from ``stream_in`` (readinto) and writes them to ``stream_out`` (write).
 
     Bytes outside frames are text: they are handed to ``on_text(byte, burst_start)`` one by one. A frame whose
     bytes stop arriving is abandoned after ``byte_timeout_ms`` (when ``select.poll`` exists on this port).
+    ACK, NAK and EVENT frames share one small buffer (``small``; payload at small[10:18]), see send_small.
     """
 
-    def __init__(self, stream_in, stream_out, max_payload, byte_timeout_ms=150, idle_ms=30):
+    def __init__(self, stream_in, stream_out, max_payload, byte_timeout_ms=150):
         self.inp = stream_in
         self.out = stream_out
-        self.max_payload = max_payload
         self.buf = bytearray(HEADER_BYTES + max_payload + TRAILER_BYTES)
-        self.mv = memoryview(self.buf)
-        self.payload = self.mv[HEADER_BYTES:]
-        self.full_payload = self.mv[HEADER_BYTES:HEADER_BYTES + max_payload]
-        self._hdr_bytes = [self.mv[i:i + 1] for i in range(2, HEADER_BYTES)]
-        self._hdr_fields = self.mv[2:8]
-        self._tail = bytearray(_TAIL)
-        self._tail_bytes = [memoryview(self._tail)[i:i + 1] for i in range(_TAIL)]
-        self._one = bytearray(1)
-        self._one_mv = memoryview(self._one)
-        self._ack = FixedFrame(ACK, 0)
+        mv = self.mv = memoryview(self.buf)
+        self.payload = mv[HEADER_BYTES:]
+        self.full_payload = mv[HEADER_BYTES:HEADER_BYTES + max_payload]     # its length is max_payload
+        self.one = bytearray(1)
+        small = self.small = bytearray(_SMALL)
+        small[0] = MAGIC0
+        small[1] = MAGIC1
+        smv = memoryview(small)
+        # header fields of the frame buffer and of the small one; then per small-frame size (0, 3 or 8 payload
+        # bytes, index n // 3) the payload the CRC covers and the whole frame
+        self.views = (mv[2:8], smv[2:8], smv[10:10], smv[:14], smv[10:13], smv[:17], smv[10:18], smv[:22])
         self.byte_timeout_ms = byte_timeout_ms
-        self.idle_ms = idle_ms
         self.poll = None
         try:
             import select
@@ -192,8 +168,7 @@ class FrameIO:
         self.seq = 0
         self.n = 0
         self.header_ok = False       # the last bad frame still had a valid header (its seq can be trusted)
-        self.idle = True             # nothing arrived for idle_ms before the current byte
-        self.eof = False
+        self.idle = True             # nothing arrived for _IDLE_MS before the current byte
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _wait(self, timeout_ms):
@@ -204,81 +179,70 @@ class FrameIO:
             return True
         return False
 
-    def _read1(self, dst):
-        """Read one byte into the 1-byte memoryview ``dst``; False on end of input."""
-        if self.inp.readinto(dst) != 1:
-            self.eof = True
-            return False
-        return True
-
-    def _read_timed(self, views):
-        for v in views:
+    def _read_timed(self, start, count):
+        """Read ``count`` bytes one by one into buf[start:], each within byte_timeout_ms; R_FRAME when all came,
+        else R_EOF or _R_STALL."""
+        buf = self.buf
+        one = self.one
+        for i in range(start, start + count):
             if not self._wait(self.byte_timeout_ms):
-                return False
-            if not self._read1(v):
-                return False
-        return True
+                return _R_STALL
+            if self.inp.readinto(one) != 1:
+                return R_EOF
+            buf[i] = one[0]
+        return R_FRAME
 
     def read_frame(self, on_text):
         """Read bytes until a frame or a reason to stop; returns one of the R_* codes.
 
         After R_FRAME: ``ftype``, ``flags``, ``seq``, ``n`` describe it and ``payload[:n]`` holds its payload.
-        ``on_text(byte, burst_start)`` returns True to stop reading (R_INTERRUPT) or None/False to go on.
+        ``on_text(byte, burst_start)`` returns True to stop reading (_R_INTERRUPT) or None/False to go on.
         """
-        one = self._one
+        one = self.one
         pending_magic = False
         while True:
-            if self.poll is not None and not self._wait(self.idle_ms):
+            if self.poll is not None and not self._wait(_IDLE_MS):
                 self.idle = True
                 while not self._wait(1000):
                     pass
             burst_start = self.idle
             self.idle = False
-            if not self._read1(self._one_mv):
+            if self.inp.readinto(one) != 1:
                 return R_EOF
             c = one[0]
-            if pending_magic:
-                if c == MAGIC1:
-                    return self._read_body()
-                pending_magic = False
-            if c == MAGIC0:
-                pending_magic = True
-                continue
-            if on_text(c, burst_start):
-                return R_INTERRUPT
-
-    def _read_body(self):
+            if pending_magic and c == MAGIC1:
+                break
+            pending_magic = c == MAGIC0     # held back: the next byte says whether a frame starts
+            if not pending_magic and on_text(c, burst_start):
+                return _R_INTERRUPT
+        # the rest of a frame: header fields, checked before its length is trusted, then payload and CRC
         buf = self.buf
         self.header_ok = False
-        if not self._read_timed(self._hdr_bytes):
-            return R_EOF if self.eof else R_STALL
-        hc = crc32(self._hdr_fields)
+        r = self._read_timed(2, HEADER_BYTES - 2)
+        if r:
+            return r
+        hc = crc32(self.views[0])
         if hc & 0xFFFF != u16(buf, 8):
-            return R_BAD_HEADER
+            return _R_BAD_HEADER
         self.header_ok = True
         self.ftype = buf[2]
         self.flags = buf[3]
         self.seq = u16(buf, 4)
         n = u16(buf, 6)
         self.n = n
-        if n > self.max_payload:
-            return R_TOO_BIG
+        full = self.full_payload
+        if n > len(full):
+            return _R_TOO_BIG
         total = n + TRAILER_BYTES
         bulk = total - _TAIL if total > _TAIL else 0
-        if bulk:
-            if self.inp.readinto(self.payload, bulk) != bulk:
-                self.eof = True
-                return R_EOF
-        rest = total - bulk
-        if not self._read_timed(self._tail_bytes[:rest] if rest != _TAIL else self._tail_bytes):
-            return R_EOF if self.eof else R_STALL
-        tail = self._tail
-        base = HEADER_BYTES + bulk
-        for i in range(rest):
-            buf[base + i] = tail[i]
-        data = self.full_payload if n == self.max_payload else self.mv[HEADER_BYTES:HEADER_BYTES + n]
+        if bulk and self.inp.readinto(self.payload, bulk) != bulk:
+            return R_EOF
+        r = self._read_timed(HEADER_BYTES + bulk, total - bulk)
+        if r:
+            return r
+        data = full if n == len(full) else self.mv[HEADER_BYTES:HEADER_BYTES + n]
         if crc32(data, hc) != u32(buf, HEADER_BYTES + n):
-            return R_BAD_CRC
+            return _R_BAD_CRC
         return R_FRAME
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -288,8 +252,19 @@ class FrameIO:
         self.write(memoryview(buf)[:length])
         return length
 
-    def send_ack(self, seq):
-        self.write(self._ack.sealed(seq))
+    def send_small(self, ftype, seq, n):
+        """Send an ACK (n 0), NAK (n 3) or EVENT (n 8) whose payload is at small[10:10+n]; allocates nothing
+        beyond the CRC integers on a 32-bit port."""
+        b = self.small
+        v = self.views
+        b[2] = ftype
+        put16(b, 4, seq)
+        b[6] = n
+        hc = crc32(v[1])
+        put16(b, 8, hc & 0xFFFF)
+        k = 2 + 2 * (n // 3)
+        put32(b, HEADER_BYTES + n, crc32(v[k], hc))
+        self.write(v[k + 1])
 
     def write(self, mv):
         out = self.out

@@ -5,29 +5,49 @@
 # never depends on how the engine works inside.
 #
 # Offload (docs/offload.md): when /offload.json says "on" or "auto", INFER goes through tinyfw.offload's
-# Predictor (same input, same output layout) instead of a plain invoke; the package is imported only then. The
-# file is read when a model is loaded and checked again at most every config_check_ms, so `tinyhost offload ...`
-# switches a running board and the setting survives a reset. A request with FLAG_INFO gets the Predictor's record
-# of which path answered and how long each stage took, between the time and the output.
+# Predictor (same input, same output layout) instead of a plain invoke; the package is imported only then, after
+# the model (when it does not fit next to it, the board runs locally and LOAD says why). The file is read when a
+# model is loaded and looked at again at most every config_check_ms, so `tinyhost offload ...` switches a running
+# board and the setting survives a reset. A request with FLAG_INFO gets the record of which path answered and how
+# long each stage took, between the time and the output.
 import gc
 import json
 import struct
 import time
 
-from tinyfw.frame import (E_BAD_ARGS, E_INTERNAL, E_MODEL, E_NO_ENGINE, E_NO_MEMORY, E_NO_MODEL, E_NOT_FOUND,
-                          E_TOO_BIG, FLAG_STREAM, GET_OUTPUT, HEADER_BYTES, INFER, INVOKE, LOAD, SET_INPUT, UNLOAD,
-                          put32, u16, u32)
+from micropython import const
+
+from tinyfw.frame import put32, u16, u32
+
+# The numbers of docs/protocol.md (as in tinyfw.frame and tinyhost.protocol), private so that they cost no RAM.
+_HEADER_BYTES = const(10)
+_FLAG_STREAM = const(2)
+_LOAD = const(0x20)
+_SET_INPUT = const(0x21)
+_INVOKE = const(0x22)
+_GET_OUTPUT = const(0x23)
+_INFER = const(0x24)
+_UNLOAD = const(0x25)
+_E_BAD_ARGS = const(2)
+_E_NOT_FOUND = const(3)
+_E_NO_MODEL = const(8)
+_E_MODEL = const(9)
+_E_NO_MEMORY = const(10)
+_E_NO_ENGINE = const(12)
+_E_TOO_BIG = const(13)
+_E_INTERNAL = const(14)
 
 _engine = None
 
-OFFLOAD_CONFIG = "/offload.json"
-FLAG_INFO = 0x04               # INFER request flag: the reply carries the info block (tinyfw.offload_switch)
-INFO_BYTES = 56
-_INFO_LOCAL = "<8xfI28x3I"  # offload_switch's record for a local answer: zeros, confidence nan, local_us, total_us
-_CHECK_MS = 1000               # how often the config file is looked for while tinyfw.offload_switch is not loaded
-_switch = None                 # tinyfw.offload_switch once imported
+_OFFLOAD_CONFIG = "/offload.json"
+_FLAG_INFO = const(0x04)       # INFER request flag: the reply carries the info block
+_INFO_BYTES = const(56)
+_INFO_LOCAL = "<8xfI28x3I"     # the info block of a local answer: zeros, confidence nan, local_us, total_us
+_predictor = None              # tinyfw.offload's Predictor while /offload.json says on/auto and it fits
+_config = None                 # the config file's bytes as last read (b"": no file)
+_why = ""                      # why the board runs locally although the file asks for offload
 _looked_ms = 0
-_oom = ""                      # offload did not fit next to the loaded model; not tried again before the next LOAD
+_check_ms = 1000
 
 
 def _engine_module(rt):
@@ -36,7 +56,7 @@ def _engine_module(rt):
         try:
             from tinyfw import engine
         except ImportError as e:
-            rt.fail(E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
+            rt.fail(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
         _engine = engine
     return _engine
 
@@ -49,93 +69,70 @@ def backends(rt=None):
     return tuple(engine.BACKENDS)
 
 
-def _switch_module():
-    global _switch
-    if _switch is None:
-        from tinyfw import offload_switch
-        _switch = offload_switch
-    return _switch
-
-
-def offload_check(rt, force=False):
-    """The offload Predictor for INFER, or None to run locally. tinyfw.offload_switch (which reads /offload.json)
-    is imported once the file exists; until then the file is looked for at most every _CHECK_MS (always when
-    ``force``: a model load)."""
-    global _looked_ms
-    if _oom and not force:
+def _offload(rt, force=False):
+    """The offload Predictor for INFER, or None to run locally. /offload.json is looked at at most every
+    config_check_ms (always when ``force``: a model load); when its bytes change the Predictor is rebuilt."""
+    global _predictor, _config, _why, _looked_ms, _check_ms
+    now = time.ticks_ms()
+    if not force and time.ticks_diff(now, _looked_ms) < _check_ms:
+        return _predictor
+    _looked_ms = now
+    try:
+        with open(_OFFLOAD_CONFIG, "rb") as f:
+            raw = f.read()
+    except OSError:
+        raw = b""
+    if raw == _config and not force:
+        return _predictor
+    _drop_offload()
+    _config = raw
+    if not raw or rt.model is None:            # a model load looks again (force)
         return None
-    if _switch is None:
-        now = time.ticks_ms()
-        if not force and time.ticks_diff(now, _looked_ms) < _CHECK_MS:
+    try:                                       # json is built in: "off" imports nothing
+        cfg = json.loads(raw)
+        _check_ms = int(cfg.get("config_check_ms", 1000))
+        if cfg.get("mode", "off") == "off":
             return None
-        _looked_ms = now
-        try:
-            with open(OFFLOAD_CONFIG, "rb") as f:
-                raw = f.read()
-        except OSError:
-            return None
-        try:                                   # json is built in: "off" costs no switch module on the heap
-            if json.loads(raw).get("mode", "off") == "off":
-                return None
-        except (ValueError, AttributeError):
-            pass                               # the switch module reports a bad file
         raw = None
         gc.collect()
-    return _switch_module().offload_check(rt, force)
+        from tinyfw.offload import Predictor
+        _predictor = Predictor(rt.model, cfg)
+    except ImportError as e:
+        _drop_offload()
+        _why = "tinyfw.offload is not on the board: %s" % e
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        _drop_offload()
+        _why = "%s: %s" % (_OFFLOAD_CONFIG, e)
+    except MemoryError:
+        _drop_offload()
+        _why = "out of memory: %d bytes free" % gc.mem_free()
+        rt.last_error = "offload is off: " + _why + " next to the model; it runs locally"   # STATS shows it
+    return _predictor
 
 
-def _mode_error(rt):
-    if _oom:
-        return "off", _oom
-    return _switch.mode_error(rt) if _switch is not None else ("off", "")
-
-
-def _drop_offload(rt):
-    """Give everything offload allocated back to the heap: the Predictor, tinyfw.offload and the switch module."""
-    global _switch
+def _drop_offload():
+    """Give everything offload allocated back to the heap: the Predictor (its connection) and tinyfw.offload."""
+    global _predictor, _why
     import sys
-    if _switch is not None:
-        try:
-            _switch.release(rt)
-        except MemoryError:
-            pass
-    _switch = None
-    rt.offload_state = None
-    for name in ("tinyfw.offload_switch", "tinyfw.offload", "tinyfw.offload.frames", "tinyfw.offload.links"):
-        if name in sys.modules:
+    p = _predictor
+    _predictor = None
+    _why = ""
+    if p is not None:
+        p.close()
+    p = None
+    for name in tuple(sys.modules):
+        if name.startswith("tinyfw.offload"):
             del sys.modules[name]
-    import tinyfw
-    for name in ("offload_switch", "offload"):
-        if hasattr(tinyfw, name):
-            delattr(tinyfw, name)
+    pkg = sys.modules.get("tinyfw")
+    if pkg is not None and "offload" in pkg.__dict__:
+        delattr(pkg, "offload")
     gc.collect()
 
 
-def _offload_after_load(rt):
-    """Switch offload on for the model just loaded. The model comes first: when offload does not fit next to it,
-    what it allocated is freed, the board runs locally and LOAD reports offload=off with the reason."""
-    global _oom
-    _oom = ""
-    _checked(rt, True)
-
-
-def _checked(rt, force):
-    # offload_check, but a MemoryError (the config switched on while the board runs, or at LOAD) means local runs.
-    global _oom
-    try:
-        return offload_check(rt, force)
-    except MemoryError:
-        _drop_offload(rt)
-        _oom = "out of memory: %d bytes free" % gc.mem_free()
-        rt.last_error = "offload is off: " + _oom + " next to the model; it runs locally"   # STATS shows it
-        return None
-
-
 def unload(rt):
-    global _oom
-    _oom = ""
-    if _switch is not None:
-        _switch.release(rt)
+    global _config
+    _drop_offload()
+    _config = None
     rt.input_copies = None
     if rt.model is not None:
         m = rt.model
@@ -159,13 +156,13 @@ def load_model(rt, path, backend="auto"):
     try:
         rt.model = engine.load(path, backend=backend)
     except engine.ModelError as e:
-        rt.fail(E_MODEL, "%s: %s" % (path, e))
+        rt.fail(_E_MODEL, "%s: %s" % (path, e))
     except MemoryError:
         gc.collect()
-        rt.fail(E_NO_MEMORY, "%s does not fit in RAM (heap free %d bytes after unloading)" % (path, gc.mem_free()))
+        rt.fail(_E_NO_MEMORY, "%s does not fit in RAM (heap free %d bytes after unloading)" % (path, gc.mem_free()))
     except OSError as e:
         if e.args and e.args[0] == 2:
-            rt.fail(E_NOT_FOUND, "%s: no such file" % path)
+            rt.fail(_E_NOT_FOUND, "%s: no such file" % path)
         raise
     # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
     # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
@@ -173,13 +170,13 @@ def load_model(rt, path, backend="auto"):
         rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
     except MemoryError:
         rt.input_copies = None
-    _offload_after_load(rt)
+    _offload(rt, True)
     return rt.model
 
 
 def _model(rt):
     if rt.model is None:
-        rt.fail(E_NO_MODEL, "no model loaded: send LOAD first")
+        rt.fail(_E_NO_MODEL, "no model loaded: send LOAD first")
     return rt.model
 
 
@@ -188,53 +185,62 @@ def _tensor_text(t):
                                   t.nbytes)
 
 
+def _kv(rt, n, key, value):
+    """Append the line key=value to the reply being built in the frame buffer (n bytes so far); the new length.
+    Line by line: next to a model the heap is in pieces too small for the whole text."""
+    line = ("%s%s=%s" % ("\n" if n else "", key, value)).encode()
+    end = min(n + len(line), rt.max_payload)
+    rt.fio.payload[n:end] = line[:end - n]
+    return end
+
+
 def _load(rt):
     raw = bytes(rt.payload_view())
     sep = raw.find(b"\0")
     if sep < 0:
-        rt.fail(E_BAD_ARGS, "LOAD wants 'backend\\0path'")
+        rt.fail(_E_BAD_ARGS, "LOAD wants 'backend\\0path'")
     backend = raw[:sep].decode() or "auto"
     path = raw[sep + 1:].decode()
+    raw = None
     t0 = time.ticks_ms()
     m = load_model(rt, path, backend)
-    load_ms = time.ticks_diff(time.ticks_ms(), t0)
-    pairs = [("backend", m.backend), ("load_ms", load_ms)]
+    n = _kv(rt, 0, "backend", m.backend)
+    n = _kv(rt, n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
     for k, v in m.stats().items():
         if k != "backend":
-            pairs.append((k, v))
+            n = _kv(rt, n, k, v)
     for i, t in enumerate(m.inputs):
-        pairs.append(("input%d" % i, _tensor_text(t)))
+        n = _kv(rt, n, "input%d" % i, _tensor_text(t))
     for i, t in enumerate(m.outputs):
-        pairs.append(("output%d" % i, _tensor_text(t)))
+        n = _kv(rt, n, "output%d" % i, _tensor_text(t))
     rt.collect()
-    pairs.append(("heap_free_bytes", gc.mem_free()))
-    pairs.append(("input_kept", int(rt.input_copies is not None)))
-    mode, error = _mode_error(rt)
-    pairs.append(("offload", mode))
-    if error:
-        pairs.append(("offload_error", error.replace("\n", " ")))
-    rt.reply_kv(pairs)
+    n = _kv(rt, n, "heap_free_bytes", gc.mem_free())
+    n = _kv(rt, n, "input_kept", int(rt.input_copies is not None))
+    n = _kv(rt, n, "offload", _predictor.mode if _predictor is not None else "off")
+    if _why:
+        n = _kv(rt, n, "offload_error", _why.replace("\n", " "))
+    rt.reply_big(n)
 
 
 def _tensor_buffer(rt, index, inputs):
     m = _model(rt)
     tensors = m.inputs if inputs else m.outputs
     if index >= len(tensors):
-        rt.fail(E_BAD_ARGS, "the model has %d %s, no index %d" % (len(tensors), "inputs" if inputs else "outputs",
+        rt.fail(_E_BAD_ARGS, "the model has %d %s, no index %d" % (len(tensors), "inputs" if inputs else "outputs",
                                                                    index))
     return m.input_buffer(index) if inputs else m.output_buffer(index)
 
 
 def _set_input(rt):
     if rt.fio.n < 5:
-        rt.fail(E_BAD_ARGS, "SET_INPUT wants index u8, offset u32 and data")
+        rt.fail(_E_BAD_ARGS, "SET_INPUT wants index u8, offset u32 and data")
     buf = rt.fio.buf
-    index = buf[HEADER_BYTES]
-    offset = u32(buf, HEADER_BYTES + 1)
+    index = buf[_HEADER_BYTES]
+    offset = u32(buf, _HEADER_BYTES + 1)
     n = rt.fio.n - 5
     dst = _tensor_buffer(rt, index, True)
     if offset + n > len(dst):
-        rt.fail(E_BAD_ARGS, "input %d has %d bytes; %d at offset %d do not fit" % (index, len(dst), n, offset))
+        rt.fail(_E_BAD_ARGS, "input %d has %d bytes; %d at offset %d do not fit" % (index, len(dst), n, offset))
     dst[offset:offset + n] = rt.payload_view(5)
     if rt.input_copies is not None:
         rt.input_copies[index][offset:offset + n] = rt.payload_view(5)
@@ -243,26 +249,26 @@ def _set_input(rt):
 
 def _get_output(rt):
     if rt.fio.n != 7:
-        rt.fail(E_BAD_ARGS, "GET_OUTPUT wants index u8, offset u32, max u16")
+        rt.fail(_E_BAD_ARGS, "GET_OUTPUT wants index u8, offset u32, max u16")
     buf = rt.fio.buf
-    index = buf[HEADER_BYTES]
-    offset = u32(buf, HEADER_BYTES + 1)
-    want = min(u16(buf, HEADER_BYTES + 5), rt.max_payload - 4)
+    index = buf[_HEADER_BYTES]
+    offset = u32(buf, _HEADER_BYTES + 1)
+    want = min(u16(buf, _HEADER_BYTES + 5), rt.max_payload - 4)
     src = _tensor_buffer(rt, index, False)
     total = len(src)
     n = max(0, min(want, total - offset))
-    put32(buf, HEADER_BYTES, total)
+    put32(buf, _HEADER_BYTES, total)
     rt.fio.payload[4:4 + n] = src[offset:offset + n]
     rt.reply_big(4 + n)
 
 
 def _invoke(rt):
     if rt.fio.n != 8:
-        rt.fail(E_BAD_ARGS, "INVOKE wants runs u32, warmup u32")
+        rt.fail(_E_BAD_ARGS, "INVOKE wants runs u32, warmup u32")
     buf = rt.fio.buf
-    n = u32(buf, HEADER_BYTES)
-    warmup = u32(buf, HEADER_BYTES + 4)
-    stream = rt.fio.flags & FLAG_STREAM
+    n = u32(buf, _HEADER_BYTES)
+    warmup = u32(buf, _HEADER_BYTES + 4)
+    stream = rt.fio.flags & _FLAG_STREAM
     m = _model(rt)
     rt.times = None
     rt.times_n = 0
@@ -270,7 +276,7 @@ def _invoke(rt):
     try:
         times = bytearray(4 * n)
     except MemoryError:
-        rt.fail(E_NO_MEMORY, "%d runs need %d bytes for their timings; ask for fewer runs per INVOKE" % (n, 4 * n))
+        rt.fail(_E_NO_MEMORY, "%d runs need %d bytes for their timings; ask for fewer runs per INVOKE" % (n, 4 * n))
     invoke = m.invoke
     restore = _restorer(rt, m)
     for _ in range(warmup):
@@ -336,36 +342,35 @@ def _infer(rt):
     n = rt.fio.n
     dst = m.input_buffer(0)
     if n != len(dst):
-        rt.fail(E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
+        rt.fail(_E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
     out_len = m.outputs[0].nbytes
-    want_info = rt.fio.flags & FLAG_INFO
-    head = 5 + INFO_BYTES if want_info else 4
+    want_info = rt.fio.flags & _FLAG_INFO
+    head = 5 + _INFO_BYTES if want_info else 4
     if out_len + head > rt.max_payload:
-        rt.fail(E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
+        rt.fail(_E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
     data = rt.payload_view()
     if rt.input_copies is not None:
         rt.input_copies[0][:] = data
-    p = _checked(rt, False)
+    p = _offload(rt)
     if p is None:
         dst[:] = data
         t0 = time.ticks_us()
         m.invoke()
         dt = time.ticks_diff(time.ticks_us(), t0)
         out = m.output_buffer(0)
-        info = None
     else:
         out, info = p.predict(data)          # same input, same output layout, local or remote
         dt = info.total_us
         if len(out) != out_len:
-            rt.fail(E_INTERNAL, "offload answer has %d bytes, output 0 has %d" % (len(out), out_len))
+            rt.fail(_E_INTERNAL, "offload answer has %d bytes, output 0 has %d" % (len(out), out_len))
     buf = rt.fio.buf
-    put32(buf, HEADER_BYTES, dt)
+    put32(buf, _HEADER_BYTES, dt)
     if want_info:
-        buf[HEADER_BYTES + 4] = INFO_BYTES
-        if info is None:                     # local: no need to import the switch module for an empty record
-            struct.pack_into(_INFO_LOCAL, buf, HEADER_BYTES + 5, float("nan"), dt, dt, 0, 0)
+        buf[_HEADER_BYTES + 4] = _INFO_BYTES
+        if p is None:
+            struct.pack_into(_INFO_LOCAL, buf, _HEADER_BYTES + 5, float("nan"), dt, dt, 0, 0)
         else:
-            _switch_module().pack_info(buf, HEADER_BYTES + 5, info, dt, _mode_error(rt)[0])
+            p.pack_info(buf, _HEADER_BYTES + 5)
     rt.fio.payload[head:head + out_len] = out
     rt.reply_big(head + out_len)
 
@@ -375,12 +380,12 @@ def _unload(rt):
     rt.reply_small(0)
 
 
-_HANDLERS = {LOAD: _load, SET_INPUT: _set_input, INVOKE: _invoke, GET_OUTPUT: _get_output, INFER: _infer,
-             UNLOAD: _unload}
+_HANDLERS = {_LOAD: _load, _SET_INPUT: _set_input, _INVOKE: _invoke, _GET_OUTPUT: _get_output, _INFER: _infer,
+             _UNLOAD: _unload}
 
 
 def handle(rt, ftype):
     h = _HANDLERS.get(ftype)
     if h is None:
-        rt.fail(E_BAD_ARGS, "command 0x%02x is not a model command" % ftype)
+        rt.fail(_E_BAD_ARGS, "command 0x%02x is not a model command" % ftype)
     h(rt)

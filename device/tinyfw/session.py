@@ -1,25 +1,41 @@
-# tinyfw session commands: HELLO, INFO, BYE, RESET, TIMES (docs/protocol.md; STATS stays in runtime.py). Functions take the Runtime.
+# tinyfw session commands: HELLO, INFO, BYE, RESET, TIMES (docs/protocol.md; STATS stays in runtime.py).
+# Functions take the Runtime.
 # The runtime imports this module on the first of them and drops it again before a model is loaded.
 # Bootstrap note: like files.py, sent into runtime.py's namespace when the host bootstraps; names must not clash.
+# Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import os
 import sys
-import time
 
 from hashlib import sha256
-from tinyfw.frame import BYE, DevError, E_BAD_ARGS, E_STATE, HEADER_BYTES, HELLO, INFO, PROTOCOL_VERSION, RESET
-from tinyfw.frame import TIMES, u16, u32
+from tinyfw.frame import DevError, u16, u32
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_HEADER_BYTES = const(10)
+_PROTOCOL_VERSION = const(1)
+_HELLO = const(0x01)
+_INFO = const(0x02)
+_BYE = const(0x04)
+_RESET = const(0x05)
+_TIMES = const(0x06)
+_E_BAD_ARGS = const(2)
+_E_STATE = const(11)
 
 
 def cmd_hello(rt):
-    rt.reply_kv((("tinyfw", rt.version), ("protocol", PROTOCOL_VERSION), ("max_payload", rt.max_payload),
+    rt.reply_kv((("tinyfw", rt.version), ("protocol", _PROTOCOL_VERSION), ("max_payload", rt.max_payload),
                  ("window", rt.window), ("bootstrapped", int(rt.bootstrapped))))
 
 
 def cmd_info(rt):
     impl = sys.implementation
     pairs = [("firmware_version", rt.version), ("firmware_hash", firmware_hash(rt)),
-             ("protocol", PROTOCOL_VERSION), ("micropython_version", ".".join(str(v) for v in impl.version[:3])),
+             ("protocol", _PROTOCOL_VERSION), ("micropython_version", ".".join(str(v) for v in impl.version[:3])),
              ("machine", getattr(impl, "_machine", sys.platform)), ("platform", sys.platform),
              ("max_payload", rt.max_payload), ("window", rt.window),
              ("bootstrapped", int(rt.bootstrapped)), ("mpy", getattr(impl, "_mpy", 0))]
@@ -54,13 +70,14 @@ def cmd_bye(rt):
 
 
 def cmd_reset(rt):
-    rt.put_cancel()
+    if rt.upload is not None:
+        rt.upload.close(True)
+        rt.upload = None
     if rt.model is not None:
         rt.model_module().unload(rt)
     rt.times = None
     rt.times_n = 0
-    rt.frames_rx = rt.frames_bad = rt.frames_retried = rt.frames_dup = 0
-    rt.frames_out_of_order = rt.naks_sent = rt.errors = rt.text_commands = 0
+    rt.counts = [0] * len(rt.counts)
     rt.last_error = ""
     rt.heap_peak_bytes = 0
     rt.collect()
@@ -69,12 +86,12 @@ def cmd_reset(rt):
 
 def cmd_times(rt):
     if rt.fio.n != 6:
-        raise DevError(E_BAD_ARGS, "TIMES wants offset u32, count u16")
+        raise DevError(_E_BAD_ARGS, "TIMES wants offset u32, count u16")
     buf = rt.fio.buf
-    start = u32(buf, HEADER_BYTES)
-    count = u16(buf, HEADER_BYTES + 4)
+    start = u32(buf, _HEADER_BYTES)
+    count = u16(buf, _HEADER_BYTES + 4)
     if rt.times is None:
-        raise DevError(E_STATE, "no timings: run INVOKE first")
+        raise DevError(_E_STATE, "no timings: run INVOKE first")
     count = max(0, min(count, rt.times_n - start, rt.max_payload // 4))
     rt.fio.payload[:4 * count] = rt.times[4 * start:4 * (start + count)]
     rt.reply_big(4 * count)
@@ -103,8 +120,9 @@ def firmware_hash(rt):
     if rt.bootstrapped:
         return "ram"
     if rt.firmware_hash is None:
-        here = rt.firmware_dir
-        if here is None:
+        try:
+            here = __file__.rsplit("/", 1)[0] or "."      # the tinyfw folder: runtime.py is beside this file
+        except NameError:           # this code was sent through the REPL: no file behind it
             return "ram"
         h = sha256()
         _fw_hash_tree(h, here, "")
@@ -112,5 +130,5 @@ def firmware_hash(rt):
     return rt.firmware_hash
 
 
-SESSION_COMMANDS = {HELLO: cmd_hello, INFO: cmd_info, BYE: cmd_bye, RESET: cmd_reset,
-                    TIMES: cmd_times}
+SESSION_COMMANDS = {_HELLO: cmd_hello, _INFO: cmd_info, _BYE: cmd_bye, _RESET: cmd_reset,
+                    _TIMES: cmd_times}

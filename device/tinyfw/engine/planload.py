@@ -244,6 +244,8 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
     fallback = m._fallback
     model_bytes = h[4]
     for _ in range(n_ops):
+        if _gc is not None:
+            _gc.collect()                       # the last record's temporaries go before this record's views
         b = rd.next()
         kind, n_in, o_ref, o_n, top = struct.unpack_from("<BBiII", b, 2)
         if top > total:

@@ -1,137 +1,91 @@
-# tinyfw.offload: one predict() for local and offloaded inference, chosen by /offload.json.
+# tinyfw.offload: one predict() for local and offloaded inference (docs/offload.md).
 #
 #   from tinyfw.offload import Predictor
-#   p = Predictor(model)                  # model: an engine Model (input_buffer/invoke/output_buffer)
-#   out, info = p.predict(input_bytes)    # local, remote or "auto", as the board's config says
+#   p = Predictor(model)                  # model: an engine Model; config from /offload.json
+#   out, info = p.predict(input_bytes)    # local, remote or "auto", as the config says
 #
 # Modes: "off" (always local), "on" (always offload; local on timeout or error, counted as a fallback) and
-# "auto" (local first; offload only when the local top-1 confidence is below "threshold"). The config file
-# survives a reset; a Predictor re-reads it when it changes (checked at most every config_check_ms), so
-# `tinyhost offload on|off|auto` switches a running board. Plain MicroPython: ESP32, nRF52840, the unix VM.
-import json
-import os
+# "auto" (local first; offload only when the local top-1 confidence is below "threshold").
+#
+# This module is all that stays on the heap while a board offloads over TCP without a key (about 6 KB on the
+# 64-bit VM): the wire format (host/tinyhost/offload/wire.py is the spec), the TCP link and the Predictor. The
+# config check (config.py) is imported by the Predictor's constructor and dropped again; HMAC (auth.py) is
+# imported only with a key, the serial link (stream.py) only for transport "serial". Frame buffers are sized to
+# the model's input and output and allocated once per Predictor; a request writes into them.
 import struct
+import time
 
-from .frames import (CONFIG_PATH, DEFAULTS, DTYPES, E_CONFIG, E_DOWN, E_FRAME, E_LINK, E_TIMEOUT, MODES, WANTS,
-                     AUTH_REQUIRED, Hmac, Offloader, OffloadError, crc32, ticks_add, ticks_diff, ticks_ms,
-                     ticks_us, unhexlify)
-from .links import StreamLink, TcpLink
+try:
+    from micropython import const
+except ImportError:                     # CPython imports this package only for tinyfw.offload.config
+    def const(x):
+        return x
 
-def check_config(cfg):
-    # Returns the config with defaults filled in; raises ValueError naming the bad field.
-    out = dict(DEFAULTS)
-    for k in cfg:
-        if k not in DEFAULTS:
-            raise ValueError("unknown field %r in the offload config" % k)
-        out[k] = cfg[k]
-    if out["mode"] not in MODES:
-        raise ValueError("mode must be one of off, on, auto, not %r" % (out["mode"],))
-    if out["transport"] not in ("tcp", "serial"):
-        raise ValueError("transport must be tcp or serial")
-    if out["want"] not in WANTS:
-        raise ValueError("want must be default, model or reference")
-    if not 0.0 <= float(out["threshold"]) <= 1.0:
-        raise ValueError("threshold must be within 0..1")
-    for k, hi in (("timeout_ms", 60000), ("retries", 5), ("retry_after_ms", 3600000), ("config_check_ms", 3600000)):
-        if not isinstance(out[k], int) or not 0 <= out[k] <= hi:
-            raise ValueError("%s must be an integer within 0..%d" % (k, hi))
-    if out["mode"] != "off":
-        if out["transport"] == "tcp" and ":" not in out["server"]:
-            raise ValueError("server must be HOST:PORT for the tcp transport")
-        if not out["model_id"] or not out["device_id"]:
-            raise ValueError("model_id and device_id are needed to offload")
-    if out["key"]:
-        unhexlify(out["key"])
-    return out
+try:
+    from binascii import crc32
+except ImportError:                     # ports built without binascii.crc32
+    from .softcrc import crc32
+
+_HEADER = const("<2sBBHII")             # magic b"TO", version, kind, flags, seq, body length
+_HEAD = const(14)
+_MAC = const(32)
+_HELLO = const(1)
+_WELCOME = const(2)
+_REQUEST = const(3)
+_REPLY = const(4)
+_AUTH_REQUIRED = const(5)               # wire status codes (wire.py)
+_AUTH_FAILED = const(6)
+_E_TIMEOUT = const(-1)                  # this side's failures (Info.error, counters()["errors"])
+_E_LINK = const(-2)
+_E_FRAME = const(-3)
+_E_DOWN = const(-4)
+_E_MEMORY = const(-6)
+_DTYPES = const(("int8", "uint8", "int16", "int32", "float32"))     # wire dtype code = index + 1
+_SOURCES = const(("local", "model", "reference"))
+_MODES = const(("off", "on", "auto"))
 
 
-def load_config(path=CONFIG_PATH):
-    # The board's config, defaults filled in; a missing file means mode "off". Raises ValueError/OSError if bad.
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except OSError:
-        return dict(DEFAULTS)
-    if not isinstance(raw, dict):
-        raise ValueError("the offload config must be a JSON object")
-    return check_config(raw)
+class OffloadError(Exception):
+    # A remote prediction failed; args[0] is a wire status (> 0) or a negative code of this side.
+    pass
 
 
-def save_config(cfg, path=CONFIG_PATH):
-    # Atomic: write path.part, then rename over path.
-    cfg = check_config(cfg)
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f)
-    try:
-        os.rename(tmp, path)            # littlefs and unix replace the old file in one step
-    except OSError:
-        os.remove(path)
-        os.rename(tmp, path)
-    return cfg
-
-
-def _file_stamp(path):
-    try:
-        st = os.stat(path)
-        return (st[6], st[8])           # size, mtime
-    except OSError:
-        return None
+def dtype_code(dtype):
+    if dtype not in _DTYPES:
+        raise ValueError("offload carries int8, uint8, int16, int32 or float32 tensors, not %s" % dtype)
+    return _DTYPES.index(dtype) + 1
 
 
 def top1(buf, dtype, scale, zero_point):
-    # (index, real value) of the largest element of an output tensor.
-    n = len(buf) // DTYPES[dtype][1]
+    # (index, real value) of the largest element of an output tensor; int8/uint8 without allocating.
+    code = dtype_code(dtype)
+    size = b"\x00\x01\x01\x02\x04\x04"[code]
     best_i = 0
-    if dtype == "float32":
-        best = struct.unpack_from("<f", buf, 0)[0]
-        for i in range(1, n):
-            v = struct.unpack_from("<f", buf, 4 * i)[0]
-            if v > best:
-                best, best_i = v, i
-        return best_i, best
-    if dtype in ("int8", "uint8"):
-        signed = dtype == "int8"
-        best = -1000
-        for i in range(n):
+    best = None
+    for i in range(len(buf) // size):
+        if code < 3:
             v = buf[i]
-            if signed and v > 127:
+            if code == 1 and v > 127:
                 v -= 256
-            if v > best:
-                best, best_i = v, i
-    else:
-        fmt = "<" + DTYPES[dtype][2]
-        best = struct.unpack_from(fmt, buf, 0)[0]
-        for i in range(1, n):
-            v = struct.unpack_from(fmt, buf, DTYPES[dtype][1] * i)[0]
-            if v > best:
-                best, best_i = v, i
-    return best_i, (best - zero_point) * scale if scale else float(best)
+        else:
+            v = struct.unpack_from("<" + "xxxhif"[code], buf, size * i)[0]
+        if best is None or v > best:
+            best, best_i = v, i
+    return best_i, best if code == 5 else (best - zero_point) * scale if scale else float(best)
 
 
 class Info:
     # What one predict() did; the same object is reused (read it before the next predict()).
-    def __init__(self):
-        self.reset()
-
     def reset(self):
         self.source = "local"           # local | model | reference  (model/reference: answered by the server)
         self.offloaded = False          # a remote answer was used
         self.fallback = False           # wanted remote, answered locally
-        self.error = 0                  # last remote error code (wire status or E_*), 0 = none
+        self.error = 0                  # last remote error (wire status or a negative code), 0 = none
         self.retries = 0
         self.confidence = None          # local top-1 confidence (auto mode)
-        self.local_us = 0
-        self.serialise_us = 0
-        self.send_us = 0
-        self.wait_us = 0                # request sent -> reply header in (network + server)
-        self.receive_us = 0             # rest of the reply in
-        self.parse_us = 0
-        self.server_queue_us = 0
-        self.server_compute_us = 0
-        self.total_us = 0
-        self.request_bytes = 0
-        self.reply_bytes = 0
+        # times in microseconds; wait_us: request sent -> reply header in (network + server)
+        self.local_us = self.serialise_us = self.send_us = self.wait_us = self.receive_us = self.parse_us = 0
+        self.server_queue_us = self.server_compute_us = self.total_us = self.request_bytes = self.reply_bytes = 0
 
     def as_dict(self):
         return {k: getattr(self, k) for k in (
@@ -140,165 +94,261 @@ class Info:
             "request_bytes", "reply_bytes")}
 
 
-class Predictor:
-    # The one predict API: local, remote or auto, as config (a dict, or read from config_path) says.
-    def __init__(self, model, config=None, config_path=CONFIG_PATH, link=None):
-        self.model = model
-        self.config_path = config_path
-        self.link = link
-        self.info = Info()
-        self.in_info = model.inputs[0]
-        self.out_info = model.outputs[0]
-        self.offloader = None
-        self.predictions = 0
-        self.offloaded = 0
-        self.fallbacks = 0
-        self.retries = 0
-        self.errors = {}
-        self.config_error = None
-        self._down_until = None
-        self._stamp = None
-        self._checked_ms = ticks_ms()
-        self.watch = config is None     # an explicit config is not replaced by the file's
-        if config is not None:
-            self._apply(check_config(config))
-        else:
-            self.reload()
+class TcpLink:
+    # A persistent TCP connection with TCP_NODELAY (where the port has it) and a timeout on every operation.
+    def __init__(self, server, timeout_ms):
+        self.server = server
+        self.timeout_ms = timeout_ms
+        self.sock = None
+        self.nodelay = False
 
-    def reload(self):
-        # Re-read the config file (called by itself when the file changes).
-        self._stamp = _file_stamp(self.config_path)
+    def open(self):
+        import socket
+        host, port = self.server.rsplit(":", 1)
+        addr = socket.getaddrinfo(host.strip("[]"), int(port), 0, socket.SOCK_STREAM)[0][-1]
+        s = self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(self.timeout_ms / 1000)
+        s.connect(addr)
         try:
-            cfg = load_config(self.config_path)
-            self.config_error = None
-        except (ValueError, TypeError, OSError) as e:
-            cfg = dict(DEFAULTS)
-            self.config_error = str(e)
-            self.errors[E_CONFIG] = self.errors.get(E_CONFIG, 0) + 1
-        self._apply(cfg)
+            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+            self.nodelay = True
+        except (OSError, AttributeError):
+            pass
 
-    def _apply(self, cfg):
-        if self.offloader is not None:
-            self.offloader.close()
-            self.offloader = None
+    def send(self, mv):
+        if self.sock.write(mv) != len(mv):      # a stream write returns short only on timeout
+            raise OSError(110)
+
+    def recv_into(self, mv):
+        k = self.sock.readinto(mv)              # reads all of mv unless the peer closes or the timeout passes
+        if k != len(mv):
+            raise OSError(110 if k is None else 104)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Predictor:
+    # The one predict API: local, remote or auto, as config (a dict; None: read config_path) says. link: an object
+    # with open(), send(mv), recv_into(mv), close() and nodelay (default: TcpLink, or the serial link).
+    def __init__(self, model, config=None, config_path="/offload.json", link=None):
+        import sys
+        from . import config as c       # checked once; its code goes back to the heap
+        try:
+            cfg = c.load_config(config_path) if config is None else c.check_config(config)
+        finally:
+            del sys.modules[c.__name__]
+            globals().pop("config", None)
+            c = None
         self.cfg = cfg
         self.mode = cfg["mode"]
-        self._down_until = None
-        if self.mode != "off":
-            self.offloader = Offloader(cfg, self.in_info, self.out_info, self.link)
-
-    def set_mode(self, mode, threshold=None, save=True):
-        cfg = dict(self.cfg)
-        cfg["mode"] = mode
-        if threshold is not None:
-            cfg["threshold"] = threshold
-        cfg = save_config(cfg, self.config_path) if save else check_config(cfg)
-        self._apply(cfg)
-        self._stamp = _file_stamp(self.config_path)
-
-    def _maybe_reload(self):
-        if not self.watch:
+        self.model = model
+        self.info = Info()
+        self.info.reset()
+        self.predictions = self.offloaded = self.fallbacks = self.retries = self.reconnects = self.seq = 0
+        self.errors = {}
+        self.down_until = self.key = self.link = None
+        self.session = None             # after HELLO/WELCOME on the open link: True, or the session's Hmac
+        if self.mode == "off":
             return
-        every = self.cfg["config_check_ms"] if self.cfg else 1000
-        now = ticks_ms()
-        if ticks_diff(now, self._checked_ms) < every:
-            return
-        self._checked_ms = now
-        if _file_stamp(self.config_path) != self._stamp:
-            self.reload()
+        if cfg["key"]:
+            from binascii import unhexlify
+            from .auth import Hmac
+            self.key = Hmac(unhexlify(cfg["key"]))
+        if link is None:
+            if cfg["transport"] == "serial":
+                from .stream import StreamLink
+                link = StreamLink(cfg["timeout_ms"])
+            else:
+                link = TcpLink(cfg["server"], cfg["timeout_ms"])
+        self.link = link
+        # REQUEST: header and request head (model id u8 length + text, want u8, tensor head: dtype u8, ndim u8, dims
+        # u16 each, scale f32, zero point i32, data length u32) from tx, then the input straight from the caller's
+        # buffer, then [mac] and crc from tail: no copy of the input, and no buffer of its size.
+        i, o = model.inputs[0], model.outputs[0]
+        mid = cfg["model_id"].encode()
+        head = bytes((len(mid),)) + mid + struct.pack(
+            "<BBB%dHfiI" % len(i.shape), ("default", "model", "reference").index(cfg["want"]), dtype_code(i.dtype),
+            len(i.shape), *(tuple(i.shape) + (i.scale, i.zero_point, i.nbytes)))
+        self.tx = bytearray(struct.pack(_HEADER, b"TO", 1, _REQUEST, 1 if self.key else 0, 0, len(head) + i.nbytes)
+                            + head)
+        self.tail = memoryview(bytearray((_MAC if self.key else 0) + 4))
+        dtype_code(o.dtype)             # refused here, not at the first answer
+        # REPLY: header, status/source/queue/compute (10), tensor head (2 + 2*ndim + 12), data, [mac], crc; at
+        # least a WELCOME with a short message. A longer frame is a refusal: its status is all that is read.
+        self.rx = memoryview(bytearray(max(_HEAD + 24 + 2 * len(o.shape) + o.nbytes, 138) + len(self.tail)))
 
-    def _local(self, data, info):
-        t = ticks_us()
-        buf = self.model.input_buffer(0)
-        if len(data) != len(buf):
-            raise ValueError("input is %d bytes, the model takes %d" % (len(data), len(buf)))
-        buf[:] = data
-        self.model.invoke()
-        out = self.model.output_buffer(0)
-        info.local_us = ticks_diff(ticks_us(), t)
-        return out
+    def close(self):
+        self.session = None
+        if self.link is not None:
+            self.link.close()
+
+    def _read(self):
+        # Read one frame into rx: (kind, seq, body, frame bytes, signed, ticks_us when its header was in).
+        # Checks its CRC and, in a session with a key, its MAC.
+        rx, link = self.rx, self.link
+        link.recv_into(rx[:_HEAD])
+        t = time.ticks_us()
+        magic, version, kind, flags, seq, n = struct.unpack_from(_HEADER, rx, 0)
+        if magic != b"TO" or version != 1:
+            raise OffloadError(_E_FRAME)
+        end = _HEAD + n
+        total = end + (_MAC if flags & 1 else 0) + 4
+        if total > len(rx):             # not an answer this model can get; the link is closed after it
+            link.recv_into(rx[_HEAD:_HEAD + 1])
+            raise OffloadError(rx[_HEAD] or _E_FRAME)
+        link.recv_into(rx[_HEAD:total])
+        if crc32(rx[:total - 4]) != struct.unpack_from("<I", rx, total - 4)[0]:
+            raise OffloadError(_E_FRAME)
+        if flags & 1 and self.key and self.session and bytes(rx[end:end + _MAC]) != self.session.digest(rx[:end]):
+            raise OffloadError(_E_FRAME)
+        return kind, seq, rx[_HEAD:end], total, flags & 1, t
+
+    def _connect(self):
+        # Open the link and run HELLO/WELCOME; with a key, check the server's proof and derive the session key.
+        self.close()
+        self.link.open()
+        dev = self.cfg["device_id"].encode()
+        nonce = _nonce()
+        self.seq += 1
+        hello = bytearray(struct.pack(_HEADER, b"TO", 1, _HELLO, 0, self.seq, 17 + len(dev)) + bytes((len(dev),))
+                          + dev + nonce + bytes(4))
+        struct.pack_into("<I", hello, len(hello) - 4, crc32(memoryview(hello)[:-4]))
+        self.link.send(hello)
+        kind, _, body, _, _, _ = self._read()
+        if body[0]:                     # a WELCOME or REPLY that refuses the session
+            raise OffloadError(body[0])
+        if kind != _WELCOME:
+            raise OffloadError(_E_FRAME)
+        session = True
+        if self.key:
+            # the server must authenticate too, and prove that it knows this board's key
+            session = body[1] & 1 and self.key.session(nonce, body[2:18], body[18:50])
+            if not session:
+                raise OffloadError(_AUTH_FAILED)
+        self.session = session
+        self.reconnects += 1
+
+    def _request(self, data, info):
+        # One request/reply on the open session: memoryview of the answer; raises OffloadError or OSError.
+        if self.session is None:
+            self._connect()
+        ticks_us, ticks_diff = time.ticks_us, time.ticks_diff
+        t0 = ticks_us()
+        self.seq += 1
+        tx, tail, send = self.tx, self.tail, self.link.send
+        struct.pack_into("<I", tx, 6, self.seq)
+        crc = crc32(data, crc32(tx))
+        if self.key:
+            tail[:_MAC] = self.session.digest(tx, data)
+            crc = crc32(tail[:_MAC], crc)
+        struct.pack_into("<I", tail, len(tail) - 4, crc)
+        t1 = ticks_us()
+        send(tx)
+        send(data)
+        send(tail)
+        t2 = ticks_us()
+        kind, seq, body, info.reply_bytes, signed, t3 = self._read()
+        info.request_bytes = len(tx) + len(data) + len(tail)
+        t4 = ticks_us()
+        if kind != _REPLY or (seq != self.seq and seq != 0) or (self.key and not signed):
+            raise OffloadError(_E_FRAME)
+        status, source, info.server_queue_us, info.server_compute_us = struct.unpack_from("<BBII", body, 0)
+        if status:
+            raise OffloadError(status)
+        o = self.model.outputs[0]
+        at = 24 + 2 * body[11]          # the data, after the tensor head
+        if (body[10] != dtype_code(o.dtype) or len(body) - at != o.nbytes
+                or struct.unpack_from("<I", body, at - 4)[0] != o.nbytes):
+            raise OffloadError(_E_FRAME)
+        info.source = "reference" if source == 1 else "model"
+        info.serialise_us = ticks_diff(t1, t0)
+        info.send_us = ticks_diff(t2, t1)
+        info.wait_us = ticks_diff(t3, t2)
+        info.receive_us = ticks_diff(t4, t3)
+        info.parse_us = ticks_diff(ticks_us(), t4)
+        return body[at:]
 
     def _remote(self, data, info):
         # memoryview of the remote answer, or None after a failure (counted; info.error says which).
-        if self._down_until is not None and ticks_diff(self._down_until, ticks_ms()) > 0:
-            info.error = E_DOWN
-            self._count_error(E_DOWN)
-            return None
-        attempts = 1 + self.cfg["retries"]
-        for attempt in range(attempts):
-            try:
-                out = self.offloader.predict_into(data, info)
-                self._down_until = None
-                return out
-            except OffloadError as e:
-                code = e.code
-            except OSError as e:
-                code = E_TIMEOUT if (e.args and e.args[0] in (11, 110, 116)) else E_LINK
-            self.offloader.close()
-            info.error = code
-            self._count_error(code)
-            # A timeout has used up the time budget; a broken link or lost session gets a fresh connection.
-            if code not in (E_LINK, E_FRAME, AUTH_REQUIRED) or attempt + 1 == attempts:
-                break
-            info.retries += 1
-            self.retries += 1
-        self._down_until = ticks_add(ticks_ms(), self.cfg["retry_after_ms"])
-        return None
-
-    def _count_error(self, code):
+        if self.down_until is not None and time.ticks_diff(self.down_until, time.ticks_ms()) > 0:
+            code = _E_DOWN
+        else:
+            for attempt in range(1 + self.cfg["retries"]):
+                try:
+                    out = self._request(data, info)
+                    self.down_until = None
+                    return out
+                except OffloadError as e:
+                    code = e.args[0]
+                except OSError as e:
+                    code = _E_TIMEOUT if e.args and e.args[0] in (11, 110, 116) else _E_LINK
+                except MemoryError:
+                    code = _E_MEMORY
+                self.close()
+                # A timeout has used up the time budget; a broken link or lost session gets a fresh connection.
+                if code not in (_E_LINK, _E_FRAME, _AUTH_REQUIRED) or attempt == self.cfg["retries"]:
+                    break
+                self.errors[code] = self.errors.get(code, 0) + 1
+                info.retries += 1
+                self.retries += 1
+            self.down_until = time.ticks_add(time.ticks_ms(), self.cfg["retry_after_ms"])
         self.errors[code] = self.errors.get(code, 0) + 1
+        info.error = code
+
+    def _local(self, data, info):
+        t = time.ticks_us()
+        m = self.model
+        m.input_buffer(0)[:] = data
+        m.invoke()
+        info.local_us = time.ticks_diff(time.ticks_us(), t)
+        return m.output_buffer(0)
 
     def predict(self, data):
         # (output memoryview, Info). The output is valid until the next predict().
-        self._maybe_reload()
+        if len(data) != self.model.inputs[0].nbytes:
+            raise ValueError("input is %d bytes, the model takes %d" % (len(data), self.model.inputs[0].nbytes))
         info = self.info
         info.reset()
-        t0 = ticks_us()
+        t0 = time.ticks_us()
         self.predictions += 1
         out = None
-        if self.mode == "on":
-            out = self._remote(data, info)
-        elif self.mode == "auto":
-            local = self._local(data, info)
-            o = self.out_info
-            info.confidence = top1(local, o.dtype, o.scale, o.zero_point)[1]
-            if info.confidence >= self.cfg["threshold"]:
-                info.total_us = ticks_diff(ticks_us(), t0)
-                return local, info
-            out = self._remote(data, info)
-            if out is None:
-                info.source = "local"
-                out = local
+        if self.mode == "auto":
+            out = self._local(data, info)
+            o = self.model.outputs[0]
+            info.confidence = top1(out, o.dtype, o.scale, o.zero_point)[1]
+        if self.mode == "on" or (out is not None and info.confidence < self.cfg["threshold"]):
+            remote = self._remote(data, info)
+            if remote is None:
                 info.fallback = True
                 self.fallbacks += 1
             else:
+                out = remote
                 info.offloaded = True
                 self.offloaded += 1
-            info.total_us = ticks_diff(ticks_us(), t0)
-            return out, info
-        if out is not None:
-            info.offloaded = True
-            self.offloaded += 1
-        else:
-            if self.mode == "on":
-                info.fallback = True
-                self.fallbacks += 1
-            info.source = "local"
+        if out is None:
             out = self._local(data, info)
-        info.total_us = ticks_diff(ticks_us(), t0)
+        info.total_us = time.ticks_diff(time.ticks_us(), t0)
         return out, info
+
+    def pack_info(self, buf, at):
+        # The last predict()'s record for an INFER reply with FLAG_INFO (docs/offload.md; 56 bytes at buf[at:]).
+        i = self.info
+        struct.pack_into("<BBhBBxxf11I", buf, at, _SOURCES.index(i.source), i.offloaded | i.fallback << 1 | 4,
+                         i.error, min(i.retries, 255), _MODES.index(self.mode),
+                         float("nan") if i.confidence is None else i.confidence, i.local_us, i.serialise_us,
+                         i.send_us, i.wait_us, i.receive_us, i.parse_us, i.server_queue_us, i.server_compute_us,
+                         i.total_us, i.request_bytes, i.reply_bytes)
 
     def counters(self):
         return {"mode": self.mode, "predictions": self.predictions, "offloaded": self.offloaded,
                 "fallbacks": self.fallbacks, "retries": self.retries, "errors": dict(self.errors),
-                "reconnects": self.offloader.reconnects if self.offloader else 0,
-                "nodelay": bool(self.offloader and self.offloader.link.nodelay),
-                "config_error": self.config_error}
-
-    def close(self):
-        if self.offloader is not None:
-            self.offloader.close()
+                "reconnects": self.reconnects, "nodelay": bool(self.link and self.link.nodelay)}
 
 
-__all__ = ("Predictor", "Offloader", "OffloadError", "Info", "Hmac", "TcpLink", "StreamLink", "crc32", "top1",
-           "check_config", "load_config", "save_config", "CONFIG_PATH", "DEFAULTS", "MODES")
+def _nonce():
+    # The client nonce of a session (a function, so that tests can fix it).
+    from os import urandom
+    return urandom(16)

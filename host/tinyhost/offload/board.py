@@ -24,13 +24,13 @@ INPUTS_PATH = "/offload_inputs.bin"
 
 
 def device_module():
-    """The board's tinyfw.offload, imported here under CPython (it validates configs the board's way)."""
+    """The board's tinyfw.offload.config, imported here under CPython: configs are checked the board's way."""
     try:
-        from tinyfw import offload
+        from tinyfw.offload import config
     except ImportError:
         sys.path.insert(0, str(firmware_dir()))
-        from tinyfw import offload
-    return offload
+        from tinyfw.offload import config
+    return config
 
 
 def check_config(cfg):
@@ -146,7 +146,7 @@ def redacted(cfg):
 @dataclass(frozen=True)
 class BoardRun:
     outputs: list            # bytes per input
-    records: list            # Info dicts per input (device/tinyfw/offload Info.as_dict())
+    records: list            # Info dicts per input (tinyfw.offload Info.as_dict())
     counters: dict           # the Predictor's counters after the run
     wall_s: float            # board clock, whole loop
 

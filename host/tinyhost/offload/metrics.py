@@ -1,6 +1,6 @@
 """Numbers for ``tinyhost bench --offload``: pure functions over per-request records, no I/O.
 
-A record is what the board's ``Predictor.predict`` reports (``Info.as_dict()`` in device/tinyfw/offload.py), plus
+A record is what the board's ``Predictor.predict`` reports (``Info.as_dict()`` in device/tinyfw/offload/__init__.py), plus
 the request and reply sizes when known. ``summarise`` gives the latency breakdown (serialise, send, network, server
 queue, server compute, receive, parse, total, overhead = total - server compute) with p50/p90/p99, fallbacks and
 retries, and an energy estimate that counts radio time; ``agreement`` compares outputs with a reference model's.

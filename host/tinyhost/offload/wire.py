@@ -1,7 +1,7 @@
 """Offload wire format: a pure codec for the compact binary frames between a board and ``tinyhost serve``.
 
-No I/O here. The same layout is implemented for MicroPython in ``device/tinyfw/offload.py``; the tests run one
-against the other. docs/offload.md describes the layout byte by byte.
+No I/O here. The same layout is implemented for MicroPython in ``device/tinyfw/offload/__init__.py``; the tests
+run one against the other. docs/offload.md describes the layout byte by byte.
 
 Every frame::
 

@@ -1,0 +1,33 @@
+# tinyfw text commands: an EEMBC runner's `name%` lines on the same stream as frames (docs/bench.md).
+# The runtime collects a command's bytes (Runtime._on_text) and imports this module at the first '%', so a board
+# that never sees a text command does not carry this code; tinyfw.eembc executes the commands.
+
+_eembc = None                  # tinyfw.eembc once imported; False when it is not installed
+
+
+def run(rt, n, overflow):
+    """Execute the text command in rt.text[:n] (its '%' just came); False when tinyfw.eembc is not installed."""
+    global _eembc
+    if overflow:
+        rt.last_error = "text command longer than %d bytes ignored" % len(rt.text)
+        rt.write_text("e-[%s]\r\n" % rt.last_error)
+        return True
+    try:
+        text = bytes(rt.text[:n]).decode().strip() if n else ""
+    except UnicodeError:
+        rt.write_text("e-[text command is not UTF-8]\r\n")
+        return True
+    if _eembc is None:
+        try:
+            from tinyfw import eembc
+            _eembc = eembc
+        except ImportError:
+            _eembc = False
+    if not _eembc:
+        return False
+    try:
+        _eembc.handle_command(text, rt)
+    except Exception as e:  # a text command never ends the runtime
+        rt.last_error = "text command %r: %r" % (text[:32], e)
+        rt.write_text("e-[%r]\r\n" % (e,))
+    return True
