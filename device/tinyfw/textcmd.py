@@ -23,6 +23,13 @@ def run(rt, n, overflow):
             _eembc = eembc
         except ImportError:
             _eembc = False
+        except MemoryError:             # no room for its code now (a big model loaded): say so, try next time
+            import gc
+            gc.collect()
+            rt.write_text("e-[out of memory importing tinyfw.eembc (%d bytes free); unload the model]\r\n"
+                          % gc.mem_free())
+            rt.write_text("m-ready\r\n")
+            return True
     if not _eembc:
         return False
     try:
