@@ -9,7 +9,7 @@ import struct
 import hashlib
 
 from .plancheck import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
-from .planload import K_CONV_MAX, K_ADD, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, K_REQUANT, work_floor
+from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, work_floor
 
 
 def _refs(r):
