@@ -1,9 +1,10 @@
 """Protocol numbers copied into the firmware modules agree with the host's protocol module.
 
 The resident runtime keeps its heap small on MicroPython by using private copies of the protocol numbers
-(``_HELLO = const(0x01)`` is compiled away: no global, no qstr) instead of importing tinyfw.frame's public ones.
+(``_HELLO = const(0x01)`` is compiled away: no global, no qstr) in every module that uses them, tinyfw.frame
+included (its table is the device side of docs/protocol.md; only the names tests/device/ scripts read are public).
 These tests parse the device sources and require every copy to equal tinyhost.protocol's value, so a drift fails
-here rather than on a board. (tinyfw.frame's public constants themselves: tests/test_protocol_device.py.)"""
+here rather than on a board."""
 
 import ast
 from pathlib import Path
@@ -15,7 +16,7 @@ from tinyhost.client import BOOTSTRAP_MODULES, bootstrap_sources
 
 TINYFW = Path(__file__).resolve().parents[1] / "device" / "tinyfw"
 # the modules that carry private copies of protocol numbers
-COPYING_MODULES = ("runtime.py", "session.py", "files.py")
+COPYING_MODULES = ("frame.py", "runtime.py", "session.py", "files.py", "inference.py", "modelload.py")
 
 
 def protocol_values():
@@ -47,6 +48,18 @@ def test_private_copies_equal_the_host_protocol(module):
     assert copies, f"{module} has no private protocol constants: update COPYING_MODULES"
     wrong = {name: (v, values[name]) for name, v in copies.items() if v != values[name]}
     assert wrong == {}, f"{module}: (device copy, host value) differ"
+
+
+def test_frame_defines_every_protocol_number():
+    """tinyfw.frame's table (public or private names) is complete: every host protocol number has its line."""
+    names = {name.lstrip("_") for name in const_assignments(TINYFW / "frame.py")}
+    assert set(protocol_values()) - names == set()
+
+
+def test_frame_keeps_public_only_what_device_scripts_read():
+    """Each public constant in tinyfw.frame is a module global and a qstr on the board: only these stay public."""
+    public = {name for name in const_assignments(TINYFW / "frame.py") if not name.startswith("_")}
+    assert public == {"HEADER_BYTES", "TRAILER_BYTES", "PUT_DATA", "R_FRAME", "R_EOF"}
 
 
 def test_read_results_copied_into_runtime_equal_the_codecs():

@@ -74,6 +74,8 @@ for line in open(sys.argv[2]):
         K.requantize(mo, inp, p, SCRATCH)
     elif kind == "copy":
         K.copy(mo, inp, c["out_n"])
+    elif kind == "softmax":
+        K.softmax(mo, inp, array("i", c["q31"]), array("i", c["q12"]), p)
     fo.write(bytes(out).hex() + "\n")
 fo.close()
 """
@@ -149,7 +151,7 @@ def conv_like(draw, kind):
         oc1 = draw(st.integers(oc0 + 1, out_c))
     lo, hi = draw(act_range())
     p = [batches, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, s_h, s_w, d_h, d_w, pad_h, pad_w,
-         draw(st.integers(-127, 128)), draw(st.integers(-128, 127)), lo, hi, dm, oc0, oc1, 0]
+         draw(st.integers(-127, 128)), draw(st.integers(-128, 127)), lo, hi, dm, oc0, oc1, 0, 0, out_h]
     inp = draw(int8s(batches * in_h * in_w * in_c))
     n_filt = (oc1 - oc0) * k_h * k_w * in_c if kind == "conv" else k_h * k_w * out_c
     filt = draw(int8s(n_filt))
@@ -242,6 +244,41 @@ def copy_case(draw):
     return {"kind": "copy", "p": [], "inp": a.hex(), "out_n": len(a)}, a
 
 
+@st.composite
+def softmax_case(draw):
+    """Tables from ops.softmax_tables (real betas and input scales) or synthetic ones (any sum of exps from 1 to
+    2**31 - 1, so every headroom of GetReciprocal is reached); rows of random, equal or close values."""
+    import struct
+    from tinyfw.engine import ops
+
+    outer = draw(st.integers(1, 3))
+    depth = draw(st.one_of(st.integers(1, 40), st.integers(1, 600), st.just(1), st.just(4095)))
+    rnd = draw(st.randoms(use_true_random=False))
+    if draw(st.booleans()):
+        scale = draw(st.sampled_from([1 / 256, 1 / 16, 0.1, 0.5, 2.0 ** -10, 2.0 ** -5]))
+        beta = draw(st.sampled_from([1.0, 0.5, 2.0]))
+        f32 = lambda v: struct.unpack("<I", struct.pack("<f", v))[0]  # noqa: E731
+        q31, q12 = ops.softmax_tables(f32(beta), f32(scale))
+    else:
+        top = draw(st.one_of(st.integers(1, 1 << 19), st.sampled_from([1, 2, 1 << 19, (1 << 31) // depth - 1])))
+        top = max(1, min(top, ((1 << 31) - 1) // depth))
+        q12 = array("i", [top] + [rnd.randint(0, top) for _ in range(255)])
+        q31 = array("i", [rnd.choice([INT32_MAX, rnd.randint(0, INT32_MAX)]) for _ in range(256)])
+    kind = draw(st.sampled_from(["random", "equal", "close"]))
+    if kind == "random":
+        x = rnd.randbytes(outer * depth)
+    elif kind == "equal":
+        x = bytes([rnd.randint(0, 255)]) * (outer * depth)
+    else:
+        c = rnd.randint(0, 240)
+        x = bytes(c + rnd.randint(0, 15) for _ in range(outer * depth))
+    p = [outer, depth]
+    expected = array("b", bytes(outer * depth))
+    R.softmax(memoryview(expected), _mv(x), q31, q12, array("i", p))
+    return ({"kind": "softmax", "p": p, "inp": x.hex(), "q31": list(q31), "q12": list(q12),
+             "out_n": outer * depth}, bytes(expected))
+
+
 def _check_batch(cases, tmp_path):
     got = run_in_vm([c for c, _ in cases], tmp_path)
     bad = [(c, want.hex(), g) for (c, want), g in zip(cases, got) if g != want.hex()]
@@ -276,6 +313,12 @@ def test_fc_pool_add_requantize_copy_match_reference(tmp_path):
              for case in drawn(strategy, 24)]
     kinds = {c["kind"] for c, _ in cases}
     assert kinds == {"fc", "avg", "max", "add", "requantize", "copy"}
+    _check_batch(cases, tmp_path)
+
+
+def test_softmax_matches_reference(tmp_path):
+    cases = drawn(softmax_case(), 60)
+    assert any(c["p"][1] == 4095 for c, _ in cases) and any(c["p"][1] == 1 for c, _ in cases)
     _check_batch(cases, tmp_path)
 
 

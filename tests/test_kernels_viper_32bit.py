@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENGINE_DIR = REPO / "device" / "tinyfw" / "engine"
 sys.path.insert(0, str(REPO / "device"))
 
-from tinyfw.engine import kernels_ref as R, params, quant  # noqa: E402
+from tinyfw.engine import kernels_ref as R, ops, params, quant  # noqa: E402
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 VIPER_FILES = ["kernels_viper.py", "viper_conv.py", "viper_dw.py", "viper_ops.py"]
@@ -280,7 +280,7 @@ def conv_like(draw, kind):
     out_c = in_c * dm if kind == "dw" else draw(st.integers(1, 5))
     p = [draw(st.integers(1, 2)), in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, s_h, s_w, d_h, d_w,
          draw(st.integers(0, 2)), draw(st.integers(0, 2)), draw(st.integers(-127, 128)),
-         draw(st.integers(-128, 127)), -128, 127, dm, 0, out_c, 0]
+         draw(st.integers(-128, 127)), -128, 127, dm, 0, out_c, 0, 0, out_h]
     inp = rnd.randbytes(p[0] * in_h * in_w * in_c)
     filt = rnd.randbytes(k_h * k_w * in_c * out_c)
     bias = [rnd.randint(-(1 << 20), 1 << 20) for _ in range(out_c)]
@@ -324,6 +324,32 @@ def test_conv2d_on_a_32_bit_port(case):
 @given(conv_like("dw"))
 def test_depthwise_conv2d_on_a_32_bit_port(case):
     _run_both("dw", case)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["conv", "dw"]), st.data())
+def test_one_row_bands_on_a_32_bit_port(kind, data):
+    """Row bands (KERNELS.md): one call per output row gives the bytes of one full reference call."""
+    p, inp, filt, bias, mult, shift, path = data.draw(conv_like(kind))
+    n_out = p[0] * p[4] * p[5] * p[6]
+    want = array("b", bytes(n_out))
+    got = array("b", bytes(n_out))
+    pa = array("i", p)
+    args = (_mv(inp), _mv(filt), array("i", bias), array("i", mult), array("i", shift), pa)
+    (R.conv2d if kind == "conv" else R.depthwise_conv2d)(memoryview(want), *args)
+    k16 = (p[7] * p[8] * p[3] + 15) & -16
+    cols = (p[5] - 1) * p[10] + (p[8] - 1) * p[12] + 1
+    for y in range(p[4]):
+        pa[params.P_OY_BEGIN], pa[params.P_OY_END] = y, y + 1
+        if kind == "conv":
+            scr = {"scratch": 16 + k16 + p[6] * (k16 + 4), "one-channel": 16 + 2 * k16 + 4, "direct": 0}[path]
+            if not V32["conv_patched"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
+                V32["conv_direct"](0, 0, 0, memoryview(got), *args)
+        else:
+            scr = ((p[7] - 1) * p[11] + 1) * cols if path != "direct" else 0
+            if not V32["dw_planes"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
+                V32["dw_direct"](0, 0, 0, memoryview(got), *args)
+    assert bytes(got) == bytes(want), f"{kind} {path} p={p}"
 
 
 @KERNEL_SETTINGS
@@ -375,6 +401,39 @@ def test_pools_on_a_32_bit_port(rnd, in_h, in_w, ch, k_h, k_w, is_max):
     (R.max_pool2d if is_max else R.avg_pool2d)(memoryview(want), x, p)
     V32["pool"](memoryview(got), x, p, 1 if is_max else 0)
     assert got == want
+
+
+@KERNEL_SETTINGS
+@given(st.randoms(use_true_random=False), st.integers(1, 2), st.integers(1, 24), st.booleans())
+def test_softmax_on_a_32_bit_port(rnd, outer, depth, real_tables):
+    if real_tables:                               # input scale 1/16 .. 1/4, beta 1 (float32 bit patterns)
+        q31, q12 = ops.softmax_tables(0x3F800000, rnd.choice([0x3D800000, 0x3E000000, 0x3E800000]))
+    else:
+        top = rnd.choice([1, 1 << 19, rnd.randint(1, 1 << 19)])
+        q12 = array("i", [top] + [rnd.randint(0, top) for _ in range(255)])
+        q31 = array("i", [rnd.randint(0, INT32_MAX) for _ in range(256)])
+    x = _mv(rnd.randbytes(outer * depth))
+    p = array("i", [outer, depth])
+    want, got = array("b", bytes(outer * depth)), array("b", bytes(outer * depth))
+    R.softmax(memoryview(want), x, q31, q12, p)
+    V32["softmax"](memoryview(got), x, q31, q12, p)
+    assert got == want
+
+
+def test_softmax_reciprocal_on_a_32_bit_port_for_every_headroom():
+    """GetReciprocal over sums of exps from 1 to 2**31 - 1 (one-element rows, the sum is q12[0])."""
+    totals = sorted({v for k in range(31) for v in ((1 << k), (1 << k) + 1, (3 << k) // 2, (2 << k) - 1)
+                     if 0 < v <= INT32_MAX})
+    x, p = _mv(b"\x05"), array("i", [1, 1])
+    q31 = array("i", [0] * 256)
+    for total in totals:
+        for e in (INT32_MAX, 1 << 30, 12345678):
+            q12 = array("i", [total] + [0] * 255)
+            q31[0] = e
+            want, got = array("b", b"\0"), array("b", b"\0")
+            R.softmax(memoryview(want), x, q31, q12, p)
+            V32["softmax"](memoryview(got), x, q31, q12, p)
+            assert got == want, (total, e)
 
 
 # ---- source checks ----

@@ -94,7 +94,7 @@ def _device_constants():
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
                 getattr(node.value.func, "id", "") == "const":
-            out[node.targets[0].id] = node.value.args[0].value
+            out[node.targets[0].id.lstrip("_")] = node.value.args[0].value
     return out
 
 

@@ -39,12 +39,14 @@ _EEXIST = const(17)
 
 
 class Upload:
-    def __init__(self, path, size, sha):
+    def __init__(self, rt, path, size, sha):
         self.path = path
         self.size = size
         self.sha = sha
         self.offset = 0
         self.hash = sha256()
+        # the data of a full-size PUT_DATA frame, as a view made once: the hot path allocates nothing
+        self.full = rt.fio.mv[_HEADER_BYTES + 4:_HEADER_BYTES + rt.max_payload]
         self.file = open(path + ".part", "wb")
 
     def apply(self, rt):
@@ -63,6 +65,10 @@ class Upload:
                 os.remove(self.path + ".part")
             except OSError:
                 pass
+
+
+def payload_str(rt, start=0):
+    return bytes(rt.payload_view(start)).decode()
 
 
 def file_sha256(rt, path):
@@ -84,7 +90,7 @@ def cmd_list(rt):
     if rt.fio.n < 2:
         raise DevError(_E_BAD_ARGS, "LIST wants start u16 and a path")
     start = u16(rt.fio.buf, _HEADER_BYTES)
-    path = rt.payload_str(2) or "/"
+    path = payload_str(rt, 2) or "/"
     out = rt.fio.payload
     pos = 1
     more = 0
@@ -111,14 +117,14 @@ def cmd_list(rt):
 
 
 def cmd_hash(rt):
-    digest, size = file_sha256(rt, rt.payload_str())
+    digest, size = file_sha256(rt, payload_str(rt))
     rt.small[:32] = digest
     put32(rt.small, 32, size)
     rt.reply_small(36)
 
 
 def cmd_remove(rt):
-    path = rt.payload_str()
+    path = payload_str(rt)
     if os.stat(path)[0] & 0x4000:
         os.rmdir(path)
     else:
@@ -136,7 +142,7 @@ def cmd_rename(rt):
 
 
 def cmd_mkdir(rt):
-    makedirs(rt.payload_str())
+    makedirs(payload_str(rt))
     rt.reply_small(0)
 
 
@@ -146,14 +152,14 @@ def cmd_put_begin(rt):
     put_cancel(rt)
     size = u32(rt.fio.buf, _HEADER_BYTES)
     sha = bytes(rt.payload_view(4, 36))
-    path = rt.payload_str(36)
+    path = payload_str(rt, 36)
     parent = path.rsplit("/", 1)[0]
     if parent:
         makedirs(parent)
     free = fs_free_bytes(parent or "/")
     if free is not None and size > free:
         raise DevError(_E_NO_SPACE, "%s needs %d bytes, the filesystem has %d free" % (path, size, free))
-    rt.upload = Upload(path, size, sha)
+    rt.upload = Upload(rt, path, size, sha)
     rt.reply_small(0)
 
 
@@ -176,7 +182,7 @@ def put_data_apply(rt):
     skip = up.offset - offset
     if skip < n:
         if skip == 0 and n == rt.max_payload - 4:
-            data = rt.put_data_full
+            data = up.full
         else:
             data = fio.mv[_HEADER_BYTES + 4 + skip:_HEADER_BYTES + 4 + n]
         try:
@@ -226,7 +232,7 @@ def cmd_get(rt):
     buf = rt.fio.buf
     offset = u32(buf, _HEADER_BYTES)
     want = min(u16(buf, _HEADER_BYTES + 4), rt.max_payload - 4)
-    path = rt.payload_str(6)
+    path = payload_str(rt, 6)
     size = os.stat(path)[6]
     n = 0
     if offset < size and want:

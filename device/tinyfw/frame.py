@@ -5,6 +5,10 @@
 # crc = crc32(payload) continued from crc32(type..length), so it covers the header fields as well.
 # Buffers are allocated once in FrameIO.__init__; reading and writing a frame allocate nothing on a 64-bit port
 # and at most the CRC integers on a 32-bit one.
+#
+# The protocol numbers below are private (`_X = const(...)` is compiled away: no global, no qstr, no RAM); the
+# modules that use them keep private copies, and tests/test_device_constants.py checks every copy against
+# tinyhost.protocol. Public are only the few names the device-side test scripts read (tests/device/).
 from binascii import crc32
 
 try:
@@ -13,69 +17,69 @@ except ImportError:
     def const(x):
         return x
 
-MAGIC0 = const(0xFE)
-MAGIC1 = const(0xA7)
+_MAGIC0 = const(0xFE)
+_MAGIC1 = const(0xA7)
 HEADER_BYTES = const(10)
 TRAILER_BYTES = const(4)
-PROTOCOL_VERSION = const(1)
-PAYLOAD_LIMIT = const(16384)        # no frame carries more, whatever a device offers
+_PROTOCOL_VERSION = const(1)
+_PAYLOAD_LIMIT = const(16384)        # no frame carries more, whatever a device offers
 
-FLAG_SYNC = const(1)                # host: accept this seq as the start of a new session
-FLAG_STREAM = const(2)              # host: INVOKE streams an EVENT frame per run
+_FLAG_SYNC = const(1)                # host: accept this seq as the start of a new session
+_FLAG_STREAM = const(2)              # host: INVOKE streams an EVENT frame per run
 
 # Requests (host -> device)
-HELLO = const(0x01)
-INFO = const(0x02)
-STATS = const(0x03)
-BYE = const(0x04)
-RESET = const(0x05)
-TIMES = const(0x06)
-LIST = const(0x10)
-HASH = const(0x11)
-REMOVE = const(0x12)
-RENAME = const(0x13)
-MKDIR = const(0x14)
-PUT_BEGIN = const(0x15)
+_HELLO = const(0x01)
+_INFO = const(0x02)
+_STATS = const(0x03)
+_BYE = const(0x04)
+_RESET = const(0x05)
+_TIMES = const(0x06)
+_LIST = const(0x10)
+_HASH = const(0x11)
+_REMOVE = const(0x12)
+_RENAME = const(0x13)
+_MKDIR = const(0x14)
+_PUT_BEGIN = const(0x15)
 PUT_DATA = const(0x16)
-PUT_END = const(0x17)
-PUT_ABORT = const(0x18)
-GET = const(0x19)
-LOAD = const(0x20)
-SET_INPUT = const(0x21)
-INVOKE = const(0x22)
-GET_OUTPUT = const(0x23)
-INFER = const(0x24)
-UNLOAD = const(0x25)
+_PUT_END = const(0x17)
+_PUT_ABORT = const(0x18)
+_GET = const(0x19)
+_LOAD = const(0x20)
+_SET_INPUT = const(0x21)
+_INVOKE = const(0x22)
+_GET_OUTPUT = const(0x23)
+_INFER = const(0x24)
+_UNLOAD = const(0x25)
 # Replies and events (device -> host)
-OK = const(0x80)
-ERR = const(0x81)
-ACK = const(0x82)
-NAK = const(0x83)
-EVENT = const(0x84)
-READY = const(0x85)
+_OK = const(0x80)
+_ERR = const(0x81)
+_ACK = const(0x82)
+_NAK = const(0x83)
+_EVENT = const(0x84)
+_READY = const(0x85)
 
 # Error codes carried by ERR replies (payload: code u16, then a UTF-8 message)
-E_UNKNOWN_COMMAND = const(1)
-E_BAD_ARGS = const(2)
-E_NOT_FOUND = const(3)
-E_EXISTS = const(4)
-E_NO_SPACE = const(5)
-E_IO = const(6)
-E_HASH_MISMATCH = const(7)
-E_NO_MODEL = const(8)
-E_MODEL = const(9)
-E_NO_MEMORY = const(10)
-E_STATE = const(11)
-E_NO_ENGINE = const(12)
-E_TOO_BIG = const(13)
-E_INTERNAL = const(14)
+_E_UNKNOWN_COMMAND = const(1)
+_E_BAD_ARGS = const(2)
+_E_NOT_FOUND = const(3)
+_E_EXISTS = const(4)
+_E_NO_SPACE = const(5)
+_E_IO = const(6)
+_E_HASH_MISMATCH = const(7)
+_E_NO_MODEL = const(8)
+_E_MODEL = const(9)
+_E_NO_MEMORY = const(10)
+_E_STATE = const(11)
+_E_NO_ENGINE = const(12)
+_E_TOO_BIG = const(13)
+_E_INTERNAL = const(14)
 
 # NAK reasons (payload: expected seq u16, reason u8)
-NAK_BAD_HEADER = const(1)
-NAK_BAD_CRC = const(2)
-NAK_STALL = const(3)
-NAK_GAP = const(4)
-NAK_TOO_BIG = const(5)
+_NAK_BAD_HEADER = const(1)
+_NAK_BAD_CRC = const(2)
+_NAK_STALL = const(3)
+_NAK_GAP = const(4)
+_NAK_TOO_BIG = const(5)
 
 # read_frame() results (R_FRAME is 0: any other result is a reason the frame was not taken)
 R_FRAME = const(0)
@@ -119,8 +123,8 @@ def put32(b, i, v):
 def seal(buf, ftype, flags, seq, n):
     """Fill in header and trailer around the ``n`` payload bytes already at buf[10:10+n]; returns frame length."""
     mv = memoryview(buf)
-    buf[0] = MAGIC0
-    buf[1] = MAGIC1
+    buf[0] = _MAGIC0
+    buf[1] = _MAGIC1
     buf[2] = ftype
     buf[3] = flags
     put16(buf, 4, seq)
@@ -148,8 +152,8 @@ class FrameIO:
         self.full_payload = mv[HEADER_BYTES:HEADER_BYTES + max_payload]     # its length is max_payload
         self.one = bytearray(1)
         small = self.small = bytearray(_SMALL)
-        small[0] = MAGIC0
-        small[1] = MAGIC1
+        small[0] = _MAGIC0
+        small[1] = _MAGIC1
         smv = memoryview(small)
         # header fields of the frame buffer and of the small one; then per small-frame size (0, 3 or 8 payload
         # bytes, index n // 3) the payload the CRC covers and the whole frame
@@ -210,9 +214,9 @@ class FrameIO:
             if self.inp.readinto(one) != 1:
                 return R_EOF
             c = one[0]
-            if pending_magic and c == MAGIC1:
+            if pending_magic and c == _MAGIC1:
                 break
-            pending_magic = c == MAGIC0     # held back: the next byte says whether a frame starts
+            pending_magic = c == _MAGIC0    # held back: the next byte says whether a frame starts
             if not pending_magic and on_text(c, burst_start):
                 return _R_INTERRUPT
         # the rest of a frame: header fields, checked before its length is trusted, then payload and CRC

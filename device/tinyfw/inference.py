@@ -1,8 +1,9 @@
-# tinyfw model commands: LOAD, SET_INPUT, INVOKE, GET_OUTPUT, INFER, UNLOAD (docs/protocol.md).
+# tinyfw model commands: SET_INPUT, INVOKE, GET_OUTPUT, INFER, UNLOAD and the end of LOAD (docs/protocol.md).
 #
-# The runtime imports this module on the first model command. It drives tinyfw.engine through the engine
-# contract (engine.load -> Model with inputs/outputs, input_buffer, invoke, output_buffer, stats, close) and
-# never depends on how the engine works inside.
+# The runtime imports this module on the first model command; a load drops it and imports it again after the
+# model (tinyfw.modelload, which holds the loading code for that one command). It drives the engine's Model
+# through the engine contract (inputs/outputs, input_buffer, invoke, output_buffer, stats, close) and never
+# depends on how the engine works inside.
 #
 # Offload (docs/offload.md): when /offload.json says "on" or "auto", INFER goes through tinyfw.offload's
 # Predictor (same input, same output layout) instead of a plain invoke; the package is imported only then, after
@@ -17,27 +18,21 @@ import time
 
 from micropython import const
 
-from tinyfw.frame import put32, u16, u32
+from tinyfw.frame import DevError, put32, u16, u32
 
 # The numbers of docs/protocol.md (as in tinyfw.frame and tinyhost.protocol), private so that they cost no RAM.
 _HEADER_BYTES = const(10)
 _FLAG_STREAM = const(2)
-_LOAD = const(0x20)
 _SET_INPUT = const(0x21)
 _INVOKE = const(0x22)
 _GET_OUTPUT = const(0x23)
 _INFER = const(0x24)
 _UNLOAD = const(0x25)
 _E_BAD_ARGS = const(2)
-_E_NOT_FOUND = const(3)
 _E_NO_MODEL = const(8)
-_E_MODEL = const(9)
 _E_NO_MEMORY = const(10)
-_E_NO_ENGINE = const(12)
 _E_TOO_BIG = const(13)
 _E_INTERNAL = const(14)
-
-_engine = None
 
 _OFFLOAD_CONFIG = "/offload.json"
 _FLAG_INFO = const(0x04)       # INFER request flag: the reply carries the info block
@@ -48,25 +43,6 @@ _config = None                 # the config file's bytes as last read (b"": no f
 _why = ""                      # why the board runs locally although the file asks for offload
 _looked_ms = 0
 _check_ms = 1000
-
-
-def _engine_module(rt):
-    global _engine
-    if _engine is None:
-        try:
-            from tinyfw import engine
-        except ImportError as e:
-            rt.fail(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
-        _engine = engine
-    return _engine
-
-
-def backends(rt=None):
-    try:
-        from tinyfw import engine
-    except ImportError:
-        return ()
-    return tuple(engine.BACKENDS)
 
 
 def _offload(rt, force=False):
@@ -143,49 +119,13 @@ def unload(rt):
             gc.collect()
 
 
-def load_model(rt, path, backend="auto"):
-    """Load ``path`` with the engine, replacing the loaded model; returns the engine Model."""
-    engine = _engine_module(rt)
-    unload(rt)
-    rt.times = None
-    drop = getattr(rt, "drop_commands", None)    # the session and file commands' code goes back to the heap first
-    if drop is not None:
-        drop()
-    gc.collect()
-    rt.input_copies = None
-    try:
-        rt.model = engine.load(path, backend=backend)
-    except engine.ModelError as e:
-        rt.fail(_E_MODEL, "%s: %s" % (path, e))
-    except MemoryError:
-        gc.collect()
-        rt.fail(_E_NO_MEMORY, "%s does not fit in RAM (heap free %d bytes after unloading)" % (path, gc.mem_free()))
-    except OSError as e:
-        if e.args and e.args[0] == 2:
-            rt.fail(_E_NOT_FOUND, "%s: no such file" % path)
-        raise
-    # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
-    # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
-    try:
-        rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
-    except MemoryError:
-        rt.input_copies = None
-    _offload(rt, True)
-    return rt.model
-
-
 def _model(rt):
     if rt.model is None:
-        rt.fail(_E_NO_MODEL, "no model loaded: send LOAD first")
+        raise DevError(_E_NO_MODEL, "no model loaded: send LOAD first")
     return rt.model
 
 
-def _tensor_text(t):
-    return "%s|%s|%s|%r|%d|%d" % (t.name, "x".join(str(d) for d in t.shape), t.dtype, t.scale, t.zero_point,
-                                  t.nbytes)
-
-
-def _kv(rt, n, key, value):
+def kv(rt, n, key, value):
     """Append the line key=value to the reply being built in the frame buffer (n bytes so far); the new length.
     Line by line: next to a model the heap is in pieces too small for the whole text."""
     line = ("%s%s=%s" % ("\n" if n else "", key, value)).encode()
@@ -194,31 +134,15 @@ def _kv(rt, n, key, value):
     return end
 
 
-def _load(rt):
-    raw = bytes(rt.payload_view())
-    sep = raw.find(b"\0")
-    if sep < 0:
-        rt.fail(_E_BAD_ARGS, "LOAD wants 'backend\\0path'")
-    backend = raw[:sep].decode() or "auto"
-    path = raw[sep + 1:].decode()
-    raw = None
-    t0 = time.ticks_ms()
-    m = load_model(rt, path, backend)
-    n = _kv(rt, 0, "backend", m.backend)
-    n = _kv(rt, n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
-    for k, v in m.stats().items():
-        if k != "backend":
-            n = _kv(rt, n, k, v)
-    for i, t in enumerate(m.inputs):
-        n = _kv(rt, n, "input%d" % i, _tensor_text(t))
-    for i, t in enumerate(m.outputs):
-        n = _kv(rt, n, "output%d" % i, _tensor_text(t))
+def load_reply(rt, n):
+    """Finish and send a LOAD reply whose first n bytes tinyfw.modelload wrote: heap and offload lines, measured
+    after the loading code went back to the heap."""
     rt.collect()
-    n = _kv(rt, n, "heap_free_bytes", gc.mem_free())
-    n = _kv(rt, n, "input_kept", int(rt.input_copies is not None))
-    n = _kv(rt, n, "offload", _predictor.mode if _predictor is not None else "off")
+    n = kv(rt, n, "heap_free_bytes", gc.mem_free())
+    n = kv(rt, n, "input_kept", int(rt.input_copies is not None))
+    n = kv(rt, n, "offload", _predictor.mode if _predictor is not None else "off")
     if _why:
-        n = _kv(rt, n, "offload_error", _why.replace("\n", " "))
+        n = kv(rt, n, "offload_error", _why.replace("\n", " "))
     rt.reply_big(n)
 
 
@@ -226,21 +150,21 @@ def _tensor_buffer(rt, index, inputs):
     m = _model(rt)
     tensors = m.inputs if inputs else m.outputs
     if index >= len(tensors):
-        rt.fail(_E_BAD_ARGS, "the model has %d %s, no index %d" % (len(tensors), "inputs" if inputs else "outputs",
-                                                                   index))
+        raise DevError(_E_BAD_ARGS, "the model has %d %s, no index %d"
+                       % (len(tensors), "inputs" if inputs else "outputs", index))
     return m.input_buffer(index) if inputs else m.output_buffer(index)
 
 
 def _set_input(rt):
     if rt.fio.n < 5:
-        rt.fail(_E_BAD_ARGS, "SET_INPUT wants index u8, offset u32 and data")
+        raise DevError(_E_BAD_ARGS, "SET_INPUT wants index u8, offset u32 and data")
     buf = rt.fio.buf
     index = buf[_HEADER_BYTES]
     offset = u32(buf, _HEADER_BYTES + 1)
     n = rt.fio.n - 5
     dst = _tensor_buffer(rt, index, True)
     if offset + n > len(dst):
-        rt.fail(_E_BAD_ARGS, "input %d has %d bytes; %d at offset %d do not fit" % (index, len(dst), n, offset))
+        raise DevError(_E_BAD_ARGS, "input %d has %d bytes; %d at offset %d do not fit" % (index, len(dst), n, offset))
     dst[offset:offset + n] = rt.payload_view(5)
     if rt.input_copies is not None:
         rt.input_copies[index][offset:offset + n] = rt.payload_view(5)
@@ -249,7 +173,7 @@ def _set_input(rt):
 
 def _get_output(rt):
     if rt.fio.n != 7:
-        rt.fail(_E_BAD_ARGS, "GET_OUTPUT wants index u8, offset u32, max u16")
+        raise DevError(_E_BAD_ARGS, "GET_OUTPUT wants index u8, offset u32, max u16")
     buf = rt.fio.buf
     index = buf[_HEADER_BYTES]
     offset = u32(buf, _HEADER_BYTES + 1)
@@ -264,19 +188,19 @@ def _get_output(rt):
 
 def _invoke(rt):
     if rt.fio.n != 8:
-        rt.fail(_E_BAD_ARGS, "INVOKE wants runs u32, warmup u32")
+        raise DevError(_E_BAD_ARGS, "INVOKE wants runs u32, warmup u32")
     buf = rt.fio.buf
     n = u32(buf, _HEADER_BYTES)
     warmup = u32(buf, _HEADER_BYTES + 4)
     stream = rt.fio.flags & _FLAG_STREAM
     m = _model(rt)
     rt.times = None
-    rt.times_n = 0
     gc.collect()
     try:
         times = bytearray(4 * n)
     except MemoryError:
-        rt.fail(_E_NO_MEMORY, "%d runs need %d bytes for their timings; ask for fewer runs per INVOKE" % (n, 4 * n))
+        raise DevError(_E_NO_MEMORY, "%d runs need %d bytes for their timings; ask for fewer runs per INVOKE"
+                       % (n, 4 * n))
     invoke = m.invoke
     restore = _restorer(rt, m)
     for _ in range(warmup):
@@ -308,7 +232,6 @@ def _invoke(rt):
         if dt > t_max:
             t_max = dt
     rt.times = times
-    rt.times_n = n
     s = rt.small
     put32(s, 0, n)
     put32(s, 4, total & 0xFFFFFFFF)
@@ -342,12 +265,12 @@ def _infer(rt):
     n = rt.fio.n
     dst = m.input_buffer(0)
     if n != len(dst):
-        rt.fail(_E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
+        raise DevError(_E_BAD_ARGS, "INFER carries %d bytes but input 0 has %d" % (n, len(dst)))
     out_len = m.outputs[0].nbytes
     want_info = rt.fio.flags & _FLAG_INFO
     head = 5 + _INFO_BYTES if want_info else 4
     if out_len + head > rt.max_payload:
-        rt.fail(_E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
+        raise DevError(_E_TOO_BIG, "output 0 has %d bytes, more than one frame; use INVOKE and GET_OUTPUT" % out_len)
     data = rt.payload_view()
     if rt.input_copies is not None:
         rt.input_copies[0][:] = data
@@ -362,7 +285,7 @@ def _infer(rt):
         out, info = p.predict(data)          # same input, same output layout, local or remote
         dt = info.total_us
         if len(out) != out_len:
-            rt.fail(_E_INTERNAL, "offload answer has %d bytes, output 0 has %d" % (len(out), out_len))
+            raise DevError(_E_INTERNAL, "offload answer has %d bytes, output 0 has %d" % (len(out), out_len))
     buf = rt.fio.buf
     put32(buf, _HEADER_BYTES, dt)
     if want_info:
@@ -375,17 +298,17 @@ def _infer(rt):
     rt.reply_big(head + out_len)
 
 
-def _unload(rt):
-    unload(rt)
-    rt.reply_small(0)
-
-
-_HANDLERS = {_LOAD: _load, _SET_INPUT: _set_input, _INVOKE: _invoke, _GET_OUTPUT: _get_output, _INFER: _infer,
-             _UNLOAD: _unload}
-
-
 def handle(rt, ftype):
-    h = _HANDLERS.get(ftype)
-    if h is None:
-        rt.fail(_E_BAD_ARGS, "command 0x%02x is not a model command" % ftype)
-    h(rt)
+    if ftype == _INFER:
+        _infer(rt)
+    elif ftype == _SET_INPUT:
+        _set_input(rt)
+    elif ftype == _INVOKE:
+        _invoke(rt)
+    elif ftype == _GET_OUTPUT:
+        _get_output(rt)
+    elif ftype == _UNLOAD:
+        unload(rt)
+        rt.reply_small(0)
+    else:
+        raise DevError(_E_BAD_ARGS, "command 0x%02x is not a model command" % ftype)

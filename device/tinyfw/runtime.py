@@ -4,8 +4,9 @@
 # On a board without the firmware on its filesystem the host sends frame.py, files.py, session.py and this file
 # through the raw REPL instead, one after the other into one namespace ("bootstrap"); that is why the tinyfw
 # imports below are single lines the host can drop. Model commands live in tinyfw/inference.py, imported on
-# first use; session commands (tinyfw/session.py) and file commands (tinyfw/files.py) are imported on first use
-# and dropped again before a model is loaded, so that the load has their heap (docs/engine.md, "Memory"); text
+# first use, and LOAD in tinyfw/modelload.py, imported for each load and dropped after it; session commands
+# (tinyfw/session.py) and file commands (tinyfw/files.py) are imported on first use and dropped again before a
+# model is loaded, as is tinyfw.inference, so that the load has their heap (docs/engine.md, "Memory"); text
 # (EEMBC) commands go through tinyfw/textcmd.py, imported at the first one.
 #
 # This module stays in the heap next to a model, so it is kept lean: protocol numbers are private copies
@@ -80,9 +81,7 @@ _TEXT_COMMANDS = const(7)
 
 _SMALL_PAYLOAD = const(240)    # replies that are cached for a retried request fit in this
 _TEXT_MAX = const(512)         # longest text (EEMBC) command
-_CACHE_NONE = const(0)
-_CACHE_FRAME = const(1)
-_CACHE_ACK = const(2)
+_CACHE_ACK = const(-1)         # Runtime.cached: 0 nothing, _CACHE_ACK an ACK, else the length of the cached reply
 
 
 def cmd_stats(rt):
@@ -118,17 +117,16 @@ class Runtime:
         self.fio = FrameIO(stream_in or sys.stdin.buffer, stream_out or sys.stdout.buffer, self.max_payload)
         self.reply = bytearray(_HEADER_BYTES + _SMALL_PAYLOAD + _TRAILER_BYTES)
         self.small = memoryview(self.reply)[_HEADER_BYTES:_HEADER_BYTES + _SMALL_PAYLOAD]
-        self.put_data_full = self.fio.mv[_HEADER_BYTES + 4:_HEADER_BYTES + self.max_payload]
+        # The instance's attributes stay at 29 or fewer: MicroPython sizes an object's attribute table in steps
+        # (17, 29, 53 slots of 16 bytes on the 64-bit VM); the 30th attribute would cost 384 bytes more.
         self.text = None               # bytearray(_TEXT_MAX), made when the first text command byte comes
-        self.text_len = 0
-        self.text_overflow = False
+        self.text_len = 0              # > _TEXT_MAX: the command overflowed and will be refused at its '%'
         self.burst_n = 0
         self.prev_text = 0
         self.garbage = False
         self.expected = 0
         self.last_seq = -1
-        self.cached = _CACHE_NONE
-        self.cached_len = 0
+        self.cached = 0                # the reply a retried copy of the last request gets (_CACHE_ACK or a length)
         self.nak_sent = False
         self.nak_seen = 0              # distance past `expected` of the last out-of-order frame since the NAK
         self.seq = 0                   # seq of the request being executed (replies and events carry it)
@@ -136,16 +134,14 @@ class Runtime:
         self.model = None
         self.input_copies = None       # what the host set as model inputs (tinyfw.inference)
         self.times = None              # timings of the last INVOKE, u32 little-endian each
-        self.times_n = 0
-        self._inference = None
         self.upload = None             # files.Upload while a PUT is in progress
         self.counts = [0] * 8          # frames_rx, frames_bad, ... (_FRAMES_RX ...): one list, not 8 attributes
         self.last_error = ""
         self.heap_peak_bytes = 0
         self.t_start = time.ticks_ms()
         # frame type -> function(runtime) for the session and file commands, filled from their modules as they
-        # are imported. STATS is resident (_execute): it is what a host asks while a model fills the heap (memory
-        # figures, reset detection), when importing a command module may not fit.
+        # are imported (an import statement allocates, even for a module already loaded: the upload hot path
+        # must not)
         self.handlers = {}
         self.version = VERSION
         self.firmware_hash = None      # tinyfw.session computes it once
@@ -159,7 +155,8 @@ class Runtime:
             flush()
 
     def load_model(self, path, backend="auto"):
-        return self.model_module().load_model(self, path, backend)
+        """Load the model at ``path``, replacing the loaded one; returns the engine Model."""
+        return self._modelload(path, backend)
 
     def collect(self):
         """gc.collect(), then note the live heap: ``heap_peak_bytes`` is the most seen after a collection."""
@@ -169,33 +166,22 @@ class Runtime:
             self.heap_peak_bytes = used
 
     def drop_commands(self):
-        """Give the session and file commands' code back to the heap (before a model load); the next such command
-        imports it again. tinyfw.files stays while an upload is in progress. Nothing to drop when bootstrapped
-        (the modules' code is part of the runtime's then)."""
-        pkg = sys.modules.get("tinyfw")
+        """Give the session, file and model commands' code back to the heap (before a model load, with no model
+        loaded); the next such command imports it again. tinyfw.files stays while an upload is in progress.
+        Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
         uploading = self.upload is not None
-        for name in ("session",) if uploading else ("session", "files"):
-            mod = sys.modules.pop("tinyfw." + name, None)
-            if mod is not None and pkg is not None and name in pkg.__dict__:
-                delattr(pkg, name)
-        mod = None
+        for name in ("session", "inference") if uploading else ("session", "inference", "files"):
+            _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
-
-    def fail(self, code, msg):
-        raise DevError(code, msg)
 
     def payload_view(self, start=0, end=None):
         """The request payload (bytes start..end) as a memoryview; valid until the reply is built."""
         return self.fio.mv[_HEADER_BYTES + start:_HEADER_BYTES + (self.fio.n if end is None else end)]
 
-    def payload_str(self, start=0):
-        return bytes(self.payload_view(start)).decode()
-
     def reply_small(self, n, ftype=_OK):
         """Send the reply whose n bytes were written into ``self.small``; a retried request gets it again."""
-        self.cached_len = self.fio.send_buffer(self.reply, ftype, 0, self.seq, n)
-        self.cached = _CACHE_FRAME
+        self.cached = self.fio.send_buffer(self.reply, ftype, 0, self.seq, n)
 
     def reply_ack(self):
         """Acknowledge a data frame; a retried copy of it is acknowledged again without being executed."""
@@ -220,14 +206,29 @@ class Runtime:
         fio.send_small(_EVENT, self.seq, 8)
 
     def model_module(self):
-        if self._inference is None:
+        """tinyfw.inference, imported when it is not loaded."""
+        inference = sys.modules.get("tinyfw.inference")
+        if inference is None:
             try:
                 from tinyfw import inference
             except ImportError:
                 raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/inference.py); "
                                "run `tinyhost flash` first")
-            self._inference = inference
-        return self._inference
+        return inference
+
+    def _modelload(self, path, backend):
+        """Load a model with tinyfw.modelload, imported for this load and dropped right after it: ``path`` None
+        executes a LOAD request and returns the length of the reply begun in the frame buffer."""
+        try:
+            from tinyfw import modelload
+        except ImportError:
+            raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/modelload.py); "
+                           "run `tinyhost flash` first")
+        try:
+            return modelload.load_request(self) if path is None else modelload.load_model(self, path, backend)
+        finally:
+            modelload = None
+            _forget("modelload")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def serve(self, announce=True):
@@ -278,28 +279,24 @@ class Runtime:
         self.prev_text = c
         if c == 0x25:     # '%' ends an EEMBC text command: tinyfw.textcmd runs it
             n = self.text_len
-            overflow = self.text_overflow
             self.text_len = 0
-            self.text_overflow = False
             self.counts[_TEXT_COMMANDS] += 1
             try:
                 from tinyfw import textcmd
             except ImportError:   # bootstrapped: no tinyfw package on the filesystem
                 textcmd = None
-            if textcmd is None or not textcmd.run(self, n, overflow):
+            if textcmd is None or not textcmd.run(self, n, n > _TEXT_MAX):
                 self.write_text("e-[no text commands: tinyfw.eembc is not installed]\r\n")
             return False
         if (c < 0x20 and c != 9) or c >= 0x7F:     # text commands are printable ASCII: anything else ends one
             self.text_len = 0
-            self.text_overflow = False
             return False
-        if self.text_len < _TEXT_MAX:
+        n = self.text_len
+        if n < _TEXT_MAX:
             if self.text is None:
                 self.text = bytearray(_TEXT_MAX)
-            self.text[self.text_len] = c
-            self.text_len += 1
-        else:
-            self.text_overflow = True
+            self.text[n] = c
+        self.text_len = n + 1 if n <= _TEXT_MAX else n
         return False
 
     def _nak(self, reason):
@@ -319,7 +316,7 @@ class Runtime:
         if fio.flags & _FLAG_SYNC:
             self.expected = seq
             self.last_seq = -1
-            self.cached = _CACHE_NONE
+            self.cached = 0
         d = (seq - self.expected) & 0xFFFF
         if d == 0:
             if self.nak_sent:
@@ -345,8 +342,8 @@ class Runtime:
                 fio.send_small(_ACK, seq, 0)
             elif seq != self.last_seq:
                 fio.send_small(_ACK, seq, 0)
-            elif self.cached == _CACHE_FRAME:
-                fio.write(memoryview(self.reply)[:self.cached_len])
+            elif self.cached > 0:
+                fio.write(memoryview(self.reply)[:self.cached])
             elif self.cached == _CACHE_ACK:
                 fio.send_small(_ACK, seq, 0)
             elif fio.ftype in (_HELLO, _INFO, _STATS, _TIMES, _LIST, _HASH, _GET, _LOAD, _SET_INPUT, _GET_OUTPUT,
@@ -357,11 +354,16 @@ class Runtime:
 
     def _execute(self, ftype, seq):
         self.seq = seq
-        self.cached = _CACHE_NONE
+        self.cached = 0
         try:
+            # STATS is resident: it is what a host asks while a model fills the heap (memory figures, reset
+            # detection), when importing a command module may not fit.
             if ftype == _STATS:
                 cmd_stats(self)
-            elif _LOAD <= ftype <= _UNLOAD:
+            elif ftype == _LOAD:
+                n = self._modelload(None, None)
+                self.model_module().load_reply(self, n)
+            elif _LOAD < ftype <= _UNLOAD:
                 self.model_module().handle(self, ftype)
             else:
                 handler = self.handlers.get(ftype)
@@ -406,6 +408,14 @@ class Runtime:
         put16(self.small, 0, code)
         self.small[2:2 + len(raw)] = raw
         self.reply_small(2 + len(raw), _ERR)
+
+
+def _forget(name):
+    """Drop the module tinyfw.<name>, so that its code goes back to the heap once nothing else refers to it."""
+    sys.modules.pop("tinyfw." + name, None)
+    pkg = sys.modules.get("tinyfw")
+    if pkg is not None and name in pkg.__dict__:
+        delattr(pkg, name)
 
 
 def run(stream_in=None, stream_out=None, max_payload=None, window=None, bootstrapped=False, autostart=False):

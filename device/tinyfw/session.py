@@ -58,8 +58,9 @@ def cmd_info(rt):
         pairs.append(("virtual", 0))
     pairs.append(("board", board))
     try:
-        pairs.append(("backends", ",".join(rt.model_module().backends())))
-    except Exception:
+        from tinyfw import engine
+        pairs.append(("backends", ",".join(engine.BACKENDS)))
+    except Exception:               # no engine on the board (or bootstrapped): no backends
         pairs.append(("backends", ""))
     rt.reply_kv(pairs)
 
@@ -76,7 +77,6 @@ def cmd_reset(rt):
     if rt.model is not None:
         rt.model_module().unload(rt)
     rt.times = None
-    rt.times_n = 0
     rt.counts = [0] * len(rt.counts)
     rt.last_error = ""
     rt.heap_peak_bytes = 0
@@ -92,7 +92,7 @@ def cmd_times(rt):
     count = u16(buf, _HEADER_BYTES + 4)
     if rt.times is None:
         raise DevError(_E_STATE, "no timings: run INVOKE first")
-    count = max(0, min(count, rt.times_n - start, rt.max_payload // 4))
+    count = max(0, min(count, len(rt.times) // 4 - start, rt.max_payload // 4))
     rt.fio.payload[:4 * count] = rt.times[4 * start:4 * (start + count)]
     rt.reply_big(4 * count)
 

@@ -21,6 +21,11 @@ ARCHES = {0: None, 1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: 
           8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
 # Modules that MicroPython only runs as source: boot.py and main.py are looked up by name at reset.
 KEEP_AS_SOURCE = {"boot.py", "main.py"}
+# mpy-cross -O3 leaves out the line-number tables: ~0.9 KB less heap for the runtime and engine code a board keeps
+# loaded (the esp32 profile's 110 KB heap, measured with tests/engine_harness/runtime_heap.py). A traceback from
+# a flashed module then names the file and function but says "line 1"; the runtime's ERR replies never carried
+# line numbers, and the .py sources (tests, the virtual board run from device/) keep them.
+MPY_CROSS_FLAGS = ("-O3",)
 
 
 def decode_abi(mpy_abi):
@@ -57,13 +62,14 @@ def cache_dir():
 def compile_module(source, arch, cache=None):
     """Compile ``source`` (.py path) for ``arch``; returns the cached ``.mpy`` path."""
     source = Path(source)
-    digest = hashlib.sha256(source.read_bytes() + (arch or "").encode()).hexdigest()[:16]
+    options = " ".join(MPY_CROSS_FLAGS) + " " + (arch or "")
+    digest = hashlib.sha256(source.read_bytes() + options.encode()).hexdigest()[:16]
     target = Path(cache or cache_dir()) / (arch or "bytecode") / f"{source.stem}-{digest}.mpy"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp.mpy")
-    args = [_mpy_cross(), "-o", str(tmp), "-s", source.name]
+    args = [_mpy_cross(), "-o", str(tmp), "-s", source.name, *MPY_CROSS_FLAGS]
     if arch:
         args.append(f"-march={arch}")
     result = subprocess.run(args + [str(source)], capture_output=True, text=True, check=False)

@@ -39,11 +39,11 @@ class _Empty:
 
 class _Sink:
     def __init__(self):
-        self.last = bytearray(64)
+        self.last = bytearray(256)
         self.last_n = 0
 
     def write(self, b):
-        n = min(len(b), 64)
+        n = min(len(b), 256)
         self.last[:n] = b[:n]
         self.last_n = n
         return len(b)
@@ -70,7 +70,7 @@ def request(ftype, payload=b"", flags=0):
     rt._execute(ftype, seq[0])
     seq[0] += 1
     if sink.last[2] == 0x81:       # ERR
-        msg = bytes(sink.last[12:sink.last_n]).decode("utf-8", "replace")
+        msg = bytes(c for c in sink.last[12:sink.last_n] if 32 <= c < 127).decode()    # the text, no trailer
         errors.append(msg)
         print("  ERR", msg)
 
@@ -89,6 +89,13 @@ request(0x10, b"\0\0/")
 stage("LIST /")
 request(0x11, model_path.encode())
 stage("HASH model")
+if "--trace" in sys.argv:         # the engine's load stages too (live heap, largest free block)
+    from tinyfw import engine as _engine
+
+    def _trace(name):
+        gc.collect()
+        print("    load: %-24s used %7d  free %7d" % (name, gc.mem_alloc(), gc.mem_free()))
+    _engine.trace = _trace
 request(0x20, b"\0" + model_path.encode())
 stage("LOAD")
 ok = rt.model is not None

@@ -105,7 +105,8 @@ def _drop_load_modules(keep=()):
 
 
 def plan_arena(md, specs):
-    """(offset per int8 activation tensor index, arena bytes) for ops.prepare(md)'s specs (host tools)."""
+    """(offset per int8 activation tensor index, arena bytes, row band per operator) for ops.prepare(md)'s
+    specs (host tools)."""
     from .loader import plan_arena as plan
     return plan(md, specs)
 
@@ -228,28 +229,19 @@ class Model:
                     g = self._side
                     g.seek(s[14])
                     g.readinto(s[15])
-                if s[10] < 0:                      # weights in RAM
-                    s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[16])
-                    continue
-                p = s[8]
-                total = s[13]
-                block = s[11]
-                oc = 0
-                while oc < total:
-                    n = total - oc
-                    view = s[4]
-                    if n < block:
-                        view = s[9]
-                    else:
-                        n = block
-                    f.seek(s[10] + oc * s[12])
-                    f.readinto(view)
-                    p[20] = oc           # P_OC_BEGIN
-                    p[21] = oc + n       # P_OC_END
-                    s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[16])
-                    oc += n
-                p[20] = 0
-                p[21] = total
+                band = s[17]
+                if band:                           # output rows in bands over the dying input (plan)
+                    p = s[8]
+                    rows = p[4]                    # P_OUT_H
+                    y = 0
+                    while y < rows:
+                        p[23] = y                  # P_OY_BEGIN
+                        y += band
+                        p[24] = y if y < rows else rows      # P_OY_END
+                        _conv(s, f)
+                    p[23] = 0
+                else:
+                    _conv(s, f)
             elif kind == 3 or kind == 6:           # pools; RESHAPE copy
                 s[1](s[2], s[3], s[4])
             elif kind == 2:                        # QUANTIZE int8 -> int8 (scratch: its table)
@@ -265,7 +257,8 @@ class Model:
                 "channel_data": "flash" if self._side is not None else "ram",
                 "scratch_bytes": self.scratch_bytes, "ops": self._specs_count, "macs": self.macs,
                 "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback),
-                "plan": self.plan, "plan_note": self.plan_note}
+                "plan": self.plan, "plan_note": self.plan_note,
+                "row_band_ops": len([s for s in self._steps if s[0] == 1 and s[17]])}
 
     def close(self):
         for name in ("_f", "_side"):
@@ -281,6 +274,32 @@ class Model:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _conv(s, f):
+    """Run a conv-like step (weights in RAM: one call; streamed: one call per block of output channels)."""
+    if s[10] < 0:                          # weights in RAM
+        s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[16])
+        return
+    p = s[8]
+    total = s[13]
+    block = s[11]
+    oc = 0
+    while oc < total:
+        n = total - oc
+        view = s[4]
+        if n < block:
+            view = s[9]
+        else:
+            n = block
+        f.seek(s[10] + oc * s[12])
+        f.readinto(view)
+        p[20] = oc           # P_OC_BEGIN
+        p[21] = oc + n       # P_OC_END
+        s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[16])
+        oc += n
+    p[20] = 0
+    p[21] = total
 
 
 def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None):

@@ -9,7 +9,7 @@
 
 from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H,
                      P_STRIDE_W, P_DIL_H, P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN,
-                     P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET,
+                     P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET, P_OY_BEGIN, P_OY_END,
                      A_SIZE, A_IN1_OFFSET, A_IN2_OFFSET, A_IN1_MULT, A_IN1_SHIFT, A_IN2_MULT, A_IN2_SHIFT,
                      A_OUT_MULT, A_OUT_SHIFT, A_OUT_OFFSET, A_LEFT_SHIFT, A_ACT_MIN, A_ACT_MAX,
                      Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
@@ -18,7 +18,9 @@ from .ref_softmax import softmax  # noqa: F401 (part of this backend; its own mo
 
 
 def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
-    """CONV_2D, per-channel int8 (TFLM ConvPerChannel). filt: [OC_END-OC_BEGIN, K_H, K_W, IN_C]."""
+    """CONV_2D, per-channel int8 (TFLM ConvPerChannel). filt: [OC_END-OC_BEGIN, K_H, K_W, IN_C].
+
+    Computes output rows [P_OY_BEGIN, P_OY_END) x channels [P_OC_BEGIN, P_OC_END) only (KERNELS.md, row bands)."""
     in_h = p[P_IN_H]
     in_w = p[P_IN_W]
     in_c = p[P_IN_C]
@@ -41,7 +43,7 @@ def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     oc1 = p[P_OC_END]
     f_size = k_h * k_w * in_c
     for b in range(p[P_BATCHES]):
-        for oy in range(out_h):
+        for oy in range(p[P_OY_BEGIN], p[P_OY_END]):
             iy0 = oy * s_h - pad_h
             for ox in range(out_w):
                 ix0 = ox * s_w - pad_w
@@ -71,7 +73,9 @@ def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
 
 
 def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
-    """DEPTHWISE_CONV_2D, per-channel int8 (TFLM DepthwiseConvPerChannel). filt: [1, K_H, K_W, OUT_C]."""
+    """DEPTHWISE_CONV_2D, per-channel int8 (TFLM DepthwiseConvPerChannel). filt: [1, K_H, K_W, OUT_C].
+
+    Computes output rows [P_OY_BEGIN, P_OY_END) only (KERNELS.md, row bands)."""
     in_h = p[P_IN_H]
     in_w = p[P_IN_W]
     in_c = p[P_IN_C]
@@ -92,7 +96,7 @@ def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     act_max = p[P_ACT_MAX]
     dm = p[P_DEPTH_MULT]
     for b in range(p[P_BATCHES]):
-        for oy in range(out_h):
+        for oy in range(p[P_OY_BEGIN], p[P_OY_END]):
             iy0 = oy * s_h - pad_h
             for ox in range(out_w):
                 ix0 = ox * s_w - pad_w

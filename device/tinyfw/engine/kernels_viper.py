@@ -20,8 +20,10 @@
 #   sum (xs + io) * ws = S(xu*wu) - 128*S(xu) + (io - 128)*S(wu) - 128*(io - 128)*n,  wu = ws + 128.
 # - conv2d copies a block of output channels' weights (offset) and, per output pixel, the receptive field
 #   (offset, padding taps = input zero point) into the scratch buffer, so the inner loop is two byte loads, a
-#   multiply and an add, unrolled 16 times (viper_conv.py). depthwise_conv2d copies each padded input plane
-#   (viper_dw.py); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
+#   multiply and an add, unrolled 16 times (viper_conv.py). depthwise_conv2d copies the band's rows of each padded
+#   input plane (viper_dw.py); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
+# - Row bands (KERNELS.md): conv2d and depthwise_conv2d compute output rows [P_OY_BEGIN, P_OY_END) only and read
+#   only the input rows those rows' windows cover, so the engine may lay the output over dying input rows.
 # - Hot loops keep their pointers and accumulator in the viper function's first three arguments, which the native
 #   emitters hold in registers; requantisation is inlined (a call per output would cost more than the MACs).
 # Ops whose working set does not fit the scratch buffer take "direct" paths that read the tensors in place.
@@ -80,13 +82,14 @@ def requant(acc: int, mult: int, shift: int) -> int:
 
 
 def conv2d(out, inp, filt, bias, mult, shift, p, scratch):
-    """CONV_2D int8 per-channel (KERNELS.md); output channels [p[P_OC_BEGIN], p[P_OC_END])."""
+    """CONV_2D int8 per-channel (KERNELS.md); output rows [p[P_OY_BEGIN], p[P_OY_END]) x channels
+    [p[P_OC_BEGIN], p[P_OC_END])."""
     if not _conv_patched(0, 0, 0, out, inp, filt, bias, mult, shift, p, scratch, len(scratch)):
         _conv_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
 
 
 def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch):
-    """DEPTHWISE_CONV_2D int8 per-channel (KERNELS.md)."""
+    """DEPTHWISE_CONV_2D int8 per-channel (KERNELS.md); output rows [p[P_OY_BEGIN], p[P_OY_END])."""
     if not _dw_planes(0, 0, 0, out, inp, filt, bias, mult, shift, p, scratch, len(scratch)):
         _dw_direct(0, 0, 0, out, inp, filt, bias, mult, shift, p)
 
@@ -120,6 +123,7 @@ def requantize(out, inp, p, scratch):
 
 
 copy = _ops.copy
+softmax = _ops.softmax      # softmax(out, inp, exp_q31, exp_q12, p): SOFTMAX int8 -> int8 (KERNELS.md)
 
 
 def usable():

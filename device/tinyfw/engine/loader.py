@@ -11,6 +11,7 @@ from . import ModelError
 from .reader import read_model, T_INT8, T_FLOAT32
 from . import ops as _ops
 from . import planner
+from .params import P_BATCHES, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_STRIDE_H, P_PAD_H, P_K_H, P_K_W
 
 _CONV_KINDS = (_ops.K_CONV, _ops.K_DW, _ops.K_FC)
 
@@ -31,6 +32,7 @@ class Recipe:
         self.output_info = ()
         self.records = []          # one tuple per operator (layouts in _record)
         self.tops = ()             # per operator: arena bytes below it that hold live activations (work area above)
+        self.bands = ()            # per operator: output rows per kernel call (0: all at once)
         self.max_channels = 0
 
 
@@ -81,16 +83,81 @@ def _lifetimes(md, triples):
     return out
 
 
-def _plan(md, triples):
-    """(tensor index -> arena offset, arena bytes, per operator the first free arena byte above its live buffers)."""
+def _bands(md, triples, ps, bufs, sizes, first, last):
+    """Convolutions that may run in bands of output rows over their dying input: [(op, input buf, output buf)]."""
+    where = {}
+    for b, (members, _, _, _) in enumerate(bufs):
+        for i in members:
+            where[i] = b
+    kept = set(where.get(i) for i in md.outputs)
+    out = []
+    for k, (kind, ins, o) in enumerate(triples):
+        p = ps[k]
+        if p is None or p[P_BATCHES] != 1:
+            continue
+        x, y = where.get(ins[0]), where.get(o)
+        if x is None or y is None or x == y or last[x] != k or x in kept:
+            continue
+        out.append((k, x, y))
+    return out
+
+
+# A band costs one kernel call, and each call copies (or streams) the operator's filter again: bands are made
+# tall enough that the calls' overhead, counted as filter bytes + _CALL_BYTES each, stays under 1/_BAND_MACS_PER_BYTE
+# of the operator's multiply-accumulates (about 3 % of its time with the viper kernels).
+_CALL_BYTES = 256
+_BAND_MACS_PER_BYTE = 32
+
+
+def _min_rows(kind, p):
+    """The shortest band (output rows) worth a call for this CONV_2D / DEPTHWISE_CONV_2D."""
+    taps = p[P_K_H] * p[P_K_W] * (p[P_IN_C] if kind == _ops.K_CONV else 1)
+    filt = taps * p[P_OUT_C]
+    rows = p[P_OUT_H]
+    calls = rows * p[P_OUT_W] * p[P_OUT_C] * taps // (_BAND_MACS_PER_BYTE * (filt + _CALL_BYTES))
+    calls = max(1, min(rows, calls))
+    return (rows + calls - 1) // calls
+
+
+def _distance(p, rows):
+    return planner.band_distance(rows, p[P_IN_W] * p[P_IN_C], p[P_OUT_W] * p[P_OUT_C], p[P_OUT_H],
+                                 p[P_STRIDE_H], p[P_PAD_H])
+
+
+def _plan(md, triples, ps):
+    """(tensor index -> arena offset, arena bytes, per operator the first free arena byte above its live buffers,
+    per operator its output row band (0: one call for all rows)).
+
+    ps: per operator its kernel parameters when it is a CONV_2D or DEPTHWISE_CONV_2D, else None. Such an operator
+    whose input dies with it may overwrite that input as it goes, in bands of output rows (planner.band_distance):
+    the arena is planned with the shortest bands worth a call (_min_rows), then each band is made as tall as the
+    offsets placed allow; an operator whose input and output ended up side by side is not banded."""
     bufs = _lifetimes(md, triples)
     sizes, first, last = [b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs]
+    n_ops = len(triples)
     offsets, arena = planner.plan(sizes, first, last)
+    bands = [0] * n_ops
+    cands = _bands(md, triples, ps, bufs, sizes, first, last)
+    if cands:
+        pairs = {(x, y): _distance(ps[k], _min_rows(triples[k][0], ps[k])) for k, x, y in cands}
+        o1, a1 = planner.plan(sizes, first, last, pairs)
+        if a1 < arena:
+            offsets, arena = o1, a1
+            al = planner._align
+            for k, x, y in cands:
+                gap = offsets[x] - offsets[y]
+                if gap >= al(sizes[y]) or -gap >= al(sizes[x]):
+                    continue                        # placed side by side: one call
+                p = ps[k]
+                h = p[P_OUT_H]                      # the tallest band these offsets allow (one row always does)
+                while h > 1 and _distance(p, h) > gap:
+                    h = (h + 1) // 2
+                bands[k] = h
     where = {}
     for b, off in zip(bufs, offsets):
         for i in b[0]:
             where[i] = off
-    return where, arena, planner.tops(sizes, first, last, offsets, len(triples))
+    return where, arena, planner.tops(sizes, first, last, offsets, n_ops), bands
 
 
 def activation_lifetimes(md, specs):
@@ -98,9 +165,15 @@ def activation_lifetimes(md, specs):
     return _lifetimes(md, [(s.kind, s.ins, s.out) for s in specs])
 
 
+def _conv_p(s):
+    return s.p if s.kind == _ops.K_CONV or s.kind == _ops.K_DW else None
+
+
 def plan_arena(md, specs):
-    """(offset per int8 activation tensor index, arena bytes) for ops.prepare's specs (host tools)."""
-    return _plan(md, [(s.kind, s.ins, s.out) for s in specs])[:2]
+    """(offset per int8 activation tensor index, arena bytes, output rows per call of each operator (0: all))
+    for ops.prepare's specs (host tools)."""
+    where, arena, _, bands = _plan(md, [(s.kind, s.ins, s.out) for s in specs], [_conv_p(s) for s in specs])
+    return where, arena, bands
 
 
 def _record(md, s, f):
@@ -144,18 +217,20 @@ def prepare(f, stage=None):
     r = Recipe()
     r.model_bytes = size
     triples = []
+    ps = []
     for op in md.ops:
         s = _ops.prepare_op(md, op)
         r.macs += s.macs
         if s.kind in _CONV_KINDS and s.channels > r.max_channels:
             r.max_channels = s.channels
         triples.append((s.kind, s.ins, s.out))
+        ps.append(_conv_p(s))
         r.records.append(_record(md, s, f))
         s = None
     if stage:
         stage("operators prepared")
-    where, r.arena_bytes, r.tops = _plan(md, triples)
-    triples = None
+    where, r.arena_bytes, r.tops, r.bands = _plan(md, triples, ps)
+    triples = ps = None
     r.where = where
     r.nbytes = {}
     for i in where:

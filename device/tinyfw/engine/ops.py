@@ -7,7 +7,7 @@ from array import array
 from . import quant
 from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H,
                      P_STRIDE_W, P_DIL_H, P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN,
-                     P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET, P_LEN,
+                     P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET, P_LEN, P_OY_BEGIN, P_OY_END,
                      A_SIZE, A_IN1_OFFSET, A_IN2_OFFSET, A_IN1_MULT, A_IN1_SHIFT, A_IN2_MULT, A_IN2_SHIFT,
                      A_OUT_MULT, A_OUT_SHIFT, A_OUT_OFFSET, A_LEFT_SHIFT, A_ACT_MIN, A_ACT_MAX, A_LEN,
                      S_OUTER, S_DEPTH, S_LEN, Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET, Q_LEN)
@@ -242,6 +242,9 @@ def _conv_like(md, op, kind):
                          % (what, bias.elements, spec.channels))
     p[P_OC_BEGIN] = 0
     p[P_OC_END] = spec.channels
+    if kind != K_FC:
+        p[P_OY_BEGIN] = 0
+        p[P_OY_END] = p[P_OUT_H]
     spec.p = p
     return spec
 

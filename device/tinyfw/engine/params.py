@@ -30,7 +30,9 @@ P_DEPTH_MULT = const(19)
 P_OC_BEGIN = const(20)   # conv2d / fully_connected compute output channels [P_OC_BEGIN, P_OC_END) only;
 P_OC_END = const(21)     # `filt` then holds just those channels' weights (streamed from flash in blocks)
 P_FILTER_OFFSET = const(22)  # -filter zero point (fully_connected only; 0 elsewhere)
-P_LEN = const(23)
+P_OY_BEGIN = const(23)  # conv2d / depthwise_conv2d compute output rows [P_OY_BEGIN, P_OY_END) only, reading
+P_OY_END = const(24)    # only the input rows those rows need (row bands: the input may be overwritten below)
+P_LEN = const(25)
 
 # ADD (elementwise, same shapes)
 A_SIZE = const(0)

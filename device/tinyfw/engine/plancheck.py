@@ -8,7 +8,8 @@ import struct
 import hashlib
 
 MAGIC = b"TFPL"
-PLAN_VERSION = 2                # 2: each operator record says where the free arena above its live buffers begins
+PLAN_VERSION = 3                # 2: each operator record says where the free arena above its live buffers begins
+                                # 3: convolutions carry their output row band (in-place bands)
 HEADER_FMT = "<4sHH32sIIQIIIIIIIIIHH"
 HEADER_BYTES = struct.calcsize(HEADER_FMT)
 _CHUNK = 512

@@ -21,7 +21,8 @@
 #            area), (i32 ref, u32 bytes) of each input,
 #            u8 parameter count, i32 parameters[count], then by kind: conv-like u32 channels, weights offset in
 #            the .tflite, weights bytes, bytes per output channel, channel data offset (bias, multipliers,
-#            shifts: 3 x channels int32); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
+#            shifts: 3 x channels int32), output rows per call (0: all; else the output may overlap the
+#            dying input, see planner.band_distance); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
 #            u32 elements; float quantize/dequantize u32 elements, u32 scale bits, i32 zero point
 #   channel data, then the sha256 of everything before it (32 bytes)
 # ref: an arena offset (>= 0) or -1 - k for the k-th float32 graph buffer (outside the arena).
@@ -266,9 +267,11 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
             at += 4 * n_p
         fn = _kernel(k, kind, fallback, m._softmax)
         if kind <= K_CONV_MAX:
-            n, w_pos, w_bytes, rb, c_pos = struct.unpack_from("<IIIII", b, at)
+            n, w_pos, w_bytes, rb, c_pos, band = struct.unpack_from("<IIIIII", b, at)
             if w_pos + w_bytes > model_bytes or c_pos + 12 * n > chan_bytes:
                 raise ModelError("corrupt plan: operator data lies outside the model or the plan")
+            if band and (kind == K_CONV_MAX or band > p[4]):       # p[P_OUT_H]; FULLY_CONNECTED has no rows
+                raise ModelError("corrupt plan: a row band that does not fit the operator")
             side_pos = -1
             ch_all = None
             if stream_chan:
@@ -286,7 +289,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 f.readinto(filt)
                 ram += w_bytes
                 steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, -1, n, 0, n,
-                              side_pos, ch_all, _view(m, views, top, total - top, arena_mv, total)))
+                              side_pos, ch_all, _view(m, views, top, total - top, arena_mv, total), band))
             else:
                 # the weight block: as many output channels as fit half the work area (at least one: the plan's
                 # floor guarantees it), at most block_cap bytes; the kernel's scratch is the rest
@@ -307,7 +310,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 w_end = top + _align16(blk_bytes)
                 scratch = _view(m, views, w_end, total - w_end, arena_mv, total) if w_end < total else full[:0]
                 steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, w_pos, block, rb, n,
-                              side_pos, ch_all, scratch))
+                              side_pos, ch_all, scratch, band))
         elif kind == K_ADD:
             steps.append((4, fn, out, inp, ins[1], p, _view(m, views, top, total - top, arena_mv, total)))
         elif kind == K_SOFTMAX:

@@ -32,7 +32,7 @@ def _io_record(info, ref):
     return struct.pack("<H", 2 + len(body)) + body
 
 
-def _op_record(rec, refs, chan_pos, top):
+def _op_record(rec, refs, chan_pos, top, band):
     """(record bytes, channel data bytes it adds). Record layout in planload.py."""
     k = rec[0]
     ins = rec[1]
@@ -48,7 +48,7 @@ def _op_record(rec, refs, chan_pos, top):
     added = 0
     if k <= K_CONV_MAX:
         n = rec[4]
-        body += struct.pack("<IIIII", n, rec[5], rec[6], rec[7], chan_pos)
+        body += struct.pack("<IIIIII", n, rec[5], rec[6], rec[7], chan_pos, band)
         added = 12 * n
     elif k == K_SOFTMAX:
         body += struct.pack("<I", chan_pos)
@@ -82,8 +82,8 @@ def write(r, model_sha256, out):
     filter_total = 0
     filter_max = 0
     need_streamed = need_ram = r.arena_bytes    # arena bytes with the work area every operator must have
-    for rec, top in zip(r.records, r.tops):
-        data, added = _op_record(rec, refs, chan_bytes, top)
+    for rec, top, band in zip(r.records, r.tops, r.bands):
+        data, added = _op_record(rec, refs, chan_bytes, top, band)
         ops_part.append(data)
         chan_bytes += added
         k = rec[0]

@@ -6,6 +6,8 @@
 # rows are zero-filled to a multiple of 16. The inner product is then pure byte loads:
 #   acc = sum(patch * wrow) - 128*sum(patch) + base[oc],  base = bias + (io - 128)*sum(wrow) - 128*(io - 128)*K.
 # conv_direct: no scratch, any size; reads the tensors in place (used when K does not fit the scratch buffer).
+# Both compute output rows [P_OY_BEGIN, P_OY_END) only and read only the input rows their windows cover (row
+# bands, KERNELS.md): the engine may place the output over the input rows that no later band reads.
 import micropython
 
 _P_BATCHES = const(0)
@@ -29,6 +31,8 @@ _P_ACT_MIN = const(17)
 _P_ACT_MAX = const(18)
 _P_OC_BEGIN = const(20)
 _P_OC_END = const(21)
+_P_OY_BEGIN = const(23)
+_P_OY_END = const(24)
 
 
 @micropython.viper
@@ -42,6 +46,8 @@ def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, b
     in_w = p[_P_IN_W]
     in_c = p[_P_IN_C]
     out_h = p[_P_OUT_H]
+    oy0 = p[_P_OY_BEGIN]
+    oy1 = p[_P_OY_END]
     out_w = p[_P_OUT_W]
     out_c = p[_P_OUT_C]
     k_h = p[_P_K_H]
@@ -101,7 +107,7 @@ def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, b
                 pb += 1
             bases[j] = bias[blk + j] + c * acc - cn
         for bt in range(p[_P_BATCHES]):
-            for oy in range(out_h):
+            for oy in range(oy0, oy1):
                 iy0 = oy * s_h - pad_h
                 for ox in range(out_w):
                     ix0 = ox * s_w - pad_w
@@ -210,6 +216,8 @@ def conv_direct(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bi
     in_w = p[_P_IN_W]
     in_c = p[_P_IN_C]
     out_h = p[_P_OUT_H]
+    oy0 = p[_P_OY_BEGIN]
+    oy1 = p[_P_OY_END]
     out_w = p[_P_OUT_W]
     out_c = p[_P_OUT_C]
     k_h = p[_P_K_H]
@@ -230,7 +238,7 @@ def conv_direct(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bi
     x_addr = int(inp)
     o_addr = int(out)
     for bt in range(p[_P_BATCHES]):
-        for oy in range(out_h):
+        for oy in range(oy0, oy1):
             iy0 = oy * s_h - pad_h
             for ox in range(out_w):
                 ix0 = ox * s_w - pad_w

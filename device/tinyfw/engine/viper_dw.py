@@ -1,10 +1,12 @@
 # DEPTHWISE_CONV_2D in viper for kernels_viper.depthwise_conv2d (rules: see kernels_viper.py).
 #
-# dw_planes: per batch and input channel, the part of the input plane the windows cover is copied into the
-# scratch buffer offset by 128 (x ^ 128), with padding cells set to the input zero point (they then contribute 0,
-# as TFLM skips them); every output is then a full window:
+# dw_planes: per batch and input channel, the part of the input plane the band's windows cover (its rows only) is
+# copied into the scratch buffer offset by 128 (x ^ 128), with padding cells set to the input zero point (they then
+# contribute 0, as TFLM skips them); every output is then a full window:
 #   acc = sum(xu * ws) + base,  base = bias + (io - 128) * sum(ws),  xu = x + 128, ws = the signed weight.
-# dw_direct: no scratch, any size (used when the plane does not fit the scratch buffer).
+# dw_direct: no scratch, any size (used when the band's plane does not fit the scratch buffer).
+# Both compute output rows [P_OY_BEGIN, P_OY_END) only and read only the input rows their windows cover (row
+# bands, KERNELS.md): the engine may place the output over the input rows that no later band reads.
 import micropython
 
 _P_BATCHES = const(0)
@@ -27,6 +29,8 @@ _P_OUT_OFFSET = const(16)
 _P_ACT_MIN = const(17)
 _P_ACT_MAX = const(18)
 _P_DEPTH_MULT = const(19)
+_P_OY_BEGIN = const(23)
+_P_OY_END = const(24)
 
 
 @micropython.viper
@@ -55,10 +59,26 @@ def dw_planes(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
     act_min = (p[_P_ACT_MIN] << WS) >> WS
     act_max = (p[_P_ACT_MAX] << WS) >> WS
     dm = p[_P_DEPTH_MULT]
-    rows = (out_h - 1) * s_h + (k_h - 1) * d_h + 1
+    oy0 = p[_P_OY_BEGIN]
+    oy1 = p[_P_OY_END]
+    if oy1 <= oy0:
+        return 1
+    rows = (oy1 - oy0 - 1) * s_h + (k_h - 1) * d_h + 1   # the band's window rows (plane rows)
     cols = (out_w - 1) * s_w + (k_w - 1) * d_w + 1
     if rows * cols > scr_bytes:
         return 0
+    iy_top = oy0 * s_h - pad_h                  # input row of plane row 0
+    n_left = pad_w                              # plane columns: n_left padding cells, then n_valid input cells
+    if n_left > cols:                           # from input column ix_first on, then padding to cols
+        n_left = cols
+    if n_left < 0:
+        n_left = 0
+    ix_first = n_left - pad_w
+    n_valid = in_w - ix_first
+    if n_valid > cols - n_left:
+        n_valid = cols - n_left
+    if n_valid < 0:
+        n_valid = 0
     c = io - 128
     xpad = 128 - io
     k9 = k_h == 3 and k_w == 3 and d_w == 1
@@ -81,22 +101,25 @@ def dw_planes(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
             # the covered input plane of channel ic, offset, padding cells = zero point
             pb = plane
             for r in range(rows):
-                iy = r - pad_h
+                iy = iy_top + r
                 e = pb + cols
                 if iy < 0 or iy >= in_h:
                     while pb < e:
                         ptr8(pb)[0] = xpad
                         pb += 1
-                else:
-                    pa = x_addr + ((bt * in_h + iy) * in_w - pad_w) * in_c + ic
-                    ix = 0 - pad_w
-                    while pb < e:
-                        if ix < 0 or ix >= in_w:
-                            ptr8(pb)[0] = xpad
-                        else:
-                            ptr8(pb)[0] = ptr8(pa)[0] ^ 128
+                else:                           # left padding, the row's input cells, right padding
+                    pa = x_addr + ((bt * in_h + iy) * in_w + ix_first) * in_c + ic
+                    e1 = pb + n_left
+                    while pb < e1:
+                        ptr8(pb)[0] = xpad
+                        pb += 1
+                    e1 = pb + n_valid
+                    while pb < e1:
+                        ptr8(pb)[0] = ptr8(pa)[0] ^ 128
                         pa += in_c
-                        ix += 1
+                        pb += 1
+                    while pb < e:
+                        ptr8(pb)[0] = xpad
                         pb += 1
             for mm in range(dm):
                 oc = ic * dm + mm
@@ -137,8 +160,8 @@ def dw_planes(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
                 half = 0
                 if k > 0:
                     half = 1 << (k - 1)
-                for oy in range(out_h):
-                    row = plane + oy * s_h * cols
+                for oy in range(oy0, oy1):
+                    row = plane + (oy - oy0) * s_h * cols
                     ob = o_addr + ((bt * out_h + oy) * out_w) * out_c + oc
                     for ox in range(out_w):
                         pa = row + ox * s_w
@@ -201,6 +224,8 @@ def dw_direct(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
     in_w = p[_P_IN_W]
     in_c = p[_P_IN_C]
     out_h = p[_P_OUT_H]
+    oy0 = p[_P_OY_BEGIN]
+    oy1 = p[_P_OY_END]
     out_w = p[_P_OUT_W]
     out_c = p[_P_OUT_C]
     k_h = p[_P_K_H]
@@ -219,7 +244,7 @@ def dw_direct(pa: int, acc: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias
     x_addr = int(inp)
     o_addr = int(out)
     for bt in range(p[_P_BATCHES]):
-        for oy in range(out_h):
+        for oy in range(oy0, oy1):
             iy0 = oy * s_h - pad_h
             for ox in range(out_w):
                 ix0 = ox * s_w - pad_w

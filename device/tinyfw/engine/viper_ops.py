@@ -1,4 +1,5 @@
-# FULLY_CONNECTED, pooling, ADD, QUANTIZE (int8 -> int8) and copy in viper for kernels_viper (rules: see there).
+# FULLY_CONNECTED, pooling, ADD, QUANTIZE (int8 -> int8), SOFTMAX and copy in viper for kernels_viper (rules: see
+# there).
 import micropython
 
 _P_BATCHES = const(0)
@@ -39,6 +40,8 @@ _Q_IN_OFFSET = const(1)
 _Q_MULT = const(2)
 _Q_SHIFT = const(3)
 _Q_OUT_OFFSET = const(4)
+_S_OUTER = const(0)
+_S_DEPTH = const(1)
 
 
 @micropython.viper
@@ -426,3 +429,114 @@ def copy(out: ptr8, inp: ptr8, n: int):
         out[i] = inp[i]
 
 
+
+
+@micropython.viper
+def softmax(out: ptr8, inp: ptr8, exp_q31: ptr32, exp_q12: ptr32, p: ptr32):
+    """SOFTMAX int8 -> int8, bit-exact with kernels_ref.softmax (ref_softmax.py, fixedpoint.py) for rows whose
+    sum of exp_q12 stays below 2**31 (depth < 4096; TFLM's int32 sum overflows beyond).
+
+    Per row: the maximum (on x ^ 128, which orders as x), total = sum exp_q12[max - x], GetReciprocal(total, 12)
+    (gemmlowp one_over_one_plus_x: three Newton steps in Q2.29), then per element
+    RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(scale, exp_q31[max - x]), 35 - headroom) - 128.
+    Every high product floor((a*b + 2**30) / 2**31) is built from 16- and 8-bit pieces as in kernels_viper.requant
+    (valid for either sign of b); nothing leaves signed 32 bits, so 32- and 64-bit ports give the same bytes."""
+    depth = p[_S_DEPTH]
+    i32_max = ~(int(-1) << 31)
+    q30 = int(1) << 30
+    row = int(inp)
+    orow = int(out)
+    for rr in range(p[_S_OUTER]):
+        e = row + depth
+        mx = 0
+        pa = row
+        while pa < e:
+            xu = ptr8(pa)[0] ^ 128
+            if xu > mx:
+                mx = xu
+            pa += 1
+        total = 0
+        pa = row
+        while pa < e:
+            total += exp_q12[mx - (ptr8(pa)[0] ^ 128)]
+            pa += 1
+        headroom = 32                           # count leading zeros of total, in [2**19, 2**31): 1..12
+        t = total
+        while t:
+            t >>= 1
+            headroom -= 1
+        # GetReciprocal: a = (total << headroom) - 2**31 in [0, 2**31); half_den = (a + 2**31) / 2 (floor)
+        a = ((total << (headroom - 1)) - q30) << 1
+        h = (a >> 1) + q30
+        h1 = h >> 16
+        h0 = h & 0xFFFF
+        # x = 48/17 + (-32/17) * half_den, Q2.29 (48/17 = 0x5A5A5A5A, -32/17 = -0x3C3C3C3C)
+        b = -1010580540
+        b0 = b & 0xFFFF
+        b1 = b >> 16
+        t = (h0 >> 8) * b0
+        L = (h0 & 0xFF) * b0 + ((t & 0xFF) << 8)
+        u = h1 * b0
+        v = h0 * b1
+        s = (u & 0xFFFF) + (v & 0xFFFF) + (t >> 8) + (L >> 16) + 0x4000
+        r = h1 * b1 + (u >> 16) + (v >> 16)
+        x = ((int(0x5A5A) << 16) | 0x5A5A) + (r + (r + (s >> 15)))
+        for k in range(3):
+            # hdx = srdhm(half_den, x)
+            b0 = x & 0xFFFF
+            b1 = x >> 16
+            t = (h0 >> 8) * b0
+            L = (h0 & 0xFF) * b0 + ((t & 0xFF) << 8)
+            u = h1 * b0
+            v = h0 * b1
+            s = (u & 0xFFFF) + (v & 0xFFFF) + (t >> 8) + (L >> 16) + 0x4000
+            r = h1 * b1 + (u >> 16) + (v >> 16)
+            b = (int(1) << 29) - (r + (r + (s >> 15)))          # one_minus = 1 - half_den * x, Q2.29
+            # x += SaturatingRoundingMultiplyByPOT<2>(srdhm(x, one_minus))
+            b0 = b & 0xFFFF
+            b1 = b >> 16
+            a1 = x >> 16
+            a0 = x & 0xFFFF
+            t = (a0 >> 8) * b0
+            L = (a0 & 0xFF) * b0 + ((t & 0xFF) << 8)
+            u = a1 * b0
+            v = a0 * b1
+            s = (u & 0xFFFF) + (v & 0xFFFF) + (t >> 8) + (L >> 16) + 0x4000
+            r = a1 * b1 + (u >> 16) + (v >> 16)
+            # |one_minus| <= 1/17 (the initial guess's error, shrinking) and x <= 2: |r| < 2**29 / 8, so the
+            # saturating shift never saturates and x stays in (2**29, 2**30]
+            x += (r + (r + (s >> 15))) << 2
+        # scale = SaturatingRoundingMultiplyByPOT<1>(x): Q0.31; x = 2**30 (2.0) saturates (x > 0 always)
+        scale = i32_max
+        if x < q30:
+            scale = x << 1
+        sc0 = scale & 0xFFFF
+        sc1 = scale >> 16
+        ex = 35 - headroom                      # 23..34: exp_q31 is Q0.31, the output has 8 fractional bits
+        pa = row
+        pb = orow
+        while pa < e:
+            # r = srdhm(exp_q31[d], scale) >= 0, then RoundingDivideByPOT(r, ex) - 128, clamped
+            a0 = exp_q31[mx - (ptr8(pa)[0] ^ 128)]
+            a1 = a0 >> 16
+            a0 = a0 & 0xFFFF
+            t = (a0 >> 8) * sc0
+            L = (a0 & 0xFF) * sc0 + ((t & 0xFF) << 8)
+            u = a1 * sc0
+            v = a0 * sc1
+            s = (u & 0xFFFF) + (v & 0xFFFF) + (t >> 8) + (L >> 16) + 0x4000
+            r = a1 * sc1 + (u >> 16) + (v >> 16)
+            r = r + (r + (s >> 15))
+            if ex < 32:
+                r = (r >> ex) + ((r >> (ex - 1)) & 1) - 128
+            else:
+                r = -128
+            if r > 127:
+                r = 127
+            elif r < -128:
+                r = -128
+            ptr8(pb)[0] = r
+            pa += 1
+            pb += 1
+        row += depth
+        orow += depth

@@ -32,6 +32,10 @@ def inspect_cmd(file, board, json_out):
             click.echo(f"{label}: '{t.name}' {t.dtype}{list(t.shape)} scale={t.scale:.6g} zero_point={t.zero_point}")
     tflm = f"{r.tflm_arena_bytes} B" if r.tflm_arena_bytes is not None else "n/a (install tinyhost[oracle])"
     click.echo(f"arena: {r.arena_bytes} B (TFLM non-persistent arena: {tflm}); weights {r.weight_bytes} B")
+    banded = sum(1 for op in r.operators if "row_band" in op.params)
+    if banded:
+        click.echo(f"  {banded} convolution(s) write over their dying input in bands of output rows (row_band): "
+                   "their input and output share arena bytes (docs/engine.md, \"Row bands\")")
     click.echo(f"peak RAM: {r.peak_ram_weights_in_ram_bytes} B with weights in RAM, "
                f"{r.peak_ram_weights_streamed_bytes} B with weights streamed from flash")
     for fit in r.fits:

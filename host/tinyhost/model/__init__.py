@@ -107,7 +107,7 @@ def inspect(path, board=None, tflm=True):
         with open(path, "rb") as f:
             md = reader.read_model(f, size)
             specs = engine_ops.prepare(md)
-            _, arena = engine.plan_arena(md, specs)
+            _, arena, bands = engine.plan_arena(md, specs)
             tensors = [TensorReport(t.index, t.name, tuple(t.shape), t.dtype, t.scale, t.zero_point, t.nq > 1,
                                     t.is_const, t.nbytes) for t in md.tensors]
     except engine.ModelError as e:
@@ -116,7 +116,9 @@ def inspect(path, board=None, tflm=True):
     channels = 0
     weights = 0
     biggest = 0
-    for s in specs:
+    for s, band in zip(specs, bands):
+        if band:
+            s.info["row_band"] = band       # output rows per kernel call, writing over its dying input
         wb = (s.weights.nbytes if s.weights is not None else 0) + (s.bias.nbytes if s.bias is not None else 0)
         weights += wb
         biggest = max(biggest, min(wb, engine.STREAM_SCRATCH_BYTES) if s.row_bytes else wb)

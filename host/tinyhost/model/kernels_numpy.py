@@ -14,7 +14,7 @@ INT32_MAX = (1 << 31) - 1
 # params.py slots (fixed numbers, see KERNELS.md)
 (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H, P_STRIDE_W, P_DIL_H,
  P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN, P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END,
- P_FILTER_OFFSET) = range(23)
+ P_FILTER_OFFSET, P_OY_BEGIN, P_OY_END) = range(25)
 
 
 def _i8(buf):
@@ -56,22 +56,28 @@ def _finish(acc, bias, mult, shift, off, lo, hi):
     return np.clip(v, lo, hi).astype(np.int8)
 
 
-def _padded(inp, p):
+def _band_window(inp, p, oy0, oy1):
+    """The input rows that output rows [oy0, oy1) read, plus zero padding (padding contributes 0, as TFLM skips
+    those taps): array [b, rows, cols, c] whose row 0 is input row oy0 * S_H - PAD_H. Input rows outside the
+    band's receptive field are never read (row bands, KERNELS.md)."""
     b, h, w, c = p[P_BATCHES], p[P_IN_H], p[P_IN_W], p[P_IN_C]
-    x = _i8(inp)[:b * h * w * c].reshape(b, h, w, c).astype(np.int64) + p[P_IN_OFFSET]
     ph, pw = p[P_PAD_H], p[P_PAD_W]
     eh = (p[P_K_H] - 1) * p[P_DIL_H] + 1
     ew = (p[P_K_W] - 1) * p[P_DIL_W] + 1
-    need_h = (p[P_OUT_H] - 1) * p[P_STRIDE_H] + eh
-    need_w = (p[P_OUT_W] - 1) * p[P_STRIDE_W] + ew
-    xp = np.zeros((b, max(need_h, h + ph), max(need_w, w + pw), c), dtype=np.int64)
-    xp[:, ph:ph + h, pw:pw + w, :] = x          # padding contributes 0 = skipped taps
+    rows = (oy1 - oy0 - 1) * p[P_STRIDE_H] + eh
+    cols = max((p[P_OUT_W] - 1) * p[P_STRIDE_W] + ew, w + pw)
+    top = oy0 * p[P_STRIDE_H] - ph
+    y0, y1 = max(top, 0), min(top + rows, h)
+    xp = np.zeros((b, rows, cols, c), dtype=np.int64)
+    if y1 > y0:
+        x = _i8(inp)[:b * h * w * c].reshape(b, h, w, c)[:, y0:y1].astype(np.int64) + p[P_IN_OFFSET]
+        xp[:, y0 - top:y1 - top, pw:pw + w, :] = x
     return xp
 
 
-def _taps(xp, p):
-    """Yield (ky, kx, window[b, out_h, out_w, c]) for every filter tap."""
-    oh, ow, sh, sw = p[P_OUT_H], p[P_OUT_W], p[P_STRIDE_H], p[P_STRIDE_W]
+def _taps(xp, p, oh):
+    """Yield (ky, kx, window[b, oh, out_w, c]) for every filter tap."""
+    ow, sh, sw = p[P_OUT_W], p[P_STRIDE_H], p[P_STRIDE_W]
     for ky in range(p[P_K_H]):
         y0 = ky * p[P_DIL_H]
         for kx in range(p[P_K_W]):
@@ -81,27 +87,34 @@ def _taps(xp, p):
 
 def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     oc0, oc1, ic = p[P_OC_BEGIN], p[P_OC_END], p[P_IN_C]
+    oy0, oy1 = p[P_OY_BEGIN], p[P_OY_END]
+    if oy1 <= oy0:
+        return
     kh, kw = p[P_K_H], p[P_K_W]
     w = _i8(filt)[:(oc1 - oc0) * kh * kw * ic].reshape(oc1 - oc0, kh, kw, ic).astype(np.int64)
-    xp = _padded(inp, p)
+    xp = _band_window(inp, p, oy0, oy1)
     acc = 0
-    for ky, kx, win in _taps(xp, p):
+    for ky, kx, win in _taps(xp, p, oy1 - oy0):
         acc = acc + win @ w[:, ky, kx, :].T
     sl = slice(oc0, oc1)
     res = _finish(acc, _i32(bias)[sl], _i32(mult)[sl], _i32(shift)[sl], p[P_OUT_OFFSET], p[P_ACT_MIN], p[P_ACT_MAX])
-    o = _i8(out).reshape(p[P_BATCHES], p[P_OUT_H], p[P_OUT_W], p[P_OUT_C])
-    o[..., sl] = res
+    o = _i8(out)[:p[P_BATCHES] * p[P_OUT_H] * p[P_OUT_W] * p[P_OUT_C]]
+    o.reshape(p[P_BATCHES], p[P_OUT_H], p[P_OUT_W], p[P_OUT_C])[:, oy0:oy1, :, sl] = res
 
 
 def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
     kh, kw, oc, dm = p[P_K_H], p[P_K_W], p[P_OUT_C], p[P_DEPTH_MULT]
+    oy0, oy1 = p[P_OY_BEGIN], p[P_OY_END]
+    if oy1 <= oy0:
+        return
     w = _i8(filt)[:kh * kw * oc].reshape(kh, kw, oc).astype(np.int64)
-    xp = _padded(inp, p)
+    xp = _band_window(inp, p, oy0, oy1)
     acc = 0
-    for ky, kx, win in _taps(xp, p):
+    for ky, kx, win in _taps(xp, p, oy1 - oy0):
         acc = acc + np.repeat(win, dm, axis=3) * w[ky, kx]
     res = _finish(acc, _i32(bias), _i32(mult), _i32(shift), p[P_OUT_OFFSET], p[P_ACT_MIN], p[P_ACT_MAX])
-    _i8(out)[:res.size] = res.reshape(-1)
+    o = _i8(out)[:p[P_BATCHES] * p[P_OUT_H] * p[P_OUT_W] * oc]
+    o.reshape(p[P_BATCHES], p[P_OUT_H], p[P_OUT_W], oc)[:, oy0:oy1] = res
 
 
 def fully_connected(out, inp, filt, bias, mult, shift, p, scratch=None):

@@ -1,0 +1,82 @@
+# tinyfw model loading: the LOAD command and Runtime.load_model (docs/protocol.md).
+#
+# The runtime imports this module for one load and drops it again right after (Runtime._modelload), so that
+# neither the loading code nor the model commands' code (tinyfw.inference, dropped before the load and imported
+# again after it) holds heap while the engine loads a model or while the model runs (docs/engine.md, "Memory").
+# Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
+import gc
+import sys
+import time
+
+from micropython import const
+
+from tinyfw.frame import DevError
+
+_E_BAD_ARGS = const(2)
+_E_NOT_FOUND = const(3)
+_E_MODEL = const(9)
+_E_NO_MEMORY = const(10)
+_E_NO_ENGINE = const(12)
+
+
+def load_model(rt, path, backend="auto"):
+    """Load ``path`` with the engine, replacing the loaded model; returns the engine Model."""
+    try:
+        from tinyfw import engine
+    except ImportError as e:
+        raise DevError(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
+    if rt.model is not None or "tinyfw.inference" in sys.modules:
+        rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
+    rt.times = None
+    rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
+    try:
+        rt.model = engine.load(path, backend=backend)
+    except engine.ModelError as e:
+        raise DevError(_E_MODEL, "%s: %s" % (path, e))
+    except MemoryError as e:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "%s does not fit in RAM (%s; heap free %d bytes after unloading)"
+                       % (path, e, gc.mem_free()))
+    except OSError as e:
+        if e.args and e.args[0] == 2:
+            raise DevError(_E_NOT_FOUND, "%s: no such file" % path)
+        raise
+    # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
+    # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
+    try:
+        rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
+    except MemoryError:
+        rt.input_copies = None
+    rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    return rt.model
+
+
+def _tensor_text(t):
+    return "%s|%s|%s|%r|%d|%d" % (t.name, "x".join(str(d) for d in t.shape), t.dtype, t.scale, t.zero_point,
+                                  t.nbytes)
+
+
+def load_request(rt):
+    """Execute a LOAD request ('backend\\0path'): load the model and write the first reply lines into the frame
+    buffer; returns their length (tinyfw.inference.load_reply adds the heap and offload lines once this module's
+    code is dropped, and sends the reply)."""
+    raw = bytes(rt.payload_view())
+    sep = raw.find(b"\0")
+    if sep < 0:
+        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path'")
+    backend = raw[:sep].decode() or "auto"
+    path = raw[sep + 1:].decode()
+    raw = None
+    t0 = time.ticks_ms()
+    m = load_model(rt, path, backend)
+    kv = rt.model_module().kv
+    n = kv(rt, 0, "backend", m.backend)
+    n = kv(rt, n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
+    for k, v in m.stats().items():
+        if k != "backend":
+            n = kv(rt, n, k, v)
+    for i, t in enumerate(m.inputs):
+        n = kv(rt, n, "input%d" % i, _tensor_text(t))
+    for i, t in enumerate(m.outputs):
+        n = kv(rt, n, "output%d" % i, _tensor_text(t))
+    return n
