@@ -154,6 +154,7 @@ class Model:
         self.backend = backend
         self._steps = ()
         self._side = None
+        self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
         self._arena = None
         self._fallback = []
         self._softmax = None           # the reference softmax, when the backend has none (imported before the arena)
@@ -254,7 +255,8 @@ class Model:
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,
                 "weights_ram_bytes": self.weights_ram_bytes, "weights_mode": self.weights_mode,
-                "channel_data": "flash" if self._side is not None else "ram",
+                "channel_data": ("ram" if self._side is None else "flash, into the arena" if self._chan_in_arena
+                                 else "flash"),
                 "scratch_bytes": self.scratch_bytes, "ops": self._specs_count, "macs": self.macs,
                 "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback),
                 "plan": self.plan, "plan_note": self.plan_note,

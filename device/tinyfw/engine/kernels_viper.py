@@ -126,6 +126,11 @@ copy = _ops.copy
 softmax = _ops.softmax      # softmax(out, inp, exp_q31, exp_q12, p): SOFTMAX int8 -> int8 (KERNELS.md)
 
 
+# bias, mult and shift are read through ptr32 (raw little-endian int32): the engine may pass int8 views of the
+# tensor arena holding them (channel data streamed into the arena's end, planload.build).
+CHANNELS_AS_BYTES = True
+
+
 def usable():
     """True when the viper emitter on this port computes what these kernels assume (the engine checks once)."""
     ws = word_shift()

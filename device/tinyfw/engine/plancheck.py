@@ -8,8 +8,9 @@ import struct
 import hashlib
 
 MAGIC = b"TFPL"
-PLAN_VERSION = 3                # 2: each operator record says where the free arena above its live buffers begins
+PLAN_VERSION = 4                # 2: each operator record says where the free arena above its live buffers begins
                                 # 3: convolutions carry their output row band (in-place bands)
+                                # 4: arena floors with weights streamed include each operator's channel data
 HEADER_FMT = "<4sHH32sIIQIIIIIIIIIHH"
 HEADER_BYTES = struct.calcsize(HEADER_FMT)
 _CHUNK = 512

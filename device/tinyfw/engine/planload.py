@@ -201,14 +201,19 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
     arena_mv = memoryview(m._arena)
     weights = m.weights_mode
     stream_chan = stream_ok and weights == "flash" and chan_bytes > 2 * 12 * max_ch
+    # streamed to a backend that reads them as raw int32 (viper's ptr32): each operator's channel data goes to the
+    # arena's end (the plan's floors keep it free), no buffer of its own
+    in_arena = stream_chan and getattr(k, "CHANNELS_AS_BYTES", False)
+    m._chan_in_arena = in_arena
     ram = 0
     chan = None                                 # per-channel data: all of it, or one op's at a time
-    soft_at = 3 * max_ch                        # streamed: the softmax tables lie after one op's channel data
+    soft_at = 0 if in_arena else 3 * max_ch     # streamed: the softmax tables lie after one op's channel data
     if chan_bytes:
         # one buffer for everything read per op and the softmax tables, made before anything else (fragmentation)
         n_chan = soft_at + (512 if _has_softmax(g, ops_at, n_ops) else 0) if stream_chan else chan_bytes // 4
-        chan = memoryview(_int32_buffer(n_chan))
-        ram += len(chan) * 4
+        if n_chan:
+            chan = memoryview(_int32_buffer(n_chan))
+            ram += len(chan) * 4
         if not stream_chan:
             g.seek(chan_at)
             if g.readinto(chan) != chan_bytes:
@@ -274,12 +279,23 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 raise ModelError("corrupt plan: a row band that does not fit the operator")
             side_pos = -1
             ch_all = None
+            end = total                         # the work area's end
             if stream_chan:
                 v = chan_views.get(n)
                 if v is None:
-                    v = chan_views[n] = (chan[:3 * n], chan[:n], chan[n:2 * n], chan[2 * n:3 * n])
+                    if in_arena:
+                        c0 = (total - 12 * n) & ~15
+                        v = (arena_mv[c0:c0 + 12 * n], arena_mv[c0:c0 + 4 * n], arena_mv[c0 + 4 * n:c0 + 8 * n],
+                             arena_mv[c0 + 8 * n:c0 + 12 * n])
+                    else:
+                        v = (chan[:3 * n], chan[:n], chan[n:2 * n], chan[2 * n:3 * n])
+                    chan_views[n] = v
                 ch_all, bias, mult, shift = v
                 side_pos = chan_at + c_pos
+                if in_arena:
+                    end = (total - 12 * n) & ~15
+                    if end < top:
+                        raise ModelError("corrupt plan: the arena has no room for an operator's channel data")
             else:
                 c = c_pos // 4
                 bias, mult, shift = chan[c:c + n], chan[c + n:c + 2 * n], chan[c + 2 * n:c + 3 * n]
@@ -293,14 +309,14 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
             else:
                 # the weight block: as many output channels as fit half the work area (at least one: the plan's
                 # floor guarantees it), at most block_cap bytes; the kernel's scratch is the rest
-                room = total - top
+                room = end - top
                 if rb:
                     block = min(n, max(1, min(room // 2, block_cap) // rb))
                     blk_bytes = block * rb
                 else:                           # depthwise: the whole filter at once
                     block = n
                     blk_bytes = w_bytes
-                if top + blk_bytes > total:
+                if top + blk_bytes > end:
                     raise ModelError("corrupt plan: the arena has no room for a weight block")
                 rest = n % block if rb else 0
                 full = _view(m, views, top, blk_bytes, arena_mv, total)
@@ -308,7 +324,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 if blk_bytes > largest_block:
                     largest_block = blk_bytes
                 w_end = top + _align16(blk_bytes)
-                scratch = _view(m, views, w_end, total - w_end, arena_mv, total) if w_end < total else full[:0]
+                scratch = _view(m, views, w_end, end - w_end, arena_mv, total) if w_end < end else full[:0]
                 steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, w_pos, block, rb, n,
                               side_pos, ch_all, scratch, band))
         elif kind == K_ADD:

@@ -9,7 +9,7 @@ import struct
 import hashlib
 
 from .plancheck import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
-from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, work_floor
+from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, work_floor, _align16
 
 
 def _refs(r):
@@ -92,7 +92,9 @@ def write(r, model_sha256, out):
             filter_total += rec[6]
             filter_max = max(filter_max, rec[6])
         need_ram = max(need_ram, top + work_floor(k, 0))
-        need_streamed = max(need_streamed, top + work_floor(k, (rec[7] or rec[6]) if conv else 0))
+        # streamed: the weight block above the live tensors, the operator's channel data at the arena's end
+        need_streamed = max(need_streamed, top + work_floor(k, (rec[7] or rec[6]) if conv else 0)
+                            + (_align16(12 * rec[4]) if conv else 0))
     ops_at = HEADER_BYTES + len(io_part)
     chan_at = ops_at + sum(len(d) for d in ops_part)
     header = struct.pack(HEADER_FMT, MAGIC, PLAN_VERSION, HEADER_BYTES, model_sha256, r.model_bytes,
