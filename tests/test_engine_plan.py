@@ -169,3 +169,17 @@ def test_vm_loads_from_plan_bit_exact(backend, tmp_path):
     assert stats["plan"] == "file" and stats["invoke_allocation_free"]
     want = _outputs(engine.load(str(model), backend="numpy"), xs)
     np.testing.assert_array_equal(np.frombuffer(out, dtype=np.int8).reshape(want.shape), want)
+
+
+def test_a_cached_plan_of_another_format_is_rebuilt(tmp_path):
+    from tinyhost.model import plan as host_plan
+    from tinyfw.engine import plancheck
+
+    model = helpers.REPO / "models" / "kws" / "kws.tflite"
+    cached = host_plan.plan_file(model, cache=tmp_path)
+    good = cached.read_bytes()
+    stale = bytearray(good)
+    stale[4:6] = (plancheck.PLAN_VERSION - 1).to_bytes(2, "little")     # as an older engine would have written it
+    cached.write_bytes(bytes(stale))
+    assert host_plan.plan_file(model, cache=tmp_path) == cached
+    assert cached.read_bytes() == good

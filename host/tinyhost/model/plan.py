@@ -99,7 +99,16 @@ def plan_file(tflite_path, cache=None):
     path = Path(tflite_path)
     model_digest = hashlib.sha256(path.read_bytes()).hexdigest()
     target = Path(cache or cache_dir()) / f"{path.stem}-{model_digest[:16]}-{_engine_digest()}.plan"
-    if not target.is_file():
+    if not target.is_file() or not _current_format(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, build_plan(path))
     return target
+
+
+def _current_format(plan_path):
+    """Whether the cached plan at plan_path has the format the engine in this process writes (a process that
+    imported older engine code than the files now on disk could have cached a plan under the new key)."""
+    from tinyfw.engine import plancheck
+
+    head = Path(plan_path).read_bytes()[:6]
+    return len(head) == 6 and head[:4] == plancheck.MAGIC and struct.unpack("<H", head[4:])[0] == plancheck.PLAN_VERSION
