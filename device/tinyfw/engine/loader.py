@@ -83,7 +83,7 @@ def _lifetimes(md, triples):
     return out
 
 
-def _bands(md, triples, ps, bufs, sizes, first, last):
+def _bands(md, triples, ps, bufs, last):
     """Convolutions that may run in bands of output rows over their dying input: [(op, input buf, output buf)]."""
     where = {}
     for b, (members, _, _, _) in enumerate(bufs):
@@ -137,7 +137,7 @@ def _plan(md, triples, ps):
     n_ops = len(triples)
     offsets, arena = planner.plan(sizes, first, last)
     bands = [0] * n_ops
-    cands = _bands(md, triples, ps, bufs, sizes, first, last)
+    cands = _bands(md, triples, ps, bufs, last)
     if cands:
         pairs = {(x, y): _distance(ps[k], _min_rows(triples[k][0], ps[k])) for k, x, y in cands}
         o1, a1 = planner.plan(sizes, first, last, pairs)

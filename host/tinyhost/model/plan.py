@@ -110,5 +110,6 @@ def _current_format(plan_path):
     imported older engine code than the files now on disk could have cached a plan under the new key)."""
     from tinyfw.engine import plancheck
 
-    head = Path(plan_path).read_bytes()[:6]
+    with open(plan_path, "rb") as f:
+        head = f.read(6)
     return len(head) == 6 and head[:4] == plancheck.MAGIC and struct.unpack("<H", head[4:])[0] == plancheck.PLAN_VERSION
