@@ -153,7 +153,8 @@ class Model:
             raise ValueError("weights must be 'auto', 'ram' or 'flash', not %r" % (weights,))
         self.backend = backend
         self._steps = ()
-        self._side = None
+        self._side = None              # the open plan file when per-channel data is streamed from it
+        self._p = None                 # streamed: the parameter array each convolution's parameters are read into
         self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
         self._arena = None
         self._fallback = []
@@ -226,23 +227,26 @@ class Model:
         for s in self._steps:
             kind = s[0]
             if kind == 1:
-                if s[14] >= 0:                     # per-channel bias, multiplier, shift from the plan file
-                    g = self._side
+                p = s[8]
+                if s[14] >= 0:                     # per-channel bias, multiplier, shift from the plan file, and
+                    g = self._side                 # the kernel parameters (s[8]: their place in it)
                     g.seek(s[14])
                     g.readinto(s[15])
+                    g.seek(p)
+                    p = self._p
+                    g.readinto(p)
                 band = s[17]
                 if band:                           # output rows in bands over the dying input (plan)
-                    p = s[8]
                     rows = p[4]                    # P_OUT_H
                     y = 0
                     while y < rows:
                         p[23] = y                  # P_OY_BEGIN
                         y += band
                         p[24] = y if y < rows else rows      # P_OY_END
-                        _conv(s, f)
+                        _conv(s, p, f)
                     p[23] = 0
                 else:
-                    _conv(s, f)
+                    _conv(s, p, f)
             elif kind == 3 or kind == 6:           # pools; RESHAPE copy
                 s[1](s[2], s[3], s[4])
             elif kind == 2:                        # QUANTIZE int8 -> int8 (scratch: its table)
@@ -268,7 +272,11 @@ class Model:
             if g is not None:
                 g.close()
                 setattr(self, name, None)
+        # everything that points into the arena goes: a Model object the VM's conservative GC still sees (a stale
+        # pointer on the C stack) must not keep the arena alive after UNLOAD
         self._steps = ()
+        self._in_views = self._out_views = ()
+        self._p = None
         self._arena = None
 
     def __enter__(self):
@@ -278,12 +286,12 @@ class Model:
         self.close()
 
 
-def _conv(s, f):
-    """Run a conv-like step (weights in RAM: one call; streamed: one call per block of output channels)."""
+def _conv(s, p, f):
+    """Run a conv-like step with parameters p (weights in RAM: one call; streamed: one call per block of output
+    channels)."""
     if s[10] < 0:                          # weights in RAM
-        s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[16])
+        s[1](s[2], s[3], s[4], s[5], s[6], s[7], p, s[16])
         return
-    p = s[8]
     total = s[13]
     block = s[11]
     oc = 0

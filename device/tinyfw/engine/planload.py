@@ -249,9 +249,11 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
     steps = []
     fallback = m._fallback
     model_bytes = h[4]
+    p_shared = None                             # streamed: the one parameter array all convolutions read into
     for _ in range(n_ops):
         if _gc is not None:
             _gc.collect()                       # the last record's temporaries go before this record's views
+        rec_at = rd.pos
         b = rd.next()
         kind, n_in, o_ref, o_n, top = struct.unpack_from("<BBiII", b, 2)
         if top > total:
@@ -267,6 +269,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
         n_p = b[at]
         at += 1
         p = None
+        p_at = rec_at + at                      # where the parameters lie in the plan file
         if n_p:
             p = array("i", struct.unpack_from("<%di" % n_p, b, at))
             at += 4 * n_p
@@ -292,6 +295,13 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                     chan_views[n] = v
                 ch_all, bias, mult, shift = v
                 side_pos = chan_at + c_pos
+                # the kernel parameters are read from the plan too, into one shared array, before each run of
+                # the operator (Model.invoke): the step keeps their file position, not an array of its own
+                if p_shared is None:
+                    p_shared = m._p = _int32_buffer(n_p)
+                elif len(p_shared) != n_p:
+                    raise ModelError("corrupt plan: convolutions with different parameter counts")
+                p = p_at
                 if in_arena:
                     end = (total - 12 * n) & ~15
                     if end < top:

@@ -17,9 +17,11 @@ from ..paths import firmware_dir
 # RAM the firmware itself needs besides the model (code of the runtime and engine, buffers); an estimate for
 # MicroPython on a 32-bit board, used only for the fits-per-board verdict. `tinyhost info` reports real heap figures.
 FIRMWARE_OVERHEAD_BYTES = 40 * 1024
-# Per-channel and per-operator bookkeeping kept in RAM (multipliers, shifts, biases, parameter arrays).
+# Per-channel and per-operator bookkeeping kept in RAM (multipliers, shifts, biases, parameter arrays, views).
 _PER_CHANNEL_BYTES = 12
 _PER_OP_BYTES = 200
+# Softmax exp tables (2 x 256 int32): kept in RAM when everything else is streamed.
+_SOFTMAX_TABLE_BYTES = 2048
 
 
 def engine_module():
@@ -115,17 +117,23 @@ def inspect(path, board=None, tflm=True):
     operators = []
     channels = 0
     weights = 0
-    biggest = 0
     for s, band in zip(specs, bands):
         if band:
             s.info["row_band"] = band       # output rows per kernel call, writing over its dying input
         wb = (s.weights.nbytes if s.weights is not None else 0) + (s.bias.nbytes if s.bias is not None else 0)
         weights += wb
-        biggest = max(biggest, min(wb, engine.STREAM_SCRATCH_BYTES) if s.row_bytes else wb)
         channels += s.channels
         operators.append(OpReport(s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info),
                                   s.macs, wb))
     bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES
+    # Weights streamed (tinyfw.engine.planload): the weight block and the kernel scratch lie in each operator's
+    # work area inside the arena (the plan's arena_streamed_bytes), per-channel data and the convolutions'
+    # parameters are read from the plan at invoke; RAM keeps the steps, one operator's channel data at most and
+    # the softmax tables.
+    from .plan import build_plan, read_header
+    h = read_header(build_plan(path))
+    streamed = (h.arena_streamed_bytes + len(specs) * _PER_OP_BYTES + h.max_channels * _PER_CHANNEL_BYTES
+                + (_SOFTMAX_TABLE_BYTES if any(s.op.name == "SOFTMAX" for s in specs) else 0))
     tflm_head = tflm_tail = None
     if tflm:
         from . import oracle
@@ -139,8 +147,8 @@ def inspect(path, board=None, tflm=True):
         path=str(path), model_bytes=size, description=md.description, operators=operators, tensors=tensors,
         inputs=list(md.inputs), outputs=list(md.outputs), macs=sum(s.macs for s in specs), weight_bytes=weights,
         arena_bytes=arena, tflm_arena_bytes=tflm_head, tflm_persistent_bytes=tflm_tail,
-        peak_ram_weights_in_ram_bytes=arena + weights + bookkeeping,
-        peak_ram_weights_streamed_bytes=arena + biggest + bookkeeping)
+        peak_ram_weights_in_ram_bytes=h.arena_ram_bytes + weights + bookkeeping,
+        peak_ram_weights_streamed_bytes=streamed)
     names = [board] if board else board_profiles.available()
     for name in names:
         report.fits.append(board_fit(report, board_profiles.load(name)))
