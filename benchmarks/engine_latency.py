@@ -58,40 +58,15 @@ for i in range(n):
     times.append(time.ticks_diff(time.ticks_us(), t0))
 ops = []
 names = []
-if profile:
-    try:                       # uses the engine's internal step list: skipped if that changes shape
-        best = None
-        for r in range(max(3, n // 3)):
-            row = m.profile_invoke()
-            best = row if best is None else [min(a, b) for a, b in zip(best, row)]
-        ops = best or []
-        names = [s[1].__name__ for s in m._steps]
-    except Exception as e:
-        ops = []
+if profile:                    # the engine's own per-step timing (Model.invoke(times_us=...))
+    from array import array
+    names = m.kernel_names()
+    row = array("i", [0] * len(names))
+    for r in range(max(3, n // 3)):
+        m.invoke(row)
+        ops = list(row) if not ops else [min(a, b) for a, b in zip(ops, row)]
 st = m.stats()
 print("RESULT " + json.dumps({"times_us": times, "stats": st, "ops_us": ops, "op_names": names}))
-"""
-
-# Per-operator times without changing the engine: a copy of Model.invoke() that times each step.
-_VM_PROFILE = r"""
-def _profile_invoke(self):
-    out = []
-    for s in self._steps:
-        t0 = time.ticks_us()
-        k = s[0]
-        if k == 1:
-            s[1](s[2], s[3], s[4], s[5], s[6], s[7], s[8])
-        elif k == 3 or k == 6:
-            s[1](s[2], s[3], s[4])
-        elif k == 4:
-            s[1](s[2], s[3], s[4], s[5])
-        elif k == 5:
-            s[1](s[2], s[3], s[4], s[5], s[6])
-        else:
-            return []
-        out.append(time.ticks_diff(time.ticks_us(), t0))
-    return out
-type(m).profile_invoke = _profile_invoke
 """
 
 
@@ -118,8 +93,6 @@ def tflm_latencies_us(path, x, repeats):
 
 def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp):
     script = _VM_SCRIPT
-    if profile:
-        script = script.replace("m.invoke()\ntimes = []", "m.invoke()\n" + _VM_PROFILE + "times = []", 1)
     sf = tmp / "bench_vm.py"
     sf.write_text(script)
     xf = tmp / "input.bin"

@@ -82,6 +82,18 @@ def test_unknown_backend_is_an_error_not_a_fallback(tmp_path):
         engine.load(str(tmp_path / "m.tflite"), backend="cuda")
 
 
+@pytest.mark.parametrize("depth, ok", [(4095, True), (4096, False)])
+def test_softmax_deeper_than_int32_sums_allow_is_refused_at_load(tmp_path, depth, ok):
+    b, L = writer.start(np.random.default_rng(1), (1, depth))
+    L.softmax()
+    data = writer.finish(b, L)
+    if ok:
+        assert _load(tmp_path, data).outputs[0].shape == (1, depth)
+    else:
+        with pytest.raises(engine.ModelError, match="SOFTMAX.*4096 values a row; at most 4095"):
+            _load(tmp_path, data)
+
+
 def test_missing_file_is_oserror(tmp_path):
     with pytest.raises(OSError):
         engine.load(str(tmp_path / "absent.tflite"))

@@ -72,3 +72,28 @@ def test_vww_with_row_bands_in_the_vm_matches_tflm(backend, tmp_path):
     assert stats["row_band_ops"] > 0
     assert stats["invoke_allocation_free"], "invoke() allocated with micropython.heap_lock() held"
     assert stats["planned_arena_bytes"] == m.stats()["planned_arena_bytes"] <= 40000
+
+
+@pytest.fixture(scope="module")
+def mpy_device(tmp_path_factory):
+    return helpers.mpy_tree(tmp_path_factory.mktemp("mpy") / "device")
+
+
+@pytest.mark.sim
+@pytest.mark.skipif("viper" not in helpers.VM_BACKENDS, reason="this MicroPython has no viper emitter")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_as_on_the_esp32_matches_tflm_on_100_inputs(name, tmp_path, mpy_device):
+    """What the board runs: viper kernels in the VM with the esp32 profile's heap (112,640 B), the firmware as
+    `tinyhost flash` sends it (.mpy), the model with its load plan; VWW then reads weights, per-channel data and
+    the convolutions' parameters from flash at invoke."""
+    path = helpers.with_plan(SHIPPED[name], tmp_path)
+    m = engine.load(str(path), backend="numpy")
+    real = _testset_inputs(name, m.inputs[0].shape, 20)
+    xs = np.stack(real + list(helpers.inputs_for(m.inputs[0].shape, 100 - len(real), seed=31)))
+    out, stats = helpers.run_on_vm(path, "viper", xs, tmp_path, heap_bytes=112640, device_dir=mpy_device)
+    got = np.frombuffer(out, dtype=np.int8).reshape(len(xs), -1)
+    _assert_same(got, _expected(path, xs), f"{name} (viper kernels, esp32 heap, {len(real)} test-set samples + "
+                                           "random)")
+    assert stats["plan"] == "file" and stats["invoke_allocation_free"]
+    if name == "vww":
+        assert stats["weights_mode"] == "flash" and stats["channel_data"] == "flash, into the arena"

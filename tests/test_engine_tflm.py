@@ -84,6 +84,20 @@ def test_device_vm_matches_tflm_with_heap_locked(name, backend, model_files, tmp
     assert stats["arena_bytes"] == m.arena_bytes
 
 
+@pytest.mark.sim
+@pytest.mark.skipif("viper" not in helpers.VM_BACKENDS, reason="this MicroPython has no viper emitter")
+@pytest.mark.parametrize("name", MODELS)
+def test_fast_backend_in_the_vm_matches_tflm_on_100_inputs(name, model_files, tmp_path):
+    """The device's fast kernels (viper) in the real MicroPython VM, 100 inputs per model in one VM process."""
+    path = helpers.model_path(name, model_files)
+    m = engine.load(str(path), backend="numpy")
+    xs = helpers.inputs_for(m.inputs[0].shape, 100, seed=19)
+    out, stats = helpers.run_on_vm(path, "viper", xs, tmp_path)
+    got = np.frombuffer(out, dtype=np.int8).reshape(len(xs), -1)
+    _assert_same(got, _expected(path, xs), f"{name} (viper kernels, MicroPython VM, 100 inputs)")
+    assert stats["backend"] == "viper" and stats["invoke_allocation_free"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1", reason="about 5 minutes: set TINYHOST_SLOW=1")
 @pytest.mark.parametrize("name", MODELS)

@@ -23,6 +23,16 @@ try:
 except (ImportError, AttributeError):      # CPython
     _gc = None
     _mem_free = None
+try:
+    from time import ticks_us as _ticks_us, ticks_diff as _ticks_diff
+except ImportError:                        # CPython: profiling in microseconds all the same
+    from time import perf_counter_ns as _ns
+
+    def _ticks_us():
+        return _ns() // 1000
+
+    def _ticks_diff(a, b):
+        return a - b
 
 
 class ModelError(ValueError):
@@ -155,6 +165,7 @@ class Model:
         self._steps = ()
         self._side = None              # the open plan file when per-channel data is streamed from it
         self._p = None                 # streamed: the parameter array each convolution's parameters are read into
+        self._banded = 0               # convolutions run in row bands
         self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
         self._arena = None
         self._fallback = []
@@ -222,20 +233,28 @@ class Model:
     def output_buffer(self, i=0):
         return self._out_views[i]
 
-    def invoke(self):
+    def invoke(self, times_us=None):
+        """Run the model on what the input buffers hold. times_us (profiling; MicroPython): a buffer of one int
+        per step (len(self.kernel_names())), filled with each step's time in microseconds; nothing is allocated."""
         f = self._f
+        i = 0
+        t0 = _ticks_us() if times_us is not None else 0
         for s in self._steps:
             kind = s[0]
             if kind == 1:
+                # s: (1, kernel, out, in, weights or weight block, bias, mult, shift, p, tail block or None (weights
+                # in RAM), output channels per block, channel data position in the plan or -1, channel data, scratch)
+                # p: the kernel parameters, then channels, weights offset, weights bytes, bytes per output channel,
+                # channel data offset, row band (slots 25..30)
                 p = s[8]
-                if s[14] >= 0:                     # per-channel bias, multiplier, shift from the plan file, and
-                    g = self._side                 # the kernel parameters (s[8]: their place in it)
-                    g.seek(s[14])
-                    g.readinto(s[15])
+                if s[11] >= 0:                     # per-channel bias, multiplier, shift from the plan file, and
+                    g = self._side                 # the parameters (s[8]: their place in it)
+                    g.seek(s[11])
+                    g.readinto(s[12])
                     g.seek(p)
                     p = self._p
                     g.readinto(p)
-                band = s[17]
+                band = p[30]
                 if band:                           # output rows in bands over the dying input (plan)
                     rows = p[4]                    # P_OUT_H
                     y = 0
@@ -255,6 +274,15 @@ class Model:
                 s[1](s[2], s[3], s[4], s[5], s[6])
             else:                                  # 7: float QUANTIZE
                 s[1](s[2], s[3], s[4], s[5], s[6], s[7])
+            if times_us is not None:
+                t1 = _ticks_us()
+                times_us[i] = _ticks_diff(t1, t0)
+                t0 = t1
+                i += 1
+
+    def kernel_names(self):
+        """The kernel function each step runs, in order (the steps of invoke(times_us=...))."""
+        return [getattr(s[1], "__name__", "?") for s in self._steps]
 
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,
@@ -264,7 +292,7 @@ class Model:
                 "scratch_bytes": self.scratch_bytes, "ops": self._specs_count, "macs": self.macs,
                 "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback),
                 "plan": self.plan, "plan_note": self.plan_note,
-                "row_band_ops": len([s for s in self._steps if s[0] == 1 and s[17]])}
+                "row_band_ops": self._banded}
 
     def close(self):
         for name in ("_f", "_side"):
@@ -289,11 +317,11 @@ class Model:
 def _conv(s, p, f):
     """Run a conv-like step with parameters p (weights in RAM: one call; streamed: one call per block of output
     channels)."""
-    if s[10] < 0:                          # weights in RAM
-        s[1](s[2], s[3], s[4], s[5], s[6], s[7], p, s[16])
+    if s[9] is None:                       # weights in RAM
+        s[1](s[2], s[3], s[4], s[5], s[6], s[7], p, s[13])
         return
-    total = s[13]
-    block = s[11]
+    total = p[25]
+    block = s[10]
     oc = 0
     while oc < total:
         n = total - oc
@@ -302,11 +330,11 @@ def _conv(s, p, f):
             view = s[9]
         else:
             n = block
-        f.seek(s[10] + oc * s[12])
+        f.seek(p[26] + oc * p[28])
         f.readinto(view)
         p[20] = oc           # P_OC_BEGIN
         p[21] = oc + n       # P_OC_END
-        s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[16])
+        s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[13])
         oc += n
     p[20] = 0
     p[21] = total

@@ -360,6 +360,9 @@ def _softmax(md, op):
     spec.ins = (inp.index,)
     spec.out = out.index
     depth = inp.shape[-1]
+    if depth >= 4096:        # a row's sum of Q19 exponentials must fit int32 (TFLM's int32 sum overflows too)
+        raise ModelError("unsupported model: %s over %d values a row; at most 4095 (the sum of exponentials "
+                         "overflows int32 beyond, in TFLM too)" % (what, depth))
     p = array("i", [0] * S_LEN)
     p[S_OUTER] = inp.elements // depth
     p[S_DEPTH] = depth

@@ -41,6 +41,7 @@ K_REQUANT = 9
 K_QUANT_F = 10
 K_DEQUANT = 11
 T_INT8 = 9
+_P_CONV = 25            # params.P_LEN: a convolution's parameter count
 _RECORD_MAX = 512
 
 
@@ -112,10 +113,10 @@ def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
 
 
 # Operation kinds (same numbers as ops.K_*) -> kernel function name
-_KERNEL_NAMES = {1: "conv2d", 2: "depthwise_conv2d", 3: "fully_connected", 4: "avg_pool2d", 5: "max_pool2d",
-                 6: "add", 7: "softmax", 9: "requantize", 8: "copy"}
-_OP_NAMES = {1: "CONV_2D", 2: "DEPTHWISE_CONV_2D", 3: "FULLY_CONNECTED", 4: "AVERAGE_POOL_2D", 5: "MAX_POOL_2D",
-             6: "ADD", 7: "SOFTMAX", 8: "RESHAPE", 9: "QUANTIZE"}
+_KERNEL_NAMES = (None, "conv2d", "depthwise_conv2d", "fully_connected", "avg_pool2d", "max_pool2d", "add", "softmax",
+                 "copy", "requantize")
+_OP_NAMES = (None, "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD",
+             "SOFTMAX", "RESHAPE", "QUANTIZE")
 
 
 def _kernel(k, kind, fallback, fallback_softmax=None):
@@ -123,7 +124,7 @@ def _kernel(k, kind, fallback, fallback_softmax=None):
     (fallback_softmax: the reference softmax when it is imported already)."""
     if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
         return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
-    name = _KERNEL_NAMES.get(kind)
+    name = _KERNEL_NAMES[kind] if 0 < kind < 10 else None
     if name is None:
         raise ModelError("corrupt plan: unknown operation kind %d" % kind)
     fn = getattr(k, name, None)
@@ -271,15 +272,21 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
         p = None
         p_at = rec_at + at                      # where the parameters lie in the plan file
         if n_p:
-            p = array("i", struct.unpack_from("<%di" % n_p, b, at))
+            # a convolution's array also holds the six u32 after its parameters in the record (channels, weights
+            # offset and bytes, bytes per output channel, channel data offset, row band): slots n_p.. (invoke)
+            p = array("i", struct.unpack_from("<%di" % (n_p + 6 if kind <= K_CONV_MAX else n_p), b, at))
             at += 4 * n_p
         fn = _kernel(k, kind, fallback, m._softmax)
         if kind <= K_CONV_MAX:
             n, w_pos, w_bytes, rb, c_pos, band = struct.unpack_from("<IIIIII", b, at)
             if w_pos + w_bytes > model_bytes or c_pos + 12 * n > chan_bytes:
                 raise ModelError("corrupt plan: operator data lies outside the model or the plan")
+            if n_p != _P_CONV:
+                raise ModelError("corrupt plan: a convolution with %d parameters" % n_p)
             if band and (kind == K_CONV_MAX or band > p[4]):       # p[P_OUT_H]; FULLY_CONNECTED has no rows
                 raise ModelError("corrupt plan: a row band that does not fit the operator")
+            if band:
+                m._banded += 1
             side_pos = -1
             ch_all = None
             end = total                         # the work area's end
@@ -298,9 +305,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 # the kernel parameters are read from the plan too, into one shared array, before each run of
                 # the operator (Model.invoke): the step keeps their file position, not an array of its own
                 if p_shared is None:
-                    p_shared = m._p = _int32_buffer(n_p)
-                elif len(p_shared) != n_p:
-                    raise ModelError("corrupt plan: convolutions with different parameter counts")
+                    p_shared = m._p = _int32_buffer(n_p + 6)
                 p = p_at
                 if in_arena:
                     end = (total - 12 * n) & ~15
@@ -314,8 +319,8 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 f.seek(w_pos)
                 f.readinto(filt)
                 ram += w_bytes
-                steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, -1, n, 0, n,
-                              side_pos, ch_all, _view(m, views, top, total - top, arena_mv, total), band))
+                steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, 0, side_pos, ch_all,
+                              _view(m, views, top, total - top, arena_mv, total)))
             else:
                 # the weight block: as many output channels as fit half the work area (at least one: the plan's
                 # floor guarantees it), at most block_cap bytes; the kernel's scratch is the rest
@@ -335,8 +340,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                     largest_block = blk_bytes
                 w_end = top + _align16(blk_bytes)
                 scratch = _view(m, views, w_end, end - w_end, arena_mv, total) if w_end < end else full[:0]
-                steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, w_pos, block, rb, n,
-                              side_pos, ch_all, scratch, band))
+                steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, block, side_pos, ch_all, scratch))
         elif kind == K_ADD:
             steps.append((4, fn, out, inp, ins[1], p, _view(m, views, top, total - top, arena_mv, total)))
         elif kind == K_SOFTMAX:
