@@ -10,10 +10,12 @@ models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 
 
     nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 3] [--models kws,ic,ad,vww]
                                                     [--backends viper,ref] [--heap-bytes N] [--profile] [--json OUT]
+                                                    [--firmware mpy|py]
 
-The VM runs with the MicroPython heap given by --heap-bytes (default 4 MiB, so weights stay in RAM as on a board
-with PSRAM; pass the esp32 profile's 112640 to measure weights streamed from flash). --profile adds the time of
-each operator for the viper backend. Every figure is measured in this run on this machine; the VM is MicroPython's
+The VM runs the firmware as `tinyhost flash` sends it (.mpy files, each model with its load plan beside it; --firmware
+py: the sources instead) with the MicroPython heap given by --heap-bytes (default 4 MiB, so weights stay in RAM as on
+a board with PSRAM; pass the esp32 profile's 112640 to measure weights, per-channel data and parameters streamed
+from flash). --profile adds the time of each operator for the viper backend. Every figure is measured in this run on this machine; the VM is MicroPython's
 unix port, so absolute times are the host CPU's, not a microcontroller's (the label says "virtual").
 """
 
@@ -91,13 +93,42 @@ def tflm_latencies_us(path, x, repeats):
     return times
 
 
-def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp):
+def flashed_tree(tmp):
+    """device/ as `tinyhost flash` sends it: every module precompiled by mpy-cross for this VM."""
+    sys.path.insert(0, str(REPO / "host"))
+    from tinyhost.mpy import compile_module
+
+    dest = tmp / "device"
+    for src in DEVICE_DIR.rglob("*.py"):
+        if "__pycache__" in src.parts:
+            continue
+        out = dest / src.relative_to(DEVICE_DIR)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.with_suffix(".mpy").write_bytes(compile_module(src, "x64").read_bytes())
+        except RuntimeError:
+            out.write_bytes(src.read_bytes())
+    return dest
+
+
+def with_plan(path, tmp):
+    """A copy of the model with its load plan beside it, as `tinyhost flash --model` leaves it on a board."""
+    sys.path.insert(0, str(REPO / "host"))
+    from tinyhost.model.plan import build_plan
+
+    copy = tmp / path.name
+    copy.write_bytes(path.read_bytes())
+    copy.with_suffix(".plan").write_bytes(build_plan(copy))
+    return copy
+
+
+def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR):
     script = _VM_SCRIPT
     sf = tmp / "bench_vm.py"
     sf.write_text(script)
     xf = tmp / "input.bin"
     xf.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
-    cmd = [micropython_exe(), "-X", f"heapsize={heap_bytes}", str(sf), str(DEVICE_DIR), str(path), backend,
+    cmd = [micropython_exe(), "-X", f"heapsize={heap_bytes}", str(sf), str(device_dir), str(path), backend,
            str(repeats), "1" if profile else "0", str(xf)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     for line in proc.stdout.splitlines():
@@ -135,6 +166,9 @@ def main(argv=None):
                                                                    "(first round only)")
     ap.add_argument("--heap-bytes", type=int, default=4 << 20)
     ap.add_argument("--profile", action="store_true", help="per-operator times of the first backend")
+    ap.add_argument("--firmware", choices=("mpy", "py"), default="mpy",
+                    help="mpy: device/ precompiled by mpy-cross, as `tinyhost flash` sends it (default); py: the "
+                         "sources, compiled by the VM at import (viper code is ~30%% faster that way on x64)")
     ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
 
@@ -146,8 +180,13 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # the firmware and each model as a board has them after `tinyhost flash --model`: .mpy files, and the
+        # load plan beside the model (without it the full load path does not fit a small heap)
+        device_dir = flashed_tree(tmp) if args.firmware == "mpy" else DEVICE_DIR
         for name, label, path in model_paths(names, tmp):
             x = _input_for(path, np.random.default_rng(3))
+            (tmp / name).mkdir()
+            path = with_plan(path, tmp / name)
             # Interleaved rounds (TFLM, then each backend), so that load from other processes on this machine
             # falls on both sides; medians are over all samples of all rounds.
             tflm_times = []
@@ -161,7 +200,7 @@ def main(argv=None):
                     reps = args.repeats if be != "ref" else args.ref_repeats
                     try:
                         res = vm_latency(path, be, x, reps, args.heap_bytes, args.profile and i == 0 and r == 0,
-                                         tmp)
+                                         tmp, device_dir)
                     except RuntimeError as e:
                         print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
                         continue
@@ -187,10 +226,11 @@ def main(argv=None):
             _print_row(row, backends)
     print(f"target: fast backend <= {TARGET_RATIO}x TFLM. Times: medians over {args.rounds} interleaved rounds "
           f"of {args.repeats} invokes; x TFLM = median/median, (min) = fastest/fastest. Virtual board = "
-          f"MicroPython unix VM on this host, heap {args.heap_bytes} B.")
+          f"MicroPython unix VM on this host, heap {args.heap_bytes} B, firmware as {args.firmware} files.")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "target_ratio": TARGET_RATIO,
-                                                   "heap_bytes": args.heap_bytes}, indent=1))
+                                                   "heap_bytes": args.heap_bytes, "firmware": args.firmware},
+                                                  indent=1))
     return 0
 
 
