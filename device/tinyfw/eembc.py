@@ -32,7 +32,6 @@ except ImportError:     # CPython (host-side tests)
 
 NAME = "tinyhost"
 PROFILE = "tinyhost MLPerf Tiny DUT 1.0"
-DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")
 # MLPerf Tiny benchmark by the element count of the model input (kws01 49x10, vww01 96x96x3, ic01 32x32x3,
 # ad01 640 values).
 _BENCHMARKS = ((490, "kws01"), (27648, "vww01"), (3072, "ic01"), (640, "ad01"))
@@ -84,18 +83,11 @@ def _say(rt, line):
 
 
 def _ensure_model(rt):
-    if rt.model is not None:
-        return rt.model
-    import os
+    if rt.model is None:
+        from tinyfw.textcmd import load_default
 
-    for path in DEFAULT_MODELS:
-        try:
-            os.stat(path)
-        except OSError:
-            continue
-        rt.load_model(path)
-        return rt.model
-    return None
+        load_default(rt)
+    return rt.model
 
 
 def _direct(rt):

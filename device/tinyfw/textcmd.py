@@ -1,8 +1,24 @@
 # tinyfw text commands: an EEMBC runner's `name%` lines on the same stream as frames (docs/bench.md).
 # The runtime collects a command's bytes (Runtime._on_text) and imports this module at the first '%', so a board
 # that never sees a text command does not carry this code; tinyfw.eembc executes the commands.
+# The model an EEMBC runner drives is loaded here, BEFORE tinyfw.eembc is imported: a model that needs nearly the
+# whole heap to load (vww01 on the esp32 profile) fits only while eembc's ~10 KB of code are not yet resident.
 
+DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")
 _eembc = None                  # tinyfw.eembc once imported; False when it is not installed
+
+
+def load_default(rt):
+    """Load the first of DEFAULT_MODELS that exists into rt; the Model, or None when none exists."""
+    import os
+
+    for path in DEFAULT_MODELS:
+        try:
+            os.stat(path)
+        except OSError:
+            continue
+        return rt.load_model(path)
+    return None
 
 
 def run(rt, n, overflow):
@@ -18,6 +34,14 @@ def run(rt, n, overflow):
         rt.write_text("e-[text command is not UTF-8]\r\n")
         return True
     if _eembc is None:
+        if rt.model is None:
+            try:
+                load_default(rt)
+            except Exception as e:    # eembc tries again, and says why, at the next command needing a model
+                rt.last_error = "loading the default model: %r" % (e,)
+        # the binary protocol's model commands (tinyfw.inference, ~7.6 KB) make room for eembc; the next binary
+        # command imports them again
+        rt.drop_commands()
         try:
             from tinyfw import eembc
             _eembc = eembc

@@ -281,8 +281,10 @@ class Model:
                 i += 1
 
     def kernel_names(self):
-        """The kernel function each step runs, in order (the steps of invoke(times_us=...))."""
-        return [getattr(s[1], "__name__", "?") for s in self._steps]
+        """The kernel function each step runs, in order (the steps of invoke(times_us=...)); a viper function loaded
+        from a .mpy file has no name: "softmax" for kind 5, else "kind N"."""
+        return [getattr(s[1], "__name__", None) or ("softmax" if s[0] == 5 else "kind %d" % s[0])
+                for s in self._steps]
 
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,
