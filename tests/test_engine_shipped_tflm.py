@@ -22,15 +22,8 @@ SHIPPED = {name: helpers.REPO / "models" / name / f"{name}.tflite" for name in (
 VM_INPUTS = {"viper": 3, "ref": 1}
 
 
-def _expected(path, xs):
-    tflm = oracle.TflmOracle(path)
-    return np.stack([tflm.run(x).reshape(-1) for x in xs])
-
-
-def _assert_same(got, want, what):
-    bad = got != want
-    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} output elements differ from TFLM, "
-                           f"largest difference {int(np.abs(got.astype(int) - want.astype(int)).max())}")
+_expected = helpers.tflm_outputs
+_assert_same = helpers.assert_same_as_tflm
 
 
 def _testset_inputs(name, shape, n):

@@ -119,3 +119,18 @@ def with_plan(model_src, dest_dir):
     model.write_bytes(Path(model_src).read_bytes())
     model.with_suffix(".plan").write_bytes(build_plan(model))
     return model
+
+
+def tflm_outputs(path, xs):
+    """TFLM's int8 outputs (one flattened row per input) for the model at path: the oracle the engine must equal."""
+    from tinyhost.model import oracle
+
+    tflm = oracle.TflmOracle(path)
+    return np.stack([tflm.run(x).reshape(-1) for x in xs])
+
+
+def assert_same_as_tflm(got, want, what):
+    """Every output element equal, else a message with how many differ and by how much at most."""
+    bad = got != want
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} output elements differ from TFLM, "
+                           f"largest difference {int(np.abs(got.astype(int) - want.astype(int)).max())}")
