@@ -93,35 +93,6 @@ def tflm_latencies_us(path, x, repeats):
     return times
 
 
-def flashed_tree(tmp):
-    """device/ as `tinyhost flash` sends it: every module precompiled by mpy-cross for this VM."""
-    sys.path.insert(0, str(REPO / "host"))
-    from tinyhost.mpy import compile_module
-
-    dest = tmp / "device"
-    for src in DEVICE_DIR.rglob("*.py"):
-        if "__pycache__" in src.parts:
-            continue
-        out = dest / src.relative_to(DEVICE_DIR)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            out.with_suffix(".mpy").write_bytes(compile_module(src, "x64").read_bytes())
-        except RuntimeError:
-            out.write_bytes(src.read_bytes())
-    return dest
-
-
-def with_plan(path, tmp):
-    """A copy of the model with its load plan beside it, as `tinyhost flash --model` leaves it on a board."""
-    sys.path.insert(0, str(REPO / "host"))
-    from tinyhost.model.plan import build_plan
-
-    copy = tmp / path.name
-    copy.write_bytes(path.read_bytes())
-    copy.with_suffix(".plan").write_bytes(build_plan(copy))
-    return copy
-
-
 def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR):
     script = _VM_SCRIPT
     sf = tmp / "bench_vm.py"
@@ -182,11 +153,15 @@ def main(argv=None):
         tmp = Path(tmp)
         # the firmware and each model as a board has them after `tinyhost flash --model`: .mpy files, and the
         # load plan beside the model (without it the full load path does not fit a small heap)
-        device_dir = flashed_tree(tmp) if args.firmware == "mpy" else DEVICE_DIR
+        sys.path.insert(0, str(REPO / "host"))
+        from tinyhost.model.plan import copy_with_plan
+        from tinyhost.mpy import compile_tree
+
+        device_dir = compile_tree(DEVICE_DIR, tmp / "device", "x64") if args.firmware == "mpy" else DEVICE_DIR
         for name, label, path in model_paths(names, tmp):
             x = _input_for(path, np.random.default_rng(3))
             (tmp / name).mkdir()
-            path = with_plan(path, tmp / name)
+            path = copy_with_plan(path, tmp / name)
             # Interleaved rounds (TFLM, then each backend), so that load from other processes on this machine
             # falls on both sides; medians are over all samples of all rounds.
             tflm_times = []

@@ -81,6 +81,29 @@ def compile_module(source, arch, cache=None):
     return target
 
 
+def compile_tree(source_dir, dest, arch):
+    """A copy of ``source_dir`` (device/) with every module precompiled for ``arch``, as `tinyhost flash` sends it:
+    boot.py and main.py stay source, and so does a module mpy-cross refuses (the board compiles it at import).
+    For running the firmware the way a board holds it in the MicroPython VM (tests, benchmarks); returns dest."""
+    source_dir, dest = Path(source_dir), Path(dest)
+    for src in source_dir.rglob("*.py"):
+        if "__pycache__" in src.parts:
+            continue
+        out = dest / src.relative_to(source_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        compiled = None
+        if src.name not in KEEP_AS_SOURCE:
+            try:
+                compiled = compile_module(src, arch)
+            except RuntimeError:
+                pass
+        if compiled is None:
+            out.write_bytes(src.read_bytes())
+        else:
+            out.with_suffix(".mpy").write_bytes(compiled.read_bytes())
+    return dest
+
+
 def precompile(items, mpy_abi, make_item):
     """Replace the ``.py`` items by ``.mpy`` ones the board can load; returns ``(items, stale_remote_paths)``.
 

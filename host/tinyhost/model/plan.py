@@ -66,6 +66,15 @@ def build_plan(tflite_path):
     return out.getvalue()
 
 
+def copy_with_plan(model_src, dest_dir):
+    """Copy the model at ``model_src`` into ``dest_dir`` with its load plan beside it, as `tinyhost flash --model`
+    leaves them on a board; returns the copy's path."""
+    model = Path(dest_dir) / Path(model_src).name
+    model.write_bytes(Path(model_src).read_bytes())
+    model.with_suffix(".plan").write_bytes(build_plan(model))
+    return model
+
+
 def read_header(plan):
     """:class:`PlanHeader` of plan bytes; ModelError when they are not a plan."""
     engine_module()
