@@ -62,6 +62,25 @@ def test_model_with_plan_loads_and_runs_with_runtime_in_esp32_heap(name, tmp_pat
     assert bytes(result["output"]) == helpers.engine_output(m, x).tobytes()
 
 
+# AD's 270 KB of weights are streamed on the esp32 heap. With the runtime imported ~90 KB are free at load, so the
+# per-channel data stays in RAM and the work area grows (planload.STREAM_RESERVE) while planload.KEEP_FREE stays
+# free: the first FULLY_CONNECTED (640 -> 128) reads at least 25 output channels x 640 B per block, not 8 (82 kernel
+# calls and reads per inference become 14).
+@pytest.mark.sim
+def test_streamed_weights_take_large_blocks_when_the_heap_has_room(tmp_path, mpy_device):
+    from tinyhost.model import engine_module
+
+    eng = engine_module()
+    from tinyfw.engine import planload
+    model = helpers.with_plan(helpers.mlperf_path("ad01_int8"), tmp_path)
+    result, text = _profile(model, mpy_device)
+    assert result is not None and result["ok"], text[-1500:]
+    assert result["stats"]["weights_mode"] == "flash" and result["invoke_allocation_free"]
+    assert 25 * 640 <= result["stats"]["scratch_bytes"] <= eng.STREAM_SCRATCH_BYTES, result["stats"]
+    assert result["stats"]["channel_data"] == "ram", result["stats"]
+    assert result["free_after"] >= planload.KEEP_FREE, result
+
+
 # The shipped VWW model (MobileNetV1 0.25, 96x96x3, 312,752 bytes: more than the heap) with its weights streamed
 # from the file and row bands: arena 39,168 B of activations (+ work-area floors and a 4 KB reserve), per-channel
 # data streamed into the arena's end; the engine alone peaks at ~87 KB of the 64-bit VM's 111 KB (docs/engine.md,

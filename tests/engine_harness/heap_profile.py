@@ -68,4 +68,5 @@ print("stats", s)
 peak = max(u for _, u in stages)
 print("peak live heap %d bytes (heap total %d)" % (peak, gc.mem_alloc() + gc.mem_free()))
 print("RESULT", json.dumps({"ok": True, "stages": stages, "peak": peak, "invoke_allocation_free": locked_ok,
+                            "free_after": gc.mem_free(),
                             "output": list(bytes(m.output_buffer(0))), "stats": s}))

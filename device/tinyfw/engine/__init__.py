@@ -58,7 +58,7 @@ BACKENDS = ("viper", "ref") if _VIPER is not None else ("ref",)
 
 # Largest weight block read at once when weights are streamed from flash (bytes); it lives in the operator's work
 # area in the arena, so it is also bounded by the free arena above the operator's live tensors.
-STREAM_SCRATCH_BYTES = 16384
+STREAM_SCRATCH_BYTES = 32768
 # Kernel scratch added on top of the plan's work-area floors when the heap has room (viper's fast paths).
 WORK_RESERVE = 4096
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
@@ -167,6 +167,7 @@ class Model:
         self._p = None                 # streamed: the parameter array each convolution's parameters are read into
         self._banded = 0               # convolutions run in row bands
         self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
+        self._stream_chan = False      # per-channel data read per operator at invoke (planload.allocate_arena)
         self._arena = None
         self._fallback = []
         self._softmax = None           # the reference softmax, when the backend has none (imported before the arena)

@@ -24,8 +24,13 @@
 #   input plane (viper_dw.py); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
 # - Row bands (KERNELS.md): conv2d and depthwise_conv2d compute output rows [P_OY_BEGIN, P_OY_END) only and read
 #   only the input rows those rows' windows cover, so the engine may lay the output over dying input rows.
-# - Hot loops keep their pointers and accumulator in the viper function's first three arguments, which the native
-#   emitters hold in registers; requantisation is inlined (a call per output would cost more than the MACs).
+# - Hot loops keep their accumulator and one pointer in the viper function's first two arguments: the native
+#   emitters hold a function's first locals in registers, three when the VM compiles the source but two in code
+#   from mpy-cross (the third register holds the .mpy's constant table), and the firmware is flashed as .mpy. A
+#   value loaded through the other pointer is spilled to the stack once per MAC; a loop-carried accumulator on
+#   the stack cost KWS's 1x1 conv2d 619 us against 495 with it in a register (.mpy, `python -m
+#   benchmarks.engine_latency --models kws --profile`). Requantisation is inlined (a call per output would cost
+#   more than the MACs).
 # Ops whose working set does not fit the scratch buffer take "direct" paths that read the tensors in place.
 import micropython
 

@@ -33,6 +33,13 @@ from array import array
 from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernels_ref, _stage, STREAM_SCRATCH_BYTES
 from . import WORK_RESERVE
 
+# With weights streamed, the work area grows up to STREAM_RESERVE when the heap has room (a full weight block,
+# the kernel's scratch beside it, an operator's channel data): fewer, larger reads and kernel calls per operator
+# (AD on the esp32 heap: 82 of 1-5 KB per inference -> 14 of up to 32 KB), while KEEP_FREE bytes stay free for
+# the runtime (allocate_arena). Here, not in the engine's resident globals (a bigger dict costs ~350 B of heap).
+STREAM_RESERVE = 2 * STREAM_SCRATCH_BYTES + WORK_RESERVE
+KEEP_FREE = 16384
+
 K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
 K_ADD = 6
 K_SOFTMAX = 7
@@ -143,7 +150,11 @@ def allocate_arena(m, h, arena_bytes, weights):
     """Decide where the weights live and allocate the one tensor arena: the activations as planned, every
     operator's work area floor above its live tensors (plan header: with weights streamed / in RAM), plus
     WORK_RESERVE bytes of kernel scratch when the heap has them (kernels without enough scratch read their
-    tensors in place: same results, slower)."""
+    tensors in place: same results, slower).
+
+    With weights streamed, what the heap can spare beyond KEEP_FREE goes first to keeping the per-channel data in
+    RAM (else it is read per operator at invoke, when larger than twice the widest layer's), then to a work area
+    of up to STREAM_RESERVE bytes (larger weight blocks): same results, fewer reads per inference."""
     planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
     m.planned_arena_bytes = planned
     if _gc is not None:
@@ -155,6 +166,8 @@ def allocate_arena(m, h, arena_bytes, weights):
         if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 4096) // 2:
             weights = "flash"
     m.weights_mode = weights
+    chan_bytes, max_ch = h[10], h[15]
+    m._stream_chan = weights == "flash" and chan_bytes > 2 * 12 * max_ch       # build() reads it
     needed = need_ram if weights == "ram" else need_streamed
     if arena_bytes is not None:
         if arena_bytes < needed:
@@ -165,10 +178,17 @@ def allocate_arena(m, h, arena_bytes, weights):
         sizes = (needed,)
         if _mem_free is not None:
             # the reserve only when what build() needs still fits beside it: ~0.6 KB an operator and ~2 KB of
-            # working objects, the per-channel data kept in RAM, the filters when they stay in RAM
-            chan = h[10] if weights == "ram" else min(h[10], 12 * h[15] + 2048)
-            build = 2048 + 600 * h[7] + chan + (filters if weights == "ram" else 0)
-            if _mem_free() - needed - WORK_RESERVE >= build:
+            # working objects, the per-channel data kept in RAM (streamed: one operator's), the filters when they
+            # stay in RAM
+            free = _mem_free()
+            build = 2048 + 600 * h[7] + (filters if weights == "ram" else 0)
+            if m._stream_chan and free - needed - build - chan_bytes - WORK_RESERVE >= KEEP_FREE:
+                m._stream_chan = False
+            build += min(chan_bytes, 12 * max_ch + 2048) if m._stream_chan else chan_bytes
+            spare = free - needed - build
+            if weights == "flash" and spare - KEEP_FREE > WORK_RESERVE:
+                sizes = (needed + (min(spare - KEEP_FREE, STREAM_RESERVE) & ~15), needed + WORK_RESERVE, needed)
+            elif spare >= WORK_RESERVE:
                 sizes = (needed + WORK_RESERVE, needed)
         else:
             sizes = (needed + WORK_RESERVE,)
@@ -201,7 +221,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
     total = m.arena_bytes
     arena_mv = memoryview(m._arena)
     weights = m.weights_mode
-    stream_chan = stream_ok and weights == "flash" and chan_bytes > 2 * 12 * max_ch
+    stream_chan = stream_ok and m._stream_chan
     # streamed to a backend that reads them as raw int32 (viper's ptr32): each operator's channel data goes to the
     # arena's end (the plan's floors keep it free), no buffer of its own
     in_arena = stream_chan and getattr(k, "CHANNELS_AS_BYTES", False)
@@ -287,6 +307,7 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 raise ModelError("corrupt plan: a row band that does not fit the operator")
             if band:
                 m._banded += 1
+            depth = p[3]                        # P_IN_C, before p becomes a position in the plan (streamed)
             side_pos = -1
             ch_all = None
             end = total                         # the work area's end
@@ -322,11 +343,13 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
                 steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, 0, side_pos, ch_all,
                               _view(m, views, top, total - top, arena_mv, total)))
             else:
-                # the weight block: as many output channels as fit half the work area (at least one: the plan's
-                # floor guarantees it), at most block_cap bytes; the kernel's scratch is the rest
+                # the weight block: as many output channels as fit, at most block_cap bytes (at least one: the
+                # plan's floor guarantees it); the kernel's scratch is the rest: half the work area for a
+                # convolution (it copies the block's weights there), one int32 input row for FULLY_CONNECTED
                 room = end - top
                 if rb:
-                    block = min(n, max(1, min(room // 2, block_cap) // rb))
+                    fit = room - 4 * depth - 32 if kind == K_CONV_MAX else room // 2
+                    block = min(n, max(1, min(fit, block_cap) // rb))
                     blk_bytes = block * rb
                 else:                           # depthwise: the whole filter at once
                     block = n

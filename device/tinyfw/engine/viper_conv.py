@@ -36,7 +36,7 @@ _P_OY_END = const(24)
 
 
 @micropython.viper
-def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
+def conv_patched(acc: int, pa: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
                  shift: ptr32, p: ptr32, scr: ptr8, scr_bytes: int) -> int:
     """Returns 0 (nothing written) when one output channel's weights and the patch do not fit scr_bytes."""
     WS = 0
@@ -207,7 +207,7 @@ def conv_patched(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, b
 
 
 @micropython.viper
-def conv_direct(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
+def conv_direct(acc: int, pa: int, pb: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
                 shift: ptr32, p: ptr32):
     WS = 0
     if (int(1) << 31) > 0:

@@ -142,7 +142,7 @@ def fc(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32
 
 
 @micropython.viper
-def fc_rows(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
+def fc_rows(acc: int, pb: int, pa: int, out: ptr8, inp: ptr8, filt: ptr8, bias: ptr32, mult: ptr32,
             shift: ptr32, p: ptr32, xs: ptr32):
     """fc with each input row first stored in xs (4*depth bytes) as int32 x + in_offset: then
     sum (x + io) * (w + fo) = sum xs[k] * (w ^ 128) + (fo - 128) * sum xs[k]; the inner loop is two loads, a
@@ -177,20 +177,20 @@ def fc_rows(pa: int, pb: int, acc: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
             pb = w_addr + (oc - oc0) * depth
             e = pb + depth8
             acc = 0
-            while pb < e:
-                acc += ptr32(pa)[0] * (ptr8(pb)[0] ^ 128)
-                acc += ptr32(pa)[1] * (ptr8(pb)[1] ^ 128)
-                acc += ptr32(pa)[2] * (ptr8(pb)[2] ^ 128)
-                acc += ptr32(pa)[3] * (ptr8(pb)[3] ^ 128)
-                acc += ptr32(pa)[4] * (ptr8(pb)[4] ^ 128)
-                acc += ptr32(pa)[5] * (ptr8(pb)[5] ^ 128)
-                acc += ptr32(pa)[6] * (ptr8(pb)[6] ^ 128)
-                acc += ptr32(pa)[7] * (ptr8(pb)[7] ^ 128)
+            while pb < e:                       # the weight term first: no spill of it in the .mpy's code
+                acc += (ptr8(pb)[0] ^ 128) * ptr32(pa)[0]
+                acc += (ptr8(pb)[1] ^ 128) * ptr32(pa)[1]
+                acc += (ptr8(pb)[2] ^ 128) * ptr32(pa)[2]
+                acc += (ptr8(pb)[3] ^ 128) * ptr32(pa)[3]
+                acc += (ptr8(pb)[4] ^ 128) * ptr32(pa)[4]
+                acc += (ptr8(pb)[5] ^ 128) * ptr32(pa)[5]
+                acc += (ptr8(pb)[6] ^ 128) * ptr32(pa)[6]
+                acc += (ptr8(pb)[7] ^ 128) * ptr32(pa)[7]
                 pa += 32
                 pb += 8
             e = e + depth - depth8
             while pb < e:
-                acc += ptr32(pa)[0] * (ptr8(pb)[0] ^ 128)
+                acc += (ptr8(pb)[0] ^ 128) * ptr32(pa)[0]
                 pa += 4
                 pb += 1
             acc = ((acc + sx + bias[oc]) << WS) >> WS
