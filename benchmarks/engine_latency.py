@@ -42,22 +42,34 @@ MODELS = {
 }
 TARGET_RATIO = 1.5
 
-# Runs inside the MicroPython VM: argv = device_dir model backend repeats profile(0/1) input_file
+# Runs inside the MicroPython VM: argv = device_dir model backend repeats profile(0/1) input_file romfs_image|-
+# With a ROMFS image: it is read into the heap first (the partition a board maps into its address space) and
+# mounted at /rom, and the model is loaded from there (weights read in place).
 _VM_SCRIPT = r"""
 import sys, time, gc, json
+path = sys.argv[2]
+if sys.argv[7] != "-":
+    import vfs
+    _rom = open(sys.argv[7], "rb").read()
+    vfs.mount(vfs.VfsRom(_rom), "/rom")
+    path = "/rom/" + path.split("/")[-1]
 sys.path.insert(0, sys.argv[1])
 from tinyfw import engine
-m = engine.load(sys.argv[2], backend=sys.argv[3])
+m = engine.load(path, backend=sys.argv[3])
 n = int(sys.argv[4])
 profile = sys.argv[5] == "1"
 with open(sys.argv[6], "rb") as f:
     f.readinto(m.input_buffer(0))
 m.invoke()
-times = []
+# times in a preallocated array: nothing is allocated while timing (a list growing between invokes moved AD's
+# per-invoke time from 213 to 297 us in one VM: the host CPU is sensitive to where the heap puts things)
+from array import array
+times = array("i", [0] * n)
 for i in range(n):
     t0 = time.ticks_us()
     m.invoke()
-    times.append(time.ticks_diff(time.ticks_us(), t0))
+    times[i] = time.ticks_diff(time.ticks_us(), t0)
+times = list(times)
 ops = []
 names = []
 if profile:                    # the engine's own per-step timing (Model.invoke(times_us=...))
@@ -93,14 +105,28 @@ def tflm_latencies_us(path, x, repeats):
     return times
 
 
-def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR):
+def romfs_image(path, tmp):
+    """A ROMFS image holding the model and its plan (mpremote's VfsRomWriter, as `mpremote romfs build` makes)."""
+    from mpremote.romfs import VfsRomWriter
+    w = VfsRomWriter()
+    for f in (path, path.with_suffix(".plan")):
+        w.mkfile(f.name, f.read_bytes())
+    image = tmp / (path.stem + ".romfs")
+    image.write_bytes(w.finalise())
+    return image
+
+
+def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR, romfs=False):
     script = _VM_SCRIPT
+    image = romfs_image(path, tmp) if romfs else None
+    if image is not None:      # the board's heap beside the image (read into the VM's heap first)
+        heap_bytes += (image.stat().st_size + 15) // 16 * 16 + 64
     sf = tmp / "bench_vm.py"
     sf.write_text(script)
     xf = tmp / "input.bin"
     xf.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
     cmd = [micropython_exe(), "-X", f"heapsize={heap_bytes}", str(sf), str(device_dir), str(path), backend,
-           str(repeats), "1" if profile else "0", str(xf)]
+           str(repeats), "1" if profile else "0", str(xf), str(image) if image else "-"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -139,7 +165,9 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="per-operator times of the first backend")
     ap.add_argument("--firmware", choices=("mpy", "py"), default="mpy",
                     help="mpy: device/ precompiled by mpy-cross, as `tinyhost flash` sends it (default); py: the "
-                         "sources, compiled by the VM at import (viper code is ~30%% faster that way on x64)")
+                         "sources, compiled by the VM at import (viper code ran ~30%% faster that way on x64 before the kernels kept their hot locals in two registers)")
+    ap.add_argument("--romfs", action="store_true", help="load each model from a ROMFS image mounted at /rom "
+                    "(weights read in place, as from a board's ROMFS partition; the image is outside --heap-bytes)")
     ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
 
@@ -175,7 +203,7 @@ def main(argv=None):
                     reps = args.repeats if be != "ref" else args.ref_repeats
                     try:
                         res = vm_latency(path, be, x, reps, args.heap_bytes, args.profile and i == 0 and r == 0,
-                                         tmp, device_dir)
+                                         tmp, device_dir, args.romfs)
                     except RuntimeError as e:
                         print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
                         continue
@@ -201,10 +229,12 @@ def main(argv=None):
             _print_row(row, backends)
     print(f"target: fast backend <= {TARGET_RATIO}x TFLM. Times: medians over {args.rounds} interleaved rounds "
           f"of {args.repeats} invokes; x TFLM = median/median, (min) = fastest/fastest. Virtual board = "
-          f"MicroPython unix VM on this host, heap {args.heap_bytes} B, firmware as {args.firmware} files.")
+          f"MicroPython unix VM on this host, heap {args.heap_bytes} B, firmware as {args.firmware} files"
+          + (", models in a ROMFS image at /rom." if args.romfs else "."))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "target_ratio": TARGET_RATIO,
-                                                   "heap_bytes": args.heap_bytes, "firmware": args.firmware},
+                                                   "heap_bytes": args.heap_bytes, "firmware": args.firmware,
+                                                   "romfs": args.romfs},
                                                   indent=1))
     return 0
 

@@ -62,7 +62,8 @@ STREAM_SCRATCH_BYTES = 32768
 # Kernel scratch added on top of the plan's work-area floors when the heap has room (viper's fast paths).
 WORK_RESERVE = 4096
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
-_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planload",
+_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planarena",
+                 "planload",
                  "fixedpoint", "ref_softmax")
 # The load plan of MODEL.tflite: MODEL.plan (plan_path; format in planload.py).
 PLAN_SUFFIX = ".plan"
@@ -159,8 +160,8 @@ class Model:
         if backend == "auto":
             backend = BACKENDS[0]
         k = backend_module(backend)
-        if weights not in ("auto", "ram", "flash"):
-            raise ValueError("weights must be 'auto', 'ram' or 'flash', not %r" % (weights,))
+        if weights not in ("auto", "ram", "flash", "mapped"):
+            raise ValueError("weights must be 'auto', 'ram', 'flash' or 'mapped', not %r" % (weights,))
         self.backend = backend
         self._steps = ()
         self._side = None              # the open plan file when per-channel data is streamed from it
@@ -216,15 +217,18 @@ class Model:
                 ref_softmax = None
             _stage("plan checked")
             from . import planload              # all of the rest of a load is in planload (dropped after it)
-            planload.allocate_arena(self, h, arena_bytes, weights)
-            planload.build(self, g, h, k, scratch_bytes, self.plan == "file")
-            planload = None
+            from . import planarena             # the arena's size and place; this code goes before the build
+            mapped = planarena.allocate_arena(self, h, arena_bytes, weights, k)
+            planarena = None
+            _drop_load_modules(keep=("planload",))
+            planload.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
+            planload = mapped = None
         finally:
             if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke
                 g.close()
             _drop_load_modules()
         _stage("load-time code dropped")
-        if self.weights_mode == "ram":
+        if self.weights_mode != "flash":          # in RAM or mapped: nothing is read from the model at invoke
             self._f.close()
             self._f = None
 
@@ -348,7 +352,9 @@ def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=N
     checked against the model's sha256) it is loaded from the plan, else parsed, validated and prepared here.
 
     backend: "auto" (fastest in BACKENDS) or a name in BACKENDS; anything else is a ValueError.
-    weights: "ram", "flash" (streamed per operator from the file, with the per-channel constants) or "auto" (RAM
+    weights: "ram", "flash" (streamed per operator from the file, with the per-channel constants), "mapped" (read in
+    place where the filesystem maps the file into memory: MicroPython ROMFS, e.g. /rom; with a backend that reads
+    filters as raw bytes) or "auto" (mapped when possible, else RAM
     when the filters take at most half of the free heap). Raises ModelError (bad/unsupported model, arena_bytes
     too small), OSError (no file), MemoryError (the arena does not fit the heap)."""
     return Model(path, backend, arena_bytes, weights, scratch_bytes)

@@ -134,6 +134,9 @@ softmax = _ops.softmax      # softmax(out, inp, exp_q31, exp_q12, p): SOFTMAX in
 # bias, mult and shift are read through ptr32 (raw little-endian int32): the engine may pass int8 views of the
 # tensor arena holding them (channel data streamed into the arena's end, planload.build).
 CHANNELS_AS_BYTES = True
+# Filters are read through ptr8 as raw bytes too: the engine may pass views of a memory-mapped model file (ROMFS,
+# weights="mapped"), whose memoryview is of unsigned bytes.
+FILTERS_AS_BYTES = True
 
 
 def usable():

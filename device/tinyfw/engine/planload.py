@@ -31,14 +31,6 @@ import struct
 from array import array
 
 from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernels_ref, _stage, STREAM_SCRATCH_BYTES
-from . import WORK_RESERVE
-
-# With weights streamed, the work area grows up to STREAM_RESERVE when the heap has room (a full weight block,
-# the kernel's scratch beside it, an operator's channel data): fewer, larger reads and kernel calls per operator
-# (AD on the esp32 heap: 82 of 1-5 KB per inference -> 14 of up to 32 KB), while KEEP_FREE bytes stay free for
-# the runtime (allocate_arena). Here, not in the engine's resident globals (a bigger dict costs ~350 B of heap).
-STREAM_RESERVE = 2 * STREAM_SCRATCH_BYTES + WORK_RESERVE
-KEEP_FREE = 16384
 
 K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
 K_ADD = 6
@@ -146,65 +138,7 @@ def _kernel(k, kind, fallback, fallback_softmax=None):
     return fn
 
 
-def allocate_arena(m, h, arena_bytes, weights):
-    """Decide where the weights live and allocate the one tensor arena: the activations as planned, every
-    operator's work area floor above its live tensors (plan header: with weights streamed / in RAM), plus
-    WORK_RESERVE bytes of kernel scratch when the heap has them (kernels without enough scratch read their
-    tensors in place: same results, slower).
-
-    With weights streamed, what the heap can spare beyond KEEP_FREE goes first to keeping the per-channel data in
-    RAM (else it is read per operator at invoke, when larger than twice the widest layer's), then to a work area
-    of up to STREAM_RESERVE bytes (larger weight blocks): same results, fewer reads per inference."""
-    planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
-    m.planned_arena_bytes = planned
-    if _gc is not None:
-        _gc.collect()
-    if weights == "auto":
-        weights = "ram"
-        # RAM when the filters take at most half of what the arena and the steps (~4 KB) leave (this module's
-        # code is in the heap already)
-        if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 4096) // 2:
-            weights = "flash"
-    m.weights_mode = weights
-    chan_bytes, max_ch = h[10], h[15]
-    m._stream_chan = weights == "flash" and chan_bytes > 2 * 12 * max_ch       # build() reads it
-    needed = need_ram if weights == "ram" else need_streamed
-    if arena_bytes is not None:
-        if arena_bytes < needed:
-            raise ModelError("arena too small: the model needs %d bytes of tensor arena (activations %d, the "
-                             "rest operator work areas), arena_bytes=%d" % (needed, planned, arena_bytes))
-        sizes = (arena_bytes,)
-    else:
-        sizes = (needed,)
-        if _mem_free is not None:
-            # the reserve only when what build() needs still fits beside it: ~0.6 KB an operator and ~2 KB of
-            # working objects, the per-channel data kept in RAM (streamed: one operator's), the filters when they
-            # stay in RAM
-            free = _mem_free()
-            build = 2048 + 600 * h[7] + (filters if weights == "ram" else 0)
-            if m._stream_chan and free - needed - build - chan_bytes - WORK_RESERVE >= KEEP_FREE:
-                m._stream_chan = False
-            build += min(chan_bytes, 12 * max_ch + 2048) if m._stream_chan else chan_bytes
-            spare = free - needed - build
-            if weights == "flash" and spare - KEEP_FREE > WORK_RESERVE:
-                sizes = (needed + (min(spare - KEEP_FREE, STREAM_RESERVE) & ~15), needed + WORK_RESERVE, needed)
-            elif spare >= WORK_RESERVE:
-                sizes = (needed + WORK_RESERVE, needed)
-        else:
-            sizes = (needed + WORK_RESERVE,)
-    for total in sizes:
-        try:
-            m._arena = _int8_buffer(total)
-            break
-        except MemoryError:
-            if total == sizes[-1]:
-                raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
-                                  % (total, _mem_free() if _mem_free else "?"))
-    m.arena_bytes = total
-    _stage("arena allocated")
-
-
-def build(m, g, h, k, scratch_bytes, stream_ok):
+def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
     """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes,
     m.weights_mode: "ram" or "flash").
 
@@ -335,7 +269,11 @@ def build(m, g, h, k, scratch_bytes, stream_ok):
             else:
                 c = c_pos // 4
                 bias, mult, shift = chan[c:c + n], chan[c + n:c + 2 * n], chan[c + 2 * n:c + 3 * n]
-            if weights == "ram":
+            if weights == "mapped":             # in place: a view of the mapped model file, no RAM; the
+                # scratch ends where streamed channel data begins
+                steps.append((1, fn, out, inp, mapped[w_pos:w_pos + w_bytes], bias, mult, shift, p, None, 0,
+                              side_pos, ch_all, _view(m, views, top, end - top, arena_mv, total)))
+            elif weights == "ram":
                 filt = _int8_buffer(w_bytes)
                 f.seek(w_pos)
                 f.readinto(filt)
