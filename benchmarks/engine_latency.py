@@ -105,20 +105,12 @@ def tflm_latencies_us(path, x, repeats):
     return times
 
 
-def romfs_image(path, tmp):
-    """A ROMFS image holding the model and its plan (mpremote's VfsRomWriter, as `mpremote romfs build` makes)."""
-    from mpremote.romfs import VfsRomWriter
-    w = VfsRomWriter()
-    for f in (path, path.with_suffix(".plan")):
-        w.mkfile(f.name, f.read_bytes())
-    image = tmp / (path.stem + ".romfs")
-    image.write_bytes(w.finalise())
-    return image
-
-
 def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR, romfs=False):
     script = _VM_SCRIPT
-    image = romfs_image(path, tmp) if romfs else None
+    image = None
+    if romfs:                  # the model and its plan in a ROMFS image, as `mpremote romfs build` makes
+        from tinyhost.romfs import write_image
+        image = write_image([path, path.with_suffix(".plan")], tmp / (path.stem + ".romfs"))
     if image is not None:      # the board's heap beside the image (read into the VM's heap first)
         heap_bytes += (image.stat().st_size + 15) // 16 * 16 + 64
     sf = tmp / "bench_vm.py"

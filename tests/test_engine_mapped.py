@@ -1,11 +1,8 @@
 """Weights read in place from a memory-mapped model file (MicroPython ROMFS), as TFLM reads them from flash.
 
-The VM mounts a ROMFS image built by mpremote's VfsRomWriter at /rom (tests/engine_harness/romfs_run.py); the image
-is read into the heap first, and the VM's heap is the esp32 profile's plus the image, so the firmware has the
-esp32's heap beside it (the image stands for the flash partition, which a board maps into its address space)."""
-
-import json
-import subprocess
+The VM mounts a ROMFS image built by mpremote's VfsRomWriter at /rom (tests/engine_harness/run_model.py); the image
+is read into the heap first, and the VM's heap is the esp32 profile's plus the image, so the engine has the esp32's
+heap beside it (the image stands for the flash partition, which a board maps into its address space)."""
 
 import numpy as np
 import pytest
@@ -13,7 +10,6 @@ import pytest
 from engine_harness import helpers
 
 ESP32_HEAP_BYTES = 112640
-ROMFS_RUN = helpers.RUN_MODEL.parent / "romfs_run.py"
 
 
 @pytest.fixture(scope="module")
@@ -21,53 +17,34 @@ def mpy_device(tmp_path_factory):
     return helpers.mpy_tree(tmp_path_factory.mktemp("mpy") / "device")
 
 
-def _romfs_image(model, tmp_path):
-    from mpremote.romfs import VfsRomWriter
-
-    w = VfsRomWriter()
-    for f in (model, model.with_suffix(".plan")):
-        w.mkfile(f.name, f.read_bytes())
-    image = tmp_path / "rom.img"
-    image.write_bytes(w.finalise())
-    return image
-
-
-def _run(model, tmp_path, device_dir, n_inputs):
-    image = _romfs_image(model, tmp_path)
-    heap = ESP32_HEAP_BYTES + ((image.stat().st_size + 15) // 16) * 16 + 64
-    proc = subprocess.run([helpers.micropython(), "-X", f"heapsize={heap}", str(ROMFS_RUN), str(image), model.name,
-                           str(device_dir), str(n_inputs)], capture_output=True, text=True, timeout=120)
-    result = next((json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-                   if line.startswith("RESULT ")), None)
-    assert result is not None, proc.stdout[-1500:] + proc.stderr[-1500:]
-    result["outputs"] = [bytes.fromhex(line[4:]) for line in proc.stdout.splitlines() if line.startswith("OUT ")]
-    assert len(result["outputs"]) == n_inputs, proc.stdout[-1500:]
-    return result
-
-
 @pytest.mark.sim
 @pytest.mark.parametrize("name", ["ad01_int8", "vww"])
 def test_weights_are_read_in_place_from_romfs_on_the_esp32_heap(name, tmp_path, mpy_device):
-    from tinyhost.model import engine_module
+    from tinyhost.model.plan import read_header
+    from tinyhost.romfs import write_image
 
     src = helpers.REPO / "models" / "vww" / "vww.tflite" if name == "vww" else helpers.mlperf_path(name)
     model = helpers.with_plan(src, tmp_path)
-    result = _run(model, tmp_path, mpy_device, 3)
-    from tinyhost.model.plan import read_header
-
-    stats = result["stats"]
+    image = write_image([model, model.with_suffix(".plan")], tmp_path / "rom.img")
     header = read_header(model.with_suffix(".plan").read_bytes())
+    xs = helpers.inputs_for(_input_shape(model), 20, seed=11)
+    out, stats = helpers.run_on_vm(model, "viper", xs, tmp_path, heap_bytes=ESP32_HEAP_BYTES,
+                                   device_dir=mpy_device, romfs_image=image)
     # in RAM: at most the per-channel constants (and the softmax tables), none of the filters
     assert stats["weights_mode"] == "mapped", stats
     assert stats["weights_ram_bytes"] <= header.channel_data_bytes + 2048 < header.filter_bytes, stats
-    assert result["invoke_allocation_free"]
-    # no weight blocks in the arena: the load takes the arena, steps and channel data only (AD's 270 KB of weights
-    # and VWW's 300 KB are more than the whole heap)
-    assert result["free_before"] - result["free_after"] < 64 * 1024, result
-    m = engine_module().load(str(model), backend="numpy")
-    for i, got in enumerate(result["outputs"]):
-        x = np.array([(j * 7 + i * 13) % 256 - 128 for j in range(m.inputs[0].nbytes)], dtype=np.int8)
-        assert got == helpers.engine_output(m, x).tobytes(), f"input {i}"
+    assert stats["invoke_allocation_free"]
+    # the load takes the arena, steps and channel data only (AD's 270 KB of weights and VWW's 300 KB are more
+    # than the whole heap)
+    assert stats["heap_before"] - stats["heap_after_load"] < 64 * 1024, stats
+    got = np.frombuffer(out, dtype=np.int8).reshape(len(xs), -1)
+    helpers.assert_same_as_tflm(got, helpers.tflm_outputs(model, xs), f"{name} with weights mapped from ROMFS")
+
+
+def _input_shape(model):
+    from tinyhost.model import engine_module
+
+    return engine_module().load(str(model), backend="numpy").inputs[0].shape
 
 
 def test_mapped_weights_need_a_mapped_file_and_a_raw_byte_backend(tmp_path):

@@ -63,15 +63,20 @@ def micropython():
 
 
 def run_on_vm(model_path, backend, inputs, tmp_path, heap_bytes=None, weights="auto", device_dir=DEVICE_DIR,
-              timeout_s=300):
-    """Run the engine in the MicroPython VM on all `inputs` (one VM process). Returns (outputs bytes, stats)."""
+              timeout_s=300, romfs_image=None):
+    """Run the engine in the MicroPython VM on all `inputs` (one VM process). Returns (outputs bytes, stats).
+    romfs_image: a ROMFS image holding the model (and its plan), mounted at /rom; heap_bytes is then the heap
+    beside it (the image is read into the VM's heap first)."""
     in_file = tmp_path / "inputs.bin"
     out_file = tmp_path / "outputs.bin"
     np.ascontiguousarray(inputs, dtype=np.int8).tofile(in_file)
     cmd = [micropython()]
     if heap_bytes:
-        cmd += ["-X", f"heapsize={heap_bytes}"]
+        extra = (Path(romfs_image).stat().st_size + 15) // 16 * 16 + 64 if romfs_image else 0
+        cmd += ["-X", f"heapsize={heap_bytes + extra}"]
     cmd += [str(RUN_MODEL), str(device_dir), str(model_path), backend, str(in_file), str(out_file), weights]
+    if romfs_image:
+        cmd.append(str(romfs_image))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

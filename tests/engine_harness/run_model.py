@@ -1,10 +1,12 @@
 # Device-side test script: runs under the MicroPython unix VM (`micropython -X heapsize=N run_model.py ...`).
 #
-#   run_model.py DEVICE_DIR MODEL BACKEND INPUTS OUTPUTS [WEIGHTS]
+#   run_model.py DEVICE_DIR MODEL BACKEND INPUTS OUTPUTS [WEIGHTS [ROMFS_IMAGE]]
 #
 # Loads MODEL with the engine from DEVICE_DIR, runs every input record of INPUTS (concatenated raw input
 # tensors) with the heap locked around invoke(), appends each output tensor to OUTPUTS, and prints one line
-# "RESULT {json}" with the engine's stats, the free heap and the invoke times.
+# "RESULT {json}" with the engine's stats, the free heap and the invoke times. With ROMFS_IMAGE, the image is read
+# into the heap first (the flash partition a board maps into its address space), mounted at /rom, and MODEL is
+# loaded from there by its file name.
 import sys
 import gc
 import json
@@ -14,6 +16,11 @@ import micropython
 
 device_dir, model_path, backend, inputs_path, outputs_path = sys.argv[1:6]
 weights = sys.argv[6] if len(sys.argv) > 6 else "auto"
+if len(sys.argv) > 7:
+    import vfs
+    _rom = open(sys.argv[7], "rb").read()
+    vfs.mount(vfs.VfsRom(_rom), "/rom")
+    model_path = "/rom/" + model_path.split("/")[-1]
 sys.path.insert(0, device_dir)
 
 from tinyfw import engine   # noqa: E402
