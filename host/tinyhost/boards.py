@@ -42,6 +42,8 @@ class Board:
     virtual: bool = False
     esptool_chip: str = ""
     firmware_offset: int = 0
+    romfs_bytes: int = 0     # a ROMFS partition (MicroPython >= 1.25, memory-mapped, read-only), 0: none
+    romfs_source: str = ""
     path: Path = field(default=None, compare=False)
 
     def power_mw(self, state):
@@ -57,6 +59,7 @@ _FIELDS = {
     "usb_ids": (list, True), "baud": (int, True), "radios": (list, True), "supply_v": ((int, float), True),
     "flash_method": (str, True), "power": (dict, True), "virtual": (bool, False),
     "esptool_chip": (str, False), "firmware_offset": (int, False),
+    "romfs_bytes": (int, False), "romfs_source": (str, False),
 }
 
 
@@ -122,6 +125,11 @@ def _validate(raw, path):
     for key in ("clock_mhz", "heap_bytes", "fs_bytes", "fs_block_bytes", "baud"):
         if raw[key] <= 0:
             _fail(path, key, f"must be positive, got {raw[key]}")
+    romfs_bytes = raw.get("romfs_bytes", 0)
+    if romfs_bytes < 0 or romfs_bytes % raw["fs_block_bytes"]:
+        _fail(path, "romfs_bytes", f"must be a non-negative multiple of fs_block_bytes, got {romfs_bytes}")
+    if romfs_bytes and not raw.get("romfs_source", "").strip():
+        _fail(path, "romfs_source", "must say where the ROMFS partition comes from")
     if raw["supply_v"] <= 0:
         _fail(path, "supply_v", f"must be positive, got {raw['supply_v']}")
     usb_ids = []
@@ -163,7 +171,8 @@ def _validate(raw, path):
         fs_block_bytes=raw["fs_block_bytes"], fs_source=raw["fs_source"], usb_ids=tuple(usb_ids),
         baud=raw["baud"], radios=tuple(raw["radios"]), supply_v=float(raw["supply_v"]),
         flash_method=raw["flash_method"], power=power, virtual=raw.get("virtual", False),
-        esptool_chip=raw.get("esptool_chip", ""), firmware_offset=raw.get("firmware_offset", 0), path=path)
+        esptool_chip=raw.get("esptool_chip", ""), firmware_offset=raw.get("firmware_offset", 0),
+        romfs_bytes=romfs_bytes, romfs_source=raw.get("romfs_source", ""), path=path)
 
 
 def available(directory=None):

@@ -271,15 +271,27 @@ class Device:
 
     def soft_reset(self):
         """Soft-reset the board (MicroPython restarts, flashed files are loaded afresh) and start the runtime."""
+        self._to_raw_repl()
+        self.repl.soft_reset()
+        self._start_from_repl()
+
+    def run_script(self, code, timeout_s=None):
+        """Run MicroPython ``code`` in the board's raw REPL, the runtime stopped; returns what it printed (bytes)
+        and starts the runtime again. DeviceError with the board's traceback when the code fails."""
+        self._to_raw_repl()
+        try:
+            return self.repl.exec(code, timeout_s=timeout_s or max(self.timeout_s, 10.0))
+        finally:
+            self._start_from_repl()
+
+    def _to_raw_repl(self):
         if self.running:
             try:
                 self.stop()
             except TinyhostError as e:
-                log.info("stopping the runtime before a reset: %s", e)
+                log.info("stopping the runtime: %s", e)
                 self.running = False
         self.repl.enter()
-        self.repl.soft_reset()
-        self._start_from_repl()
 
     # -- information ----------------------------------------------------------------------------------------
     def info(self):

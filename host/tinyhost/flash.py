@@ -82,6 +82,47 @@ def model_item(path, board=None):
     return item
 
 
+def model_remote_path(model_path, board):
+    """Where a model goes on ``board``: in its ROMFS partition when it has one (/rom/models/, weights read in
+    place), else on its filesystem (/models/)."""
+    from .romfs import MOUNT_POINT
+
+    return f"{MOUNT_POINT if board.romfs_bytes else ''}{MODELS_DIR}/{Path(model_path).name}"
+
+
+def romfs_image(model_paths):
+    """The ROMFS image of ``model_paths`` and their load plans, under models/ (mounted: /rom/models/)."""
+    from .model.plan import plan_file, plan_remote_path
+    from .romfs import build_image
+
+    files = []
+    for path in model_paths:
+        path = Path(path)
+        files.append((path, f"models/{path.name}"))
+        files.append((plan_file(path), "models/" + plan_remote_path(path.name)))
+    return build_image(files)
+
+
+def put_models(dev, model_paths, board, progress=None, force=False):
+    """Put models (checked first, see :func:`model_item`) and their plans where :func:`model_remote_path` says,
+    sending only what differs. Returns a :class:`FlashReport`. A ROMFS partition is written whole: it then holds
+    exactly these models."""
+    import time
+
+    from . import romfs
+
+    items = [model_item(p, None if board.romfs_bytes else board) for p in model_paths]
+    if not board.romfs_bytes:
+        return flash_items(dev, items, board, progress=progress, compile_mpy=False, force=force)
+    start = time.monotonic()
+    image = romfs_image(model_paths)
+    callback = (lambda sent, total: progress(romfs.MOUNT_POINT, sent, total)) if progress else None
+    written = romfs.deploy(dev, image, board, progress=callback, force=force)
+    remote = tuple(model_remote_path(i.local, board) for i in items)
+    return FlashReport(sent=remote if written else (), skipped=() if written else remote,
+                       bytes_sent=len(image) if written else 0, seconds=time.monotonic() - start)
+
+
 def with_plans(items):
     """``items`` plus, for each ``.tflite`` model among them, its load plan beside it (``MODEL.plan``, built on
     the host with the firmware's engine code; the board uses it only when it matches the model's sha256)."""

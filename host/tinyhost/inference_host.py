@@ -318,16 +318,16 @@ def open_board(model, board_name=None, port=None, baud=None, state_dir=None, bac
                           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           host=f"{platform.node()} {platform.machine()} Python {platform.python_version()}")
         with Device.open(tgt.port, baud=baud or tgt.board.baud, timeout_s=timeout_s) as dev:
-            item = flash.model_item(model.path)
-            report = flash.flash_items(dev, flash.firmware_items() + [item], tgt.board, progress=progress)
-            prov.files_flashed = list(report.sent)
+            report = flash.flash_items(dev, flash.firmware_items(), tgt.board, progress=progress)
+            models = flash.put_models(dev, [model.path], tgt.board, progress=progress)
+            prov.files_flashed = list(report.sent) + list(models.sent)
             info = dev.info()
             prov.firmware_version, prov.firmware_hash = info.firmware_version, info.firmware_hash
             prov.micropython_version = info.micropython_version
             if info.virtual:                   # the firmware knows it runs on the virtual board
                 prov.virtual = True
                 prov.board = info.emulates or prov.board
-            model_info = dev.load_model(item.remote, backend=backend)
+            model_info = dev.load_model(flash.model_remote_path(model.path, tgt.board), backend=backend)
             prov.backend = model_info.backend
             _check_loaded(model, model_info)
             yield BoardSession(dev, model_info, prov)

@@ -4,19 +4,36 @@ Files in a mounted ROMFS (``/rom``) support the buffer protocol, so the engine r
 (``weights="mapped"``, docs/engine.md). Images are built with mpremote's writer, the format ``mpremote romfs
 build`` makes and ``mpremote romfs deploy`` writes to a board."""
 
+import hashlib
 from pathlib import Path
 
 from .atomic import write_bytes_atomic
+from .errors import DeviceError, DoesNotFit
+
+MOUNT_POINT = "/rom"
+HEADER = b"\xd2\xcd\x31"
 
 
 def build_image(files):
-    """The bytes of a ROMFS image holding ``files`` (paths) at its root, under their own names."""
+    """The bytes of a ROMFS image holding ``files``: paths (at the root, under their own names) or
+    ``(local_path, "dir/name")`` pairs (one directory level)."""
     from mpremote.romfs import VfsRomWriter
 
-    w = VfsRomWriter()
+    by_dir = {}
     for f in files:
-        f = Path(f)
-        w.mkfile(f.name, f.read_bytes())
+        local, name = (f, Path(f).name) if isinstance(f, (str, Path)) else f
+        directory, _, base = name.rpartition("/")
+        if "/" in directory:
+            raise ValueError(f"{name}: a ROMFS image built here has one directory level")
+        by_dir.setdefault(directory, []).append((base, Path(local).read_bytes()))
+    w = VfsRomWriter()
+    for directory in sorted(by_dir):
+        if directory:
+            w.opendir(directory)
+        for base, data in by_dir[directory]:
+            w.mkfile(base, data)
+        if directory:
+            w.closedir()
     return w.finalise()
 
 
@@ -24,3 +41,75 @@ def write_image(files, dest):
     """Write the ROMFS image of ``files`` to ``dest`` (atomically); returns ``dest``."""
     write_bytes_atomic(dest, build_image(files))
     return Path(dest)
+
+
+# Run on the board in its raw REPL (runtime stopped): copy the image file put on its filesystem into ROMFS
+# partition 0 with vfs.rom_ioctl (MicroPython >= 1.25), check the partition's sha256, remove the file. Chunks are
+# 4 KB so the copy needs little heap; /rom is unmounted first (the soft reset after mounts the new image).
+_DEPLOY = """
+import vfs, os
+def rom(*args):
+    r = vfs.rom_ioctl(*args)
+    if r < 0:
+        raise OSError(-r)
+try:
+    vfs.umount("/rom")
+except OSError:
+    pass
+n = os.stat({src!r})[6]
+rom(3, 0, n)
+buf = bytearray(4096)
+with open({src!r}, "rb") as f:
+    off = 0
+    while off < n:
+        k = f.readinto(buf)
+        rom(4, 0, off, buf if k == len(buf) else buf[:k])
+        off += k
+rom(5, 0)
+os.remove({src!r})
+"""
+
+# The sha256 of the first n bytes of ROMFS partition 0 ("-" when there is no partition or it is smaller).
+_HASH = """
+import vfs, hashlib, binascii
+try:
+    mv = vfs.rom_ioctl(2, 0)
+except AttributeError:
+    mv = -1
+if isinstance(mv, int) or len(mv) < {n}:
+    print("-")
+else:
+    h = hashlib.sha256()
+    for i in range(0, {n}, 4096):
+        h.update(mv[i:min(i + 4096, {n})])
+    print(binascii.hexlify(h.digest()).decode())
+"""
+
+
+def partition_sha256(dev, nbytes):
+    """sha256 hex of the first ``nbytes`` of the board's ROMFS partition, or None without one."""
+    out = dev.run_script(_HASH.format(n=nbytes)).decode().strip()
+    return None if out == "-" else out
+
+
+def deploy(dev, image, board, progress=None, force=False):
+    """Write ``image`` (bytes) to the board's ROMFS partition 0 unless it holds it already; True when written.
+
+    The image goes to the board's filesystem first with the runtime's checked, atomic file transfer (a garbled
+    frame is sent again), then the board copies it into the partition, and the partition's hash is checked. The
+    board is soft-reset after a write, which mounts the new image at /rom."""
+    if len(image) > board.romfs_bytes:
+        raise DoesNotFit(f"the ROMFS image is {len(image)} bytes but {board.name}'s ROMFS partition holds "
+                         f"{board.romfs_bytes}", hint="put fewer or smaller models in it")
+    digest = hashlib.sha256(image).hexdigest()
+    if not force and partition_sha256(dev, len(image)) == digest:
+        return False
+    temp = "/romfs-deploy.img"
+    dev.put_file(image, temp, progress=progress)
+    dev.run_script(_DEPLOY.format(src=temp), timeout_s=60.0)
+    got = partition_sha256(dev, len(image))
+    if got != digest:
+        raise DeviceError(f"the board's ROMFS partition reads back {got or 'nothing'}, not the image written "
+                          f"({digest[:16]}...)", hint="run the command again; if it persists the flash is worn")
+    dev.soft_reset()
+    return True

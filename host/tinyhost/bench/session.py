@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, errors
-from ..flash import MODELS_DIR as REMOTE_MODEL_DIR
 from ..hashing import sha256_file
 from . import datasets, energy, runner
 from .journal import Journal, default_path
@@ -140,7 +139,7 @@ def _tinyhost_target(opts, tgt, prov, model_path):
     from .. import flash
     from ..client import Device
 
-    remote = f"{REMOTE_MODEL_DIR}/{model_path.name}"
+    remote = flash.model_remote_path(model_path, tgt.board)
 
     board_info = []
 
@@ -148,7 +147,7 @@ def _tinyhost_target(opts, tgt, prov, model_path):
         dev = Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s)
         try:
             # the model and its load plan, only if they differ; the board is soft-reset after an upload
-            flash.flash_items(dev, [flash.model_item(model_path)], tgt.board, compile_mpy=False)
+            flash.put_models(dev, [model_path], tgt.board)
             # The board's own report before the model takes the heap: on a 100 KB board the INFO command's
             # code may not fit beside a loaded model. Then a soft reset, so the model gets an unfragmented heap.
             board_info[:] = [dev.info()]
@@ -253,9 +252,10 @@ def _run_modes(opts, modes, target, tgt, prov, listener):
 
 
 def _run_offload(opts, target, tgt, prov, ds, listener):
+    from .. import flash
     from .offload import run_offload
 
-    remote = f"{REMOTE_MODEL_DIR}/{Path(prov.model_path).name}"
+    remote = flash.model_remote_path(prov.model_path, tgt.board)
 
     def load_model():
         target.model_info = target.dev.load_model(remote, backend=opts.backend)

