@@ -10,7 +10,11 @@ models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 
 
     nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 3] [--models kws,ic,ad,vww]
                                                     [--backends viper,ref] [--heap-bytes N] [--profile] [--json OUT]
-                                                    [--firmware mpy|py]
+                                                    [--firmware mpy|py] [--romfs] [--board PROFILE]
+
+--board PROFILE measures on the virtual board itself (tinyhost.sim, e.g. --board esp32-romfs): the firmware and
+each model put on it as `tinyhost flash` does (in its ROMFS partition when the profile has one), and the on-device
+times the runtime reports for INVOKE (ticks_us around each Model.invoke()), as `tinyhost bench` collects them.
 
 The VM runs the firmware as `tinyhost flash` sends it (.mpy files, each model with its load plan beside it; --firmware
 py: the sources instead) with the MicroPython heap given by --heap-bytes (default 4 MiB, so weights stay in RAM as on
@@ -127,6 +131,43 @@ def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=D
                        f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
 
 
+class BoardRunner:
+    """Latency on a running virtual board (``--board``): one board for the whole run, a model put on it once."""
+
+    def __init__(self, board_name, tmp):
+        from tinyhost import flash
+        from tinyhost.client import Device
+        from tinyhost.sim import VirtualBoard
+
+        self.vb = VirtualBoard(board=board_name, state_dir=tmp / "board", baud=2_000_000)
+        self.vb.start()
+        self.profile = self.vb.board
+        self.dev = Device.open(self.vb.port, baud=self.vb.baud, timeout_s=30.0)
+        flash.flash_items(self.dev, flash.firmware_items(), self.profile)
+        self._put = None
+
+    def latency(self, path, backend, x, repeats):
+        from tinyhost import flash
+
+        if self._put != path:
+            flash.put_models(self.dev, [path], self.profile)
+            self._put = path
+        self.dev.soft_reset()            # as `tinyhost bench` does: the model gets an unfragmented heap
+        info = self.dev.load_model(flash.model_remote_path(path, self.profile), backend=backend, timeout_s=600.0)
+        self.dev.set_input(np.ascontiguousarray(x, dtype=np.int8).tobytes())
+        result = self.dev.invoke(repeats, warmup=1, timeout_s=1800.0)
+        self.dev.unload_model()
+        stats = {k: info.raw.get(k) for k in ("weights_mode", "macs")}
+        stats["macs"] = int(stats["macs"] or 0)
+        stats["ref_ops"] = [op for op in (info.raw.get("ref_ops") or "").strip("[]").replace("'", "").split(", ")
+                            if op]
+        return {"times_us": list(result.times_us), "stats": stats}
+
+    def close(self):
+        self.dev.close()
+        self.vb.stop()
+
+
 def model_paths(names, tmp):
     out = []
     for name in names:
@@ -160,8 +201,12 @@ def main(argv=None):
                          "sources, compiled by the VM at import (viper code ran ~30%% faster that way on x64 before the kernels kept their hot locals in two registers)")
     ap.add_argument("--romfs", action="store_true", help="load each model from a ROMFS image mounted at /rom "
                     "(weights read in place, as from a board's ROMFS partition; the image is outside --heap-bytes)")
+    ap.add_argument("--board", default=None, help="measure on the virtual board with this profile (e.g. "
+                    "esp32-romfs), through tinyhost's runtime, instead of the VM running the engine directly")
     ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
+    if args.board and (args.profile or args.romfs or args.firmware != "mpy"):
+        ap.error("--board measures the board as flashed: --profile, --romfs and --firmware do not apply")
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
@@ -174,61 +219,76 @@ def main(argv=None):
         # the firmware and each model as a board has them after `tinyhost flash --model`: .mpy files, and the
         # load plan beside the model (without it the full load path does not fit a small heap)
         sys.path.insert(0, str(REPO / "host"))
-        from tinyhost.model.plan import copy_with_plan
         from tinyhost.mpy import compile_tree
 
         device_dir = compile_tree(DEVICE_DIR, tmp / "device", "x64") if args.firmware == "mpy" else DEVICE_DIR
-        for name, label, path in model_paths(names, tmp):
-            x = _input_for(path, np.random.default_rng(3))
-            (tmp / name).mkdir()
-            path = copy_with_plan(path, tmp / name)
-            # Interleaved rounds (TFLM, then each backend), so that load from other processes on this machine
-            # falls on both sides; medians are over all samples of all rounds.
-            tflm_times = []
-            samples = {be: [] for be in backends}
-            results = {}
-            for r in range(args.rounds):
-                tflm_times += tflm_latencies_us(path, x, args.repeats)
-                for i, be in enumerate(backends):
-                    if be == "ref" and r > 0:
-                        continue
-                    reps = args.repeats if be != "ref" else args.ref_repeats
-                    try:
-                        res = vm_latency(path, be, x, reps, args.heap_bytes, args.profile and i == 0 and r == 0,
-                                         tmp, device_dir, args.romfs)
-                    except RuntimeError as e:
-                        print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-                        continue
-                    samples[be] += res["times_us"]
-                    results.setdefault(be, res)
-            tflm_us = statistics.median(tflm_times)
-            row = {"model": label, "file": path.name, "tflm_us": round(tflm_us, 1),
-                   "tflm_min_us": round(min(tflm_times), 1), "backends": {}}
-            for be in backends:
-                if be not in results:
-                    row["backends"][be] = {"error": "the VM run failed (see stderr)"}
-                    continue
-                res = results[be]
-                med = statistics.median(samples[be])
-                entry = {"median_us": med, "min_us": min(samples[be]), "ratio": round(med / tflm_us, 2),
-                         "min_ratio": round(min(samples[be]) / min(tflm_times), 2), "samples": len(samples[be]),
-                         "weights_mode": res["stats"].get("weights_mode"),
-                         "ref_ops": res["stats"].get("ref_ops", []), "macs": res["stats"].get("macs")}
-                if res.get("ops_us"):
-                    entry["ops_us"] = list(zip(res["op_names"], res["ops_us"]))
-                row["backends"][be] = entry
-            rows.append(row)
-            _print_row(row, backends)
+        board = BoardRunner(args.board, tmp) if args.board else None
+        try:
+            _measure(args, names, backends, rows, tmp, device_dir, board)
+        finally:
+            if board is not None:
+                board.close()
+    where = (f"virtual board {args.board} (tinyhost.sim; on-device INVOKE times)" if args.board else
+             f"MicroPython unix VM on this host, heap {args.heap_bytes} B, firmware as {args.firmware} files"
+             + (", models in a ROMFS image at /rom" if args.romfs else ""))
     print(f"target: fast backend <= {TARGET_RATIO}x TFLM. Times: medians over {args.rounds} interleaved rounds "
-          f"of {args.repeats} invokes; x TFLM = median/median, (min) = fastest/fastest. Virtual board = "
-          f"MicroPython unix VM on this host, heap {args.heap_bytes} B, firmware as {args.firmware} files"
-          + (", models in a ROMFS image at /rom." if args.romfs else "."))
+          f"of {args.repeats} invokes; x TFLM = median/median, (min) = fastest/fastest. Virtual board = {where}.")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "target_ratio": TARGET_RATIO,
                                                    "heap_bytes": args.heap_bytes, "firmware": args.firmware,
-                                                   "romfs": args.romfs},
+                                                   "romfs": args.romfs, "board": args.board},
                                                   indent=1))
     return 0
+
+
+def _measure(args, names, backends, rows, tmp, device_dir, board):
+    from tinyhost.errors import TinyhostError
+    from tinyhost.model.plan import copy_with_plan
+
+    for name, label, path in model_paths(names, tmp):
+        x = _input_for(path, np.random.default_rng(3))
+        (tmp / name).mkdir()
+        path = copy_with_plan(path, tmp / name)
+        # Interleaved rounds (TFLM, then each backend), so that load from other processes on this machine
+        # falls on both sides; medians are over all samples of all rounds.
+        tflm_times = []
+        samples = {be: [] for be in backends}
+        results = {}
+        for r in range(args.rounds):
+            tflm_times += tflm_latencies_us(path, x, args.repeats)
+            for i, be in enumerate(backends):
+                if be == "ref" and r > 0:
+                    continue
+                reps = args.repeats if be != "ref" else args.ref_repeats
+                try:
+                    if board is not None:
+                        res = board.latency(path, be, x, reps)
+                    else:
+                        res = vm_latency(path, be, x, reps, args.heap_bytes,
+                                         args.profile and i == 0 and r == 0, tmp, device_dir, args.romfs)
+                except (RuntimeError, TinyhostError) as e:
+                    print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                    continue
+                samples[be] += res["times_us"]
+                results.setdefault(be, res)
+        tflm_us = statistics.median(tflm_times)
+        row = {"model": label, "file": path.name, "tflm_us": round(tflm_us, 1),
+               "tflm_min_us": round(min(tflm_times), 1), "backends": {}}
+        for be in backends:
+            if be not in results:
+                row["backends"][be] = {"error": "the VM run failed (see stderr)"}
+                continue
+            res = results[be]
+            med = statistics.median(samples[be])
+            entry = {"median_us": med, "min_us": min(samples[be]), "ratio": round(med / tflm_us, 2),
+                     "min_ratio": round(min(samples[be]) / min(tflm_times), 2), "samples": len(samples[be]),
+                     "weights_mode": res["stats"].get("weights_mode"),
+                     "ref_ops": res["stats"].get("ref_ops", []), "macs": res["stats"].get("macs")}
+            if res.get("ops_us"):
+                entry["ops_us"] = list(zip(res["op_names"], res["ops_us"]))
+            row["backends"][be] = entry
+        rows.append(row)
+        _print_row(row, backends)
 
 
 def _input_for(path, rng):

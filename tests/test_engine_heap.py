@@ -126,3 +126,39 @@ def test_shipped_model_loads_through_the_running_runtime_in_esp32_heap(name, tmp
     m = engine_module().load(str(model), backend="numpy")
     x = np.frombuffer(bytes((i * 7) % 256 for i in range(m.inputs[0].nbytes)), dtype=np.int8)
     assert bytes(result["output"]) == helpers.engine_output(m, x).tobytes()
+
+
+@pytest.mark.sim
+def test_load_retries_lean_when_the_build_runs_out_of_heap(tmp_path):
+    """The arena decision only estimates what the step build needs beside the arena. When the build runs out
+    (simulated: a MemoryError at its last stage, the first time), the load is retried once with the lean
+    choices (weights streamed, no work reserve) and the model still gives TFLM's outputs."""
+    model = helpers.with_plan(helpers.mlperf_path("ad01_int8"), tmp_path)
+    xs = helpers.inputs_for((1, 640), 5, seed=4)
+    (tmp_path / "x.bin").write_bytes(np.ascontiguousarray(xs, dtype=np.int8).tobytes())
+    script = tmp_path / "retry.py"
+    script.write_text(
+        "import sys, json\nsys.path.insert(0, %r)\nfrom tinyfw import engine\n"
+        "seen = []\n"
+        "def trace(name):\n"
+        "    seen.append(name)\n"
+        "    if name == 'steps built' and seen.count(name) == 1:\n"
+        "        raise MemoryError('simulated: the build ran out of heap')\n"
+        "engine.trace = trace\n"
+        "m = engine.load(%r)\n"
+        "data = open(%r, 'rb').read()\n"
+        "outs = []\n"
+        "for i in range(5):\n"
+        "    m.input_buffer(0)[:] = data[640 * i:640 * (i + 1)]\n"
+        "    m.invoke()\n"
+        "    outs.append(list(bytes(m.output_buffer(0))))\n"
+        "print('RESULT ' + json.dumps({'seen': seen, 'stats': m.stats(), 'outs': outs}))\n"
+        % (str(helpers.DEVICE_DIR), str(model), str(tmp_path / "x.bin")))
+    proc = subprocess.run([helpers.micropython(), str(script)], capture_output=True, text=True, timeout=120)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, proc.stdout + proc.stderr
+    res = json.loads(line[len("RESULT "):])
+    assert res["seen"].count("build out of memory: lean retry") == 1
+    assert res["stats"]["weights_mode"] == "flash"         # 4 MiB heap: RAM at first, streamed in the retry
+    got = np.array(res["outs"], dtype=np.uint8).astype(np.int8)
+    helpers.assert_same_as_tflm(got, helpers.tflm_outputs(model, xs), "ad01 after a lean retry")

@@ -217,11 +217,22 @@ class Model:
                 ref_softmax = None
             _stage("plan checked")
             from . import planload              # all of the rest of a load is in planload (dropped after it)
-            from . import planarena             # the arena's size and place; this code goes before the build
-            mapped = planarena.allocate_arena(self, h, arena_bytes, weights, k)
-            planarena = None
-            _drop_load_modules(keep=("planload",))
-            planload.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
+            # The arena decision estimates what the build needs beside it; when the heap proves that wrong (the
+            # build runs out), once more with the lean choices: no work reserve, channel data streamed.
+            for lean in (False, True):
+                from . import planarena         # the arena's size and place; this code goes before the build
+                mapped = planarena.allocate_arena(self, h, arena_bytes, weights, k, lean)
+                planarena = None
+                _drop_load_modules(keep=("planload",))
+                try:
+                    planload.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
+                    break
+                except MemoryError:
+                    if lean or arena_bytes is not None:
+                        raise
+                    self._arena = self._in_views = self._out_views = self._side = mapped = None
+                    self._steps = ()
+                    _stage("build out of memory: lean retry")
             planload = mapped = None
         finally:
             if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke

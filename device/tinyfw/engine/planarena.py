@@ -11,7 +11,7 @@ STREAM_RESERVE = 2 * STREAM_SCRATCH_BYTES + WORK_RESERVE
 KEEP_FREE = 16384
 
 
-def allocate_arena(m, h, arena_bytes, weights, k):
+def allocate_arena(m, h, arena_bytes, weights, k, lean=False):
     """Decide where the weights live and allocate the one tensor arena. Weights: in place when the model file is
     memory-mapped (ROMFS: memoryview(file) works) and the backend reads filters as raw bytes ("mapped": no RAM, no
     reads at invoke, as TFLM reads flash), else in RAM or streamed (weights="auto": by the free heap). Arena: the
@@ -21,7 +21,9 @@ def allocate_arena(m, h, arena_bytes, weights, k):
 
     With weights streamed, what the heap can spare beyond KEEP_FREE goes first to keeping the per-channel data in
     RAM (else it is read per operator at invoke, when larger than twice the widest layer's), then to a work area
-    of up to STREAM_RESERVE bytes (larger weight blocks): same results, fewer reads per inference."""
+    of up to STREAM_RESERVE bytes (larger weight blocks): same results, fewer reads per inference. ``lean``: none
+    of that (weights="auto" streams when the file is not mapped, channel data streamed, no work reserve): the
+    retry when the build did not fit beside the first choice."""
     planned, filters, need_streamed, need_ram = h[5], h[11], h[13], h[14]
     m.planned_arena_bytes = planned
     if _gc is not None:
@@ -35,6 +37,8 @@ def allocate_arena(m, h, arena_bytes, weights, k):
             pass
     if weights == "mapped" and mapped is None:
         raise ValueError("weights='mapped' needs the model in ROMFS (/rom) and the viper backend")
+    if weights == "auto" and lean:
+        weights = "flash"
     if weights == "auto":
         weights = "ram"
         # RAM when the filters take at most half of what the arena and the steps (~4 KB) leave (this module's
@@ -46,7 +50,9 @@ def allocate_arena(m, h, arena_bytes, weights, k):
     m._stream_chan = weights != "ram" and chan_bytes > 2 * 12 * max_ch       # build() reads it
     # the plan's streamed floors also keep room at the arena's end for one operator's streamed channel data
     needed = need_streamed if weights == "flash" or m._stream_chan else need_ram
-    if arena_bytes is not None:
+    if lean:
+        sizes = (needed,)
+    elif arena_bytes is not None:
         if arena_bytes < needed:
             raise ModelError("arena too small: the model needs %d bytes of tensor arena (activations %d, the "
                              "rest operator work areas), arena_bytes=%d" % (needed, planned, arena_bytes))

@@ -6,14 +6,12 @@
 #
 # A board whose profile has a ROMFS partition gets it as MicroPython >= 1.25 firmware built with one does: the
 # partition, mapped read-only into memory by the launcher (tinyhost.sim.vm), is mounted at /rom when it holds a
-# ROMFS image, and `vfs.rom_ioctl` erases and writes it (what `mpremote romfs deploy` and `tinyhost flash` use).
+# ROMFS image, and `vfs` has rom_ioctl to erase and write it (_vrom; `mpremote romfs deploy`, `tinyhost flash`).
 import builtins
-import errno
 import gc
 import micropython
 import os
 import sys
-import uctypes
 import vfs
 
 board = ""
@@ -27,8 +25,6 @@ _NOTE_MOUNTED = "\x1b]tinyhost-sim:mounted\x07"     # flash at /, Ctrl-C can int
 _NOTE_READY = "\x1b]tinyhost-sim:ready\x07"         # boot.py has run
 _BLOCK_DEVICE_IOCTL_COUNT = 4
 _BLOCK_DEVICE_IOCTL_SIZE = 5
-_ROMFS_HEADER = b"\xd2\xcd\x31"
-_ROM_WRITE_BYTES = 4            # smallest write the partition takes (an ESP32's flash writes 32-bit words)
 
 
 class _FlashImage:
@@ -74,76 +70,6 @@ def _mount(image_path, block_bytes, block_count):
             f.write("# boot.py: runs at every reset of this (virtual) board, before main.py\n")
 
 
-class _RomPartition:
-    # vfs.rom_ioctl over the partition: reads through the mapping (`memory`), erases and writes through the file
-    # (`file`, opened while the host filesystem was still mounted).
-
-    def __init__(self, file, memory, block_bytes):
-        self._file = file
-        self.memory = memory
-        self._block_bytes = block_bytes
-
-    def ioctl(self, op, *args):
-        n = len(self.memory)
-        if op == 1:                          # number of partitions
-            return 1
-        if not args or args[0] != 0:
-            return -errno.ENOENT
-        if op == 2:                          # the partition's bytes, in place
-            return memoryview(self.memory)
-        if op == 3:                          # prepare to write: erase (id, length) or (id, offset, length)
-            offset, length = (0, args[1]) if len(args) == 2 else (args[1], args[2])
-            if offset < 0 or offset + length > n:
-                return -errno.EINVAL
-            blank = b"\xff" * self._block_bytes
-            self._file.seek(offset)
-            while length > 0:
-                self._file.write(blank[:min(length, len(blank))])
-                length -= len(blank)
-            return _ROM_WRITE_BYTES
-        if op == 4:                          # write (id, offset, data)
-            offset, data = args[1], args[2]
-            if offset < 0 or offset + len(data) > n:
-                return -errno.EINVAL
-            self._file.seek(offset)
-            self._file.write(data)
-            return 0
-        if op == 5:                          # writing done
-            return 0
-        if op == 6:                          # erase block size
-            return self._block_bytes
-        return -errno.EINVAL
-
-
-class _VfsWithRom:
-    # The `vfs` module a ROMFS-enabled firmware has: the VM's own, plus rom_ioctl.
-
-    def __init__(self, partition):
-        for name in dir(vfs):
-            if not name.startswith("__"):
-                setattr(self, name, getattr(vfs, name))
-        self.rom_ioctl = partition.ioctl
-
-
-def _rom_partition(path, address, nbytes, block_bytes):
-    if not nbytes:              # no partition: like ESP32_GENERIC, whose vfs has no rom_ioctl to offer
-        return None
-    return _RomPartition(open(path, "r+b"), uctypes.bytearray_at(address, nbytes), block_bytes)
-
-
-def _mount_rom(rom):
-    if rom is None:
-        return False
-    sys.modules["vfs"] = _VfsWithRom(rom)
-    if bytes(rom.memory[:3]) == _ROMFS_HEADER:
-        try:
-            vfs.mount(vfs.VfsRom(memoryview(rom.memory)), "/rom")
-            return True
-        except OSError as e:          # a damaged image: the board boots without /rom, as a board does
-            sys.print_exception(e)
-    return False
-
-
 def _exists(path):
     try:
         os.stat(path)
@@ -172,9 +98,13 @@ def _boot():
     micropython.kbd_intr(-1)        # Ctrl-C while mounting arrives as data; boot.py and main.py can be interrupted
     block_bytes, block_count = int(block_bytes), int(block_count)
     heap_bytes, fs_bytes, baud = int(heap_bytes), int(fs_bytes), int(baud)
-    rom = _rom_partition(rom_path, int(rom_address), int(rom_bytes), block_bytes)
+    rom = False
+    if int(rom_bytes):
+        import _vrom
+        rom = _vrom.setup(rom_path, int(rom_address), int(rom_bytes), block_bytes)
+        del _vrom
     _mount(image_path, block_bytes, block_count)
-    rom = _mount_rom(rom)
+    rom = rom and rom()
     # MicroPython puts /rom and /rom/lib on the path when it mounts a ROMFS at start-up
     sys.path[:] = ["", ".frozen"] + (["/rom", "/rom/lib"] if rom else []) + ["/lib"]
     sys.argv[:] = []
@@ -184,6 +114,11 @@ def _boot():
     if _exists("boot.py"):
         _run("boot.py")
     sys.stdout.write(_NOTE_READY)
-    if mode == "friendly" and _exists("main.py"):
-        _run("main.py")
+    return mode == "friendly" and _exists("main.py")
+
+
+def _boot_done():
+    # The boot code leaves the heap, as a board's is C code in flash (the runtime's models need the room).
+    global _boot, _mount, _boot_done
+    del _boot, _mount, _boot_done
     gc.collect()
