@@ -145,6 +145,7 @@ class BoardRunner:
         self.dev = Device.open(self.vb.port, baud=self.vb.baud, timeout_s=30.0)
         flash.flash_items(self.dev, flash.firmware_items(), self.profile)
         self._put = None
+        self._loaded = None         # (path, backend, info): stays loaded between rounds
 
     def latency(self, path, backend, x, repeats):
         from tinyhost import flash
@@ -152,11 +153,15 @@ class BoardRunner:
         if self._put != path:
             flash.put_models(self.dev, [path], self.profile)
             self._put = path
-        self.dev.soft_reset()            # as `tinyhost bench` does: the model gets an unfragmented heap
-        info = self.dev.load_model(flash.model_remote_path(path, self.profile), backend=backend, timeout_s=600.0)
-        self.dev.set_input(np.ascontiguousarray(x, dtype=np.int8).tobytes())
+        if self._loaded is None or self._loaded[:2] != (path, backend):
+            self.dev.soft_reset()        # as `tinyhost bench` does: the model gets an unfragmented heap
+            self._loaded = None
+            info = self.dev.load_model(flash.model_remote_path(path, self.profile), backend=backend,
+                                       timeout_s=600.0)
+            self.dev.set_input(np.ascontiguousarray(x, dtype=np.int8).tobytes())
+            self._loaded = (path, backend, info)
+        info = self._loaded[2]
         result = self.dev.invoke(repeats, warmup=1, timeout_s=1800.0)
-        self.dev.unload_model()
         stats = {k: info.raw.get(k) for k in ("weights_mode", "macs")}
         stats["macs"] = int(stats["macs"] or 0)
         stats["ref_ops"] = [op for op in (info.raw.get("ref_ops") or "").strip("[]").replace("'", "").split(", ")
@@ -254,10 +259,11 @@ def _measure(args, names, backends, rows, tmp, device_dir, board):
         tflm_times = []
         samples = {be: [] for be in backends}
         results = {}
+        failed = set()                  # a backend whose model did not load is not tried again
         for r in range(args.rounds):
             tflm_times += tflm_latencies_us(path, x, args.repeats)
             for i, be in enumerate(backends):
-                if be == "ref" and r > 0:
+                if (be == "ref" and r > 0) or be in failed:
                     continue
                 reps = args.repeats if be != "ref" else args.ref_repeats
                 try:
@@ -268,6 +274,7 @@ def _measure(args, names, backends, rows, tmp, device_dir, board):
                                          args.profile and i == 0 and r == 0, tmp, device_dir, args.romfs)
                 except (RuntimeError, TinyhostError) as e:
                     print(f"  {label} / {be}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                    failed.add(be)
                     continue
                 samples[be] += res["times_us"]
                 results.setdefault(be, res)
