@@ -51,6 +51,20 @@ def test_model_larger_than_the_boards_flash(tmp_path):
     assert any("larger than the board's filesystem" in reason for reason in fit.reasons)
 
 
+def test_romfs_board_verdict_checks_the_partition_and_counts_no_weights_in_ram():
+    import dataclasses
+
+    from tinyhost.boards import load
+    from tinyhost.model import board_fit
+
+    r = inspect(helpers.mlperf_path("ad01_int8"), board="esp32-romfs", tflm=False)
+    fit = r.fits[0]
+    assert fit.fits and not fit.weights_in_ram
+    assert fit.peak_ram_bytes == r.peak_ram_weights_streamed_bytes
+    small = board_fit(r, dataclasses.replace(load("esp32-romfs"), romfs_bytes=200_000))
+    assert not small.fits and "ROMFS partition (200000 B)" in small.reasons[0]
+
+
 def test_virtual_board_verdict_counts_the_64_bit_vm_firmware():
     # IC's 49,152 B arena leaves room on a 32-bit ESP32 but not beside the firmware on the 64-bit VM, where LOAD
     # through the running runtime fails (docs/engine.md); KWS fits both

@@ -141,3 +141,19 @@ def test_bench_on_the_romfs_board_labels_it_virtual(board, tmp_path):
     result = json.loads(out.read_text())
     assert result["provenance"]["virtual"] is True
     assert result["provenance"]["backend"] == "viper"
+
+
+def test_flash_command_puts_models_in_the_partition_once(board, capsys):
+    if not AD01.is_file():
+        pytest.skip(f"{AD01} is not there")
+    from tinyhost.cli import main
+
+    def flash():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["flash", "--port", board.port, "--board", "esp32-romfs", "--baud", str(BAUD), "--model", str(AD01)])
+        assert exit_info.value.code in (0, None)
+        return capsys.readouterr().out
+
+    flash()          # whatever the partition held before (another test's image), it holds ad01 now
+    again = flash()
+    assert "ROMFS partition (/rom/models/, weights read in place): 1 models, already holds them" in again, again

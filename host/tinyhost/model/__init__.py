@@ -163,10 +163,15 @@ def inspect(path, board=None, tflm=True):
 def board_fit(report, b):
     """Whether the model described by `report` fits board profile `b`, and why not."""
     reasons = []
-    if report.model_bytes > b.fs_bytes:
+    if b.romfs_bytes:       # the model goes to the ROMFS partition, its weights are read in place (mapped)
+        if report.model_bytes > b.romfs_bytes:
+            reasons.append(f"model file ({report.model_bytes} B) is larger than the board's ROMFS partition "
+                           f"({b.romfs_bytes} B)")
+    elif report.model_bytes > b.fs_bytes:
         reasons.append(f"model file ({report.model_bytes} B) is larger than the board's filesystem ({b.fs_bytes} B)")
     budget = b.heap_bytes - (VIRTUAL_FIRMWARE_OVERHEAD_BYTES if b.virtual else FIRMWARE_OVERHEAD_BYTES)
-    in_ram = report.peak_ram_weights_in_ram_bytes <= budget // 2 + report.arena_bytes
+    # mapped weights take no RAM; the streamed figure (weight blocks in the arena) bounds what they need
+    in_ram = not b.romfs_bytes and report.peak_ram_weights_in_ram_bytes <= budget // 2 + report.arena_bytes
     peak = report.peak_ram_weights_in_ram_bytes if in_ram else report.peak_ram_weights_streamed_bytes
     if peak > budget:
         reasons.append(f"needs about {peak} B of RAM (arena {report.arena_bytes} B + weights/bookkeeping), the "
