@@ -45,8 +45,13 @@ MODELS = {
     "vww": REPO / "models" / "vww" / "vww.tflite",
 }
 TARGET_RATIO = 1.5
+# Untimed invokes for this long before each burst of timed ones, on both sides: on this host a process that starts
+# invoking after being idle runs slow for a while (AD in one VM: whole invokes of 310 us at first, 209 us after
+# ~1000 invokes; `python -m benchmarks.invoke_stability` shows it), the host's doing, not either engine's.
+WARMUP_S = 0.5
 
 # Runs inside the MicroPython VM: argv = device_dir model backend repeats profile(0/1) input_file romfs_image|-
+# warmup_ms
 # With a ROMFS image: it is read into the heap first (the partition a board maps into its address space) and
 # mounted at /rom, and the model is loaded from there (weights read in place).
 _VM_SCRIPT = r"""
@@ -65,6 +70,9 @@ profile = sys.argv[5] == "1"
 with open(sys.argv[6], "rb") as f:
     f.readinto(m.input_buffer(0))
 m.invoke()
+t0 = time.ticks_ms()                   # warm-up: untimed invokes for warmup_ms (see WARMUP_S)
+while time.ticks_diff(time.ticks_ms(), t0) < int(sys.argv[8]):
+    m.invoke()
 # times in a preallocated array: nothing is allocated while timing (a list growing between invokes moved AD's
 # per-invoke time from 213 to 297 us in one VM: the host CPU is sensitive to where the heap puts things)
 from array import array
@@ -95,12 +103,15 @@ def micropython_exe():
     return exe
 
 
-def tflm_latencies_us(path, x, repeats):
+def tflm_latencies_us(path, x, repeats, warmup_s=WARMUP_S):
     from tflite_micro.python.tflite_micro import runtime
     it = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=max(path.stat().st_size * 4, 1 << 20))
     det = it.get_input_details(0)
     it.set_input(x.reshape(det["shape"]).astype(det["dtype"]), 0)
     it.invoke()
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        it.invoke()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
@@ -109,7 +120,8 @@ def tflm_latencies_us(path, x, repeats):
     return times
 
 
-def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR, romfs=False):
+def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=DEVICE_DIR, romfs=False,
+               warmup_s=WARMUP_S):
     script = _VM_SCRIPT
     image = None
     if romfs:                  # the model and its plan in a ROMFS image, as `mpremote romfs build` makes
@@ -122,7 +134,7 @@ def vm_latency(path, backend, x, repeats, heap_bytes, profile, tmp, device_dir=D
     xf = tmp / "input.bin"
     xf.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
     cmd = [micropython_exe(), "-X", f"heapsize={heap_bytes}", str(sf), str(device_dir), str(path), backend,
-           str(repeats), "1" if profile else "0", str(xf), str(image) if image else "-"]
+           str(repeats), "1" if profile else "0", str(xf), str(image) if image else "-", str(int(warmup_s * 1000))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -146,6 +158,7 @@ class BoardRunner:
         flash.flash_items(self.dev, flash.firmware_items(), self.profile)
         self._put = None
         self._loaded = None         # (path, backend, info): stays loaded between rounds
+        self._last_us = {}
 
     def latency(self, path, backend, x, repeats):
         from tinyhost import flash
@@ -161,7 +174,11 @@ class BoardRunner:
             self.dev.set_input(np.ascontiguousarray(x, dtype=np.int8).tobytes())
             self._loaded = (path, backend, info)
         info = self._loaded[2]
-        result = self.dev.invoke(repeats, warmup=1, timeout_s=1800.0)
+        # warm-up runs for about WARMUP_S, from the last measured latency (a first single run when none)
+        last = self._last_us.get((path, backend)) or max(1, self.dev.invoke(1).times_us[0])
+        warmup = max(1, min(int(WARMUP_S * 1e6 / last), 20000))
+        result = self.dev.invoke(repeats, warmup=warmup, timeout_s=1800.0)
+        self._last_us[(path, backend)] = statistics.median(result.times_us)
         stats = {k: info.raw.get(k) for k in ("weights_mode", "macs")}
         stats["macs"] = int(stats["macs"] or 0)
         stats["ref_ops"] = [op for op in (info.raw.get("ref_ops") or "").strip("[]").replace("'", "").split(", ")
