@@ -155,7 +155,7 @@ class BoardRunner:
         self.vb.start()
         self.profile = self.vb.board
         self.dev = Device.open(self.vb.port, baud=self.vb.baud, timeout_s=30.0)
-        flash.flash_items(self.dev, flash.firmware_items(), self.profile)
+        flash.flash_items(self.dev, flash.firmware_items(board=self.profile), self.profile)
         self._put = None
         self._loaded = None         # (path, backend, info): stays loaded between rounds
         self._last_us = {}

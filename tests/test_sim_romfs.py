@@ -97,7 +97,7 @@ def test_put_models_writes_partition_once_and_model_runs_mapped_equal_to_tflm(bo
 
     profile = load("esp32-romfs")
     with Device.open(board.port, baud=BAUD, timeout_s=10.0) as dev:
-        flash.flash_items(dev, flash.firmware_items(), profile)
+        flash.flash_items(dev, flash.firmware_items(board=profile), profile)
         first = flash.put_models(dev, [AD01], profile)
         again = flash.put_models(dev, [AD01], profile)
         assert first.sent == ("/rom/models/ad01_int8.tflite",) and first.bytes_sent > AD01.stat().st_size
@@ -114,6 +114,18 @@ def test_put_models_writes_partition_once_and_model_runs_mapped_equal_to_tflm(bo
             x = rng.integers(-128, 128, size=info.inputs[0].shape, dtype=np.int8)
             got = dev.infer(x.tobytes()).output
             assert bytes(got) == tflm.run(x).astype(np.int8).tobytes()
+
+
+def test_firmware_package_runs_from_the_partition_not_the_filesystem(board):
+    # put there with the models by the test above (a copy on the filesystem would shadow it and take heap)
+    if not AD01.is_file():
+        pytest.skip(f"{AD01} is not there")
+    out = board_exec(board.port, "import os, gc\ngc.collect()\nf0 = gc.mem_free()\nimport tinyfw.runtime\n"
+                                 "gc.collect()\nprint(tinyfw.runtime.__file__, 'tinyfw' in os.listdir('/'), "
+                                 "f0 - gc.mem_free())")
+    where, on_fs, heap_used = out.split()[-3:]
+    assert where.startswith("/rom/tinyfw/") and where.endswith(".mpy") and on_fs == "False", out
+    assert int(heap_used) > 0
 
 
 def test_flash_command_refuses_an_image_larger_than_the_partition(board, tmp_path):
@@ -156,4 +168,4 @@ def test_flash_command_puts_models_in_the_partition_once(board, capsys):
 
     flash()          # whatever the partition held before (another test's image), it holds ad01 now
     again = flash()
-    assert "ROMFS partition (/rom/models/, weights read in place): 1 models, already holds them" in again, again
+    assert "models /rom/models/ with weights read in place): 1 models, already holds them" in again, again

@@ -275,11 +275,14 @@ class Device:
         self.repl.soft_reset()
         self._start_from_repl()
 
-    def run_script(self, code, timeout_s=None):
-        """Run MicroPython ``code`` in the board's raw REPL, the runtime stopped; returns what it printed (bytes)
-        and starts the runtime again. DeviceError with the board's traceback when the code fails."""
+    def run_script(self, code, timeout_s=None, fresh=False):
+        """Run MicroPython ``code`` in the board's raw REPL, the runtime stopped (``fresh``: after a soft reset,
+        nothing imported); returns what it printed (bytes) and starts the runtime again. DeviceError with the
+        board's traceback when the code fails."""
         self._to_raw_repl()
         try:
+            if fresh:
+                self.repl.soft_reset()
             return self.repl.exec(code, timeout_s=timeout_s or max(self.timeout_s, 10.0))
         finally:
             self._start_from_repl()

@@ -57,10 +57,17 @@ def _item(local, remote):
     return FlashItem(local=local, remote=remote, nbytes=local.stat().st_size, sha256=sha256_file(local))
 
 
-def firmware_items(root=None):
-    """The firmware files to put on a board: every .py under device/ (the tinyfw package and main.py)."""
+FIRMWARE_PACKAGE = "tinyfw"
+
+
+def firmware_items(root=None, board=None):
+    """The firmware files to put on a board's filesystem: every .py under device/ (the tinyfw package and
+    main.py). On a board with a ROMFS partition only main.py: the package goes into the partition with the
+    models (:func:`put_models`), where its code runs in place instead of taking heap."""
     root = Path(root) if root else firmware_dir()
     files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    if board is not None and board.romfs_bytes:
+        files = [p for p in files if p.relative_to(root).parts[0] != FIRMWARE_PACKAGE]
     return [_item(p, "/" + p.relative_to(root).as_posix()) for p in files]
 
 
@@ -90,12 +97,16 @@ def model_remote_path(model_path, board):
     return f"{MOUNT_POINT if board.romfs_bytes else ''}{MODELS_DIR}/{Path(model_path).name}"
 
 
-def romfs_image(model_paths):
-    """The ROMFS image of ``model_paths`` and their load plans, under models/ (mounted: /rom/models/)."""
+def romfs_image(model_paths, mpy_abi=None):
+    """The ROMFS image of the firmware package (tinyfw/, precompiled for ``mpy_abi`` when mpy-cross can; mounted:
+    /rom/tinyfw, imported from there) and of ``model_paths`` with their load plans (models/, /rom/models/)."""
     from .model.plan import plan_file, plan_remote_path
+    from .mpy import precompile
     from .romfs import build_image
 
-    files = []
+    package = [i for i in firmware_items() if i.remote.startswith(f"/{FIRMWARE_PACKAGE}/")]
+    package, _ = precompile(package, mpy_abi, _item)
+    files = [(i.local, i.remote.lstrip("/")) for i in package]
     for path in model_paths:
         path = Path(path)
         files.append((path, f"models/{path.name}"))
@@ -105,8 +116,8 @@ def romfs_image(model_paths):
 
 def put_models(dev, model_paths, board, progress=None, force=False):
     """Put models (checked first, see :func:`model_item`) and their plans where :func:`model_remote_path` says,
-    sending only what differs. Returns a :class:`FlashReport`. A ROMFS partition is written whole: it then holds
-    exactly these models."""
+    sending only what differs. Returns a :class:`FlashReport`. A ROMFS partition is written whole, with the
+    firmware package (:func:`romfs_image`): it then holds exactly these models."""
     import time
 
     from . import romfs
@@ -115,12 +126,33 @@ def put_models(dev, model_paths, board, progress=None, force=False):
     if not board.romfs_bytes:
         return flash_items(dev, items, board, progress=progress, compile_mpy=False, force=force)
     start = time.monotonic()
-    image = romfs_image(model_paths)
+    # the board's .mpy ABI from its REPL (INFO may not find the heap for its reply beside a loaded model)
+    abi = int(dev.run_script("import sys\nprint(getattr(sys.implementation, '_mpy', 0))").split()[-1])
+    image = romfs_image(model_paths, abi or None)
+    # a copy of the package on the filesystem would be imported instead ('' comes first on sys.path)
+    removed = _remove_tree(dev, f"/{FIRMWARE_PACKAGE}")
     callback = (lambda sent, total: progress(romfs.MOUNT_POINT, sent, total)) if progress else None
     written = romfs.deploy(dev, image, board, progress=callback, force=force)
+    if removed and not written:
+        dev.soft_reset()
     remote = tuple(model_remote_path(i.local, board) for i in items)
     return FlashReport(sent=remote if written else (), skipped=() if written else remote,
                        bytes_sent=len(image) if written else 0, seconds=time.monotonic() - start)
+
+
+def _remove_tree(dev, path):
+    """Remove ``path`` and everything under it from the board's filesystem; True when there was something."""
+    try:
+        entries = dev.list_files(path)
+    except TinyhostError:           # nothing there
+        return False
+    for e in entries:
+        if e.is_dir:
+            _remove_tree(dev, f"{path}/{e.name}")
+        else:
+            dev.remove(f"{path}/{e.name}")
+    dev.remove(path)
+    return True
 
 
 def with_plans(items):

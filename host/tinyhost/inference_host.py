@@ -318,7 +318,7 @@ def open_board(model, board_name=None, port=None, baud=None, state_dir=None, bac
                           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           host=f"{platform.node()} {platform.machine()} Python {platform.python_version()}")
         with Device.open(tgt.port, baud=baud or tgt.board.baud, timeout_s=timeout_s) as dev:
-            report = flash.flash_items(dev, flash.firmware_items(), tgt.board, progress=progress)
+            report = flash.flash_items(dev, flash.firmware_items(board=tgt.board), tgt.board, progress=progress)
             models = flash.put_models(dev, [model.path], tgt.board, progress=progress)
             prov.files_flashed = list(report.sent) + list(models.sent)
             info = dev.info()

@@ -16,24 +16,30 @@ HEADER = b"\xd2\xcd\x31"
 
 def build_image(files):
     """The bytes of a ROMFS image holding ``files``: paths (at the root, under their own names) or
-    ``(local_path, "dir/name")`` pairs (one directory level)."""
+    ``(local_path, "dir/.../name")`` pairs."""
     from mpremote.romfs import VfsRomWriter
 
-    by_dir = {}
+    tree = {}                   # name -> bytes (a file) or dict (a directory)
     for f in files:
         local, name = (f, Path(f).name) if isinstance(f, (str, Path)) else f
-        directory, _, base = name.rpartition("/")
-        if "/" in directory:
-            raise ValueError(f"{name}: a ROMFS image built here has one directory level")
-        by_dir.setdefault(directory, []).append((base, Path(local).read_bytes()))
+        *dirs, base = name.split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[base] = Path(local).read_bytes()
+
     w = VfsRomWriter()
-    for directory in sorted(by_dir):
-        if directory:
-            w.opendir(directory)
-        for base, data in by_dir[directory]:
-            w.mkfile(base, data)
-        if directory:
-            w.closedir()
+
+    def emit(node):
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                w.opendir(name)
+                emit(node[name])
+                w.closedir()
+            else:
+                w.mkfile(name, node[name])
+
+    emit(tree)
     return w.finalise()
 
 
@@ -106,7 +112,8 @@ def deploy(dev, image, board, progress=None, force=False):
         return False
     temp = "/romfs-deploy.img"
     dev.put_file(image, temp, progress=progress)
-    dev.run_script(_DEPLOY.format(src=temp), timeout_s=60.0)
+    # from a fresh start: no module imported from the partition (the firmware's) while it is rewritten
+    dev.run_script(_DEPLOY.format(src=temp), timeout_s=60.0, fresh=True)
     got = partition_sha256(dev, len(image))
     if got != digest:
         raise DeviceError(f"the board's ROMFS partition reads back {got or 'nothing'}, not the image written "

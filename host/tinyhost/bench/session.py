@@ -129,7 +129,7 @@ def _flash_virtual(tgt, opts, listener):
     from ..client import Device
 
     with Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s) as dev:
-        report = flash.flash_items(dev, flash.firmware_items(), tgt.board)
+        report = flash.flash_items(dev, flash.firmware_items(board=tgt.board), tgt.board)
     sent = getattr(report, "sent", None)
     if sent:
         listener.message(f"virtual board: put {len(sent)} firmware files on its flash")

@@ -10,12 +10,16 @@ def boards():
     """List board profiles and detected serial ports (USB VID:PID) with their likely board."""
     from serial.tools import list_ports
 
-    click.echo(f"{'board':<10} {'MCU':<36} {'clock':>8} {'heap':>9} {'flash fs':>10} {'baud':>7}  radios")
-    for b in board_profiles.load_all():
+    profiles = board_profiles.load_all()
+    width = max(len(b.name) for b in profiles)
+    click.echo(f"{'board':<{width}} {'MCU':<42} {'clock':>8} {'heap':>9} {'flash fs':>10} {'ROMFS':>8} {'baud':>7}"
+               f"  radios")
+    for b in profiles:
         radios = ", ".join(b.radios) or "none"
         mcu = b.mcu + (" [virtual]" if b.virtual else "")
-        click.echo(f"{b.name:<10} {mcu:<36} {b.clock_mhz:>5} MHz {b.heap_bytes // 1024:>6} KB "
-                   f"{b.fs_bytes // 1024:>7} KB {b.baud:>7}  {radios}")
+        romfs = f"{b.romfs_bytes // 1024} KB" if b.romfs_bytes else "-"
+        click.echo(f"{b.name:<{width}} {mcu:<42} {b.clock_mhz:>5} MHz {b.heap_bytes // 1024:>6} KB "
+                   f"{b.fs_bytes // 1024:>7} KB {romfs:>8} {b.baud:>7}  {radios}")
     click.echo("")
     ports = [p for p in list_ports.comports() if p.vid is not None]
     if not ports:

@@ -32,7 +32,7 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
     model_paths = [resolve(m) for m in models]
     in_romfs = bool(profile.romfs_bytes)
     model_items = [model_item(p, None if in_romfs else profile) for p in model_paths]   # refused before sending
-    items = firmware_items() + ([] if in_romfs else model_items)
+    items = firmware_items(board=profile) + ([] if in_romfs else model_items)
     check_fits_profile(items, profile)
     with open_target(board_name, port, baud, state_dir=state_dir) as target:
         from ..client import Device
@@ -43,13 +43,15 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
         with Device.open(target.port, baud=baud) as dev:
             with _Progress() as progress:
                 report = flash_items(dev, items, target.board, force=force, progress=progress)
-                rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs and models else None
+                # a ROMFS partition gets the firmware package and the models (none: the package alone)
+                rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs else None
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
         if rom is not None:
             state = (f"written ({human_bytes(rom.bytes_sent)} image in {rom.seconds:.1f} s)" if rom.sent
                      else "already holds them")
-            click.echo(f"ROMFS partition (/rom/models/, weights read in place): {len(model_paths)} models, {state}")
+            click.echo(f"ROMFS partition (firmware package /rom/tinyfw, models /rom/models/ with weights read in "
+                       f"place): {len(model_paths)} models, {state}")
 
 
 def _write_micropython(board_name, port, image, run_commands):
