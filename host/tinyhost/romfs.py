@@ -11,7 +11,6 @@ from .atomic import write_bytes_atomic
 from .errors import DeviceError, DoesNotFit
 
 MOUNT_POINT = "/rom"
-HEADER = b"\xd2\xcd\x31"
 
 
 def build_image(files):
@@ -50,8 +49,10 @@ def write_image(files, dest):
 
 
 # Run on the board in its raw REPL (runtime stopped): copy the image file put on its filesystem into ROMFS
-# partition 0 with vfs.rom_ioctl (MicroPython >= 1.25), check the partition's sha256, remove the file. Chunks are
-# 4 KB so the copy needs little heap; /rom is unmounted first (the soft reset after mounts the new image).
+# partition 0 with vfs.rom_ioctl (MicroPython >= 1.25) and remove the file; _HASH follows it in the same run.
+# Chunks are 4 KB so the copy needs little heap; /rom is unmounted first (the soft reset after mounts the new
+# image). Interrupted, the partition holds a damaged image: the board then boots without /rom, and the next
+# deploy writes it again (its hash differs).
 _DEPLOY = """
 import vfs, os
 def rom(*args):
@@ -113,10 +114,10 @@ def deploy(dev, image, board, progress=None, force=False):
     temp = "/romfs-deploy.img"
     dev.put_file(image, temp, progress=progress)
     # from a fresh start: no module imported from the partition (the firmware's) while it is rewritten
-    dev.run_script(_DEPLOY.format(src=temp), timeout_s=60.0, fresh=True)
-    got = partition_sha256(dev, len(image))
+    out = dev.run_script(_DEPLOY.format(src=temp) + _HASH.format(n=len(image)), timeout_s=60.0, fresh=True)
+    got = out.decode().split()[-1]
     if got != digest:
-        raise DeviceError(f"the board's ROMFS partition reads back {got or 'nothing'}, not the image written "
+        raise DeviceError(f"the board's ROMFS partition reads back {got}, not the image written "
                           f"({digest[:16]}...)", hint="run the command again; if it persists the flash is worn")
     dev.soft_reset()
     return True
