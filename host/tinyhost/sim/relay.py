@@ -7,6 +7,8 @@ per direction (line rate, faults) and plays the parts of a board that the unix V
 * **Ctrl-C** -- a board's UART interrupt turns a received 0x03 into KeyboardInterrupt while Python code runs with
   keyboard interrupt enabled. Here: if the VM has a SIGINT handler at that moment (``/proc/<pid>/status`` SigCgt),
   the byte becomes SIGINT; otherwise it is delivered as data (REPL line editing, or ``kbd_intr(-1)`` binary data).
+  The VM is stopped (SIGSTOP) from that check until the signal is sent, so it cannot drop its handler in between
+  (SIGINT without one would end the VM: :meth:`VM.interrupt`).
 * **Soft reset** -- Ctrl-D at an empty REPL (or SystemExit) ends the unix VM; a board reboots instead. When the VM
   ends the relay prints ``MPY: soft reboot``, starts a new VM on the same flash, which runs boot.py (and main.py when
   the reset came from the friendly REPL), and comes back in the REPL mode the board was in -- for the raw REPL it
@@ -176,8 +178,7 @@ class Relay:
                 self._vm_mounted = True
                 if self._interrupt_pending:
                     self._interrupt_pending = False
-                    if self._vm.sigint_caught():
-                        self._vm.interrupt()
+                    self._vm.interrupt()
             elif note == b"ready" and self._state == "boot_raw":
                 self._state = "enter_raw"
                 self._write_vm_now(CTRL_A)
@@ -214,8 +215,7 @@ class Relay:
                 # during a board's reset does), rather than kill the VM or leave the byte for the REPL.
                 self._interrupt_pending = True
                 data = data.replace(CTRL_C, b"")
-            elif self._state != "enter_raw" and self._vm.sigint_caught():
-                self._vm.interrupt()
+            elif self._state != "enter_raw" and self._vm.interrupt():
                 data = data.replace(CTRL_C, b"")
         self._to_vm += data
 

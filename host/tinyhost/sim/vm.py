@@ -10,6 +10,7 @@ import pty
 import signal
 import subprocess
 import sys
+import time
 import tty
 from pathlib import Path
 
@@ -61,6 +62,23 @@ def sigint_caught(pid):
     return False
 
 
+def _wait_stopped(pid, timeout_s=1.0):
+    """Wait until process ``pid`` is stopped (after SIGSTOP, which takes effect asynchronously); False if it ended
+    or did not stop in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in (b"T", b"t"):
+            return True
+        if state in (b"Z", b"X") or time.monotonic() > deadline:
+            return False
+        time.sleep(0.0001)
+
+
 class VM:
     """One run of the MicroPython VM booting the board; ``master_fd`` is the relay's end of its serial line."""
 
@@ -96,15 +114,29 @@ class VM:
         self.exit_fd = os.pidfd_open(self.pid)     # readable once the VM has ended
         self.mode = mode
 
-    def sigint_caught(self):
-        return sigint_caught(self.pid)
-
     def interrupt(self):
-        """Raise KeyboardInterrupt in the running Python code (only call when :meth:`sigint_caught`)."""
+        """Raise KeyboardInterrupt in the VM's Python code if keyboard interrupt is on there, as a board's UART
+        interrupt does on Ctrl-C; returns whether it did (if not, the caller passes Ctrl-C on as a byte).
+
+        MicroPython's unix port has a SIGINT handler only while keyboard interrupt is on, and SIGINT without one
+        ends the process. So the VM is stopped while its handler is checked and the signal sent: it cannot drop
+        the handler between the two, and the signal is taken with that handler when it runs again."""
         try:
-            os.kill(self.pid, signal.SIGINT)
+            os.kill(self.pid, signal.SIGSTOP)
         except ProcessLookupError:
-            pass
+            return False
+        try:
+            if not _wait_stopped(self.pid) or not sigint_caught(self.pid):
+                return False
+            os.kill(self.pid, signal.SIGINT)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def drain(self):
         """What the VM wrote before it ended (call once it has ended)."""
