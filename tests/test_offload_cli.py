@@ -83,7 +83,8 @@ def test_bad_token_files_are_refused_with_what_to_do(tmp_path):
         assert "keygen" in e.value.hint
 
 
-def test_serve_runs_as_a_process_and_stops_cleanly_on_sigint(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_runs_as_a_process_and_stops_cleanly_with_a_device_connected(tmp_path, signum):
     kws = need_kws()
     token_file = tmp_path / "keys.json"
     key = auth.ensure_device_key(token_file, "p1")
@@ -106,13 +107,14 @@ def test_serve_runs_as_a_process_and_stops_cleanly_on_sigint(tmp_path):
         port = int(lines[-1].split()[2].rsplit(":", 1)[1])
         with OffloadClient("127.0.0.1", port, device_id="p1", key=key) as c:
             assert c.infer("kws", kws_tensor()).reply.ok
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+            proc.send_signal(signum)        # the device is still connected, waiting in the server's read
+            out, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
     assert "stopped: 1 answers" in out
+    assert "Traceback" not in out and "ERROR" not in out, out
 
 
 def test_serve_refuses_to_listen_off_loopback_without_keys():

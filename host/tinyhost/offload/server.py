@@ -231,6 +231,11 @@ class OffloadServer:
             await self._session_loop(session, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() ends open connections by cancelling their handlers. This is the task's top level, and a
+            # handler task that ends cancelled is logged by asyncio's streams (Python 3.11) as an error with a
+            # traceback: end normally instead.
+            pass
         except Exception:
             log.exception("%s: connection handler failed", peer)
         finally:
