@@ -55,6 +55,34 @@ def test_bootstrap_then_flash_then_import(sim_board):
         assert repl.exec("print(6 * 7)").strip() == b"42"
 
 
+def _files_under(dev, path):
+    files = set()
+    for e in dev.list_files(path):
+        files |= _files_under(dev, f"{path}/{e.name}") if e.is_dir else {f"{path}/{e.name}"}
+    return files
+
+
+def test_flash_leaves_exactly_this_firmwares_package_and_the_users_files(fast_board):
+    from tinyhost import flash
+
+    items = flash.firmware_items()
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        first = flash.flash_items(dev, items, fast_board.board)
+        sent = set(first.sent)
+        assert first.removed == () and "/tinyfw/runtime.mpy" in sent
+        # what an older firmware could have left: a module since dropped, a package since dropped, and the
+        # source of a module now sent compiled (imported before the .mpy); beside them, the user's own files
+        for path in ("/tinyfw/frames.mpy", "/tinyfw/old/links.mpy", "/tinyfw/runtime.py", "/data.txt"):
+            dev.put_file(b"x = 1\n", path)
+        again = flash.flash_items(dev, items, fast_board.board)
+        assert again.sent == () and set(again.skipped) == sent
+        assert set(again.removed) == {"/tinyfw/frames.mpy", "/tinyfw/old/links.mpy", "/tinyfw/old",
+                                      "/tinyfw/runtime.py"}
+        assert _files_under(dev, "/tinyfw") == {p for p in sent if p.startswith("/tinyfw/")}
+        assert dev.file_hash("/data.txt") is not None
+        assert dev.info().firmware_version == "0.1.0"
+
+
 def test_runtime_left_running_is_found_at_once_and_port_is_exclusive(fast_board):
     dev = Device.open(fast_board.port, baud=FAST_BAUD)
     try:

@@ -46,6 +46,7 @@ class FlashReport:
     skipped: tuple         # remote paths already up to date
     bytes_sent: int
     seconds: float
+    removed: tuple = ()    # remote paths removed: an older firmware's files the one sent does not have
 
     @property
     def bytes_per_s(self):
@@ -142,17 +143,32 @@ def put_models(dev, model_paths, board, progress=None, force=False):
 
 def _remove_tree(dev, path):
     """Remove ``path`` and everything under it from the board's filesystem; True when there was something."""
+    return bool(_prune_tree(dev, path))
+
+
+def _prune_tree(dev, path, keep=frozenset()):
+    """Remove every file under ``path`` on the board whose path is not in ``keep``, and each directory that leaves
+    empty (``path`` too). Returns the paths removed; none when ``path`` is not there."""
     try:
         entries = dev.list_files(path)
     except TinyhostError:           # nothing there
-        return False
+        return []
+    removed, kept = [], False
     for e in entries:
+        full = f"{path}/{e.name}"
         if e.is_dir:
-            _remove_tree(dev, f"{path}/{e.name}")
+            below = _prune_tree(dev, full, keep)
+            removed += below
+            kept = kept or full not in below
+        elif full in keep:
+            kept = True
         else:
-            dev.remove(f"{path}/{e.name}")
-    dev.remove(path)
-    return True
+            dev.remove(full)
+            removed.append(full)
+    if not kept:
+        dev.remove(path)
+        removed.append(path)
+    return removed
 
 
 def with_plans(items):
@@ -255,9 +271,7 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     info = dev.info()
     if compile_mpy:
         mpy_abi = int(info.raw.get("mpy") or 0) or None
-        items, shadowing = precompile(items, mpy_abi, _item)
-    else:
-        shadowing = []
+        items, _ = precompile(items, mpy_abi, _item)
     remote_hash = (lambda path: None) if force else dev.file_hash
     hashes = {item.remote: remote_hash(item.remote) for item in items}
     sizes = _remote_sizes(dev, [r for r, h in hashes.items() if h is not None])
@@ -270,13 +284,18 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
         if progress is not None:
             callback = (lambda name: lambda sent, total: progress(name, sent, total))(item.remote)
         dev.put_file(item.local, item.remote, progress=callback)
-    for remote in shadowing:          # a stale x.py on the board would be imported instead of the new x.mpy
-        if dev.file_hash(remote) is not None:
-            dev.remove(remote)
-    if plan.upload:
+    package = f"/{FIRMWARE_PACKAGE}"
+    stale = []
+    if any(item.remote.startswith(package + "/") for item in items):
+        # The package on the board is the one sent, nothing more: an older version's modules would take flash,
+        # and a stale x.py would be imported instead of the new x.mpy.
+        stale = _prune_tree(dev, package, keep={item.remote for item in items})
+        if stale:
+            log.info("removed from the board (not in this firmware): %s", ", ".join(stale))
+    if plan.upload or stale:
         # Restart so the board runs new firmware code, and so a model is loaded into a heap that the transfer
         # buffers and the code that ran before have not left in pieces (on a 100 KB heap that decides it).
         log.info("files changed on the board: soft reset")
         dev.soft_reset()
     return FlashReport(sent=tuple(i.remote for i in plan.upload), skipped=tuple(i.remote for i in plan.skip),
-                       bytes_sent=plan.bytes_to_send, seconds=time.monotonic() - start)
+                       bytes_sent=plan.bytes_to_send, seconds=time.monotonic() - start, removed=tuple(stale))

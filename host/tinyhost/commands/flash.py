@@ -47,6 +47,8 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
                 rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs else None
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
+        if report.removed:
+            click.echo(f"removed what an older firmware left (not in this one): {', '.join(report.removed)}")
         if rom is not None:
             state = (f"written ({human_bytes(rom.bytes_sent)} image in {rom.seconds:.1f} s)" if rom.sent
                      else "already holds them")
