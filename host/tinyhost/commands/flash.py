@@ -36,10 +36,10 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
     check_fits_profile(items, profile)
     with open_target(board_name, port, baud, state_dir=state_dir) as target:
         from ..client import Device
-        from ..flash import flash_items, put_models
+        from ..flash import flash_items, put_models, with_plans
 
         where = f"virtual {target.board.name}" if target.virtual else target.board.name
-        click.echo(f"flashing {len(items)} files to {target.port} ({where})")
+        click.echo(f"flashing {len(with_plans(items))} files to {target.port} ({where})")   # with load plans
         with Device.open(target.port, baud=baud) as dev:
             with _Progress() as progress:
                 report = flash_items(dev, items, target.board, force=force, progress=progress)
