@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine_harness import helpers
 from tinyhost.cli import main
+from tinyhost.errors import UsageError
 from tinyhost.model import engine_module, inspect, oracle, writer
 
 engine = engine_module()
@@ -73,6 +74,18 @@ def test_virtual_board_verdict_counts_the_64_bit_vm_firmware():
     sim = inspect(ic, board="sim", tflm=False).fits[0]
     assert not sim.fits and "free for models" in sim.reasons[0]
     assert inspect(helpers.mlperf_path("kws_ref_model"), board="sim", tflm=False).fits[0].fits
+
+
+def test_virtual_romfs_board_verdict_counts_the_firmware_code_running_in_place():
+    # `--board` takes what bench and flash take. With the firmware package in the ROMFS partition IC loads on the
+    # virtual esp32's heap (tests/test_sim_romfs.py, benchmarks/engine_latency.py --board esp32-romfs); without
+    # the partition it does not (above)
+    ic = helpers.mlperf_path("pretrainedResnet_quant")
+    fit = inspect(ic, board="sim:esp32-romfs", tflm=False).fits[0]
+    assert fit.fits and fit.board == "sim:esp32-romfs" and fit.weights == "mapped"
+    assert inspect(ic, board="sim", tflm=False).fits[0].weights == "streamed"
+    with pytest.raises(UsageError, match="unknown board"):
+        inspect(ic, board="sim:esp33", tflm=False)
 
 
 def test_cli_inspect_writes_json(tmp_path, capsys):

@@ -43,7 +43,8 @@ def device_error(frame, what):
     text = f"{what}: {message}"
     if code in (P.ErrorCode.NO_SPACE, P.ErrorCode.NO_MEMORY):
         err = DoesNotFit(text, hint="free space on the board (tinyhost ls / rm) or use a smaller model"
-                         if code == P.ErrorCode.NO_SPACE else "use a smaller model or a board with more RAM")
+                         if code == P.ErrorCode.NO_SPACE else "use a smaller model or a board with more RAM "
+                         "(`tinyhost model inspect MODEL` says which boards it fits and why not)")
     elif code in (P.ErrorCode.MODEL, P.ErrorCode.NO_MODEL):
         err = ModelError(text, hint="load a supported int8 .tflite model first" if code == P.ErrorCode.NO_MODEL
                          else "check the model with `tinyhost model check`")

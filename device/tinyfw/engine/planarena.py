@@ -83,7 +83,7 @@ def allocate_arena(m, h, arena_bytes, weights, k, lean=False):
             break
         except MemoryError:
             if total == sizes[-1]:
-                raise MemoryError("tensor arena of %d bytes does not fit in the free heap (%s bytes)"
+                raise MemoryError("no free block of %d bytes for the tensor arena (heap free: %s bytes in all)"
                                   % (total, _mem_free() if _mem_free else "?"))
     m.arena_bytes = total
     _stage("arena allocated")

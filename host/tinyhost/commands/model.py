@@ -13,7 +13,8 @@ def model():
 
 @model.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--board", "-b", default=None, help="Only this board profile (default: all).")
+@click.option("--board", "-b", default=None,
+              help="Only this board: a profile (esp32, esp32-romfs, ...), sim, or sim:PROFILE (default: all).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the full report as JSON to this file.")
 def inspect_cmd(file, board, json_out):
@@ -38,10 +39,13 @@ def inspect_cmd(file, board, json_out):
                    "their input and output share arena bytes (docs/engine.md, \"Row bands\")")
     click.echo(f"peak RAM: {r.peak_ram_weights_in_ram_bytes} B with weights in RAM, "
                f"{r.peak_ram_weights_streamed_bytes} B with weights streamed from flash")
+    width = max((len(fit.board) for fit in r.fits), default=0)
+    where = {"ram": "weights in RAM", "streamed": "weights streamed from flash",
+             "mapped": "weights read in place from ROMFS"}
     for fit in r.fits:
         verdict = "fits" if fit.fits else "does not fit: " + "; ".join(fit.reasons)
-        where = "weights in RAM" if fit.weights_in_ram else "weights streamed"
-        click.echo(f"  {fit.board:<10} {verdict}" + (f" ({where}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))
+        click.echo(f"  {fit.board:<{width}} {verdict}"
+                   + (f" ({where[fit.weights]}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))
     if json_out:
         tmp = Path(json_out).with_suffix(Path(json_out).suffix + ".part")
         tmp.write_text(json.dumps(r.to_dict(), indent=2, default=list))

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 @click.command()
 @click.option("--model", "model_specs", multiple=True, required=True,
-              help="Model to serve: kws|ic|ad|vww, a .tflite path, or ID=PATH. Repeat for more models.")
+              help="Model to serve: a name from `tinyhost models list` (kws, vww, ic01, ...), a .tflite path, or "
+                   "ID=PATH. Repeat for more models.")
 @click.option("--reference-model", default=None,
               help="Larger model (e.g. float32) whose answer is returned instead: PATH, or ID=PATH for one of "
                    "several models. Same input and output element counts as the device model.")
