@@ -169,3 +169,34 @@ def test_flash_command_puts_models_in_the_partition_once(board, capsys):
     flash()          # whatever the partition held before (another test's image), it holds ad01 now
     again = flash()
     assert "models /rom/models/ with weights read in place): 1 models, already holds them" in again, again
+
+
+def test_interrupted_deploy_leaves_no_image_with_files_cut_short(board, tmp_path):
+    # Power lost in the middle of the copy into the partition (the flash write fails after two chunks): the board
+    # must come up without /rom, not with an image whose files read as erased flash; the next deploy repairs it.
+    from tinyhost import romfs
+    from tinyhost.boards import load
+    from tinyhost.client import Device
+    from tinyhost.errors import DeviceError
+
+    blob = bytes(range(251)) * 100                  # 25,100 bytes: seven 4 KB chunks in the image
+    (tmp_path / "blob.bin").write_bytes(blob)
+    image = romfs.build_image([tmp_path / "blob.bin"])
+    profile = load("esp32-romfs")
+    cut = ("import vfs\n_write = vfs.rom_ioctl\n_n = [0]\n"
+           "def _cut(op, *args):\n"
+           "    if op == 4:\n"
+           "        _n[0] += 1\n"
+           "        if _n[0] > 2:\n"
+           "            raise OSError(5)\n"
+           "    return _write(op, *args)\n"
+           "vfs.rom_ioctl = _cut\n")
+    check = ("import os\ntry:\n    print(len(open('/rom/blob.bin', 'rb').read()))\n"
+             "except OSError:\n    print('no /rom')\n")
+    with Device.open(board.port, baud=BAUD, timeout_s=10.0) as dev:
+        dev.put_file(image, "/romfs-deploy.img")
+        with pytest.raises(DeviceError, match="OSError"):
+            dev.run_script(cut + romfs._DEPLOY.format(src="/romfs-deploy.img"), fresh=True)
+        assert dev.run_script(check, fresh=True).split(b"\n")[-2].strip() == b"no /rom"
+        assert romfs.deploy(dev, image, profile)
+        assert dev.run_script(check, fresh=True).split(b"\n")[-2].strip() == str(len(blob)).encode()

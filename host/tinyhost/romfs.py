@@ -51,8 +51,9 @@ def write_image(files, dest):
 # Run on the board in its raw REPL (runtime stopped): copy the image file put on its filesystem into ROMFS
 # partition 0 with vfs.rom_ioctl (MicroPython >= 1.25) and remove the file; _HASH follows it in the same run.
 # Chunks are 4 KB so the copy needs little heap; /rom is unmounted first (the soft reset after mounts the new
-# image). Interrupted, the partition holds a damaged image: the board then boots without /rom, and the next
-# deploy writes it again (its hash differs).
+# image). The first chunk, which holds the ROMFS header, is written last: interrupted, the partition has no header
+# (erased flash), so the board boots without /rom rather than mount an image whose files are cut short, and the
+# next deploy writes it again (its hash differs).
 _DEPLOY = """
 import vfs, os
 def rom(*args):
@@ -67,11 +68,10 @@ n = os.stat({src!r})[6]
 rom(3, 0, n)
 buf = bytearray(4096)
 with open({src!r}, "rb") as f:
-    off = 0
-    while off < n:
+    for off in list(range(4096, n, 4096)) + [0]:
+        f.seek(off)
         k = f.readinto(buf)
         rom(4, 0, off, buf if k == len(buf) else buf[:k])
-        off += k
 rom(5, 0)
 os.remove({src!r})
 """
