@@ -98,3 +98,40 @@ def test_vww01_accuracy_and_performance_flows(dev_and_dut, tmp_path):
     assert [s.output for s in acc.samples] == expected and acc.value == 1.0
     perf = runner.run_performance(target, [samples[0].tobytes()], window_s=0.1, min_inferences=3, warmups=1)
     assert perf.windows[0].elapsed_us >= 100_000 and len(perf.windows[0].times_us) == 2
+
+
+def test_failed_default_model_load_keeps_nothing_a_later_load_needs(tmp_path):
+    """A text command whose default model does not fit (IC on the esp32 heap) leaves the engine's code imported
+    (the next load needs it) and nothing else: a later binary LOAD gets the heap it gets after a text command with
+    no default model at all."""
+    from pathlib import Path
+
+    from tinyhost import flash
+    from tinyhost.bench.eembc_host import EembcDut
+    from tinyhost.client import Device
+    from tinyhost.sim import VirtualBoard
+
+    ic = Path(__file__).parents[2] / "shared" / "mlperf-tiny" / "pretrainedResnet_quant.tflite"
+    if not ic.is_file():
+        pytest.skip(f"{ic} is not there (MLPerf Tiny reference models, see ../shared/mlperf-tiny)")
+    default = tmp_path / "model.tflite"
+    default.write_bytes(ic.read_bytes())
+    kws = Path(__file__).parents[1] / "models" / "kws" / "kws.tflite"
+    with VirtualBoard(board="esp32", state_dir=tmp_path / "sim", baud=SIM_BAUD) as vb:
+        with Device.open(vb.port, baud=SIM_BAUD) as dev:
+            flash.flash_items(dev, flash.firmware_items() + [flash.model_item(default), flash.model_item(kws)],
+                              vb.board)
+            free = {}
+            for case in ("no default model", "default model does not fit"):
+                if case == "no default model":
+                    dev.rename("/models/model.tflite", "/models/ic.tflite")
+                else:
+                    dev.rename("/models/ic.tflite", "/models/model.tflite")
+                dev.soft_reset()
+                dut = EembcDut(dev.t, baud=SIM_BAUD, timeout_s=60.0)
+                assert dut.sync() == "tinyhost"
+                error = dev.stats()["last_error"]
+                assert ("loading the default model: DevError(10" in error) == (case != "no default model"), error
+                dev.load_model("/models/kws.tflite")
+                free[case] = dev.stats()["heap_free_bytes"]
+    assert abs(free["no default model"] - free["default model does not fit"]) < 512, free
