@@ -7,10 +7,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Arguments a benchmark gets when run from here. engine_latency measures issue 3's speed target on the virtual board
-# itself (firmware and models in its ROMFS partition, on the esp32 heap), as `tinyhost bench` would see it, in 10
-# rounds (with 3, one model's median can land 30 % high on this shared machine; ~2.5 min); run it on its own for
-# the other modes.
-ARGS = {"engine_latency": ["--board", "esp32-romfs", "--rounds", "10"]}
+# itself (firmware and models in its ROMFS partition, on the esp32 heap), as `tinyhost bench` would see it (~2.5
+# min); run it on its own for the other modes.
+ARGS = {"engine_latency": ["--board", "esp32-romfs"]}
 
 
 def main(argv):

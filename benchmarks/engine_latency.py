@@ -8,7 +8,7 @@ Models: KWS, IC and AD reference models from ../shared/mlperf-tiny (skipped when
 models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 with the VWW architecture
 (labelled "vww (random weights)"; same operators and MACs, latency does not depend on weight values).
 
-    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 3] [--models kws,ic,ad,vww]
+    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 10] [--models kws,ic,ad,vww]
                                                     [--backends viper,ref] [--heap-bytes N] [--profile] [--json OUT]
                                                     [--firmware mpy|py] [--romfs] [--board PROFILE]
 
@@ -213,7 +213,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30, help="timed invokes per model and backend (median)")
     ap.add_argument("--models", default="kws,ic,ad,vww")
     ap.add_argument("--backends", default="viper,ref")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of TFLM and VM measurements")
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="interleaved rounds of TFLM and VM measurements (with 3, one burst slowed by other load on "
+                         "this machine moved a model's median by 30 %%)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="timed invokes for the slow reference backend "
                                                                    "(first round only)")
     ap.add_argument("--heap-bytes", type=int, default=4 << 20)
