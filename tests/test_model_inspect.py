@@ -84,6 +84,8 @@ def test_virtual_romfs_board_verdict_counts_the_firmware_code_running_in_place()
     fit = inspect(ic, board="sim:esp32-romfs", tflm=False).fits[0]
     assert fit.fits and fit.board == "sim:esp32-romfs" and fit.weights == "mapped"
     assert inspect(ic, board="sim", tflm=False).fits[0].weights == "streamed"
+    every = {f.board: f.fits for f in inspect(ic, tflm=False).fits}     # real boards, then virtual ones
+    assert every["esp32"] and not every["sim"] and every["sim:esp32-romfs"] and "sim:esp32" not in every
     with pytest.raises(UsageError, match="unknown board"):
         inspect(ic, board="sim:esp33", tflm=False)
 

@@ -42,7 +42,10 @@ def inspect_cmd(file, board, json_out):
     width = max((len(fit.board) for fit in r.fits), default=0)
     where = {"ram": "weights in RAM", "streamed": "weights streamed from flash",
              "mapped": "weights read in place from ROMFS"}
-    for fit in r.fits:
+    for i, fit in enumerate(r.fits):
+        if fit.board.startswith("sim") and (i == 0 or not r.fits[i - 1].board.startswith("sim")):
+            click.echo("virtual boards (MicroPython's 64-bit unix VM with the named board's heap and flash; "
+                       "sim: esp32's):")
         verdict = "fits" if fit.fits else "does not fit: " + "; ".join(fit.reasons)
         click.echo(f"  {fit.board:<{width}} {verdict}"
                    + (f" ({where[fit.weights]}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))

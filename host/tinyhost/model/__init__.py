@@ -159,10 +159,18 @@ def inspect(path, board=None, tflm=True):
         arena_bytes=arena, tflm_arena_bytes=tflm_head, tflm_persistent_bytes=tflm_tail,
         peak_ram_weights_in_ram_bytes=h.arena_ram_bytes + weights + bookkeeping,
         peak_ram_weights_streamed_bytes=streamed)
-    for spec in [board] if board else board_profiles.available():
+    for spec in [board] if board else _every_board():
         profile, virtual = board_profiles.from_spec(spec)
         report.fits.append(board_fit(report, profile, virtual, label=spec))
     return report
+
+
+def _every_board():
+    """Every real board profile, then every virtual board: `sim` (the esp32 stand-in, tinyhost.ports) and
+    `sim:NAME` for the other real profiles."""
+    names = board_profiles.available()
+    real = [n for n in names if not board_profiles.load(n).virtual]
+    return real + [n for n in names if n not in real] + [f"sim:{n}" for n in real if n != "esp32"]
 
 
 def board_fit(report, b, virtual=None, label=None):
