@@ -49,7 +49,7 @@ def _die_with_parent(parent_pid):
         os._exit(1)
 
 
-def sigint_caught(pid):
+def _sigint_caught(pid):
     """Whether process ``pid`` has a SIGINT handler now (MicroPython installs one only while Python code runs
     and keyboard interrupt is enabled). False when the process is gone."""
     try:
@@ -126,7 +126,7 @@ class VM:
         except ProcessLookupError:
             return False
         try:
-            if not _wait_stopped(self.pid) or not sigint_caught(self.pid):
+            if not _wait_stopped(self.pid) or not _sigint_caught(self.pid):
                 return False
             os.kill(self.pid, signal.SIGINT)
             return True
