@@ -106,7 +106,7 @@ def romfs_image(model_paths, mpy_abi=None):
     from .romfs import build_image
 
     package = [i for i in firmware_items() if i.remote.startswith(f"/{FIRMWARE_PACKAGE}/")]
-    package, _ = precompile(package, mpy_abi, _item)
+    package = precompile(package, mpy_abi, _item)
     files = [(i.local, i.remote.lstrip("/")) for i in package]
     for path in model_paths:
         path = Path(path)
@@ -271,7 +271,7 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     info = dev.info()
     if compile_mpy:
         mpy_abi = int(info.raw.get("mpy") or 0) or None
-        items, _ = precompile(items, mpy_abi, _item)
+        items = precompile(items, mpy_abi, _item)
     remote_hash = (lambda path: None) if force else dev.file_hash
     hashes = {item.remote: remote_hash(item.remote) for item in items}
     sizes = _remote_sizes(dev, [r for r, h in hashes.items() if h is not None])

