@@ -147,30 +147,20 @@ class BoardRunner:
     """Latency on a running virtual board (``--board``): one board for the whole run, a model put on it once."""
 
     def __init__(self, board_name, tmp):
-        from tinyhost import flash
-        from tinyhost.client import Device
-        from tinyhost.sim import VirtualBoard
+        from tinyhost import board
 
-        self.vb = VirtualBoard(board=board_name, state_dir=tmp / "board", baud=2_000_000)
-        self.vb.start()
-        self.profile = self.vb.board
-        self.dev = Device.open(self.vb.port, baud=self.vb.baud, timeout_s=30.0)
-        flash.flash_items(self.dev, flash.firmware_items(board=self.profile), self.profile)
-        self._put = None
+        self._connection = board.connect(f"sim:{board_name}", baud=2_000_000, state_dir=tmp / "board",
+                                         timeout_s=30.0)
+        self.board = self._connection.__enter__()
+        self.board.sync_firmware()
+        self.dev = self.board.dev
         self._loaded = None         # (path, backend, info): stays loaded between rounds
         self._last_us = {}
 
     def latency(self, path, backend, x, repeats):
-        from tinyhost import flash
-
-        if self._put != path:
-            flash.put_models(self.dev, [path], self.profile)
-            self._put = path
         if self._loaded is None or self._loaded[:2] != (path, backend):
-            self.dev.soft_reset()        # as `tinyhost bench` does: the model gets an unfragmented heap
-            self._loaded = None
-            info = self.dev.load_model(flash.model_remote_path(path, self.profile), backend=backend,
-                                       timeout_s=600.0)
+            self._loaded = None         # the load policy of every command: INFO, soft reset, LOAD
+            info = self.board.load(path, backend=backend, timeout_s=600.0)
             self.dev.set_input(np.ascontiguousarray(x, dtype=np.int8).tobytes())
             self._loaded = (path, backend, info)
         info = self._loaded[2]
@@ -186,8 +176,7 @@ class BoardRunner:
         return {"times_us": list(result.times_us), "stats": stats}
 
     def close(self):
-        self.dev.close()
-        self.vb.stop()
+        self._connection.__exit__(None, None, None)
 
 
 def model_paths(names, tmp):

@@ -40,11 +40,9 @@ def main(argv=None):
                          "only ~7 KB of heap left; esp32 for kws)")
     args = ap.parse_args(argv)
 
-    from tinyhost import flash
+    from tinyhost.board import connect
     from tinyhost.bench import datasets, journal, runner
     from tinyhost.bench.eembc_host import EembcDut, EembcTarget
-    from tinyhost.client import Device
-    from tinyhost.sim import VirtualBoard
 
     line_rate = args.baud / 10.0
     shape = SHAPES[args.input]
@@ -63,41 +61,38 @@ def main(argv=None):
         ds = datasets.load(data_dir)
 
         board = args.board or ("esp32s3" if args.input == "vww" else "esp32")
-        with VirtualBoard(board=board, baud=args.baud, state_dir=tmp / "state") as vb:
-            print(f"virtual board: {board} profile at {args.baud} baud on {vb.port}; line rate {line_rate:.0f} B/s; "
+        with connect(f"sim:{board}", baud=args.baud, state_dir=tmp / "state") as b:
+            print(f"virtual board: {board} profile at {args.baud} baud on {b.port}; line rate {line_rate:.0f} B/s; "
                   f"input {nbytes} bytes ({args.input})", flush=True)
-            with Device.open(vb.port, baud=args.baud) as dev:
-                # firmware + model with its load plan; flash soft-resets the board when firmware changed
-                flash.flash_items(dev, flash.firmware_items() + [flash.model_item(model)], vb.board)
-                info = dev.load_model(f"{flash.MODELS_DIR}/{model.name}")
-                data = rng.integers(-128, 128, nbytes, dtype=np.int8).tobytes()
+            b.sync_firmware()
+            info = b.load(model)            # the model with its load plan, then INFO, soft reset, LOAD
+            dev = b.dev
+            data = rng.integers(-128, 128, nbytes, dtype=np.int8).tobytes()
 
+            t0 = time.monotonic()
+            for _ in range(args.repeats):
+                dev.set_input(data)
+            ours_bps = args.repeats * nbytes / (time.monotonic() - t0)
+
+            target = runner.TinyhostTarget(lambda: (dev, info))
+            with journal.Journal.open(tmp / "ours.jsonl", {"model_sha256": "link"}) as j:
                 t0 = time.monotonic()
-                for _ in range(args.repeats):
-                    dev.set_input(data)
-                ours_bps = args.repeats * nbytes / (time.monotonic() - t0)
+                acc = runner.run_accuracy(target, ds, j)
+                ours_wall = time.monotonic() - t0
+            ours_floor = acc.input_bytes / line_rate + acc.device_time_s
 
-                def connect():
-                    return dev, info
-                target = runner.TinyhostTarget(connect)
-                with journal.Journal.open(tmp / "ours.jsonl", {"model_sha256": "link"}) as j:
-                    t0 = time.monotonic()
-                    acc = runner.run_accuracy(target, ds, j)
-                    ours_wall = time.monotonic() - t0
-                ours_floor = acc.input_bytes / line_rate + acc.device_time_s
-
-                dut = EembcDut(dev.t, baud=args.baud, timeout_s=30.0)
-                dut.sync()
+            dut = EembcDut(dev.t, baud=args.baud, timeout_s=30.0)
+            dut.sync()
+            t0 = time.monotonic()
+            for _ in range(args.repeats):
+                dut.load(data)
+            eembc_bps = args.repeats * nbytes / (time.monotonic() - t0)
+            with journal.Journal.open(tmp / "eembc.jsonl", {"model_sha256": "link"}) as j:
                 t0 = time.monotonic()
-                for _ in range(args.repeats):
-                    dut.load(data)
-                eembc_bps = args.repeats * nbytes / (time.monotonic() - t0)
-                with journal.Journal.open(tmp / "eembc.jsonl", {"model_sha256": "link"}) as j:
-                    t0 = time.monotonic()
-                    acc_e = runner.run_accuracy(EembcTarget(dut, ds.benchmark), ds, j)
-                    eembc_wall = time.monotonic() - t0
-                eembc_floor = acc_e.input_bytes / line_rate + acc_e.device_time_s
-                stats = dev.stats()
+                acc_e = runner.run_accuracy(EembcTarget(dut, ds.benchmark), ds, j)
+                eembc_wall = time.monotonic() - t0
+            eembc_floor = acc_e.input_bytes / line_rate + acc_e.device_time_s
+            stats = dev.stats()
 
     print()
     print(f"{'':34}{'ours':>14}{'MLPerf Tiny hex':>18}")

@@ -190,15 +190,12 @@ def write_perf_yaml(runner_dir, path, benchmark, iterations):
 
 def flash(board_name, state_dir, baud, model):
     """Firmware + ``model`` (as /models/model.tflite) onto the virtual board's flash image."""
-    from tinyhost import flash as flashing
-    from tinyhost.client import Device
-    from tinyhost.sim import VirtualBoard
+    from tinyhost import board
 
     staged = state_dir / "model.tflite"
     shutil.copyfile(model, staged)
-    with VirtualBoard(board=board_name, state_dir=state_dir / "board", baud=baud) as vb:
-        with Device.open(vb.port, baud=baud) as dev:
-            report = flashing.flash_items(dev, flashing.firmware_items() + [flashing.model_item(staged)], vb.board)
+    with board.connect(f"sim:{board_name}", baud=baud, state_dir=state_dir / "board") as b:
+        report, _ = b.flash([staged])
     return report
 
 

@@ -68,9 +68,8 @@ def tiny_kws_shaped_model(path):
 
 def via_sim(args, tmp):
     from tinyhost import flash
-    from tinyhost.client import Device
+    from tinyhost.board import connect
     from tinyhost.offload import auth, board, models, server
-    from tinyhost.sim import VirtualBoard
 
     model = tiny_kws_shaped_model(Path(tmp) / "kws_tiny.tflite")
     keys, cfg = None, {"mode": "on", "model_id": "kws-tiny", "device_id": "bench-sim", "timeout_ms": 5000}
@@ -80,14 +79,12 @@ def via_sim(args, tmp):
         keys = auth.KeyStore(token_file)
     srv = server.OffloadServer({"kws-tiny": models.ModelEntry("kws-tiny", model)}, keys, server.ServerConfig(port=0))
     with server.ServerThread(srv) as (host, port), \
-            VirtualBoard(board=args.board, state_dir=Path(tmp) / "sim") as vb:
+            connect(f"sim:{args.board}", state_dir=Path(tmp) / "sim") as b:
         cfg["server"] = f"{host}:{port}"
-        with Device.open(vb.port) as dev:
-            flash.flash_items(dev, flash.firmware_items() + [flash.model_item(model)], vb.board)
-        with Device.open(vb.port) as dev:
-            x = bytes((i * 37) % 256 for i in range(490))
-            run = board.run_predictions(dev, f"{flash.MODELS_DIR}/{model.name}", [x] * (args.warmup + args.requests),
-                                        config=cfg)
+        b.flash([model])
+        x = bytes((i * 37) % 256 for i in range(490))
+        run = board.run_predictions(b.dev, flash.model_remote_path(model, b.profile),
+                                    [x] * (args.warmup + args.requests), config=cfg)
     records = run.records[args.warmup:]
     rows = [[r["total_us"], r["server_compute_us"], r["server_queue_us"], r["serialise_us"], r["send_us"],
              r["wait_us"], r["receive_us"], r["parse_us"], 1 if r["offloaded"] else 0] for r in records]

@@ -37,17 +37,12 @@ while names < 5000:
 
 
 def measure(board_name, model, tmp):
-    from tinyhost import flash
-    from tinyhost.client import Device
-    from tinyhost.sim import VirtualBoard
+    from tinyhost import board
 
-    with VirtualBoard(board=board_name, state_dir=tmp / board_name, baud=2_000_000) as vb:
-        with Device.open(vb.port, baud=vb.baud, timeout_s=30.0) as dev:
-            flash.flash_items(dev, flash.firmware_items(board=vb.board), vb.board)
-            flash.put_models(dev, [model], vb.board)
-            dev.soft_reset()            # as `tinyhost bench` does before a load
-            dev.load_model(flash.model_remote_path(model, vb.board))
-            out = dev.run_script(_PROBE, timeout_s=120.0).decode()
+    with board.connect(f"sim:{board_name}", baud=2_000_000, state_dir=tmp / board_name, timeout_s=30.0) as b:
+        b.sync_firmware()
+        b.load(model)                   # as every command loads: INFO, soft reset, LOAD
+        out = b.dev.run_script(_PROBE, timeout_s=120.0).decode()
     info = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", out)
     pool = re.search(r"NEXT_POOL (\d+) (\d+)", out)
     if not info or not pool:

@@ -27,11 +27,9 @@ def _line_rate(baud):
     return baud / 10.0
 
 
-def measure_ours(vb, data):
-    from tinyhost.client import Device
-
+def measure_ours(b, data):
     t0 = time.monotonic()
-    dev = Device.open(vb.port, baud=vb.baud)
+    dev = b.open()
     t_open = time.monotonic() - t0
     try:
         result = dev.put_file(data, "/bench.bin")
@@ -40,16 +38,16 @@ def measure_ours(vb, data):
         dev.remove("/bench.bin")
         stats = dev.stats()
     finally:
-        dev.close()
+        b.close()
     return result.seconds, t_open + result.seconds, stats.get("host_frames_retried", 0), dev.started_via
 
 
-def measure_mpremote(vb, data):
+def measure_mpremote(b, data):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.bin"
         path.write_bytes(data)
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.port, "fs", "cp", str(path),
+        out = subprocess.run([sys.executable, "-m", "mpremote", "connect", b.port, "fs", "cp", str(path),
                               ":bench.bin"], capture_output=True, timeout=3600)
         seconds = time.monotonic() - t0
     if out.returncode != 0:
@@ -58,15 +56,16 @@ def measure_mpremote(vb, data):
 
 
 def run(bauds, nbytes, with_mpremote):
-    from tinyhost.sim import VirtualBoard
+    from tinyhost.board import connect
 
     data = os.urandom(nbytes)
     rows = []
     for baud in bauds:
+        # a new state folder: a virtual ESP32 with empty flash; "open+put" times the connection too
         with tempfile.TemporaryDirectory() as state, \
-                VirtualBoard(board="esp32", state_dir=state, baud=baud, fresh=True) as vb:
-            put_s, open_put_s, retried, started = measure_ours(vb, data)
-            mp_s = measure_mpremote(vb, data) if with_mpremote else None
+                connect("sim:esp32", baud=baud, state_dir=state, open_device=False) as b:
+            put_s, open_put_s, retried, started = measure_ours(b, data)
+            mp_s = measure_mpremote(b, data) if with_mpremote else None
         rows.append((baud, put_s, open_put_s, mp_s, retried, started))
     return rows
 

@@ -11,16 +11,14 @@ import contextlib
 import io
 import json
 import logging
-import platform
 import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .atomic import write_bytes_atomic, write_text_atomic
+from .board import Provenance
 from .errors import ModelError, UsageError, VerifyMismatch
 
 log = logging.getLogger(__name__)
@@ -192,28 +190,6 @@ class Latency:
 
 
 @dataclass
-class Provenance:
-    board: str                     # profile the figures stand for (the emulated one on a virtual board)
-    virtual: bool
-    port: str
-    model_path: str
-    model_sha256: str
-    model_bytes: int
-    backend: str = ""
-    firmware_version: str = ""
-    firmware_hash: str = ""
-    micropython_version: str = ""
-    tinyhost_version: str = __version__
-    date: str = ""
-    host: str = ""
-    files_flashed: list = field(default_factory=list)
-
-    @property
-    def label(self):
-        return f"virtual {self.board}" if self.virtual else self.board
-
-
-@dataclass
 class InferenceRun:
     provenance: Provenance
     outputs: list                  # one array per model output, in the layout of the inputs (InputBatch.arrange)
@@ -296,41 +272,17 @@ def check_output_path(path, model):
 
 # -- the board ----------------------------------------------------------------------------------------------
 
-@dataclass
-class BoardSession:
-    dev: object                    # tinyhost.client.Device
-    model_info: object             # tinyhost.client.ModelInfo
-    provenance: Provenance
-
-
 @contextlib.contextmanager
 def open_board(model, board_name=None, port=None, baud=None, state_dir=None, backend="auto", timeout_s=5.0,
                progress=None):
-    """Yield a :class:`BoardSession` with ``model`` loaded: the firmware files and the model are put on the board
-    first (only those that differ; the board restarts when firmware files changed)."""
-    from . import flash
-    from .client import Device
-    from .ports import open_target
+    """Yield a :class:`~tinyhost.board.Board` with ``model`` loaded: the firmware files and the model are put on
+    the board first (only those that differ), then the board's one load policy (:meth:`Board.load`)."""
+    from . import board
 
-    with open_target(board_name, port, baud, state_dir=state_dir) as tgt:
-        prov = Provenance(board=tgt.board.name, virtual=tgt.virtual, port=tgt.port, model_path=str(model.path),
-                          model_sha256=model.sha256, model_bytes=model.nbytes,
-                          date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          host=f"{platform.node()} {platform.machine()} Python {platform.python_version()}")
-        with Device.open(tgt.port, baud=baud or tgt.board.baud, timeout_s=timeout_s) as dev:
-            report = flash.flash_items(dev, flash.firmware_items(board=tgt.board), tgt.board, progress=progress)
-            models = flash.put_models(dev, [model.path], tgt.board, progress=progress)
-            prov.files_flashed = list(report.sent) + list(models.sent)
-            info = dev.info()
-            prov.firmware_version, prov.firmware_hash = info.firmware_version, info.firmware_hash
-            prov.micropython_version = info.micropython_version
-            if info.virtual:                   # the firmware knows it runs on the virtual board
-                prov.virtual = True
-                prov.board = info.emulates or prov.board
-            model_info = dev.load_model(flash.model_remote_path(model.path, tgt.board), backend=backend)
-            prov.backend = model_info.backend
-            _check_loaded(model, model_info)
-            yield BoardSession(dev, model_info, prov)
+    with board.connect(board_name, port, baud, state_dir=state_dir, timeout_s=timeout_s) as b:
+        b.sync_firmware(progress=progress)
+        _check_loaded(model, b.load(model.path, backend=backend, progress=progress))
+        yield b
 
 
 def _check_loaded(model, model_info):
@@ -356,12 +308,12 @@ def _decode_outputs(dev, first_output, model):
     return arrays
 
 
-def run_rows(session, model, rows, on_row=None):
-    """Run each row on the board; returns ``(outputs per row, times_us)``. ``on_row(i, n, time_us)`` per row."""
+def run_rows(b, model, rows, on_row=None):
+    """Run each row on the board ``b`` (a :class:`~tinyhost.board.Board` with ``model`` loaded); returns ``(outputs per row, times_us)``. ``on_row(i, n, time_us)`` per row."""
     outputs, times = [], []
     for i, row in enumerate(rows):
-        result = session.dev.infer(np.ascontiguousarray(row).tobytes())
-        outputs.append(_decode_outputs(session.dev, result.output, model))
+        result = b.infer(np.ascontiguousarray(row).tobytes())
+        outputs.append(_decode_outputs(b.dev, result.output, model))
         times.append(int(result.time_us))
         if on_row:
             on_row(i, len(rows), int(result.time_us))
@@ -377,11 +329,11 @@ def infer(model, input_path, output_path, board_name=None, port=None, baud=None,
     model = model if isinstance(model, HostModel) else check_model(model)
     batch = read_inputs(input_path, model.inputs[0])
     check_output_path(output_path, model)
-    with open_board(model, board_name, port, baud, state_dir, backend, timeout_s, progress) as session:
-        per_row, times = run_rows(session, model, batch.rows, on_row)
+    with open_board(model, board_name, port, baud, state_dir, backend, timeout_s, progress) as b:
+        per_row, times = run_rows(b, model, batch.rows, on_row)
     outputs = [batch.arrange([row[k] for row in per_row], t) for k, t in enumerate(model.outputs)]
     write_outputs(outputs, output_path)
-    return InferenceRun(provenance=session.provenance, outputs=outputs, times_us=times, latency=Latency.of(times),
+    return InferenceRun(provenance=b.provenance, outputs=outputs, times_us=times, latency=Latency.of(times),
                         input_path=str(input_path), output_path=str(output_path))
 
 
@@ -398,14 +350,14 @@ def verify(model, samples=DEFAULT_SAMPLES, seed=DEFAULT_SEED, board_name=None, p
     expected = [[np.asarray(oracle.run(x, index=k)).reshape(t.shape) for k, t in enumerate(model.outputs)]
                 for _, x in inputs]
     checks = []
-    with open_board(model, board_name, port, baud, state_dir, backend, timeout_s, progress) as session:
+    with open_board(model, board_name, port, baud, state_dir, backend, timeout_s, progress) as b:
         for i, (kind, x) in enumerate(inputs):
-            got, times = run_rows(session, model, x[None])
+            got, times = run_rows(b, model, x[None])
             check = compare(i, kind, got[0], expected[i], times[0])
             checks.append(check)
             if on_sample:
                 on_sample(check, len(inputs))
-    return VerifyResult(provenance=session.provenance, samples=checks, seed=seed,
+    return VerifyResult(provenance=b.provenance, samples=checks, seed=seed,
                         latency=Latency.of([c.time_us for c in checks]))
 
 

@@ -141,18 +141,12 @@ def _agreement(outputs, others, tensor):
     return asdict(metrics.agreement(outputs, others, tensor.dtype, tensor.scale, tensor.zero_point))
 
 
-def _clean_load(dev, load_model):
-    # The config file's GET/PUT leave the heap in pieces; a small board (the esp32 profile) then cannot place the
-    # model's arena. A soft reset first gives the load an unfragmented heap.
-    dev.soft_reset()
-    return load_model()
-
-
 def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts, listener):
     """Local pass, then offloaded pass, over the same inputs; returns an OffloadResult.
 
     ``dev`` is an open Device with tinyfw (and tinyfw/offload) on its filesystem; ``load_model()`` (re)loads the
-    benchmarked model on it and returns its ModelInfo -- loading re-reads /offload.json. The board's own offload
+    benchmarked model on it after a soft reset (:meth:`tinyhost.board.Board.load`: the config file's GET/PUT leave
+    the heap in pieces) and returns its ModelInfo -- loading re-reads /offload.json. The board's own offload
     config is put back afterwards, whatever happens.
     """
     from ..offload import auth, board, models
@@ -192,13 +186,13 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
     warning = ""
     try:
         board.configure(dev, mode="off")
-        info = _clean_load(dev, load_model)
+        info = load_model()
         in_t, out_t = info.inputs[0], info.outputs[0]
         inputs, source = _inputs(ds, opts, in_t, benchmark)
         listener.message(f"offload: local pass over {len(inputs)} inputs ({source})")
         local = _run_pass("local", dev, inputs, out_t, listener, "off")
         cfg = board.configure(dev, mode=opts.mode, **remote)
-        loaded = _clean_load(dev, load_model)
+        loaded = load_model()
         offl_mode = loaded.raw.get("offload", opts.mode)
         if offl_mode != opts.mode:
             reason = loaded.raw.get("offload_error")

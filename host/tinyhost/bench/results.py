@@ -11,36 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from ..atomic import write_bytes_atomic
+from ..board import Provenance  # noqa: F401  (results carry the board layer's provenance)
 
 SCHEMA = "tinyhost-bench/1"
-
-
-@dataclass
-class Provenance:
-    board: str                      # board profile name (esp32, nano33ble, ...) the figures are for
-    virtual: bool                   # True: measured on the virtual board (host CPU), not on the board itself
-    port: str = ""
-    baud: int = 0
-    dut: str = "tinyhost"           # tinyhost (binary protocol) or eembc (MLPerf Tiny text protocol)
-    dut_name: str = ""              # EEMBC `name` answer, or the firmware name
-    firmware_version: str = ""
-    firmware_hash: str = ""
-    micropython_version: str = ""
-    machine: str = ""
-    backend: str = ""
-    model_path: str = ""
-    model_sha256: str = ""
-    model_bytes: int = 0
-    benchmark: str = ""             # kws01/vww01/ic01/ad01 when known
-    dataset_path: str = ""
-    dataset_sha256: str = ""
-    tinyhost_version: str = ""
-    date: str = ""                  # ISO 8601, UTC
-    host: str = ""                  # host machine (python, platform) that ran the benchmark
-
-    @property
-    def label(self):
-        return f"{self.board} (virtual board)" if self.virtual else self.board
 
 
 @dataclass
@@ -198,7 +171,7 @@ class BenchResult:
         return cls.from_dict(json.loads(text))
 
 
-_PROVENANCE_COLUMNS = [f.name for f in fields(Provenance)]
+_PROVENANCE_COLUMNS = [f.name for f in fields(Provenance) if f.name != "files_flashed"]   # one value each
 _RECORD_COLUMNS = ["record", "metric", "value", "window", "seq", "sample", "file", "segment", "label",
                    "predicted", "score", "time_us", "inferences", "elapsed_us", "source"]
 

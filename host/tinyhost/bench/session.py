@@ -2,16 +2,13 @@
 modes asked for, with provenance. The CLI only parses options, prints events and writes files."""
 
 import logging
-import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, errors
-from ..hashing import sha256_file
+from .. import board, errors
 from . import datasets, energy, runner
 from .journal import Journal, default_path
-from .results import BenchResult, Provenance
+from .results import BenchResult
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +83,6 @@ def _performance_inputs(opts, ds, nbytes, convert):
 
 def run(opts, listener=None):
     """Run the benchmark described by ``opts``; returns a BenchResult."""
-    from ..ports import open_target
-
     listener = listener or runner.Listener()
     modes = _modes(opts.mode) if opts.mode or not opts.offload else ()   # --offload alone: only its passes
     if opts.offload is not None and opts.dut != "tinyhost":
@@ -102,85 +97,49 @@ def run(opts, listener=None):
     if opts.dut not in ("tinyhost", "eembc"):
         raise errors.UsageError(f"unknown --dut {opts.dut!r}", hint="use tinyhost or eembc")
     model_path, benchmark = resolve_model(opts.model, opts.dut)
-    with open_target(opts.board, opts.port, opts.baud, state_dir=opts.state_dir) as tgt:
-        baud = opts.baud or tgt.board.baud
-        prov = Provenance(board=tgt.board.name, virtual=tgt.virtual, port=tgt.port, baud=baud, dut=opts.dut,
-                          tinyhost_version=__version__, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          host=f"{platform.node()} {platform.machine()} Python {platform.python_version()}")
+    # the EEMBC DUT speaks its own text protocol on the port: the Device is opened only to sync a virtual board
+    with board.connect(opts.board, opts.port, opts.baud, state_dir=opts.state_dir, timeout_s=opts.timeout_s,
+                       open_device=False) as b:
+        prov = b.provenance
+        prov.dut = opts.dut
         if model_path is not None:
-            prov.model_path = str(model_path)
-            prov.model_sha256 = sha256_file(model_path)
-            prov.model_bytes = model_path.stat().st_size
-        if tgt.virtual:
-            _flash_virtual(tgt, opts, listener)
+            prov.record_model(model_path)
+        if b.virtual:                            # a virtual board started for this command: firmware that differs
+            report = b.sync_firmware()
+            if report.sent:
+                listener.message(f"virtual board: put {len(report.sent)} firmware files on its flash")
         if opts.dut == "eembc":
-            target = _eembc_target(opts, tgt, prov, benchmark)
+            b.close()
+            target = _eembc_target(opts, b, benchmark)
         else:
-            target = _tinyhost_target(opts, tgt, prov, model_path)
+            target = _tinyhost_target(opts, b, model_path)
         try:
-            return _run_modes(opts, modes, target, tgt, prov, listener)
+            return _run_modes(opts, modes, target, b, listener)
         finally:
             target.close()
 
 
-def _flash_virtual(tgt, opts, listener):
-    """A virtual board started for this command gets the firmware files (only those that differ)."""
-    from .. import flash
-    from ..client import Device
-
-    with Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s) as dev:
-        report = flash.flash_items(dev, flash.firmware_items(board=tgt.board), tgt.board)
-    sent = getattr(report, "sent", None)
-    if sent:
-        listener.message(f"virtual board: put {len(sent)} firmware files on its flash")
-
-
-def _tinyhost_target(opts, tgt, prov, model_path):
-    from .. import flash
-    from ..client import Device
-
-    remote = flash.model_remote_path(model_path, tgt.board)
-
-    board_info = []
-
+def _tinyhost_target(opts, b, model_path):
     def connect():
-        dev = Device.open(tgt.port, baud=opts.baud, timeout_s=opts.timeout_s)
-        try:
-            # the model and its load plan, only if they differ; the board is soft-reset after an upload
-            flash.put_models(dev, [model_path], tgt.board)
-            # The board's own report before the model takes the heap: on a 100 KB board the INFO command's
-            # code may not fit beside a loaded model. Then a soft reset, so the model gets an unfragmented heap.
-            board_info[:] = [dev.info()]
-            dev.soft_reset()
-            info = dev.load_model(remote, backend=opts.backend)
-        except BaseException:
-            dev.close()
-            raise
-        return dev, info
+        if b.model_info is not None:           # recovery: the board reset or the link broke
+            b.reopen()
+        return b.open(), b.load(model_path, backend=opts.backend)
 
-    target = runner.TinyhostTarget(connect, board_info=lambda: board_info[0])
-    info = board_info[0]
-    model = target.model_info
-    prov.firmware_version = str(getattr(info, "firmware_version", ""))
-    prov.firmware_hash = str(getattr(info, "firmware_hash", ""))
-    prov.micropython_version = str(getattr(info, "micropython_version", ""))
-    prov.machine = str(getattr(info, "machine", ""))
+    target = runner.TinyhostTarget(connect, board_info=lambda: b.board_info)
+    prov = b.provenance
     prov.dut_name = "tinyfw"
-    if getattr(info, "virtual", False):          # the firmware knows it runs on the virtual board
-        prov.virtual = True
-        if getattr(info, "emulates", ""):
-            prov.board = info.emulates
-    prov.backend = str(getattr(model, "backend", ""))
-    prov.benchmark = datasets.benchmark_for_input(model.inputs[0].shape)
+    prov.benchmark = datasets.benchmark_for_input(target.model_info.inputs[0].shape)
     target.anomaly = prov.benchmark == "ad01"
     return target
 
 
-def _eembc_target(opts, tgt, prov, benchmark):
+def _eembc_target(opts, b, benchmark):
     from .eembc_host import EembcDut, EembcTarget
 
+    prov = b.provenance
+
     def reopen():
-        return EembcDut(tgt.port, baud=prov.baud, timeout_s=opts.timeout_s)
+        return EembcDut(b.port, baud=b.baud, timeout_s=opts.timeout_s)
 
     dut = reopen()
     try:
@@ -198,7 +157,8 @@ def _eembc_target(opts, tgt, prov, benchmark):
     return EembcTarget(dut, prov.benchmark, reopen=reopen)
 
 
-def _run_modes(opts, modes, target, tgt, prov, listener):
+def _run_modes(opts, modes, target, b, listener):
+    prov = b.provenance
     result = BenchResult(provenance=prov)
     input_tensor = getattr(target, "input_tensor", None)
     ds = _load_dataset(opts, prov.benchmark, input_tensor, prov.model_sha256)
@@ -245,21 +205,18 @@ def _run_modes(opts, modes, target, tgt, prov, listener):
             result.energy = energy.measure_with_joulescope(
                 lambda n: target.window(inputs[0], 0, n, 0), latency_us)
         else:
-            result.energy = energy.estimate(tgt.board, latency_us, virtual=prov.virtual)
+            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual)
     if opts.offload is not None:
-        result.offload = _run_offload(opts, target, tgt, prov, ds, listener)
+        result.offload = _run_offload(opts, target, b, ds, listener)
     return result
 
 
-def _run_offload(opts, target, tgt, prov, ds, listener):
-    from .. import flash
+def _run_offload(opts, target, b, ds, listener):
     from .offload import run_offload
 
-    remote = flash.model_remote_path(prov.model_path, tgt.board)
-
     def load_model():
-        target.model_info = target.dev.load_model(remote, backend=opts.backend)
+        target.model_info = b.load(b.provenance.model_path, backend=opts.backend)
         return target.model_info
 
-    return run_offload(target.dev, load_model, Path(prov.model_path), ds, prov.benchmark, tgt.board, opts.offload,
-                       listener)
+    return run_offload(b.dev, load_model, Path(b.provenance.model_path), ds, b.provenance.benchmark, b.profile,
+                       opts.offload, listener)

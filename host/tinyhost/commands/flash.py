@@ -8,8 +8,9 @@ import click
 from .. import boards as board_profiles
 from ..errors import TinyhostError, UsageError
 from ..firmware_image import firmware_commands
-from ..flash import check_fits_profile, firmware_items, model_item
-from ..ports import find_port, open_target
+from ..board import connect
+from ..flash import check_fits_profile, firmware_items, model_item, with_plans
+from ..ports import find_port
 from ..zoo import resolve
 from .common import board_options, human_bytes
 
@@ -34,17 +35,11 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
     model_items = [model_item(p, None if in_romfs else profile) for p in model_paths]   # refused before sending
     items = firmware_items(board=profile) + ([] if in_romfs else model_items)
     check_fits_profile(items, profile)
-    with open_target(board_name, port, baud, state_dir=state_dir) as target:
-        from ..client import Device
-        from ..flash import flash_items, put_models, with_plans
-
-        where = f"virtual {target.board.name}" if target.virtual else target.board.name
-        click.echo(f"flashing {len(with_plans(items))} files to {target.port} ({where})")   # with load plans
-        with Device.open(target.port, baud=baud) as dev:
-            with _Progress() as progress:
-                report = flash_items(dev, items, target.board, force=force, progress=progress)
-                # a ROMFS partition gets the firmware package and the models (none: the package alone)
-                rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs else None
+    with connect(board_name, port, baud, state_dir=state_dir) as b:
+        where = f"virtual {b.profile.name}" if b.virtual else b.profile.name
+        click.echo(f"flashing {len(with_plans(items))} files to {b.port} ({where})")   # with load plans
+        with _Progress() as progress:
+            report, rom = b.flash(model_paths, force=force, progress=progress)
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
         if report.removed:

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..ports import open_target
+from ..board import connect
 from .common import board_options, human_bytes
 
 
@@ -15,14 +15,11 @@ from .common import board_options, human_bytes
               help="Also write the report as JSON to this file ('-' for stdout only).")
 def info(board_name, port, baud, state_dir, json_path):
     """Firmware version and hash, board, free heap and flash, MicroPython version, engine backends."""
-    from ..client import Device
-
-    with open_target(board_name, port, baud, state_dir=state_dir) as target:
-        with Device.open(target.port, baud=baud) as dev:
-            report = dataclasses.asdict(dev.info())
+    with connect(board_name, port, baud, state_dir=state_dir) as b:
+        report = dataclasses.asdict(b.info())
     report.pop("raw", None)
-    report["port"] = target.port
-    report["source"] = "virtual board" if target.virtual else "board"
+    report["port"] = b.port
+    report["source"] = "virtual board" if b.virtual else "board"
     if json_path == "-":
         click.echo(json.dumps(report, indent=2, default=str))
         return

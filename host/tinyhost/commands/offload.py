@@ -1,6 +1,7 @@
 """``tinyhost serve`` (the offload server) and ``tinyhost offload on|off|auto|status|keygen|relay``."""
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -83,24 +84,17 @@ def offload():
     """Switch a board's inference between local and offloaded (on / off / auto), manage keys, relay serial."""
 
 
+@contextlib.contextmanager
 def _open(board_name, port, baud, state_dir):
-    from ..client import Device
-    from ..ports import open_target
-    target_cm = open_target(board_name, port, baud, state_dir=state_dir)
-    target = target_cm.__enter__()
-    try:
-        dev = Device.open(target.port, baud=baud)
-    except BaseException as e:
-        target_cm.__exit__(type(e), e, e.__traceback__)
-        raise
-    return target_cm, dev
+    from ..board import connect
+    with connect(board_name, port, baud, state_dir=state_dir) as b:
+        yield b.dev
 
 
 def _set_mode(board_name, port, baud, state_dir, **changes):
     from ..offload import auth, board
     token_file = changes.pop("token_file", None)
-    target_cm, dev = _open(board_name, port, baud, state_dir)
-    try:
+    with _open(board_name, port, baud, state_dir) as dev:
         if token_file:
             device_id = changes.get("device_id") or (board.read_config(dev) or {}).get("device_id")
             if not device_id:
@@ -115,9 +109,6 @@ def _set_mode(board_name, port, baud, state_dir, **changes):
             changes["model_id"] = changes["model_id"] or model_id
             changes["device_id"] = changes.get("device_id") or device_id
         cfg = board.configure(dev, **changes)
-    finally:
-        dev.close()
-        target_cm.__exit__(None, None, None)
     shown = board.redacted(cfg)
     click.echo(f"offload {cfg['mode']} " + " ".join(f"{k}={v}" for k, v in shown.items() if k != "mode"))
 
@@ -170,13 +161,9 @@ def offload_off(board_name, port, baud, state_dir):
 def offload_status(board_name, port, baud, state_dir):
     """Show the board's offload config (the key redacted)."""
     from ..offload import board
-    target_cm, dev = _open(board_name, port, baud, state_dir)
-    try:
+    with _open(board_name, port, baud, state_dir) as dev:
         cfg = board.read_config(dev)
         warning = board.live_warning(dev)
-    finally:
-        dev.close()
-        target_cm.__exit__(None, None, None)
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if cfg is None:
