@@ -96,3 +96,17 @@ def test_only_the_board_layer_opens_a_device():
             if re.search(r"\bDevice(\.open)?\(", line) and not line.lstrip().startswith("#"):
                 offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_a_model_that_does_not_fit_is_refused_before_a_byte_is_sent_naming_where_it_fits(state_dir):
+    from tinyhost.errors import DoesNotFit
+
+    ic01 = REPO.parent / "shared" / "mlperf-tiny" / "pretrainedResnet_quant.tflite"
+    if not ic01.is_file():
+        pytest.skip("the MLPerf Tiny ic01 model is not in ../shared/mlperf-tiny")
+    with board_layer.connect("sim", baud=SIM_BAUD, state_dir=state_dir) as b:
+        with pytest.raises(DoesNotFit) as e:
+            b.load(ic01)
+        assert "does not fit the virtual esp32 (sim)" in e.value.message
+        assert "sim:esp32s3" in e.value.hint and "--board sim:" in e.value.hint
+        assert b.dev.file_hash(f"/models/{ic01.name}") is None

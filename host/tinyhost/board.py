@@ -122,12 +122,21 @@ class Board:
         self.provenance.record_info(info)
         return info
 
+    def check_fits(self, model_path):
+        """DoesNotFit, naming the boards where it does fit, when ``tinyhost model inspect`` finds that the model
+        does not fit this board: checked before a byte is sent."""
+        from .model import require_fit
+
+        return require_fit(model_path, self.profile, self.virtual)
+
     def flash(self, model_paths=(), force=False, progress=None):
         """The firmware files and ``model_paths`` onto the board, only those that differ (``force``: all).
         Returns ``(firmware report, models report)``: on a board with a ROMFS partition the models go into it with
         the firmware package (:func:`tinyhost.flash.put_models`), elsewhere under /models with the firmware files."""
         from . import flash
 
+        for path in model_paths:
+            self.check_fits(path)
         dev = self.open()
         items = flash.firmware_items(board=self.profile)
         in_romfs = bool(self.profile.romfs_bytes)
@@ -163,6 +172,7 @@ class Board:
         from . import flash
 
         model_path = Path(model_path)
+        self.check_fits(model_path)
         if model_path.resolve() not in self._models_put:
             self.put_models([model_path], progress=progress)
         self.provenance.record_model(model_path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from .. import boards as board_profiles
-from ..errors import ModelError, UsageError
+from ..errors import DoesNotFit, ModelError, UsageError
 from ..paths import firmware_dir
 
 # RAM the firmware itself needs besides the model (code of the runtime and engine, buffers); an estimate for
@@ -196,3 +196,27 @@ def board_fit(report, b, virtual=None, label=None):
                        f"board has about {budget} B free for models ({b.heap_bytes} B heap)")
     return BoardFit(label or b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak,
                     "ram" if in_ram else "mapped" if b.romfs_bytes else "streamed")
+
+
+def board_label(profile, virtual):
+    """How commands name a board: its profile, or ``sim`` / ``sim:NAME`` for a virtual one (tinyhost.ports)."""
+    if not virtual or profile.virtual:
+        return profile.name
+    return "sim" if profile.name == "esp32" else f"sim:{profile.name}"
+
+
+def require_fit(path, profile, virtual):
+    """``model inspect``'s verdict for this board, checked before anything is sent: DoesNotFit when it says the
+    model does not fit, naming the boards of the same kind (virtual or real) where it does."""
+    report = inspect(path, tflm=False)
+    fit = board_fit(report, profile, virtual)
+    if fit.fits:
+        return fit
+    label = board_label(profile, virtual)
+    elsewhere = [f.board for f in report.fits if f.fits and f.board.startswith("sim") == bool(virtual)]
+    where = f"the virtual {profile.name} ({label})" if virtual else f"the {label}"
+    raise DoesNotFit(
+        f"{Path(path).name} does not fit {where}: {'; '.join(fit.reasons)}",
+        hint=(f"it fits {', '.join(elsewhere)}: use --board {elsewhere[0]}" if elsewhere
+              else "no board profile has room for it; `tinyhost model inspect` shows why")
+        + f" (`tinyhost model inspect {path}` gives every board's verdict)")
