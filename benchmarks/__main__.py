@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Arguments a benchmark gets when run from here. engine_latency measures issue 3's speed target on the virtual board
+# Arguments a benchmark gets when run from here. engine_latency measures the engine's speed target (fast backend <= 1.5x TFLM) on the virtual board
 # itself (firmware and models in its ROMFS partition, on the esp32 heap), as `tinyhost bench` would see it (~2.5
 # min); run it on its own for the other modes.
 ARGS = {"engine_latency": ["--board", "esp32-romfs"]}

@@ -1,4 +1,4 @@
-"""On-device inference latency of our engine against TensorFlow Lite Micro on the same host (issue 3, req. 8).
+"""On-device inference latency of our engine against TensorFlow Lite Micro on the same host.
 
 In one run, for each model: TFLM's latency on the host (the tflite-micro interpreter, median of N invokes), and
 our engine's latency inside the MicroPython VM of the virtual board for every device backend (ticks_us around

@@ -1,4 +1,4 @@
-"""Upload throughput to the virtual board: tinyhost's client against ``mpremote fs cp`` (issue 2, req. 6).
+"""Upload throughput to the virtual board: tinyhost's client against ``mpremote fs cp``.
 
 For each baud rate a fresh virtual ESP32 is started at that line rate; a random file (default 300 KB, the size of
 a small model) is uploaded once with ``Device.put_file`` and once with ``mpremote connect PORT fs cp``, on the same

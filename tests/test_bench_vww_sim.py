@@ -1,4 +1,4 @@
-"""`tinyhost bench --board sim --model vww` (issue 4): the shipped VWW model (MobileNetV1 0.25, 312,752 bytes,
+"""`tinyhost bench --board sim --model vww`: the shipped VWW model (MobileNetV1 0.25, 312,752 bytes,
 96x96x3 input) benchmarked on the DEFAULT virtual board, the esp32 profile (112,640-byte heap), through the running
 firmware: performance, memory and accuracy, the predictions equal to the host engine's on the same samples."""
 

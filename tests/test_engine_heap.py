@@ -105,7 +105,7 @@ def test_vww_runs_with_weights_streamed_in_esp32_heap(tmp_path, mpy_device):
 # The shipped models through the RUNNING runtime (tests/engine_harness/runtime_heap.py: HELLO, INFO, LIST, HASH,
 # then LOAD, SET_INPUT in frames, INVOKE with the heap locked, GET_OUTPUT, UNLOAD, LOAD again, all through the
 # runtime's own dispatcher) in the virtual esp32's heap, the firmware precompiled as `tinyhost flash` sends it.
-# This is what `tinyhost bench --board sim --model vww` needs (issue 4); for VWW the convolutions' parameters and
+# This is what `tinyhost bench --board sim --model vww` needs; for VWW the convolutions' parameters and
 # per-channel data are read from the plan file at invoke, not kept in RAM (docs/engine.md, Memory).
 @pytest.mark.sim
 @pytest.mark.parametrize("name", ["kws", "vww"])
