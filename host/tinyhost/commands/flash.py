@@ -1,11 +1,11 @@
 """``tinyhost flash``: firmware files (and models) onto a board; ``--firmware IMAGE`` for MicroPython itself."""
 
 import subprocess
-import time
 
 import click
 
 from .. import boards as board_profiles
+from .. import console
 from ..errors import TinyhostError, UsageError
 from ..firmware_image import firmware_commands
 from ..flash import check_fits_profile, firmware_items, model_item
@@ -41,7 +41,7 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
         where = f"virtual {target.board.name}" if target.virtual else target.board.name
         click.echo(f"flashing {len(with_plans(items))} files to {target.port} ({where})")   # with load plans
         with Device.open(target.port, baud=baud) as dev:
-            with _Progress() as progress:
+            with console.TransferProgress() as progress:
                 report = flash_items(dev, items, target.board, force=force, progress=progress)
                 # a ROMFS partition gets the firmware package and the models (none: the package alone)
                 rom = put_models(dev, model_paths, target.board, progress=progress, force=force) if in_romfs else None
@@ -78,33 +78,3 @@ def _write_micropython(board_name, port, image, run_commands):
             raise TinyhostError(f"{command.argv[0]} failed with exit code {e.returncode}",
                                 hint="check the port and put the board in bootloader mode") from None
 
-
-class _Progress:
-    """A progress bar with bytes/s, fed with (name, sent, total) calls."""
-
-    def __enter__(self):
-        self._bar = None
-        self._name = None
-        return self
-
-    def __call__(self, name, sent, total):
-        if name != self._name:
-            self._finish()
-            self._name, self._start, self._last = name, time.monotonic(), 0
-            self._bar = click.progressbar(length=max(total, 1), label=f"{name:<32}",
-                                          item_show_func=self._rate, show_eta=True, file=click.get_text_stream("stderr"))
-            self._bar.__enter__()
-        self._bar.update(sent - self._last, current_item=sent)
-        self._last = sent
-
-    def _rate(self, sent):
-        elapsed = time.monotonic() - self._start
-        return f"{human_bytes(sent / elapsed)}/s" if sent and elapsed > 0 else ""
-
-    def _finish(self):
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-    def __exit__(self, *exc):
-        self._finish()
