@@ -69,12 +69,13 @@ def print_fields(pairs, title=None):
 
 
 def progress(*columns, transient=False):
-    """A rich Progress on stderr, disabled (prints nothing) when stderr is not a terminal."""
+    """A rich Progress on stderr, disabled (prints nothing) when stderr is not a terminal. The default columns
+    count items (done/total, ETA) and show each task's ``status`` field."""
     err = console(stderr=True)
     # Lines printed to stdout while a bar is drawn go above it when stdout is the same terminal; stdout
     # redirected elsewhere is left alone (its lines must not end up on stderr).
     return Progress(*(columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn())),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"))),
                     console=err, disable=not err.is_terminal, transient=transient,
                     redirect_stdout=_is_tty(sys.stdout))
 
@@ -93,11 +94,12 @@ class TransferProgress:
         self._task = None
 
     def __enter__(self):
-        self._progress.__enter__()
-        self._task = self._progress.add_task(self.description, total=None, file="")
         return self
 
     def __call__(self, name, sent, total):
+        if self._task is None:                  # a bar only when something is sent
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=None, file="")
         if name not in self._total:
             self._total[name] = total
             self._sent[name] = 0
@@ -106,4 +108,4 @@ class TransferProgress:
                               completed=sum(self._sent.values()), file=name if sent else "")
 
     def __exit__(self, *exc):
-        self._progress.__exit__(*exc)
+        self._progress.stop()

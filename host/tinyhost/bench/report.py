@@ -166,7 +166,7 @@ def plot_confusion(acc, prov):
     fig, ax = _figure()
     fig.set_size_inches(max(5.6, 0.5 * n + 2.5), max(4.4, 0.5 * n + 2.0))
     image = ax.imshow(acc.confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)   # as tall as the matrix
     names = acc.class_names[:n] if len(acc.class_names) >= n else [str(i) for i in range(n)]
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))

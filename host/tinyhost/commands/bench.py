@@ -29,14 +29,14 @@ class LivePrinter(runner.Listener):
         self._window_us = 0
 
     def __enter__(self):
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._progress.__exit__(*exc)
+        self._progress.stop()
 
     def _task(self, name, total):
         if name not in self._tasks:
+            self._progress.start()              # drawn from the first bar on (idempotent)
             self._tasks[name] = self._progress.add_task(name, total=total, status="")
         return self._tasks[name]
 

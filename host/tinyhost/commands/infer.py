@@ -51,18 +51,28 @@ def format_verify(result):
     return "\n".join(lines)
 
 
-class _Progress(console.TransferProgress):
-    """The files flashed first (one bar for them all), then the inferences: bars on a terminal's stderr."""
+class _Progress:
+    """The files flashed first (one bar for them all), then a bar for the inferences: on a terminal's stderr."""
 
     def __init__(self):
-        super().__init__("flashing")
+        self.files = console.TransferProgress()
         self._rows = None
 
+    def __enter__(self):
+        self.files.__enter__()
+        return self
+
     def row(self, i, n, time_us):
-        """``on_row(i, n, time_us)`` / ``on_sample`` of tinyhost.inference_host."""
+        """``on_row(i, n, time_us)`` of tinyhost.inference_host (and ``on_sample`` of verify)."""
         if self._rows is None:
-            self._rows = self._progress.add_task("inferences", total=n, file="")
-        self._progress.update(self._rows, completed=i + 1, file=f"{time_us} µs")
+            self.files.__exit__(None, None, None)           # the files are on the board: their bar stays as it is
+            self._rows = console.progress()
+            self._rows.__enter__()
+            self._task = self._rows.add_task("inferences", total=n, status="")
+        self._rows.update(self._task, completed=i + 1, status=f"{time_us} µs")
+
+    def __exit__(self, *exc):
+        (self._rows or self.files).__exit__(*exc)
 
 
 @click.command()
@@ -81,7 +91,7 @@ def infer(board_name, port, baud, state_dir, model, input_path, output_path, bac
     checked = ih.check_model(model)
     with _Progress() as progress:
         run = ih.infer(checked, input_path, output_path, board_name=board_name, port=port, baud=baud,
-                       state_dir=state_dir, backend=backend, on_row=progress.row, progress=progress)
+                       state_dir=state_dir, backend=backend, on_row=progress.row, progress=progress.files)
     click.echo(format_run(run))
     if json_path:
         ih.write_json(run, json_path)
@@ -103,7 +113,7 @@ def verify(board_name, port, baud, state_dir, model, samples, seed, backend, jso
     checked = ih.check_model(model)
     with _Progress() as progress:
         result = ih.verify(checked, samples=samples, seed=seed, board_name=board_name, port=port, baud=baud,
-                           state_dir=state_dir, backend=backend, progress=progress,
+                           state_dir=state_dir, backend=backend, progress=progress.files,
                            on_sample=lambda s, n: progress.row(s.index, n, s.time_us))
     console.print_table(samples_table(result.samples))
     click.echo(format_verify(result))
