@@ -1,7 +1,9 @@
 """What the CLI prints: tables whose columns stay apart however wide the figures, plain text (no escape codes)
 when the output is not a terminal, and progress that stays off a pipe."""
 
+import io
 import re
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -98,3 +100,19 @@ def test_one_transfer_bar_counts_every_announced_file():
         assert (task.completed, task.total) == (60, 150)
         progress("/rom", 10, 1000)                              # a file not announced joins the total
         assert (task.completed, task.total) == (70, 1150)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_the_bar_goes_to_stderr_and_stdout_keeps_only_results(monkeypatch):
+    err, out = _Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", out)
+    with console.TransferProgress() as progress:
+        progress("/tinyfw/a.py", 0, 2048)
+        progress("/tinyfw/a.py", 2048, 2048)
+    assert "flashing" in err.getvalue() and "2.0/2.0 KiB" in err.getvalue()
+    assert out.getvalue() == ""
