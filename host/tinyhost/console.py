@@ -11,9 +11,11 @@ import sys
 
 from rich import box
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.filesize import pick_unit_and_suffix
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 PIPE_WIDTH = 1000        # not a terminal: lines as long as their content, as plain printing gives
 
@@ -80,6 +82,17 @@ def progress(*columns, transient=False):
                     redirect_stdout=_is_tty(sys.stdout))
 
 
+class BytesPerSecond(ProgressColumn):
+    """Transfer rate in KiB/s, the units of DownloadColumn(binary_units=True) beside it."""
+
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("?", style="progress.data.speed")
+        unit, suffix = pick_unit_and_suffix(int(speed), ["bytes", "KiB", "MiB", "GiB"], 1024)
+        return Text(f"{speed / unit:.1f} {suffix}/s", style="progress.data.speed")
+
+
 class TransferProgress:
     """One bar across every file sent to a board, with one ETA: a ``progress(name, sent, total)`` callback for
     tinyhost.flash. A file is counted in the total when it is first named (flash announces every file it will
@@ -88,7 +101,7 @@ class TransferProgress:
     def __init__(self, description="flashing"):
         self.description = description
         self._progress = progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                                  TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[file]}"))
+                                  BytesPerSecond(), TimeRemainingColumn(), TextColumn("{task.fields[file]}"))
         self._sent = {}             # file -> bytes sent so far
         self._total = {}            # file -> its size
         self._task = None

@@ -1,7 +1,7 @@
 """``tinyhost models list|pull``: shipped models and the official MLPerf Tiny models in the cache."""
 
 import click
-from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
 from .. import console, zoo
 from .common import human_bytes
@@ -39,7 +39,7 @@ def pull_cmd(names, source, force, timeout_s):
     """Download official models into the cache, verifying their SHA-256 (default: all four)."""
     names = names or tuple(e.name for e in zoo.OFFICIAL)
     with console.progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                          TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bars:
+                          console.BytesPerSecond(), TimeRemainingColumn(), transient=True) as bars:
         for name in names:
             task = bars.add_task(name, total=None)
             result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s,
