@@ -1,7 +1,11 @@
 """--report DIR: Markdown + HTML + PNG plots from a BenchResult; virtual-board figures are marked."""
 
+import base64
 import dataclasses
+import random
+import re
 
+import pytest
 
 from tinyhost.bench import report, results
 
@@ -46,8 +50,58 @@ def test_report_files_and_virtual_marks(tmp_path):
     assert "## Energy (ESTIMATE) (virtual board)" in md and "168.30 uJ per inference (ESTIMATE)" in md
     assert "![confusion matrix (virtual board)](confusion_matrix.png)" in md
     page = (tmp_path / "report.html").read_text()
-    assert "<strong>75.00 %</strong>" in page and 'src="latency_histogram.png"' in page
+    assert "<strong>75.00 %</strong>" in page
     assert page.count("virtual board") >= md.count("virtual board")
+
+
+def test_html_report_is_one_file_with_its_plots_embedded(tmp_path):
+    report.write_report(sample_result(), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
+    assert embedded == {(tmp_path / name).read_bytes()
+                        for name in ("confusion_matrix.png", "latency_histogram.png", "window_throughput.png")}
+
+
+def _titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_plot_titles_name_model_board_and_date():
+    virtual = sample_result().provenance
+    fig = report.latency_figure(sample_result().performance, virtual)
+    assert _titles(fig) == ["Latency distribution\nkws.tflite on esp32 (virtual board), 2026-01-01 00:00:00 UTC"]
+    real = sample_result(virtual=False).provenance
+    assert report.plot_subtitle(real) == "kws.tflite on esp32, 2026-01-01 00:00:00 UTC"
+
+
+def _with_times(result, times_us):
+    perf = result.performance
+    perf.windows = [dataclasses.replace(perf.windows[0], times_us=times_us)]
+    return perf
+
+
+@pytest.mark.parametrize("outliers_us", [[950_000], [29_000, 31_000, 40_000, 500_000, 950_000]])
+def test_a_few_slow_outliers_do_not_set_the_histogram_axis(outliers_us):
+    rng = random.Random(5)
+    bulk_us = [int(rng.gauss(8000, 300)) for _ in range(500)]
+    times_us = bulk_us + outliers_us                          # one, or 1 % of them (past the 99.5th percentile)
+    low, high = report.histogram_range([t / 1000 for t in times_us])
+    assert low == min(bulk_us) / 1000 and max(bulk_us) / 1000 <= high < 12.0
+    fig = report.latency_figure(_with_times(sample_result(), times_us), sample_result().provenance)
+    histogram, strip = fig.axes
+    assert histogram.get_xlim()[1] < 12.0                      # the bulk fills the axis
+    shown_from, shown_to = strip.get_xlim()                   # the outliers are shown, on their own axis
+    assert shown_from < min(outliers_us) / 1000 and max(outliers_us) / 1000 < shown_to
+    assert strip.get_title().startswith(f"{len(outliers_us)} slower")
+
+
+def test_histogram_without_outliers_has_no_outlier_strip():
+    times_us = list(range(1000, 1100))
+    fig = report.latency_figure(_with_times(sample_result(), times_us), sample_result().provenance)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xlim()[1] < 1.11
+    assert report.histogram_range([1.0] * 10) == (1.0, 1.01)       # identical times: a narrow axis, not a crash
 
 
 def test_real_board_report_has_no_virtual_marks(tmp_path):

@@ -179,7 +179,8 @@ def test_cli_list_and_pull_from_folder(cache, capsys):
         main(["models", "list"])
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("name "))
-    rows = {line.split()[0]: line.split() for line in lines[header + 1:header + 7]}
+    assert set(lines[header + 1]) == {"─"}                       # the rule under the header
+    rows = {line.split()[0]: line.split() for line in lines[header + 2:header + 8]}
     assert rows["kws01"][-2] == "installed" and rows["ad01"][-2] == "installed"
     assert rows["vww01"][-3:-1] == ["not", "pulled"] and rows["kws"][-2] == "shipped"
     with pytest.raises(SystemExit) as code:

@@ -258,9 +258,11 @@ def _ensure_dirs(dev, remote_paths):
 def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True):
     """Send ``items`` that differ from the board's copies; returns a :class:`FlashReport`.
 
-    ``progress(name, sent, total)`` is called as bytes go out. When firmware files were sent the board is
-    soft-reset afterwards, so it runs the new code with an unfragmented heap. With ``compile_mpy`` the ``.py`` modules are
-    sent precompiled for the board's bytecode version and architecture when mpy-cross can produce them.
+    ``progress(name, sent, total)`` is called as bytes go out, and first with ``sent=0`` for every file that will
+    be sent, before the first byte goes out (so one progress bar can cover them all). When firmware files were sent
+    the board is soft-reset afterwards, so it runs the new code with an unfragmented heap. With ``compile_mpy`` the
+    ``.py`` modules are sent precompiled for the board's bytecode version and architecture when mpy-cross can
+    produce them.
     """
     import time
 
@@ -279,6 +281,9 @@ def flash_items(dev, items, board, force=False, progress=None, compile_mpy=True)
     check_fits_free_space(plan, info.fs_free_bytes, board.fs_block_bytes)
     _ensure_dirs(dev, [item.remote for item in plan.upload])
     start = time.monotonic()
+    if progress is not None:
+        for item in plan.upload:
+            progress(item.remote, 0, item.nbytes)
     for item in plan.upload:
         callback = None
         if progress is not None:

@@ -1,9 +1,11 @@
 """``--report DIR``: a Markdown and an HTML report of a BenchResult, with PNG plots (matplotlib, Agg backend).
 
-Plots: latency histogram, throughput per window, confusion matrix. A result from the virtual board says so in
-the title, in every plot and next to every figure.
+Plots: latency histogram, throughput per window, confusion matrix, each titled with the model, the board and the
+date of the run. The HTML page embeds its plots (one file to mail); report.md links the PNG files beside it. A
+result from the virtual board says so in the title, in every plot and next to every figure.
 """
 
+import base64
 import html
 import math
 from pathlib import Path
@@ -27,70 +29,144 @@ def _pct(value):
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
 
 
-def _figure(virtual):
+def _figure():
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _title(text, virtual):
-    return f"{text} ({VIRTUAL_MARK})" if virtual else text
+def plot_subtitle(prov):
+    """What a plot shows figures of: model, board (virtual or not) and when the run was."""
+    model = Path(prov.model_path).name if prov.model_path else (prov.benchmark or "model")
+    board = f"{prov.board} ({VIRTUAL_MARK})" if prov.virtual else prov.board
+    when = prov.date.replace("T", " ").replace("Z", " UTC") if prov.date else "date unknown"
+    return f"{model} on {board}, {when}"
 
 
-def _save(fig, path):
+def _title(ax, text, prov):
+    ax.set_title(f"{text}\n{plot_subtitle(prov)}", fontsize=10)
+
+
+def _png(fig):
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def plot_latency_histogram(perf, path, virtual):
-    times_ms = [t / 1000 for w in perf.windows for t in w.times_us]
-    if not times_ms:
-        return False
+OUTLIER_FENCE_IQR = 3.0      # beyond Q3 + 3 IQR a latency is an outlier (Tukey's "far out")
+
+
+def histogram_range(times):
+    """``(low, high)`` of the latency histogram's axis: the bulk of the data, up to the far-out fence
+    Q3 + 3 IQR or the 99th percentile, whichever is further (a long tail stays on the axis), or the slowest time
+    when none is beyond. A few slow outliers (a garbage collection, a host hiccup on the virtual board) would
+    otherwise stretch the axis and squash the rest into one bar."""
     from .metrics import percentile
 
-    fig, ax = _figure(virtual)
-    limit = percentile(times_ms, 99.5) * 1.2         # a few slow outliers would squash the rest into one bar
-    shown = [t for t in times_ms if t <= limit]
-    ax.hist(shown, bins=min(50, max(5, len(shown) // 10)), color="#4477aa")
+    low, slowest = min(times), max(times)
+    q1, q3 = percentile(times, 25), percentile(times, 75)
+    fence = q3 + OUTLIER_FENCE_IQR * max(q3 - q1, 0.01 * q3)    # identical times: 1 % of them wide
+    high = min(slowest, max(fence, percentile(times, 99)))
+    if high <= low:
+        high = low * 1.01 if low > 0 else 1.0
+    return low, high
+
+
+def latency_figure(perf, prov):
+    """The latency histogram over :func:`histogram_range`; the outliers beyond it, when there are any, as a
+    strip of points on a compressed axis at the right, with their count."""
+    times_ms = [t / 1000 for w in perf.windows for t in w.times_us]
+    if not times_ms:
+        return None
+    from matplotlib.figure import Figure
+
+    low, high = histogram_range(times_ms)
+    shown = [t for t in times_ms if t <= high]
+    outliers = sorted(t for t in times_ms if t > high)
+    fig = Figure(figsize=(7.2 if outliers else 6.4, 4.4), dpi=100)
+    if outliers:
+        ax, strip = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [5, 1], "wspace": 0.06})
+    else:
+        ax, strip = fig.add_subplot(1, 1, 1), None
+    bins = min(50, max(5, len(shown) // 10))
+    counts, _, _ = ax.hist(shown, bins=bins, range=(low, high), color="#4477aa")
+    ax.set_xlim(low - 0.02 * (high - low), high + 0.02 * (high - low))
+    beyond = []
     for name, style in (("p50_us", "-"), ("p90_us", "--"), ("p99_us", ":")):
         if perf.latency and name in perf.latency:
-            ax.axvline(perf.latency[name] / 1000, color="black", linestyle=style, label=name[:-3])
-    beyond = len(times_ms) - len(shown)
-    ax.set_xlabel("latency of one inference (ms, device clock)"
-                  + (f"; {beyond} slower ones beyond the axis" if beyond else ""))
+            value = perf.latency[name] / 1000
+            label = f"{name[:-3]} {value:.3f} ms"
+            if value <= high:
+                ax.axvline(value, color="black", linestyle=style, label=label)
+            else:
+                beyond.append((value, style, label))
+    ax.set_xlabel("latency of one inference (ms, device clock)")
     ax.set_ylabel("inferences")
-    ax.set_title(_title("Latency distribution", virtual))
-    ax.legend()
-    _save(fig, path)
-    return True
+    if strip is not None:
+        import random
+
+        rng = random.Random(0)                  # the same jitter every time: the same picture for the same data
+        top = max(counts) if len(counts) else 1
+        strip.scatter(outliers, [rng.uniform(0.1, 0.9) * top for _ in outliers], s=12, color="#cc3311")
+        if outliers[-1] > 10 * outliers[0]:
+            strip.set_xscale("log")             # 30 ms and 900 ms apart, not both squeezed at one end
+            strip.set_xlim(outliers[0] / 1.5, outliers[-1] * 1.5)
+        else:
+            span = outliers[-1] - outliers[0]
+            pad = 0.1 * span if span else 0.05 * outliers[0]
+            strip.set_xlim(outliers[0] - pad, outliers[-1] + pad)
+        from matplotlib.ticker import FuncFormatter
+
+        strip.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        strip.set_xlabel("ms")
+        for value, style, label in beyond:
+            strip.axvline(value, color="black", linestyle=style, label=label)
+        strip.set_title(f"{len(outliers)} slower\n(> {high:.3f} ms)", fontsize=9, color="#cc3311")
+        strip.tick_params(axis="x", labelrotation=45, labelsize=8)
+        strip.tick_params(axis="y", left=False)
+        ax.spines["right"].set_visible(False)
+        strip.spines["left"].set_linestyle((0, (2, 2)))   # a broken axis: the strip's scale is not the histogram's
+        handles, labels = ax.get_legend_handles_labels()
+        more_handles, more_labels = strip.get_legend_handles_labels()
+        ax.legend(handles + more_handles, labels + more_labels, fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+    _title(ax, "Latency distribution", prov)
+    fig.subplots_adjust(top=0.86, bottom=0.16 if outliers else 0.12)
+    return fig
 
 
-def plot_window_throughput(perf, path, virtual):
-    fig, ax = _figure(virtual)
+def plot_latency_histogram(perf, prov):
+    """PNG bytes of :func:`latency_figure`, or None without single-inference timings."""
+    fig = latency_figure(perf, prov)
+    return None if fig is None else _png(fig)
+
+
+def plot_window_throughput(perf, prov):
+    fig, ax = _figure()
     xs = list(range(1, len(perf.windows) + 1))
     ax.bar(xs, [w.inferences_per_s for w in perf.windows], color="#66aa55")
     ax.axhline(perf.median_inferences_per_s, color="black", linestyle="--", label="median (score)")
     ax.set_xticks(xs)
     ax.set_xlabel("window (input)")
     ax.set_ylabel("inferences / s")
-    ax.set_title(_title("Throughput per window", virtual))
-    ax.legend()
-    _save(fig, path)
-    return True
+    _title(ax, "Throughput per window", prov)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
 
 
-def plot_confusion(acc, path, virtual):
+def plot_confusion(acc, prov):
     if not acc.confusion:
-        return False
+        return None
     n = len(acc.confusion)
-    fig, ax = _figure(virtual)
-    fig.set_size_inches(max(4.8, 0.5 * n + 2.5), max(4.0, 0.5 * n + 2.0))
+    fig, ax = _figure()
+    fig.set_size_inches(max(5.6, 0.5 * n + 2.5), max(4.4, 0.5 * n + 2.0))
     image = ax.imshow(acc.confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)   # as tall as the matrix
     names = acc.class_names[:n] if len(acc.class_names) >= n else [str(i) for i in range(n)]
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
@@ -99,14 +175,15 @@ def plot_confusion(acc, path, virtual):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 12:
+        darkest = max(max(row) for row in acc.confusion) or 1
         for i in range(n):
             for j in range(n):
                 if acc.confusion[i][j]:
-                    ax.text(j, i, str(acc.confusion[i][j]), ha="center", va="center", fontsize=7)
-    ax.set_title(_title("Confusion matrix", virtual))
+                    ax.text(j, i, str(acc.confusion[i][j]), ha="center", va="center", fontsize=8,
+                            color="white" if acc.confusion[i][j] > darkest / 2 else "black")
+    _title(ax, "Confusion matrix", prov)
     fig.tight_layout()
-    _save(fig, path)
-    return True
+    return _png(fig)
 
 
 def build(result, plots):
@@ -272,7 +349,9 @@ def to_markdown(blocks):
     return "\n".join(out)
 
 
-def to_html(blocks, title):
+def to_html(blocks, title, images):
+    """One self-contained page: ``images`` maps each image block's file name to its PNG bytes, embedded as a
+    data: URI, so the page can be mailed or archived alone."""
     def inline(text):
         escaped = html.escape(text)
         parts = escaped.split("**")
@@ -293,25 +372,28 @@ def to_html(blocks, title):
                 out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
             out.append("</table>")
         elif kind == "img":
-            out.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+            data = base64.b64encode(images[block[1]]).decode("ascii")
+            out.append(f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}"></p>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 def write_report(result, directory):
-    """Write report.md, report.html and the PNG plots into ``directory``; returns the paths written."""
+    """Write report.md (beside its PNG plots), report.html (the plots embedded in it) and the PNG plots into
+    ``directory``; returns the paths written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    virtual = result.provenance.virtual
-    plots = set()
+    prov = result.provenance
+    images = {}
     if result.performance:
-        if plot_latency_histogram(result.performance, directory / "latency_histogram.png", virtual):
-            plots.add("latency_histogram.png")
-        plot_window_throughput(result.performance, directory / "window_throughput.png", virtual)
-        plots.add("window_throughput.png")
-    if result.accuracy and plot_confusion(result.accuracy, directory / "confusion_matrix.png", virtual):
-        plots.add("confusion_matrix.png")
-    blocks = build(result, plots)
+        images["latency_histogram.png"] = plot_latency_histogram(result.performance, prov)
+        images["window_throughput.png"] = plot_window_throughput(result.performance, prov)
+    if result.accuracy:
+        images["confusion_matrix.png"] = plot_confusion(result.accuracy, prov)
+    images = {name: png for name, png in images.items() if png is not None}
+    for name, png in images.items():
+        write_atomic(directory / name, png)
+    blocks = build(result, set(images))
     write_atomic(directory / "report.md", to_markdown(blocks))
-    write_atomic(directory / "report.html", to_html(blocks, blocks[0][1]))
-    return [directory / "report.md", directory / "report.html"] + [directory / p for p in sorted(plots)]
+    write_atomic(directory / "report.html", to_html(blocks, blocks[0][1], images))
+    return [directory / "report.md", directory / "report.html"] + [directory / p for p in sorted(images)]

@@ -1,48 +1,47 @@
 """``tinyhost bench``: MLPerf-Tiny-style performance, accuracy, memory and energy, streamed live.
 
-Parses options, prints the runner's events as they arrive, formats the BenchResult and writes --json/--csv/--report.
+Parses options, shows the runner's events as they arrive (progress bars on a terminal), prints the BenchResult
+as tables and writes --json/--csv/--report.
 """
 
-import math
-import sys
-import time
-
 import click
+from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+from .. import console
 from ..bench import runner, session
 from ..bench.results import write_csv, write_json
 from .common import board_options
 
 
 class LivePrinter(runner.Listener):
-    """Progress bar with ETA and running accuracy on stderr; with --verbose each timing and prediction as a line."""
+    """Progress bars with ETA on stderr (a terminal only): the performance windows by device time, the accuracy
+    samples with the running accuracy, the offload passes. Messages, and with --verbose each timing and
+    prediction, as lines on stderr. Use it as a context manager around the run."""
 
-    def __init__(self, verbose=False, stream=None):
+    def __init__(self, inputs, window_s, verbose=False):
         self.verbose = verbose
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self._last_draw = 0.0
-        self._started = None
-        self._first_done = 0
+        self.inputs, self.window_s = inputs, window_s
+        self._progress = console.progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"))
+        self._tasks = {}
         self._window_count = 0
         self._window_us = 0
 
-    def _status(self, text, force=False):
-        now = time.monotonic()
-        if not force and now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
-        elif force:
-            self.stream.write(text + "\n")
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+
+    def _task(self, name, total):
+        if name not in self._tasks:
+            self._progress.start()              # drawn from the first bar on (idempotent)
+            self._tasks[name] = self._progress.add_task(name, total=total, status="")
+        return self._tasks[name]
 
     def _line(self, text):
-        if self.tty:
-            self.stream.write("\r\x1b[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._progress.console.print(text)
 
     def message(self, text):
         self._line(text)
@@ -54,127 +53,142 @@ class LivePrinter(runner.Listener):
         self._window_us += time_us
         if self.verbose:
             self._line(f"  input {input_index + 1} inference {seq + 1}: {time_us / 1000:.3f} ms")
-        else:
-            self._status(f"  input {input_index + 1}: {self._window_count} inferences, "
-                         f"{self._window_us / 1e6:.2f} s of device time")
+        # the bar runs on device time: each input's window lasts at least --window-s
+        task = self._task("performance", self.inputs * self.window_s)
+        done = input_index * self.window_s + min(self._window_us / 1e6, self.window_s)
+        self._progress.update(task, completed=done, status=f"input {input_index + 1}/{self.inputs}: "
+                                                           f"{self._window_count} inferences")
 
     def window(self, w):
+        task = self._task("performance", self.inputs * self.window_s)
+        self._progress.update(task, completed=(w.input_index + 1) * self.window_s)
         self._line(f"  window {w.input_index + 1}: {w.inferences} inferences in {w.elapsed_us / 1e6:.3f} s -> "
                    f"{w.inferences_per_s:.2f} inferences/s")
 
     def sample(self, s, done, total, running):
-        now = time.monotonic()
-        if self._started is None:
-            self._started, self._first_done = now, done - 1
         if self.verbose:
             mark = "" if s.predicted < 0 else (" ok" if s.predicted == s.label else " MISS")
             what = f"score {s.score:.5f}" if s.predicted < 0 else f"pred {s.predicted} ({s.score:.3f})"
             self._line(f"  #{s.index} {s.file}{'' if not s.window else f'[{s.window}]'} label {s.label} {what} "
                        f"{s.time_us / 1000:.2f} ms{mark}")
-        rate = (done - self._first_done) / max(now - self._started, 1e-6)
-        eta_s = (total - done) / rate if rate > 0 else float("inf")
-        eta = "--:--" if math.isinf(eta_s) else time.strftime("%H:%M:%S", time.gmtime(eta_s))
-        width = 30
-        filled = int(width * done / total)
         value = running.get("value")
         shown = "n/a" if value is None else (f"{value:.4f}" if running["metric"] == "auc" else f"{100 * value:.2f} %")
-        self._status(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ETA {eta} "
-                     f"{running['metric']} {shown}", force=(done == total or done % max(1, total // 10) == 0))
-        if done == total and self.tty:
-            self.stream.write("\n")
+        self._progress.update(self._task("accuracy", total), completed=done, total=total,
+                              status=f"{done}/{total}, {running['metric']} {shown}")
 
     def offload_sample(self, pass_name, done, total, sample):
         if self.verbose:
             how = sample["source"] + (" (fallback)" if sample["fallback"] else "")
             self._line(f"  {pass_name} #{sample['index']}: pred {sample['predicted']} from {how}, "
                        f"{sample['total_us'] / 1000:.3f} ms")
-        else:
-            self._status(f"  {pass_name}: {done}/{total}", force=(done == total))
+        self._progress.update(self._task(f"{pass_name} pass", total), completed=done, total=total,
+                              status=f"{done}/{total}")
 
 
-def format_result(result):
+def result_table(result):
+    """The bench figures as one figure/value table; the value column says when they come from the virtual board."""
     p = result.provenance
-    mark = " [virtual board]" if p.virtual else ""
-    lines = [f"board {p.label}, {p.dut} DUT {p.dut_name}, firmware {p.firmware_version} ({p.firmware_hash}), "
-             f"backend {p.backend or 'n/a'}, model {p.model_path or p.benchmark} {p.model_sha256[:12]}"]
+    table = console.table("figure", "value [virtual board]" if p.virtual else "value")
     perf = result.performance
     if perf:
-        lines.append(f"performance{mark}: {perf.median_inferences_per_s:.3f} inferences/s (median of "
-                     f"{len(perf.windows)} windows), latency {perf.median_latency_us / 1000:.3f} ms; windows spread "
-                     f"{perf.spread_pct:.2f} %")
+        table.add_row("performance (score)", f"{perf.median_inferences_per_s:.3f} inferences/s, median of "
+                                             f"{len(perf.windows)} windows")
+        table.add_row("latency at the median", f"{perf.median_latency_us / 1000:.3f} ms")
+        table.add_row("spread between windows", f"{perf.spread_pct:.2f} %")
         if perf.latency:
             lat = perf.latency
-            lines.append(f"  single inference: p50 {lat['p50_us'] / 1000:.3f} ms, p90 {lat['p90_us'] / 1000:.3f} ms,"
-                         f" p99 {lat['p99_us'] / 1000:.3f} ms ({lat['count']} inferences)")
+            for q in ("p50", "p90", "p99"):
+                table.add_row(f"single inference {q}", f"{lat[q + '_us'] / 1000:.3f} ms")
+            table.add_row("single inferences timed", str(lat["count"]))
     acc = result.accuracy
     if acc:
         value = f"{acc.value:.4f}" if acc.metric == "auc" else f"{100 * acc.value:.2f} %"
-        target = ""
+        table.add_row("accuracy", f"{acc.metric} {value} over {acc.n_items} inferences")
         if acc.target is not None:
             t = f"{acc.target:.2f}" if acc.metric == "auc" else f"{100 * acc.target:.0f} %"
-            target = f" (MLPerf Tiny target {t}: {'met' if acc.meets_target else 'NOT met'})"
-        lines.append(f"accuracy{mark}: {acc.metric} {value}{target} over {acc.n_items} inferences")
+            table.add_row("MLPerf Tiny target", f"{t}: {'met' if acc.meets_target else 'NOT met'}")
         for k, v in acc.top_k.items():
             if k != "1":
-                lines.append(f"  top-{k} {100 * v:.2f} %")
+                table.add_row(f"top-{k}", f"{100 * v:.2f} %")
         if acc.board_resets:
-            lines.append(f"  recovered from {acc.board_resets} board resets / link breaks")
+            table.add_row("board resets / link breaks recovered", str(acc.board_resets))
     mem = result.memory
     if mem:
-        def kb(v):
-            return "n/a" if v is None else f"{v / 1024:.1f} KB"
-        lines.append(f"memory{mark}: model {kb(mem.model_bytes)}, arena {kb(mem.arena_bytes)}, peak heap "
-                     f"{kb(mem.heap_peak_bytes)}, free heap {kb(mem.heap_free_bytes)}")
+        for name, v in (("model", mem.model_bytes), ("tensor arena", mem.arena_bytes),
+                        ("peak heap", mem.heap_peak_bytes), ("free heap", mem.heap_free_bytes)):
+            table.add_row(f"memory: {name}", "n/a" if v is None else f"{v / 1024:.1f} KB")
     en = result.energy
     if en:
         label = "ESTIMATE" if en.kind == "estimate" else "measured"
-        lines.append(f"energy ({label}){mark}: {en.uj_per_inference:.2f} uJ per inference — {en.note}")
-        lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in en.inputs.items()))
+        table.add_row(f"energy ({label})", f"{en.uj_per_inference:.2f} uJ per inference")
+    return table
+
+
+def print_result(result):
+    p = result.provenance
+    click.echo(f"board {p.label}, {p.dut} DUT {p.dut_name}, firmware {p.firmware_version} ({p.firmware_hash}), "
+               f"backend {p.backend or 'n/a'}, model {p.model_path or p.benchmark} {p.model_sha256[:12]}")
+    if result.performance or result.accuracy or result.memory or result.energy:
+        console.print_table(result_table(result))
+    en = result.energy
+    if en:
+        click.echo(f"energy: {en.note}")
+        click.echo("  inputs: " + ", ".join(f"{k}={v}" for k, v in en.inputs.items()))
     if result.offload:
-        lines.extend(format_offload(result.offload, mark))
-    return "\n".join(lines)
+        print_offload(result.offload, " [virtual board]" if p.virtual else "")
+
+
+STAGES = ("total", "local", "serialise", "send", "network", "server_queue", "server_compute", "receive", "parse",
+          "overhead")
+
+
+def offload_tables(off, mark=""):
+    """``bench --offload``: the local and the offloaded pass side by side, then their latency by stage (board
+    clock; the virtual board's is the host CPU's), one column per percentile."""
+    local, offl = off.passes
+    offloaded = f"offload ({offl.mode})"
+    figures = console.table("figure", "local", offloaded, right={"local", offloaded})
+    figures.add_row("answers local / server", f"{local.sources.get('local', 0)} / {local.offloaded}",
+                    f"{offl.sources.get('local', 0)} / {offl.offloaded}")
+    figures.add_row("fallbacks / retries", f"{local.fallbacks} / {local.retries}", f"{offl.fallbacks} / {offl.retries}")
+    if local.accuracy is not None:
+        figures.add_row("accuracy (ground truth)", f"{100 * local.accuracy:.2f} %", f"{100 * offl.accuracy:.2f} %")
+        figures.add_row("correct predictions / s (board)", f"{local.correct_per_s or 0:.2f}",
+                        f"{offl.correct_per_s or 0:.2f}")
+    if local.agreement:
+        for k, label in (("top1", "top-1 agreement with reference"), ("top3", "top-3 agreement with reference")):
+            figures.add_row(label, f"{100 * local.agreement[k]:.1f} %", f"{100 * offl.agreement[k]:.1f} %")
+        figures.add_row("mean |confidence diff| vs reference", f"{local.agreement['mean_abs_confidence_diff']:.4f}",
+                        f"{offl.agreement['mean_abs_confidence_diff']:.4f}")
+    if offl.agreement_with_local:
+        figures.add_row("top-1 agreement with local", "100.0 %", f"{100 * offl.agreement_with_local['top1']:.1f} %")
+    if local.energy and offl.energy:
+        figures.add_row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
+                        f"{offl.energy['uj_per_inference']:.2f}")
+    quantiles = ("p50", "p90", "p99")
+    heads = [f"local\n{q}" for q in quantiles] + [f"offload\n{q}" for q in quantiles]
+    stages = console.table("stage", *heads, right=set(heads))
+    for stage in STAGES:
+        a, b = local.latency.get(stage), offl.latency.get(stage)
+        if a or b:
+            stages.add_row(stage, *(_ms(a, q) for q in quantiles), *(_ms(b, q) for q in quantiles))
+    return figures, stages
 
 
 def _ms(stats, q):
-    return f"{stats[q] / 1000:.3f}" if stats else "-"
+    return f"{stats[q + '_us'] / 1000:.3f}" if stats else "-"
 
 
-def format_offload(off, mark=""):
-    """Local and offloaded passes side by side (board clock; the virtual board's is the host CPU's)."""
-    local, offl = off.passes
+def print_offload(off, mark=""):
     started = " (started in-process for this run)" if off.server_started else ""
-    lines = [f"offload{mark}: server {off.server}{started}, model id {off.model_id}, transport {off.transport}, "
-             f"inputs: {off.inputs_source}",
-             f"  {'':<34}{'local':>16}{'offload (' + offl.mode + ')':>18}"]
-
-    def row(name, a, b):
-        lines.append(f"  {name:<34}{a:>16}{b:>18}")
-
-    row("answers local / server", f"{local.sources.get('local', 0)} / {local.offloaded}",
-        f"{offl.sources.get('local', 0)} / {offl.offloaded}")
-    row("fallbacks / retries", f"{local.fallbacks} / {local.retries}", f"{offl.fallbacks} / {offl.retries}")
-    for stage in ("total", "local", "serialise", "send", "network", "server_queue", "server_compute", "receive",
-                  "parse", "overhead"):
-        a, b = local.latency.get(stage), offl.latency.get(stage)
-        if a or b:
-            row(f"{stage} p50/p90/p99 ms", "/".join(_ms(a, q) for q in ("p50_us", "p90_us", "p99_us")) if a else "-",
-                "/".join(_ms(b, q) for q in ("p50_us", "p90_us", "p99_us")) if b else "-")
-    if local.accuracy is not None:
-        row("accuracy (ground truth)", f"{100 * local.accuracy:.2f} %", f"{100 * offl.accuracy:.2f} %")
-        row("correct predictions / s (board)", f"{local.correct_per_s or 0:.2f}", f"{offl.correct_per_s or 0:.2f}")
-    if local.agreement:
-        for k, label in (("top1", "top-1 agreement with reference"), ("top3", "top-3 agreement with reference")):
-            row(label, f"{100 * local.agreement[k]:.1f} %", f"{100 * offl.agreement[k]:.1f} %")
-        row("mean |confidence diff| vs reference", f"{local.agreement['mean_abs_confidence_diff']:.4f}",
-            f"{offl.agreement['mean_abs_confidence_diff']:.4f}")
-    if offl.agreement_with_local:
-        row("top-1 agreement with local", "100.0 %", f"{100 * offl.agreement_with_local['top1']:.1f} %")
-    if local.energy and offl.energy:
-        row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
-            f"{offl.energy['uj_per_inference']:.2f}")
+    click.echo(f"offload{mark}: server {off.server}{started}, model id {off.model_id}, transport {off.transport}, "
+               f"inputs: {off.inputs_source}")
+    figures, stages = offload_tables(off, mark)
+    console.print_table(figures)
+    console.print_table(stages, f"latency by stage in ms, board clock{mark}")
+    offl = off.passes[1]
     if offl.errors:
-        lines.append("  offload errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in offl.errors.items()))
-    return lines
+        click.echo("offload errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in offl.errors.items()))
 
 
 @click.command()
@@ -249,15 +263,15 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
         dut=dut, backend=backend, window_s=window_s, min_inferences=min_inferences, warmups=warmups,
         inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter,
         offload=offload_opts)
-    printer = LivePrinter(verbose=verbose_lines)
     try:
-        result = session.run(opts, printer)
+        with LivePrinter(n_inputs, window_s, verbose=verbose_lines) as printer:
+            result = session.run(opts, printer)
     except KeyboardInterrupt:
         if mode in ("accuracy", "all"):
             click.echo("tinyhost: interrupted — the journal keeps every finished sample; run the same command "
                        "with --resume to continue", err=True)
         raise
-    click.echo(format_result(result))
+    print_result(result)
     if json_path:
         write_json(result, json_path)
         click.echo(f"wrote {json_path}")

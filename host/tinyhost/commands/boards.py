@@ -3,6 +3,7 @@
 import click
 
 from .. import boards as board_profiles
+from .. import console
 
 
 @click.command()
@@ -11,22 +12,22 @@ def boards():
     from serial.tools import list_ports
 
     profiles = board_profiles.load_all()
-    width = max(len(b.name) for b in profiles)
-    click.echo(f"{'board':<{width}} {'MCU':<42} {'clock':>8} {'heap':>9} {'flash fs':>10} {'ROMFS':>8} {'baud':>7}"
-               f"  radios")
+    right = {"clock", "heap", "flash fs", "ROMFS", "baud"}
+    table = console.table("board", "MCU", "clock", "heap", "flash fs", "ROMFS", "baud", "radios", right=right)
     for b in profiles:
-        radios = ", ".join(b.radios) or "none"
-        mcu = b.mcu + (" [virtual]" if b.virtual else "")
         romfs = f"{b.romfs_bytes // 1024} KB" if b.romfs_bytes else "-"
-        click.echo(f"{b.name:<{width}} {mcu:<42} {b.clock_mhz:>5} MHz {b.heap_bytes // 1024:>6} KB "
-                   f"{b.fs_bytes // 1024:>7} KB {romfs:>8} {b.baud:>7}  {radios}")
+        table.add_row(b.name, b.mcu + (" [virtual]" if b.virtual else ""), f"{b.clock_mhz} MHz",
+                      f"{b.heap_bytes // 1024} KB", f"{b.fs_bytes // 1024} KB", romfs, str(b.baud),
+                      ", ".join(b.radios) or "none")
+    console.print_table(table)
     click.echo("")
     ports = [p for p in list_ports.comports() if p.vid is not None]
     if not ports:
         click.echo("serial ports: none with a USB VID:PID found (use --board sim for the virtual board)")
         return
-    click.echo("serial ports:")
+    table = console.table("port", "USB VID:PID", "description", "likely board")
     for p in ports:
         guesses = board_profiles.match_usb(p.vid, p.pid)
-        guess = ", ".join(b.name for b in guesses) or "unknown board"
-        click.echo(f"  {p.device:<16} {p.vid:04X}:{p.pid:04X}  {p.description or ''}  -> {guess}")
+        table.add_row(p.device, f"{p.vid:04X}:{p.pid:04X}", p.description or "",
+                      ", ".join(b.name for b in guesses) or "unknown board")
+    console.print_table(table, "serial ports")

@@ -1,11 +1,11 @@
 """``tinyhost flash``: firmware files (and models) onto a board; ``--firmware IMAGE`` for MicroPython itself."""
 
 import subprocess
-import time
 
 import click
 
 from .. import boards as board_profiles
+from .. import console
 from ..errors import TinyhostError, UsageError
 from ..firmware_image import firmware_commands
 from ..board import connect
@@ -38,7 +38,7 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
     with connect(board_name, port, baud, state_dir=state_dir) as b:
         where = f"virtual {b.profile.name}" if b.virtual else b.profile.name
         click.echo(f"flashing {len(with_plans(items))} files to {b.port} ({where})")   # with load plans
-        with _Progress() as progress:
+        with console.TransferProgress() as progress:
             report, rom = b.flash(model_paths, force=force, progress=progress)
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
@@ -73,33 +73,3 @@ def _write_micropython(board_name, port, image, run_commands):
             raise TinyhostError(f"{command.argv[0]} failed with exit code {e.returncode}",
                                 hint="check the port and put the board in bootloader mode") from None
 
-
-class _Progress:
-    """A progress bar with bytes/s, fed with (name, sent, total) calls."""
-
-    def __enter__(self):
-        self._bar = None
-        self._name = None
-        return self
-
-    def __call__(self, name, sent, total):
-        if name != self._name:
-            self._finish()
-            self._name, self._start, self._last = name, time.monotonic(), 0
-            self._bar = click.progressbar(length=max(total, 1), label=f"{name:<32}",
-                                          item_show_func=self._rate, show_eta=True, file=click.get_text_stream("stderr"))
-            self._bar.__enter__()
-        self._bar.update(sent - self._last, current_item=sent)
-        self._last = sent
-
-    def _rate(self, sent):
-        elapsed = time.monotonic() - self._start
-        return f"{human_bytes(sent / elapsed)}/s" if sent and elapsed > 0 else ""
-
-    def _finish(self):
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-    def __exit__(self, *exc):
-        self._finish()

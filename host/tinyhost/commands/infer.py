@@ -3,14 +3,11 @@
 Parses options, calls tinyhost.inference_host, formats its dataclasses.
 """
 
-import contextlib
-import sys
-
 import click
 
+from .. import console
 from .. import inference_host as ih
 from .common import board_options
-from .flash import _Progress
 
 VIRTUAL_NOTE = "virtual board: MicroPython VM timings on this host, not the chip's"
 
@@ -34,10 +31,14 @@ def format_run(run):
     return "\n".join(lines)
 
 
-def format_sample(s):
-    state = "ok" if s.ok else "MISMATCH"
-    return (f"  #{s.index:<3} {s.kind:<16} {s.mismatches:>6} of {s.elements} elements differ, "
-            f"max |diff| {s.max_abs_diff:g}, {s.time_us} µs  {state}")
+def samples_table(samples):
+    """verify: one row per input, how its outputs compare with TFLM's."""
+    table = console.table("#", "input", "elements differ", "of", "max |diff|", "time µs", "result",
+                          right={"#", "elements differ", "of", "max |diff|", "time µs"})
+    for s in samples:
+        table.add_row(str(s.index), s.kind, str(s.mismatches), str(s.elements), f"{s.max_abs_diff:g}",
+                      str(s.time_us), "ok" if s.ok else "MISMATCH")
+    return table
 
 
 def format_verify(result):
@@ -50,23 +51,28 @@ def format_verify(result):
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _flash_progress():
-    """The flash command's progress bars while files go to the board, on a terminal only (logs and CI stay clean:
-    the files sent are in the --json record)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    with _Progress() as progress:
-        yield progress
+class _Progress:
+    """The files flashed first (one bar for them all), then a bar for the inferences: on a terminal's stderr."""
 
+    def __init__(self):
+        self.files = console.TransferProgress()
+        self._rows = None
 
-def _row_progress(i, n, time_us):
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\x1b[K  inference {i + 1}/{n}: {time_us} µs")
-        if i + 1 == n:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    def __enter__(self):
+        self.files.__enter__()
+        return self
+
+    def row(self, i, n, time_us):
+        """``on_row(i, n, time_us)`` of tinyhost.inference_host (and ``on_sample`` of verify)."""
+        if self._rows is None:
+            self.files.__exit__(None, None, None)           # the files are on the board: their bar stays as it is
+            self._rows = console.progress()
+            self._rows.__enter__()
+            self._task = self._rows.add_task("inferences", total=n, status="")
+        self._rows.update(self._task, completed=i + 1, status=f"{time_us} µs")
+
+    def __exit__(self, *exc):
+        (self._rows or self.files).__exit__(*exc)
 
 
 @click.command()
@@ -83,9 +89,9 @@ def _row_progress(i, n, time_us):
 def infer(board_name, port, baud, state_dir, model, input_path, output_path, backend, json_path):
     """Run a model on the board for every input in a .npy file and save the outputs."""
     checked = ih.check_model(model)
-    with _flash_progress() as progress:
+    with _Progress() as progress:
         run = ih.infer(checked, input_path, output_path, board_name=board_name, port=port, baud=baud,
-                       state_dir=state_dir, backend=backend, on_row=_row_progress, progress=progress)
+                       state_dir=state_dir, backend=backend, on_row=progress.row, progress=progress.files)
     click.echo(format_run(run))
     if json_path:
         ih.write_json(run, json_path)
@@ -105,10 +111,11 @@ def verify(board_name, port, baud, state_dir, model, samples, seed, backend, jso
     """Check the board's outputs against TensorFlow Lite Micro's, element by element (exit code 12 on any
     difference)."""
     checked = ih.check_model(model)
-    with _flash_progress() as progress:
+    with _Progress() as progress:
         result = ih.verify(checked, samples=samples, seed=seed, board_name=board_name, port=port, baud=baud,
-                           state_dir=state_dir, backend=backend,
-                           on_sample=lambda s, n: click.echo(format_sample(s)), progress=progress)
+                           state_dir=state_dir, backend=backend, progress=progress.files,
+                           on_sample=lambda s, n: progress.row(s.index, n, s.time_us))
+    console.print_table(samples_table(result.samples))
     click.echo(format_verify(result))
     if json_path:
         ih.write_json(result, json_path)

@@ -5,6 +5,7 @@ import json
 
 import click
 
+from .. import console
 from ..board import connect
 from .common import board_options, human_bytes
 
@@ -26,9 +27,11 @@ def info(board_name, port, baud, state_dir, json_path):
     if json_path:
         from ..atomic import write_text_atomic
         write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    fields = []
     for key, value in report.items():
         if key.endswith("_bytes") and isinstance(value, int):
             value = f"{value} ({human_bytes(value)})"
         elif isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))
-        click.echo(f"{key.replace('_', ' '):<22} {value}")
+        fields.append((key.replace("_", " "), value))
+    console.print_fields(fields)

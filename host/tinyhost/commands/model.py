@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from .. import console
+
 
 @click.group()
 def model():
@@ -23,10 +25,11 @@ def inspect_cmd(file, board, json_out):
 
     r = inspect(file, board=board)
     click.echo(f"{r.path}: {r.model_bytes} bytes, {len(r.operators)} operators, {r.macs:,} MACs")
-    click.echo(f"{'#':>3} {'operator':<18} {'MACs':>12} {'weights':>8}  parameters")
+    ops = console.table("#", "operator", "MACs", "weights", "parameters", right={"#", "MACs", "weights"})
     for op in r.operators:
-        params = ", ".join(f"{k}={v}" for k, v in op.params.items())
-        click.echo(f"{op.index:>3} {op.op:<18} {op.macs:>12,} {op.weight_bytes:>8}  {params}")
+        ops.add_row(str(op.index), op.op, f"{op.macs:,}", str(op.weight_bytes),
+                    ", ".join(f"{k}={v}" for k, v in op.params.items()))
+    console.print_table(ops)
     for label, idx in (("input", r.inputs), ("output", r.outputs)):
         for i in idx:
             t = r.tensors[i]
@@ -39,16 +42,19 @@ def inspect_cmd(file, board, json_out):
                    "their input and output share arena bytes (docs/engine.md, \"Row bands\")")
     click.echo(f"peak RAM: {r.peak_ram_weights_in_ram_bytes} B with weights in RAM, "
                f"{r.peak_ram_weights_streamed_bytes} B with weights streamed from flash")
-    width = max((len(fit.board) for fit in r.fits), default=0)
     where = {"ram": "weights in RAM", "streamed": "weights streamed from flash",
              "mapped": "weights read in place from ROMFS"}
-    for i, fit in enumerate(r.fits):
-        if fit.board.startswith("sim") and (i == 0 or not r.fits[i - 1].board.startswith("sim")):
-            click.echo("virtual boards (MicroPython's 64-bit unix VM with the named board's heap and flash; "
-                       "sim: esp32's):")
-        verdict = "fits" if fit.fits else "does not fit: " + "; ".join(fit.reasons)
-        click.echo(f"  {fit.board:<{width}} {verdict}"
-                   + (f" ({where[fit.weights]}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))
+    for virtual in (False, True):
+        fits = [fit for fit in r.fits if fit.board.startswith("sim") == virtual]
+        if not fits:
+            continue
+        title = ("virtual boards (MicroPython's 64-bit unix VM with the named board's heap and flash; sim: esp32's)"
+                 if virtual else None)
+        table = console.table("board", "fits", "weights", "peak RAM", "why not", right={"peak RAM"})
+        for fit in fits:
+            table.add_row(fit.board, "yes" if fit.fits else "no", where[fit.weights] if fit.fits else "",
+                          f"~{fit.peak_ram_bytes} B" if fit.fits else "", "; ".join(fit.reasons))
+        console.print_table(table, title)
     if json_out:
         tmp = Path(json_out).with_suffix(Path(json_out).suffix + ".part")
         tmp.write_text(json.dumps(r.to_dict(), indent=2, default=list))

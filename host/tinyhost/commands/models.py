@@ -1,8 +1,9 @@
 """``tinyhost models list|pull``: shipped models and the official MLPerf Tiny models in the cache."""
 
 import click
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
-from .. import zoo
+from .. import console, zoo
 from .common import human_bytes
 
 
@@ -15,12 +16,12 @@ def models():
 def list_cmd():
     """List shipped and pullable models with their size and status."""
     rows = zoo.list_models()
-    click.echo(f"{'name':<7} {'kind':<9} {'task':<21} {'input':<14} {'size':>9}  {'status':<11} path")
+    table = console.table("name", "kind", "task", "input", "size", "status", "path", right={"size"})
     for st in rows:
         e = st.entry
-        shape = "x".join(str(d) for d in e.input_shape)
-        click.echo(f"{e.name:<7} {e.kind:<9} {e.task:<21} {shape:<14} {human_bytes(st.size_bytes):>9}  "
-                   f"{st.state:<11} {st.path}")
+        table.add_row(e.name, e.kind, e.task, "x".join(str(d) for d in e.input_shape), human_bytes(st.size_bytes),
+                      st.state, str(st.path))
+    console.print_table(table)
     click.echo(f"\ncache: {zoo.cache_dir()}  (set TINYHOST_CACHE to move it)")
     if any(st.state == "not pulled" for st in rows):
         click.echo("pull the official models with: tinyhost models pull kws01 vww01 ic01 ad01")
@@ -37,8 +38,13 @@ def list_cmd():
 def pull_cmd(names, source, force, timeout_s):
     """Download official models into the cache, verifying their SHA-256 (default: all four)."""
     names = names or tuple(e.name for e in zoo.OFFICIAL)
-    for name in names:
-        result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s)
-        verb = "already cached" if result.skipped else "pulled"
-        click.echo(f"{result.name}: {verb}, {human_bytes(result.size_bytes)}, sha256 {result.sha256[:16]}…  "
-                   f"-> {result.path}")
+    with console.progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                          console.BytesPerSecond(), TimeRemainingColumn(), transient=True) as bars:
+        for name in names:
+            task = bars.add_task(name, total=None)
+            result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s,
+                              progress=lambda done, total, task=task: bars.update(task, completed=done, total=total))
+            bars.remove_task(task)
+            verb = "already cached" if result.skipped else "pulled"
+            click.echo(f"{result.name}: {verb}, {human_bytes(result.size_bytes)}, "
+                       f"sha256 {result.sha256[:16]}…  -> {result.path}")

@@ -7,6 +7,7 @@ import signal
 
 import click
 
+from .. import console
 from ..errors import UsageError
 from .common import board_options
 
@@ -169,8 +170,7 @@ def offload_status(board_name, port, baud, state_dir):
     if cfg is None:
         click.echo(f"no {board.CONFIG_PATH} on the board: offload is off")
         return
-    for k, v in board.redacted(cfg).items():
-        click.echo(f"{k:<16} {v}")
+    console.print_fields(board.redacted(cfg).items())
 
 
 @offload.command("keygen")
