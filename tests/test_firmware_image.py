@@ -64,3 +64,13 @@ def test_nano33ble_uses_bossac_after_the_bootloader(tmp_path):
 def test_virtual_board_has_no_image_to_write(esp_image):
     with pytest.raises(UsageError, match="virtual board"):
         firmware_commands(boards.load("sim"), esp_image, "/dev/pts/3")
+
+
+@pytest.mark.parametrize("board", ["sim", "sim:esp32s3"])
+def test_virtual_boards_have_no_image_to_write(board, esp_image, capsys):
+    from tinyhost.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["flash", "--board", board, "--firmware", str(esp_image)])
+    assert code.value.code == UsageError.exit_code
+    assert "no firmware image to write" in capsys.readouterr().err

@@ -70,10 +70,14 @@ def bossac_command(board, image, port):
         "double-tap the board's reset button first so it enumerates in bootloader mode (2341:005A)")
 
 
+def no_image_on_virtual_board():
+    return UsageError("the virtual board runs the unix MicroPython VM: it has no firmware image to write",
+                      hint="use `tinyhost flash --board sim` to put tinyhost's firmware files on it")
+
+
 def firmware_commands(board, image, port, baud=460800, erase=True):
     if board.virtual or board.flash_method == "sim":
-        raise UsageError("the virtual board runs the unix MicroPython VM: it has no firmware image to write",
-                         hint="use `tinyhost flash --board sim` to put tinyhost's firmware files on it")
+        raise no_image_on_virtual_board()
     if board.flash_method == "esptool":
         return esptool_commands(board, image, port, baud=baud, erase=erase)
     return [bossac_command(board, image, port)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .atomic import write_bytes_atomic, write_text_atomic
+from .atomic import write_bytes_atomic
 from .errors import ModelError, UsageError, VerifyMismatch
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,8 @@ class VerifyResult:
                 "samples": [dict(asdict(s), ok=s.ok) for s in self.samples]}
 
 
-def write_json(result, path):
-    write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
+def to_json(result):
+    return json.dumps(result.to_dict(), indent=2)
 
 
 def write_outputs(outputs, path):

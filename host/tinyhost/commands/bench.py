@@ -10,8 +10,8 @@ import time
 import click
 
 from ..bench import runner, session
-from ..bench.results import write_csv, write_json
-from .common import board_options
+from ..bench.results import write_csv
+from .common import board_options, json_option, write_json
 
 
 class LivePrinter(runner.Listener):
@@ -100,8 +100,8 @@ def format_result(result):
     perf = result.performance
     if perf:
         lines.append(f"performance{mark}: {perf.median_inferences_per_s:.3f} inferences/s (median of "
-                     f"{len(perf.windows)} windows), latency {perf.median_latency_us / 1000:.3f} ms; windows spread "
-                     f"{perf.spread_pct:.2f} %")
+                     f"{len(perf.windows)} windows), latency at that throughput {perf.median_latency_us / 1000:.3f} "
+                     f"ms; windows spread {perf.spread_pct:.2f} %")
         if perf.latency:
             lat = perf.latency
             lines.append(f"  single inference: p50 {lat['p50_us'] / 1000:.3f} ms, p90 {lat['p90_us'] / 1000:.3f} ms,"
@@ -128,7 +128,9 @@ def format_result(result):
     en = result.energy
     if en:
         label = "ESTIMATE" if en.kind == "estimate" else "measured"
-        lines.append(f"energy ({label}){mark}: {en.uj_per_inference:.2f} uJ per inference — {en.note}")
+        latency = en.inputs.get("latency", "latency")
+        lines.append(f"energy ({label}){mark}: {en.uj_per_inference:.2f} uJ per inference, with the {latency} "
+                     f"{en.inputs['latency_us'] / 1000:.3f} ms — {en.note}")
         lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in en.inputs.items()))
     if result.offload:
         lines.extend(format_offload(result.offload, mark))
@@ -194,7 +196,7 @@ def format_offload(off, mark=""):
 @click.option("--inputs", "n_inputs", type=int, default=runner.MLPERF_INPUTS, show_default=True,
               help="Different inputs, one window each (MLPerf Tiny: 5).")
 @click.option("--limit", type=int, default=None, help="Accuracy: only the first N samples (a quick check).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@json_option("Write the result as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write every figure as CSV.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write report.md, report.html and PNG plots into this folder.")
@@ -254,12 +256,13 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
         result = session.run(opts, printer)
     except KeyboardInterrupt:
         if mode in ("accuracy", "all"):
-            click.echo("tinyhost: interrupted — the journal keeps every finished sample; run the same command "
-                       "with --resume to continue", err=True)
+            from ..errors import Interrupted
+
+            raise Interrupted("interrupted", hint="the journal keeps every finished sample; run the same command "
+                                                  "with --resume to continue") from None
         raise
     click.echo(format_result(result))
-    if json_path:
-        write_json(result, json_path)
+    if json_path and write_json(json_path, result.to_json()):
         click.echo(f"wrote {json_path}")
     if csv_path:
         write_csv(result, csv_path)

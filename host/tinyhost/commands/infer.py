@@ -9,7 +9,7 @@ import sys
 import click
 
 from .. import inference_host as ih
-from .common import board_options
+from .common import board_options, json_option, write_json
 from .flash import _Progress
 
 VIRTUAL_NOTE = "virtual board: MicroPython VM timings on this host, not the chip's"
@@ -78,8 +78,7 @@ def _row_progress(i, n, time_us):
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where the outputs go (.npy; .npz for a model with several outputs), in the input's layout.")
 @click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write latencies and provenance (board, model sha256, backend ...) as JSON.")
+@json_option("Write latencies and provenance (board, model sha256, backend ...) as JSON.")
 def infer(board_name, port, baud, state_dir, model, input_path, output_path, backend, json_path):
     """Run a model on the board for every input in a .npy file and save the outputs."""
     checked = ih.check_model(model)
@@ -87,8 +86,7 @@ def infer(board_name, port, baud, state_dir, model, input_path, output_path, bac
         run = ih.infer(checked, input_path, output_path, board_name=board_name, port=port, baud=baud,
                        state_dir=state_dir, backend=backend, on_row=_row_progress, progress=progress)
     click.echo(format_run(run))
-    if json_path:
-        ih.write_json(run, json_path)
+    if json_path and write_json(json_path, ih.to_json(run)):
         click.echo(f"wrote {json_path}")
 
 
@@ -99,8 +97,7 @@ def infer(board_name, port, baud, state_dir, model, input_path, output_path, bac
               help="Random inputs, besides the structured ones (all minimum, all maximum, zeros).")
 @click.option("--seed", type=int, default=ih.DEFAULT_SEED, show_default=True, help="Seed of the random inputs.")
 @click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write every input's comparison and the provenance as JSON.")
+@json_option("Write every input's comparison and the provenance as JSON.")
 def verify(board_name, port, baud, state_dir, model, samples, seed, backend, json_path):
     """Check the board's outputs against TensorFlow Lite Micro's, element by element (exit code 12 on any
     difference)."""
@@ -110,7 +107,6 @@ def verify(board_name, port, baud, state_dir, model, samples, seed, backend, jso
                            state_dir=state_dir, backend=backend,
                            on_sample=lambda s, n: click.echo(format_sample(s)), progress=progress)
     click.echo(format_verify(result))
-    if json_path:
-        ih.write_json(result, json_path)
+    if json_path and write_json(json_path, ih.to_json(result)):
         click.echo(f"wrote {json_path}")
     ih.raise_on_mismatch(result)

@@ -1,9 +1,13 @@
 """``tinyhost models list|pull``: shipped models and the official MLPerf Tiny models in the cache."""
 
+import dataclasses
+import json
+
 import click
 
 from .. import zoo
-from .common import human_bytes
+from ..errors import ModelDownloadError
+from .common import human_bytes, json_option, write_json
 
 
 @click.group()
@@ -12,7 +16,8 @@ def models():
 
 
 @models.command("list")
-def list_cmd():
+@json_option("Also write the list as JSON to this file.")
+def list_cmd(json_path):
     """List shipped and pullable models with their size and status."""
     rows = zoo.list_models()
     click.echo(f"{'name':<7} {'kind':<9} {'task':<21} {'input':<14} {'size':>9}  {'status':<11} path")
@@ -24,6 +29,11 @@ def list_cmd():
     click.echo(f"\ncache: {zoo.cache_dir()}  (set TINYHOST_CACHE to move it)")
     if any(st.state == "not pulled" for st in rows):
         click.echo("pull the official models with: tinyhost models pull kws01 vww01 ic01 ad01")
+    if json_path:
+        document = {"cache": str(zoo.cache_dir()),
+                    "models": [{**dataclasses.asdict(st.entry), "path": str(st.path), "state": st.state,
+                                "size_bytes": st.size_bytes} for st in rows]}
+        write_json(json_path, json.dumps(document, indent=2))
 
 
 @models.command("pull")
@@ -37,8 +47,19 @@ def list_cmd():
 def pull_cmd(names, source, force, timeout_s):
     """Download official models into the cache, verifying their SHA-256 (default: all four)."""
     names = names or tuple(e.name for e in zoo.OFFICIAL)
+    failed = []
     for name in names:
-        result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s)
+        try:
+            result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s)
+        except ModelDownloadError as e:           # one model's failure does not stop the others
+            click.echo(f"{name}: not pulled: {e.message}", err=True)
+            failed.append(e)
+            continue
         verb = "already cached" if result.skipped else "pulled"
         click.echo(f"{result.name}: {verb}, {human_bytes(result.size_bytes)}, sha256 {result.sha256[:16]}…  "
                    f"-> {result.path}")
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ModelDownloadError(f"{len(failed)} of {len(names)} models not pulled: "
+                                 + "; ".join(e.message for e in failed), hint=failed[0].hint)
