@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test test-py310 demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,22 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(TESTS)
 
-# The main job on the virtual board, one real command at a time (each starts a virtual ESP32 that keeps its flash
-# in .sim/): firmware and the KWS model flashed (files already there are skipped), the board's own report, then an
-# MLPerf-Tiny-style benchmark with a report in out/demo/.
-DEMO_SIM := --board sim --state-dir .sim
+# The command-line tests under the oldest Python tinyhost supports, in their own venv (.venv-py310); needs a
+# python3.10 on PATH or PYTHON310=/path/to/python3.10. `make test` checks 3.10's syntax and standard library from
+# whatever Python it runs on (tests/test_python310.py).
+PYTHON310 ?= python3.10
+CLI_TESTS := tests/test_python310.py tests/test_cli_errors.py tests/test_cli_options.py tests/test_boards.py \
+  tests/test_ports.py tests/test_zoo.py tests/test_firmware_image.py tests/test_model_inspect.py tests/test_bench_cli.py
+test-py310:
+	$(MAKE) test VENV=.venv-py310 PYTHON=$(PYTHON310) TESTS="$(CLI_TESTS)"
+
+# The main job on the virtual board, one real command at a time (each starts the virtual ESP32 that every
+# `--board sim` command uses, its flash in ~/.cache/tinyhost/sim/esp32/ or $TINYHOST_STATE_DIR/esp32/, so the README's
+# commands find the firmware and model there): firmware and the KWS model flashed (files already there are
+# skipped), the board's own report, then an MLPerf-Tiny-style benchmark with a report in out/demo/.
+DEMO_SIM := --board sim
 demo: $(STAMP)
 	$(BIN)/tinyhost flash $(DEMO_SIM) --model kws
 	$(BIN)/tinyhost info $(DEMO_SIM)

@@ -1,5 +1,7 @@
 """esptool / bossac command construction for writing MicroPython onto real boards (not run here)."""
 
+import sys
+
 import pytest
 
 from tinyhost import boards
@@ -16,9 +18,10 @@ def esp_image(tmp_path):
 
 def test_esp32_erase_then_write_at_0x1000(esp_image):
     erase, write = esptool_commands(boards.load("esp32"), esp_image, "/dev/ttyUSB0")
-    assert erase.argv == ("python", "-m", "esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "erase-flash")
-    assert write.argv == ("python", "-m", "esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0",
-                          "--baud", "460800", "write-flash", "-z", "0x1000", str(esp_image))
+    # the interpreter running tinyhost (where tinyhost[esp] put esptool); spellings esptool 4.x and 5.x both take
+    assert erase.argv == (sys.executable, "-m", "esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "erase_flash")
+    assert write.argv == (sys.executable, "-m", "esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0",
+                          "--baud", "460800", "write_flash", "-z", "0x1000", str(esp_image))
 
 
 def test_esp32s3_writes_at_offset_zero_without_erase(esp_image):
@@ -61,3 +64,13 @@ def test_nano33ble_uses_bossac_after_the_bootloader(tmp_path):
 def test_virtual_board_has_no_image_to_write(esp_image):
     with pytest.raises(UsageError, match="virtual board"):
         firmware_commands(boards.load("sim"), esp_image, "/dev/pts/3")
+
+
+@pytest.mark.parametrize("board", ["sim", "sim:esp32s3"])
+def test_virtual_boards_have_no_image_to_write(board, esp_image, capsys):
+    from tinyhost.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["flash", "--board", board, "--firmware", str(esp_image)])
+    assert code.value.code == UsageError.exit_code
+    assert "no firmware image to write" in capsys.readouterr().err

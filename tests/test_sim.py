@@ -285,7 +285,7 @@ def test_flash_image_of_another_size_is_refused(tmp_path):
 
     esp32 = boards.load("esp32")
     prepare_flash_image(tmp_path, boards.load("nano33ble"))
-    with pytest.raises(UsageError, match="--fresh"):
+    with pytest.raises(UsageError, match="delete .*flash.img.* or pass another --state-dir"):
         VirtualBoard(board="esp32", state_dir=tmp_path).start()
     assert prepare_flash_image(tmp_path, esp32, fresh=True).stat().st_size == esp32.fs_bytes
 

@@ -177,7 +177,7 @@ def test_mpremote_interrupts_a_main_py_that_never_ends(sim_board, tmp_path):
 
 
 def test_relative_state_dir_works(tmp_path, monkeypatch):
-    """`--state-dir .sim` (as `make demo` uses) names the same place after the VM has changed directory."""
+    """A relative state directory (`--state-dir .sim`) names the same place after the VM has changed directory."""
     from tinyhost.sim import VirtualBoard
 
     monkeypatch.chdir(tmp_path)

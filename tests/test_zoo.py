@@ -188,3 +188,22 @@ def test_cli_list_and_pull_from_folder(cache, capsys):
     assert code.value.code == ModelDownloadError.exit_code
     assert "vww_96_int8.tflite" in capsys.readouterr().err
     assert not list(Path(cache).glob("*.part"))
+
+
+def test_cli_pull_from_folder_pulls_the_others_then_names_the_missing(tmp_path, cache, monkeypatch, capsys):
+    monkeypatch.setattr(zoo, "OFFICIAL", (_entry(), _entry("tst02", GOOD[::-1], "absent_model.tflite")))
+    (tmp_path / "tst_model.tflite").write_bytes(GOOD)
+    with pytest.raises(SystemExit) as code:
+        main(["models", "pull", "tst02", "tst01", "--from", str(tmp_path)])
+    assert code.value.code == ModelDownloadError.exit_code == 14
+    assert (cache / "tst_model.tflite").read_bytes() == GOOD          # pulled after the missing one
+    err = capsys.readouterr().err
+    assert "absent_model.tflite (for tst02) is not in" in err and "tst01" not in err
+
+
+def test_cli_network_failure_is_a_download_error_not_a_model_error(server, cache, monkeypatch, capsys):
+    monkeypatch.setattr(zoo, "OFFICIAL", (_entry(url=f"{server}/nowhere/tst_model.tflite"),))
+    with pytest.raises(SystemExit) as code:
+        main(["models", "pull", "tst01"])
+    assert code.value.code == ModelDownloadError.exit_code != ModelError.exit_code
+    assert "HTTP 404" in capsys.readouterr().err

@@ -4,12 +4,16 @@ A variant names its parent with ``extends = "esp32"`` and overrides only what di
 load: an unknown field, a missing one or a bad value is a :class:`BoardProfileError` naming the file and field.
 """
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BoardProfileError, UsageError
 from .paths import boards_dir
+
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: the same parser, as the package it was taken from
+    import tomli as tomllib
 
 RADIOS = ("wifi", "ble")
 FLASH_METHODS = ("esptool", "bossac", "sim")
@@ -189,6 +193,16 @@ def load(name, directory=None):
         raise UsageError(f"unknown board {name!r}",
                          hint=f"choose one of: {', '.join(available(directory))}")
     return _validate(raw, path)
+
+
+def emulated(profile):
+    """The real board a virtual profile stands in for (``sim`` extends ``esp32``), else ``profile`` itself: its name
+    is what a virtual board reports and names its state folder, so ``--board sim`` and ``--board esp32`` in
+    ``tinyhost sim`` share one flash."""
+    if not profile.virtual:
+        return profile
+    parent = _read(profile.path).get("extends")
+    return load(parent, profile.path.parent) if parent else profile
 
 
 def load_all(directory=None):

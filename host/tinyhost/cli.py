@@ -10,7 +10,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import TinyhostError
+from .errors import Interrupted, TinyhostError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,15 +54,12 @@ def main(argv=None):
             raise
         click.echo(f"tinyhost: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("tinyhost: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(Interrupted.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("tinyhost: interrupted", err=True)
-        sys.exit(130)
     sys.exit(0)
 
 

@@ -86,9 +86,11 @@ class DoesNotFit(TinyhostError):
     exit_code = 11
 
 
-class ModelDownloadError(ModelError):
-    """A model could not be fetched, or arrived incomplete (nothing is kept under its real name)."""
+class ModelDownloadError(TinyhostError):
+    """A model could not be fetched (network, mirror, local folder), or arrived incomplete (nothing is kept under
+    its real name)."""
 
+    exit_code = 14
     default_hint = "check the network or pass --from DIR|URL with a local copy or mirror, then retry"
 
 
@@ -103,3 +105,16 @@ class VerifyMismatch(TinyhostError):
 
     exit_code = 12
     default_hint = "report it with the --json file; try another --backend to find the kernel at fault"
+
+
+class BenchInterrupted(TinyhostError):
+    """A benchmark's accuracy run stopped part-way (the board failed); its journal keeps every finished sample."""
+
+    exit_code = 13
+    default_hint = "run the same command with --resume to continue"
+
+
+class Interrupted(TinyhostError):
+    """Ctrl-C: the command stopped at the user's request."""
+
+    exit_code = 130

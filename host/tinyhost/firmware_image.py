@@ -1,11 +1,14 @@
 """Writing a MicroPython image onto a real board: command construction only (run by the user, never faked here).
 
-ESP32 boards are flashed with esptool (``pip install tinyhost[esp]``); the Nano 33 BLE Sense with bossac
+ESP32 boards are flashed with esptool (``pip install tinyhost[esp]``), run by the interpreter running tinyhost and
+spelled so that esptool 4.x and 5.x both take the commands (5.x calls ``write_flash`` deprecated but runs it); the
+Nano 33 BLE Sense with bossac
 (from the Arduino nRF528x core). The image is checked before any command is built, so a wrong or corrupt file is
 refused before it can reach a chip.
 """
 
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +47,13 @@ def esptool_commands(board, image, port, baud=460800, erase=True):
     if data[0] != ESP_IMAGE_MAGIC:
         raise UsageError(f"{path} does not start with the ESP image magic byte 0xE9 (found 0x{data[0]:02X})",
                          hint=f"use the MicroPython .bin built for {board.esptool_chip}, not a .uf2, .hex or .elf")
-    base = ("python", "-m", "esptool", "--chip", board.esptool_chip, "--port", port)
+    base = (sys.executable, "-m", "esptool", "--chip", board.esptool_chip, "--port", port)
     commands = []
     if erase:
-        commands.append(FlashCommand(base + ("erase-flash",),
+        commands.append(FlashCommand(base + ("erase_flash",),
                                      "erases the whole flash, files on the board included"))
     commands.append(FlashCommand(
-        base + ("--baud", str(baud), "write-flash", "-z", f"0x{board.firmware_offset:x}", str(path)),
+        base + ("--baud", str(baud), "write_flash", "-z", f"0x{board.firmware_offset:x}", str(path)),
         f"writes {len(data)} bytes at offset 0x{board.firmware_offset:x}; then run `tinyhost flash --port {port}`"))
     return commands
 
@@ -67,10 +70,14 @@ def bossac_command(board, image, port):
         "double-tap the board's reset button first so it enumerates in bootloader mode (2341:005A)")
 
 
+def no_image_on_virtual_board():
+    return UsageError("the virtual board runs the unix MicroPython VM: it has no firmware image to write",
+                      hint="use `tinyhost flash --board sim` to put tinyhost's firmware files on it")
+
+
 def firmware_commands(board, image, port, baud=460800, erase=True):
     if board.virtual or board.flash_method == "sim":
-        raise UsageError("the virtual board runs the unix MicroPython VM: it has no firmware image to write",
-                         hint="use `tinyhost flash --board sim` to put tinyhost's firmware files on it")
+        raise no_image_on_virtual_board()
     if board.flash_method == "esptool":
         return esptool_commands(board, image, port, baud=baud, erase=erase)
     return [bossac_command(board, image, port)]

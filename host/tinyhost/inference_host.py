@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from .atomic import write_bytes_atomic
 from .board import Provenance
 from .errors import ModelError, UsageError, VerifyMismatch
 
@@ -246,8 +246,8 @@ class VerifyResult:
                 "samples": [dict(asdict(s), ok=s.ok) for s in self.samples]}
 
 
-def write_json(result, path):
-    write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
+def to_json(result):
+    return json.dumps(result.to_dict(), indent=2)
 
 
 def write_outputs(outputs, path):

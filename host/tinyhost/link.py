@@ -42,12 +42,13 @@ def device_error(frame, what):
     code, message = P.parse_error(frame.payload)
     text = f"{what}: {message}"
     if code in (P.ErrorCode.NO_SPACE, P.ErrorCode.NO_MEMORY):
-        err = DoesNotFit(text, hint="free space on the board (tinyhost ls / rm) or use a smaller model"
-                         if code == P.ErrorCode.NO_SPACE else "use a smaller model or a board with more RAM "
+        err = DoesNotFit(text, hint="free space on the board (`mpremote connect PORT fs ls :/models` lists the "
+                         "models there, `mpremote connect PORT fs rm :/models/NAME` removes one) or use a smaller "
+                         "model" if code == P.ErrorCode.NO_SPACE else "use a smaller model or a board with more RAM "
                          "(`tinyhost model inspect MODEL` says which boards it fits and why not)")
     elif code in (P.ErrorCode.MODEL, P.ErrorCode.NO_MODEL):
         err = ModelError(text, hint="load a supported int8 .tflite model first" if code == P.ErrorCode.NO_MODEL
-                         else "check the model with `tinyhost model check`")
+                         else "check the model with `tinyhost model inspect MODEL`")
     elif code == P.ErrorCode.HASH_MISMATCH:
         err = ProtocolError(text)
     elif code == P.ErrorCode.NO_ENGINE:

@@ -45,6 +45,23 @@ def find_port(board_name, detected=None):
                      hint="choose one with --port PORT")
 
 
+def find_board(detected=None):
+    """``(port, profile name)`` of the one attached serial port that looks like a board tinyhost has a profile for
+    (no ``--board``, no ``--port``); none or several is a clear error listing what was found."""
+    detected = detect_ports() if detected is None else detected
+    candidates = [p for p in detected if p.boards]
+    if len(candidates) == 1:
+        return candidates[0].device, candidates[0].boards[0]
+    listing = "; ".join(f"{p.device} ({p.vid:04X}:{p.pid:04X} {p.description}"
+                        + (f", looks like {' or '.join(p.boards)})" if p.boards else ", no known board)")
+                        for p in detected) or "none"
+    if not candidates:
+        raise BoardNotFound(f"no board given and no serial port looks like a known board (ports with a USB id: "
+                            f"{listing})")
+    raise UsageError(f"no board given and {len(candidates)} serial ports look like boards: {listing}",
+                     hint="choose one with --port PORT (and --board NAME for its profile)")
+
+
 @dataclass
 class Target:
     """What a command talks to: a port, the board profile, and the virtual board when there is one."""
@@ -60,7 +77,8 @@ class Target:
 @contextlib.contextmanager
 def open_target(board_name=None, port=None, baud=None, virtual=False, state_dir=None):
     """Yield a :class:`Target`. Starts (and stops) a virtual board when ``board_name`` is ``sim`` or ``sim:NAME``
-    (see :func:`tinyhost.boards.from_spec`), or ``virtual`` is set.
+    (see :func:`tinyhost.boards.from_spec`), or ``virtual`` is set; ``state_dir`` is the root of the virtual boards'
+    state folders (``--state-dir``; the board's own folder is under it, see :func:`tinyhost.sim.board_state_dir`).
 
     With ``port`` given, ``board_name`` only selects the profile (default: esp32 for a real port).
     """
@@ -74,10 +92,10 @@ def open_target(board_name=None, port=None, baud=None, virtual=False, state_dir=
         yield Target(port=port, board=profile)
         return
     if virtual:
-        from .sim import VirtualBoard
+        from .sim import VirtualBoard, board_state_dir
 
-        emulated = "esp32" if profile.virtual else profile.name
-        with VirtualBoard(board=emulated, state_dir=state_dir, baud=baud) as vb:
+        emulated = boards.emulated(profile).name
+        with VirtualBoard(board=emulated, state_dir=board_state_dir(emulated, state_dir), baud=baud) as vb:
             yield Target(port=vb.port, board=vb.board, virtual_board=vb)
         return
     yield Target(port=find_port(profile.name), board=profile)

@@ -3,30 +3,34 @@
 The estimate is ``active current x supply voltage x latency``: datasheet figures, never a measurement, and always
 labelled so with its inputs and their sources. A measurement needs a Joulescope on the board's supply and the
 optional ``joulescope`` package (``pip install joulescope``): mean power during continuous inference times the
-median latency.
+median latency. Either way the result names the latency it used (``inputs["latency"]``): the p50 of the single
+inferences when they were timed, else the latency at the median throughput.
 """
 
 from ..errors import UsageError
 from .results import EnergyResult
 
+P50_LATENCY = "p50 single-inference latency"
 
-def estimate(board, latency_us, virtual=False):
-    """uJ per inference from ``board.power['active']`` and ``board.supply_v`` (a tinyhost.boards.Board)."""
+
+def estimate(board, latency_us, virtual=False, latency_name=P50_LATENCY):
+    """uJ per inference from ``board.power['active']`` and ``board.supply_v`` (a tinyhost.boards.Board);
+    ``latency_name`` says which latency ``latency_us`` is."""
     if latency_us <= 0:
         raise ValueError(f"latency must be positive, got {latency_us} us")
     active = board.power["active"]
     uj = active.current_ma * board.supply_v * latency_us / 1000.0     # mA * V = mW; mW * us / 1000 = uJ
     note = ("estimate, not a measurement: the board profile's active current times its supply voltage times the "
-            "median inference latency")
+            f"{latency_name}")
     if virtual:
         note += ("; virtual board: the latency is the host CPU's running the MicroPython VM, not the "
                  f"{board.name}'s, so this figure says nothing about the real board")
     return EnergyResult(
         kind="estimate", uj_per_inference=uj,
         inputs={"active_current_ma": active.current_ma, "supply_v": board.supply_v, "latency_us": latency_us,
-                "formula": "uJ = current_ma * supply_v * latency_us / 1000"},
+                "latency": latency_name, "formula": "uJ = current_ma * supply_v * latency_us / 1000"},
         sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
-                 "latency: median single-inference time, device clock" + (" (virtual board)" if virtual else "")],
+                 f"latency: {latency_name}, device clock" + (" (virtual board)" if virtual else "")],
         note=note)
 
 
@@ -41,7 +45,7 @@ def joulescope_capture_plan(latency_us, min_duration_s=1.0, min_inferences=100):
     return {"duration_s": round(duration_s, 6), "inferences": inferences, "config": "auto"}
 
 
-def energy_from_samples(samples, latency_us, device=""):
+def energy_from_samples(samples, latency_us, device="", latency_name=P50_LATENCY):
     """Measured uJ per inference from Joulescope samples: rows of ``(current_A, voltage_V)`` taken while the board
     ran inferences back to back. Non-finite rows (the driver marks dropped samples with NaN) are left out."""
     import numpy as np
@@ -61,13 +65,13 @@ def energy_from_samples(samples, latency_us, device=""):
         inputs={"mean_power_w": mean_power_w, "mean_current_a": float(finite[:, 0].mean()),
                 "mean_voltage_v": float(finite[:, 1].mean()), "samples": int(len(finite)),
                 "samples_dropped": int(len(data) - len(finite)), "latency_us": latency_us,
-                "formula": "uJ = mean(current_A * voltage_V) * latency_us"},
+                "latency": latency_name, "formula": "uJ = mean(current_A * voltage_V) * latency_us"},
         sources=[f"Joulescope {device}".strip() + " capture during continuous inference",
-                 "latency: median single-inference time, device clock"],
+                 f"latency: {latency_name}, device clock"],
         note="measured supply power of the whole board (not only the MCU) during back-to-back inferences")
 
 
-def measure_with_joulescope(run_inferences, latency_us, min_duration_s=1.0):
+def measure_with_joulescope(run_inferences, latency_us, min_duration_s=1.0, latency_name=P50_LATENCY):
     """Capture with the one attached Joulescope while ``run_inferences(n)`` keeps the board busy.
 
     ``run_inferences`` is called in a thread with the number of inferences to run; it must return when done.
@@ -86,4 +90,4 @@ def measure_with_joulescope(run_inferences, latency_us, min_duration_s=1.0):
         samples = js.read(contiguous_duration=plan["duration_s"])
         device = str(js)
     worker.join()
-    return energy_from_samples(samples, latency_us, device)
+    return energy_from_samples(samples, latency_us, device, latency_name)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .. import errors
+from ..errors import BenchInterrupted
 from . import metrics
 from .datasets import to_model_input
 from .results import AccuracyResult, MemoryResult, PerformanceResult, SampleResult, Window
@@ -27,12 +28,6 @@ log = logging.getLogger(__name__)
 MLPERF_INPUTS = 5              # MLPerf Tiny performance mode: five different inputs
 MLPERF_WINDOW_S = 10.0         # ... each timed over at least 10 s
 MLPERF_MIN_INFERENCES = 10     # ... and at least 10 inferences
-
-
-class BenchInterrupted(errors.TinyhostError):
-    """An accuracy run stopped part-way; its journal keeps every finished sample for --resume."""
-
-    exit_code = 12
 
 
 class Listener:

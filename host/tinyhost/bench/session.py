@@ -190,7 +190,10 @@ def _run_modes(opts, modes, target, b, listener):
                                       latency_source=latency_source)
         if "performance" in modes:
             result.performance = perf
-        latency_us = perf.latency["p50_us"] if perf.latency else perf.median_latency_us
+        if perf.latency:
+            latency_us, latency_name = perf.latency["p50_us"], energy.P50_LATENCY
+        else:
+            latency_us, latency_name = perf.median_latency_us, "latency at the median throughput"
     if "accuracy" in modes:
         identity = {"model_sha256": prov.model_sha256 or prov.benchmark, "dataset_sha256": ds.fingerprint(),
                     "benchmark": ds.benchmark, "n_items": len(ds.items), "board": prov.label, "dut": opts.dut}
@@ -203,9 +206,9 @@ def _run_modes(opts, modes, target, b, listener):
     if "energy" in modes:
         if opts.energy_meter == "joulescope":
             result.energy = energy.measure_with_joulescope(
-                lambda n: target.window(inputs[0], 0, n, 0), latency_us)
+                lambda n: target.window(inputs[0], 0, n, 0), latency_us, latency_name=latency_name)
         else:
-            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual)
+            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual, latency_name=latency_name)
     if opts.offload is not None:
         result.offload = _run_offload(opts, target, b, ds, listener)
     return result

@@ -9,8 +9,8 @@ from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeRemaini
 
 from .. import console
 from ..bench import runner, session
-from ..bench.results import write_csv, write_json
-from .common import board_options
+from ..bench.results import write_csv
+from .common import board_options, json_option, write_json
 
 
 class LivePrinter(runner.Listener):
@@ -93,7 +93,7 @@ def result_table(result):
     if perf:
         table.add_row("performance (score)", f"{perf.median_inferences_per_s:.3f} inferences/s, median of "
                                              f"{len(perf.windows)} windows")
-        table.add_row("latency at the median", f"{perf.median_latency_us / 1000:.3f} ms")
+        table.add_row("latency at that throughput", f"{perf.median_latency_us / 1000:.3f} ms")
         table.add_row("spread between windows", f"{perf.spread_pct:.2f} %")
         if perf.latency:
             lat = perf.latency
@@ -120,7 +120,9 @@ def result_table(result):
     en = result.energy
     if en:
         label = "ESTIMATE" if en.kind == "estimate" else "measured"
-        table.add_row(f"energy ({label})", f"{en.uj_per_inference:.2f} uJ per inference")
+        latency = en.inputs.get("latency", "latency")
+        table.add_row(f"energy ({label})", f"{en.uj_per_inference:.2f} uJ per inference, with the {latency} "
+                                           f"{en.inputs['latency_us'] / 1000:.3f} ms")
     return table
 
 
@@ -208,7 +210,7 @@ def print_offload(off, mark=""):
 @click.option("--inputs", "n_inputs", type=int, default=runner.MLPERF_INPUTS, show_default=True,
               help="Different inputs, one window each (MLPerf Tiny: 5).")
 @click.option("--limit", type=int, default=None, help="Accuracy: only the first N samples (a quick check).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@json_option("Write the result as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write every figure as CSV.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write report.md, report.html and PNG plots into this folder.")
@@ -268,12 +270,13 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
             result = session.run(opts, printer)
     except KeyboardInterrupt:
         if mode in ("accuracy", "all"):
-            click.echo("tinyhost: interrupted — the journal keeps every finished sample; run the same command "
-                       "with --resume to continue", err=True)
+            from ..errors import Interrupted
+
+            raise Interrupted("interrupted", hint="the journal keeps every finished sample; run the same command "
+                                                  "with --resume to continue") from None
         raise
     print_result(result)
-    if json_path:
-        write_json(result, json_path)
+    if json_path and write_json(json_path, result.to_json()):
         click.echo(f"wrote {json_path}")
     if csv_path:
         write_csv(result, csv_path)

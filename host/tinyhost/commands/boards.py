@@ -1,17 +1,30 @@
-"""``tinyhost boards``: board profiles, and the serial ports that look like one of them."""
+"""``tinyhost boards``: board profiles, the virtual boards, and the serial ports that look like one of them."""
+
+import dataclasses
+import json
 
 import click
 
 from .. import boards as board_profiles
 from .. import console
+from ..ports import detect_ports
+from .common import json_option, write_json
+
+
+def virtual_boards(profiles):
+    """``(--board value, profile it emulates)`` for every virtual board: ``sim`` and ``sim:NAME`` for each real
+    profile."""
+    specs = [("sim", board_profiles.emulated(p).name) for p in profiles if p.virtual]
+    return specs + [(board_profiles.VIRTUAL_PREFIX + p.name, p.name) for p in profiles if not p.virtual]
 
 
 @click.command()
-def boards():
-    """List board profiles and detected serial ports (USB VID:PID) with their likely board."""
-    from serial.tools import list_ports
-
+@json_option("Also write the profiles, virtual boards and detected ports as JSON to this file.")
+def boards(json_path):
+    """List board profiles, the virtual boards (sim, sim:NAME) and detected serial ports (USB VID:PID) with their
+    likely board."""
     profiles = board_profiles.load_all()
+    ports = detect_ports()
     right = {"clock", "heap", "flash fs", "ROMFS", "baud"}
     table = console.table("board", "MCU", "clock", "heap", "flash fs", "ROMFS", "baud", "radios", right=right)
     for b in profiles:
@@ -20,14 +33,23 @@ def boards():
                       f"{b.heap_bytes // 1024} KB", f"{b.fs_bytes // 1024} KB", romfs, str(b.baud),
                       ", ".join(b.radios) or "none")
     console.print_table(table)
+    virtual = virtual_boards(profiles)
+    click.echo("\nvirtual boards, for --board (MicroPython's unix VM with the named profile's heap, flash and line "
+               "rate; sim is sim:esp32):")
+    click.echo("  " + "  ".join(spec for spec, _ in virtual))
     click.echo("")
-    ports = [p for p in list_ports.comports() if p.vid is not None]
     if not ports:
         click.echo("serial ports: none with a USB VID:PID found (use --board sim for the virtual board)")
-        return
-    table = console.table("port", "USB VID:PID", "description", "likely board")
-    for p in ports:
-        guesses = board_profiles.match_usb(p.vid, p.pid)
-        table.add_row(p.device, f"{p.vid:04X}:{p.pid:04X}", p.description or "",
-                      ", ".join(b.name for b in guesses) or "unknown board")
-    console.print_table(table, "serial ports")
+    else:
+        table = console.table("port", "USB VID:PID", "description", "likely board")
+        for p in ports:
+            table.add_row(p.device, f"{p.vid:04X}:{p.pid:04X}", p.description or "",
+                          ", ".join(p.boards) or "unknown board")
+        console.print_table(table, "serial ports")
+    if json_path:
+        document = {
+            "boards": [{k: v for k, v in dataclasses.asdict(b).items() if k != "path"} for b in profiles],
+            "virtual_boards": [{"board": spec, "emulates": name} for spec, name in virtual],
+            "ports": [dataclasses.asdict(p) for p in ports],
+        }
+        write_json(json_path, json.dumps(document, indent=2))

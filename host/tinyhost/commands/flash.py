@@ -7,8 +7,8 @@ import click
 from .. import boards as board_profiles
 from .. import console
 from ..errors import TinyhostError, UsageError
-from ..firmware_image import firmware_commands
 from ..board import connect
+from ..firmware_image import firmware_commands, no_image_on_virtual_board
 from ..flash import check_fits_profile, firmware_items, model_item, with_plans
 from ..ports import find_port
 from ..zoo import resolve
@@ -54,8 +54,10 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
 def _write_micropython(board_name, port, image, run_commands):
     if not board_name:
         raise UsageError("--firmware needs --board to know the chip", hint="e.g. --board esp32")
-    board = board_profiles.load(board_name)
-    if port is None and not board.virtual:
+    board, virtual = board_profiles.from_spec(board_name)         # sim:esp32s3 is virtual, its profile is not
+    if virtual:
+        raise no_image_on_virtual_board()
+    if port is None:
         port = find_port(board.name)
     commands = firmware_commands(board, image, port)
     for command in commands:

@@ -7,7 +7,7 @@ import click
 
 from .. import console
 from .. import inference_host as ih
-from .common import board_options
+from .common import board_options, json_option, write_json
 
 VIRTUAL_NOTE = "virtual board: MicroPython VM timings on this host, not the chip's"
 
@@ -84,8 +84,7 @@ class _Progress:
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where the outputs go (.npy; .npz for a model with several outputs), in the input's layout.")
 @click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write latencies and provenance (board, model sha256, backend ...) as JSON.")
+@json_option("Write latencies and provenance (board, model sha256, backend ...) as JSON.")
 def infer(board_name, port, baud, state_dir, model, input_path, output_path, backend, json_path):
     """Run a model on the board for every input in a .npy file and save the outputs."""
     checked = ih.check_model(model)
@@ -93,8 +92,7 @@ def infer(board_name, port, baud, state_dir, model, input_path, output_path, bac
         run = ih.infer(checked, input_path, output_path, board_name=board_name, port=port, baud=baud,
                        state_dir=state_dir, backend=backend, on_row=progress.row, progress=progress.files)
     click.echo(format_run(run))
-    if json_path:
-        ih.write_json(run, json_path)
+    if json_path and write_json(json_path, ih.to_json(run)):
         click.echo(f"wrote {json_path}")
 
 
@@ -105,8 +103,7 @@ def infer(board_name, port, baud, state_dir, model, input_path, output_path, bac
               help="Random inputs, besides the structured ones (all minimum, all maximum, zeros).")
 @click.option("--seed", type=int, default=ih.DEFAULT_SEED, show_default=True, help="Seed of the random inputs.")
 @click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write every input's comparison and the provenance as JSON.")
+@json_option("Write every input's comparison and the provenance as JSON.")
 def verify(board_name, port, baud, state_dir, model, samples, seed, backend, json_path):
     """Check the board's outputs against TensorFlow Lite Micro's, element by element (exit code 12 on any
     difference)."""
@@ -117,7 +114,6 @@ def verify(board_name, port, baud, state_dir, model, samples, seed, backend, jso
                            on_sample=lambda s, n: progress.row(s.index, n, s.time_us))
     console.print_table(samples_table(result.samples))
     click.echo(format_verify(result))
-    if json_path:
-        ih.write_json(result, json_path)
+    if json_path and write_json(json_path, ih.to_json(result)):
         click.echo(f"wrote {json_path}")
     ih.raise_on_mismatch(result)

@@ -7,13 +7,12 @@ import click
 
 from .. import console
 from ..board import connect
-from .common import board_options, human_bytes
+from .common import board_options, human_bytes, json_option, write_json
 
 
 @click.command()
 @board_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the report as JSON to this file ('-' for stdout only).")
+@json_option("Also write the report as JSON to this file.")
 def info(board_name, port, baud, state_dir, json_path):
     """Firmware version and hash, board, free heap and flash, MicroPython version, engine backends."""
     with connect(board_name, port, baud, state_dir=state_dir) as b:
@@ -21,12 +20,8 @@ def info(board_name, port, baud, state_dir, json_path):
     report.pop("raw", None)
     report["port"] = b.port
     report["source"] = "virtual board" if b.virtual else "board"
-    if json_path == "-":
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
     if json_path:
-        from ..atomic import write_text_atomic
-        write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+        write_json(json_path, json.dumps(report, indent=2, default=str))
     fields = []
     for key, value in report.items():
         if key.endswith("_bytes") and isinstance(value, int):

@@ -1,11 +1,11 @@
 """``tinyhost model inspect FILE``: what a .tflite model contains and whether it fits each board."""
 
 import json
-from pathlib import Path
 
 import click
 
 from .. import console
+from .common import json_option, write_json
 
 
 @click.group()
@@ -15,11 +15,10 @@ def model():
 
 @model.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--board", "-b", default=None,
+@click.option("--board", default=None,
               help="Only this board: a profile (esp32, esp32-romfs, ...), sim, or sim:PROFILE (default: all).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the full report as JSON to this file.")
-def inspect_cmd(file, board, json_out):
+@json_option("Also write the full report as JSON to this file.")
+def inspect_cmd(file, board, json_path):
     """Operators, tensors, MACs, arena bytes (ours and TFLM's), peak RAM and fit per board."""
     from ..model import inspect
 
@@ -55,7 +54,5 @@ def inspect_cmd(file, board, json_out):
             table.add_row(fit.board, "yes" if fit.fits else "no", where[fit.weights] if fit.fits else "",
                           f"~{fit.peak_ram_bytes} B" if fit.fits else "", "; ".join(fit.reasons))
         console.print_table(table, title)
-    if json_out:
-        tmp = Path(json_out).with_suffix(Path(json_out).suffix + ".part")
-        tmp.write_text(json.dumps(r.to_dict(), indent=2, default=list))
-        tmp.replace(json_out)
+    if json_path:
+        write_json(json_path, json.dumps(r.to_dict(), indent=2, default=list))

@@ -1,10 +1,14 @@
 """``tinyhost models list|pull``: shipped models and the official MLPerf Tiny models in the cache."""
 
+import dataclasses
+import json
+
 import click
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
 from .. import console, zoo
-from .common import human_bytes
+from ..errors import ModelDownloadError
+from .common import human_bytes, json_option, write_json
 
 
 @click.group()
@@ -13,7 +17,8 @@ def models():
 
 
 @models.command("list")
-def list_cmd():
+@json_option("Also write the list as JSON to this file.")
+def list_cmd(json_path):
     """List shipped and pullable models with their size and status."""
     rows = zoo.list_models()
     table = console.table("name", "kind", "task", "input", "size", "status", "path", right={"size"})
@@ -25,6 +30,11 @@ def list_cmd():
     click.echo(f"\ncache: {zoo.cache_dir()}  (set TINYHOST_CACHE to move it)")
     if any(st.state == "not pulled" for st in rows):
         click.echo("pull the official models with: tinyhost models pull kws01 vww01 ic01 ad01")
+    if json_path:
+        document = {"cache": str(zoo.cache_dir()),
+                    "models": [{**dataclasses.asdict(st.entry), "path": str(st.path), "state": st.state,
+                                "size_bytes": st.size_bytes} for st in rows]}
+        write_json(json_path, json.dumps(document, indent=2))
 
 
 @models.command("pull")
@@ -38,13 +48,26 @@ def list_cmd():
 def pull_cmd(names, source, force, timeout_s):
     """Download official models into the cache, verifying their SHA-256 (default: all four)."""
     names = names or tuple(e.name for e in zoo.OFFICIAL)
+    failed = []
     with console.progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                           console.BytesPerSecond(), TimeRemainingColumn(), transient=True) as bars:
         for name in names:
             task = bars.add_task(name, total=None)
-            result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s,
-                              progress=lambda done, total, task=task: bars.update(task, completed=done, total=total))
-            bars.remove_task(task)
+            try:
+                result = zoo.pull(name, source=source, force=force, timeout_s=timeout_s,
+                                  progress=lambda done, total, task=task: bars.update(task, completed=done,
+                                                                                      total=total))
+            except ModelDownloadError as e:           # one model's failure does not stop the others
+                click.echo(f"{name}: not pulled: {e.message}", err=True)
+                failed.append(e)
+                continue
+            finally:
+                bars.remove_task(task)
             verb = "already cached" if result.skipped else "pulled"
             click.echo(f"{result.name}: {verb}, {human_bytes(result.size_bytes)}, "
                        f"sha256 {result.sha256[:16]}…  -> {result.path}")
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ModelDownloadError(f"{len(failed)} of {len(names)} models not pulled: "
+                                 + "; ".join(e.message for e in failed), hint=failed[0].hint)

@@ -2,16 +2,19 @@
 
 import click
 
-from ..sim.relay import BootFailed, make_config, serve
+from .. import boards
 from ..errors import TransportError
+from ..sim.relay import BootFailed, make_config, serve
+from ..sim.state import board_state_dir
+from .common import state_dir_option
 
 
 @click.command()
 @click.option("--board", "board_name", default="esp32", show_default=True,
-              help="Board profile to emulate (its heap, flash size and baud): esp32 (or sim), esp32s3, nano33ble.")
-@click.option("--baud", type=click.IntRange(min=1), help="Emulated line rate in bit/s [default: the profile's].")
-@click.option("--state-dir", type=click.Path(file_okay=False),
-              help="Where the flash image lives [default: ~/.cache/tinyhost/sim/<board>].")
+              help="Board profile to emulate (its heap, flash size and baud): esp32 (or sim), esp32s3, nano33ble, "
+                   "esp32-romfs; as the other commands spell it too (sim:esp32s3).")
+@click.option("--baud", "-b", type=click.IntRange(min=1), help="Emulated line rate in bit/s [default: the profile's].")
+@state_dir_option
 @click.option("--drop-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Probability that a byte is lost on the line (both directions).")
 @click.option("--corrupt-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
@@ -21,8 +24,11 @@ from ..errors import TransportError
 def sim(board_name, baud, state_dir, drop_rate, corrupt_rate, seed, fresh):
     """Start a virtual board: MicroPython's VM on a pseudo-terminal that mpremote, pyserial and tinyhost open
     like /dev/ttyUSB0. Prints the port path first, then what it emulates; serves until Ctrl-C or SIGTERM."""
-    config = make_config(board_name, baud, state_dir, drop_rate, corrupt_rate, seed, fresh)
+    profile = boards.emulated(boards.from_spec(board_name)[0])
+    config = make_config(profile.name, baud, board_state_dir(profile.name, state_dir), drop_rate, corrupt_rate, seed,
+                         fresh)
     try:
         serve(config)
     except BootFailed as e:
-        raise TransportError(str(e), hint="run `tinyhost sim --fresh` to start from an empty flash") from None
+        image = config.state_dir / "flash.img"
+        raise TransportError(str(e), hint=f"add --fresh to start from an empty flash ({image} is erased)") from None

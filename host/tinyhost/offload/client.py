@@ -1,4 +1,4 @@
-"""Host-side offload clients: a blocking one (tests, the serial relay, ``tinyhost offload check``) and an asyncio
+"""Host-side offload clients: a blocking one (tests, the serial relay of ``tinyhost offload relay``) and an asyncio
 one (the throughput benchmark's simulated devices). Both speak exactly what a board speaks (wire.py, auth.py)."""
 
 import asyncio

@@ -11,6 +11,6 @@ docs/virtual-board.md.
 """
 
 from .board import VirtualBoard, board_port
-from .state import default_state_dir, read_flash_files
+from .state import board_state_dir, read_flash_files, state_root
 
-__all__ = ["VirtualBoard", "board_port", "default_state_dir", "read_flash_files"]
+__all__ = ["VirtualBoard", "board_port", "board_state_dir", "read_flash_files", "state_root"]

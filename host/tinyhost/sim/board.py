@@ -49,7 +49,8 @@ def _kill_group(process):
 class VirtualBoard:
     """A virtual board emulating the board profile ``board`` (its heap, flash size and default baud).
 
-    ``state_dir`` holds the flash image (default ``~/.cache/tinyhost/sim/<board>/``); ``baud`` the emulated line
+    ``state_dir`` is this board's own folder, holding its flash image (default: the board's folder under the state
+    root, :func:`tinyhost.sim.state.board_state_dir`; ``--state-dir`` names that root); ``baud`` the emulated line
     rate (default the profile's); ``drop_rate``/``corrupt_rate`` per-byte fault probabilities in both directions,
     reproducible with ``seed``. ``fresh=True`` erases the flash first."""
 

@@ -398,28 +398,15 @@ def _print_line(text):
     sys.stdout.flush()
 
 
-def _emulated(profile):
-    """The real board a virtual profile stands in for (``sim`` extends ``esp32``): its name is what the board
-    reports and names its state directory, so ``tinyhost sim`` and ``--board sim`` share one flash."""
-    if not profile.virtual:
-        return profile
-    import tomllib
-
-    from .. import boards
-
-    with open(profile.path, "rb") as f:
-        parent = tomllib.load(f).get("extends")
-    return boards.load(parent, profile.path.parent) if parent else profile
-
-
 def make_config(board="sim", baud=None, state_dir=None, drop_rate=0.0, corrupt_rate=0.0, seed=None, fresh=False,
                 control=False):
-    """Check the settings of a virtual board; ``board`` is a profile name (its heap, flash and baud are used)."""
+    """Check the settings of a virtual board; ``board`` is a profile name (its heap, flash and baud are used),
+    ``state_dir`` the folder of this board's own flash (default: its folder under :func:`~.state.state_root`)."""
     from .. import boards
     from ..errors import UsageError
-    from .state import default_state_dir
+    from .state import board_state_dir
 
-    profile = _emulated(boards.load(board))
+    profile = boards.emulated(boards.load(board))
     if baud is not None and (isinstance(baud, bool) or baud <= 0):
         raise UsageError(f"--baud must be a positive number of bits per second, got {baud}",
                          hint=f"leave it out for the profile's {profile.baud}, or pass e.g. --baud 921600")
@@ -427,6 +414,7 @@ def make_config(board="sim", baud=None, state_dir=None, drop_rate=0.0, corrupt_r
         if not 0.0 <= rate <= 1.0:
             raise UsageError(f"{option} must be a probability per byte between 0 and 1, got {rate}",
                              hint=f"e.g. {option} 0.001")
-    return SimConfig(board=profile, state_dir=Path(state_dir).resolve() if state_dir else default_state_dir(profile.name),
+    state_dir = Path(state_dir).resolve() if state_dir else board_state_dir(profile.name)
+    return SimConfig(board=profile, state_dir=state_dir,
                      baud=baud or profile.baud, drop_rate=drop_rate, corrupt_rate=corrupt_rate, seed=seed,
                      fresh=fresh, control=control)

@@ -1,6 +1,8 @@
 """Where a virtual board keeps its flash: a per-board state directory holding a littlefs2 image.
 
-The default directory is ``~/.cache/tinyhost/sim/<board>/`` (``$TINYHOST_STATE_DIR/sim/<board>/`` when that is set).
+All virtual boards keep their state under one root, each board in a folder named after the board it emulates:
+``<root>/esp32/``, ``<root>/esp32s3/``. The root is ``--state-dir`` where a command has it, else
+``$TINYHOST_STATE_DIR``, else ``~/.cache/tinyhost/sim`` (tinyhost's cache, see :func:`tinyhost.paths.cache_dir`).
 The image has exactly the profile's filesystem size, so a write past it fails with ENOSPC inside the board, as on
 a real one. One virtual board at a time may use a state directory (a lock file says which).
 """
@@ -11,17 +13,25 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from ..paths import cache_dir
 
 FLASH_IMAGE_NAME = "flash.img"
 ROMFS_IMAGE_NAME = "romfs.img"
 LOCK_NAME = "lock"
 ERASED_BYTE = b"\xff"
+STATE_ROOT_ENV = "TINYHOST_STATE_DIR"
 
 
-def default_state_dir(board_name):
-    base = os.environ.get("TINYHOST_STATE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "tinyhost"
-    return root / "sim" / board_name
+def state_root(root=None):
+    """The folder holding every virtual board's state folder: ``root``, else $TINYHOST_STATE_DIR, else
+    ``~/.cache/tinyhost/sim``."""
+    root = root or os.environ.get(STATE_ROOT_ENV)
+    return Path(root).expanduser().resolve() if root else cache_dir("sim")
+
+
+def board_state_dir(board_name, root=None):
+    """The state folder of the virtual ``board_name`` (the profile it emulates) under :func:`state_root`."""
+    return state_root(root) / board_name
 
 
 def lock_state_dir(state_dir):
@@ -68,7 +78,7 @@ def _prepare_image(image, nbytes, board, what, fresh):
         if size != nbytes:
             raise UsageError(
                 f"the image {image} holds {size} bytes but board {board.name!r} has a {nbytes}-byte {what}",
-                hint="pass --fresh to erase it and start with an empty filesystem, or another --state-dir")
+                hint=f"delete {image} to start with an empty {what}, or pass another --state-dir")
         return image
     part = image.with_name(image.name + ".part")
     with open(part, "wb") as f:
