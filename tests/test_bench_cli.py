@@ -38,7 +38,8 @@ def test_bench_all_modes_over_eembc_writes_json_csv_and_report(dut, tmp_path):
     assert out.exit_code == 0, out.output
     assert re.search(r"^accuracy +top1 70\.00 % over 10 inferences$", out.output, re.M), out.output
     assert re.search(r"^MLPerf Tiny target +90 %: NOT met$", out.output, re.M)
-    assert re.search(r"^energy \(ESTIMATE\) +\d+\.\d\d uJ per inference$", out.output, re.M)
+    assert re.search(r"^energy \(ESTIMATE\) +\d+\.\d\d uJ per inference, with the p50 single-inference latency "
+                     r"\d+\.\d{3} ms$", out.output, re.M)
     data = json.loads((tmp_path / "r.json").read_text())
     prov = data["provenance"]
     assert (prov["dut"], prov["dut_name"], prov["benchmark"], prov["virtual"]) == ("eembc", "tinyhost", "kws01", False)

@@ -118,16 +118,17 @@ def test_report_without_timings_skips_the_histogram(tmp_path):
     assert names == ["report.html", "report.md", "window_throughput.png"]
 
 
-def test_console_energy_line_shows_the_latency_it_is_computed_from():
+def test_console_energy_line_shows_the_latency_it_is_computed_from(capsys):
     from tinyhost.bench import energy
     from tinyhost.boards import load
-    from tinyhost.commands.bench import format_result
+    from tinyhost.commands.bench import print_result
 
     result = sample_result(virtual=False)
     p50_us = result.performance.latency["p50_us"]                 # 1002 us, not the 1020 us of 1/throughput
     result.energy = energy.estimate(load("esp32"), p50_us)
-    text = format_result(result)
-    energy_line = next(line for line in text.splitlines() if line.startswith("energy"))
+    print_result(result)
+    text = capsys.readouterr().out
+    energy_line = next(line for line in text.splitlines() if line.startswith("energy (ESTIMATE)"))
     assert "p50 single-inference latency 1.002 ms" in energy_line
     ma, v = result.energy.inputs["active_current_ma"], result.energy.inputs["supply_v"]
     assert f"{result.energy.uj_per_inference:.2f} uJ" in energy_line
