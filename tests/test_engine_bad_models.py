@@ -8,7 +8,7 @@ from engine_harness import helpers
 from tinyhost.model import engine_module, writer
 
 engine = engine_module()
-from tinyfw.engine import reader, ops as engine_ops  # noqa: E402
+from tinyfw.engine import reader, op_prepare as engine_ops  # noqa: E402
 
 
 def _conv_model(**overrides):

@@ -4,11 +4,11 @@
 #   m.input_buffer()[:] = data; m.invoke(); m.output_buffer()
 #
 # This module is what stays in RAM while a model runs. load() takes one of two paths to a load plan (everything
-# computed at load: arena placement, kernel parameters, per-channel constants; format in planload.py):
+# computed at load: arena placement, kernel parameters, per-channel constants; format in plan_read.py):
 # - MODEL.plan next to MODEL.tflite (put there by `tinyhost flash`), used only when it was made from this very
-#   model file (sha256) by this plan format: planload.py alone reads it, allocating the arena first;
-# - otherwise the full path: loader.py (with reader.py, ops.py, planner.py) parses, validates and prepares the
-#   model, planwrite.py packs it into a plan in RAM, and planload.py builds from that.
+#   model file (sha256) by this plan format: plan_read.py alone reads it, allocating the arena first;
+# - otherwise the full path: model_prepare.py (with reader.py, op_prepare.py, arena_layout.py) parses, validates and prepares the
+#   model, plan_write.py packs it into a plan in RAM, and plan_read.py builds from that.
 # Load-time modules are dropped from the heap again (del sys.modules[...], gc.collect()). Weights and per-channel
 # constants stay in RAM when they fit comfortably; otherwise they are streamed from flash per operator while it
 # runs (docs/engine.md, "Memory"). invoke() allocates nothing. Kernels come from a backend module (kernels_ref =
@@ -62,10 +62,10 @@ STREAM_SCRATCH_BYTES = 32768
 # Kernel scratch added on top of the plan's work-area floors when the heap has room (viper's fast paths).
 WORK_RESERVE = 4096
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
-_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planarena",
-                 "planload",
+_LOAD_MODULES = ("model_prepare", "reader", "op_prepare", "arena_layout", "quant", "params", "plan_write", "plan_check", "arena_alloc",
+                 "plan_read",
                  "fixedpoint", "ref_softmax")
-# The load plan of MODEL.tflite: MODEL.plan (plan_path; format in planload.py).
+# The load plan of MODEL.tflite: MODEL.plan (plan_path; format in plan_read.py).
 PLAN_SUFFIX = ".plan"
 
 _EXTRA_BACKENDS = {}
@@ -116,14 +116,14 @@ def _drop_load_modules(keep=()):
 
 
 def plan_arena(md, specs):
-    """(offset per int8 activation tensor index, arena bytes, row band per operator) for ops.prepare(md)'s
+    """(offset per int8 activation tensor index, arena bytes, row band per operator) for op_prepare.prepare(md)'s
     specs (host tools)."""
-    from .loader import plan_arena as plan
+    from .model_prepare import plan_arena as plan
     return plan(md, specs)
 
 
 def activation_lifetimes(md, specs):
-    from .loader import activation_lifetimes as lifetimes
+    from .model_prepare import activation_lifetimes as lifetimes
     return lifetimes(md, specs)
 
 
@@ -167,8 +167,8 @@ class Model:
         self._side = None              # the open plan file when per-channel data is streamed from it
         self._p = None                 # streamed: the parameter array each convolution's parameters are read into
         self._banded = 0               # convolutions run in row bands
-        self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
-        self._stream_chan = False      # per-channel data read per operator at invoke (planload.allocate_arena)
+        self._chan_in_arena = False    # streamed channel data lands at the arena's end (plan_read.build)
+        self._stream_chan = False      # per-channel data read per operator at invoke (plan_read.allocate_arena)
         self._arena = None
         self._fallback = []
         self._softmax = None           # the reference softmax, when the backend has none (imported before the arena)
@@ -184,48 +184,48 @@ class Model:
     def _load(self, path, k, arena_bytes, weights, scratch_bytes):
         g = None
         try:
-            from . import plancheck
+            from . import plan_check
             h = "absent"
             try:
                 g = open(plan_path(path), "rb")
             except OSError:
                 pass
             if g is not None:
-                h = plancheck.check(g, self._f)
+                h = plan_check.check(g, self._f)
             if isinstance(h, str):             # no usable plan: the full path builds one here, in RAM
                 if g is not None:
                     g.close()
                 self.plan = "built"
                 self.plan_note = h
                 try:
-                    from .loader import plan_in_ram
-                    g = plan_in_ram(self._f, plancheck)
+                    from .model_prepare import plan_in_ram
+                    g = plan_in_ram(self._f, plan_check)
                     plan_in_ram = None
                 except MemoryError:
                     raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
                                       "`tinyhost flash --model` puts a plan next to it" % (path, plan_path(path), h))
-                h = plancheck.check(g, self._f)
+                h = plan_check.check(g, self._f)
                 if isinstance(h, str):
                     raise ModelError("internal error: the plan built here does not check: %s" % h)
             else:
                 self.plan = "file"
-            plancheck = None
+            plan_check = None
             _drop_load_modules()
             if getattr(k, "softmax", None) is None:    # the fallback softmax's code goes below the arena, not
                 from . import ref_softmax               # in a hole at the end of the build (fragmentation)
                 self._softmax = ref_softmax.softmax
                 ref_softmax = None
             _stage("plan checked")
-            from . import planload              # all of the rest of a load is in planload (dropped after it)
+            from . import plan_read              # all of the rest of a load is in plan_read (dropped after it)
             # The arena decision estimates what the build needs beside it; when the heap proves that wrong (the
             # build runs out), once more with the lean choices: no work reserve, channel data streamed.
             for lean in (False, True):
-                from . import planarena         # the arena's size and place; this code goes before the build
-                mapped = planarena.allocate_arena(self, h, arena_bytes, weights, k, lean)
-                planarena = None
-                _drop_load_modules(keep=("planload",))
+                from . import arena_alloc         # the arena's size and place; this code goes before the build
+                mapped = arena_alloc.allocate_arena(self, h, arena_bytes, weights, k, lean)
+                arena_alloc = None
+                _drop_load_modules(keep=("plan_read",))
                 try:
-                    planload.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
+                    plan_read.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
                     break
                 except MemoryError:
                     if lean or arena_bytes is not None:
@@ -233,7 +233,7 @@ class Model:
                     self._arena = self._in_views = self._out_views = self._side = mapped = None
                     self._steps = ()
                     _stage("build out of memory: lean retry")
-            planload = mapped = None
+            plan_read = mapped = None
         finally:
             if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke
                 g.close()

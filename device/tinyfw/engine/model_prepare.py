@@ -1,6 +1,6 @@
-# Load-time half of the engine (the full path): parse (reader.py), prepare (ops.py) and plan (planner.py) a model
-# into a compact Recipe, which planwrite.py packs into a load plan (the same bytes `tinyhost flash` puts next to
-# the model as MODEL.plan) and planload.py turns into kernel calls.
+# Load-time half of the engine (the full path): parse (reader.py), prepare (op_prepare.py) and plan (arena_layout.py) a model
+# into a compact Recipe, which plan_write.py packs into a load plan (the same bytes `tinyhost flash` puts next to
+# the model as MODEL.plan) and plan_read.py turns into kernel calls.
 #
 # The engine drops this module, reader, ops and planner from the heap after every load (del sys.modules[...]), so
 # none of their code, and none of the per-tensor objects the reader builds, stays in RAM while a model runs.
@@ -9,15 +9,15 @@ from array import array
 
 from . import ModelError
 from .reader import read_model, T_INT8, T_FLOAT32
-from . import ops as _ops
-from . import planner
+from . import op_prepare as _ops
+from . import arena_layout
 from .params import P_BATCHES, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_STRIDE_H, P_PAD_H, P_K_H, P_K_W
 
 _CONV_KINDS = (_ops.K_CONV, _ops.K_DW, _ops.K_FC)
 
 
 class Recipe:
-    """Everything a load plan holds (planwrite.py packs it)."""
+    """Everything a load plan holds (plan_write.py packs it)."""
 
     def __init__(self):
         self.model_bytes = 0
@@ -120,7 +120,7 @@ def _min_rows(kind, p):
 
 
 def _distance(p, rows):
-    return planner.band_distance(rows, p[P_IN_W] * p[P_IN_C], p[P_OUT_W] * p[P_OUT_C], p[P_OUT_H],
+    return arena_layout.band_distance(rows, p[P_IN_W] * p[P_IN_C], p[P_OUT_W] * p[P_OUT_C], p[P_OUT_H],
                                  p[P_STRIDE_H], p[P_PAD_H])
 
 
@@ -129,21 +129,21 @@ def _plan(md, triples, ps):
     per operator its output row band (0: one call for all rows)).
 
     ps: per operator its kernel parameters when it is a CONV_2D or DEPTHWISE_CONV_2D, else None. Such an operator
-    whose input dies with it may overwrite that input as it goes, in bands of output rows (planner.band_distance):
+    whose input dies with it may overwrite that input as it goes, in bands of output rows (arena_layout.band_distance):
     the arena is planned with the shortest bands worth a call (_min_rows), then each band is made as tall as the
     offsets placed allow; an operator whose input and output ended up side by side is not banded."""
     bufs = _lifetimes(md, triples)
     sizes, first, last = [b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs]
     n_ops = len(triples)
-    offsets, arena = planner.plan(sizes, first, last)
+    offsets, arena = arena_layout.plan(sizes, first, last)
     bands = [0] * n_ops
     cands = _bands(md, triples, ps, bufs, last)
     if cands:
         pairs = {(x, y): _distance(ps[k], _min_rows(triples[k][0], ps[k])) for k, x, y in cands}
-        o1, a1 = planner.plan(sizes, first, last, pairs)
+        o1, a1 = arena_layout.plan(sizes, first, last, pairs)
         if a1 < arena:
             offsets, arena = o1, a1
-            al = planner._align
+            al = arena_layout._align
             for k, x, y in cands:
                 gap = offsets[x] - offsets[y]
                 if gap >= al(sizes[y]) or -gap >= al(sizes[x]):
@@ -157,7 +157,7 @@ def _plan(md, triples, ps):
     for b, off in zip(bufs, offsets):
         for i in b[0]:
             where[i] = off
-    return where, arena, planner.tops(sizes, first, last, offsets, n_ops), bands
+    return where, arena, arena_layout.tops(sizes, first, last, offsets, n_ops), bands
 
 
 def activation_lifetimes(md, specs):
@@ -171,7 +171,7 @@ def _conv_p(s):
 
 def plan_arena(md, specs):
     """(offset per int8 activation tensor index, arena bytes, output rows per call of each operator (0: all))
-    for ops.prepare's specs (host tools)."""
+    for op_prepare.prepare's specs (host tools)."""
     where, arena, _, bands = _plan(md, [(s.kind, s.ins, s.out) for s in specs], [_conv_p(s) for s in specs])
     return where, arena, bands
 
@@ -208,7 +208,7 @@ def _info(t):
 
 
 def prepare(f, stage=None):
-    """Parse, validate, prepare and plan the model in the open file f -> Recipe (packed by planwrite.py)."""
+    """Parse, validate, prepare and plan the model in the open file f -> Recipe (packed by plan_write.py)."""
     size = f.seek(0, 2)
     f.seek(0)
     md = read_model(f, size)
@@ -251,16 +251,16 @@ def prepare(f, stage=None):
     return r
 
 
-def plan_in_ram(f, plancheck):
+def plan_in_ram(f, plan_check):
     """The full path: parse, validate, prepare and plan the model in open file f into an in-RAM plan (io.BytesIO);
-    this module, reader, ops, planner and planwrite leave sys.modules again before it returns."""
+    this module, reader, ops, planner and plan_write leave sys.modules again before it returns."""
     import io
-    from . import planwrite, _stage, _drop_load_modules
+    from . import plan_write, _stage, _drop_load_modules
     _stage("loader imported")
     r = prepare(f, _stage)
-    digest = plancheck.model_sha256(f, r.model_bytes)
+    digest = plan_check.model_sha256(f, r.model_bytes)
     g = io.BytesIO()
-    planwrite.write(r, digest, g)
-    r = planwrite = None
-    _drop_load_modules(keep=("plancheck",))
+    plan_write.write(r, digest, g)
+    r = plan_write = None
+    _drop_load_modules(keep=("plan_check",))
     return g

@@ -1,15 +1,15 @@
-# Load-time half, part 2: serialise a prepared model (loader.Recipe) into a load plan (format: planload.py, header: plancheck.py).
+# Load-time half, part 2: serialise a prepared model (loader.Recipe) into a load plan (format: plan_read.py, header: plan_check.py).
 #
 # The host runs this under CPython when `tinyhost flash` puts a model on a board (tinyhost.model.plan), so the
-# board can load the model from the plan with planload.py alone. The board runs it too when a model comes without
-# a usable plan: the full path (loader.prepare) builds the same bytes in RAM and loads them the same way, so there
-# is one way from a prepared model to a running one. Dropped from the heap after every load, like loader.py.
+# board can load the model from the plan with plan_read.py alone. The board runs it too when a model comes without
+# a usable plan: the full path (model_prepare.prepare) builds the same bytes in RAM and loads them the same way, so there
+# is one way from a prepared model to a running one. Dropped from the heap after every load, like model_prepare.py.
 
 import struct
 import hashlib
 
-from .plancheck import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
-from .planload import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, work_floor, _align16
+from .plan_check import MAGIC, PLAN_VERSION, HEADER_FMT, HEADER_BYTES
+from .plan_read import K_CONV_MAX, K_SOFTMAX, K_RESHAPE, K_QUANT_F, K_DEQUANT, work_floor, _align16
 
 
 def _refs(r):
@@ -33,7 +33,7 @@ def _io_record(info, ref):
 
 
 def _op_record(rec, refs, chan_pos, top, band):
-    """(record bytes, channel data bytes it adds). Record layout in planload.py."""
+    """(record bytes, channel data bytes it adds). Record layout in plan_read.py."""
     k = rec[0]
     ins = rec[1]
     out = refs[rec[2]]

@@ -1,10 +1,10 @@
 # Loading a model from its load plan: the small load path (it never imports reader, ops, planner or loader).
-# plancheck.py decides whether a plan may be used; then the engine allocates the arena, then this module builds.
+# plan_check.py decides whether a plan may be used; then the engine allocates the arena, then this module builds.
 #
 # A plan (MODEL.plan next to MODEL.tflite, see plan_path) is everything the engine computes at load -- arena
 # placement, kernel parameter arrays, per-channel bias/multiplier/shift, softmax tables, where each operator's
 # weights lie in the .tflite -- packed by the host (`tinyhost flash`, tinyhost.model.plan) with the same engine
-# code (planwrite.py). The .tflite itself is never changed: weights are read from it, and the plan is only used
+# code (plan_write.py). The .tflite itself is never changed: weights are read from it, and the plan is only used
 # when its header's sha256 of the model equals the model file's (computed here), its format version is this one
 # and its own trailing sha256 checks out. Anything else: the plan is ignored and the engine takes its full path.
 #
@@ -22,7 +22,7 @@
 #            u8 parameter count, i32 parameters[count], then by kind: conv-like u32 channels, weights offset in
 #            the .tflite, weights bytes, bytes per output channel, channel data offset (bias, multipliers,
 #            shifts: 3 x channels int32), output rows per call (0: all; else the output may overlap the
-#            dying input, see planner.band_distance); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
+#            dying input, see arena_layout.band_distance); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
 #            u32 elements; float quantize/dequantize u32 elements, u32 scale bits, i32 zero point
 #   channel data, then the sha256 of everything before it (32 bytes)
 # ref: an arena offset (>= 0) or -1 - k for the k-th float32 graph buffer (outside the arena).
@@ -111,7 +111,7 @@ def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
     return v
 
 
-# Operation kinds (same numbers as ops.K_*) -> kernel function name
+# Operation kinds (same numbers as op_prepare.K_*) -> kernel function name
 _KERNEL_NAMES = (None, "conv2d", "depthwise_conv2d", "fully_connected", "avg_pool2d", "max_pool2d", "add", "softmax",
                  "copy", "requantize")
 _OP_NAMES = (None, "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD",
@@ -142,12 +142,12 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
     """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes,
     m.weights_mode: "ram" or "flash").
 
-    h: plancheck.check()'s header tuple; k: backend module; scratch_bytes: the largest streamed weight block
+    h: plan_check.check()'s header tuple; k: backend module; scratch_bytes: the largest streamed weight block
     (default STREAM_SCRATCH_BYTES); stream_ok: whether g may stay open for streaming per-channel data at invoke
     (a plan file, not the full path's in-RAM plan).
 
     Every operator's work area is the arena above its live tensors (record field `top`) up to the arena's end:
-    a streamed weight block goes first, the rest is the kernel's scratch (planner.tops, docs/engine.md)."""
+    a streamed weight block goes first, the rest is the kernel's scratch (arena_layout.tops, docs/engine.md)."""
     m.model_bytes = h[4]
     m.macs = h[6]
     n_ops, ops_at, chan_at, chan_bytes = h[7], h[8], h[9], h[10]

@@ -1,8 +1,8 @@
-# Whether a load plan (MODEL.plan, format in planload.py) may be used for a model: the first, smallest step of a
+# Whether a load plan (MODEL.plan, format in plan_read.py) may be used for a model: the first, smallest step of a
 # load. It reads the plan's header, checks its magic and format version, that it was made from this very model file
 # (size and sha256 of the .tflite, computed here in small chunks) and that the plan's own trailing sha256 matches
 # its contents. Only then does the engine allocate the arena (first, so that it is not fragmented by what follows)
-# and hand the plan to planload.py. A stale, truncated or corrupt plan is never used.
+# and hand the plan to plan_read.py. A stale, truncated or corrupt plan is never used.
 
 import struct
 import hashlib

@@ -1,5 +1,5 @@
 # Load-time step between plan check and step build: decide where the weights live and allocate the tensor arena
-# (engine.Model._load imports it, calls allocate_arena, and drops it before planload builds the steps, so that its
+# (engine.Model._load imports it, calls allocate_arena, and drops it before plan_read builds the steps, so that its
 # code is not in the heap at the build's peak).
 from . import ModelError, _mem_free, _gc, _int8_buffer, _stage, STREAM_SCRATCH_BYTES, WORK_RESERVE
 
