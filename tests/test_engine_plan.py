@@ -183,10 +183,3 @@ def test_a_cached_plan_of_another_format_is_rebuilt(tmp_path):
     cached.write_bytes(bytes(stale))
     assert host_plan.plan_file(model, cache=tmp_path) == cached
     assert cached.read_bytes() == good
-
-
-def test_planload_copy_of_the_convolution_parameter_count_is_params_p_len():
-    """plan_read keeps its own copy (it does not import params during a load); both must agree."""
-    from tinyfw.engine import params, plan_read
-
-    assert plan_read._P_CONV == params.P_LEN

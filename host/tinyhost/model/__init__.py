@@ -109,7 +109,7 @@ def _fail(e, path):
 def inspect(path, board=None, tflm=True):
     """Validate and describe the model at `path`. Raises tinyhost.errors.ModelError for a bad model."""
     engine = engine_module()
-    from tinyfw.engine import reader, op_prepare as engine_ops
+    from tinyfw.engine import reader, model_prepare, op_prepare as engine_ops
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no model file at {path}", hint="give the path of a .tflite file")
@@ -118,7 +118,7 @@ def inspect(path, board=None, tflm=True):
         with open(path, "rb") as f:
             md = reader.read_model(f, size)
             specs = engine_ops.prepare(md)
-            _, arena, bands = engine.plan_arena(md, specs)
+            _, arena, bands = model_prepare.arena_layout_of(md, specs)
             tensors = [TensorReport(t.index, t.name, tuple(t.shape), t.dtype, t.scale, t.zero_point, t.nq > 1,
                                     t.is_const, t.nbytes) for t in md.tensors]
     except engine.ModelError as e:
