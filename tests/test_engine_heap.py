@@ -26,7 +26,8 @@ def test_load_time_modules_are_dropped_after_load(tmp_path):
         "import sys\nsys.path.insert(0, %r)\nfrom tinyfw import engine\n"
         "m = engine.load(%r, weights='flash')\n"
         "print('LEFT', sorted(k for k in sys.modules if k.split('.')[-1] in "
-        "('model_prepare', 'reader', 'op_prepare', 'arena_layout', 'quant', 'plan_write', 'plan_check', 'arena_alloc', 'plan_read')))\n"
+        "('model_prepare', 'reader', 'op_prepare', 'arena_layout', 'quant', 'plan_write', 'plan_check', "
+        "'arena_alloc', 'plan_read')))\n"
         % (str(helpers.DEVICE_DIR), str(model)))
     out = subprocess.run([helpers.micropython(), str(script)], capture_output=True, text=True, timeout=60)
     assert "LEFT []" in out.stdout, out.stdout + out.stderr

@@ -21,8 +21,8 @@ from ..errors import ModelError
 from . import engine_module
 
 # Engine modules whose code decides a plan's contents: a cached plan is rebuilt when any of them changes.
-_PLAN_SOURCES = ("model_prepare.py", "reader.py", "op_prepare.py", "arena_layout.py", "quant.py", "params.py", "plan_write.py",
-                 "plan_check.py", "plan_read.py")
+_PLAN_SOURCES = ("model_prepare.py", "reader.py", "op_prepare.py", "arena_layout.py", "quant.py", "params.py",
+                 "plan_write.py", "plan_check.py", "plan_read.py")
 
 
 @dataclass(frozen=True)
@@ -121,4 +121,5 @@ def _current_format(plan_path):
 
     with open(plan_path, "rb") as f:
         head = f.read(6)
-    return len(head) == 6 and head[:4] == plan_check.MAGIC and struct.unpack("<H", head[4:])[0] == plan_check.PLAN_VERSION
+    return (len(head) == 6 and head[:4] == plan_check.MAGIC
+            and struct.unpack("<H", head[4:])[0] == plan_check.PLAN_VERSION)
