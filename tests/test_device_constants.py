@@ -90,3 +90,81 @@ def test_bootstrap_sources_drop_every_tinyfw_import():
     for name, script in zip(BOOTSTRAP_MODULES, scripts):
         top_level = [ln for ln in script.splitlines() if ln.startswith(("from tinyfw", "import tinyfw"))]
         assert top_level == [], name
+
+
+# The engine's numbers shared between its modules: operator kinds (one numbering for the prepared operator, its plan
+# record and its step), plan header fields and kernel parameter slots. Each module keeps private copies (compiled
+# away on the board) of what it uses; the definitions: op_prepare (kinds), plan_check (header), params (slots).
+ENGINE = TINYFW / "engine"
+ENGINE_COPIES = [("_K_", "op_prepare.py", m) for m in ("__init__.py", "model_prepare.py", "plan_write.py",
+                                                        "plan_read.py")] + \
+                [("_H_", "plan_check.py", m) for m in ("__init__.py", "arena_alloc.py", "plan_read.py")]
+
+
+@pytest.mark.parametrize("prefix, definition, module", ENGINE_COPIES)
+def test_engine_copies_equal_their_definition(prefix, definition, module):
+    defined = {n: v for n, v in const_assignments(ENGINE / definition).items() if n.startswith(prefix)}
+    copies = {n: v for n, v in const_assignments(ENGINE / module).items() if n.startswith(prefix)}
+    assert copies, f"{module} has no {prefix}* constants: update ENGINE_COPIES"
+    assert set(copies) <= set(defined), f"{module}: {set(copies) - set(defined)} are not defined in {definition}"
+    assert {n: v for n, v in copies.items() if v != defined[n]} == {}, f"{module} differs from {definition}"
+
+
+def test_operator_kinds_are_one_numbering_from_one():
+    kinds = {n: v for n, v in const_assignments(ENGINE / "op_prepare.py").items() if n.startswith("_K_")}
+    assert sorted(kinds.values()) == list(range(1, len(kinds) + 1))
+    assert kinds["_K_FC"] == max(kinds[k] for k in ("_K_CONV", "_K_DW", "_K_FC"))   # `kind <= _K_FC`: conv-like
+
+
+def test_parameter_slot_copies_equal_params():
+    """Model.invoke and plan_read read a convolution's parameter array by slot; past params.P_LEN it holds the six
+    u32 that follow the parameters in the plan record (channels, weights offset, weights bytes, bytes per output
+    channel, channel data offset, row band)."""
+    params = const_assignments(ENGINE / "params.py")
+    record_tail = {"CHANNELS": 0, "W_AT": 1, "W_BYTES": 2, "ROW_BYTES": 3, "CHAN_AT": 4, "BAND": 5}
+    want = dict(params, **{"P_" + n: params["P_LEN"] + i for n, i in record_tail.items()})
+    for module in ("__init__.py", "plan_read.py"):
+        copies = {n[1:]: v for n, v in const_assignments(ENGINE / module).items() if n.startswith("_P_")}
+        assert copies and set(copies) <= set(want), module
+        assert {n: v for n, v in copies.items() if v != want[n]} == {}, module
+
+
+def _tuples(module, function, appended_to=None):
+    """The tuple displays that `function` in engine/`module` returns (or appends to the list `appended_to`)."""
+    tree = next(n for n in ast.walk(ast.parse((ENGINE / module).read_text()))
+                if isinstance(n, ast.FunctionDef) and n.name == function)
+    out = []
+    for n in ast.walk(tree):
+        if appended_to is None and isinstance(n, ast.Return) and isinstance(n.value, ast.Tuple):
+            out.append(n.value)
+        elif appended_to and isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
+                n.func.attr == "append" and getattr(n.func.value, "id", "") == appended_to and \
+                isinstance(n.args[0], ast.Tuple):
+            out.append(n.args[0])
+    return [[e.id if isinstance(e, ast.Name) else None for e in t.elts] for t in out]
+
+
+def _slots(module, prefix):
+    """{lower-case slot name: index} of engine/`module`'s `prefix`* constants (`_S_BIAS` -> "bias")."""
+    return {n[len(prefix):].lower(): v for n, v in const_assignments(ENGINE / module).items() if n.startswith(prefix)}
+
+
+def test_steps_plan_read_builds_hold_what_invoke_reads_in_each_slot():
+    slots = _slots("__init__.py", "_S_")
+    steps = _tuples("plan_read.py", "build", appended_to="steps")
+    assert len(steps) >= 8, steps
+    assert all(s[:4] == ["kind", "fn", "out", "inp"] for s in steps), steps
+    assert [slots["kind"], slots["fn"], slots["out"], slots["in"], slots["arg"]] == [0, 1, 2, 3, 4]
+    conv = [s for s in steps if len(s) > 8]
+    assert len(conv) == 1, "one place builds the convolution steps"
+    by_slot = sorted((v, n) for n, v in slots.items() if n not in ("kind", "fn", "out", "in", "arg"))
+    assert conv[0][4:] == [n for _, n in by_slot], "plan_read's convolution step and Model.invoke's _S_* differ"
+
+
+def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
+    slots = _slots("plan_write.py", "_R_")
+    records = _tuples("model_prepare.py", "_record")
+    assert len(records) >= 5, records
+    for rec in records:
+        assert rec[:3] == ["kind", "ins", "out"], rec
+        assert all(name is not None and slots[name] == i for i, name in enumerate(rec)), rec

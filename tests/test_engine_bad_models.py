@@ -8,7 +8,7 @@ from engine_harness import helpers
 from tinyhost.model import engine_module, writer
 
 engine = engine_module()
-from tinyfw.engine import reader, ops as engine_ops  # noqa: E402
+from tinyfw.engine import reader, model_prepare, op_prepare as engine_ops  # noqa: E402
 
 
 def _conv_model(**overrides):
@@ -114,7 +114,7 @@ def _parse(data):
     import io
     md = reader.read_model(io.BytesIO(data), len(data))
     specs = engine_ops.prepare(md)
-    engine.plan_arena(md, specs)
+    model_prepare.arena_layout_of(md, specs)
 
 
 _KWS = None

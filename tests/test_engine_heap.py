@@ -26,7 +26,8 @@ def test_load_time_modules_are_dropped_after_load(tmp_path):
         "import sys\nsys.path.insert(0, %r)\nfrom tinyfw import engine\n"
         "m = engine.load(%r, weights='flash')\n"
         "print('LEFT', sorted(k for k in sys.modules if k.split('.')[-1] in "
-        "('loader', 'reader', 'ops', 'planner', 'quant', 'planwrite', 'plancheck', 'planarena', 'planload')))\n"
+        "('model_prepare', 'reader', 'op_prepare', 'arena_layout', 'quant', 'plan_write', 'plan_check', "
+        "'arena_alloc', 'plan_read')))\n"
         % (str(helpers.DEVICE_DIR), str(model)))
     out = subprocess.run([helpers.micropython(), str(script)], capture_output=True, text=True, timeout=60)
     assert "LEFT []" in out.stdout, out.stdout + out.stderr
@@ -63,7 +64,7 @@ def test_model_with_plan_loads_and_runs_with_runtime_in_esp32_heap(name, tmp_pat
 
 
 # AD's 270 KB of weights are streamed on the esp32 heap. With the runtime imported ~90 KB are free at load, so the
-# per-channel data stays in RAM and the work area grows (planarena.STREAM_RESERVE) while planarena.KEEP_FREE stays
+# per-channel data stays in RAM and the work area grows (arena_alloc.STREAM_RESERVE) while arena_alloc.KEEP_FREE stays
 # free: the first FULLY_CONNECTED (640 -> 128) reads at least 25 output channels x 640 B per block, not 8 (82 kernel
 # calls and reads per inference become 14).
 @pytest.mark.sim
@@ -71,14 +72,14 @@ def test_streamed_weights_take_large_blocks_when_the_heap_has_room(tmp_path, mpy
     from tinyhost.model import engine_module
 
     eng = engine_module()
-    from tinyfw.engine import planarena
+    from tinyfw.engine import arena_alloc
     model = helpers.with_plan(helpers.mlperf_path("ad01_int8"), tmp_path)
     result, text = _profile(model, mpy_device)
     assert result is not None and result["ok"], text[-1500:]
     assert result["stats"]["weights_mode"] == "flash" and result["invoke_allocation_free"]
     assert 25 * 640 <= result["stats"]["scratch_bytes"] <= eng.STREAM_SCRATCH_BYTES, result["stats"]
     assert result["stats"]["channel_data"] == "ram", result["stats"]
-    assert result["free_after"] >= planarena.KEEP_FREE, result
+    assert result["free_after"] >= arena_alloc.KEEP_FREE, result
 
 
 # The shipped VWW model (MobileNetV1 0.25, 96x96x3, 312,752 bytes: more than the heap) with its weights streamed

@@ -173,20 +173,13 @@ def test_vm_loads_from_plan_bit_exact(backend, tmp_path):
 
 def test_a_cached_plan_of_another_format_is_rebuilt(tmp_path):
     from tinyhost.model import plan as host_plan
-    from tinyfw.engine import plancheck
+    from tinyfw.engine import plan_check
 
     model = helpers.REPO / "models" / "kws" / "kws.tflite"
     cached = host_plan.plan_file(model, cache=tmp_path)
     good = cached.read_bytes()
     stale = bytearray(good)
-    stale[4:6] = (plancheck.PLAN_VERSION - 1).to_bytes(2, "little")     # as an older engine would have written it
+    stale[4:6] = (plan_check.PLAN_VERSION - 1).to_bytes(2, "little")     # as an older engine would have written it
     cached.write_bytes(bytes(stale))
     assert host_plan.plan_file(model, cache=tmp_path) == cached
     assert cached.read_bytes() == good
-
-
-def test_planload_copy_of_the_convolution_parameter_count_is_params_p_len():
-    """planload keeps its own copy (it does not import params during a load); both must agree."""
-    from tinyfw.engine import params, planload
-
-    assert planload._P_CONV == params.P_LEN

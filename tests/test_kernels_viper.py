@@ -246,10 +246,10 @@ def copy_case(draw):
 
 @st.composite
 def softmax_case(draw):
-    """Tables from ops.softmax_tables (real betas and input scales) or synthetic ones (any sum of exps from 1 to
+    """Tables from op_prepare.softmax_tables (real betas and input scales) or synthetic ones (any sum of exps from 1 to
     2**31 - 1, so every headroom of GetReciprocal is reached); rows of random, equal or close values."""
     import struct
-    from tinyfw.engine import ops
+    from tinyfw.engine import op_prepare
 
     outer = draw(st.integers(1, 3))
     depth = draw(st.one_of(st.integers(1, 40), st.integers(1, 600), st.just(1), st.just(4095)))
@@ -258,7 +258,7 @@ def softmax_case(draw):
         scale = draw(st.sampled_from([1 / 256, 1 / 16, 0.1, 0.5, 2.0 ** -10, 2.0 ** -5]))
         beta = draw(st.sampled_from([1.0, 0.5, 2.0]))
         f32 = lambda v: struct.unpack("<I", struct.pack("<f", v))[0]  # noqa: E731
-        q31, q12 = ops.softmax_tables(f32(beta), f32(scale))
+        q31, q12 = op_prepare.softmax_tables(f32(beta), f32(scale))
     else:
         top = draw(st.one_of(st.integers(1, 1 << 19), st.sampled_from([1, 2, 1 << 19, (1 << 31) // depth - 1])))
         top = max(1, min(top, ((1 << 31) - 1) // depth))

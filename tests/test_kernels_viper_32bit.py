@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENGINE_DIR = REPO / "device" / "tinyfw" / "engine"
 sys.path.insert(0, str(REPO / "device"))
 
-from tinyfw.engine import kernels_ref as R, ops, params, quant  # noqa: E402
+from tinyfw.engine import kernels_ref as R, op_prepare, params, quant  # noqa: E402
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 VIPER_FILES = ["kernels_viper.py", "viper_conv.py", "viper_dw.py", "viper_ops.py"]
@@ -407,7 +407,7 @@ def test_pools_on_a_32_bit_port(rnd, in_h, in_w, ch, k_h, k_w, is_max):
 @given(st.randoms(use_true_random=False), st.integers(1, 2), st.integers(1, 24), st.booleans())
 def test_softmax_on_a_32_bit_port(rnd, outer, depth, real_tables):
     if real_tables:                               # input scale 1/16 .. 1/4, beta 1 (float32 bit patterns)
-        q31, q12 = ops.softmax_tables(0x3F800000, rnd.choice([0x3D800000, 0x3E000000, 0x3E800000]))
+        q31, q12 = op_prepare.softmax_tables(0x3F800000, rnd.choice([0x3D800000, 0x3E000000, 0x3E800000]))
     else:
         top = rnd.choice([1, 1 << 19, rnd.randint(1, 1 << 19)])
         q12 = array("i", [top] + [rnd.randint(0, top) for _ in range(255)])

@@ -12,7 +12,7 @@ from tinyhost.errors import UsageError
 from tinyhost.model import engine_module, inspect, oracle, writer
 
 engine = engine_module()
-from tinyfw.engine import planner  # noqa: E402
+from tinyfw.engine import arena_layout  # noqa: E402
 
 
 def test_inspect_kws():
@@ -116,8 +116,8 @@ def test_planner_never_overlaps_live_buffers(bufs):
     sizes = [b[0] for b in bufs]
     first = [min(b[1], b[2]) for b in bufs]
     last = [max(b[1], b[2]) for b in bufs]
-    offsets, arena = planner.plan(sizes, first, last)
-    assert planner.check(sizes, first, last, offsets)
-    assert all(o % planner.ALIGN == 0 for o in offsets)
+    offsets, arena = arena_layout.plan(sizes, first, last)
+    assert arena_layout.check(sizes, first, last, offsets)
+    assert all(o % arena_layout.ALIGN == 0 for o in offsets)
     assert arena >= max(o + s for o, s in zip(offsets, sizes))
     assert arena <= sum(-(-s // 16) * 16 for s in sizes)

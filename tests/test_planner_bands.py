@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "device"))
 
-from tinyfw.engine import loader, planner  # noqa: E402
+from tinyfw.engine import model_prepare, arena_layout  # noqa: E402
 
 MLPERF = ROOT.parent / "shared" / "mlperf-tiny"
 
@@ -39,7 +39,7 @@ def brute_distance(rows, in_h, in_row, out_h, out_row, stride, pad, k_h):
 ])
 def test_band_distance_matches_its_definition(rows, geom):
     in_h, in_row, out_h, out_row, stride, pad, k_h = geom
-    assert planner.band_distance(rows, in_row, out_row, out_h, stride, pad) == \
+    assert arena_layout.band_distance(rows, in_row, out_row, out_h, stride, pad) == \
         brute_distance(rows, in_h, in_row, out_h, out_row, stride, pad, k_h)
 
 
@@ -47,7 +47,7 @@ def test_vww_first_pointwise_distance():
     # 1x1 CONV 48x48x8 -> 48x48x16 in one-row bands: the last band writes up to 36,864 and needs the input from
     # row 47 (47 * 384 = 18,048): D = 18,816, so input and output together span 18,816 + 18,432 = 37,248 B
     # instead of 55,296 side by side.
-    assert planner.band_distance(1, 384, 768, 48, 1, 0) == 18816
+    assert arena_layout.band_distance(1, 384, 768, 48, 1, 0) == 18816
 
 
 def chain(n, big, small):
@@ -60,16 +60,16 @@ def chain(n, big, small):
 
 def test_pairs_shrink_a_chain_and_check_accepts_only_what_they_allow():
     sizes, first, last = chain(6, 8192, 8192)
-    offsets, arena = planner.plan(sizes, first, last)
-    assert planner.check(sizes, first, last, offsets)
+    offsets, arena = arena_layout.plan(sizes, first, last)
+    assert arena_layout.check(sizes, first, last, offsets)
     assert arena == 2 * 8192
     pairs = {(i, i + 1): 512 for i in range(5)}
-    o2, a2 = planner.plan(sizes, first, last, pairs)
+    o2, a2 = arena_layout.plan(sizes, first, last, pairs)
     assert a2 <= 8192 + 5 * 512            # each output 512 B below its input at worst
-    assert planner.check(sizes, first, last, o2, pairs)
-    assert not planner.check(sizes, first, last, o2)          # they do overlap
+    assert arena_layout.check(sizes, first, last, o2, pairs)
+    assert not arena_layout.check(sizes, first, last, o2)          # they do overlap
     tight = {k: d + 16 * 1024 for k, d in pairs.items()}     # the same offsets break larger distances
-    assert not planner.check(sizes, first, last, o2, tight)
+    assert not arena_layout.check(sizes, first, last, o2, tight)
 
 
 def test_random_graphs_with_pairs_are_valid_and_never_worse():
@@ -84,17 +84,17 @@ def test_random_graphs_with_pairs_are_valid_and_never_worse():
             for y in range(n):
                 if x != y and last[x] == first[y] and rng.random() < 0.5:
                     pairs[(x, y)] = rng.randint(-sizes[x], sizes[y])
-        o1, a1 = planner.plan(sizes, first, last)
-        o2, a2 = planner.plan(sizes, first, last, pairs)
-        assert planner.check(sizes, first, last, o2, pairs)
+        o1, a1 = arena_layout.plan(sizes, first, last)
+        o2, a2 = arena_layout.plan(sizes, first, last, pairs)
+        assert arena_layout.check(sizes, first, last, o2, pairs)
         assert a2 <= a1
-        assert all(o % planner.ALIGN == 0 and o >= 0 for o in o2)
+        assert all(o % arena_layout.ALIGN == 0 and o >= 0 for o in o2)
         assert max(o + s for o, s in zip(o2, sizes)) <= a2
 
 
 def prepared(path):
     with open(path, "rb") as f:
-        return loader.prepare(f)
+        return model_prepare.prepare(f)
 
 
 def test_vww_arena_with_bands():

@@ -318,10 +318,6 @@ class Device:
             out[f"host_{k}"] = v
         return out
 
-    def reset_state(self):
-        """Unload the model and zero the device's counters (the runtime keeps running)."""
-        self.link.request(P.T.RESET)
-
     # -- files ----------------------------------------------------------------------------------------------
     def list_files(self, path="/"):
         entries = []

@@ -12,7 +12,6 @@ CRC-32 of the payload continued from ``crc32(type..length)``, so it covers the h
 """
 
 import enum
-import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -352,7 +351,3 @@ def parse_times(payload):
 def parse_infer(payload):
     """INFER reply -> (time_us, output bytes)."""
     return struct.unpack_from("<I", payload)[0], bytes(payload[4:])
-
-
-def sha256(data):
-    return hashlib.sha256(data).digest()

@@ -54,11 +54,6 @@ class SerialTransport:
         log.debug("opened %s at %d baud", port, baud)
         return cls(ser, port)
 
-    @property
-    def line_rate_bps(self):
-        """Bytes per second the line can carry (8N1: ten bits a byte)."""
-        return self.baud / 10.0
-
     def wire_time_s(self, nbytes):
         return nbytes * 10.0 / self.baud
 

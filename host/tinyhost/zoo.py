@@ -10,7 +10,6 @@ file to its real name: a partial download or a checksum mismatch leaves nothing 
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import tempfile
@@ -125,15 +124,6 @@ def path_of(entry):
         root = models_dir()
         return (root / entry.filename) if root else Path("models") / entry.filename
     return cache_dir() / entry.filename
-
-
-def shipped_metrics(entry):
-    """The shipped model's metrics.json (accuracy, arena, sha256) as a dict, or {} when absent."""
-    root = models_dir()
-    path = root / entry.name / "metrics.json" if root else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text())
 
 
 def status(entry):

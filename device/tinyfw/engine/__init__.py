@@ -3,19 +3,26 @@
 #   m = engine.load("/model.tflite")          # parse + validate, plan, allocate the arena once
 #   m.input_buffer()[:] = data; m.invoke(); m.output_buffer()
 #
-# This module is what stays in RAM while a model runs. load() takes one of two paths to a load plan (everything
-# computed at load: arena placement, kernel parameters, per-channel constants; format in planload.py):
+# This module is what stays in RAM while a model runs. load() takes one of two paths to a plan file (everything
+# computed at load: arena layout, kernel parameters, per-channel constants; format in plan_read.py):
 # - MODEL.plan next to MODEL.tflite (put there by `tinyhost flash`), used only when it was made from this very
-#   model file (sha256) by this plan format: planload.py alone reads it, allocating the arena first;
-# - otherwise the full path: loader.py (with reader.py, ops.py, planner.py) parses, validates and prepares the
-#   model, planwrite.py packs it into a plan in RAM, and planload.py builds from that.
-# Load-time modules are dropped from the heap again (del sys.modules[...], gc.collect()). Weights and per-channel
-# constants stay in RAM when they fit comfortably; otherwise they are streamed from flash per operator while it
-# runs (docs/engine.md, "Memory"). invoke() allocates nothing. Kernels come from a backend module (kernels_ref =
-# the specification, kernels_viper).
+#   model file (sha256) by this plan format (plan_check.py);
+# - otherwise the full path: model_prepare.py (with reader.py, op_prepare.py, arena_layout.py) parses, validates
+#   and prepares the model, and plan_write.py packs it into a plan in RAM.
+# Then arena_alloc.py allocates the arena and plan_read.py reads the plan into steps: one tuple per operator, in
+# the _S_* layout below, run by Model.invoke. Load-time modules are dropped from the heap again (del
+# sys.modules[...], gc.collect()). Weights and per-channel constants stay in RAM when they fit comfortably;
+# otherwise they are streamed from flash per operator while it runs (docs/engine.md, "Memory"). invoke() allocates
+# nothing. Kernels come from a backend module (kernels_ref = the specification, kernels_viper).
 
 import sys
 from array import array
+
+try:
+    from micropython import const
+except ImportError:                        # CPython (host tools)
+    def const(x):
+        return x
 
 try:
     import gc as _gc
@@ -62,13 +69,56 @@ STREAM_SCRATCH_BYTES = 32768
 # Kernel scratch added on top of the plan's work-area floors when the heap has room (viper's fast paths).
 WORK_RESERVE = 4096
 # Modules only load() needs; dropped from the heap after each load on MicroPython.
-_LOAD_MODULES = ("loader", "reader", "ops", "planner", "quant", "params", "planwrite", "plancheck", "planarena",
-                 "planload",
-                 "fixedpoint", "ref_softmax")
-# The load plan of MODEL.tflite: MODEL.plan (plan_path; format in planload.py).
+_LOAD_MODULES = ("model_prepare", "reader", "op_prepare", "arena_layout", "quant", "params", "plan_write",
+                 "plan_check", "arena_alloc", "plan_read", "fixedpoint", "ref_softmax")
+# The load plan of MODEL.tflite: MODEL.plan (plan_path; format in plan_read.py).
 PLAN_SUFFIX = ".plan"
 
 _EXTRA_BACKENDS = {}
+
+# A step: one operator as Model.invoke runs it, a tuple plan_read.build makes (tests/test_device_constants.py checks
+# that its tuples hold these names in these slots). Every step starts with
+_S_KIND = const(0)          # the operator kind (op_prepare's numbering, as in the plan file)
+_S_FN = const(1)            # the kernel function
+_S_OUT = const(2)           # view of the output tensor
+_S_IN = const(3)            # view of the (first) input tensor
+_S_ARG = const(4)           # all but convolutions: the kernel's further arguments from here, in its order
+# convolution-like steps (kinds up to _K_FC) go on:
+_S_W = const(4)             # weights: all of them (in RAM, or mapped in place), or the view a block is read into
+_S_BIAS = const(5)          # per-channel bias, multipliers, shifts
+_S_MULT = const(6)
+_S_SHIFT = const(7)
+_S_P = const(8)             # the kernel parameter array, or (channel data streamed) its position in the plan file
+_S_TAIL = const(9)          # weights streamed: the view of the last, shorter block; None: all weights at once
+_S_BLOCK = const(10)        # weights streamed: output channels per block
+_S_CHAN_AT = const(11)      # channel data streamed: its position in the plan file, else -1
+_S_CHAN = const(12)         # channel data streamed: the view it is read into (bias, multipliers, shifts)
+_S_SCRATCH = const(13)      # the kernel's scratch: free arena above the operator's live tensors
+# Operator kinds (op_prepare's numbering; copies tied by tests/test_device_constants.py)
+_K_FC = const(3)            # kinds up to _K_FC are convolution-like
+_K_AVG = const(4)
+_K_MAX = const(5)
+_K_ADD = const(6)
+_K_SOFTMAX = const(7)
+_K_RESHAPE = const(8)
+_K_REQUANT = const(9)
+_K_DEQUANT = const(11)
+# Slots of a convolution's parameter array (params' P_*), and the six after them that plan_read adds from the
+# record (Model.invoke reads them, the kernels do not)
+_P_OUT_H = const(4)
+_P_OC_BEGIN = const(20)
+_P_OC_END = const(21)
+_P_OY_BEGIN = const(23)
+_P_OY_END = const(24)
+_P_CHANNELS = const(25)     # output channels (= params.P_LEN, the first slot past the kernel's)
+_P_W_AT = const(26)         # where the weights lie in the .tflite
+_P_ROW_BYTES = const(28)    # weight bytes per output channel (27: all weight bytes, 29: channel data offset)
+_P_BAND = const(30)         # output rows per kernel call (0: all at once)
+# Header fields of a plan (plan_check's)
+_H_ARENA_BYTES = const(5)
+_H_MODEL_BYTES = const(4)
+_H_MACS = const(6)
+_H_OPS = const(7)
 
 # Load-stage hook for memory profiling (tests/engine_harness/heap_profile.py): trace(stage_name) or None.
 trace = None
@@ -115,18 +165,6 @@ def _drop_load_modules(keep=()):
     _gc.collect()
 
 
-def plan_arena(md, specs):
-    """(offset per int8 activation tensor index, arena bytes, row band per operator) for ops.prepare(md)'s
-    specs (host tools)."""
-    from .loader import plan_arena as plan
-    return plan(md, specs)
-
-
-def activation_lifetimes(md, specs):
-    from .loader import activation_lifetimes as lifetimes
-    return lifetimes(md, specs)
-
-
 def _int8_buffer(n):
     try:
         return array("b", range(n)) if n <= 0 or _mem_free is not None else array("b", bytes(n))
@@ -164,14 +202,10 @@ class Model:
             raise ValueError("weights must be 'auto', 'ram', 'flash' or 'mapped', not %r" % (weights,))
         self.backend = backend
         self._steps = ()
-        self._side = None              # the open plan file when per-channel data is streamed from it
-        self._p = None                 # streamed: the parameter array each convolution's parameters are read into
-        self._banded = 0               # convolutions run in row bands
-        self._chan_in_arena = False    # streamed channel data lands at the arena's end (planload.build)
-        self._stream_chan = False      # per-channel data read per operator at invoke (planload.allocate_arena)
+        self._side = None              # the plan file, open while per-channel data is read from it at invoke
+        self._p = None                 # ... and the parameter array each convolution's parameters are read into
+        self._in_views = self._out_views = ()
         self._arena = None
-        self._fallback = []
-        self._softmax = None           # the reference softmax, when the backend has none (imported before the arena)
         self.plan = None               # "file": loaded from MODEL.plan; "built": planned here (full path)
         self.plan_note = ""            # why MODEL.plan was not used
         self._f = open(path, "rb")
@@ -184,56 +218,68 @@ class Model:
     def _load(self, path, k, arena_bytes, weights, scratch_bytes):
         g = None
         try:
-            from . import plancheck
+            from . import plan_check
             h = "absent"
             try:
                 g = open(plan_path(path), "rb")
             except OSError:
                 pass
             if g is not None:
-                h = plancheck.check(g, self._f)
+                h = plan_check.check(g, self._f)
             if isinstance(h, str):             # no usable plan: the full path builds one here, in RAM
                 if g is not None:
                     g.close()
                 self.plan = "built"
                 self.plan_note = h
                 try:
-                    from .loader import plan_in_ram
-                    g = plan_in_ram(self._f, plancheck)
+                    from .model_prepare import plan_in_ram
+                    g = plan_in_ram(self._f, plan_check)
                     plan_in_ram = None
                 except MemoryError:
                     raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
                                       "`tinyhost flash --model` puts a plan next to it" % (path, plan_path(path), h))
-                h = plancheck.check(g, self._f)
+                h = plan_check.check(g, self._f)
                 if isinstance(h, str):
                     raise ModelError("internal error: the plan built here does not check: %s" % h)
             else:
                 self.plan = "file"
-            plancheck = None
+            plan_check = None
             _drop_load_modules()
+            softmax = None
             if getattr(k, "softmax", None) is None:    # the fallback softmax's code goes below the arena, not
                 from . import ref_softmax               # in a hole at the end of the build (fragmentation)
-                self._softmax = ref_softmax.softmax
+                softmax = ref_softmax.softmax
                 ref_softmax = None
             _stage("plan checked")
-            from . import planload              # all of the rest of a load is in planload (dropped after it)
+            from . import plan_read             # all of the rest of a load is in plan_read (dropped after it)
             # The arena decision estimates what the build needs beside it; when the heap proves that wrong (the
             # build runs out), once more with the lean choices: no work reserve, channel data streamed.
             for lean in (False, True):
-                from . import planarena         # the arena's size and place; this code goes before the build
-                mapped = planarena.allocate_arena(self, h, arena_bytes, weights, k, lean)
-                planarena = None
-                _drop_load_modules(keep=("planload",))
+                from . import arena_alloc       # the arena's size and place; this code goes before the build
+                arena, weights_mode, stream_chan, mapped = arena_alloc.allocate(self._f, h, arena_bytes, weights,
+                                                                                k, lean)
+                arena_alloc = None
+                _drop_load_modules(keep=("plan_read",))
                 try:
-                    planload.build(self, g, h, k, scratch_bytes, self.plan == "file", mapped)
+                    built = plan_read.build(g, h, k, self._f, arena, weights_mode, stream_chan and self.plan == "file",
+                                            scratch_bytes, mapped, softmax)
                     break
                 except MemoryError:
                     if lean or arena_bytes is not None:
                         raise
-                    self._arena = self._in_views = self._out_views = self._side = mapped = None
-                    self._steps = ()
+                    arena = mapped = None
                     _stage("build out of memory: lean retry")
-            planload = mapped = None
+            plan_read = mapped = softmax = None
+            (self._steps, self.inputs, self.outputs, self._in_views, self._out_views, self._p, self._side,
+             self.channel_data, self._banded, self._fallback, self.weights_ram_bytes, self.scratch_bytes) = built
+            built = None
+            self._arena = arena
+            self.arena_bytes = len(arena)
+            self.weights_mode = weights_mode
+            self.planned_arena_bytes = h[_H_ARENA_BYTES]
+            self.model_bytes = h[_H_MODEL_BYTES]
+            self.macs = h[_H_MACS]
+            self._ops = h[_H_OPS]
         finally:
             if g is not None and self._side is not g:     # nothing is streamed from the plan at invoke
                 g.close()
@@ -256,40 +302,36 @@ class Model:
         i = 0
         t0 = _ticks_us() if times_us is not None else 0
         for s in self._steps:
-            kind = s[0]
-            if kind == 1:
-                # s: (1, kernel, out, in, weights or weight block, bias, mult, shift, p, tail block or None (weights
-                # in RAM), output channels per block, channel data position in the plan or -1, channel data, scratch)
-                # p: the kernel parameters, then channels, weights offset, weights bytes, bytes per output channel,
-                # channel data offset, row band (slots 25..30)
-                p = s[8]
-                if s[11] >= 0:                     # per-channel bias, multiplier, shift from the plan file, and
-                    g = self._side                 # the parameters (s[8]: their place in it)
-                    g.seek(s[11])
-                    g.readinto(s[12])
+            kind = s[_S_KIND]
+            if kind <= _K_FC:
+                p = s[_S_P]
+                if s[_S_CHAN_AT] >= 0:             # per-channel bias, multiplier, shift from the plan file, and
+                    g = self._side                 # the parameters (p: their place in it)
+                    g.seek(s[_S_CHAN_AT])
+                    g.readinto(s[_S_CHAN])
                     g.seek(p)
                     p = self._p
                     g.readinto(p)
-                band = p[30]
+                band = p[_P_BAND]
                 if band:                           # output rows in bands over the dying input (plan)
-                    rows = p[4]                    # P_OUT_H
+                    rows = p[_P_OUT_H]
                     y = 0
                     while y < rows:
-                        p[23] = y                  # P_OY_BEGIN
+                        p[_P_OY_BEGIN] = y
                         y += band
-                        p[24] = y if y < rows else rows      # P_OY_END
+                        p[_P_OY_END] = y if y < rows else rows
                         _conv(s, p, f)
-                    p[23] = 0
+                    p[_P_OY_BEGIN] = 0
                 else:
                     _conv(s, p, f)
-            elif kind == 3 or kind == 6:           # pools; RESHAPE copy
-                s[1](s[2], s[3], s[4])
-            elif kind == 2:                        # QUANTIZE int8 -> int8 (scratch: its table)
-                s[1](s[2], s[3], s[4], s[5])
-            elif kind == 4 or kind == 5 or kind == 8:   # ADD (scratch), SOFTMAX, DEQUANTIZE
-                s[1](s[2], s[3], s[4], s[5], s[6])
-            else:                                  # 7: float QUANTIZE
-                s[1](s[2], s[3], s[4], s[5], s[6], s[7])
+            elif kind == _K_AVG or kind == _K_MAX or kind == _K_RESHAPE:   # (p); RESHAPE copy: (elements)
+                s[_S_FN](s[_S_OUT], s[_S_IN], s[_S_ARG])
+            elif kind == _K_REQUANT:               # QUANTIZE int8 -> int8 (p, scratch: its table)
+                s[_S_FN](s[_S_OUT], s[_S_IN], s[_S_ARG], s[_S_ARG + 1])
+            elif kind == _K_ADD or kind == _K_SOFTMAX or kind == _K_DEQUANT:
+                s[_S_FN](s[_S_OUT], s[_S_IN], s[_S_ARG], s[_S_ARG + 1], s[_S_ARG + 2])
+            else:                                  # float QUANTIZE (elements, scale, zero point, a float32)
+                s[_S_FN](s[_S_OUT], s[_S_IN], s[_S_ARG], s[_S_ARG + 1], s[_S_ARG + 2], s[_S_ARG + 3])
             if times_us is not None:
                 t1 = _ticks_us()
                 times_us[i] = _ticks_diff(t1, t0)
@@ -298,16 +340,16 @@ class Model:
 
     def kernel_names(self):
         """The kernel function each step runs, in order (the steps of invoke(times_us=...)); a viper function loaded
-        from a .mpy file has no name: "softmax" for kind 5, else "kind N"."""
-        return [getattr(s[1], "__name__", None) or ("softmax" if s[0] == 5 else "kind %d" % s[0])
+        from a .mpy file has no name: "softmax" for a SOFTMAX, else "kind N" (the operator kind)."""
+        return [getattr(s[_S_FN], "__name__", None) or ("softmax" if s[_S_KIND] == _K_SOFTMAX
+                                                         else "kind %d" % s[_S_KIND])
                 for s in self._steps]
 
     def stats(self):
         return {"arena_bytes": self.arena_bytes, "planned_arena_bytes": self.planned_arena_bytes,
                 "weights_ram_bytes": self.weights_ram_bytes, "weights_mode": self.weights_mode,
-                "channel_data": ("ram" if self._side is None else "flash, into the arena" if self._chan_in_arena
-                                 else "flash"),
-                "scratch_bytes": self.scratch_bytes, "ops": self._specs_count, "macs": self.macs,
+                "channel_data": self.channel_data,
+                "scratch_bytes": self.scratch_bytes, "ops": self._ops, "macs": self.macs,
                 "backend": self.backend, "model_bytes": self.model_bytes, "ref_ops": list(self._fallback),
                 "plan": self.plan, "plan_note": self.plan_note,
                 "row_band_ops": self._banded}
@@ -333,29 +375,29 @@ class Model:
 
 
 def _conv(s, p, f):
-    """Run a conv-like step with parameters p (weights in RAM: one call; streamed: one call per block of output
-    channels)."""
-    if s[9] is None:                       # weights in RAM
-        s[1](s[2], s[3], s[4], s[5], s[6], s[7], p, s[13])
+    """Run a conv-like step with parameters p (weights in RAM or mapped: one call; streamed: one call per block of
+    output channels)."""
+    if s[_S_TAIL] is None:                 # all weights at once
+        s[_S_FN](s[_S_OUT], s[_S_IN], s[_S_W], s[_S_BIAS], s[_S_MULT], s[_S_SHIFT], p, s[_S_SCRATCH])
         return
-    total = p[25]
-    block = s[10]
+    total = p[_P_CHANNELS]
+    block = s[_S_BLOCK]
     oc = 0
     while oc < total:
         n = total - oc
-        view = s[4]
+        view = s[_S_W]
         if n < block:
-            view = s[9]
+            view = s[_S_TAIL]
         else:
             n = block
-        f.seek(p[26] + oc * p[28])
+        f.seek(p[_P_W_AT] + oc * p[_P_ROW_BYTES])
         f.readinto(view)
-        p[20] = oc           # P_OC_BEGIN
-        p[21] = oc + n       # P_OC_END
-        s[1](s[2], s[3], view, s[5], s[6], s[7], p, s[13])
+        p[_P_OC_BEGIN] = oc
+        p[_P_OC_END] = oc + n
+        s[_S_FN](s[_S_OUT], s[_S_IN], view, s[_S_BIAS], s[_S_MULT], s[_S_SHIFT], p, s[_S_SCRATCH])
         oc += n
-    p[20] = 0
-    p[21] = total
+    p[_P_OC_BEGIN] = 0
+    p[_P_OC_END] = total
 
 
 def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None):

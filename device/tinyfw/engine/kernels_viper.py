@@ -11,7 +11,7 @@
 # - ptr32 loads are zero-extended on a 64-bit port and are sign-extended with the same WS shift pair.
 # - No integer literal reaches 2**30 (31-bit small ints on 32-bit ports); bigger constants are built with shifts.
 # - Nothing allocates: loops run over addresses (int) read through ptr8/ptr32. The engine passes each call a
-#   `scratch` view: the free part of the tensor arena above the operator's live tensors (planner.tops). It holds
+#   `scratch` view: the free part of the tensor arena above the operator's live tensors (arena_layout.tops). It holds
 #   offset copies of operands (below) and the lookup tables of add (2 KB) and requantize (1 KB), which the plan
 #   guarantees; conv/depthwise/fully-connected use it when their working set fits and read in place otherwise.
 #
@@ -132,7 +132,7 @@ softmax = _ops.softmax      # softmax(out, inp, exp_q31, exp_q12, p): SOFTMAX in
 
 
 # bias, mult and shift are read through ptr32 (raw little-endian int32): the engine may pass int8 views of the
-# tensor arena holding them (channel data streamed into the arena's end, planload.build).
+# tensor arena holding them (channel data streamed into the arena's end, plan_read.build).
 CHANNELS_AS_BYTES = True
 # Filters are read through ptr8 as raw bytes too: the engine may pass views of a memory-mapped model file (ROMFS,
 # weights="mapped"), whose memoryview is of unsigned bytes.

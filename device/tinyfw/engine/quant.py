@@ -76,10 +76,6 @@ def mul(a, b):
     return a[0] * b[0], a[1] + b[1]
 
 
-def to_f32(a):
-    return round_bits(a[0], a[1], _FLOAT_BITS)
-
-
 def quantize_multiplier(d):
     """TFLM's QuantizeMultiplier (double-rounding build) for the exact positive double d=(m, e).
 

@@ -140,12 +140,6 @@ def mfcc(audio, config=KWS):
     return (log_mel @ dct_matrix(config.mel_bins, config.mfcc_count)).astype(np.float32)
 
 
-def mfcc_batch(clips, config=KWS):
-    """MFCCs of many clips: ``clips`` is ``(n, samples)``; returns ``(n, n_frames, mfcc_count)`` float32."""
-    return np.stack([mfcc(c, config) for c in np.asarray(clips)]) if len(clips) else \
-        np.zeros((0,) + config.shape, np.float32)
-
-
 def quantize(features, scale, zero_point):
     """Float features -> int8 for a tensor with this ``scale`` and ``zero_point`` (round half away from zero)."""
     if not scale > 0:

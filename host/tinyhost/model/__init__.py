@@ -109,7 +109,7 @@ def _fail(e, path):
 def inspect(path, board=None, tflm=True):
     """Validate and describe the model at `path`. Raises tinyhost.errors.ModelError for a bad model."""
     engine = engine_module()
-    from tinyfw.engine import reader, ops as engine_ops
+    from tinyfw.engine import reader, model_prepare, op_prepare as engine_ops
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no model file at {path}", hint="give the path of a .tflite file")
@@ -118,7 +118,7 @@ def inspect(path, board=None, tflm=True):
         with open(path, "rb") as f:
             md = reader.read_model(f, size)
             specs = engine_ops.prepare(md)
-            _, arena, bands = engine.plan_arena(md, specs)
+            _, arena, bands = model_prepare.arena_layout_of(md, specs)
             tensors = [TensorReport(t.index, t.name, tuple(t.shape), t.dtype, t.scale, t.zero_point, t.nq > 1,
                                     t.is_const, t.nbytes) for t in md.tensors]
     except engine.ModelError as e:
@@ -135,7 +135,7 @@ def inspect(path, board=None, tflm=True):
         operators.append(OpReport(s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info),
                                   s.macs, wb))
     bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES
-    # Weights streamed (tinyfw.engine.planload): the weight block and the kernel scratch lie in each operator's
+    # Weights streamed (tinyfw.engine.plan_read): the weight block and the kernel scratch lie in each operator's
     # work area inside the arena (the plan's arena_streamed_bytes), per-channel data and the convolutions'
     # parameters are read from the plan at invoke; RAM keeps the steps, one operator's channel data at most and
     # the softmax tables.

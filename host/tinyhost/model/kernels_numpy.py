@@ -1,7 +1,7 @@
 """A host-only engine backend: the kernels of ``tinyfw.engine.kernels_ref`` vectorised with numpy.
 
 Same names, signatures and integer semantics (KERNELS.md); registered as backend ``"numpy"`` by
-:func:`tinyhost.model.engine_module`. It lets the host run the device engine (reader, planner, quantisation
+:func:`tinyhost.model.engine_module`. It lets the host run the device engine (reader, arena_layout, quantisation
 parameters) at numpy speed, e.g. for 100-input bit-exactness sweeps against TFLM; every result is also checked
 against the reference backend in tests.
 """

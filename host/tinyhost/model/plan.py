@@ -2,7 +2,7 @@
 
 ``build_plan(path)`` parses, validates, prepares and plans a ``.tflite`` exactly as the board would (the same
 ``tinyfw.engine`` modules, run under CPython) and packs the result into the plan format of
-``device/tinyfw/engine/planload.py``. ``tinyhost flash`` puts it next to the model (``MODEL.tflite`` ->
+``device/tinyfw/engine/plan_read.py``. ``tinyhost flash`` puts it next to the model (``MODEL.tflite`` ->
 ``MODEL.plan``); the board then loads the model with its small plan loader instead of parsing the flatbuffer,
 which is what lets the MLPerf Tiny models load within an ESP32's heap. The ``.tflite`` is never changed (the plan
 sits beside it, so removing the plan restores the original set-up), and the board only uses a plan whose recorded
@@ -21,8 +21,8 @@ from ..errors import ModelError
 from . import engine_module
 
 # Engine modules whose code decides a plan's contents: a cached plan is rebuilt when any of them changes.
-_PLAN_SOURCES = ("loader.py", "reader.py", "ops.py", "planner.py", "quant.py", "params.py", "planwrite.py",
-                 "plancheck.py", "planload.py")
+_PLAN_SOURCES = ("model_prepare.py", "reader.py", "op_prepare.py", "arena_layout.py", "quant.py", "params.py",
+                 "plan_write.py", "plan_check.py", "plan_read.py")
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,18 @@ def plan_remote_path(model_remote):
 def build_plan(tflite_path):
     """The load plan of the model at ``tflite_path`` (bytes). Raises tinyhost.errors.ModelError for a bad model."""
     engine = engine_module()
-    from tinyfw.engine import loader, planwrite, plancheck
+    from tinyfw.engine import model_prepare, plan_write, plan_check
 
     path = Path(tflite_path)
     try:
         with open(path, "rb") as f:
-            recipe = loader.prepare(f)
-            digest = plancheck.model_sha256(f, recipe.model_bytes)
+            recipe = model_prepare.prepare(f)
+            digest = plan_check.model_sha256(f, recipe.model_bytes)
     except engine.ModelError as e:
         raise ModelError(f"{path}: {e}", hint="the model must be an int8 .tflite file using only the supported "
                                                "operators (see docs/engine.md)") from None
     out = io.BytesIO()
-    planwrite.write(recipe, digest, out)
+    plan_write.write(recipe, digest, out)
     return out.getvalue()
 
 
@@ -78,11 +78,11 @@ def copy_with_plan(model_src, dest_dir):
 def read_header(plan):
     """:class:`PlanHeader` of plan bytes; ModelError when they are not a plan."""
     engine_module()
-    from tinyfw.engine import plancheck
+    from tinyfw.engine import plan_check
 
-    if len(plan) < plancheck.HEADER_BYTES or plan[:4] != plancheck.MAGIC:
+    if len(plan) < plan_check.HEADER_BYTES or plan[:4] != plan_check.MAGIC:
         raise ModelError("not a tinyhost load plan", hint="build one with tinyhost.model.plan.build_plan")
-    h = struct.unpack(plancheck.HEADER_FMT, plan[:plancheck.HEADER_BYTES])
+    h = struct.unpack(plan_check.HEADER_FMT, plan[:plan_check.HEADER_BYTES])
     return PlanHeader(version=h[1], model_sha256=h[3].hex(), model_bytes=h[4], arena_bytes=h[5], macs=h[6],
                       ops=h[7], channel_data_bytes=h[10], filter_bytes=h[11], largest_filter_bytes=h[12],
                       arena_streamed_bytes=h[13], arena_ram_bytes=h[14], max_channels=h[15], inputs=h[16],
@@ -117,8 +117,9 @@ def plan_file(tflite_path, cache=None):
 def _current_format(plan_path):
     """Whether the cached plan at plan_path has the format the engine in this process writes (a process that
     imported older engine code than the files now on disk could have cached a plan under the new key)."""
-    from tinyfw.engine import plancheck
+    from tinyfw.engine import plan_check
 
     with open(plan_path, "rb") as f:
         head = f.read(6)
-    return len(head) == 6 and head[:4] == plancheck.MAGIC and struct.unpack("<H", head[4:])[0] == plancheck.PLAN_VERSION
+    return (len(head) == 6 and head[:4] == plan_check.MAGIC
+            and struct.unpack("<H", head[4:])[0] == plan_check.PLAN_VERSION)

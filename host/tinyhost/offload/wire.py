@@ -101,13 +101,6 @@ class Tensor:
     zero_point: int
     data: bytes
 
-    @property
-    def expected_nbytes(self):
-        n = DTYPES[DTYPE_CODES[self.dtype]][1]
-        for d in self.shape:
-            n *= d
-        return n
-
 
 @dataclass(frozen=True)
 class Frame:

@@ -1,23 +1,38 @@
-# Load-time half of the engine (the full path): parse (reader.py), prepare (ops.py) and plan (planner.py) a model
-# into a compact Recipe, which planwrite.py packs into a load plan (the same bytes `tinyhost flash` puts next to
-# the model as MODEL.plan) and planload.py turns into kernel calls.
+# Model preparation, the engine's full path: parse the .tflite (reader.py), prepare each operator (op_prepare.py)
+# and lay out the activations in the arena (arena_layout.py) into a compact Recipe, which plan_write.py packs into
+# a plan file (the same bytes `tinyhost flash` puts next to the model as MODEL.plan) and plan_read.py turns into
+# steps. The host runs it too (`tinyhost flash`, `model inspect`).
 #
-# The engine drops this module, reader, ops and planner from the heap after every load (del sys.modules[...]), so
-# none of their code, and none of the per-tensor objects the reader builds, stays in RAM while a model runs.
+# The engine drops this module, reader, op_prepare and arena_layout from the heap after every load (del
+# sys.modules[...]), so none of their code, and none of the per-tensor objects the reader builds, stays in RAM
+# while a model runs.
 
 from array import array
 
 from . import ModelError
 from .reader import read_model, T_INT8, T_FLOAT32
-from . import ops as _ops
-from . import planner
+from . import op_prepare
+from . import arena_layout
 from .params import P_BATCHES, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_STRIDE_H, P_PAD_H, P_K_H, P_K_W
 
-_CONV_KINDS = (_ops.K_CONV, _ops.K_DW, _ops.K_FC)
+try:
+    from micropython import const
+except ImportError:          # CPython (host tools)
+    def const(x):
+        return x
+
+# Operator kinds (op_prepare's numbering; copies tied by tests/test_device_constants.py)
+_K_CONV = const(1)
+_K_DW = const(2)
+_K_FC = const(3)         # kinds up to _K_FC are convolution-like
+_K_SOFTMAX = const(7)
+_K_RESHAPE = const(8)
+_K_QUANT_F = const(10)
+_K_DEQUANT = const(11)
 
 
 class Recipe:
-    """Everything a load plan holds (planwrite.py packs it)."""
+    """Everything a load plan holds (plan_write.py packs it)."""
 
     def __init__(self):
         self.model_bytes = 0
@@ -30,7 +45,7 @@ class Recipe:
         self.outputs = ()
         self.input_info = ()       # (name, shape, type, scale bits, zero point) per graph input
         self.output_info = ()
-        self.records = []          # one tuple per operator (layouts in _record)
+        self.records = []          # one tuple per operator (_record)
         self.tops = ()             # per operator: arena bytes below it that hold live activations (work area above)
         self.bands = ()            # per operator: output rows per kernel call (0: all at once)
         self.max_channels = 0
@@ -49,7 +64,7 @@ def _lifetimes(md, triples):
         return i
 
     for kind, ins, out in triples:
-        if kind == _ops.K_RESHAPE:
+        if kind == _K_RESHAPE:
             group[root(out)] = root(ins[0])
     first = {}
     last = {}
@@ -111,7 +126,7 @@ _BAND_MACS_PER_BYTE = 32
 
 def _min_rows(kind, p):
     """The shortest band (output rows) worth a call for this CONV_2D / DEPTHWISE_CONV_2D."""
-    taps = p[P_K_H] * p[P_K_W] * (p[P_IN_C] if kind == _ops.K_CONV else 1)
+    taps = p[P_K_H] * p[P_K_W] * (p[P_IN_C] if kind == _K_CONV else 1)
     filt = taps * p[P_OUT_C]
     rows = p[P_OUT_H]
     calls = rows * p[P_OUT_W] * p[P_OUT_C] * taps // (_BAND_MACS_PER_BYTE * (filt + _CALL_BYTES))
@@ -120,30 +135,30 @@ def _min_rows(kind, p):
 
 
 def _distance(p, rows):
-    return planner.band_distance(rows, p[P_IN_W] * p[P_IN_C], p[P_OUT_W] * p[P_OUT_C], p[P_OUT_H],
+    return arena_layout.band_distance(rows, p[P_IN_W] * p[P_IN_C], p[P_OUT_W] * p[P_OUT_C], p[P_OUT_H],
                                  p[P_STRIDE_H], p[P_PAD_H])
 
 
-def _plan(md, triples, ps):
+def _lay_out(md, triples, ps):
     """(tensor index -> arena offset, arena bytes, per operator the first free arena byte above its live buffers,
     per operator its output row band (0: one call for all rows)).
 
     ps: per operator its kernel parameters when it is a CONV_2D or DEPTHWISE_CONV_2D, else None. Such an operator
-    whose input dies with it may overwrite that input as it goes, in bands of output rows (planner.band_distance):
+    whose input dies with it may overwrite that input as it goes, in bands of output rows (arena_layout.band_distance):
     the arena is planned with the shortest bands worth a call (_min_rows), then each band is made as tall as the
     offsets placed allow; an operator whose input and output ended up side by side is not banded."""
     bufs = _lifetimes(md, triples)
     sizes, first, last = [b[3] for b in bufs], [b[1] for b in bufs], [b[2] for b in bufs]
     n_ops = len(triples)
-    offsets, arena = planner.plan(sizes, first, last)
+    offsets, arena = arena_layout.plan(sizes, first, last)
     bands = [0] * n_ops
     cands = _bands(md, triples, ps, bufs, last)
     if cands:
         pairs = {(x, y): _distance(ps[k], _min_rows(triples[k][0], ps[k])) for k, x, y in cands}
-        o1, a1 = planner.plan(sizes, first, last, pairs)
+        o1, a1 = arena_layout.plan(sizes, first, last, pairs)
         if a1 < arena:
             offsets, arena = o1, a1
-            al = planner._align
+            al = arena_layout._align
             for k, x, y in cands:
                 gap = offsets[x] - offsets[y]
                 if gap >= al(sizes[y]) or -gap >= al(sizes[x]):
@@ -157,50 +172,43 @@ def _plan(md, triples, ps):
     for b, off in zip(bufs, offsets):
         for i in b[0]:
             where[i] = off
-    return where, arena, planner.tops(sizes, first, last, offsets, n_ops), bands
-
-
-def activation_lifetimes(md, specs):
-    """Activation buffers of the graph (host tools): list of (tensor indices, first op, last op, bytes)."""
-    return _lifetimes(md, [(s.kind, s.ins, s.out) for s in specs])
+    return where, arena, arena_layout.tops(sizes, first, last, offsets, n_ops), bands
 
 
 def _conv_p(s):
-    return s.p if s.kind == _ops.K_CONV or s.kind == _ops.K_DW else None
+    return s.p if s.kind == _K_CONV or s.kind == _K_DW else None
 
 
-def plan_arena(md, specs):
+def arena_layout_of(md, specs):
     """(offset per int8 activation tensor index, arena bytes, output rows per call of each operator (0: all))
-    for ops.prepare's specs (host tools)."""
-    where, arena, _, bands = _plan(md, [(s.kind, s.ins, s.out) for s in specs], [_conv_p(s) for s in specs])
+    for op_prepare.prepare's specs (host tools)."""
+    where, arena, _, bands = _lay_out(md, [(s.kind, s.ins, s.out) for s in specs], [_conv_p(s) for s in specs])
     return where, arena, bands
 
 
 def _record(md, s, f):
-    """Compact tuple for one prepared operator. Layouts (kind first, then ins, out):
-    conv-like: p, channels, weights file offset, weights bytes, row bytes, bias, mult, shift (array('i'));
-    pools/requantize/add: p; softmax: p, exp_q31, exp_q12; reshape: elements;
-    float quantize/dequantize: elements, scale (float32 bits), zero point of the float side's int8 partner."""
-    k = s.kind
-    if k in _CONV_KINDS:
-        n = s.channels
-        bias = array("i", bytes(4 * n))
+    """The record of one prepared operator: a tuple in the layout of its kind (plan_write's _R_* slots, which
+    read it; tests/test_device_constants.py checks that the names here sit in those slots)."""
+    kind, ins, out, p = s.kind, s.ins, s.out, s.p
+    if kind <= _K_FC:
+        channels = s.channels
+        bias = array("i", bytes(4 * channels))
         if s.bias is not None:
             f.seek(s.bias.data_pos)
             f.readinto(bias)
-        return (k, s.ins, s.out, s.p, n, s.weights.data_pos, s.weights.nbytes, s.row_bytes, bias, s.mult,
-                s.shift)
-    if k == _ops.K_SOFTMAX:
-        return (k, s.ins, s.out, s.p, s.exp_q31, s.exp_q12)
-    if k == _ops.K_RESHAPE:
-        return (k, s.ins, s.out, md.tensors[s.out].elements)
-    if k == _ops.K_QUANT_F:
-        t = md.tensors[s.out]
-        return (k, s.ins, s.out, t.elements, t.scale_bits, t.zero_point)
-    if k == _ops.K_DEQUANT:
-        t = md.tensors[s.ins[0]]
-        return (k, s.ins, s.out, t.elements, t.scale_bits, t.zero_point)
-    return (k, s.ins, s.out, s.p)
+        w_at, w_bytes, row_bytes, mult, shift = s.weights.data_pos, s.weights.nbytes, s.row_bytes, s.mult, s.shift
+        return (kind, ins, out, p, channels, w_at, w_bytes, row_bytes, bias, mult, shift)
+    if kind == _K_SOFTMAX:
+        exp_q31, exp_q12 = s.exp_q31, s.exp_q12
+        return (kind, ins, out, p, exp_q31, exp_q12)
+    if kind == _K_RESHAPE:
+        elements = md.tensors[out].elements
+        return (kind, ins, out, elements)
+    if kind == _K_QUANT_F or kind == _K_DEQUANT:
+        t = md.tensors[out if kind == _K_QUANT_F else ins[0]]      # the int8 side
+        elements, scale_bits, zero_point = t.elements, t.scale_bits, t.zero_point
+        return (kind, ins, out, elements, scale_bits, zero_point)
+    return (kind, ins, out, p)
 
 
 def _info(t):
@@ -208,7 +216,7 @@ def _info(t):
 
 
 def prepare(f, stage=None):
-    """Parse, validate, prepare and plan the model in the open file f -> Recipe (packed by planwrite.py)."""
+    """Parse, validate, prepare and plan the model in the open file f -> Recipe (packed by plan_write.py)."""
     size = f.seek(0, 2)
     f.seek(0)
     md = read_model(f, size)
@@ -219,9 +227,9 @@ def prepare(f, stage=None):
     triples = []
     ps = []
     for op in md.ops:
-        s = _ops.prepare_op(md, op)
+        s = op_prepare.prepare_op(md, op)
         r.macs += s.macs
-        if s.kind in _CONV_KINDS and s.channels > r.max_channels:
+        if s.kind <= _K_FC and s.channels > r.max_channels:
             r.max_channels = s.channels
         triples.append((s.kind, s.ins, s.out))
         ps.append(_conv_p(s))
@@ -229,7 +237,7 @@ def prepare(f, stage=None):
         s = None
     if stage:
         stage("operators prepared")
-    where, r.arena_bytes, r.tops, r.bands = _plan(md, triples, ps)
+    where, r.arena_bytes, r.tops, r.bands = _lay_out(md, triples, ps)
     triples = ps = None
     r.where = where
     r.nbytes = {}
@@ -251,16 +259,16 @@ def prepare(f, stage=None):
     return r
 
 
-def plan_in_ram(f, plancheck):
+def plan_in_ram(f, plan_check):
     """The full path: parse, validate, prepare and plan the model in open file f into an in-RAM plan (io.BytesIO);
-    this module, reader, ops, planner and planwrite leave sys.modules again before it returns."""
+    this module, reader, ops, planner and plan_write leave sys.modules again before it returns."""
     import io
-    from . import planwrite, _stage, _drop_load_modules
+    from . import plan_write, _stage, _drop_load_modules
     _stage("loader imported")
     r = prepare(f, _stage)
-    digest = plancheck.model_sha256(f, r.model_bytes)
+    digest = plan_check.model_sha256(f, r.model_bytes)
     g = io.BytesIO()
-    planwrite.write(r, digest, g)
-    r = planwrite = None
-    _drop_load_modules(keep=("plancheck",))
+    plan_write.write(r, digest, g)
+    r = plan_write = None
+    _drop_load_modules(keep=("plan_check",))
     return g

@@ -5,6 +5,11 @@
 from array import array
 
 from . import quant
+try:
+    from micropython import const
+except ImportError:          # CPython (host tools)
+    def const(x):
+        return x
 from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H,
                      P_STRIDE_W, P_DIL_H, P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN,
                      P_ACT_MAX, P_DEPTH_MULT, P_OC_BEGIN, P_OC_END, P_FILTER_OFFSET, P_LEN, P_OY_BEGIN, P_OY_END,
@@ -13,18 +18,20 @@ from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_
                      S_OUTER, S_DEPTH, S_LEN, Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET, Q_LEN)
 from .reader import ModelError, ACTIVATIONS, PADDINGS, T_INT8, T_INT32, T_FLOAT32
 
-# Operation kinds (what the engine dispatches on)
-K_CONV = 1
-K_DW = 2
-K_FC = 3
-K_AVG = 4
-K_MAX = 5
-K_ADD = 6
-K_SOFTMAX = 7
-K_RESHAPE = 8
-K_REQUANT = 9
-K_QUANT_F = 10
-K_DEQUANT = 11
+# Operator kinds: one numbering for the prepared operator (OpSpec.kind), its record in a plan file and its step in
+# Model.invoke. Private (`_K_CONV = const(1)` is compiled away: no global, no qstr on the board): the modules that
+# need them keep copies, tied to these by tests/test_device_constants.py.
+_K_CONV = const(1)       # CONV_2D
+_K_DW = const(2)         # DEPTHWISE_CONV_2D
+_K_FC = const(3)         # FULLY_CONNECTED; kinds up to _K_FC are convolution-like (weights, per-channel data)
+_K_AVG = const(4)        # AVERAGE_POOL_2D
+_K_MAX = const(5)        # MAX_POOL_2D
+_K_ADD = const(6)
+_K_SOFTMAX = const(7)
+_K_RESHAPE = const(8)
+_K_REQUANT = const(9)    # QUANTIZE int8 -> int8
+_K_QUANT_F = const(10)   # QUANTIZE float32 -> int8
+_K_DEQUANT = const(11)   # DEQUANTIZE int8 -> float32
 
 
 class OpSpec:
@@ -176,7 +183,7 @@ def _conv_like(md, op, kind):
     p[P_ACT_MIN], p[P_ACT_MAX] = _act_range(md, out, o.get("activation", 0), what)
     act = ACTIVATIONS[o.get("activation", 0)]
 
-    if kind == K_FC:
+    if kind == _K_FC:
         _need_rank(filt, 2, what, "filter")
         n_out, depth = filt.shape
         if inp.elements % depth:
@@ -204,7 +211,7 @@ def _conv_like(md, op, kind):
         _need_rank(filt, 4, what, "filter")
         _need_rank(out, 4, what, "output")
         batches, in_h, in_w, in_c = inp.shape
-        if kind == K_CONV:
+        if kind == _K_CONV:
             oc, k_h, k_w, f_c = filt.shape
             if f_c != in_c:
                 raise ModelError("unsupported model: %s filter depth %d differs from input depth %d (grouped "
@@ -221,7 +228,7 @@ def _conv_like(md, op, kind):
                                  % (what, o["depth_multiplier"], dm))
         s_h, s_w, d_h, d_w, out_h, out_w, pad_h, pad_w = _geometry(o, in_h, in_w, k_h, k_w, what)
         _check_out_shape(out, (batches, out_h, out_w, oc), what)
-        if filt.nq > 1 and filt.qdim != (0 if kind == K_CONV else 3):
+        if filt.nq > 1 and filt.qdim != (0 if kind == _K_CONV else 3):
             raise ModelError("unsupported model: %s filter is quantised along dimension %d" % (what, filt.qdim))
         spec.mult, spec.shift = _channel_multipliers(md, inp, filt, out, oc)
         for slot, v in ((P_BATCHES, batches), (P_IN_H, in_h), (P_IN_W, in_w), (P_IN_C, in_c), (P_OUT_H, out_h),
@@ -229,20 +236,20 @@ def _conv_like(md, op, kind):
                         (P_STRIDE_W, s_w), (P_DIL_H, d_h), (P_DIL_W, d_w), (P_PAD_H, pad_h), (P_PAD_W, pad_w),
                         (P_DEPTH_MULT, dm)):
             p[slot] = v
-        spec.row_bytes = k_h * k_w * in_c if kind == K_CONV else 0
+        spec.row_bytes = k_h * k_w * in_c if kind == _K_CONV else 0
         spec.channels = oc
-        spec.macs = batches * out_h * out_w * oc * k_h * k_w * (in_c if kind == K_CONV else 1)
+        spec.macs = batches * out_h * out_w * oc * k_h * k_w * (in_c if kind == _K_CONV else 1)
         spec.info = {"activation": act, "padding": PADDINGS[o["padding"]], "stride": (s_h, s_w),
                      "dilation": (d_h, d_w), "kernel": (k_h, k_w), "filters": oc,
                      "per_channel": filt.nq > 1}
-        if kind == K_DW:
+        if kind == _K_DW:
             spec.info["depth_multiplier"] = dm
     if bias is not None and bias.elements != spec.channels:
         raise ModelError("invalid model: %s bias has %d values for %d output channels"
                          % (what, bias.elements, spec.channels))
     p[P_OC_BEGIN] = 0
     p[P_OC_END] = spec.channels
-    if kind != K_FC:
+    if kind != _K_FC:
         p[P_OY_BEGIN] = 0
         p[P_OY_END] = p[P_OUT_H]
     spec.p = p
@@ -305,7 +312,7 @@ def _add(md, op):
                     (A_OUT_SHIFT, sho), (A_OUT_OFFSET, out.zero_point), (A_LEFT_SHIFT, left_shift)):
         p[slot] = v
     p[A_ACT_MIN], p[A_ACT_MAX] = _act_range(md, out, op.options.get("activation", 0), what)
-    spec = OpSpec(op, K_ADD)
+    spec = OpSpec(op, _K_ADD)
     spec.ins = (a.index, b.index)
     spec.out = out.index
     spec.p = p
@@ -356,7 +363,7 @@ def _softmax(md, op):
     if out.zero_point != -128 or out.scale_bits != 0x3B800000:
         raise ModelError("unsupported model: %s output must have scale 1/256 and zero point -128 (has %r, %d)"
                          % (what, out.scale, out.zero_point))
-    spec = OpSpec(op, K_SOFTMAX)
+    spec = OpSpec(op, _K_SOFTMAX)
     spec.ins = (inp.index,)
     spec.out = out.index
     depth = inp.shape[-1]
@@ -380,7 +387,7 @@ def _reshape(md, op):
         raise ModelError("invalid model: %s turns %s %s into %s %s" % (what, inp.dtype, inp.shape, out.dtype, out.shape))
     if inp.type != T_INT8:
         _need_type(inp, T_INT8, what, "input")
-    spec = OpSpec(op, K_RESHAPE)
+    spec = OpSpec(op, _K_RESHAPE)
     spec.ins = (inp.index,)
     spec.out = out.index
     spec.info = {"shape": tuple(out.shape)}
@@ -396,13 +403,13 @@ def _quantize(md, op, kind):
     spec = OpSpec(op, kind)
     spec.ins = (inp.index,)
     spec.out = out.index
-    if kind == K_DEQUANT:
+    if kind == _K_DEQUANT:
         _need_type(inp, T_INT8, what, "input")
         _need_type(out, T_FLOAT32, what, "output")
         return spec
     _need_type(out, T_INT8, what, "output")
     if inp.type == T_FLOAT32:
-        spec.kind = K_QUANT_F
+        spec.kind = _K_QUANT_F
         return spec
     _need_type(inp, T_INT8, what, "input")
     q, sh = quant.quantize_multiplier(quant.div_round(_exact(inp.scale_bits), _exact(out.scale_bits)))
@@ -420,15 +427,15 @@ def prepare_op(md, op):
     """OpSpec of one operator of the parsed model. Raises ModelError."""
     c = op.code
     if c == 3:
-        s = _conv_like(md, op, K_CONV)
+        s = _conv_like(md, op, _K_CONV)
     elif c == 4:
-        s = _conv_like(md, op, K_DW)
+        s = _conv_like(md, op, _K_DW)
     elif c == 9:
-        s = _conv_like(md, op, K_FC)
+        s = _conv_like(md, op, _K_FC)
     elif c == 1:
-        s = _pool(md, op, K_AVG)
+        s = _pool(md, op, _K_AVG)
     elif c == 17:
-        s = _pool(md, op, K_MAX)
+        s = _pool(md, op, _K_MAX)
     elif c == 0:
         s = _add(md, op)
     elif c == 25:
@@ -436,9 +443,9 @@ def prepare_op(md, op):
     elif c == 22:
         s = _reshape(md, op)
     elif c == 114:
-        s = _quantize(md, op, K_REQUANT)
+        s = _quantize(md, op, _K_REQUANT)
     elif c == 6:
-        s = _quantize(md, op, K_DEQUANT)
+        s = _quantize(md, op, _K_DEQUANT)
     else:
         raise ModelError("unsupported model: %s" % op.describe())
     for i in s.ins:

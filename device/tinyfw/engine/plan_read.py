@@ -1,10 +1,11 @@
-# Loading a model from its load plan: the small load path (it never imports reader, ops, planner or loader).
-# plancheck.py decides whether a plan may be used; then the engine allocates the arena, then this module builds.
+# Reading a plan file into the steps Model.invoke runs: the small load path (it never imports reader, op_prepare,
+# arena_layout or model_prepare). plan_check.py decides whether a plan may be used; arena_alloc.py allocates the
+# arena; then build() here reads the records and returns what the Model keeps.
 #
 # A plan (MODEL.plan next to MODEL.tflite, see plan_path) is everything the engine computes at load -- arena
 # placement, kernel parameter arrays, per-channel bias/multiplier/shift, softmax tables, where each operator's
 # weights lie in the .tflite -- packed by the host (`tinyhost flash`, tinyhost.model.plan) with the same engine
-# code (planwrite.py). The .tflite itself is never changed: weights are read from it, and the plan is only used
+# code (plan_write.py). The .tflite itself is never changed: weights are read from it, and the plan is only used
 # when its header's sha256 of the model equals the model file's (computed here), its format version is this one
 # and its own trailing sha256 checks out. Anything else: the plan is ignored and the engine takes its full path.
 #
@@ -22,8 +23,10 @@
 #            u8 parameter count, i32 parameters[count], then by kind: conv-like u32 channels, weights offset in
 #            the .tflite, weights bytes, bytes per output channel, channel data offset (bias, multipliers,
 #            shifts: 3 x channels int32), output rows per call (0: all; else the output may overlap the
-#            dying input, see planner.band_distance); softmax u32 channel data offset (exp tables: 2 x 256 int32); reshape
-#            u32 elements; float quantize/dequantize u32 elements, u32 scale bits, i32 zero point
+#            dying input, see arena_layout.band_distance); softmax u32 channel data offset (exp tables:
+#            2 x 256 int32); reshape u32 elements; float quantize/dequantize u32 elements, u32 scale bits,
+#            i32 zero point
+#            (kind: op_prepare's numbering, which is also the step's kind in Model.invoke)
 #   channel data, then the sha256 of everything before it (32 bytes)
 # ref: an arena offset (>= 0) or -1 - k for the k-th float32 graph buffer (outside the arena).
 
@@ -32,15 +35,39 @@ from array import array
 
 from . import ModelError, TensorInfo, _mem_free, _gc, _int8_buffer, _kernels_ref, _stage, STREAM_SCRATCH_BYTES
 
-K_CONV_MAX = 3          # kinds 1..3: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
-K_ADD = 6
-K_SOFTMAX = 7
-K_RESHAPE = 8
-K_REQUANT = 9
-K_QUANT_F = 10
-K_DEQUANT = 11
+try:
+    from micropython import const
+except ImportError:          # CPython (host tools)
+    def const(x):
+        return x
+
+# Private copies (compiled away on the board), tied to their definitions by tests/test_device_constants.py:
+# operator kinds (op_prepare)
+_K_DW = const(2)
+_K_FC = const(3)             # kinds up to _K_FC are convolution-like
+_K_ADD = const(6)
+_K_SOFTMAX = const(7)
+_K_RESHAPE = const(8)
+_K_REQUANT = const(9)
+_K_QUANT_F = const(10)
+_K_DEQUANT = const(11)
+# header fields (plan_check)
+_H_HEADER_BYTES = const(2)
+_H_MODEL_BYTES = const(4)
+_H_OPS = const(7)
+_H_OPS_AT = const(8)
+_H_CHAN_AT = const(9)
+_H_CHAN_BYTES = const(10)
+_H_MAX_CHANNELS = const(15)
+_H_INPUTS = const(16)
+_H_OUTPUTS = const(17)
+# kernel parameter slots (params); a convolution's array here also holds the six u32 after its parameters in
+# the record, from _P_LEN on (Model.invoke reads them; the kernels do not)
+_P_IN_C = const(3)
+_P_OUT_H = const(4)
+_P_LEN = const(25)
+
 T_INT8 = 9
-_P_CONV = 25            # params.P_LEN: a convolution's parameter count
 _RECORD_MAX = 512
 
 
@@ -73,7 +100,7 @@ def _align16(n):
 def work_floor(kind, weights_floor):
     """Bytes of work area (arena above the live tensors) an operator of `kind` must have: the lookup tables of
     ADD (2 x 256 int32) and QUANTIZE (256 int32), plus weights_floor (the smallest streamed weight block)."""
-    tables = 2048 if kind == K_ADD else 1024 if kind == K_REQUANT else 0
+    tables = 2048 if kind == _K_ADD else 1024 if kind == _K_REQUANT else 0
     return tables + _align16(weights_floor)
 
 
@@ -89,13 +116,13 @@ def _has_softmax(g, pos, n_ops):
         g.seek(pos)
         if g.readinto(head) != 3:
             raise ModelError("corrupt plan: truncated record")
-        if head[2] == K_SOFTMAX:
+        if head[2] == _K_SOFTMAX:
             return True
         pos += head[0] | (head[1] << 8)
     return False
 
 
-def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
+def _view(views, ref, nbytes, arena_mv, arena_bytes):
     """A view of nbytes at arena offset ref (or a new float32 buffer for ref < 0); views: ref -> the view made
     first there, shared by the operators that use the same tensor (int keys: no tuple per entry)."""
     v = views.get(ref)
@@ -111,7 +138,7 @@ def _view(m, views, ref, nbytes, arena_mv, arena_bytes):
     return v
 
 
-# Operation kinds (same numbers as ops.K_*) -> kernel function name
+# Operator kind -> kernel function name, operator name
 _KERNEL_NAMES = (None, "conv2d", "depthwise_conv2d", "fully_connected", "avg_pool2d", "max_pool2d", "add", "softmax",
                  "copy", "requantize")
 _OP_NAMES = (None, "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD",
@@ -121,14 +148,14 @@ _OP_NAMES = (None, "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_P
 def _kernel(k, kind, fallback, fallback_softmax=None):
     """Kernel function of operation `kind` in backend module k; kernels_ref's (noted in fallback) if k lacks it
     (fallback_softmax: the reference softmax when it is imported already)."""
-    if kind == 10 or kind == 11:           # float boundary ops: always the reference ones
-        return getattr(_kernels_ref(), "quantize_float" if kind == 10 else "dequantize")
-    name = _KERNEL_NAMES[kind] if 0 < kind < 10 else None
+    if kind == _K_QUANT_F or kind == _K_DEQUANT:       # float boundary ops: always the reference ones
+        return getattr(_kernels_ref(), "quantize_float" if kind == _K_QUANT_F else "dequantize")
+    name = _KERNEL_NAMES[kind] if 0 < kind < _K_QUANT_F else None
     if name is None:
         raise ModelError("corrupt plan: unknown operation kind %d" % kind)
     fn = getattr(k, name, None)
     if fn is None:
-        if kind == 7:                      # just the reference softmax, not every reference kernel
+        if kind == _K_SOFTMAX:             # just the reference softmax, not every reference kernel
             fn = fallback_softmax
             if fn is None:
                 from .ref_softmax import softmax as fn
@@ -138,52 +165,52 @@ def _kernel(k, kind, fallback, fallback_softmax=None):
     return fn
 
 
-def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
-    """Read the plan's records from g into m's steps; m's arena is allocated already (m._arena, m.arena_bytes,
-    m.weights_mode: "ram" or "flash").
+def build(g, h, k, f, arena, weights, stream_chan, scratch_bytes=None, mapped=None, softmax=None):
+    """Read the plan's records from g into the steps Model.invoke runs, over the allocated arena (arena_alloc).
 
-    h: plancheck.check()'s header tuple; k: backend module; scratch_bytes: the largest streamed weight block
-    (default STREAM_SCRATCH_BYTES); stream_ok: whether g may stay open for streaming per-channel data at invoke
-    (a plan file, not the full path's in-RAM plan).
+    h: plan_check.check()'s header tuple; k: backend module; f: the open model file (weights in RAM are read from
+    it); weights: "ram", "flash" (streamed) or "mapped" (mapped: the model file's bytes in place);
+    stream_chan: per-channel data is read from g at invoke (g then stays open: a plan file, not the full path's
+    in-RAM plan); scratch_bytes: the largest streamed weight block (default STREAM_SCRATCH_BYTES); softmax: the
+    reference softmax when the backend has none (imported before the arena).
 
     Every operator's work area is the arena above its live tensors (record field `top`) up to the arena's end:
-    a streamed weight block goes first, the rest is the kernel's scratch (planner.tops, docs/engine.md)."""
-    m.model_bytes = h[4]
-    m.macs = h[6]
-    n_ops, ops_at, chan_at, chan_bytes = h[7], h[8], h[9], h[10]
-    max_ch = h[15]
-    total = m.arena_bytes
-    arena_mv = memoryview(m._arena)
-    weights = m.weights_mode
-    stream_chan = stream_ok and m._stream_chan
+    a streamed weight block goes first, the rest is the kernel's scratch (arena_layout.tops, docs/engine.md).
+
+    Returns what the Model keeps: (steps, input TensorInfos, output TensorInfos, input views, output views, the
+    shared parameter array convolutions read into at invoke or None, g when it stays open or None, where the
+    channel data lives ("ram", "flash" or "flash, into the arena"), convolutions run in row bands, operators on
+    reference kernels (names), weight bytes in RAM, largest streamed weight block)."""
+    n_ops, ops_at, chan_base, chan_bytes = h[_H_OPS], h[_H_OPS_AT], h[_H_CHAN_AT], h[_H_CHAN_BYTES]
+    max_ch = h[_H_MAX_CHANNELS]
+    total = len(arena)
+    arena_mv = memoryview(arena)
     # streamed to a backend that reads them as raw int32 (viper's ptr32): each operator's channel data goes to the
     # arena's end (the plan's floors keep it free), no buffer of its own
     in_arena = stream_chan and getattr(k, "CHANNELS_AS_BYTES", False)
-    m._chan_in_arena = in_arena
     ram = 0
-    chan = None                                 # per-channel data: all of it, or one op's at a time
+    chan_buf = None                             # per-channel data: all of it, or one op's at a time
     soft_at = 0 if in_arena else 3 * max_ch     # streamed: the softmax tables lie after one op's channel data
     if chan_bytes:
         # one buffer for everything read per op and the softmax tables, made before anything else (fragmentation)
         n_chan = soft_at + (512 if _has_softmax(g, ops_at, n_ops) else 0) if stream_chan else chan_bytes // 4
         if n_chan:
-            chan = memoryview(_int32_buffer(n_chan))
-            ram += len(chan) * 4
+            chan_buf = memoryview(_int32_buffer(n_chan))
+            ram += len(chan_buf) * 4
         if not stream_chan:
-            g.seek(chan_at)
-            if g.readinto(chan) != chan_bytes:
+            g.seek(chan_base)
+            if g.readinto(chan_buf) != chan_bytes:
                 raise ModelError("corrupt plan: channel data truncated")
     chan_views = {}
-    if stream_chan:
-        m._side = g
     block_cap = scratch_bytes or STREAM_SCRATCH_BYTES
     largest_block = 0
 
-    rd = _Reader(g, h[2])
+    rd = _Reader(g, h[_H_HEADER_BYTES])
     views = {}
     infos = []
     io_views = []
-    for _ in range(h[16] + h[17]):
+    n_in = h[_H_INPUTS]
+    for _ in range(n_in + h[_H_OUTPUTS]):
         b = rd.next()
         ttype, rank, ref, nbytes, scale_bits, zp = struct.unpack_from("<BBiIIi", b, 2)
         shape = struct.unpack_from("<%dI" % rank, b, 20)
@@ -191,19 +218,17 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
         name = str(bytes(b[at + 1:at + 1 + b[at]]), "utf-8")
         scale = struct.unpack("<f", struct.pack("<I", scale_bits))[0]
         infos.append(TensorInfo(name, shape, "int8" if ttype == T_INT8 else "float32", scale, zp, nbytes))
-        io_views.append(_view(m, views, ref, nbytes, arena_mv, total))
-    m.inputs = infos[:h[16]]
-    m.outputs = infos[h[16]:]
-    m._in_views = io_views[:h[16]]
-    m._out_views = io_views[h[16]:]
+        io_views.append(_view(views, ref, nbytes, arena_mv, total))
+    inputs, outputs = infos[:n_in], infos[n_in:]
+    in_views, out_views = io_views[:n_in], io_views[n_in:]
     infos = io_views = None
     if rd.pos != ops_at:
         raise ModelError("corrupt plan: the operator records do not start where the header says")
 
-    f = m._f
     steps = []
-    fallback = m._fallback
-    model_bytes = h[4]
+    fallback = []
+    banded = 0
+    model_bytes = h[_H_MODEL_BYTES]
     p_shared = None                             # streamed: the one parameter array all convolutions read into
     for _ in range(n_ops):
         if _gc is not None:
@@ -213,12 +238,12 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
         kind, n_in, o_ref, o_n, top = struct.unpack_from("<BBiII", b, 2)
         if top > total:
             raise ModelError("corrupt plan: an operator's live tensors end outside the arena")
-        out = _view(m, views, o_ref, o_n, arena_mv, total)
+        out = _view(views, o_ref, o_n, arena_mv, total)
         at = 16
         ins = []
         for _ in range(n_in):
             ref, n = struct.unpack_from("<iI", b, at)
-            ins.append(_view(m, views, ref, n, arena_mv, total))
+            ins.append(_view(views, ref, n, arena_mv, total))
             at += 8
         inp = ins[0]
         n_p = b[at]
@@ -227,23 +252,23 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
         p_at = rec_at + at                      # where the parameters lie in the plan file
         if n_p:
             # a convolution's array also holds the six u32 after its parameters in the record (channels, weights
-            # offset and bytes, bytes per output channel, channel data offset, row band): slots n_p.. (invoke)
-            p = array("i", struct.unpack_from("<%di" % (n_p + 6 if kind <= K_CONV_MAX else n_p), b, at))
+            # offset and bytes, bytes per output channel, channel data offset, row band): slots _P_LEN.. (invoke)
+            p = array("i", struct.unpack_from("<%di" % (n_p + 6 if kind <= _K_FC else n_p), b, at))
             at += 4 * n_p
-        fn = _kernel(k, kind, fallback, m._softmax)
-        if kind <= K_CONV_MAX:
+        fn = _kernel(k, kind, fallback, softmax)
+        if kind <= _K_FC:
             n, w_pos, w_bytes, rb, c_pos, band = struct.unpack_from("<IIIIII", b, at)
             if w_pos + w_bytes > model_bytes or c_pos + 12 * n > chan_bytes:
                 raise ModelError("corrupt plan: operator data lies outside the model or the plan")
-            if n_p != _P_CONV:
+            if n_p != _P_LEN:
                 raise ModelError("corrupt plan: a convolution with %d parameters" % n_p)
-            if band and (kind == K_CONV_MAX or band > p[4]):       # p[P_OUT_H]; FULLY_CONNECTED has no rows
+            if band and (kind == _K_FC or band > p[_P_OUT_H]):     # FULLY_CONNECTED has no rows
                 raise ModelError("corrupt plan: a row band that does not fit the operator")
             if band:
-                m._banded += 1
-            depth = p[3]                        # P_IN_C, before p becomes a position in the plan (streamed)
-            side_pos = -1
-            ch_all = None
+                banded += 1
+            depth = p[_P_IN_C]                  # before p becomes a position in the plan (streamed)
+            chan_at = -1                        # the channel data's position in the plan; -1: in RAM
+            chan = None
             end = total                         # the work area's end
             if stream_chan:
                 v = chan_views.get(n)
@@ -253,14 +278,14 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
                         v = (arena_mv[c0:c0 + 12 * n], arena_mv[c0:c0 + 4 * n], arena_mv[c0 + 4 * n:c0 + 8 * n],
                              arena_mv[c0 + 8 * n:c0 + 12 * n])
                     else:
-                        v = (chan[:3 * n], chan[:n], chan[n:2 * n], chan[2 * n:3 * n])
+                        v = (chan_buf[:3 * n], chan_buf[:n], chan_buf[n:2 * n], chan_buf[2 * n:3 * n])
                     chan_views[n] = v
-                ch_all, bias, mult, shift = v
-                side_pos = chan_at + c_pos
+                chan, bias, mult, shift = v
+                chan_at = chan_base + c_pos
                 # the kernel parameters are read from the plan too, into one shared array, before each run of
                 # the operator (Model.invoke): the step keeps their file position, not an array of its own
                 if p_shared is None:
-                    p_shared = m._p = _int32_buffer(n_p + 6)
+                    p_shared = _int32_buffer(n_p + 6)
                 p = p_at
                 if in_arena:
                     end = (total - 12 * n) & ~15
@@ -268,25 +293,27 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
                         raise ModelError("corrupt plan: the arena has no room for an operator's channel data")
             else:
                 c = c_pos // 4
-                bias, mult, shift = chan[c:c + n], chan[c + n:c + 2 * n], chan[c + 2 * n:c + 3 * n]
+                bias, mult, shift = chan_buf[c:c + n], chan_buf[c + n:c + 2 * n], chan_buf[c + 2 * n:c + 3 * n]
+            tail = None                         # weights in RAM or mapped: one kernel call with all of them
+            block = 0
             if weights == "mapped":             # in place: a view of the mapped model file, no RAM; the
-                # scratch ends where streamed channel data begins
-                steps.append((1, fn, out, inp, mapped[w_pos:w_pos + w_bytes], bias, mult, shift, p, None, 0,
-                              side_pos, ch_all, _view(m, views, top, end - top, arena_mv, total)))
+                w = mapped[w_pos:w_pos + w_bytes]   # scratch ends where streamed channel data begins
+                scratch = _view(views, top, end - top, arena_mv, total)
             elif weights == "ram":
                 filt = _int8_buffer(w_bytes)
                 f.seek(w_pos)
                 f.readinto(filt)
                 ram += w_bytes
-                steps.append((1, fn, out, inp, memoryview(filt), bias, mult, shift, p, None, 0, side_pos, ch_all,
-                              _view(m, views, top, total - top, arena_mv, total)))
+                w = memoryview(filt)
+                filt = None
+                scratch = _view(views, top, total - top, arena_mv, total)
             else:
                 # the weight block: as many output channels as fit, at most block_cap bytes (at least one: the
                 # plan's floor guarantees it); the kernel's scratch is the rest: half the work area for a
                 # convolution (it copies the block's weights there), one int32 input row for FULLY_CONNECTED
                 room = end - top
                 if rb:
-                    fit = room - 4 * depth - 32 if kind == K_CONV_MAX else room // 2
+                    fit = room - 4 * depth - 32 if kind == _K_FC else room // 2
                     block = min(n, max(1, min(fit, block_cap) // rb))
                     blk_bytes = block * rb
                 else:                           # depthwise: the whole filter at once
@@ -295,43 +322,42 @@ def build(m, g, h, k, scratch_bytes, stream_ok, mapped=None):
                 if top + blk_bytes > end:
                     raise ModelError("corrupt plan: the arena has no room for a weight block")
                 rest = n % block if rb else 0
-                full = _view(m, views, top, blk_bytes, arena_mv, total)
-                tail = arena_mv[top:top + rest * rb] if rest else full
+                w = _view(views, top, blk_bytes, arena_mv, total)
+                tail = arena_mv[top:top + rest * rb] if rest else w
                 if blk_bytes > largest_block:
                     largest_block = blk_bytes
                 w_end = top + _align16(blk_bytes)
-                scratch = _view(m, views, w_end, end - w_end, arena_mv, total) if w_end < end else full[:0]
-                steps.append((1, fn, out, inp, full, bias, mult, shift, p, tail, block, side_pos, ch_all, scratch))
-        elif kind == K_ADD:
-            steps.append((4, fn, out, inp, ins[1], p, _view(m, views, top, total - top, arena_mv, total)))
-        elif kind == K_SOFTMAX:
+                scratch = _view(views, w_end, end - w_end, arena_mv, total) if w_end < end else w[:0]
+            steps.append((kind, fn, out, inp, w, bias, mult, shift, p, tail, block, chan_at, chan, scratch))
+        elif kind == _K_ADD:
+            steps.append((kind, fn, out, inp, ins[1], p, _view(views, top, total - top, arena_mv, total)))
+        elif kind == _K_SOFTMAX:
             c = struct.unpack_from("<I", b, at)[0] // 4
             if stream_chan:                    # the tables stay in RAM: read them out of the plan
-                if len(chan) < soft_at + 512:
+                if len(chan_buf) < soft_at + 512:
                     raise ModelError("corrupt plan: a SOFTMAX record the pre-scan did not see")
-                t = chan[soft_at:soft_at + 512]
-                g.seek(chan_at + 4 * c)
+                t = chan_buf[soft_at:soft_at + 512]
+                g.seek(chan_base + 4 * c)
                 g.readinto(t)
                 c = 0
             else:
-                t = chan
-            steps.append((5, fn, out, inp, t[c:c + 256], t[c + 256:c + 512], p))
-        elif kind == K_RESHAPE:                 # a copy only when the planner could not alias
+                t = chan_buf
+            steps.append((kind, fn, out, inp, t[c:c + 256], t[c + 256:c + 512], p))
+        elif kind == _K_RESHAPE:                # a copy only when the planner could not alias
             if o_ref != struct.unpack_from("<i", b, 16)[0]:
-                steps.append((6, fn, out, inp, struct.unpack_from("<I", b, at)[0]))
-        elif kind == K_QUANT_F or kind == K_DEQUANT:
+                steps.append((kind, fn, out, inp, struct.unpack_from("<I", b, at)[0]))
+        elif kind == _K_QUANT_F or kind == _K_DEQUANT:
             n, s_bits, zp = struct.unpack_from("<IIi", b, at)
             scale = struct.unpack("<f", struct.pack("<I", s_bits))[0]
-            if kind == K_QUANT_F:
-                steps.append((7, fn, out, inp, n, scale, zp, array("f", [0.0])))
+            if kind == _K_QUANT_F:
+                steps.append((kind, fn, out, inp, n, scale, zp, array("f", [0.0])))
             else:
-                steps.append((8, fn, out, inp, n, scale, zp))
-        elif kind == K_REQUANT:
-            steps.append((2, fn, out, inp, p, _view(m, views, top, total - top, arena_mv, total)))
+                steps.append((kind, fn, out, inp, n, scale, zp))
+        elif kind == _K_REQUANT:
+            steps.append((kind, fn, out, inp, p, _view(views, top, total - top, arena_mv, total)))
         else:                                   # pools
-            steps.append((3, fn, out, inp, p))
-    m._steps = steps
-    m._specs_count = n_ops
-    m.weights_ram_bytes = ram
-    m.scratch_bytes = largest_block
+            steps.append((kind, fn, out, inp, p))
     _stage("steps built")
+    return (steps, inputs, outputs, in_views, out_views, p_shared, g if stream_chan else None,
+            "flash, into the arena" if in_arena else "flash" if stream_chan else "ram", banded, fallback, ram,
+            largest_block)
