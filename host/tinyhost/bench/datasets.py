@@ -49,11 +49,11 @@ class Dataset:
     benchmark: str                     # kws01|vww01|ic01|ad01, or "" when unknown
     layout: str                        # "mlperf", "wav" or "images"
     n_classes: int
-    sample_dtype: str                  # dtype of the bytes read(): int8, uint8 or float32
+    sample_dtype: str                  # dtype of the bytes read(): int8, uint8 or float32 (WAV: float32 features)
     items: list
     files: list = field(default_factory=list)     # relative paths, file_index order
     class_names: tuple = ()
-    input_quant: tuple = None          # (scale, zero_point) of the model input: WAV features are quantized to it
+    input_quant: tuple = None          # (scale, zero_point) of an int8 model input: WAV features are quantized to it
     mfcc_config: object = None         # tinyhost.features.MfccConfig for WAV files (default: features.KWS)
 
     def __len__(self):
@@ -63,7 +63,8 @@ class Dataset:
         """The sample's bytes in ``sample_dtype`` (features already computed for WAV and image folders)."""
         path = self.root / item.file
         if self.layout == "wav":
-            return _wav_features(path, self.input_quant, self.mfcc_config)
+            return _wav_features(path, None if self.sample_dtype == "float32" else self.input_quant,
+                                 self.mfcc_config, self.sample_dtype == "float32")
         if self.layout == "images":
             return _image_pixels(path, self.benchmark)
         try:
@@ -223,14 +224,18 @@ def _load_folders(root, benchmark, layout, suffixes):
                    items=items, files=files, class_names=names or tuple(labels))
 
 
-def _wav_features(path, input_quant, config):
-    """int8 MFCC features of a WAV file, computed by the front end the KWS models were trained with
-    (tinyhost.features) and quantized to the model input's scale and zero point."""
+def _wav_features(path, input_quant, config, as_float=False):
+    """MFCC features of a WAV file, computed by the front end the KWS models were trained with
+    (tinyhost.features): int8, quantized to the model input's scale and zero point, or float32 (``as_float``,
+    a model with float input)."""
     from .. import features
 
+    config = config or features.KWS
+    if as_float:
+        return features.mfcc.mfcc(features.read_wav(path, config.sample_rate_hz), config).astype("<f4").tobytes()
     if input_quant is None:
         raise ValueError("set Dataset.input_quant to the model input's (scale, zero_point) before reading WAV files")
-    return features.wav_features(path, input_quant[0], input_quant[1], config or features.KWS)
+    return features.wav_features(path, input_quant[0], input_quant[1], config)
 
 
 def _image_pixels(path, benchmark):
@@ -248,7 +253,8 @@ def to_model_input(raw, sample_dtype, tensor):
     """Bytes for the model's input tensor from a sample, converted as the MLPerf Tiny reference firmware does.
 
     uint8 pixels into an int8 input: subtract 128; float32 frames: quantize with the tensor's scale and zero point;
-    same dtype: as is. ``tensor`` has .dtype .nbytes .scale .zero_point (the engine's TensorInfo).
+    same dtype (float32 frames into a float32 input too): as is. ``tensor`` has .dtype .nbytes .scale .zero_point
+    (the engine's TensorInfo).
     """
     import numpy as np
 
@@ -261,6 +267,9 @@ def to_model_input(raw, sample_dtype, tensor):
         q = np.round(real / tensor.scale) + tensor.zero_point
         lo, hi = (-128, 127) if tensor.dtype == "int8" else (0, 255)
         return np.clip(q, lo, hi).astype(tensor.dtype).tobytes()
+    hint = "check that the dataset belongs to this model"
+    if tensor.dtype == "float32" and sample_dtype in ("int8", "uint8"):
+        hint = ("the model takes float32 input and this test set holds quantized samples: give one with float32 "
+                "samples, or class folders of .wav files (features are then computed as float32)")
     raise UsageError(f"a {len(raw)}-byte {sample_dtype or 'raw'} sample does not fit the model input "
-                     f"({tensor.nbytes} bytes {tensor.dtype})",
-                     hint="check that the dataset belongs to this model")
+                     f"({tensor.nbytes} bytes {tensor.dtype})", hint=hint)

@@ -65,7 +65,10 @@ def _load_dataset(opts, benchmark, input_tensor=None, model_sha=""):
         return None
     ds = datasets.load(opts.dataset, benchmark)
     if input_tensor is not None:
-        ds.input_quant = (input_tensor.scale, input_tensor.zero_point)
+        if input_tensor.dtype == "float32" and ds.layout == "wav":
+            ds.sample_dtype = "float32"          # a float-input model gets the float features
+        else:
+            ds.input_quant = (input_tensor.scale, input_tensor.zero_point)
     if ds.layout == "wav":
         from .. import features, zoo
 
@@ -78,9 +81,11 @@ def _load_dataset(opts, benchmark, input_tensor=None, model_sha=""):
     return ds
 
 
-def _performance_inputs(opts, ds, nbytes, convert):
+def _performance_inputs(opts, ds, nbytes, convert, dtype="int8"):
     if ds is not None:
         return [convert(ds.read(item)) for item in runner.pick_inputs(ds, opts.inputs)], "dataset"
+    if dtype == "float32":
+        return runner.synthetic_inputs(nbytes, opts.inputs, dtype=dtype), "synthetic (pseudo-random float32 values)"
     return runner.synthetic_inputs(nbytes, opts.inputs), "synthetic (pseudo-random bytes)"
 
 
@@ -220,7 +225,7 @@ def _run_modes(opts, modes, target, tgt, prov, listener):
     if not nbytes:
         raise errors.UsageError("cannot tell the DUT's input size", hint="pass --dataset DIR")
     if "performance" in modes or ("energy" in modes and "performance" not in modes):
-        inputs, source = _performance_inputs(opts, ds, nbytes, convert)
+        inputs, source = _performance_inputs(opts, ds, nbytes, convert, getattr(input_tensor, "dtype", "int8"))
         if "performance" not in modes:        # energy alone: one short window gives the latency
             inputs = inputs[:1]
         listener.message(f"performance: {len(inputs)} inputs ({source})")
