@@ -136,6 +136,25 @@ def shipped_metrics(entry):
     return json.loads(path.read_text())
 
 
+def entry_with_sha256(sha256):
+    """The registry entry whose model file has this SHA-256 (an official model's published checksum, a shipped
+    one's in its metrics.json), or None: how a renamed or copied file is still recognised."""
+    if not sha256:
+        return None
+    for e in entries():
+        if (e.sha256 if e.kind == "official" else shipped_metrics(e).get("sha256")) == sha256:
+            return e
+    return None
+
+
+def shipped_testset(entry):
+    """The test set folder shipped with ``entry`` (MLPerf Tiny layout, beside its model), or None."""
+    if entry is None or entry.kind != "shipped":
+        return None
+    folder = path_of(entry).parent / "testset"
+    return folder if (folder / "y_labels.csv").is_file() else None
+
+
 def status(entry):
     path = path_of(entry)
     if not path.is_file():
