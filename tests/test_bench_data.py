@@ -90,6 +90,28 @@ def test_wav_folders_for_kws_use_the_mfcc_front_end(tmp_path):
     assert len(ds.read(ds.items[0])) == 490
 
 
+def test_wav_folders_give_float32_features_to_a_float_input_model(tmp_path):
+    from tinyhost import features
+
+    (tmp_path / "yes").mkdir()
+    audio = np.sin(np.arange(16000) / 7.0).astype(np.float32) * 0.3
+    features.write_wav(tmp_path / "yes" / "a.wav", audio)
+    ds = datasets.load(tmp_path, "kws01")
+    ds.sample_dtype = "float32"
+    raw = ds.read(ds.items[0])
+    expected = features.mfcc.mfcc(features.read_wav(tmp_path / "yes" / "a.wav"), features.KWS)
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(49, 10), expected)
+    float_input = SimpleNamespace(dtype="float32", nbytes=4 * 490, scale=0.0, zero_point=0)
+    assert datasets.to_model_input(raw, "float32", float_input) == raw
+
+
+def test_quantized_samples_for_a_float_input_model_say_what_to_give():
+    float_input = SimpleNamespace(dtype="float32", nbytes=4 * 490, scale=0.0, zero_point=0)
+    with pytest.raises(UsageError, match="490-byte int8 sample does not fit") as e:
+        datasets.to_model_input(bytes(490), "int8", float_input)
+    assert "float32 samples" in e.value.hint and ".wav" in e.value.hint
+
+
 def test_to_model_input_conversions():
     int8 = SimpleNamespace(dtype="int8", nbytes=4, scale=0.5, zero_point=10)
     assert datasets.to_model_input(bytes([1, 2, 3, 4]), "int8", int8) == bytes([1, 2, 3, 4])

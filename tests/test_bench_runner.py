@@ -232,3 +232,10 @@ def test_pick_inputs_spreads_over_the_set(tmp_path):
     assert [it.index for it in runner.pick_inputs(ds)] == [0, 2, 4, 6, 8]
     with pytest.raises(errors.UsageError, match="needs 5 different inputs"):
         runner.pick_inputs(kws_set(tmp_path / "small", [0, 1]))
+
+
+def test_synthetic_inputs_for_a_float32_input_are_finite_floats():
+    inputs = runner.synthetic_inputs(4 * 490, count=3, dtype="float32")
+    values = [np.frombuffer(x, "<f4") for x in inputs]
+    assert all(v.size == 490 and np.isfinite(v).all() and v.std() > 0.5 for v in values)
+    assert not np.array_equal(values[0], values[1])

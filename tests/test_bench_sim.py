@@ -109,6 +109,36 @@ def test_performance_memory_energy_on_the_virtual_board(flashed_board, model_fil
     assert result.accuracy is None
 
 
+def test_float_io_model_benchmarks_with_float_inputs(flashed_board, tmp_path):
+    """A model with float32 input and output: synthetic float32 inputs for performance, float32 MFCCs of WAV
+    files for accuracy."""
+    from tinyhost import features
+    from tinyhost.model.writer import small_classifier
+
+    model = small_classifier(tmp_path / "tiny_kws_float.tflite", (1, 49, 10, 1), 12, seed=7, conv_channels=4,
+                             pool=5, float32_io=True)
+    for word in ("yes", "no"):
+        (tmp_path / "wav" / word).mkdir(parents=True)
+        features.write_wav(tmp_path / "wav" / word / "a.wav",
+                           np.random.default_rng(len(word)).uniform(-0.3, 0.3, 16000).astype(np.float32))
+    listener = Recorder()
+    result = session.run(options(flashed_board, model, mode="performance"), listener)
+    assert "performance: 2 inputs (synthetic (pseudo-random float32 values))" in listener.lines
+    assert result.performance.median_inferences_per_s > 0
+    acc = session.run(options(flashed_board, model, mode="accuracy", dataset=str(tmp_path / "wav"),
+                              journal=str(tmp_path / "j.jsonl"))).accuracy
+    assert acc.n_items == 2 and len(acc.samples) == 2
+    assert all(len(s.output) == 12 and abs(sum(s.output) - 1) < 0.05 for s in acc.samples)
+
+
+class Recorder(runner.Listener):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
 def test_accuracy_ctrl_c_then_resume_counts_every_sample_once(flashed_board, model_file, kws_dataset, tmp_path):
     path = tmp_path / "j.jsonl"
     ref = session.run(options(flashed_board, model_file, mode="accuracy", dataset=str(kws_dataset),

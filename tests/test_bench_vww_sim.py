@@ -64,3 +64,23 @@ def test_vww_bench_on_the_virtual_esp32_matches_the_host_engine(vww_board, tmp_p
         assert s.predicted == int(np.argmax(q)) and s.label == item.label
         out = m.outputs[0]
         assert s.output == pytest.approx([(int(v) - out.zero_point) * out.scale for v in q], abs=1e-6)
+
+
+def test_accuracy_without_dataset_uses_the_shipped_test_set(vww_board, tmp_path, monkeypatch):
+    from tinyhost.bench import runner
+
+    class Recorder(runner.Listener):
+        lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    vb, model = vww_board
+    monkeypatch.chdir(model.parents[2])
+    opts = session.BenchOptions(model="vww", port=vb.port, board="esp32", baud=SIM_BAUD, mode="accuracy",
+                                limit=2, journal=str(tmp_path / "j.jsonl"))
+    result = session.run(opts, Recorder())
+    testset = (model.parent / "testset").resolve()
+    assert f"no --dataset: using the test set shipped with vww, {testset}" in Recorder.lines
+    assert result.provenance.dataset_path == str(testset)
+    assert result.accuracy.n_items == 2

@@ -116,6 +116,30 @@ def test_verify_inputs_for_uint8_use_its_range_and_zero_point():
     assert kinds == ["all 0", "all 255", "all 128 (zero point)"]
 
 
+def test_verify_inputs_for_float32_span_the_range_the_model_quantizes_into():
+    spec = ih.TensorSpec("x", (1, 64), "float32", 0.0, 0, quantized_as=(0.5, 3))
+    samples = ih.verify_inputs(spec, samples=3, seed=1)
+    assert [k for k, _ in samples] == ["all -65.5", "all 62", "zeros", "random 0", "random 1", "random 2"]
+    assert all(x.dtype == np.float32 and x.shape == (1, 64) for _, x in samples)
+    randoms = np.concatenate([x.ravel() for _, x in samples[3:]])
+    assert randoms.min() < -65.5 and randoms.max() > 62 and -78.3 < randoms.min() and randoms.max() < 74.8
+
+
+def test_a_float_input_model_is_accepted_with_its_quantisation(tmp_path):
+    from tinyhost.model.writer import small_classifier
+
+    path = small_classifier(tmp_path / "f.tflite", (1, 8, 8, 1), 3, conv_channels=2, float32_io=True)
+    model = ih.check_model(path)
+    (x,), (y,) = model.inputs, model.outputs
+    assert (x.dtype, y.dtype) == ("float32", "float32") and x.nbytes == 4 * 64
+    assert x.quantized_as == (pytest.approx(0.05), -3)
+    batch = ih.as_rows(np.zeros((2, 8, 8, 1), np.float32), x)
+    assert batch.rows.shape == (2, 1, 8, 8, 1)
+    with pytest.raises(UsageError, match="dtype float64.*expects float32") as e:
+        ih.as_rows(np.zeros((1, 8, 8, 1)), x)
+    assert "astype(np.float32)" in e.value.hint
+
+
 def test_compare_counts_mismatching_elements_and_the_largest_difference():
     expected = [np.array([[1, 2, 3, 4]], np.int8)]
     got = [np.array([[1, 5, 3, -4]], np.int8)]

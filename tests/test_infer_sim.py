@@ -125,6 +125,30 @@ def test_verify_exits_12_when_the_reference_disagrees(capsys, board, tmp_path, m
     assert [s["kind"] for s in record["samples"] if not s["ok"]] == ["zeros"]
 
 
+@pytest.fixture(scope="module")
+def float_io_model(tmp_path_factory):
+    """The tiny model between a QUANTIZE from float32 and a DEQUANTIZE to float32 (the TF converter's default)."""
+    from tinyhost.model.writer import small_classifier
+
+    return small_classifier(tmp_path_factory.mktemp("model") / "tiny_float_io.tflite", (1, 12, 8, 1), 6, seed=11,
+                            conv_channels=4, pool=2, float32_io=True)
+
+
+def test_float_io_model_infers_float32_equal_to_tflm(capsys, board, tmp_path, float_io_model):
+    inputs = (np.random.default_rng(3).standard_normal((3, 12, 8, 1)) * 3).astype(np.float32)
+    check_round_trip(capsys, board, tmp_path, float_io_model, inputs, expected_shape=(3, 6))
+
+
+def test_float_io_model_verifies_bit_exact(capsys, board, tmp_path, float_io_model):
+    json_path = tmp_path / "verify.json"
+    code, out, err = run_cli(capsys, board, "verify", "--model", str(float_io_model), "--samples", "4",
+                             "--json", str(json_path))
+    assert code == 0, err
+    record = json.loads(json_path.read_text())
+    assert record["ok"] is True and record["mismatches"] == 0 and len(record["samples"]) == 7
+    assert "bit-exact with TFLM" in out
+
+
 def test_mlperf_ad01_infer_equals_tflm_and_verifies(capsys, board, tmp_path):
     if not AD01.is_file():
         pytest.skip(f"MLPerf Tiny models not found at {MLPERF_DIR}")

@@ -40,6 +40,17 @@ def test_arena_within_10_percent_of_tflm(name, tmp_path):
     assert ours <= 1.10 * tflm, f"{name}: our arena {ours} B vs TFLM's non-persistent arena {tflm} B"
 
 
+def test_float_io_buffers_count_in_the_peak_ram(tmp_path):
+    """float32 graph inputs and outputs are buffers of their own beside the arena: 4 bytes an element."""
+    int8 = inspect(writer.small_classifier(tmp_path / "q.tflite", (1, 16, 16, 2), 5, conv_channels=3), tflm=False)
+    f32 = inspect(writer.small_classifier(tmp_path / "f.tflite", (1, 16, 16, 2), 5, conv_channels=3,
+                                          float32_io=True), tflm=False)
+    assert [f32.tensors[i].dtype for i in f32.inputs + f32.outputs] == ["float32", "float32"]
+    extra = 4 * (16 * 16 * 2 + 5) + 2 * 200        # the two float buffers, two more operators' bookkeeping
+    assert f32.peak_ram_weights_in_ram_bytes - int8.peak_ram_weights_in_ram_bytes >= extra
+    assert f32.peak_ram_weights_streamed_bytes - int8.peak_ram_weights_streamed_bytes >= extra - 400
+
+
 def test_model_larger_than_the_boards_flash(tmp_path):
     r = inspect(helpers.mlperf_path("ad01_int8"), board="nano33ble", tflm=False)
     from tinyhost.boards import load

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # numpy dtypes of the tensor types the engine reports (little-endian, as on every supported board).
 NUMPY_DTYPES = {"int8": "i1", "uint8": "u1", "int16": "<i2", "int32": "<i4", "float32": "<f4"}
-INPUT_DTYPES = ("int8", "uint8")
+INPUT_DTYPES = ("int8", "uint8", "float32")
 DEFAULT_SAMPLES = 10
 DEFAULT_SEED = 0
 
@@ -39,6 +39,7 @@ class TensorSpec:
     dtype: str             # "int8", "uint8", ... as the engine names it
     scale: float
     zero_point: int
+    quantized_as: tuple = None   # float32 input: (scale, zero_point) of the int8 tensor its QUANTIZE writes
 
     @property
     def numpy_dtype(self):
@@ -67,10 +68,14 @@ def check_model(name_or_path):
     path = Path(resolve(name_or_path))
     report = inspect(path, tflm=False)
     by_index = {t.index: t for t in report.tensors}
+    quantized_as = {op.inputs[0]: by_index[op.outputs[0]] for op in report.operators
+                    if op.op == "QUANTIZE" and by_index[op.inputs[0]].dtype == "float32"}
 
     def spec(i):
         t = by_index[i]
-        return TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype, float(t.scale), int(t.zero_point))
+        q = quantized_as.get(i)
+        return TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype, float(t.scale), int(t.zero_point),
+                          None if q is None else (float(q.scale), int(q.zero_point)))
 
     model = HostModel(path=path, sha256=sha256_file(path), nbytes=report.model_bytes,
                       inputs=tuple(spec(i) for i in report.inputs), outputs=tuple(spec(i) for i in report.outputs))
@@ -78,8 +83,10 @@ def check_model(name_or_path):
         raise ModelError(f"{path.name} has {len(model.inputs)} inputs; infer and verify run models with one input",
                          hint="use a model with a single input tensor")
     if model.inputs[0].dtype not in INPUT_DTYPES:
-        raise ModelError(f"{path.name}'s input {model.inputs[0].name!r} is {model.inputs[0].dtype}, not int8/uint8",
-                         hint="quantise the model to int8 (full-integer quantisation with int8 or uint8 input)")
+        raise ModelError(f"{path.name}'s input {model.inputs[0].name!r} is {model.inputs[0].dtype}, not "
+                         "int8/uint8/float32",
+                         hint="quantise the model to int8 (full-integer quantisation with int8, uint8 or float32 "
+                              "input)")
     for t in model.outputs:
         if t.dtype not in NUMPY_DTYPES:
             raise ModelError(f"{path.name}'s output {t.name!r} has type {t.dtype}", hint="see docs/engine.md")
@@ -119,7 +126,7 @@ def as_rows(array, tensor, source="the input"):
     expected_dtype = tensor.numpy_dtype
     if array.dtype != expected_dtype:
         hint = (f"save the array as {tensor.dtype}, e.g. np.save(path, x.astype(np.{tensor.dtype}))"
-                if array.dtype.kind in "iub" else
+                if array.dtype.kind in "iub" or tensor.dtype == "float32" else
                 f"quantise it first: q = round(x / {tensor.scale:g}) + {tensor.zero_point}, clipped to "
                 f"{tensor.dtype}'s range, saved as np.{tensor.dtype}")
         raise UsageError(f"{source} has dtype {array.dtype}, but the model's input {tensor.name!r} expects "
@@ -158,9 +165,12 @@ def read_inputs(path, tensor):
 
 def verify_inputs(tensor, samples=DEFAULT_SAMPLES, seed=DEFAULT_SEED):
     """``[(kind, array)]``: the extremes and the zero point of the input type, then ``samples`` seeded random
-    inputs covering the whole range."""
+    inputs covering the whole range (float32: the real values of the int8 extremes the model quantizes into,
+    zeros, then random values over that range and a tenth beyond each end, where QUANTIZE saturates)."""
     if samples < 0:
         raise UsageError(f"--samples must be >= 0, got {samples}")
+    if tensor.dtype == "float32":
+        return _float_verify_inputs(tensor, samples, seed)
     dtype = tensor.numpy_dtype
     lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
     zero = 0 if tensor.dtype == "int8" else min(max(tensor.zero_point, lo), hi)
@@ -169,6 +179,20 @@ def verify_inputs(tensor, samples=DEFAULT_SAMPLES, seed=DEFAULT_SEED):
     rng = np.random.default_rng(seed)
     for i in range(samples):
         out.append((f"random {i}", rng.integers(lo, hi, size=tensor.shape, dtype=dtype, endpoint=True)))
+    return out
+
+
+def _float_verify_inputs(tensor, samples, seed):
+    scale, zero_point = tensor.quantized_as or (1.0, 0)
+    lo, hi = np.float32(scale * (-128 - zero_point)), np.float32(scale * (127 - zero_point))
+    out = [(f"all {lo:g}", np.full(tensor.shape, lo, np.float32)),
+           (f"all {hi:g}", np.full(tensor.shape, hi, np.float32)),
+           ("zeros", np.zeros(tensor.shape, np.float32))]
+    margin = (float(hi) - float(lo)) / 10
+    rng = np.random.default_rng(seed)
+    for i in range(samples):
+        x = rng.uniform(float(lo) - margin, float(hi) + margin, size=tensor.shape)
+        out.append((f"random {i}", x.astype(np.float32)))
     return out
 
 

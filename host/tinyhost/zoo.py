@@ -10,6 +10,7 @@ file to its real name: a partial download or a checksum mismatch leaves nothing 
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import tempfile
@@ -124,6 +125,34 @@ def path_of(entry):
         root = models_dir()
         return (root / entry.filename) if root else Path("models") / entry.filename
     return cache_dir() / entry.filename
+
+
+def shipped_metrics(entry):
+    """The shipped model's metrics.json (accuracy, arena, sha256) as a dict, or {} when absent."""
+    root = models_dir()
+    path = root / entry.name / "metrics.json" if root else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def entry_with_sha256(sha256):
+    """The registry entry whose model file has this SHA-256 (an official model's published checksum, a shipped
+    one's in its metrics.json), or None: how a renamed or copied file is still recognised."""
+    if not sha256:
+        return None
+    for e in entries():
+        if (e.sha256 if e.kind == "official" else shipped_metrics(e).get("sha256")) == sha256:
+            return e
+    return None
+
+
+def shipped_testset(entry):
+    """The test set folder shipped with ``entry`` (MLPerf Tiny layout, beside its model), or None."""
+    if entry is None or entry.kind != "shipped":
+        return None
+    folder = path_of(entry).parent / "testset"
+    return folder if (folder / "y_labels.csv").is_file() else None
 
 
 def status(entry):

@@ -2,8 +2,9 @@
 
     python -m models.pipeline.kws [--speech-commands DIR] [--seed 1] [--epochs 32]
 
-Writes models/kws/kws.tflite, models/kws/testset/ (MLPerf Tiny layout), models/kws/metrics.json and the
-numbers section of models/kws/README.md. Data and features are cached under models/kws/build/ (git-ignored).
+Writes models/kws/kws.tflite, models/kws/testset/ (MLPerf Tiny layout, with features.json saying how its
+features were made), models/kws/metrics.json and the numbers section of models/kws/README.md. Data and features
+are cached under models/kws/build/ (git-ignored).
 """
 
 import argparse
@@ -13,6 +14,7 @@ import time
 import numpy as np
 
 from models.pipeline import card, common, kws_data, tflite_ops
+from tinyhost.bench.datasets import FeatureSettings, write_feature_settings
 from tinyhost.features.mfcc import KWS, MLPERF_KWS01, quantize, write_wav
 
 log = logging.getLogger("pipeline.kws")
@@ -157,6 +159,7 @@ def main(argv=None):
 
     pick = common.stratified_pick(labels["test"], SHIPPED_TEST_SAMPLES, args.seed)
     common.write_mlperf_testset(out / "testset", x_test_q[pick], labels["test"][pick], kws_data.LABELS)
+    write_feature_settings(out / "testset", FeatureSettings("kws", KWS, (float(in_scale), int(in_zp))))
     shipped_acc = float(np.mean(int8_pred[pick] == labels["test"][pick]))
     write_example_wavs(out / "wav", clips["test"][0], labels["test"], int8_pred, args.seed)
     official = official_on_testset(clips["test"][0], labels["test"])

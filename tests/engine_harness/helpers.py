@@ -64,12 +64,14 @@ def micropython():
 
 def run_on_vm(model_path, backend, inputs, tmp_path, heap_bytes=None, weights="auto", device_dir=DEVICE_DIR,
               timeout_s=300, romfs_image=None):
-    """Run the engine in the MicroPython VM on all `inputs` (one VM process). Returns (outputs bytes, stats).
+    """Run the engine in the MicroPython VM on all `inputs` (int8, or float32 for a float-input model; one VM
+    process). Returns (outputs bytes, stats).
     romfs_image: a ROMFS image holding the model (and its plan), mounted at /rom; heap_bytes is then the heap
     beside it (the image is read into the VM's heap first)."""
     in_file = tmp_path / "inputs.bin"
     out_file = tmp_path / "outputs.bin"
-    np.ascontiguousarray(inputs, dtype=np.int8).tofile(in_file)
+    inputs = np.asarray(inputs)
+    np.ascontiguousarray(inputs, dtype=np.float32 if inputs.dtype == np.float32 else np.int8).tofile(in_file)
     cmd = [micropython()]
     if heap_bytes:
         extra = (Path(romfs_image).stat().st_size + 15) // 16 * 16 + 64 if romfs_image else 0

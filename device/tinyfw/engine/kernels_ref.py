@@ -13,6 +13,8 @@ from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_
                      A_SIZE, A_IN1_OFFSET, A_IN2_OFFSET, A_IN1_MULT, A_IN1_SHIFT, A_IN2_MULT, A_IN2_SHIFT,
                      A_OUT_MULT, A_OUT_SHIFT, A_OUT_OFFSET, A_LEFT_SHIFT, A_ACT_MIN, A_ACT_MAX,
                      Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
+from struct import pack_into, unpack_from
+
 from .fixedpoint import mbqm
 from .ref_softmax import softmax  # noqa: F401 (part of this backend; its own module so it can run alone)
 
@@ -281,15 +283,33 @@ def copy(out, inp, n):
 
 
 # ---- float boundary ops: always run from this module (floats are boxed objects: they allocate) ----
+# A float32 tensor is raw little-endian bytes (4 an element). TFLM computes these ops in float32; MicroPython's
+# float is a double on 64-bit ports (the unix VM) and a float32 on an ESP32. Both give TFLM's bits here: a
+# float32 quotient or product computed in double and then rounded to float32 is the float32 result (double has
+# more than twice float32's precision), and rounding half away from zero is done on the exact fraction, never by
+# adding 0.5 (which rounds in float32: 0.49999997 + 0.5 is 1.0 there).
 
 def quantize_float(out, inp, n, scale, zero_point, f32_scratch):
-    """QUANTIZE float32 -> int8: zero_point + round(x / scale), x / scale rounded to float32 first (TFLM).
+    """QUANTIZE float32 -> int8: clamp(zero_point + round(float32(x / scale))), round half away from zero (TFLM's
+    AffineQuantize with TfLiteRound). Beyond +-2**31 steps TFLM's float-to-int32 cast is undefined C++; here
+    the result saturates (NaN gives the zero point).
 
     f32_scratch: array('f', [0.0]) used to round to float32."""
     for i in range(n):
-        f32_scratch[0] = inp[i] / scale
+        f32_scratch[0] = unpack_from("<f", inp, 4 * i)[0] / scale
         q = f32_scratch[0]
-        v = int(q + 0.5) if q >= 0 else -int(0.5 - q)
+        if q > 512.0:                   # saturates whatever the zero point (-128..127): no big ints below
+            q = 512.0
+        elif q < -512.0:
+            q = -512.0
+        elif q != q:                    # NaN
+            q = 0.0
+        v = int(q)                      # toward zero; q - v is exact in float32 and in double
+        frac = q - v
+        if frac >= 0.5:
+            v += 1
+        elif frac <= -0.5:
+            v -= 1
         v += zero_point
         if v < -128:
             v = -128
@@ -299,6 +319,6 @@ def quantize_float(out, inp, n, scale, zero_point, f32_scratch):
 
 
 def dequantize(out, inp, n, scale, zero_point):
-    """DEQUANTIZE int8 -> float32: scale * (x - zero_point), stored as float32."""
+    """DEQUANTIZE int8 -> float32: float32(scale * (x - zero_point)) (TFLM's Dequantize: one float32 product)."""
     for i in range(n):
-        out[i] = scale * (inp[i] - zero_point)
+        pack_into("<f", out, 4 * i, scale * (inp[i] - zero_point))

@@ -123,16 +123,17 @@ def _has_softmax(g, pos, n_ops):
 
 
 def _view(views, ref, nbytes, arena_mv, arena_bytes):
-    """A view of nbytes at arena offset ref (or a new float32 buffer for ref < 0); views: ref -> the view made
-    first there, shared by the operators that use the same tensor (int keys: no tuple per entry)."""
+    """A view of nbytes at arena offset ref (or a new float32 buffer for ref < 0: raw little-endian bytes, so
+    the host reads and writes it like any tensor); views: ref -> the view made first there, shared by the
+    operators that use the same tensor (int keys: no tuple per entry)."""
     v = views.get(ref)
-    if v is None or len(v) != nbytes // (4 if ref < 0 else 1):
+    if v is None or len(v) != nbytes:
         if ref >= 0:
             if ref + nbytes > arena_bytes:
                 raise ModelError("corrupt plan: a tensor lies outside the arena")
             v = arena_mv[ref:ref + nbytes]
         else:
-            v = memoryview(array("f", bytes(nbytes)))
+            v = memoryview(bytearray(nbytes))
         if ref not in views:
             views[ref] = v
     return v

@@ -7,10 +7,16 @@ inference; a file's score is the mean over its windows). ``DIR`` may also be the
 as the MLPerf Tiny runner's ``--dataset_path`` does.
 
 Every inference is an :class:`Item` with a stable ``index``: the accuracy journal records items by that index.
+
+A test set of precomputed features may say how they were made in ``features.json`` beside ``y_labels.csv``
+(:class:`FeatureSettings`: the model they were made for, the MFCC front end, the scale and zero point they were
+quantized with); :func:`feature_mismatches` compares that with what a model expects.
 """
 
 import csv
+import dataclasses
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,9 @@ CLASS_NAMES = {
     "ad01": ("normal", "anomaly"),
 }
 _WAV = (".wav",)
+FEATURES_FILE = "features.json"
+# Quantisation scales this close count as the same: the samples' int8 codes differ by a rounding step at most.
+_SCALE_TOLERANCE = 0.01
 _IMAGES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif")
 
 
@@ -43,18 +52,84 @@ class Item:
     nbytes: int = -1      # -1: the whole file
 
 
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a test set's precomputed samples were made (its ``features.json``)."""
+    made_for: str = ""                 # the model they were made for (a name, e.g. "kws"), "" when not said
+    mfcc: object = None                # tinyhost.features.MfccConfig of MFCC samples
+    input_quant: tuple = None          # (scale, zero_point) the samples were quantized with
+
+    def to_dict(self):
+        d = {"made_for": self.made_for}
+        if self.mfcc is not None:
+            d["front_end"] = "mfcc"
+            d["mfcc"] = dataclasses.asdict(self.mfcc)
+        if self.input_quant is not None:
+            d["input_scale"], d["input_zero_point"] = self.input_quant
+        return d
+
+
+def write_feature_settings(directory, settings):
+    """Write ``settings`` as ``features.json`` into the test set folder ``directory``."""
+    path = Path(directory) / FEATURES_FILE
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_feature_settings(root):
+    """The test set's :class:`FeatureSettings` from its ``features.json``, or None when it has none."""
+    from ..features import MfccConfig
+
+    path = Path(root) / FEATURES_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        mfcc = MfccConfig(**d["mfcc"]) if "mfcc" in d else None
+        quant = ((float(d["input_scale"]), int(d["input_zero_point"])) if "input_scale" in d else None)
+        return FeatureSettings(str(d.get("made_for", "")), mfcc, quant)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"{path} is not a valid feature description: {e}",
+                         hint=f"fix or delete {FEATURES_FILE} (it only describes how the samples were made)") \
+            from None
+
+
+def feature_mismatches(settings, model_mfcc=None, input_tensor=None):
+    """Why a test set's samples do not fit a model (a list of sentences; empty when nothing known differs).
+
+    ``model_mfcc``: the MFCC front end the model was trained with, when known; ``input_tensor`` (.dtype .scale
+    .zero_point): the model's input, whose quantisation the samples' must match."""
+    if settings is None:
+        return []
+    reasons = []
+    if settings.mfcc is not None and model_mfcc is not None and settings.mfcc != model_mfcc:
+        diff = ", ".join(f"{f.name} {getattr(settings.mfcc, f.name)} (model: {getattr(model_mfcc, f.name)})"
+                         for f in dataclasses.fields(model_mfcc)
+                         if getattr(settings.mfcc, f.name) != getattr(model_mfcc, f.name))
+        reasons.append(f"its MFCCs were computed with another front end: {diff}")
+    if settings.input_quant is not None and input_tensor is not None and input_tensor.dtype in ("int8", "uint8"):
+        scale, zero_point = settings.input_quant
+        if (zero_point != input_tensor.zero_point
+                or abs(scale - input_tensor.scale) > _SCALE_TOLERANCE * abs(input_tensor.scale)):
+            reasons.append(f"its samples were quantized with scale {scale:g}, zero point {zero_point} (model input: "
+                           f"scale {input_tensor.scale:g}, zero point {input_tensor.zero_point})")
+    return reasons
+
+
 @dataclass
 class Dataset:
     root: Path
     benchmark: str                     # kws01|vww01|ic01|ad01, or "" when unknown
     layout: str                        # "mlperf", "wav" or "images"
     n_classes: int
-    sample_dtype: str                  # dtype of the bytes read(): int8, uint8 or float32
+    sample_dtype: str                  # dtype of the bytes read(): int8, uint8 or float32 (WAV: float32 features)
     items: list
     files: list = field(default_factory=list)     # relative paths, file_index order
     class_names: tuple = ()
-    input_quant: tuple = None          # (scale, zero_point) of the model input: WAV features are quantized to it
+    input_quant: tuple = None          # (scale, zero_point) of an int8 model input: WAV features are quantized to it
     mfcc_config: object = None         # tinyhost.features.MfccConfig for WAV files (default: features.KWS)
+    feature_settings: object = None    # FeatureSettings from features.json (precomputed samples), or None
 
     def __len__(self):
         return len(self.items)
@@ -63,7 +138,8 @@ class Dataset:
         """The sample's bytes in ``sample_dtype`` (features already computed for WAV and image folders)."""
         path = self.root / item.file
         if self.layout == "wav":
-            return _wav_features(path, self.input_quant, self.mfcc_config)
+            return _wav_features(path, None if self.sample_dtype == "float32" else self.input_quant,
+                                 self.mfcc_config, self.sample_dtype == "float32")
         if self.layout == "images":
             return _image_pixels(path, self.benchmark)
         try:
@@ -184,7 +260,8 @@ def _load_mlperf(root, benchmark):
         benchmark = "ad01"
     sample_dtype = SAMPLE_FORMAT[benchmark][0] if benchmark else ""
     return Dataset(root=root, benchmark=benchmark, layout="mlperf", n_classes=n_classes, sample_dtype=sample_dtype,
-                   items=items, files=files, class_names=CLASS_NAMES.get(benchmark, ()))
+                   items=items, files=files, class_names=CLASS_NAMES.get(benchmark, ()),
+                   feature_settings=read_feature_settings(root))
 
 
 def _class_index(folder_name, benchmark, names):
@@ -223,14 +300,18 @@ def _load_folders(root, benchmark, layout, suffixes):
                    items=items, files=files, class_names=names or tuple(labels))
 
 
-def _wav_features(path, input_quant, config):
-    """int8 MFCC features of a WAV file, computed by the front end the KWS models were trained with
-    (tinyhost.features) and quantized to the model input's scale and zero point."""
+def _wav_features(path, input_quant, config, as_float=False):
+    """MFCC features of a WAV file, computed by the front end the KWS models were trained with
+    (tinyhost.features): int8, quantized to the model input's scale and zero point, or float32 (``as_float``,
+    a model with float input)."""
     from .. import features
 
+    config = config or features.KWS
+    if as_float:
+        return features.mfcc.mfcc(features.read_wav(path, config.sample_rate_hz), config).astype("<f4").tobytes()
     if input_quant is None:
         raise ValueError("set Dataset.input_quant to the model input's (scale, zero_point) before reading WAV files")
-    return features.wav_features(path, input_quant[0], input_quant[1], config or features.KWS)
+    return features.wav_features(path, input_quant[0], input_quant[1], config)
 
 
 def _image_pixels(path, benchmark):
@@ -248,7 +329,8 @@ def to_model_input(raw, sample_dtype, tensor):
     """Bytes for the model's input tensor from a sample, converted as the MLPerf Tiny reference firmware does.
 
     uint8 pixels into an int8 input: subtract 128; float32 frames: quantize with the tensor's scale and zero point;
-    same dtype: as is. ``tensor`` has .dtype .nbytes .scale .zero_point (the engine's TensorInfo).
+    same dtype (float32 frames into a float32 input too): as is. ``tensor`` has .dtype .nbytes .scale .zero_point
+    (the engine's TensorInfo).
     """
     import numpy as np
 
@@ -261,6 +343,9 @@ def to_model_input(raw, sample_dtype, tensor):
         q = np.round(real / tensor.scale) + tensor.zero_point
         lo, hi = (-128, 127) if tensor.dtype == "int8" else (0, 255)
         return np.clip(q, lo, hi).astype(tensor.dtype).tobytes()
+    hint = "check that the dataset belongs to this model"
+    if tensor.dtype == "float32" and sample_dtype in ("int8", "uint8"):
+        hint = ("the model takes float32 input and this test set holds quantized samples: give one with float32 "
+                "samples, or class folders of .wav files (features are then computed as float32)")
     raise UsageError(f"a {len(raw)}-byte {sample_dtype or 'raw'} sample does not fit the model input "
-                     f"({tensor.nbytes} bytes {tensor.dtype})",
-                     hint="check that the dataset belongs to this model")
+                     f"({tensor.nbytes} bytes {tensor.dtype})", hint=hint)

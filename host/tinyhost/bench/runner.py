@@ -164,11 +164,14 @@ def pick_inputs(dataset, count=MLPERF_INPUTS):
     return [items[int(i * step)] for i in range(count)]
 
 
-def synthetic_inputs(nbytes, count=MLPERF_INPUTS, seed=0):
-    """``count`` different pseudo-random inputs (used without --dataset; labelled as such in the result)."""
+def synthetic_inputs(nbytes, count=MLPERF_INPUTS, seed=0, dtype="int8"):
+    """``count`` different pseudo-random inputs (used without --dataset; labelled as such in the result): random
+    bytes, or for a float32 input standard-normal float32 values (random bytes would be NaNs and infinities)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        return [rng.standard_normal(nbytes // 4).astype("<f4").tobytes() for _ in range(count)]
     return [rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes() for _ in range(count)]
 
 

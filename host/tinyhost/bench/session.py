@@ -1,6 +1,7 @@
 """One ``tinyhost bench`` run from options to a BenchResult: open the board, put and load the model, run the
 modes asked for, with provenance. The CLI only parses options, prints events and writes files."""
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,27 +58,39 @@ def _modes(mode):
     return ("performance", "accuracy", "memory", "energy") if mode == "all" else (mode,)
 
 
-def _load_dataset(opts, benchmark, input_tensor=None, model_sha=""):
+def _load_dataset(opts, benchmark, input_tensor=None, model_sha="", listener=None):
+    from .. import features, zoo
+
     if not opts.dataset:
         return None
     ds = datasets.load(opts.dataset, benchmark)
     if input_tensor is not None:
-        ds.input_quant = (input_tensor.scale, input_tensor.zero_point)
-    if ds.layout == "wav":
-        from .. import features, zoo
-
-        official = zoo.find("kws01")
-        if official is not None and model_sha == official.sha256:
-            ds.mfcc_config = features.MLPERF_KWS01
+        if input_tensor.dtype == "float32" and ds.layout == "wav":
+            ds.sample_dtype = "float32"          # a float-input model gets the float features
+        else:
+            ds.input_quant = (input_tensor.scale, input_tensor.zero_point)
+    known = zoo.entry_with_sha256(model_sha)
+    model_mfcc = features.MODEL_FRONT_ENDS.get(known.name) if known is not None else None
+    if ds.layout == "wav" and model_mfcc is not None:
+        ds.mfcc_config = model_mfcc
+    reasons = datasets.feature_mismatches(ds.feature_settings, model_mfcc, input_tensor)
+    if reasons and listener is not None:
+        made_for = ds.feature_settings.made_for
+        listener.message(f"warning: the test set {ds.root}{f' (made for {made_for})' if made_for else ''} does not "
+                         f"fit {known.name if known else 'this model'}: {'; '.join(reasons)}. Its score says little "
+                         "about the model; give the model's own test set, or WAV files (features are then computed "
+                         "as the model expects)")
     if opts.limit:
         ds.items = ds.items[:opts.limit]
         ds.files = sorted({it.file for it in ds.items})
     return ds
 
 
-def _performance_inputs(opts, ds, nbytes, convert):
+def _performance_inputs(opts, ds, nbytes, convert, dtype="int8"):
     if ds is not None:
         return [convert(ds.read(item)) for item in runner.pick_inputs(ds, opts.inputs)], "dataset"
+    if dtype == "float32":
+        return runner.synthetic_inputs(nbytes, opts.inputs, dtype=dtype), "synthetic (pseudo-random float32 values)"
     return runner.synthetic_inputs(nbytes, opts.inputs), "synthetic (pseudo-random bytes)"
 
 
@@ -89,11 +102,16 @@ def run(opts, listener=None):
         raise errors.UsageError("--offload needs the tinyhost DUT (the board's offload runs inside tinyfw)",
                                 hint="leave out --dut eembc")
     if "accuracy" in modes and not opts.dataset:
-        if opts.mode == "all":
+        testset = _shipped_testset(opts.model)
+        if testset is not None:
+            opts = dataclasses.replace(opts, dataset=str(testset))
+            listener.message(f"no --dataset: using the test set shipped with {opts.model}, {testset}")
+        elif opts.mode == "all":
             modes = tuple(m for m in modes if m != "accuracy")
             listener.message("no --dataset: accuracy is left out")
         else:
-            raise errors.UsageError("accuracy mode needs a test set", hint="pass --dataset DIR")
+            raise errors.UsageError("accuracy mode needs a test set",
+                                    hint="pass --dataset DIR (the shipped models, kws and vww, bring their own)")
     if opts.dut not in ("tinyhost", "eembc"):
         raise errors.UsageError(f"unknown --dut {opts.dut!r}", hint="use tinyhost or eembc")
     model_path, benchmark = resolve_model(opts.model, opts.dut)
@@ -117,6 +135,20 @@ def run(opts, listener=None):
             return _run_modes(opts, modes, target, b, listener)
         finally:
             target.close()
+
+
+def _shipped_testset(model):
+    """The test set shipped with ``--model`` when it is a shipped model (by name, or its file), else None."""
+    from .. import zoo
+
+    try:
+        path = Path(zoo.resolve(model)).resolve()
+    except errors.TinyhostError:
+        return None
+    for entry in zoo.SHIPPED:
+        if zoo.path_of(entry).resolve() == path:
+            return zoo.shipped_testset(entry)
+    return None
 
 
 def _tinyhost_target(opts, b, model_path):
@@ -161,7 +193,7 @@ def _run_modes(opts, modes, target, b, listener):
     prov = b.provenance
     result = BenchResult(provenance=prov)
     input_tensor = getattr(target, "input_tensor", None)
-    ds = _load_dataset(opts, prov.benchmark, input_tensor, prov.model_sha256)
+    ds = _load_dataset(opts, prov.benchmark, input_tensor, prov.model_sha256, listener)
     if ds is not None:
         prov.dataset_path = str(ds.root)
         prov.dataset_sha256 = ds.fingerprint()
@@ -180,7 +212,7 @@ def _run_modes(opts, modes, target, b, listener):
     if not nbytes:
         raise errors.UsageError("cannot tell the DUT's input size", hint="pass --dataset DIR")
     if "performance" in modes or ("energy" in modes and "performance" not in modes):
-        inputs, source = _performance_inputs(opts, ds, nbytes, convert)
+        inputs, source = _performance_inputs(opts, ds, nbytes, convert, getattr(input_tensor, "dtype", "int8"))
         if "performance" not in modes:        # energy alone: one short window gives the latency
             inputs = inputs[:1]
         listener.message(f"performance: {len(inputs)} inputs ({source})")

@@ -80,7 +80,7 @@ class _Progress:
 @click.option("--model", required=True, help="Model: a .tflite file or a name (kws, vww, ad01 ...).")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="A .npy array: one input of the model's input shape, or N of them stacked (N, ...). "
-                   "Its dtype must be the model's input type (int8 or uint8).")
+                   "Its dtype must be the model's input type (int8, uint8 or float32).")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where the outputs go (.npy; .npz for a model with several outputs), in the input's layout.")
 @click.option("--backend", default="auto", show_default=True, help="Engine backend on the board.")

@@ -80,6 +80,8 @@ KWS = MfccConfig()
 #: What MLPerf Tiny's reference kws01 training used (mlcommons/tiny kws_util.py defaults): 30 ms window,
 #: 20 ms stride (so a 512-point FFT), otherwise the same steps -> also 49 x 10.
 MLPERF_KWS01 = MfccConfig(window_samples=480, fft_size=512)
+#: The front end each keyword-spotting model of the registry (tinyhost.zoo) was trained with, by model name.
+MODEL_FRONT_ENDS = {"kws": KWS, "kws01": MLPERF_KWS01}
 
 
 def _hz_to_mel(hz):

@@ -134,7 +134,9 @@ def inspect(path, board=None, tflm=True):
         channels += s.channels
         operators.append(OpReport(s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info),
                                   s.macs, wb))
-    bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES
+    # float32 graph inputs and outputs are buffers of their own, outside the arena (plan_read._view)
+    float_io = sum(t.nbytes for t in tensors if t.index in md.inputs + md.outputs and t.dtype == "float32")
+    bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES + float_io
     # Weights streamed (tinyfw.engine.plan_read): the weight block and the kernel scratch lie in each operator's
     # work area inside the arena (the plan's arena_streamed_bytes), per-channel data and the convolutions'
     # parameters are read from the plan at invoke; RAM keeps the steps, one operator's channel data at most and
@@ -142,7 +144,7 @@ def inspect(path, board=None, tflm=True):
     from .plan import build_plan, read_header
     h = read_header(build_plan(path))
     streamed = (h.arena_streamed_bytes + len(specs) * _PER_OP_BYTES + h.max_channels * _PER_CHANNEL_BYTES
-                + (_SOFTMAX_TABLE_BYTES if any(s.op.name == "SOFTMAX" for s in specs) else 0))
+                + (_SOFTMAX_TABLE_BYTES if any(s.op.name == "SOFTMAX" for s in specs) else 0) + float_io)
     tflm_head = tflm_tail = None
     if tflm:
         from . import oracle

@@ -1,4 +1,4 @@
-"""Write small int8 ``.tflite`` files: synthetic test models and a random-weight VWW-architecture model.
+"""Write small int8 ``.tflite`` files (float32 input and output optional): synthetic test models and a random-weight VWW-architecture model.
 
 Uses the flatbuffer schema module that ships with ``tflite-micro`` (``pip install 'tinyhost[oracle]'``); the
 engine itself never needs it.
@@ -270,9 +270,26 @@ def finish(b, layers):
     return b.build()
 
 
-def small_classifier(path, input_shape, classes, seed=0, conv_channels=None, pool=2):
+def float_io(b, L):
+    """Give the model on ``b`` float32 input and output, as TensorFlow's converter does by default: its int8
+    input becomes the output of a QUANTIZE from a new float32 graph input, and a DEQUANTIZE turns the last
+    activation (``L.x``) into the float32 graph output. Call after the layers, instead of :func:`finish`."""
+    x = b.inputs[0]
+    q = b.tensors[x]
+    name, q.name = q.name, q.name + "_int8"
+    xf = b.tensor(name, q.shape, "float32")
+    b.op("QUANTIZE", [xf], [x])
+    b.ops.insert(0, b.ops.pop())
+    y = b.tensor("output", b.tensors[L.x].shape, "float32")
+    b.op("DEQUANTIZE", [L.x], [y])
+    b.inputs, b.outputs = [xf], [y]
+    return b.build()
+
+
+def small_classifier(path, input_shape, classes, seed=0, conv_channels=None, pool=2, float32_io=False):
     """Write a small random-weight int8 classifier to ``path`` and return ``path``: [CONV_2D 3x3/2 RELU with
-    ``conv_channels``] -> AVERAGE_POOL_2D ``pool``x``pool`` -> RESHAPE -> FULLY_CONNECTED ``classes`` -> SOFTMAX.
+    ``conv_channels``] -> AVERAGE_POOL_2D ``pool``x``pool`` -> RESHAPE -> FULLY_CONNECTED ``classes`` -> SOFTMAX
+    (``float32_io``: between a QUANTIZE from a float32 input and a DEQUANTIZE to a float32 output).
     Quick on the VM: for tests and benchmarks where the link or the runtime, not the model, is under test."""
     b, L = start(np.random.default_rng(seed), tuple(input_shape))
     if conv_channels:
@@ -282,7 +299,7 @@ def small_classifier(path, input_shape, classes, seed=0, conv_channels=None, poo
     L.reshape((1, h * w * c))
     L.fc(classes)
     L.softmax()
-    Path(path).write_bytes(finish(b, L))
+    Path(path).write_bytes(float_io(b, L) if float32_io else finish(b, L))
     return path
 
 
