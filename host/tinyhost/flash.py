@@ -187,10 +187,6 @@ def with_plans(items):
     return out
 
 
-def blocks(nbytes, block_bytes):
-    return -(-nbytes // block_bytes)
-
-
 # How much flash littlefs2 takes, as MicroPython configures it (VfsLfs2 with its default readsize = progsize = 32:
 # extmod/vfs_lfs.c; cache_size = min(block size, 4 * 32): extmod/vfs_lfsx.c). The superblock and the root directory
 # share a metadata pair (two blocks), every other directory has its own pair, and a file takes whole blocks linked
@@ -277,17 +273,18 @@ def make_plan(items, remote_hash, remote_size):
 
 
 def check_fits_free_space(plan, fs_free_bytes, block_bytes):
-    """Simulate the writes in order (new copy written beside the old, then renamed over it)."""
+    """Simulate the writes in order (new copy written beside the old, then renamed over it), each file taking the
+    blocks littlefs gives it (:func:`lfs_file_blocks`)."""
     free_blocks = fs_free_bytes // block_bytes
     for item in plan.upload:
-        need = blocks(item.nbytes, block_bytes) + FS_METADATA_BLOCKS
+        need = lfs_file_blocks(item.nbytes, block_bytes) + FS_METADATA_BLOCKS
         if need > free_blocks:
             raise DoesNotFit(
                 f"{item.remote} needs {need * block_bytes} bytes of flash while it is written but the board has "
                 f"{free_blocks * block_bytes} bytes free ({plan.bytes_to_send} bytes to send in all)",
                 hint="remove files from the board (e.g. old models under /models) or use a smaller model")
-        free_blocks -= blocks(item.nbytes, block_bytes)
-        free_blocks += blocks(plan.replaced_bytes.get(item.remote, 0), block_bytes)
+        free_blocks -= lfs_file_blocks(item.nbytes, block_bytes)
+        free_blocks += lfs_file_blocks(plan.replaced_bytes.get(item.remote, 0), block_bytes)
 
 
 def _remote_sizes(dev, remote_paths):
