@@ -54,52 +54,55 @@ def write_image(files, dest):
     return Path(dest)
 
 
-# Run on the board in its raw REPL (runtime stopped): copy the image file put on its filesystem into ROMFS
-# partition 0 with vfs.rom_ioctl (MicroPython >= 1.25) and remove the file; _HASH follows it in the same run.
-# Chunks are 4 KB so the copy needs little heap; /rom is unmounted first (the soft reset after mounts the new
-# image). The first chunk, which holds the ROMFS header, is written last: interrupted, the partition has no header
-# (erased flash), so the board boots without /rom rather than mount an image whose files are cut short, and the
-# next deploy writes it again (its hash differs).
-_DEPLOY = """
-import vfs, os
-def rom(*args):
-    r = vfs.rom_ioctl(*args)
-    if r < 0:
-        raise OSError(-r)
+# Run on the board first, in its raw REPL (runtime stopped): unmount /rom (the soft reset after a write mounts the
+# new image) and get ROMFS partition 0 as vfs.rom_ioctl (MicroPython >= 1.25) gives it on the esp32 and nrf ports:
+# the partition's flash block device (esp32.Partition, nrf.Flash; the ports' rom_ioctl has no write calls of its
+# own), written as `mpremote romfs deploy` writes it: erase(n) erases the blocks an n-byte image takes, write()
+# writes a 4 KB chunk into erased flash. The first chunk, which holds the ROMFS header, is written last:
+# interrupted, the partition has no header (erased flash), so the board boots without /rom rather than mount an
+# image whose files are cut short, and the next deploy writes it again (its hash differs).
+_PARTITION = """
+import vfs
 try:
     vfs.umount("/rom")
 except OSError:
     pass
+dev = vfs.rom_ioctl(2, 0)
+if isinstance(dev, int):
+    raise OSError(-dev)
+bs = dev.ioctl(5, 0)
+def erase(n):
+    for b in range((n + bs - 1) // bs):
+        dev.ioctl(6, b)
+def write(off, data):
+    dev.writeblocks(off // bs, data, off % bs)
+"""
+
+# Then, with the image put on the board's filesystem: copy it into the partition in 4 KB chunks (little heap) and
+# remove the file; _HASH follows it in the same run.
+_DEPLOY = _PARTITION + """
+import os
 n = os.stat({src!r})[6]
-rom(3, 0, n)
+erase(n)
 buf = bytearray(4096)
 with open({src!r}, "rb") as f:
     for off in list(range(4096, n, 4096)) + [0]:
         f.seek(off)
         k = f.readinto(buf)
-        rom(4, 0, off, buf if k == len(buf) else buf[:k])
-rom(5, 0)
+        write(off, buf if k == len(buf) else buf[:k])
 os.remove({src!r})
 """
 
-# Run first in the raw REPL when the image is written through it (the board's filesystem has no room to stage it):
-# as _DEPLOY, but each 4 KB chunk then comes in its own exec, base64-encoded with its CRC-32, through put().
-_WRITER = """
-import vfs, binascii
-def rom(*args):
-    r = vfs.rom_ioctl(*args)
-    if r < 0:
-        raise OSError(-r)
-try:
-    vfs.umount("/rom")
-except OSError:
-    pass
-rom(3, 0, {n})
+# Or, when the board's filesystem has no room to stage the image: each chunk comes in its own exec, base64-encoded
+# with its CRC-32, through put().
+_WRITER = _PARTITION + """
+import binascii
+erase({n})
 def put(off, crc, text):
     data = binascii.a2b_base64(text)
     if binascii.crc32(data) != crc:
         raise ValueError("chunk at %d arrived damaged" % off)
-    rom(4, 0, off, data)
+    write(off, data)
 """
 
 # The sha256 of the first n bytes of ROMFS partition 0 ("-" when there is no partition or it is smaller).
@@ -109,6 +112,8 @@ try:
     mv = vfs.rom_ioctl(2, 0)
 except AttributeError:
     mv = -1
+if not isinstance(mv, int):
+    mv = memoryview(mv)
 if isinstance(mv, int) or len(mv) < {n}:
     print("-")
 else:
@@ -194,7 +199,6 @@ def _deploy_through_repl(dev, image, progress):
             sent += len(chunk)
             if progress is not None:
                 progress(sent, len(image))
-        repl.exec("rom(5, 0)")
         out = repl.exec(_HASH.format(n=len(image)), timeout_s=60.0)
         repl.soft_reset()
     return out.decode().split()[-1]
