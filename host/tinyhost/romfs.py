@@ -15,8 +15,8 @@ from .errors import DeviceError, DoesNotFit
 log = logging.getLogger(__name__)
 
 MOUNT_POINT = "/rom"
-BLOCK_BYTES = 4096      # the image goes into the partition in chunks of this size, its first chunk (the header) last
-BLOCK_TRIES = 3         # sends of one chunk through the raw REPL before giving up
+CHUNK_BYTES = 4096      # the image goes into the partition in chunks of this size, its first chunk (the header) last
+CHUNK_TRIES = 3         # sends of one chunk through the raw REPL before giving up
 
 
 def build_image(files):
@@ -132,7 +132,7 @@ def partition_sha256(dev, nbytes):
 
 def chunk_offsets(nbytes):
     """Where the image's chunks go, in write order: the first one, which holds the ROMFS header, last."""
-    return list(range(BLOCK_BYTES, nbytes, BLOCK_BYTES)) + [0]
+    return list(range(CHUNK_BYTES, nbytes, CHUNK_BYTES)) + [0]
 
 
 def fs_free_bytes(dev):
@@ -186,14 +186,14 @@ def _deploy_through_repl(dev, image, progress):
         repl.exec(_WRITER.format(n=len(image)), timeout_s=60.0)
         sent = 0
         for off in chunk_offsets(len(image)):
-            chunk = image[off:off + BLOCK_BYTES]
+            chunk = image[off:off + CHUNK_BYTES]
             code = f"put({off}, {binascii.crc32(chunk)}, {binascii.b2a_base64(chunk, newline=False)!r})"
-            for attempt in range(1, BLOCK_TRIES + 1):
+            for attempt in range(1, CHUNK_TRIES + 1):
                 try:
                     repl.exec(code)
                     break
                 except DeviceError as e:
-                    if attempt == BLOCK_TRIES:
+                    if attempt == CHUNK_TRIES:
                         raise
                     log.info("chunk at %d: %s; sending it again", off, e)
             sent += len(chunk)
