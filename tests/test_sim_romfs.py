@@ -1,6 +1,6 @@
 """The virtual board's ROMFS partition (profile esp32-romfs): mapped into the VM's memory, not its heap; written
-through the block device vfs.rom_ioctl gives for it by plain `mpremote romfs deploy` and by tinyhost; models there run with weights read in place
-and give TFLM's outputs.
+through the block device vfs.rom_ioctl gives for it by plain `mpremote romfs deploy` and by tinyhost; models there
+run with weights read in place and give TFLM's outputs.
 
 One virtual esp32-romfs per module, on a fast emulated line (the link is not under test here).
 """
