@@ -40,10 +40,22 @@ def test_model_bigger_than_the_whole_filesystem_is_refused_with_numbers():
 
 def test_free_space_is_checked_in_write_order():
     block = 4096
-    # 10 blocks free: a 6-block file replacing a 6-block one fits (old freed after the rename) ...
-    plan = make_plan([item("/m.tflite", 6 * block)], lambda p: "0" * 64, lambda p: 6 * block)
+    six_blocks = 6 * block - 32         # littlefs: blocks 1..5 of a file start with 8 skip-list pointers in all
+    # 8 blocks free: a 6-block file replacing a 6-block one fits (old freed after the rename) ...
+    plan = make_plan([item("/m.tflite", six_blocks)], lambda p: "0" * 64, lambda p: six_blocks)
     check_fits_free_space(plan, (6 + FS_METADATA_BLOCKS) * block, block)
-    # ... but two new 6-block files do not.
-    plan = make_plan([item("/x", 6 * block), item("/y", 6 * block)], lambda p: None, lambda p: 0)
+    # ... but two new 6-block files do not fit 10.
+    plan = make_plan([item("/x", six_blocks), item("/y", six_blocks)], lambda p: None, lambda p: 0)
     with pytest.raises(DoesNotFit, match="/y"):
         check_fits_free_space(plan, 10 * block, block)
+
+
+def test_free_space_counts_the_blocks_littlefs_gives_a_file():
+    # 24 KB of data takes 7 blocks of 4 KB, not 6 (the skip-list pointers); a file of <= 128 bytes none (inline)
+    block = 4096
+    plan = make_plan([item("/m.tflite", 6 * block)], lambda p: None, lambda p: 0)
+    with pytest.raises(DoesNotFit, match="/m.tflite"):
+        check_fits_free_space(plan, (6 + FS_METADATA_BLOCKS) * block, block)
+    check_fits_free_space(plan, (7 + FS_METADATA_BLOCKS) * block, block)
+    tiny = make_plan([item("/a", 100), item("/b", 100)], lambda p: None, lambda p: 0)
+    check_fits_free_space(tiny, FS_METADATA_BLOCKS * block, block)

@@ -56,7 +56,7 @@ def test_model_larger_than_the_boards_flash(tmp_path):
     from tinyhost.boards import load
     small = load("nano33ble")
     import dataclasses
-    tiny = dataclasses.replace(small, fs_bytes=100_000)
+    tiny = dataclasses.replace(small, fs_bytes=100_000, romfs_bytes=0)     # no partition: models are files
     from tinyhost.model import board_fit
     fit = board_fit(r, tiny)
     assert not fit.fits

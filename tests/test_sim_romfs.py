@@ -1,6 +1,6 @@
 """The virtual board's ROMFS partition (profile esp32-romfs): mapped into the VM's memory, not its heap; written
-with vfs.rom_ioctl by plain `mpremote romfs deploy` and by tinyhost; models there run with weights read in place
-and give TFLM's outputs.
+through the block device vfs.rom_ioctl gives for it by plain `mpremote romfs deploy` and by tinyhost; models there
+run with weights read in place and give TFLM's outputs.
 
 One virtual esp32-romfs per module, on a fast emulated line (the link is not under test here).
 """
@@ -85,6 +85,15 @@ def test_plain_mpremote_romfs_deploy_mounts_at_rom_without_taking_heap(board, tm
     assert fields[-5:-1] == ["rom", "True", "16384", str(300 % 256)]
     # the 1 MB partition lives outside the GC heap: the heap is the board's, as on an ESP32
     assert int(fields[-1]) <= 112640
+
+
+def test_rom_ioctl_answers_as_the_esp32_and_nrf_ports(board):
+    # MicroPython v1.28.0's esp32 and nrf ports: segment count and segment only; the segment is the partition's
+    # flash block device (4 KB blocks), its bytes readable in place
+    out = board_exec(board.port, "import vfs\ndev = vfs.rom_ioctl(2, 0)\n"
+                                 "print(vfs.rom_ioctl(1), vfs.rom_ioctl(3, 0, 4096), vfs.rom_ioctl(4, 0, 0, b'x'), "
+                                 "dev.ioctl(4, 0), dev.ioctl(5, 0), len(memoryview(dev)))")
+    assert out.split()[-6:] == ["1", "-22", "-22", "256", "4096", str(1 << 20)], out
 
 
 def test_put_models_writes_partition_once_and_model_runs_mapped_equal_to_tflm(board):
@@ -183,14 +192,13 @@ def test_interrupted_deploy_leaves_no_image_with_files_cut_short(board, tmp_path
     (tmp_path / "blob.bin").write_bytes(blob)
     image = romfs.build_image([tmp_path / "blob.bin"])
     profile = load("esp32-romfs")
-    cut = ("import vfs\n_write = vfs.rom_ioctl\n_n = [0]\n"
-           "def _cut(op, *args):\n"
-           "    if op == 4:\n"
-           "        _n[0] += 1\n"
-           "        if _n[0] > 2:\n"
-           "            raise OSError(5)\n"
-           "    return _write(op, *args)\n"
-           "vfs.rom_ioctl = _cut\n")
+    cut = ("import vfs\n_segment = type(vfs.rom_ioctl(2, 0))\n_write = _segment.writeblocks\n_n = [0]\n"
+           "def _cut(*args):\n"
+           "    _n[0] += 1\n"
+           "    if _n[0] > 2:\n"
+           "        raise OSError(5)\n"
+           "    return _write(*args)\n"
+           "_segment.writeblocks = _cut\n")
     check = ("import os\ntry:\n    print(len(open('/rom/blob.bin', 'rb').read()))\n"
              "except OSError:\n    print('no /rom')\n")
     with Device.open(board.port, baud=BAUD, timeout_s=10.0) as dev:

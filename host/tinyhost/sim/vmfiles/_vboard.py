@@ -6,7 +6,8 @@
 #
 # A board whose profile has a ROMFS partition gets it as MicroPython >= 1.25 firmware built with one does: the
 # partition, mapped read-only into memory by the launcher (tinyhost.sim.vm), is mounted at /rom when it holds a
-# ROMFS image, and `vfs` has rom_ioctl to erase and write it (_vrom; `mpremote romfs deploy`, `tinyhost flash`).
+# ROMFS image, and `vfs` has rom_ioctl, whose segment (a block device) erases and writes it (_vrom; `mpremote
+# romfs deploy`, `tinyhost flash`).
 import builtins
 import gc
 import micropython

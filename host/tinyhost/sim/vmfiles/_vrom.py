@@ -2,6 +2,12 @@
 # >= 1.25 firmware built with a ROMFS partition has it. _vboard calls setup() at boot, which puts this module in
 # sys.modules as "vfs" and mounts the partition at /rom when it holds a ROMFS image. Kept small: on a board
 # rom_ioctl is C code in flash, here its bytecode is in the board's heap.
+#
+# As on the esp32 and nrf ports (MicroPython v1.28.0: ports/esp32/esp32_partition.c, ports/nrf/modules/nrf/
+# flashbdev.c), rom_ioctl answers only "how many segments" (1) and "segment 0" (2); the segment is the partition's
+# flash block device (esp32.Partition, nrf.Flash): its bytes in place (buffer protocol) with writeblocks (erasing
+# the block first unless given an offset) and ioctl (4 block count, 5 block size, 6 erase), which is how `mpremote
+# romfs deploy` and tinyhost write it.
 import errno
 import sys
 from vfs import *  # noqa: F403 (mount, umount, VfsRom, VfsLfs2, ...)
@@ -36,32 +42,31 @@ def _mount():
         return False
 
 
+class _Segment(memoryview):
+    # readblocks is left out (bytecode in the heap): the partition's bytes are read in place
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:
+            self.ioctl(6, block)
+            offset = 0
+        _file.seek(block * _block + offset)
+        _file.write(buf)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return len(self) // _block
+        if op == 5:
+            return _block
+        if op == 6:
+            _file.seek(arg * _block)
+            _file.write(b"\xff" * _block)
+        return 0                   # 1 init, 2 deinit, 3 sync, 6 erase done
+
+
 def rom_ioctl(op, *args):
-    """Partition 0: 1 count, 2 its bytes in place, 3 erase (id, len) or (id, offset, len), 4 write (id, offset,
-    data), 5 done (the next reset mounts the new image), 6 erase block size; errors are negative errno values."""
-    n = len(_mem)
+    """1: the number of segments, 2: segment 0 (a _Segment); anything else -EINVAL, as on the esp32 and nrf
+    ports."""
     if op == 1:
         return 1
-    if not args or args[0] != 0:
-        return -errno.ENOENT
-    if op == 2:
-        return memoryview(_mem)
-    if op == 3 or op == 4:
-        offset = 0 if op == 3 and len(args) == 2 else args[1]
-        data = args[2] if op == 4 else None
-        length = len(data) if op == 4 else args[-1]
-        if offset < 0 or offset + length > n:
-            return -errno.EINVAL
-        _file.seek(offset)
-        if op == 4:
-            _file.write(data)
-            return 0
-        while length > 0:
-            _file.write(b"\xff" * min(length, _block))
-            length -= _block
-        return 4                   # smallest write: an ESP32's flash writes 32-bit words
-    if op == 5:
-        return 0
-    if op == 6:
-        return _block
+    if op == 2 and args and args[0] == 0:
+        return _Segment(_mem)
     return -errno.EINVAL
