@@ -27,6 +27,7 @@ def tinyhost(*args):
 
 def test_fresh_nano33ble_takes_firmware_and_kws_and_benches_it(tmp_path):
     from tinyhost import boards
+    from tinyhost.sim import board_state_dir
     from tinyhost.sim.state import read_flash_files
 
     state = tmp_path / "nano"
@@ -35,7 +36,7 @@ def test_fresh_nano33ble_takes_firmware_and_kws_and_benches_it(tmp_path):
 
     # the filesystem holds main.py (and the board's boot.py); the firmware package and the model are in /rom
     profile = boards.load("nano33ble")
-    assert set(read_flash_files(state / "flash.img", profile)) == {"/boot.py", "/main.py"}
+    assert set(read_flash_files(board_state_dir("nano33ble", state) / "flash.img", profile)) == {"/boot.py", "/main.py"}
 
     accuracy = tmp_path / "accuracy.json"
     tinyhost("bench", *board, "--model", "kws", "--dataset", str(KWS_DIR / "testset"), "--mode", "accuracy",
