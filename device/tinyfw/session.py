@@ -39,6 +39,12 @@ def cmd_info(rt):
              ("machine", getattr(impl, "_machine", sys.platform)), ("platform", sys.platform),
              ("max_payload", rt.max_payload), ("window", rt.window),
              ("bootstrapped", int(rt.bootstrapped)), ("mpy", getattr(impl, "_mpy", 0))]
+    try:                            # imported before the heap is measured: it stays resident once imported
+        from tinyfw import engine
+        backends = ",".join(engine.BACKENDS)
+    except Exception:               # no engine on the board (or bootstrapped): no backends
+        backends = ""
+    engine = None
     rt.collect()
     pairs.append(("heap_free_bytes", gc.mem_free()))
     pairs.append(("heap_total_bytes", gc.mem_free() + gc.mem_alloc()))
@@ -57,11 +63,7 @@ def cmd_info(rt):
     except ImportError:
         pairs.append(("virtual", 0))
     pairs.append(("board", board))
-    try:
-        from tinyfw import engine
-        pairs.append(("backends", ",".join(engine.BACKENDS)))
-    except Exception:               # no engine on the board (or bootstrapped): no backends
-        pairs.append(("backends", ""))
+    pairs.append(("backends", backends))
     rt.reply_kv(pairs)
 
 
