@@ -90,3 +90,14 @@ def test_bootstrap_sources_drop_every_tinyfw_import():
     for name, script in zip(BOOTSTRAP_MODULES, scripts):
         top_level = [ln for ln in script.splitlines() if ln.startswith(("from tinyfw", "import tinyfw"))]
         assert top_level == [], name
+
+
+def test_the_boot_model_file_is_where_the_firmware_reads_it():
+    """`tinyhost flash --boot-model` writes the file tinyfw.textcmd reads the boot model's path from."""
+    from tinyhost.flash import BOOT_MODEL_FILE
+
+    tree = ast.parse((TINYFW / "textcmd.py").read_text())
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id == "BOOT_MODEL_FILE"}
+    assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE}

@@ -56,14 +56,26 @@ def cmd_info(rt):
         pass
     board = sys.platform
     try:
+        import machine
+        uid = machine.unique_id()
+    except (ImportError, AttributeError):       # the unix port (the virtual board) has none
+        uid = b""
+    try:
         import _vboard
         pairs.append(("virtual", 1))
         pairs.append(("emulates", _vboard.board))
         board = "sim"
+        uid = _vboard.unique_id
     except ImportError:
         pairs.append(("virtual", 0))
     pairs.append(("board", board))
+    pairs.append(("unique_id", "".join("%02x" % b for b in uid)))
     pairs.append(("backends", backends))
+    try:
+        from tinyfw.textcmd import default_model
+        pairs.append(("boot_model", default_model()))
+    except (ImportError, MemoryError):  # bootstrapped (no text commands), or no room next to a big model
+        pass
     rt.reply_kv(pairs)
 
 

@@ -52,6 +52,8 @@ class DeviceInfo:
     max_payload: int = 0
     window: int = 1
     bootstrapped: bool = False      # runtime sent through the REPL (not flashed yet)
+    unique_id: str = ""             # the chip's unique id (machine.unique_id()) in hex; "" where the port has none
+    boot_model: str = ""            # the model the firmware loads for a runner's text commands; "" when none
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -307,7 +309,8 @@ class Device:
             fs_free_bytes=_int(kv.get("fs_free_bytes")), fs_total_bytes=_int(kv.get("fs_total_bytes")),
             backends=tuple(b for b in kv.get("backends", "").split(",") if b), platform=kv.get("platform", ""),
             protocol=_int(kv.get("protocol")), max_payload=_int(kv.get("max_payload")),
-            window=_int(kv.get("window"), 1), bootstrapped=kv.get("bootstrapped") == "1", raw=kv)
+            window=_int(kv.get("window"), 1), bootstrapped=kv.get("bootstrapped") == "1",
+            unique_id=kv.get("unique_id", ""), boot_model=kv.get("boot_model", ""), raw=kv)
 
     def stats(self):
         """Device counters (frames_rx, frames_bad, frames_retried, heap_free_bytes, heap_peak_bytes, last_error,

@@ -30,7 +30,9 @@ def info(board_name, port, baud, state_dir, json_path):
         from ..atomic import write_text_atomic
         write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
     for key, value in report.items():
-        if key.endswith("_bytes") and isinstance(value, int):
+        if key == "boot_model" and not value:
+            value = "none (`tinyhost flash --boot-model NAME` names one)"
+        elif key.endswith("_bytes") and isinstance(value, int):
             value = f"{value} ({human_bytes(value)})"
         elif isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))
