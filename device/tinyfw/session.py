@@ -71,11 +71,18 @@ def cmd_info(rt):
     pairs.append(("board", board))
     pairs.append(("unique_id", "".join("%02x" % b for b in uid)))
     pairs.append(("backends", backends))
+    resident = "tinyfw.textcmd" in sys.modules
     try:
-        from tinyfw.textcmd import default_model
-        pairs.append(("boot_model", default_model()))
+        from tinyfw import textcmd
+        pairs.append(("boot_model", textcmd.default_model()))
     except (ImportError, MemoryError):  # bootstrapped (no text commands), or no room next to a big model
         pass
+    textcmd = None
+    if not resident:                # imported for this line only: its code goes back to the heap (a model load
+        sys.modules.pop("tinyfw.textcmd", None)     # may need every byte)
+        pkg = sys.modules.get("tinyfw")
+        if pkg is not None and "textcmd" in pkg.__dict__:
+            delattr(pkg, "textcmd")
     rt.reply_kv(pairs)
 
 

@@ -148,9 +148,10 @@ class EembcDut:
                                  hint="check the port and the baud rate; reset the board")
 
     def at_micropython_repl(self):
-        """True when the port answers a line end with MicroPython's REPL prompt (friendly or raw)."""
+        """True when the port answers CR, Ctrl-B with MicroPython's friendly REPL prompt (Ctrl-B leaves the raw
+        REPL; a DUT takes both bytes as the end of a command)."""
         self._drain()
-        self._write(b"\r")
+        self._write(b"\r\x02")
         seen = b""
         deadline = time.monotonic() + min(self.timeout_s, 1.0)
         while time.monotonic() < deadline and b">>> " not in seen and b"raw REPL" not in seen:
