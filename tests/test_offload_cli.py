@@ -96,11 +96,12 @@ def test_offload_on_takes_the_ids_from_the_board(fast_sim_s3):
         assert (board.read_config(dev)["model_id"], board.read_config(dev)["device_id"]) == ("kws", device_id)
         board.restore_config(dev, None)
         dev.put_file(b"not read here", "/models/vww.tflite")
-    r = CliRunner().invoke(cli, ["offload", "on", "--port", port, "--baud", str(FAST_BAUD), "--server", "127.0.0.1:7373"])
+    r = CliRunner().invoke(cli, ["offload", "on", "--port", port, "--baud", str(FAST_BAUD),
+                                 "--server", "127.0.0.1:7373"])
     assert isinstance(r.exception, UsageError) and "several models (kws, vww)" in str(r.exception)
     assert "--boot-model" in r.exception.hint
-    r = _run("offload", "on", "--port", port, "--baud", str(FAST_BAUD), "--server", "127.0.0.1:7373", "--model-id", "vww",
-             "--device-id", "lab1")
+    r = _run("offload", "on", "--port", port, "--baud", str(FAST_BAUD), "--server", "127.0.0.1:7373",
+             "--model-id", "vww", "--device-id", "lab1")
     assert r.exit_code == 0 and "model_id=vww device_id=lab1 " in r.output, r.output
 
 
