@@ -1,12 +1,23 @@
 """The bench runner against a stand-in Device (the tinyhost.client contract): windows, accuracy, resume, resets."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tinyhost import errors
+from tinyhost import client, errors
+from tinyhost import protocol as P
 from tinyhost.bench import datasets, journal, runner
+
+
+REPLIES = Path(__file__).parent / "firmware_replies"
+
+
+def firmware_reply(name):
+    """A reply tinyfw sent on the virtual board (KWS loaded), as key=value pairs: what the fakes answer, so the host
+    code under test reads the keys the firmware really sends (test_bench_sim.py checks they still are)."""
+    return P.parse_kv((REPLIES / f"{name}.txt").read_bytes())
 
 
 class FakeDevice:
@@ -43,10 +54,10 @@ class FakeDevice:
         return SimpleNamespace(output=out.tobytes(), time_us=self.latency_us)
 
     def info(self):
-        return SimpleNamespace(heap_total_bytes=112640, heap_free_bytes=60000)
+        return client.device_info_from_kv(firmware_reply("info"))
 
     def stats(self):
-        return {"heap_peak_bytes": 40000, "weights_ram_bytes": 0}
+        return client.stats_from_kv(firmware_reply("stats"))
 
     def close(self):
         self.closed = True
@@ -56,8 +67,7 @@ def tensor(dtype, nbytes, scale, zp):
     return SimpleNamespace(dtype=dtype, nbytes=nbytes, scale=scale, zero_point=zp, shape=(1, nbytes))
 
 
-MODEL = SimpleNamespace(inputs=[tensor("int8", 490, 0.58, 83)], outputs=[tensor("int8", 12, 1 / 256, -128)],
-                        arena_bytes=20000)
+MODEL = client.model_info_from_kv(firmware_reply("load_kws"))     # KWS: int8 1x49x10x1 -> int8 1x12
 
 
 def connector(devices):
@@ -221,10 +231,12 @@ def test_anomaly_detection_scores_files_and_computes_auc(tmp_path):
     assert scores["f2.bin"] == pytest.approx(9.0, rel=1e-6) and scores["f0.bin"] == 0.0
 
 
-def test_memory_from_info_and_stats():
+def test_memory_from_the_firmwares_load_stats_and_info_replies():
+    """Every row of the report's memory table comes from a key the firmware sends (none is left n/a)."""
     target = runner.TinyhostTarget(connector([FakeDevice()]))
-    mem = target.memory(model_bytes=53936)
-    assert (mem.model_bytes, mem.arena_bytes, mem.heap_peak_bytes, mem.heap_free_bytes) == (53936, 20000, 40000, 60000)
+    mem = target.memory(model_bytes=50160)
+    assert (mem.model_bytes, mem.arena_bytes, mem.weights_ram_bytes, mem.heap_total_bytes, mem.heap_free_bytes,
+            mem.heap_peak_bytes) == (50160, 25248, 2048, 111232, 27648, 83648)
 
 
 def test_pick_inputs_spreads_over_the_set(tmp_path):

@@ -105,6 +105,7 @@ def test_performance_memory_energy_on_the_virtual_board(flashed_board, model_fil
     assert perf.latency["p50_us"] > 0 and perf.median_inferences_per_s > 0
     mem = result.memory
     assert mem.arena_bytes > 0 and mem.heap_free_bytes > 0 and mem.model_bytes == model_file.stat().st_size
+    assert mem.weights_ram_bytes is not None and mem.heap_total_bytes > mem.heap_peak_bytes > 0
     assert result.energy.kind == "estimate" and "virtual board" in result.energy.note
     assert result.accuracy is None
 
@@ -137,6 +138,27 @@ class Recorder(runner.Listener):
 
     def message(self, text):
         self.lines.append(text)
+
+
+def test_the_recorded_firmware_replies_have_the_keys_the_firmware_sends(flashed_board):
+    """tests/firmware_replies/ (what the bench runner's stand-in Device answers) against this firmware's INFO, LOAD
+    and STATS: the same keys, so host code that reads a key the firmware does not send fails with the fakes too."""
+    from pathlib import Path
+
+    from tinyhost import protocol as P
+    from tinyhost.client import Device
+
+    def recorded(name):
+        return set(P.parse_kv((Path(__file__).parent / "firmware_replies" / f"{name}.txt").read_bytes()))
+
+    with Device.open(flashed_board.port, baud=SIM_BAUD) as dev:
+        info = P.parse_kv(dev.link.request(P.T.INFO, expect_bytes=600).payload)
+        load = P.parse_kv(dev.link.request(P.T.LOAD, P.pack_load("/models/tiny_kws.tflite", "auto"),
+                                           timeout_s=60.0, expect_bytes=1024).payload)
+        stats = P.parse_kv(dev.link.request(P.T.STATS, expect_bytes=600).payload)
+    assert set(info) == recorded("info")
+    assert set(load) == recorded("load_kws")
+    assert set(stats) == recorded("stats")
 
 
 def test_accuracy_ctrl_c_then_resume_counts_every_sample_once(flashed_board, model_file, kws_dataset, tmp_path):

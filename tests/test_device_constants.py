@@ -168,3 +168,14 @@ def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
     for rec in records:
         assert rec[:3] == ["kind", "ins", "out"], rec
         assert all(name is not None and slots[name] == i for i, name in enumerate(rec)), rec
+
+
+def test_the_boot_model_file_is_where_the_firmware_reads_it():
+    """`tinyhost flash --boot-model` writes the file tinyfw.textcmd reads the boot model's path from."""
+    from tinyhost.flash import BOOT_MODEL_FILE
+
+    tree = ast.parse((TINYFW / "textcmd.py").read_text())
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id == "BOOT_MODEL_FILE"}
+    assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE}

@@ -18,6 +18,9 @@ from tinyhost.offload import auth
 from tinyhost.offload.client import OffloadClient
 
 
+FAST_BAUD = 1_000_000
+
+
 @pytest.fixture
 def sim_s3(tmp_path):
     """A virtual ESP32-S3: the offload config does not depend on the board, and its larger heap leaves the
@@ -41,7 +44,7 @@ def test_offload_on_auto_off_status_on_a_virtual_board(sim_s3, tmp_path):
 
     port = sim_s3.port
     r = CliRunner().invoke(cli, ["offload", "on", "--port", port, "--server", "127.0.0.1:7373"])
-    assert isinstance(r.exception, UsageError) and "model_id and device_id" in str(r.exception)
+    assert isinstance(r.exception, UsageError) and "no model in /models" in str(r.exception)
     token_file = tmp_path / "keys.json"
     r = _run("offload", "on", "--port", port, "--server", "127.0.0.1:7373", "--model-id", "kws",
              "--device-id", "sim-1", "--token-file", str(token_file))
@@ -61,6 +64,47 @@ def test_offload_on_auto_off_status_on_a_virtual_board(sim_s3, tmp_path):
     r = _run("offload", "status", "--port", port)
     assert re.search(r"^mode +off$", r.output, re.M)
     assert "<set>" in r.output and key.hex() not in r.output
+
+
+@pytest.fixture
+def fast_sim_s3(tmp_path):
+    """sim_s3 on a 1 Mbit/s line: each command bootstraps the runtime through the REPL."""
+    from tinyhost.sim import VirtualBoard
+    with VirtualBoard(board="esp32s3", state_dir=tmp_path / "sim-state", baud=FAST_BAUD) as vb:
+        yield vb
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_offload_on_takes_the_ids_from_the_board(fast_sim_s3):
+    """Without --model-id/--device-id: the model id is the name of the board's only model, the device id the
+    board's name and its chip's unique id (the virtual board's is derived from its flash image's path); with
+    several models and none named the boot model, the user is asked which one."""
+    from tinyhost.client import Device
+    from tinyhost.errors import UsageError
+    from tinyhost.offload import board
+    from tinyhost.sim.vm import unique_id_hex
+
+    port = fast_sim_s3.port
+    with Device.open(port, baud=FAST_BAUD) as dev:
+        dev.mkdir("/models")
+        dev.put_file(b"not read here", "/models/kws.tflite")
+        assert dev.info().unique_id == unique_id_hex(fast_sim_s3.flash_image)
+    r = _run("offload", "on", "--port", port, "--baud", str(FAST_BAUD), "--server", "127.0.0.1:7373")
+    assert r.exit_code == 0, r.output
+    device_id = f"sim-{unique_id_hex(fast_sim_s3.flash_image)}"
+    assert f"model_id=kws device_id={device_id} " in r.output
+    with Device.open(port, baud=FAST_BAUD) as dev:
+        assert (board.read_config(dev)["model_id"], board.read_config(dev)["device_id"]) == ("kws", device_id)
+        board.restore_config(dev, None)
+        dev.put_file(b"not read here", "/models/vww.tflite")
+    r = CliRunner().invoke(cli, ["offload", "on", "--port", port, "--baud", str(FAST_BAUD),
+                                 "--server", "127.0.0.1:7373"])
+    assert isinstance(r.exception, UsageError) and "several models (kws, vww)" in str(r.exception)
+    assert "--boot-model" in r.exception.hint
+    r = _run("offload", "on", "--port", port, "--baud", str(FAST_BAUD), "--server", "127.0.0.1:7373",
+             "--model-id", "vww", "--device-id", "lab1")
+    assert r.exit_code == 0 and "model_id=vww device_id=lab1 " in r.output, r.output
 
 
 def test_keygen_writes_a_private_token_file(tmp_path):

@@ -76,6 +76,41 @@ def test_offload_runs_next_to_kws_on_the_default_virtual_esp32(board):
         assert m.raw["offload"] == "off" and "offload_error" not in m.raw
 
 
+
+def test_a_command_that_offloaded_leaves_the_board_the_heap_it_had(board):
+    """Each host command runs its own runtime; the Predictor (in tinyfw.inference, holding the model) must not
+    outlive it: INFO's free heap after a command that loaded KWS and offloaded is what it was before (within
+    2.5 KB: what the first import of tinyfw.offload interns for good), and stays there."""
+    from tinyhost.client import Device
+    from tinyhost.offload import board as offload_board
+    from tinyhost.offload import models, server
+
+    def heap_free():
+        with Device.open(board.port, baud=SIM_BAUD) as dev:
+            return dev.info().heap_free_bytes
+
+    x = bytes(490)
+    srv = server.OffloadServer({"kws": models.ModelEntry("kws", KWS)}, None, server.ServerConfig(port=0))
+    with server.ServerThread(srv) as (host, port):
+        with Device.open(board.port, baud=SIM_BAUD) as dev:
+            offload_board.configure(dev, mode="on", server=f"{host}:{port}", model_id="kws", device_id="sim-heap")
+        try:
+            before = heap_free()
+            after = []
+            for _ in range(3):
+                with Device.open(board.port, baud=SIM_BAUD) as dev:
+                    m = dev.load_model("/models/kws.tflite")
+                    assert m.raw["offload"] == "on", m.raw.get("offload_error")
+                    assert offload_board.infer_with_info(dev, x, m.outputs[0].nbytes).record.offloaded
+                after.append(heap_free())
+        finally:
+            with Device.open(board.port, baud=SIM_BAUD) as dev:
+                offload_board.configure(dev, mode="off")
+    print(f"INFO heap free: {before} B before, {after} B after each command that offloaded")
+    assert srv.stats.requests_ok == 3
+    assert min(after) >= before - 2560, (before, after)
+    assert after[-1] >= after[0] - 256, after          # nothing builds up from one command to the next
+
 # tinyfw.inference's offload glue on the VM with a stand-in runtime and model (KwsStandIn) and a firmware copy whose
 # tinyfw.offload has a Predictor that runs out of memory.
 GLUE = r'''

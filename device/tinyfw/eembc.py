@@ -287,7 +287,7 @@ def _infer(rt, args):
         return
     model = _ensure_model(rt)
     if model is None:
-        _say(rt, "e-[No model loaded: load one with tinyhost or put it at /model.tflite]")
+        _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
         return
     if st[_POS] != st[_EXPECTED] or st[_EXPECTED] == 0:
         _say(rt, "e-[Input incomplete: %d of %d bytes; send db load N and db data first]" % (st[_POS], st[_EXPECTED]))

@@ -1,7 +1,8 @@
 # A DUT that speaks only the MLPerf Tiny / EEMBC text protocol (tinyfw.eembc), on the REPL's stdin/stdout:
 #   import tinyfw.eembc_dut as d; d.serve()
-# It loads /model.tflite on the first command that needs a model. The tinyfw runtime answers the same commands
-# between its binary frames without this module.
+# It loads the boot model (tinyfw.textcmd.default_model: /boot_model names it, else /model.tflite) on the first
+# command that needs a model. The tinyfw runtime answers the same commands between its binary frames without this
+# module.
 
 from tinyfw.eembc import handle_command
 

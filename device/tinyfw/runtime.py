@@ -428,8 +428,31 @@ def run(stream_in=None, stream_out=None, max_payload=None, window=None, bootstra
         micropython.kbd_intr(-1)
     except (ImportError, AttributeError):
         micropython = None
+    modules_before = tuple(sys.modules)
+    rt = None
     try:
-        Runtime(stream_in, stream_out, max_payload, window, bootstrapped).serve(announce=not autostart)
+        rt = Runtime(stream_in, stream_out, max_payload, window, bootstrapped)
+        rt.serve(announce=not autostart)
     finally:
         if micropython is not None:
             micropython.kbd_intr(3)
+        _release(rt, modules_before)
+
+
+def _release(rt, modules_before):
+    """Give back what the runtime took once it ends, so that the REPL it returns to (and the next runtime) has the
+    heap it had: the model and offload's Predictor (which refers to the model and lives in tinyfw.inference, not
+    in the runtime), then the tinyfw modules imported while it ran. The engine stays once imported: dropping and
+    importing it again costs ~450 B each time (its viper code is not all given back), and INFO reports the heap
+    with it resident."""
+    if rt is not None:
+        inference = sys.modules.get("tinyfw.inference")
+        if inference is not None:
+            inference.unload(rt)
+        elif rt.model is not None:
+            rt.model.close()
+            rt.model = None
+    for name in [n for n in sys.modules if n.startswith("tinyfw.") and not n.startswith("tinyfw.engine")
+                 and n not in modules_before]:
+        _forget(name[len("tinyfw."):])
+    gc.collect()

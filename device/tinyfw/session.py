@@ -39,6 +39,12 @@ def cmd_info(rt):
              ("machine", getattr(impl, "_machine", sys.platform)), ("platform", sys.platform),
              ("max_payload", rt.max_payload), ("window", rt.window),
              ("bootstrapped", int(rt.bootstrapped)), ("mpy", getattr(impl, "_mpy", 0))]
+    try:                            # imported before the heap is measured: it stays resident once imported
+        from tinyfw import engine
+        backends = ",".join(engine.BACKENDS)
+    except Exception:               # no engine on the board (or bootstrapped): no backends
+        backends = ""
+    engine = None
     rt.collect()
     pairs.append(("heap_free_bytes", gc.mem_free()))
     pairs.append(("heap_total_bytes", gc.mem_free() + gc.mem_alloc()))
@@ -50,18 +56,33 @@ def cmd_info(rt):
         pass
     board = sys.platform
     try:
+        import machine
+        uid = machine.unique_id()
+    except (ImportError, AttributeError):       # the unix port (the virtual board) has none
+        uid = b""
+    try:
         import _vboard
         pairs.append(("virtual", 1))
         pairs.append(("emulates", _vboard.board))
         board = "sim"
+        uid = _vboard.unique_id
     except ImportError:
         pairs.append(("virtual", 0))
     pairs.append(("board", board))
+    pairs.append(("unique_id", "".join("%02x" % b for b in uid)))
+    pairs.append(("backends", backends))
+    resident = "tinyfw.textcmd" in sys.modules
     try:
-        from tinyfw import engine
-        pairs.append(("backends", ",".join(engine.BACKENDS)))
-    except Exception:               # no engine on the board (or bootstrapped): no backends
-        pairs.append(("backends", ""))
+        from tinyfw import textcmd
+        pairs.append(("boot_model", textcmd.default_model()))
+    except (ImportError, MemoryError):  # bootstrapped (no text commands), or no room next to a big model
+        pass
+    textcmd = None
+    if not resident:                # imported for this line only: its code goes back to the heap (a model load
+        sys.modules.pop("tinyfw.textcmd", None)     # may need every byte)
+        pkg = sys.modules.get("tinyfw")
+        if pkg is not None and "textcmd" in pkg.__dict__:
+            delattr(pkg, "textcmd")
     rt.reply_kv(pairs)
 
 

@@ -4,21 +4,34 @@
 # The model an EEMBC runner drives is loaded here, BEFORE tinyfw.eembc is imported: a model that needs nearly the
 # whole heap to load (vww01 on the esp32 profile) fits only while eembc's ~10 KB of code are not yet resident.
 
-DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")
+BOOT_MODEL_FILE = "/boot_model"                         # the path of the model to load (`tinyhost flash --boot-model`)
+DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")  # else the first of these that exists
 _eembc = None                  # tinyfw.eembc once imported; False when it is not installed
 
 
-def load_default(rt):
-    """Load the first of DEFAULT_MODELS that exists into rt; the Model, or None when none exists."""
+def default_model():
+    """The path of the model a runner's commands use when none is loaded: the one BOOT_MODEL_FILE names, else the
+    first of DEFAULT_MODELS that exists; "" when there is none (INFO reports it as `boot_model`)."""
     import os
 
+    try:
+        with open(BOOT_MODEL_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        pass
     for path in DEFAULT_MODELS:
         try:
             os.stat(path)
         except OSError:
             continue
-        return rt.load_model(path)
-    return None
+        return path
+    return ""
+
+
+def load_default(rt):
+    """Load default_model() into rt; the Model, or None when there is none."""
+    path = default_model()
+    return rt.load_model(path) if path else None
 
 
 def run(rt, n, overflow):

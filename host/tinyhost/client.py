@@ -53,6 +53,8 @@ class DeviceInfo:
     max_payload: int = 0
     window: int = 1
     bootstrapped: bool = False      # runtime sent through the REPL (not flashed yet)
+    unique_id: str = ""             # the chip's unique id (machine.unique_id()) in hex; "" where the port has none
+    boot_model: str = ""            # the model the firmware loads for a runner's text commands; "" when none
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -140,6 +142,37 @@ def _tensor(text):
 
 
 BOOTSTRAP_MODULES = ("frame.py", "files.py", "session.py", "runtime.py")
+
+
+def device_info_from_kv(kv):
+    """An INFO reply's key=value pairs -> DeviceInfo."""
+    return DeviceInfo(
+        firmware_version=kv.get("firmware_version", ""), firmware_hash=kv.get("firmware_hash", ""),
+        board=kv.get("board", ""), virtual=kv.get("virtual") == "1", emulates=kv.get("emulates", ""),
+        micropython_version=kv.get("micropython_version", ""), machine=kv.get("machine", ""),
+        heap_free_bytes=_int(kv.get("heap_free_bytes")), heap_total_bytes=_int(kv.get("heap_total_bytes")),
+        fs_free_bytes=_int(kv.get("fs_free_bytes")), fs_total_bytes=_int(kv.get("fs_total_bytes")),
+        backends=tuple(b for b in kv.get("backends", "").split(",") if b), platform=kv.get("platform", ""),
+        protocol=_int(kv.get("protocol")), max_payload=_int(kv.get("max_payload")),
+        window=_int(kv.get("window"), 1), bootstrapped=kv.get("bootstrapped") == "1",
+        unique_id=kv.get("unique_id", ""), boot_model=kv.get("boot_model", ""), raw=kv)
+
+
+def model_info_from_kv(kv):
+    """A LOAD reply's key=value pairs -> ModelInfo."""
+    inputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"input\d+", k)),
+                                              key=lambda k: int(k[5:]))]
+    outputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"output\d+", k)),
+                                               key=lambda k: int(k[6:]))]
+    return ModelInfo(inputs=inputs, outputs=outputs, arena_bytes=_int(kv.get("arena_bytes")),
+                     backend=kv.get("backend", ""), load_ms=_int(kv.get("load_ms")),
+                     weights_ram_bytes=_int(kv.get("weights_ram_bytes")), ops=_int(kv.get("ops")),
+                     macs=_int(kv.get("macs")), heap_free_bytes=_int(kv.get("heap_free_bytes")), raw=kv)
+
+
+def stats_from_kv(kv):
+    """A STATS reply's key=value pairs -> dict (numbers as int/float; ``last_error`` text)."""
+    return {k: (v if k == "last_error" else _number(v)) for k, v in kv.items()}
 
 
 def bootstrap_sources(fw_dir=None):
@@ -306,22 +339,12 @@ class Device:
 
     # -- information ----------------------------------------------------------------------------------------
     def info(self):
-        kv = P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600).payload)
-        return DeviceInfo(
-            firmware_version=kv.get("firmware_version", ""), firmware_hash=kv.get("firmware_hash", ""),
-            board=kv.get("board", ""), virtual=kv.get("virtual") == "1", emulates=kv.get("emulates", ""),
-            micropython_version=kv.get("micropython_version", ""), machine=kv.get("machine", ""),
-            heap_free_bytes=_int(kv.get("heap_free_bytes")), heap_total_bytes=_int(kv.get("heap_total_bytes")),
-            fs_free_bytes=_int(kv.get("fs_free_bytes")), fs_total_bytes=_int(kv.get("fs_total_bytes")),
-            backends=tuple(b for b in kv.get("backends", "").split(",") if b), platform=kv.get("platform", ""),
-            protocol=_int(kv.get("protocol")), max_payload=_int(kv.get("max_payload")),
-            window=_int(kv.get("window"), 1), bootstrapped=kv.get("bootstrapped") == "1", raw=kv)
+        return device_info_from_kv(P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600).payload))
 
     def stats(self):
         """Device counters (frames_rx, frames_bad, frames_retried, heap_free_bytes, heap_peak_bytes, last_error,
         ...) plus this host's link counters as ``host_*``."""
-        kv = P.parse_kv(self.link.request(P.T.STATS, expect_bytes=600).payload)
-        out = {k: (v if k == "last_error" else _number(v)) for k, v in kv.items()}
+        out = stats_from_kv(P.parse_kv(self.link.request(P.T.STATS, expect_bytes=600).payload))
         for k, v in vars(self.link.stats).items():
             out[f"host_{k}"] = v
         return out
@@ -418,15 +441,7 @@ class Device:
     def load_model(self, remote_path, backend="auto", timeout_s=120.0):
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
                               expect_bytes=1024, what=f"load {remote_path}")
-        kv = P.parse_kv(f.payload)
-        inputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"input\d+", k)),
-                                                  key=lambda k: int(k[5:]))]
-        outputs = [_tensor(kv[k]) for k in sorted((k for k in kv if re.fullmatch(r"output\d+", k)),
-                                                   key=lambda k: int(k[6:]))]
-        return ModelInfo(inputs=inputs, outputs=outputs, arena_bytes=_int(kv.get("arena_bytes")),
-                         backend=kv.get("backend", ""), load_ms=_int(kv.get("load_ms")),
-                         weights_ram_bytes=_int(kv.get("weights_ram_bytes")), ops=_int(kv.get("ops")),
-                         macs=_int(kv.get("macs")), heap_free_bytes=_int(kv.get("heap_free_bytes")), raw=kv)
+        return model_info_from_kv(P.parse_kv(f.payload))
 
     def set_input(self, data, index=0):
         data = bytes(data)

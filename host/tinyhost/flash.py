@@ -17,6 +17,9 @@ from .paths import firmware_dir
 log = logging.getLogger(__name__)
 
 MODELS_DIR = "/models"
+# The file naming the model the firmware loads by itself for a runner's text commands (MLPerf Tiny / EEMBC):
+# device/tinyfw/textcmd.py's BOOT_MODEL_FILE (tests/test_device_constants.py checks the copy).
+BOOT_MODEL_FILE = "/boot_model"
 # littlefs needs a couple of blocks of its own for metadata while a file is being written and renamed.
 FS_METADATA_BLOCKS = 2
 
@@ -96,6 +99,17 @@ def model_remote_path(model_path, board):
     from .romfs import MOUNT_POINT
 
     return f"{MOUNT_POINT if board.romfs_bytes else ''}{MODELS_DIR}/{Path(model_path).name}"
+
+
+def set_boot_model(dev, remote_path):
+    """Make the model at ``remote_path`` on the board the one its firmware loads by itself when an MLPerf Tiny /
+    EEMBC runner's first command comes (INFO reports it as ``boot_model``); None: none named any more (the firmware
+    then looks for /model.tflite and /models/model.tflite)."""
+    if remote_path is None:
+        if dev.file_hash(BOOT_MODEL_FILE) is not None:
+            dev.remove(BOOT_MODEL_FILE)
+    else:
+        dev.put_file(remote_path.encode(), BOOT_MODEL_FILE)
 
 
 def romfs_image(model_paths, mpy_abi=None):

@@ -113,9 +113,18 @@ class EembcDut:
     def sync(self, attempts=3, timeout_s=None):
         """Get in step with the DUT: drop stale output (a boot banner, half a reply) and return its name.
 
-        Sends ``name`` and skips every line until the m-name-dut line and the m-ready after it."""
+        Sends ``name`` and skips every line until the m-name-dut line and the m-ready after it. A board that
+        answers as MicroPython's REPL instead (its firmware's main.py starts the DUT at boot, and a tool that
+        used the REPL since -- tinyhost's own commands included -- left it stopped) is soft-reset once from its
+        friendly REPL, which runs main.py again, as at power-up."""
         wait = self.timeout_s if timeout_s is None else timeout_s
-        for _ in range(attempts):
+        rebooted = False
+        for attempt in range(attempts):
+            if attempt and not rebooted and self.at_micropython_repl():
+                log.info("%s answers as MicroPython's REPL: soft-resetting the board so that main.py starts its "
+                         "DUT", self.port_name)
+                self.soft_reset_from_repl()
+                rebooted = True
             self._drain()
             self._write(b"%name%")               # a lone '%' ends whatever half command the DUT holds
             name = None
@@ -130,8 +139,32 @@ class EembcDut:
                 elif name and "m-ready" in line:
                     self._drain()                # the reply to the lone '%' may still be on its way
                     return name
+        if rebooted or self.at_micropython_repl():
+            raise BoardNotResponding(f"{self.port_name} answers as MicroPython's REPL, and no MLPerf Tiny DUT "
+                                     f"started when the board was soft-reset (its main.py does not start one)",
+                                     hint="`tinyhost flash` puts tinyfw's main.py on the board: it starts the "
+                                          "runtime, which answers a runner's commands, at every reset")
         raise BoardNotResponding(f"no MLPerf Tiny DUT answers `name` on {self.port_name}",
                                  hint="check the port and the baud rate; reset the board")
+
+    def at_micropython_repl(self):
+        """True when the port answers CR, Ctrl-B with MicroPython's friendly REPL prompt (Ctrl-B leaves the raw
+        REPL; a DUT takes both bytes as the end of a command)."""
+        self._drain()
+        self._write(b"\r\x02")
+        seen = b""
+        deadline = time.monotonic() + min(self.timeout_s, 1.0)
+        while time.monotonic() < deadline and b">>> " not in seen and b"raw REPL" not in seen:
+            seen += self._link.read_some(0.1)
+        self._pending = b""
+        return b">>> " in seen or b"raw REPL" in seen
+
+    def soft_reset_from_repl(self, boot_s=5.0):
+        """Ctrl-C, Ctrl-B (to the friendly REPL), Ctrl-D: MicroPython soft-resets and runs boot.py and main.py;
+        returns once the board has been quiet for half a second (or after ``boot_s``)."""
+        self._write(b"\x03\x03\x02\x04")
+        self._link.drain(quiet_s=0.5, limit_s=boot_s)
+        self._pending = b""
 
     def _drain(self):
         self._link.drain(quiet_s=0.1, limit_s=2.0)

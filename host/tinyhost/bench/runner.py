@@ -123,24 +123,18 @@ class TinyhostTarget:
             stats = self.dev.stats() or {}
         except errors.TinyhostError as e:
             log.info("stats not available: %s", e)
-        peak = _first(stats, "heap_peak_bytes", "peak_heap_bytes", "heap_used_peak_bytes")
+        # what the firmware sends: weights in RAM with the model (LOAD, the engine's Model.stats()), the heap
+        # in STATS (free now, and the most in use seen after a collection), its total in INFO
         return MemoryResult(
             model_bytes=model_bytes, arena_bytes=getattr(self.model_info, "arena_bytes", None),
-            weights_ram_bytes=_first(stats, "weights_ram_bytes"),
+            weights_ram_bytes=getattr(self.model_info, "weights_ram_bytes", None),
             heap_total_bytes=getattr(info, "heap_total_bytes", None),
-            heap_free_bytes=_first(stats, "heap_free_bytes") or getattr(info, "heap_free_bytes", None),
-            heap_peak_bytes=peak,
-            source="tinyfw info/stats (gc.mem_free, gc.mem_alloc, engine Model.stats)")
+            heap_free_bytes=stats.get("heap_free_bytes", getattr(info, "heap_free_bytes", None)),
+            heap_peak_bytes=stats.get("heap_peak_bytes"),
+            source="tinyfw LOAD/STATS/INFO (engine Model.stats, gc.mem_free, gc.mem_alloc)")
 
     def close(self):
         self.dev.close()
-
-
-def _first(d, *keys):
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return None
 
 
 def _anomaly_reference(raw, data, sample_dtype, tensor):

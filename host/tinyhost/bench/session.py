@@ -176,17 +176,26 @@ def _eembc_target(opts, b, benchmark):
     dut = reopen()
     try:
         prov.dut_name = dut.sync()
-        profile, model_id = dut.profile()
+        prov.firmware_version, model_id = dut.profile()
+        prov.benchmark = eembc_benchmark(model_id, benchmark, b.port)
     except BaseException:
         dut.close()
         raise
-    prov.firmware_version = profile
-    prov.benchmark = model_id or benchmark
-    if benchmark and model_id and benchmark != model_id:
-        dut.close()
-        raise errors.UsageError(f"the DUT runs {model_id}, not {benchmark}",
-                                hint="pass the model the firmware was built with")
     return EembcTarget(dut, prov.benchmark, reopen=reopen)
+
+
+def eembc_benchmark(model_id, benchmark, port):
+    """The benchmark a DUT runs, from its ``profile`` answer (``m-model-[...]``) and the one --model names ("" when
+    it names a file; then the --dataset's is taken). DeviceError when the DUT has no model at all."""
+    if model_id == "none":         # tinyfw: nothing loaded and no model to load by itself
+        raise errors.DeviceError(f"the DUT on {port} has no model: none is loaded and the board names none to load",
+                                 hint="with tinyhost's firmware: `tinyhost flash --model NAME --boot-model NAME`")
+    if model_id in datasets.BENCHMARKS:
+        if benchmark and benchmark != model_id:
+            raise errors.UsageError(f"the DUT runs {model_id}, not {benchmark}",
+                                    hint="pass the model the firmware was built with")
+        return model_id
+    return benchmark               # "unknown" or not said: --model's benchmark, else the --dataset's
 
 
 def _run_modes(opts, modes, target, b, listener):

@@ -9,7 +9,7 @@ from .. import console
 from ..errors import TinyhostError, UsageError
 from ..board import connect
 from ..firmware_image import firmware_commands, no_image_on_virtual_board
-from ..flash import check_fits_profile, firmware_items, model_item, with_plans
+from ..flash import check_fits_profile, firmware_items, model_item, model_remote_path, set_boot_model, with_plans
 from ..ports import find_port
 from ..zoo import resolve
 from .common import board_options, human_bytes
@@ -20,17 +20,24 @@ from .common import board_options, human_bytes
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Also put this .tflite model (or a model name, see `tinyhost models list`) on the board: "
                    "under /models/, or in its ROMFS partition (/rom/models/) when its profile has one. Repeatable.")
+@click.option("--boot-model", default=None,
+              help="The model the board loads by itself when an MLPerf Tiny / EEMBC runner sends its first command "
+                   "(`tinyhost bench --dut eembc`, the official runner); put on the board like --model. "
+                   "`none` names none any more. `tinyhost info` shows it.")
 @click.option("--firmware", "image", type=click.Path(dir_okay=False), default=None,
               help="Write this MicroPython image to the chip first (esptool/bossac; prints the commands).")
 @click.option("--run", "run_commands", is_flag=True, help="With --firmware: run the printed commands.")
 @click.option("--force", is_flag=True, help="Send every file, even those already on the board.")
-def flash(board_name, port, baud, state_dir, models, image, run_commands, force):
+def flash(board_name, port, baud, state_dir, models, boot_model, image, run_commands, force):
     """Put tinyhost's firmware files (and --model files) on a board, skipping files already there."""
     if image:
         _write_micropython(board_name, port, image, run_commands)
         return
     profile, _ = board_profiles.from_spec(board_name)
     model_paths = [resolve(m) for m in models]
+    boot_path = None if boot_model in (None, "none") else resolve(boot_model)
+    if boot_path is not None and boot_path not in model_paths:
+        model_paths.append(boot_path)
     in_romfs = bool(profile.romfs_bytes)
     model_items = [model_item(p, None if in_romfs else profile) for p in model_paths]   # refused before sending
     items = firmware_items(board=profile) + ([] if in_romfs else model_items)
@@ -40,6 +47,8 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
         click.echo(f"flashing {len(with_plans(items))} files to {b.port} ({where})")   # with load plans
         with console.TransferProgress() as progress:
             report, rom = b.flash(model_paths, force=force, progress=progress)
+        if boot_model is not None:
+            set_boot_model(b.dev, boot_path and model_remote_path(boot_path, b.profile))
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
         if report.removed:
@@ -49,6 +58,9 @@ def flash(board_name, port, baud, state_dir, models, image, run_commands, force)
                      else "already holds them")
             click.echo(f"ROMFS partition (firmware package /rom/tinyfw, models /rom/models/ with weights read in "
                        f"place): {len(model_paths)} models, {state}")
+        if boot_model is not None:
+            click.echo(f"boot model: {model_remote_path(boot_path, b.profile) if boot_path else 'none'} "
+                       f"(what the board runs for an MLPerf Tiny / EEMBC runner)")
 
 
 def _write_micropython(board_name, port, image, run_commands):

@@ -24,7 +24,9 @@ def info(board_name, port, baud, state_dir, json_path):
         write_json(json_path, json.dumps(report, indent=2, default=str))
     fields = []
     for key, value in report.items():
-        if key.endswith("_bytes") and isinstance(value, int):
+        if key == "boot_model" and not value:
+            value = "none (`tinyhost flash --boot-model NAME` names one)"
+        elif key.endswith("_bytes") and isinstance(value, int):
             value = f"{value} ({human_bytes(value)})"
         elif isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))

@@ -96,19 +96,16 @@ def _set_mode(board_name, port, baud, state_dir, **changes):
     from ..offload import auth, board
     token_file = changes.pop("token_file", None)
     with _open(board_name, port, baud, state_dir) as dev:
+        if changes.get("mode") != "off" and not (changes.get("model_id") and changes.get("device_id")):
+            current = dict(board.read_config(dev) or {})
+            current.update({k: v for k, v in changes.items() if v})
+            changes["model_id"], changes["device_id"] = board.default_ids(dev, current)
         if token_file:
             device_id = changes.get("device_id") or (board.read_config(dev) or {}).get("device_id")
             if not device_id:
                 raise UsageError("--device-id is needed the first time a key is given to a board")
             changes["device_id"] = device_id
             changes["key"] = auth.ensure_device_key(token_file, device_id).hex()
-        if changes.get("mode") != "off" and not (changes.get("model_id") and changes.get("device_id")):
-            current = dict(board.read_config(dev) or {})
-            current.update({k: v for k, v in changes.items() if v})
-            model_id, device_id = board.default_ids(dev, current)
-            changes.setdefault("model_id", None)
-            changes["model_id"] = changes["model_id"] or model_id
-            changes["device_id"] = changes.get("device_id") or device_id
         cfg = board.configure(dev, **changes)
     shown = board.redacted(cfg)
     click.echo(f"offload {cfg['mode']} " + " ".join(f"{k}={v}" for k, v in shown.items() if k != "mode"))
@@ -117,8 +114,12 @@ def _set_mode(board_name, port, baud, state_dir, **changes):
 def _remote_options(f):
     for option in reversed((
             click.option("--server", default=None, help="HOST:PORT of `tinyhost serve` (tcp transport)."),
-            click.option("--model-id", default=None, help="The model id the server serves (e.g. kws)."),
-            click.option("--device-id", default=None, help="This board's name towards the server."),
+            click.option("--model-id", default=None,
+                         help="The model id the server serves (e.g. kws). Default: the board's config, else the "
+                              "name of its boot model (`tinyhost flash --boot-model`), else of its only model."),
+            click.option("--device-id", default=None,
+                         help="This board's name towards the server. Default: the board's config, else its name "
+                              "and its chip's unique id (esp32-a1b2c3d4e5f6)."),
             click.option("--token-file", type=click.Path(dir_okay=False), default=None,
                          help="Take (or add) this board's key from the token file the server uses."),
             click.option("--transport", type=click.Choice(["tcp", "serial"]), default=None,

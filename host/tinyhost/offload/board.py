@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .. import protocol as P
 from ..errors import DeviceError, ProtocolError, UsageError
+from ..flash import MODELS_DIR
 from ..paths import firmware_dir
 from .metrics import OffloadRecord
 
@@ -70,18 +71,38 @@ def configure(dev, **changes):
 
 
 def default_ids(dev, cfg):
-    """(model id, device id) for a board whose config names none: the stem of the only model in /models (what
-    `tinyhost serve --model NAME` calls it) and the board's name (``sim``, ``esp32`` ...). None where unknown."""
+    """(model id, device id) for a board whose config names none.
+
+    The model id: the stem of the board's boot model (``tinyhost flash --boot-model``), else of the only model in
+    /models or /rom/models -- what ``tinyhost serve --model NAME`` calls it. The device id: the board's name and its
+    chip's unique id (``esp32-a1b2c3d4e5f6``; the virtual board's is derived from its flash image), the board's name
+    alone where the chip has none. UsageError when the board has no model, or several and no boot model."""
+    from ..romfs import MOUNT_POINT
+
+    info = dev.info()
+    device_id = cfg.get("device_id") or "-".join(x for x in (info.board, info.unique_id) if x) or None
     model_id = cfg.get("model_id") or None
+    if not model_id and info.boot_model:
+        model_id = _stem(info.boot_model)
     if not model_id:
-        try:
-            names = [e.name for e in dev.list_files("/models") if not e.is_dir and e.name.endswith(".tflite")]
-        except DeviceError:
-            names = []
-        if len(names) == 1:
-            model_id = names[0][:-len(".tflite")]
-    device_id = cfg.get("device_id") or dev.info().board or None
+        names = []
+        for folder in (MODELS_DIR, MOUNT_POINT + MODELS_DIR):
+            try:
+                names += [e.name for e in dev.list_files(folder) if not e.is_dir and e.name.endswith(".tflite")]
+            except DeviceError:
+                pass
+        if len(names) != 1:
+            found = f"several models ({', '.join(sorted(_stem(n) for n in names))})" if names else "no model"
+            raise UsageError(f"the board has {found} in {MODELS_DIR}: which model id does the server serve?",
+                             hint="pass --model-id ID (what `tinyhost serve --model ID=...` serves), or name the "
+                                  "board's model with `tinyhost flash --boot-model NAME`")
+        model_id = _stem(names[0])
     return model_id, device_id
+
+
+def _stem(path):
+    name = path.rsplit("/", 1)[-1]
+    return name[:-len(".tflite")] if name.endswith(".tflite") else name
 
 
 def restore_config(dev, previous):

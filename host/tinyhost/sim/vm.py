@@ -5,6 +5,7 @@ like a UART), heap capped with ``-X heapsize``. A soft reset ends the VM and the
 """
 
 import ctypes
+import hashlib
 import os
 import pty
 import signal
@@ -79,6 +80,12 @@ def _wait_stopped(pid, timeout_s=1.0):
         time.sleep(0.0001)
 
 
+def unique_id_hex(flash_image):
+    """The virtual board's machine.unique_id() (hex, 6 bytes like an ESP32's): derived from where its flash image
+    lives, so it stays with the board's state (a reset or --fresh keeps it, as a chip's eFuse id does)."""
+    return hashlib.sha256(str(Path(flash_image).resolve()).encode()).hexdigest()[:12]
+
+
 class VM:
     """One run of the MicroPython VM booting the board; ``master_fd`` is the relay's end of its serial line."""
 
@@ -93,7 +100,8 @@ class VM:
             args = [sys.executable, "-c", _LAUNCHER, "-X", f"heapsize={board.heap_bytes}", "-i", str(SHIM),
                     str(flash_image), str(board.fs_block_bytes), str(block_count), board.name,
                     str(board.heap_bytes), str(board.fs_bytes), str(baud), mode,
-                    str(romfs_image or ""), "@ROMFS_ADDR@", str(board.romfs_bytes if romfs_image else 0)]
+                    str(romfs_image or ""), "@ROMFS_ADDR@", str(board.romfs_bytes if romfs_image else 0),
+                    unique_id_hex(flash_image)]
             env = dict(os.environ)
             env.pop("MICROPYPATH", None)
             env.pop("TINYHOST_SIM_ROMFS", None)

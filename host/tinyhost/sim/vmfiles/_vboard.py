@@ -20,6 +20,7 @@ heap_bytes = 0
 fs_bytes = 0
 baud = 0
 virtual = True
+unique_id = b""     # what machine.unique_id() is on a chip: a stable id derived from the board's flash image path
 
 # In-band notes to the relay, which removes them from the output (see tinyhost.sim.relay).
 _NOTE_MOUNTED = "\x1b]tinyhost-sim:mounted\x07"     # flash at /, Ctrl-C can interrupt from here on
@@ -93,9 +94,11 @@ def _run(path):
 
 
 def _boot():
-    global board, heap_bytes, fs_bytes, baud
+    global board, heap_bytes, fs_bytes, baud, unique_id
+    import binascii
     image_path, block_bytes, block_count, board, heap_bytes, fs_bytes, baud, mode = sys.argv[1:9]
-    rom_path, rom_address, rom_bytes = sys.argv[9:12]
+    rom_path, rom_address, rom_bytes, unique_hex = sys.argv[9:13]
+    unique_id = binascii.unhexlify(unique_hex)
     micropython.kbd_intr(-1)        # Ctrl-C while mounting arrives as data; boot.py and main.py can be interrupted
     block_bytes, block_count = int(block_bytes), int(block_count)
     heap_bytes, fs_bytes, baud = int(heap_bytes), int(fs_bytes), int(baud)
