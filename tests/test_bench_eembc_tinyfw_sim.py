@@ -55,7 +55,7 @@ def test_flash_boot_model_is_what_the_runner_gets_and_info_shows_it(board, tmp_p
     assert "boot model: /models/kws.tflite" in r.output
     r = _run("info", "--port", board.port, "--baud", SIM_BAUD, "--json", "-")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["boot_model"] == "/models/kws.tflite"
+    assert json.loads(r.stdout)["boot_model"] == "/models/kws.tflite"
     r = _bench(board, tmp_path)
     assert r.exit_code == 0, r.output
     prov = json.loads((tmp_path / "result.json").read_text())["provenance"]
@@ -63,4 +63,4 @@ def test_flash_boot_model_is_what_the_runner_gets_and_info_shows_it(board, tmp_p
     r = _run("flash", "--port", board.port, "--baud", SIM_BAUD, "--boot-model", "none")
     assert r.exit_code == 0 and "boot model: none" in r.output, r.output
     r = _run("info", "--port", board.port, "--baud", SIM_BAUD, "--json", "-")
-    assert json.loads(r.output)["boot_model"] == ""
+    assert json.loads(r.stdout)["boot_model"] == ""
