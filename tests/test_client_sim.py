@@ -17,7 +17,7 @@ from tinyhost.transport import SerialTransport
 pytestmark = pytest.mark.sim
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_FILES = ("__init__.py", "frame.py", "files.py", "session.py", "runtime.py", "inference.py")
+RUNTIME_FILES = ("__init__.py", "frame.py", "cmd_files.py", "cmd_session.py", "runtime.py", "cmd_model.py")
 FAST_BAUD = 921600
 
 

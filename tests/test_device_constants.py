@@ -16,7 +16,7 @@ from tinyhost.client import BOOTSTRAP_MODULES, bootstrap_sources
 
 TINYFW = Path(__file__).resolve().parents[1] / "device" / "tinyfw"
 # the modules that carry private copies of protocol numbers
-COPYING_MODULES = ("frame.py", "runtime.py", "session.py", "files.py", "inference.py", "modelload.py")
+COPYING_MODULES = ("frame.py", "runtime.py", "cmd_session.py", "cmd_files.py", "cmd_model.py", "cmd_load.py")
 
 
 def protocol_values():
@@ -171,10 +171,10 @@ def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
 
 
 def test_the_boot_model_file_is_where_the_firmware_reads_it():
-    """`tinyhost flash --boot-model` writes the file tinyfw.textcmd reads the boot model's path from."""
+    """`tinyhost flash --boot-model` writes the file tinyfw.cmd_text reads the boot model's path from."""
     from tinyhost.flash import BOOT_MODEL_FILE
 
-    tree = ast.parse((TINYFW / "textcmd.py").read_text())
+    tree = ast.parse((TINYFW / "cmd_text.py").read_text())
     values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
               and node.targets[0].id == "BOOT_MODEL_FILE"}

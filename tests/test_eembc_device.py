@@ -91,7 +91,7 @@ class Rt:
 import gc
 rt = Rt(None if KIND == "none" else FakeModel(KIND))
 if COPIES:
-    rt.input_copies = [bytearray(rt.model.inputs[0].nbytes)]     # what tinyfw.inference keeps when it fits
+    rt.input_copies = [bytearray(rt.model.inputs[0].nbytes)]     # what tinyfw.cmd_model keeps when it fits
 for cmd in COMMANDS:
     rt.lines = []
     if cmd == "!swap":                  # another model loaded (through the binary protocol)

@@ -78,7 +78,7 @@ def test_offload_runs_next_to_kws_on_the_default_virtual_esp32(board):
 
 
 def test_a_command_that_offloaded_leaves_the_board_the_heap_it_had(board):
-    """Each host command runs its own runtime; the Predictor (in tinyfw.inference, holding the model) must not
+    """Each host command runs its own runtime; the Predictor (in tinyfw.cmd_model, holding the model) must not
     outlive it: INFO's free heap after a command that loaded KWS and offloaded is what it was before (within
     2.5 KB: what the first import of tinyfw.offload interns for good), and stays there."""
     from tinyhost.client import Device
@@ -111,13 +111,13 @@ def test_a_command_that_offloaded_leaves_the_board_the_heap_it_had(board):
     assert min(after) >= before - 2560, (before, after)
     assert after[-1] >= after[0] - 256, after          # nothing builds up from one command to the next
 
-# tinyfw.inference's offload glue on the VM with a stand-in runtime and model (KwsStandIn) and a firmware copy whose
+# tinyfw.cmd_model's offload glue on the VM with a stand-in runtime and model (KwsStandIn) and a firmware copy whose
 # tinyfw.offload has a Predictor that runs out of memory.
 GLUE = r'''
 for name in [n for n in sys.modules if n.startswith("tinyfw")]:
     del sys.modules[name]
 sys.path.insert(0, %(firmware)r)
-import tinyfw.inference as inf
+import tinyfw.cmd_model as inf
 class Rt:
     last_error = ""
 rt = Rt()

@@ -1,7 +1,7 @@
 # tinyfw model loading: the LOAD command and Runtime.load_model (docs/protocol.md).
 #
 # The runtime imports this module for one load and drops it again right after (Runtime._modelload), so that
-# neither the loading code nor the model commands' code (tinyfw.inference, dropped before the load and imported
+# neither the loading code nor the model commands' code (tinyfw.cmd_model, dropped before the load and imported
 # again after it) holds heap while the engine loads a model or while the model runs (docs/engine.md, "Memory").
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
@@ -25,7 +25,7 @@ def load_model(rt, path, backend="auto"):
         from tinyfw import engine
     except ImportError as e:
         raise DevError(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
-    if rt.model is not None or "tinyfw.inference" in sys.modules:
+    if rt.model is not None or "tinyfw.cmd_model" in sys.modules:
         rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
     rt.times = None
     rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
@@ -58,7 +58,7 @@ def _tensor_text(t):
 
 def load_request(rt):
     """Execute a LOAD request ('backend\\0path'): load the model and write the first reply lines into the frame
-    buffer; returns their length (tinyfw.inference.load_reply adds the heap and offload lines once this module's
+    buffer; returns their length (tinyfw.cmd_model.load_reply adds the heap and offload lines once this module's
     code is dropped, and sends the reply)."""
     raw = bytes(rt.payload_view())
     sep = raw.find(b"\0")

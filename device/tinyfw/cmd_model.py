@@ -1,7 +1,7 @@
 # tinyfw model commands: SET_INPUT, INVOKE, GET_OUTPUT, INFER, UNLOAD and the end of LOAD (docs/protocol.md).
 #
 # The runtime imports this module on the first model command; a load drops it and imports it again after the
-# model (tinyfw.modelload, which holds the loading code for that one command). It drives the engine's Model
+# model (tinyfw.cmd_load, which holds the loading code for that one command). It drives the engine's Model
 # through the engine contract (inputs/outputs, input_buffer, invoke, output_buffer, stats, close) and never
 # depends on how the engine works inside.
 #
@@ -135,7 +135,7 @@ def kv(rt, n, key, value):
 
 
 def load_reply(rt, n):
-    """Finish and send a LOAD reply whose first n bytes tinyfw.modelload wrote: heap and offload lines, measured
+    """Finish and send a LOAD reply whose first n bytes tinyfw.cmd_load wrote: heap and offload lines, measured
     after the loading code went back to the heap."""
     rt.collect()
     n = kv(rt, n, "heap_free_bytes", gc.mem_free())

@@ -1,7 +1,8 @@
 # tinyfw session commands: HELLO, INFO, BYE, RESET, TIMES (docs/protocol.md; STATS stays in runtime.py).
 # Functions take the Runtime.
 # The runtime imports this module on the first of them and drops it again before a model is loaded.
-# Bootstrap note: like files.py, sent into runtime.py's namespace when the host bootstraps; names must not clash.
+# Bootstrap note: like cmd_files.py, sent into runtime.py's namespace when the host bootstraps; names must not
+# clash.
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import os
@@ -71,18 +72,18 @@ def cmd_info(rt):
     pairs.append(("board", board))
     pairs.append(("unique_id", "".join("%02x" % b for b in uid)))
     pairs.append(("backends", backends))
-    resident = "tinyfw.textcmd" in sys.modules
+    resident = "tinyfw.cmd_text" in sys.modules
     try:
-        from tinyfw import textcmd
-        pairs.append(("boot_model", textcmd.default_model()))
+        from tinyfw import cmd_text
+        pairs.append(("boot_model", cmd_text.default_model()))
     except (ImportError, MemoryError):  # bootstrapped (no text commands), or no room next to a big model
         pass
-    textcmd = None
+    cmd_text = None
     if not resident:                # imported for this line only: its code goes back to the heap (a model load
-        sys.modules.pop("tinyfw.textcmd", None)     # may need every byte)
+        sys.modules.pop("tinyfw.cmd_text", None)     # may need every byte)
         pkg = sys.modules.get("tinyfw")
-        if pkg is not None and "textcmd" in pkg.__dict__:
-            delattr(pkg, "textcmd")
+        if pkg is not None and "cmd_text" in pkg.__dict__:
+            delattr(pkg, "cmd_text")
     rt.reply_kv(pairs)
 
 

@@ -52,7 +52,7 @@ def run(rt, n, overflow):
                 load_default(rt)
             except Exception as e:    # eembc tries again, and says why, at the next command needing a model
                 rt.last_error = "loading the default model: %r" % (e,)
-        # the binary protocol's model commands (tinyfw.inference, ~7.6 KB) make room for eembc; the next binary
+        # the binary protocol's model commands (tinyfw.cmd_model, ~7.6 KB) make room for eembc; the next binary
         # command imports them again
         rt.drop_commands()
         try:

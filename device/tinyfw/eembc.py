@@ -84,7 +84,7 @@ def _say(rt, line):
 
 def _ensure_model(rt):
     if rt.model is None:
-        from tinyfw.textcmd import load_default
+        from tinyfw.cmd_text import load_default
 
         load_default(rt)
     return rt.model
@@ -92,7 +92,7 @@ def _ensure_model(rt):
 
 def _direct(rt):
     """(model, the runtime's copy of input 0 or None) while a direct load's model is still the loaded one, else
-    None. tinyfw.inference keeps that copy (rt.input_copies) when it fits next to the model."""
+    None. tinyfw.cmd_model keeps that copy (rt.input_copies) when it fits next to the model."""
     model = rt.model
     if model is None or id(model) != _state[_DIRECT]:
         return None

@@ -1,13 +1,13 @@
 # tinyfw runtime: the command loop that owns the serial stream (docs/protocol.md).
 #
 # Started by `import tinyfw.runtime as r; r.run()` (the host does it through the raw REPL, or main.py at boot).
-# On a board without the firmware on its filesystem the host sends frame.py, files.py, session.py and this file
-# through the raw REPL instead, one after the other into one namespace ("bootstrap"); that is why the tinyfw
-# imports below are single lines the host can drop. Model commands live in tinyfw/inference.py, imported on
-# first use, and LOAD in tinyfw/modelload.py, imported for each load and dropped after it; session commands
-# (tinyfw/session.py) and file commands (tinyfw/files.py) are imported on first use and dropped again before a
-# model is loaded, as is tinyfw.inference, so that the load has their heap (docs/engine.md, "Memory"); text
-# (EEMBC) commands go through tinyfw/textcmd.py, imported at the first one.
+# On a board without the firmware on its filesystem the host sends frame.py, cmd_files.py, cmd_session.py and this
+# file through the raw REPL instead, one after the other into one namespace ("bootstrap"); that is why the tinyfw
+# imports below are single lines the host can drop. The command handlers are the cmd_* modules: model commands
+# in tinyfw/cmd_model.py, imported on first use, and LOAD in tinyfw/cmd_load.py, imported for each load and dropped
+# after it; session commands (tinyfw/cmd_session.py) and file commands (tinyfw/cmd_files.py) are imported on first
+# use and dropped again before a model is loaded, as is tinyfw.cmd_model, so that the load has their heap
+# (docs/engine.md, "Memory"); text (EEMBC) commands go through tinyfw/cmd_text.py, imported at the first one.
 #
 # This module stays in the heap next to a model, so it is kept lean: protocol numbers are private copies
 # (`_X = const(...)` is compiled away: no global, no qstr; tests/test_device_constants.py checks every copy
@@ -132,9 +132,9 @@ class Runtime:
         self.seq = 0                   # seq of the request being executed (replies and events carry it)
         self.exiting = False
         self.model = None
-        self.input_copies = None       # what the host set as model inputs (tinyfw.inference)
+        self.input_copies = None       # what the host set as model inputs (tinyfw.cmd_model)
         self.times = None              # timings of the last INVOKE, u32 little-endian each
-        self.upload = None             # files.Upload while a PUT is in progress
+        self.upload = None             # cmd_files.Upload while a PUT is in progress
         self.counts = [0] * 8          # frames_rx, frames_bad, ... (_FRAMES_RX ...): one list, not 8 attributes
         self.last_error = ""
         self.heap_peak_bytes = 0
@@ -144,9 +144,9 @@ class Runtime:
         # must not)
         self.handlers = {}
         self.version = VERSION
-        self.firmware_hash = None      # tinyfw.session computes it once
+        self.firmware_hash = None      # tinyfw.cmd_session computes it once
 
-    # -- the interface tinyfw.eembc and tinyfw.inference use ------------------------------------------------
+    # -- the interface tinyfw.eembc and tinyfw.cmd_model use ------------------------------------------------
     def write_text(self, s):
         out = self.fio.out
         out.write(s.encode() if isinstance(s, str) else s)
@@ -167,10 +167,10 @@ class Runtime:
 
     def drop_commands(self):
         """Give the session, file and model commands' code back to the heap (before a model load, with no model
-        loaded); the next such command imports it again. tinyfw.files stays while an upload is in progress.
+        loaded); the next such command imports it again. tinyfw.cmd_files stays while an upload is in progress.
         Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
         uploading = self.upload is not None
-        for name in ("session", "inference") if uploading else ("session", "inference", "files"):
+        for name in ("cmd_session", "cmd_model") if uploading else ("cmd_session", "cmd_model", "cmd_files"):
             _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
@@ -206,29 +206,29 @@ class Runtime:
         fio.send_small(_EVENT, self.seq, 8)
 
     def model_module(self):
-        """tinyfw.inference, imported when it is not loaded."""
-        inference = sys.modules.get("tinyfw.inference")
-        if inference is None:
+        """tinyfw.cmd_model, imported when it is not loaded."""
+        cmd_model = sys.modules.get("tinyfw.cmd_model")
+        if cmd_model is None:
             try:
-                from tinyfw import inference
+                from tinyfw import cmd_model
             except ImportError:
-                raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/inference.py); "
+                raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_model.py); "
                                "run `tinyhost flash` first")
-        return inference
+        return cmd_model
 
     def _modelload(self, path, backend):
-        """Load a model with tinyfw.modelload, imported for this load and dropped right after it: ``path`` None
+        """Load a model with tinyfw.cmd_load, imported for this load and dropped right after it: ``path`` None
         executes a LOAD request and returns the length of the reply begun in the frame buffer."""
         try:
-            from tinyfw import modelload
+            from tinyfw import cmd_load
         except ImportError:
-            raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/modelload.py); "
+            raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_load.py); "
                            "run `tinyhost flash` first")
         try:
-            return modelload.load_request(self) if path is None else modelload.load_model(self, path, backend)
+            return cmd_load.load_request(self) if path is None else cmd_load.load_model(self, path, backend)
         finally:
-            modelload = None
-            _forget("modelload")
+            cmd_load = None
+            _forget("cmd_load")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def serve(self, announce=True):
@@ -277,15 +277,15 @@ class Runtime:
             if self.fio.poll is None and self.text_len == 0:
                 return True
         self.prev_text = c
-        if c == 0x25:     # '%' ends an EEMBC text command: tinyfw.textcmd runs it
+        if c == 0x25:     # '%' ends an EEMBC text command: tinyfw.cmd_text runs it
             n = self.text_len
             self.text_len = 0
             self.counts[_TEXT_COMMANDS] += 1
             try:
-                from tinyfw import textcmd
+                from tinyfw import cmd_text
             except ImportError:   # bootstrapped: no tinyfw package on the filesystem
-                textcmd = None
-            if textcmd is None or not textcmd.run(self, n, n > _TEXT_MAX):
+                cmd_text = None
+            if cmd_text is None or not cmd_text.run(self, n, n > _TEXT_MAX):
                 self.write_text("e-[no text commands: tinyfw.eembc is not installed]\r\n")
             return False
         if (c < 0x20 and c != 9) or c >= 0x7F:     # text commands are printable ASCII: anything else ends one
@@ -368,19 +368,19 @@ class Runtime:
             else:
                 handler = self.handlers.get(ftype)
                 if handler is None:         # a session or file command: import its module on first use
-                    g = globals()           # bootstrapped: session.py and files.py ran in this namespace
+                    g = globals()           # bootstrapped: cmd_session.py and cmd_files.py ran here
                     if _HELLO <= ftype <= _TIMES:
                         commands = g.get("SESSION_COMMANDS")
                         if commands is None:
                             gc.collect()
-                            from tinyfw import session
-                            commands = session.SESSION_COMMANDS
+                            from tinyfw import cmd_session
+                            commands = cmd_session.SESSION_COMMANDS
                     elif _LIST <= ftype <= _GET:
                         commands = g.get("FILE_COMMANDS")
                         if commands is None:
                             gc.collect()
-                            from tinyfw import files
-                            commands = files.FILE_COMMANDS
+                            from tinyfw import cmd_files
+                            commands = cmd_files.FILE_COMMANDS
                     else:
                         commands = {}
                     self.handlers.update(commands)
@@ -441,14 +441,14 @@ def run(stream_in=None, stream_out=None, max_payload=None, window=None, bootstra
 
 def _release(rt, modules_before):
     """Give back what the runtime took once it ends, so that the REPL it returns to (and the next runtime) has the
-    heap it had: the model and offload's Predictor (which refers to the model and lives in tinyfw.inference, not
+    heap it had: the model and offload's Predictor (which refers to the model and lives in tinyfw.cmd_model, not
     in the runtime), then the tinyfw modules imported while it ran. The engine stays once imported: dropping and
     importing it again costs ~450 B each time (its viper code is not all given back), and INFO reports the heap
     with it resident."""
     if rt is not None:
-        inference = sys.modules.get("tinyfw.inference")
-        if inference is not None:
-            inference.unload(rt)
+        cmd_model = sys.modules.get("tinyfw.cmd_model")
+        if cmd_model is not None:
+            cmd_model.unload(rt)
         elif rt.model is not None:
             rt.model.close()
             rt.model = None

@@ -141,7 +141,7 @@ def _tensor(text):
     return TensorInfo(name, dims, dtype, float(scale), int(zp), int(nbytes))
 
 
-BOOTSTRAP_MODULES = ("frame.py", "files.py", "session.py", "runtime.py")
+BOOTSTRAP_MODULES = ("frame.py", "cmd_files.py", "cmd_session.py", "runtime.py")
 
 
 def device_info_from_kv(kv):

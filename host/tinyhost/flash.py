@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = "/models"
 # The file naming the model the firmware loads by itself for a runner's text commands (MLPerf Tiny / EEMBC):
-# device/tinyfw/textcmd.py's BOOT_MODEL_FILE (tests/test_device_constants.py checks the copy).
+# device/tinyfw/cmd_text.py's BOOT_MODEL_FILE (tests/test_device_constants.py checks the copy).
 BOOT_MODEL_FILE = "/boot_model"
 # littlefs needs a couple of blocks of its own for metadata while a file is being written and renamed.
 FS_METADATA_BLOCKS = 2

@@ -2,7 +2,7 @@
 -- and the two passes side by side: latency by stage, accuracy, agreement with the server's reference model,
 correct predictions per second, an energy estimate with radio time, fallbacks and retries.
 
-The board decides each answer itself (device/tinyfw/inference.py reads /offload.json); the host only switches the
+The board decides each answer itself (device/tinyfw/cmd_model.py reads /offload.json); the host only switches the
 config between passes (and puts the board's own config back afterwards) and asks INFER for its offload record
 (``tinyhost.offload.board.infer_with_info``). Without ``--server`` an in-process server on 127.0.0.1 serves the
 benchmarked model for the run.

@@ -114,7 +114,7 @@ def restore_config(dev, previous):
         dev.put_file(json.dumps(previous).encode(), CONFIG_PATH)
 
 
-# The INFER reply with FLAG_INFO (device/tinyfw/inference.py): us u32, info length u8, info, output 0.
+# The INFER reply with FLAG_INFO (device/tinyfw/cmd_model.py): us u32, info length u8, info, output 0.
 FLAG_INFO = 0x04
 INFO_FORMAT = struct.Struct("<BBhBBxxf11I")
 SOURCES = ("local", "model", "reference")
