@@ -34,7 +34,7 @@ def state_dir(tmp_path_factory):
 def calls(monkeypatch):
     """The Device operations the Board layer makes, in order (the real ones run)."""
     seen = []
-    for name in ("info", "soft_reset", "load_model"):
+    for name in ("info", "soft_reset", "load_model", "unload_model"):
         real = getattr(Device, name)
 
         def spy(self, *args, _real=real, _name=name, **kwargs):
@@ -65,7 +65,7 @@ def test_load_takes_info_then_soft_resets_then_loads_and_fills_the_provenance(tm
         # a second load of the same model on this connection does not check the board's files again
         calls.clear()
         b.load(model)
-        assert calls == ["info", "soft_reset", "load_model"]
+        assert calls == ["unload_model", "info", "soft_reset", "load_model"]
 
 
 def test_reopen_gives_a_new_connection_and_the_model_loads_again(tmp_path, state_dir):
@@ -110,3 +110,14 @@ def test_a_model_that_does_not_fit_is_refused_before_a_byte_is_sent_naming_where
         assert "does not fit the virtual esp32 (sim)" in e.value.message
         assert "sim:esp32s3" in e.value.hint and "--board sim:" in e.value.hint
         assert b.dev.file_hash(f"/models/{ic01.name}") is None
+
+
+def test_loading_a_second_model_gives_the_first_ones_heap_back_before_the_next_upload(tmp_path, state_dir, calls):
+    first, second = tiny_model(tmp_path / "first.tflite"), tiny_model(tmp_path / "second.tflite")
+    with board_layer.connect("sim:esp32", baud=SIM_BAUD, state_dir=state_dir) as b:
+        b.sync_firmware()
+        b.load(first)
+        calls.clear()
+        b.load(second)
+        assert b.provenance.model_path == str(second) and b.model_info.outputs[0].shape == (1, 6)
+    assert calls[0] == "unload_model"

@@ -106,6 +106,7 @@ class Board:
         with contextlib.suppress(Exception):       # a connection that broke is gone anyway
             self.close()
         self.dev = None
+        self.model_info = None                     # whether the board still holds it is unknown
         return self.open()
 
     def close(self, leave_running=False):
@@ -173,6 +174,9 @@ class Board:
 
         model_path = Path(model_path)
         self.check_fits(model_path)
+        if self.model_info is not None:           # this Board's last model gives its heap back first
+            self.dev.unload_model()
+            self.model_info = None
         if model_path.resolve() not in self._models_put:
             self.put_models([model_path], progress=progress)
         self.provenance.record_model(model_path)

@@ -152,9 +152,12 @@ def _shipped_testset(model):
 
 
 def _tinyhost_target(opts, b, model_path):
+    first = [True]
+
     def connect():
-        if b.model_info is not None:           # recovery: the board reset or the link broke
+        if not first[0]:                       # recovery: the board reset or the link broke
             b.reopen()
+        first[0] = False
         return b.open(), b.load(model_path, backend=opts.backend)
 
     target = runner.TinyhostTarget(connect, board_info=lambda: b.board_info)
