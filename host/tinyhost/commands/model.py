@@ -11,6 +11,13 @@ def model():
     """Inspect models before flashing them."""
 
 
+def board_time_text(fit):
+    """`; ~X ms, ~Y mJ per inference (estimate)` for a fit verdict that carries a board-time estimate."""
+    if fit.board_time is None:
+        return ""
+    return f"; estimated {fit.board_time.total_us / 1000:,.1f} ms, {fit.energy_uj / 1000:,.2f} mJ per inference"
+
+
 @model.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--board", "-b", default=None,
@@ -48,7 +55,12 @@ def inspect_cmd(file, board, json_out):
                        "sim: esp32's):")
         verdict = "fits" if fit.fits else "does not fit: " + "; ".join(fit.reasons)
         click.echo(f"  {fit.board:<{width}} {verdict}"
-                   + (f" ({where[fit.weights]}, ~{fit.peak_ram_bytes} B)" if fit.fits else ""))
+                   + (f" ({where[fit.weights]}, ~{fit.peak_ram_bytes} B)" if fit.fits else "")
+                   + board_time_text(fit))
+    if any(fit.board_time for fit in r.fits):
+        click.echo(f"latency and energy: estimates of the board-time model {r.fits[0].board_time.model} (viper "
+                   "kernels, the board's clock and coefficients; energy = active current x supply voltage x "
+                   "latency), not measurements: docs/board-time.md")
     if json_out:
         tmp = Path(json_out).with_suffix(Path(json_out).suffix + ".part")
         tmp.write_text(json.dumps(r.to_dict(), indent=2, default=list))
