@@ -10,8 +10,13 @@ from ..errors import UsageError
 from .results import EnergyResult
 
 
-def estimate(board, latency_us, virtual=False):
-    """uJ per inference from ``board.power['active']`` and ``board.supply_v`` (a tinyhost.boards.Board)."""
+def estimate(board, latency_us, virtual=False, board_time=None):
+    """uJ per inference from ``board.power['active']`` and ``board.supply_v`` (a tinyhost.boards.Board).
+
+    ``board_time`` (a tinyhost.boardtime.BoardTime, virtual boards): the latency is the board-time model's estimate
+    of the board's own time, and ``latency_us`` (the host's) is kept beside it in the inputs."""
+    if board_time is not None:
+        return _estimate_from_board_time(board, latency_us, board_time)
     if latency_us <= 0:
         raise ValueError(f"latency must be positive, got {latency_us} us")
     active = board.power["active"]
@@ -28,6 +33,22 @@ def estimate(board, latency_us, virtual=False):
         sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
                  "latency: median single-inference time, device clock" + (" (virtual board)" if virtual else "")],
         note=note)
+
+
+def _estimate_from_board_time(board, host_latency_us, board_time):
+    from ..boardtime import energy_uj
+
+    active = board.power["active"]
+    return EnergyResult(
+        kind="estimate", uj_per_inference=energy_uj(board, board_time),
+        inputs={"active_current_ma": active.current_ma, "supply_v": board.supply_v,
+                "latency_us": board_time.total_us, "latency_source": board_time.label,
+                "host_latency_us": host_latency_us, "formula": "uJ = current_ma * supply_v * latency_us / 1000"},
+        sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
+                 f"latency: the {board.name}'s time for one inference, {board_time.label} (docs/board-time.md)"],
+        note=("estimate, not a measurement: the board profile's active current times its supply voltage times the "
+              f"board's estimated time for one inference (board-time model {board_time.model}); the virtual "
+              "board's host time is not used"))
 
 
 # --- Joulescope -----------------------------------------------------------------------------------------------

@@ -191,6 +191,9 @@ def _run_modes(opts, modes, target, b, listener):
         if "performance" in modes:
             result.performance = perf
         latency_us = perf.latency["p50_us"] if perf.latency else perf.median_latency_us
+        board_time = _board_time(b, opts) if prov.virtual else None
+        if board_time is not None:
+            add_board_time(perf, board_time)
     if "accuracy" in modes:
         identity = {"model_sha256": prov.model_sha256 or prov.benchmark, "dataset_sha256": ds.fingerprint(),
                     "benchmark": ds.benchmark, "n_items": len(ds.items), "board": prov.label, "dut": opts.dut}
@@ -205,10 +208,30 @@ def _run_modes(opts, modes, target, b, listener):
             result.energy = energy.measure_with_joulescope(
                 lambda n: target.window(inputs[0], 0, n, 0), latency_us)
         else:
-            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual)
+            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual,
+                                            board_time=board_time if prov.virtual else None)
     if opts.offload is not None:
         result.offload = _run_offload(opts, target, b, ds, listener)
     return result
+
+
+def _board_time(b, opts):
+    """A virtual board's estimated time on the board it stands for (tinyhost.boardtime), None when the model or
+    the backend that ran it is unknown (an EEMBC DUT, a backend the model has no coefficients for)."""
+    from ..boardtime import for_board
+
+    prov = b.provenance
+    if opts.dut != "tinyhost" or not prov.model_path:
+        return None
+    return for_board(prov.model_path, b.profile, True, prov.backend)
+
+
+def add_board_time(perf, board_time):
+    """Board time beside the host's in a PerformanceResult: one inference's estimate, its rate, the model."""
+    perf.board_time_us = board_time.total_us
+    perf.board_inferences_per_s = 1e9 / board_time.total_ns
+    perf.board_time_model = board_time.model
+    perf.board_time = board_time.to_dict()
 
 
 def _run_offload(opts, target, b, ds, listener):

@@ -98,6 +98,10 @@ def format_result(result):
     lines = [f"board {p.label}, {p.dut} DUT {p.dut_name}, firmware {p.firmware_version} ({p.firmware_hash}), "
              f"backend {p.backend or 'n/a'}, model {p.model_path or p.benchmark} {p.model_sha256[:12]}"]
     perf = result.performance
+    if perf and perf.board_time_us is not None:
+        lines.append(f"board time ({p.board}, ESTIMATE of board-time model {perf.board_time_model}): "
+                     f"{perf.board_time_us / 1000:.3f} ms per inference, {perf.board_inferences_per_s:.3f} "
+                     "inferences/s; the host's time below (docs/board-time.md)")
     if perf:
         lines.append(f"performance{mark}: {perf.median_inferences_per_s:.3f} inferences/s (median of "
                      f"{len(perf.windows)} windows), latency {perf.median_latency_us / 1000:.3f} ms; windows spread "
