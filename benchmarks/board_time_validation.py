@@ -89,8 +89,8 @@ def rows():
         fit = next(x for x in report.fits if x.board == f.board)
         bt = boardtime.estimate(report, profile, "viper", fit.weights)
         # the same cycles at the public figure's clock (the profile's core, another clock)
-        model_ms = bt.total_ns * profile.clock_mhz / f.clock_mhz / 1e6
-        cycles = bt.total_ns * profile.clock_mhz / 1000
+        model_ms = bt.total_ns * profile.board_time_clock_mhz / f.clock_mhz / 1e6
+        cycles = bt.total_ns * profile.board_time_clock_mhz / 1000
         out.append((f, model_ms, cycles / report.macs, f.public_ms * 1000 * f.clock_mhz / report.macs))
     return out
 

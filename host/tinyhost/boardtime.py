@@ -3,7 +3,8 @@
 ``estimate(report, profile, backend, weights)`` counts the work each operator step of one invoke does, exactly, from
 the model (:func:`tinyhost.model.inspect`'s report: MACs, output and input elements, filter bytes, kernel calls per
 row band, bytes read from flash when weights are streamed or mapped) and multiplies it by the board profile's
-cost coefficients (``[board_time]`` in ``boards/*.toml``, each with its source), at the profile's clock.
+cost coefficients (``[board_time]`` in ``boards/*.toml``, each with its source), at the clock the firmware runs the board at
+(``[board_time] clock_mhz``: MicroPython leaves an ESP32 at ESP-IDF's default 160 MHz, not the chip's 240).
 
 Deterministic: counts are integers, coefficients are held as integer hundredths of a cycle, and the only division
 (cycles to nanoseconds at the clock) is an integer one, so the same model, board, backend and weights mode give the
@@ -141,7 +142,7 @@ def estimate(report, profile, backend="viper", weights="ram"):
     if not coeffs:
         raise UsageError(f"board profile {profile.name} has no [board_time] coefficients",
                          hint="add them to its boards/*.toml file (see docs/board-time.md)")
-    clock = profile.clock_mhz
+    clock = profile.board_time_clock_mhz
     steps = []
     total = 0
     for op in report.operators:
