@@ -42,7 +42,7 @@ COEFFICIENTS = {
 # Operators by the kernel that runs them.
 _MAC_KERNELS = {"CONV_2D": "mac_conv_cycles", "DEPTHWISE_CONV_2D": "mac_dw_cycles",
                 "FULLY_CONNECTED": "mac_fc_cycles"}
-_NO_KERNEL = ("RESHAPE",)          # the output aliases the input: the step does no work of its own
+_NO_STEP = ("RESHAPE",)            # the planner aliases the output to the input: the engine builds no step
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ def _ns(centi, clock_mhz):
 
 def step_work(op, backend, weights, stream_block_bytes):
     """Counts of each cost term of one operator step (an :class:`tinyhost.model.OpReport`)."""
+    if op.op in _NO_STEP:
+        return {}
     work = {"step_cycles": 1}
-    if op.op in _NO_KERNEL:
-        return work
     calls = max(1, op.kernel_calls)
     work["call_cycles"] = calls
     if backend == "ref":

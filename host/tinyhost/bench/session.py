@@ -37,6 +37,7 @@ class BenchOptions:
     timeout_s: float = 5.0
     extra: dict = field(default_factory=dict)
     offload: object = None             # bench.offload.OffloadOptions: also run local vs offloaded passes
+    calibration: str = None            # a virtual board's board time from this calibration file (tinyhost calibrate)
 
 
 def resolve_model(spec, dut):
@@ -102,6 +103,13 @@ def run(opts, listener=None):
                        open_device=False) as b:
         prov = b.provenance
         prov.dut = opts.dut
+        if opts.calibration:
+            if not b.virtual:
+                raise errors.UsageError("--calibration gives a virtual board's board time; a real board reports "
+                                        "measured time", hint="use it with --board sim or --board sim:NAME")
+            from ..calibrate import load
+
+            load(opts.calibration, b.profile)        # a bad file is refused before anything runs
         if model_path is not None:
             prov.record_model(model_path)
         if b.virtual:                            # a virtual board started for this command: firmware that differs
@@ -223,7 +231,12 @@ def _board_time(b, opts):
     prov = b.provenance
     if opts.dut != "tinyhost" or not prov.model_path:
         return None
-    return for_board(prov.model_path, b.profile, True, prov.backend)
+    profile = b.profile
+    if opts.calibration:
+        from ..calibrate import load
+
+        profile, _ = load(opts.calibration, profile)
+    return for_board(prov.model_path, profile, True, prov.backend)
 
 
 def add_board_time(perf, board_time):

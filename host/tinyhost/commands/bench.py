@@ -227,10 +227,13 @@ def format_offload(off, mark=""):
 @click.option("--offload-timeout-ms", type=int, default=None, help="--offload: per-request limit before falling back.")
 @click.option("--link-rate-bps", type=int, default=None,
               help="--offload: radio link rate for the energy estimate's airtime [default: 1000000].")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="A virtual board's board time from this file's coefficients (`tinyhost calibrate`) instead of "
+                   "its profile's.")
 def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend, window_s, min_inferences, warmups,
           n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines,
           offload_on, server, offload_mode, threshold, reference_model, model_id, device_id, token_file,
-          offload_inputs, offload_timeout_ms, link_rate_bps):
+          offload_inputs, offload_timeout_ms, link_rate_bps, calibration):
     """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded."""
     offload_opts = None
     if offload_on:
@@ -252,7 +255,7 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
         model=model, mode=mode, board=board_name, port=port, baud=baud, state_dir=state_dir, dataset=dataset,
         dut=dut, backend=backend, window_s=window_s, min_inferences=min_inferences, warmups=warmups,
         inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter,
-        offload=offload_opts)
+        offload=offload_opts, calibration=calibration)
     printer = LivePrinter(verbose=verbose_lines)
     try:
         result = session.run(opts, printer)
