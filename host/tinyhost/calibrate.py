@@ -189,6 +189,8 @@ def calibrate(board, repeats=50, progress=None):
             weights = board_fit(report, profile, board.virtual).weights
             if progress:
                 progress(f"{i + 1}/{len(models)} {name}")
+            if board.model_info is not None:
+                board.dev.unload_model()    # the next model's files go on while the heap is free
             info = board.load(path, backend="viper")
             if str(info.backend) != "viper":
                 raise UsageError(f"the board ran {name} with the {info.backend} backend, not viper",
