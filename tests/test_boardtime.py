@@ -279,3 +279,28 @@ def test_calibrate_on_the_virtual_board_predicts_kws(tmp_path):
     weights = {"flash": "streamed"}.get(info.raw.get("weights_mode"), info.raw.get("weights_mode"))
     estimate_us = boardtime.estimate(report, profile, "viper", weights).total_us
     assert abs(estimate_us - measured) / measured < 0.30, (estimate_us, measured)
+
+
+def test_bench_board_time_uses_a_calibration_file(tmp_path):
+    """bench on a virtual board: the estimate with the profile's coefficients, or with a calibration file's."""
+    from types import SimpleNamespace
+
+    from tinyhost import calibrate
+    from tinyhost.board import Provenance
+
+    profile = boards.load("esp32s3")
+    prov = Provenance("esp32s3", True, backend="viper", model_path=str(KWS))
+    b = SimpleNamespace(provenance=prov, profile=profile)
+    opts = session.BenchOptions(model=str(KWS))
+    plain = session._board_time(b, opts)
+    weights = plain.weights
+    assert plain.total_ns == boardtime.estimate(inspect(KWS, board="esp32s3", tflm=False), profile, "viper",
+                                                weights).total_ns
+    coeffs = {n: round(profile.board_time[n].cycles / 2, 2) for n in boardtime.COEFFICIENTS}
+    cal = calibrate.Calibration("esp32s3", False, "xtensa-lx7", 160, coeffs,
+                                {n: "test" for n in boardtime.COEFFICIENTS})
+    calibrate.write(cal, tmp_path / "cal.toml")
+    opts.calibration = str(tmp_path / "cal.toml")
+    halved = session._board_time(b, opts)
+    assert halved.total_ns == pytest.approx(plain.total_ns / 2, rel=0.001)
+    assert session._board_time(b, session.BenchOptions(model="kws", dut="eembc")) is None
