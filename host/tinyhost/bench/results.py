@@ -122,6 +122,7 @@ class OffloadPass:
     agreement_with_local: dict = None   # offload pass: with the local pass's answers
     energy: dict = None             # offload.metrics.EnergyEstimate fields (an estimate)
     samples: list = field(default_factory=list)   # per input: index, label, predicted, output (hex), record fields
+    board_time: dict = None         # a virtual board: tinyhost.linkmodel.OffloadBoardTime fields (estimates)
 
 
 @dataclass

@@ -254,5 +254,10 @@ def _run_offload(opts, target, b, ds, listener):
         target.model_info = b.load(b.provenance.model_path, backend=opts.backend)
         return target.model_info
 
+    local_time = None
+    if b.provenance.virtual:
+        if b.model_info is None:
+            load_model()            # the backend that runs the model decides the board time
+        local_time = _board_time(b, opts)
     return run_offload(b.dev, load_model, Path(b.provenance.model_path), ds, b.provenance.benchmark, b.profile,
-                       opts.offload, listener)
+                       opts.offload, listener, local_time=local_time)

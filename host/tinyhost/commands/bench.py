@@ -176,6 +176,12 @@ def format_offload(off, mark=""):
     if local.energy and offl.energy:
         row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
             f"{offl.energy['uj_per_inference']:.2f}")
+    if local.board_time and offl.board_time:
+        bt = offl.board_time
+        row(f"board time ms ({bt['board_time_model']}+{bt['link_model']}, {bt['link']})",
+            f"{local.board_time['mean_us'] / 1000:.3f}", f"{bt['mean_us'] / 1000:.3f}")
+        row("board energy uJ/inference (ESTIMATE)", f"{local.board_time['energy_uj']:.2f}",
+            f"{bt['energy_uj']:.2f}")
     if offl.errors:
         lines.append("  offload errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in offl.errors.items()))
     return lines
