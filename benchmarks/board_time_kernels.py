@@ -110,7 +110,8 @@ def main():
             mix = {}
             for op in body:
                 mix[op] = mix.get(op, 0) + 1
-            print(f"{march}: conv_patched {gap} instructions per MAC ({', '.join(f'{n} {op}' for op, n in sorted(mix.items()))})")
+            counts = ", ".join(f"{n} {op}" for op, n in sorted(mix.items()))
+            print(f"{march}: conv_patched {gap} instructions per MAC ({counts})")
             print(f"{march}: dw_planes 3x3 {dw_instructions_per_mac(march, out_dir):.2f} instructions per MAC")
             print(f"{march}: requant {requant_bytes(march, out_dir)} bytes of native code")
 

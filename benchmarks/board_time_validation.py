@@ -109,7 +109,8 @@ def table():
         "MicroPython: **none is comparable to our firmware's time**, so the ratio is shown as context, not as "
         "an error (see \"Validation\" above).",
         "",
-        "| public figure | chip | software | public ms | model ms (ours, viper) | model / public | public cycles/MAC | model cycles/MAC | comparable? | source |",
+        "| public figure | chip | software | public ms | model ms (ours, viper) | model / public "
+        "| public cycles/MAC | model cycles/MAC | comparable? | source |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for f, model_ms, model_cpm, public_cpm in rows():
@@ -155,10 +156,12 @@ def virtual_table(board_spec="sim", repeats=30):
              f"on `{board_spec}`), {cal.date}; calibration on {len(cal.samples)} micro-benchmark models, largest "
              f"fit error {cal.max_error_pct:.0f} % (the smallest models are a few ticks of ticks_us). Held out:",
              "",
-             "| model (not in the calibration set) | weights | measured on the virtual board, us | estimate (calibrated), us | error |",
+             "| model (not in the calibration set) | weights | measured on the virtual board, us "
+             "| estimate (calibrated), us | error |",
              "|---|---|---:|---:|---:|"]
     for name, weights, measured, est in rows:
-        lines.append(f"| {name} | {weights} | {measured:,.0f} | {est:,.0f} | {(est - measured) / measured * 100:+.0f} % |")
+        error_pct = (est - measured) / measured * 100
+        lines.append(f"| {name} | {weights} | {measured:,.0f} | {est:,.0f} | {error_pct:+.0f} % |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,8 @@
 ``estimate(report, profile, backend, weights)`` counts the work each operator step of one invoke does, exactly, from
 the model (:func:`tinyhost.model.inspect`'s report: MACs, output and input elements, filter bytes, kernel calls per
 row band, bytes read from flash when weights are streamed or mapped) and multiplies it by the board profile's
-cost coefficients (``[board_time]`` in ``boards/*.toml``, each with its source), at the clock the firmware runs the board at
-(``[board_time] clock_mhz``: MicroPython leaves an ESP32 at ESP-IDF's default 160 MHz, not the chip's 240).
+cost coefficients (``[board_time]`` in ``boards/*.toml``, each with its source), at the clock the firmware runs
+the board at (``[board_time] clock_mhz``: MicroPython leaves an ESP32 at ESP-IDF's default 160 MHz, not 240).
 
 Deterministic: counts are integers, coefficients are held as integer hundredths of a cycle, and the only division
 (cycles to nanoseconds at the clock) is an integer one, so the same model, board, backend and weights mode give the
