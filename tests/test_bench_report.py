@@ -62,3 +62,14 @@ def test_report_without_timings_skips_the_histogram(tmp_path):
     r.accuracy = None
     names = sorted(p.name for p in report.write_report(r, tmp_path))
     assert names == ["report.html", "report.md", "window_throughput.png"]
+
+
+def test_virtual_report_puts_the_board_time_first(tmp_path):
+    r = sample_result()
+    r.performance.board_time_us, r.performance.board_inferences_per_s = 374_300.5, 1e6 / 374_300.5
+    r.performance.board_time_model = "bt-1"
+    report.write_report(r, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    board_row = "| board time per inference on the esp32 | 374.300 ms (ESTIMATE, board-time model bt-1) |"
+    assert board_row in md
+    assert md.index(board_row) < md.index("| median throughput (score) |")

@@ -13,7 +13,7 @@ def model():
 
 def board_time_text(fit):
     """`; ~X ms, ~Y mJ per inference (estimate)` for a fit verdict that carries a board-time estimate."""
-    if fit.board_time is None:
+    if fit.board_time is None or not fit.fits:
         return ""
     return f"; estimated {fit.board_time.total_us / 1000:,.1f} ms, {fit.energy_uj / 1000:,.2f} mJ per inference"
 
