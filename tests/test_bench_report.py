@@ -133,3 +133,14 @@ def test_console_energy_line_shows_the_latency_it_is_computed_from(capsys):
     ma, v = result.energy.inputs["active_current_ma"], result.energy.inputs["supply_v"]
     assert f"{result.energy.uj_per_inference:.2f} uJ" in energy_line
     assert abs(ma * v * 1.002 - result.energy.uj_per_inference) < 1e-9      # recomputable from what is printed
+
+
+def test_virtual_report_puts_the_board_time_first(tmp_path):
+    r = sample_result()
+    r.performance.board_time_us, r.performance.board_inferences_per_s = 374_300.5, 1e6 / 374_300.5
+    r.performance.board_time_model = "bt-1"
+    report.write_report(r, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    board_row = "| board time per inference on the esp32 | 374.300 ms (ESTIMATE, board-time model bt-1) |"
+    assert board_row in md
+    assert md.index(board_row) < md.index("| median throughput (score) |")

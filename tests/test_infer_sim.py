@@ -84,6 +84,13 @@ def check_round_trip(capsys, board, tmp_path, model_path, inputs, expected_shape
     assert prov["backend"]
     assert record["inferences"] == len(inputs) == len(record["times_us"])
     assert record["latency"]["min_us"] == min(record["times_us"]) > 0
+    from tinyhost import boards, boardtime
+    from tinyhost.model import board_fit, inspect
+    report = inspect(model_path, board=SIM_PROFILE, tflm=False)      # the board's own time, estimated
+    expected_bt = boardtime.estimate(report, boards.load(SIM_PROFILE), prov["backend"],
+                                     board_fit(report, boards.load(SIM_PROFILE), True).weights)
+    assert record["board_time"]["total_ns"] == expected_bt.total_ns and record["board_time"]["model"] == "bt-1"
+    assert f"board time on the {SIM_PROFILE} (ESTIMATE of board-time model bt-1" in out
     return record
 
 

@@ -109,7 +109,13 @@ def test_cli_inspect_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["macs"] == sum(op["macs"] for op in report["operators"])
     assert report["fits"][0]["board"] == "esp32"
-    assert "FULLY_CONNECTED" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FULLY_CONNECTED" in printed
+    # one latency and energy estimate per board, from the board-time model, labelled as estimates
+    fit = report["fits"][0]
+    assert fit["board_time"]["model"] == "bt-1" and fit["board_time"]["backend"] == "viper"
+    assert f"estimated {fit['board_time']['total_us'] / 1000:,.1f} ms, {fit['energy_uj'] / 1000:,.2f} mJ" in printed
+    assert "estimates of the board-time model bt-1" in printed and "not measurements" in printed
 
 
 def test_cli_bad_model_exit_code(tmp_path, capsys):

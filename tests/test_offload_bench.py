@@ -177,6 +177,14 @@ def test_bench_offload_reports_local_and_offloaded_side_by_side(board, server, m
         assert p.correct_per_s == pytest.approx(p.correct / p.board_time_s)
         assert p.energy["uj_per_inference"] > 0
     assert offl.energy["radio_tx_uj"] > 0 and local.energy["radio_tx_uj"] == 0
+    # the virtual board's passes in board time: the model's local estimate, the server's measured time, Wi-Fi
+    from tinyhost import boards, boardtime
+    local_bt = boardtime.for_board(models[0], boards.load(SIM_PROFILE), True, BACKEND)
+    assert local.board_time["mean_us"] == local_bt.total_ns // 1000
+    assert offl.board_time["link"] == "wifi" and offl.board_time["link_model"] == "lk-1"
+    assert offl.board_time["stages_mean_us"]["server"] == pytest.approx(
+        sum(s["server_queue_us"] + s["server_compute_us"] for s in offl.samples) / N_SAMPLES)
+    assert offl.board_time["stages_mean_us"]["local"] == 0 and offl.board_time["energy_uj"] > 0
     with _device(board) as dev:
         assert offload_board.read_config(dev) == before        # the board's own config is put back
     # JSON, CSV and report carry it, labelled as virtual-board figures

@@ -48,6 +48,10 @@ class Board:
     firmware_offset: int = 0
     romfs_bytes: int = 0     # a ROMFS partition (MicroPython >= 1.25, memory-mapped, read-only), 0: none
     romfs_source: str = ""
+    board_time: dict = field(default_factory=dict)   # coefficient -> boardtime.Coefficient ([board_time])
+    board_time_core: str = ""        # the core the coefficients are for
+    board_time_clock_mhz: int = 0    # the clock the firmware runs the core at (the estimate's clock)
+    board_time_clock_source: str = ""
     path: Path = field(default=None, compare=False)
 
     def power_mw(self, state):
@@ -63,7 +67,7 @@ _FIELDS = {
     "usb_ids": (list, True), "baud": (int, True), "radios": (list, True), "supply_v": ((int, float), True),
     "flash_method": (str, True), "power": (dict, True), "virtual": (bool, False),
     "esptool_chip": (str, False), "firmware_offset": (int, False),
-    "romfs_bytes": (int, False), "romfs_source": (str, False),
+    "romfs_bytes": (int, False), "romfs_source": (str, False), "board_time": (dict, False),
 }
 
 
@@ -84,10 +88,10 @@ def _read(path):
 def _merge(parent, child):
     merged = dict(parent)
     for key, value in child.items():
-        if key == "power" and isinstance(value, dict):
-            power = dict(parent.get("power", {}))
-            power.update(value)
-            merged["power"] = power
+        if key in ("power", "board_time") and isinstance(value, dict):
+            table = dict(parent.get(key, {}))
+            table.update(value)
+            merged[key] = table
         else:
             merged[key] = value
     return merged
@@ -169,6 +173,7 @@ def _validate(raw, path):
     missing = [s for s in POWER_STATES if s not in power]
     if missing:
         _fail(path, "power", f"lacks {', '.join(missing)}")
+    coefficients, core, clock = _board_time(raw.get("board_time"), path, required=not raw.get("virtual", False))
     return Board(
         name=raw["name"], description=raw["description"], mcu=raw["mcu"], clock_mhz=raw["clock_mhz"],
         heap_bytes=raw["heap_bytes"], heap_source=raw["heap_source"], fs_bytes=raw["fs_bytes"],
@@ -176,7 +181,53 @@ def _validate(raw, path):
         baud=raw["baud"], radios=tuple(raw["radios"]), supply_v=float(raw["supply_v"]),
         flash_method=raw["flash_method"], power=power, virtual=raw.get("virtual", False),
         esptool_chip=raw.get("esptool_chip", ""), firmware_offset=raw.get("firmware_offset", 0),
-        romfs_bytes=romfs_bytes, romfs_source=raw.get("romfs_source", ""), path=path)
+        romfs_bytes=romfs_bytes, romfs_source=raw.get("romfs_source", ""),
+        board_time=coefficients, board_time_core=core, board_time_clock_mhz=clock[0],
+        board_time_clock_source=clock[1], path=path)
+
+
+def _board_time(table, path, required):
+    """The ``[board_time]`` table: ``core``, ``clock_mhz`` (the clock the firmware runs the core at) with
+    ``clock_source``, and every coefficient of tinyhost.boardtime as ``{cycles, source}``. Every real board needs
+    all of them; a virtual board inherits its parent's. Returns ``(coefficients, core, (clock_mhz, source))``."""
+    from .boardtime import COEFFICIENTS, Coefficient, centicycles
+
+    if table is None:
+        if required:
+            _fail(path, "board_time", "is missing (every real board gives its board-time coefficients)")
+        return {}, "", (0, "")
+    own = ("core", "clock_mhz", "clock_source")
+    for key in table:
+        if key not in own and key not in COEFFICIENTS:
+            _fail(path, f"board_time.{key}", f"is unknown (known: {', '.join(own + tuple(COEFFICIENTS))})")
+    core = table.get("core")
+    if not isinstance(core, str) or not core.strip():
+        _fail(path, "board_time.core", "must name the core the coefficients are for")
+    clock = table.get("clock_mhz")
+    if isinstance(clock, bool) or not isinstance(clock, int) or clock <= 0:
+        _fail(path, "board_time.clock_mhz", f"must be the firmware's CPU clock in MHz (a positive int), got {clock!r}")
+    clock_source = table.get("clock_source")
+    if not isinstance(clock_source, str) or not clock_source.strip():
+        _fail(path, "board_time.clock_source", "must say where the firmware's clock comes from")
+    coefficients = {}
+    for name in COEFFICIENTS:
+        where = f"board_time.{name}"
+        entry = table.get(name)
+        if entry is None:
+            _fail(path, where, "is missing")
+        if not isinstance(entry, dict) or set(entry) != {"cycles", "source"}:
+            _fail(path, where, "must have exactly 'cycles' and 'source'")
+        cycles = entry["cycles"]
+        if isinstance(cycles, bool) or not isinstance(cycles, (int, float)) or cycles < 0:
+            _fail(path, f"{where}.cycles", f"must be a non-negative number, got {cycles!r}")
+        try:
+            centi = centicycles(cycles)
+        except ValueError:
+            _fail(path, f"{where}.cycles", f"must have at most two decimals, got {cycles!r}")
+        if not isinstance(entry["source"], str) or not entry["source"].strip():
+            _fail(path, f"{where}.source", "must say where the figure comes from")
+        coefficients[name] = Coefficient(centi, entry["source"])
+    return coefficients, core, (clock, clock_source)
 
 
 def available(directory=None):

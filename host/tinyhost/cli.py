@@ -37,6 +37,7 @@ def _register_commands():
     from .commands import models as models_cmd; cli.add_command(models_cmd.models)
     from .commands import sim as sim_cmd; cli.add_command(sim_cmd.sim)
     from .commands import model as model_cmd; cli.add_command(model_cmd.model)
+    from .commands import calibrate as calibrate_cmd; cli.add_command(calibrate_cmd.calibrate)
     from .commands import offload as offload_cmd; cli.add_command(offload_cmd.serve)
     cli.add_command(offload_cmd.offload)
     from .commands import infer as infer_cmd; cli.add_command(infer_cmd.infer); cli.add_command(infer_cmd.verify)

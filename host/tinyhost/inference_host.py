@@ -221,11 +221,13 @@ class InferenceRun:
     latency: Latency
     input_path: str = ""
     output_path: str = ""
+    board_time: object = None      # a virtual board: tinyhost.boardtime.BoardTime of one inference (an estimate)
 
     def to_dict(self):
         return {"provenance": asdict(self.provenance), "input_path": self.input_path,
                 "output_path": self.output_path, "inferences": len(self.times_us),
                 "latency": asdict(self.latency), "times_us": list(self.times_us),
+                "board_time": self.board_time.to_dict() if self.board_time else None,
                 "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in self.outputs]}
 
 
@@ -357,8 +359,13 @@ def infer(model, input_path, output_path, board_name=None, port=None, baud=None,
         per_row, times = run_rows(b, model, batch.rows, on_row)
     outputs = [batch.arrange([row[k] for row in per_row], t) for k, t in enumerate(model.outputs)]
     write_outputs(outputs, output_path)
+    board_time = None
+    if b.provenance.virtual:       # the board's own time, estimated (the times above are the host's)
+        from .boardtime import for_board
+
+        board_time = for_board(model.path, b.profile, True, b.provenance.backend)
     return InferenceRun(provenance=b.provenance, outputs=outputs, times_us=times, latency=Latency.of(times),
-                        input_path=str(input_path), output_path=str(output_path))
+                        input_path=str(input_path), output_path=str(output_path), board_time=board_time)
 
 
 def verify(model, samples=DEFAULT_SAMPLES, seed=DEFAULT_SEED, board_name=None, port=None, baud=None,

@@ -13,9 +13,14 @@ from .results import EnergyResult
 P50_LATENCY = "p50 single-inference latency"
 
 
-def estimate(board, latency_us, virtual=False, latency_name=P50_LATENCY):
+def estimate(board, latency_us, virtual=False, latency_name=P50_LATENCY, board_time=None):
     """uJ per inference from ``board.power['active']`` and ``board.supply_v`` (a tinyhost.boards.Board);
-    ``latency_name`` says which latency ``latency_us`` is."""
+    ``latency_name`` says which latency ``latency_us`` is.
+
+    ``board_time`` (a tinyhost.boardtime.BoardTime, virtual boards): the latency is the board-time model's estimate
+    of the board's own time, and ``latency_us`` (the host's) is kept beside it in the inputs."""
+    if board_time is not None:
+        return _estimate_from_board_time(board, latency_us, board_time)
     if latency_us <= 0:
         raise ValueError(f"latency must be positive, got {latency_us} us")
     active = board.power["active"]
@@ -32,6 +37,22 @@ def estimate(board, latency_us, virtual=False, latency_name=P50_LATENCY):
         sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
                  f"latency: {latency_name}, device clock" + (" (virtual board)" if virtual else "")],
         note=note)
+
+
+def _estimate_from_board_time(board, host_latency_us, board_time):
+    from ..boardtime import energy_uj
+
+    active = board.power["active"]
+    return EnergyResult(
+        kind="estimate", uj_per_inference=energy_uj(board, board_time),
+        inputs={"active_current_ma": active.current_ma, "supply_v": board.supply_v,
+                "latency_us": board_time.total_us, "latency_source": board_time.label,
+                "host_latency_us": host_latency_us, "formula": "uJ = current_ma * supply_v * latency_us / 1000"},
+        sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
+                 f"latency: the {board.name}'s time for one inference, {board_time.label} (docs/board-time.md)"],
+        note=("estimate, not a measurement: the board profile's active current times its supply voltage times the "
+              f"board's estimated time for one inference (board-time model {board_time.model}); the virtual "
+              "board's host time is not used"))
 
 
 # --- Joulescope -----------------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def _run_pass(name, dev, inputs, out_tensor, listener, pass_mode):
     return samples, outputs, records, time.monotonic() - t0
 
 
-def _summarise_pass(name, mode, samples, outputs, records, wall_s, board_profile, transport, link_rate_bps):
+def _summarise_pass(name, mode, samples, outputs, records, wall_s, board_profile, transport, link_rate_bps,
+                    local_time=None):
     from ..offload import metrics
 
     s = metrics.summarise(records, board=board_profile, transport=transport, link_rate_bps=link_rate_bps)
@@ -106,6 +107,11 @@ def _summarise_pass(name, mode, samples, outputs, records, wall_s, board_profile
                     retries=s.retries, errors={str(k): v for k, v in s.errors.items()}, sources=dict(s.sources),
                     latency={k: asdict(v) for k, v in s.latency.items()}, board_time_s=board_s, host_wall_s=wall_s,
                     energy=asdict(s.energy) if s.energy else None, samples=samples)
+    if local_time is not None:      # a virtual board: its compute and the link in board time
+        from ..linkmodel import for_transport, offload_board_time
+
+        p.board_time = offload_board_time(records, local_time, for_transport(transport, board_profile),
+                                          board_profile).to_dict()
     labelled = [x for x in samples if x["label"] is not None]
     if labelled and len(labelled) == len(samples):
         p.correct = sum(1 for x in samples if x["predicted"] == x["label"])
@@ -141,8 +147,11 @@ def _agreement(outputs, others, tensor):
     return asdict(metrics.agreement(outputs, others, tensor.dtype, tensor.scale, tensor.zero_point))
 
 
-def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts, listener):
+def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts, listener, local_time=None):
     """Local pass, then offloaded pass, over the same inputs; returns an OffloadResult.
+
+    ``local_time`` (a virtual board): the tinyhost.boardtime.BoardTime of one local inference; each pass then
+    also carries its board time with the link modelled (tinyhost.linkmodel).
 
     ``dev`` is an open Device with tinyfw (and tinyfw/offload) on its filesystem; ``load_model()`` (re)loads the
     benchmarked model on it after a soft reset (:meth:`tinyhost.board.Board.load`: the config file's GET/PUT leave
@@ -223,8 +232,10 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
         finally:
             if local_server is not None:
                 local_server.stop()
-    passes = [_summarise_pass("local", "off", *local, board_profile, cfg["transport"], opts.link_rate_bps),
-              _summarise_pass("offload", offl_mode, *offl, board_profile, cfg["transport"], opts.link_rate_bps)]
+    passes = [_summarise_pass("local", "off", *local, board_profile, cfg["transport"], opts.link_rate_bps,
+                              local_time),
+              _summarise_pass("offload", offl_mode, *offl, board_profile, cfg["transport"], opts.link_rate_bps,
+                              local_time)]
     passes[1].agreement_with_local = _agreement(offl[1], local[1], out_t)
     if reference is not None:
         for p, outs in zip(passes, (local[1], offl[1])):

@@ -195,7 +195,8 @@ def build(result, plots):
     if virtual:
         blocks.append(("p", "Every figure below comes from the virtual board: MicroPython's VM on the host CPU "
                             f"with the RAM, flash and line rate of a {prov.board}. Timings are the host's, not the "
-                            "board's; they compare runs on this machine, not boards."))
+                            "board's; they compare runs on this machine, not boards. The board time is the "
+                            "board-time model's estimate of the board's own (docs/board-time.md)."))
     blocks.append(("h2", "Provenance"))
     blocks.append(("table", ["field", "value"], [
         ["board", prov.label], ["virtual", str(prov.virtual)], ["port", prov.port], ["baud", str(prov.baud)],
@@ -211,7 +212,14 @@ def build(result, plots):
         blocks.append(("p", f"MLPerf Tiny rules: {len(perf.windows)} inputs; per input, warm-up then a window of "
                             f">= {perf.window_s:g} s and >= {perf.min_inferences} inferences, timed by the device "
                             "clock. Score: median throughput over the windows."))
-        rows = [["median throughput (score)", f"{perf.median_inferences_per_s:.3f} inferences/s" + mark],
+        rows = []
+        if perf.board_time_us is not None:     # the board's own time, estimated: first, as in the console
+            estimate = f" (ESTIMATE, board-time model {perf.board_time_model})"
+            rows += [[f"board time per inference on the {prov.board}",
+                      f"{perf.board_time_us / 1000:.3f} ms" + estimate],
+                     [f"board throughput on the {prov.board}",
+                      f"{perf.board_inferences_per_s:.3f} inferences/s" + estimate]]
+        rows += [["median throughput (score)", f"{perf.median_inferences_per_s:.3f} inferences/s" + mark],
                 ["latency at the median", f"{perf.median_latency_us / 1000:.3f} ms" + mark],
                 ["spread between windows", f"{perf.spread_pct:.2f} % (min {perf.min_inferences_per_s:.3f}, "
                                            f"max {perf.max_inferences_per_s:.3f} inferences/s)"]]

@@ -38,6 +38,12 @@ class PerformanceResult:
     spread_pct: float               # (max - min) / median between windows
     latency: dict = None            # LatencyStats fields over all single inferences, None when unavailable
     latency_source: str = ""        # where the single-inference latencies come from
+    # A virtual board: the time one inference takes on the board it stands for, from the board-time model (an
+    # estimate, the same on every run and host; tinyhost.boardtime). The fields above are then the host's time.
+    board_time_us: float = None
+    board_inferences_per_s: float = None
+    board_time_model: str = ""      # e.g. "bt-1"
+    board_time: dict = None         # tinyhost.boardtime.BoardTime fields: steps, overhead, backend, weights
 
 
 @dataclass
@@ -116,6 +122,7 @@ class OffloadPass:
     agreement_with_local: dict = None   # offload pass: with the local pass's answers
     energy: dict = None             # offload.metrics.EnergyEstimate fields (an estimate)
     samples: list = field(default_factory=list)   # per input: index, label, predicted, output (hex), record fields
+    board_time: dict = None         # a virtual board: tinyhost.linkmodel.OffloadBoardTime fields (estimates)
 
 
 @dataclass
@@ -195,6 +202,10 @@ def csv_rows(result):
             rows.append(row(record="summary", metric=f"performance.{name}", value=getattr(perf, name)))
         for name, value in (perf.latency or {}).items():
             rows.append(row(record="summary", metric=f"latency.{name}", value=value))
+        if perf.board_time_us is not None:
+            for name in ("board_time_us", "board_inferences_per_s"):
+                rows.append(row(record="summary", metric=f"performance.{name}.estimate.{perf.board_time_model}",
+                                value=getattr(perf, name)))
         for w_index, w in enumerate(perf.windows):
             rows.append(row(record="window", window=w_index, sample=w.input_index, value=w.inferences_per_s,
                             inferences=w.inferences, elapsed_us=w.elapsed_us))

@@ -38,6 +38,7 @@ class BenchOptions:
     timeout_s: float = 5.0
     extra: dict = field(default_factory=dict)
     offload: object = None             # bench.offload.OffloadOptions: also run local vs offloaded passes
+    calibration: str = None            # a virtual board's board time from this calibration file (tinyhost calibrate)
 
 
 def resolve_model(spec, dut):
@@ -120,6 +121,13 @@ def run(opts, listener=None):
                        open_device=False) as b:
         prov = b.provenance
         prov.dut = opts.dut
+        if opts.calibration:
+            if not b.virtual:
+                raise errors.UsageError("--calibration gives a virtual board's board time; a real board reports "
+                                        "measured time", hint="use it with --board sim or --board sim:NAME")
+            from ..calibrate import load
+
+            load(opts.calibration, b.profile)        # a bad file is refused before anything runs
         if model_path is not None:
             prov.record_model(model_path)
         if b.virtual:                            # a virtual board started for this command: firmware that differs
@@ -238,6 +246,9 @@ def _run_modes(opts, modes, target, b, listener):
             latency_us, latency_name = perf.latency["p50_us"], energy.P50_LATENCY
         else:
             latency_us, latency_name = perf.median_latency_us, "latency at the median throughput"
+        board_time = _board_time(b, opts) if prov.virtual else None
+        if board_time is not None:
+            add_board_time(perf, board_time)
     if "accuracy" in modes:
         identity = {"model_sha256": prov.model_sha256 or prov.benchmark, "dataset_sha256": ds.fingerprint(),
                     "benchmark": ds.benchmark, "n_items": len(ds.items), "board": prov.label, "dut": opts.dut}
@@ -252,10 +263,35 @@ def _run_modes(opts, modes, target, b, listener):
             result.energy = energy.measure_with_joulescope(
                 lambda n: target.window(inputs[0], 0, n, 0), latency_us, latency_name=latency_name)
         else:
-            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual, latency_name=latency_name)
+            result.energy = energy.estimate(b.profile, latency_us, virtual=prov.virtual, latency_name=latency_name,
+                                            board_time=board_time if prov.virtual else None)
     if opts.offload is not None:
         result.offload = _run_offload(opts, target, b, ds, listener)
     return result
+
+
+def _board_time(b, opts):
+    """A virtual board's estimated time on the board it stands for (tinyhost.boardtime), None when the model or
+    the backend that ran it is unknown (an EEMBC DUT, a backend the model has no coefficients for)."""
+    from ..boardtime import for_board
+
+    prov = b.provenance
+    if opts.dut != "tinyhost" or not prov.model_path:
+        return None
+    profile = b.profile
+    if opts.calibration:
+        from ..calibrate import load
+
+        profile, _ = load(opts.calibration, profile)
+    return for_board(prov.model_path, profile, True, prov.backend)
+
+
+def add_board_time(perf, board_time):
+    """Board time beside the host's in a PerformanceResult: one inference's estimate, its rate, the model."""
+    perf.board_time_us = board_time.total_us
+    perf.board_inferences_per_s = 1e9 / board_time.total_ns
+    perf.board_time_model = board_time.model
+    perf.board_time = board_time.to_dict()
 
 
 def _run_offload(opts, target, b, ds, listener):
@@ -265,5 +301,10 @@ def _run_offload(opts, target, b, ds, listener):
         target.model_info = b.load(b.provenance.model_path, backend=opts.backend)
         return target.model_info
 
+    local_time = None
+    if b.provenance.virtual:
+        if b.model_info is None:
+            load_model()            # the backend that runs the model decides the board time
+        local_time = _board_time(b, opts)
     return run_offload(b.dev, load_model, Path(b.provenance.model_path), ds, b.provenance.benchmark, b.profile,
-                       opts.offload, listener)
+                       opts.offload, listener, local_time=local_time)

@@ -90,6 +90,10 @@ def result_table(result):
     p = result.provenance
     table = console.table("figure", "value [virtual board]" if p.virtual else "value")
     perf = result.performance
+    if perf and perf.board_time_us is not None:       # a virtual board: the board's own time comes first
+        table.add_row(f"board time per inference on the {p.board}",
+                      f"{perf.board_time_us / 1000:.3f} ms, {perf.board_inferences_per_s:.3f} inferences/s "
+                      f"(ESTIMATE, board-time model {perf.board_time_model}; docs/board-time.md)")
     if perf:
         table.add_row("performance (score)", f"{perf.median_inferences_per_s:.3f} inferences/s, median of "
                                              f"{len(perf.windows)} windows")
@@ -167,6 +171,12 @@ def offload_tables(off, mark=""):
     if local.energy and offl.energy:
         figures.add_row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
                         f"{offl.energy['uj_per_inference']:.2f}")
+    if local.board_time and offl.board_time:
+        bt = offl.board_time
+        figures.add_row(f"board time ms (ESTIMATE, {bt['board_time_model']}+{bt['link_model']}, {bt['link']})",
+                        f"{local.board_time['mean_us'] / 1000:.3f}", f"{bt['mean_us'] / 1000:.3f}")
+        figures.add_row("board energy uJ/inference (ESTIMATE)", f"{local.board_time['energy_uj']:.2f}",
+                        f"{bt['energy_uj']:.2f}")
     quantiles = ("p50", "p90", "p99")
     heads = [f"local\n{q}" for q in quantiles] + [f"offload\n{q}" for q in quantiles]
     stages = console.table("stage", *heads, right=set(heads))
@@ -239,10 +249,13 @@ def print_offload(off, mark=""):
 @click.option("--offload-timeout-ms", type=int, default=None, help="--offload: per-request limit before falling back.")
 @click.option("--link-rate-bps", type=int, default=None,
               help="--offload: radio link rate for the energy estimate's airtime [default: 1000000].")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="A virtual board's board time from this file's coefficients (`tinyhost calibrate`) instead of "
+                   "its profile's.")
 def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend, window_s, min_inferences, warmups,
           n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines,
           offload_on, server, offload_mode, threshold, reference_model, model_id, device_id, token_file,
-          offload_inputs, offload_timeout_ms, link_rate_bps):
+          offload_inputs, offload_timeout_ms, link_rate_bps, calibration):
     """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded."""
     offload_opts = None
     if offload_on:
@@ -264,7 +277,7 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
         model=model, mode=mode, board=board_name, port=port, baud=baud, state_dir=state_dir, dataset=dataset,
         dut=dut, backend=backend, window_s=window_s, min_inferences=min_inferences, warmups=warmups,
         inputs=n_inputs, resume=resume, journal=journal, limit=limit, energy_meter=energy_meter,
-        offload=offload_opts)
+        offload=offload_opts, calibration=calibration)
     try:
         with LivePrinter(n_inputs, window_s, verbose=verbose_lines) as printer:
             result = session.run(opts, printer)

@@ -24,8 +24,16 @@ def format_latency(latency, virtual):
     return f"{text} [{VIRTUAL_NOTE}]" if virtual else text
 
 
+def format_board_time(board_time, board):
+    return (f"board time on the {board} (ESTIMATE of board-time model {board_time.model}, {board_time.backend}, "
+            f"weights {board_time.weights}): {board_time.total_us / 1000:.3f} ms per inference")
+
+
 def format_run(run):
-    lines = [format_provenance(run.provenance), format_latency(run.latency, run.provenance.virtual)]
+    lines = [format_provenance(run.provenance)]
+    if run.board_time is not None:
+        lines.append(format_board_time(run.board_time, run.provenance.board))
+    lines.append(format_latency(run.latency, run.provenance.virtual))
     shapes = ", ".join(f"{tuple(o.shape)} {o.dtype}" for o in run.outputs)
     lines.append(f"wrote {run.output_path}: {shapes}")
     return "\n".join(lines)

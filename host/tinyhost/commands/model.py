@@ -49,10 +49,18 @@ def inspect_cmd(file, board, json_path):
             continue
         title = ("virtual boards (MicroPython's 64-bit unix VM with the named board's heap and flash; sim: esp32's)"
                  if virtual else None)
-        table = console.table("board", "fits", "weights", "peak RAM", "why not", right={"peak RAM"})
+        table = console.table("board", "fits", "weights", "peak RAM", "latency (est.)", "energy (est.)", "why not",
+                              right={"peak RAM", "latency (est.)", "energy (est.)"})
         for fit in fits:
+            timed = fit.fits and fit.board_time is not None
             table.add_row(fit.board, "yes" if fit.fits else "no", where[fit.weights] if fit.fits else "",
-                          f"~{fit.peak_ram_bytes} B" if fit.fits else "", "; ".join(fit.reasons))
+                          f"~{fit.peak_ram_bytes} B" if fit.fits else "",
+                          f"{fit.board_time.total_us / 1000:,.1f} ms" if timed else "",
+                          f"{fit.energy_uj / 1000:,.2f} mJ" if timed else "", "; ".join(fit.reasons))
         console.print_table(table, title)
+    if any(fit.board_time for fit in r.fits):
+        click.echo(f"latency and energy: estimates of the board-time model {r.fits[0].board_time.model} (viper "
+                   "kernels, the board's clock and coefficients; energy = active current x supply voltage x "
+                   "latency), not measurements: docs/board-time.md")
     if json_path:
         write_json(json_path, json.dumps(r.to_dict(), indent=2, default=list))

@@ -66,6 +66,10 @@ class OpReport:
     params: dict
     macs: int
     weight_bytes: int
+    filter_bytes: int = 0           # the filter alone (what weights streamed or mapped read at invoke)
+    input_elements: int = 0         # elements of the operator's non-constant inputs
+    output_elements: int = 0
+    kernel_calls: int = 1           # calls per invoke: one per band of output rows (row_band), else one
 
 
 @dataclass
@@ -77,6 +81,8 @@ class BoardFit:
     fs_bytes: int
     peak_ram_bytes: int
     weights: str            # where the weights are read from: "ram", "streamed" (from flash) or "mapped" (ROMFS)
+    board_time: object = None   # tinyhost.boardtime.BoardTime of one invoke with the viper backend (an estimate)
+    energy_uj: float = None     # active current x supply voltage x board_time (an estimate)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class ModelReport:
     peak_ram_weights_in_ram_bytes: int
     peak_ram_weights_streamed_bytes: int
     fits: list = field(default_factory=list)
+    stream_block_bytes: int = 32768     # streamed weights are read in blocks of at most this many bytes
 
     def to_dict(self):
         return asdict(self)
@@ -132,8 +139,12 @@ def inspect(path, board=None, tflm=True):
         wb = (s.weights.nbytes if s.weights is not None else 0) + (s.bias.nbytes if s.bias is not None else 0)
         weights += wb
         channels += s.channels
-        operators.append(OpReport(s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info),
-                                  s.macs, wb))
+        operators.append(OpReport(
+            s.op.index, s.op.name, list(s.op.inputs), list(s.op.outputs), dict(s.info), s.macs, wb,
+            filter_bytes=s.weights.nbytes if s.weights is not None else 0,
+            input_elements=sum(_elements(md.tensors[i]) for i in s.op.inputs if i >= 0 and not md.tensors[i].is_const),
+            output_elements=sum(_elements(md.tensors[i]) for i in s.op.outputs),
+            kernel_calls=-(-_rows(md.tensors[s.op.outputs[0]]) // band) if band else 1))
     # float32 graph inputs and outputs are buffers of their own, outside the arena (plan_read._view)
     float_io = sum(t.nbytes for t in tensors if t.index in md.inputs + md.outputs and t.dtype == "float32")
     bookkeeping = channels * _PER_CHANNEL_BYTES + len(specs) * _PER_OP_BYTES + float_io
@@ -159,11 +170,23 @@ def inspect(path, board=None, tflm=True):
         inputs=list(md.inputs), outputs=list(md.outputs), macs=sum(s.macs for s in specs), weight_bytes=weights,
         arena_bytes=arena, tflm_arena_bytes=tflm_head, tflm_persistent_bytes=tflm_tail,
         peak_ram_weights_in_ram_bytes=h.arena_ram_bytes + weights + bookkeeping,
-        peak_ram_weights_streamed_bytes=streamed)
+        peak_ram_weights_streamed_bytes=streamed, stream_block_bytes=engine.STREAM_SCRATCH_BYTES)
     for spec in [board] if board else _every_board():
         profile, virtual = board_profiles.from_spec(spec)
         report.fits.append(board_fit(report, profile, virtual, label=spec))
     return report
+
+
+def _elements(tensor):
+    n = 1
+    for d in tensor.shape:
+        n *= d
+    return n
+
+
+def _rows(tensor):
+    """Output rows of an NHWC tensor (what a row band divides)."""
+    return tensor.shape[1] if len(tensor.shape) == 4 else 1
 
 
 def _every_board():
@@ -196,8 +219,13 @@ def board_fit(report, b, virtual=None, label=None):
     if peak > budget:
         reasons.append(f"needs about {peak} B of RAM (arena {report.arena_bytes} B + weights/bookkeeping), the "
                        f"board has about {budget} B free for models ({b.heap_bytes} B heap)")
-    return BoardFit(label or b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak,
-                    "ram" if in_ram else "mapped" if b.romfs_bytes else "streamed")
+    fit = BoardFit(label or b.name, not reasons, reasons, b.heap_bytes, b.fs_bytes, peak,
+                   "ram" if in_ram else "mapped" if b.romfs_bytes else "streamed")
+    if b.board_time:
+        from .. import boardtime
+        fit.board_time = boardtime.estimate(report, b, "viper", fit.weights)
+        fit.energy_uj = boardtime.energy_uj(b, fit.board_time)
+    return fit
 
 
 def board_label(profile, virtual):

