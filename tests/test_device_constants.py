@@ -26,7 +26,7 @@ def protocol_values():
     values.update({"NAK_" + r.name: int(r) for r in P.NakReason})
     values.update(MAGIC0=P.MAGIC[0], MAGIC1=P.MAGIC[1], HEADER_BYTES=P.HEADER_BYTES, TRAILER_BYTES=P.TRAILER_BYTES,
                   PAYLOAD_LIMIT=P.PAYLOAD_LIMIT, PROTOCOL_VERSION=P.PROTOCOL_VERSION, FLAG_SYNC=P.FLAG_SYNC,
-                  FLAG_STREAM=P.FLAG_STREAM)
+                  FLAG_STREAM=P.FLAG_STREAM, FLAG_INFO=P.FLAG_INFO, INFO_BYTES=P.INFO_BYTES)
     return values
 
 
@@ -179,3 +179,19 @@ def test_the_boot_model_file_is_where_the_firmware_reads_it():
               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
               and node.targets[0].id == "BOOT_MODEL_FILE"}
     assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE}
+
+
+def test_the_info_block_the_firmware_packs_is_the_one_the_host_unpacks():
+    """INFER with FLAG_INFO: tinyfw.offload packs the offloaded record, tinyfw.cmd_model a local answer's; both
+    must be tinyhost.protocol.INFO_BLOCK's 56 bytes."""
+    import struct
+
+    offload = (TINYFW / "offload" / "__init__.py").read_text()
+    packed = [node.args[0].value for node in ast.walk(ast.parse(offload))
+              if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "pack_into"
+              and isinstance(node.args[0], ast.Constant) and len(node.args) > 10]
+    assert packed == [P.INFO_BLOCK.format]
+    local = ast.parse((TINYFW / "cmd_model.py").read_text())
+    layout = next(node.value.value for node in local.body if isinstance(node, ast.Assign)
+                  and getattr(node.targets[0], "id", "") == "_INFO_LOCAL")
+    assert struct.calcsize(layout) == P.INFO_BYTES == 56

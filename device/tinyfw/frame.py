@@ -26,6 +26,8 @@ _PAYLOAD_LIMIT = const(16384)        # no frame carries more, whatever a device 
 
 _FLAG_SYNC = const(1)                # host: accept this seq as the start of a new session
 _FLAG_STREAM = const(2)              # host: INVOKE streams an EVENT frame per run
+_FLAG_INFO = const(4)                # host: INFER's reply carries the info block (tinyfw.cmd_model)
+_INFO_BYTES = const(56)              # the info block of an INFER reply with FLAG_INFO
 
 # Requests (host -> device)
 _HELLO = const(0x01)

@@ -515,5 +515,21 @@ class Device:
         us, out = P.parse_infer(f.payload)
         return InferResult(out, us)
 
+    def infer_with_info(self, data, timeout_s=120.0):
+        """INFER with FLAG_INFO: the runtime answers locally or through the board's offload Predictor, as its
+        /offload.json says, and adds the info block. Returns ``(time_us, info block fields, output 0)``
+        (:func:`tinyhost.protocol.parse_infer_info`); the input must fit one frame."""
+        data = bytes(data)
+        if len(data) > self.link.max_payload:
+            raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
+                             f"({self.link.max_payload} bytes); offloaded runs need INFER")
+        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=timeout_s,
+                              expect_bytes=self.link.max_payload, what="infer")
+        try:
+            return P.parse_infer_info(f.payload)
+        except ValueError:
+            raise ProtocolError("INFER reply carries no offload info: the board's tinyfw is older than this "
+                                "tinyhost", hint="run `tinyhost flash` to update the firmware") from None
+
     def unload_model(self):
         self.link.request(P.T.UNLOAD)

@@ -25,6 +25,12 @@ PROTOCOL_VERSION = 1
 
 FLAG_SYNC = 0x01        # start of a session: the device takes this seq as the next expected one
 FLAG_STREAM = 0x02      # INVOKE: stream one EVENT frame per run
+FLAG_INFO = 0x04        # INFER: the reply carries the info block (which path answered, each stage's time)
+# The INFER reply's info block (docs/offload.md): source u8, flags u8, error i16, retries u8, mode u8, 2 pad bytes,
+# confidence f32, then 11 u32: local, serialise, send, wait, receive, parse, server queue, server compute and total
+# microseconds, request and reply bytes.
+INFO_BLOCK = struct.Struct("<BBhBBxxf11I")
+INFO_BYTES = INFO_BLOCK.size            # 56
 
 _HEADER = struct.Struct("<2sBBHHH")
 
@@ -351,3 +357,13 @@ def parse_times(payload):
 def parse_infer(payload):
     """INFER reply -> (time_us, output bytes)."""
     return struct.unpack_from("<I", payload)[0], bytes(payload[4:])
+
+
+def parse_infer_info(payload):
+    """INFER-with-FLAG_INFO reply (time u32, info length u8, info block, output 0) -> (time_us, the info block's
+    fields as INFO_BLOCK unpacks them, output bytes). ValueError on a reply without the block."""
+    payload = bytes(payload)
+    if len(payload) < 5 or payload[4] < INFO_BYTES or len(payload) < 5 + payload[4]:
+        raise ValueError("INFER reply carries no info block")
+    time_us, n = struct.unpack_from("<IB", payload)
+    return time_us, INFO_BLOCK.unpack_from(payload, 5), payload[5 + n:]

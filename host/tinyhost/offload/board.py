@@ -10,11 +10,9 @@ through the raw REPL (no runtime in between; the overhead benchmark uses it).
 
 import json
 import math
-import struct
 import sys
 from dataclasses import dataclass
 
-from .. import protocol as P
 from ..errors import DeviceError, ProtocolError, UsageError
 from ..flash import MODELS_DIR
 from ..paths import firmware_dir
@@ -114,9 +112,6 @@ def restore_config(dev, previous):
         dev.put_file(json.dumps(previous).encode(), CONFIG_PATH)
 
 
-# The INFER reply with FLAG_INFO (device/tinyfw/cmd_model.py): us u32, info length u8, info, output 0.
-FLAG_INFO = 0x04
-INFO_FORMAT = struct.Struct("<BBhBBxxf11I")
 SOURCES = ("local", "model", "reference")
 MODES = ("off", "on", "auto")
 _INFO_TIMES = ("local_us", "serialise_us", "send_us", "wait_us", "receive_us", "parse_us", "server_queue_us",
@@ -131,33 +126,16 @@ class InferInfo:
     record: OffloadRecord    # which path answered and each stage's time
 
 
-def decode_infer_info(payload, output_bytes=None):
-    """INFER-with-FLAG_INFO reply payload -> InferInfo. Raises ProtocolError on a reply without the block."""
-    payload = bytes(payload)
-    if len(payload) < 5 or payload[4] < INFO_FORMAT.size or len(payload) < 5 + payload[4]:
-        raise ProtocolError("INFER reply carries no offload info: the board's tinyfw is older than this tinyhost",
-                            hint="run `tinyhost flash` to update the firmware")
-    time_us, n = struct.unpack_from("<IB", payload)
-    source, flags, error, retries, mode, confidence, *times = INFO_FORMAT.unpack_from(payload, 5)
-    output = payload[5 + n:]
-    if output_bytes is not None and len(output) != output_bytes:
-        raise ProtocolError(f"INFER reply has {len(output)} output bytes, the model's output has {output_bytes}")
-    fields = dict(zip(_INFO_TIMES, times))
-    record = OffloadRecord(source=SOURCES[source] if source < len(SOURCES) else "local",
-                           offloaded=bool(flags & 1), fallback=bool(flags & 2), error=error, retries=retries,
-                           confidence=None if math.isnan(confidence) else confidence, **fields)
-    return InferInfo(output, time_us, MODES[mode] if mode < len(MODES) else "off", record)
-
-
 def infer_with_info(dev, data, output_bytes=None, timeout_s=120.0):
     """The runtime's INFER (local or through the board's Predictor, as /offload.json says) with its record."""
-    data = bytes(data)
-    if len(data) > dev.link.max_payload:
-        raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
-                         f"({dev.link.max_payload} bytes); offloaded runs need INFER")
-    f = dev.link.request(P.T.INFER, data, flags=FLAG_INFO, timeout_s=timeout_s, expect_bytes=dev.link.max_payload,
-                         what="infer")
-    return decode_infer_info(f.payload, output_bytes)
+    time_us, info, output = dev.infer_with_info(data, timeout_s=timeout_s)
+    if output_bytes is not None and len(output) != output_bytes:
+        raise ProtocolError(f"INFER reply has {len(output)} output bytes, the model's output has {output_bytes}")
+    source, flags, error, retries, mode, confidence, *times = info
+    record = OffloadRecord(source=SOURCES[source] if source < len(SOURCES) else "local",
+                           offloaded=bool(flags & 1), fallback=bool(flags & 2), error=error, retries=retries,
+                           confidence=None if math.isnan(confidence) else confidence, **dict(zip(_INFO_TIMES, times)))
+    return InferInfo(output, time_us, MODES[mode] if mode < len(MODES) else "off", record)
 
 
 def redacted(cfg):
@@ -206,16 +184,11 @@ def run_predictions(dev, model_path, inputs, config=None, backend="auto", timeou
     dev.put_file(b"".join(bytes(x) for x in inputs), INPUTS_PATH)
     code = _RUN_CODE % {"model": model_path, "backend": backend, "config": repr(config), "config_path": CONFIG_PATH,
                         "nbytes": nbytes, "inputs": INPUTS_PATH, "count": len(inputs)}
-    dev.stop()
-    try:
-        dev.repl.enter()
-        dev.repl.soft_reset()          # a clean heap: the runtime's buffers and modules are gone
-        text = dev.repl.exec(code, timeout_s=timeout_s).decode(errors="replace")
-    finally:
+    with dev.raw_repl(fresh=True) as repl:     # a clean heap: the runtime's buffers and modules are gone
         try:
-            dev.repl.soft_reset()      # whatever the run left behind, the runtime gets a clean heap
+            text = repl.exec(code, timeout_s=timeout_s).decode(errors="replace")
         finally:
-            dev.start()
+            repl.soft_reset()          # whatever the run left behind, the runtime gets a clean heap
     try:
         dev.remove(INPUTS_PATH)
     except DeviceError:
