@@ -171,10 +171,10 @@ def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
 
 
 def test_the_boot_model_file_is_where_the_firmware_reads_it():
-    """`tinyhost flash --boot-model` writes the file tinyfw.cmd_text reads the boot model's path from."""
+    """`tinyhost flash --boot-model` writes the file tinyfw.boot_model reads the boot model's path from."""
     from tinyhost.flash import BOOT_MODEL_FILE
 
-    tree = ast.parse((TINYFW / "cmd_text.py").read_text())
+    tree = ast.parse((TINYFW / "boot_model.py").read_text())
     values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
               and node.targets[0].id == "BOOT_MODEL_FILE"}
@@ -195,3 +195,18 @@ def test_the_info_block_the_firmware_packs_is_the_one_the_host_unpacks():
     layout = next(node.value.value for node in local.body if isinstance(node, ast.Assign)
                   and getattr(node.targets[0], "id", "") == "_INFO_LOCAL")
     assert struct.calcsize(layout) == P.INFO_BYTES == 56
+
+
+def test_the_text_command_modules_import_no_loop():
+    """tinyfw.cmd_text imports tinyfw.eembc; neither eembc nor the boot-model module imports cmd_text back."""
+    def imported(module):
+        names = set()
+        for node in ast.walk(ast.parse((TINYFW / module).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "tinyfw":
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tinyfw."):
+                names.add(node.module.split(".")[1])
+        return names
+    assert "eembc" in imported("cmd_text.py")
+    assert "cmd_text" not in imported("eembc.py") and "cmd_text" not in imported("eembc_dut.py")
+    assert imported("boot_model.py") == set()

@@ -72,18 +72,18 @@ def cmd_info(rt):
     pairs.append(("board", board))
     pairs.append(("unique_id", "".join("%02x" % b for b in uid)))
     pairs.append(("backends", backends))
-    resident = "tinyfw.cmd_text" in sys.modules
+    resident = "tinyfw.boot_model" in sys.modules
     try:
-        from tinyfw import cmd_text
-        pairs.append(("boot_model", cmd_text.default_model()))
-    except (ImportError, MemoryError):  # bootstrapped (no text commands), or no room next to a big model
+        from tinyfw import boot_model
+        pairs.append(("boot_model", boot_model.path()))
+    except (ImportError, MemoryError):  # bootstrapped (no tinyfw package), or no room next to a big model
         pass
-    cmd_text = None
+    boot_model = None
     if not resident:                # imported for this line only: its code goes back to the heap (a model load
-        sys.modules.pop("tinyfw.cmd_text", None)     # may need every byte)
+        sys.modules.pop("tinyfw.boot_model", None)   # may need every byte)
         pkg = sys.modules.get("tinyfw")
-        if pkg is not None and "cmd_text" in pkg.__dict__:
-            delattr(pkg, "cmd_text")
+        if pkg is not None and "boot_model" in pkg.__dict__:
+            delattr(pkg, "boot_model")
     rt.reply_kv(pairs)
 
 

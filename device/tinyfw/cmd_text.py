@@ -1,37 +1,10 @@
 # tinyfw text commands: an EEMBC runner's `name%` lines on the same stream as frames (docs/bench.md).
 # The runtime collects a command's bytes (Runtime._on_text) and imports this module at the first '%', so a board
 # that never sees a text command does not carry this code; tinyfw.eembc executes the commands.
-# The model an EEMBC runner drives is loaded here, BEFORE tinyfw.eembc is imported: a model that needs nearly the
+# The model an EEMBC runner drives (tinyfw.boot_model) is loaded here, BEFORE tinyfw.eembc is imported: a model that needs nearly the
 # whole heap to load (vww01 on the esp32 profile) fits only while eembc's ~10 KB of code are not yet resident.
 
-BOOT_MODEL_FILE = "/boot_model"                         # the path of the model to load (`tinyhost flash --boot-model`)
-DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")  # else the first of these that exists
 _eembc = None                  # tinyfw.eembc once imported; False when it is not installed
-
-
-def default_model():
-    """The path of the model a runner's commands use when none is loaded: the one BOOT_MODEL_FILE names, else the
-    first of DEFAULT_MODELS that exists; "" when there is none (INFO reports it as `boot_model`)."""
-    import os
-
-    try:
-        with open(BOOT_MODEL_FILE) as f:
-            return f.read().strip()
-    except OSError:
-        pass
-    for path in DEFAULT_MODELS:
-        try:
-            os.stat(path)
-        except OSError:
-            continue
-        return path
-    return ""
-
-
-def load_default(rt):
-    """Load default_model() into rt; the Model, or None when there is none."""
-    path = default_model()
-    return rt.load_model(path) if path else None
 
 
 def run(rt, n, overflow):
@@ -49,7 +22,8 @@ def run(rt, n, overflow):
     if _eembc is None:
         if rt.model is None:
             try:
-                load_default(rt)
+                from tinyfw import boot_model
+                boot_model.load(rt)
             except Exception as e:    # eembc tries again, and says why, at the next command needing a model
                 rt.last_error = "loading the default model: %r" % (e,)
         # the binary protocol's model commands (tinyfw.cmd_model, ~7.6 KB) make room for eembc; the next binary

@@ -84,9 +84,9 @@ def _say(rt, line):
 
 def _ensure_model(rt):
     if rt.model is None:
-        from tinyfw.cmd_text import load_default
+        from tinyfw import boot_model
 
-        load_default(rt)
+        boot_model.load(rt)
     return rt.model
 
 

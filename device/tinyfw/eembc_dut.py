@@ -1,6 +1,6 @@
 # A DUT that speaks only the MLPerf Tiny / EEMBC text protocol (tinyfw.eembc), on the REPL's stdin/stdout:
 #   import tinyfw.eembc_dut as d; d.serve()
-# It loads the boot model (tinyfw.cmd_text.default_model: /boot_model names it, else /model.tflite) on the first
+# It loads the boot model (tinyfw.boot_model: /boot_model names it, else /model.tflite) on the first
 # command that needs a model. The tinyfw runtime answers the same commands between its binary frames without this
 # module.
 
