@@ -46,7 +46,8 @@ def _estimate_from_board_time(board, host_latency_us, board_time):
     return EnergyResult(
         kind="estimate", uj_per_inference=energy_uj(board, board_time),
         inputs={"active_current_ma": active.current_ma, "supply_v": board.supply_v,
-                "latency_us": board_time.total_us, "latency_source": board_time.label,
+                "latency_us": board_time.total_us, "latency": f"board's estimated time ({board_time.model})",
+                "latency_source": board_time.label,
                 "host_latency_us": host_latency_us, "formula": "uJ = current_ma * supply_v * latency_us / 1000"},
         sources=[f"active current: {active.source}", f"supply voltage: board profile {board.path or board.name}",
                  f"latency: the {board.name}'s time for one inference, {board_time.label} (docs/board-time.md)"],

@@ -95,14 +95,15 @@ def result_table(result):
                       f"{perf.board_time_us / 1000:.3f} ms, {perf.board_inferences_per_s:.3f} inferences/s "
                       f"(ESTIMATE, board-time model {perf.board_time_model}; docs/board-time.md)")
     if perf:
-        table.add_row("performance (score)", f"{perf.median_inferences_per_s:.3f} inferences/s, median of "
-                                             f"{len(perf.windows)} windows")
-        table.add_row("latency at that throughput", f"{perf.median_latency_us / 1000:.3f} ms")
+        host = " (host CPU)" if p.virtual else ""        # a virtual board's clock is the host's
+        table.add_row(f"performance (score){host}", f"{perf.median_inferences_per_s:.3f} inferences/s, median of "
+                                                   f"{len(perf.windows)} windows")
+        table.add_row(f"latency at that throughput{host}", f"{perf.median_latency_us / 1000:.3f} ms")
         table.add_row("spread between windows", f"{perf.spread_pct:.2f} %")
         if perf.latency:
             lat = perf.latency
             for q in ("p50", "p90", "p99"):
-                table.add_row(f"single inference {q}", f"{lat[q + '_us'] / 1000:.3f} ms")
+                table.add_row(f"single inference {q}{host}", f"{lat[q + '_us'] / 1000:.3f} ms")
             table.add_row("single inferences timed", str(lat["count"]))
     acc = result.accuracy
     if acc:
