@@ -320,3 +320,55 @@ def test_budget_cli_prints_the_verdict(capsys):
     assert code == 0, err
     assert "at most 49.1 events a day" in out
     assert "best under the budget: cloud classifier on board" in out
+
+
+# --- labgrid places (tests/test_farm_labgrid.py runs a real coordinator and exporter) --------------------------------
+
+SHOW = """Place 'kit-07':
+  matches:
+    lab/kit07/*
+  acquired: lab-pc/alice
+  acquired resources:
+    lab/kit07/NetworkSerialPort/RawSerialPort
+Acquired resource 'RawSerialPort' (lab/kit07/NetworkSerialPort/RawSerialPort):
+  {'acquired': 'kit-07',
+   'avail': True,
+   'cls': 'NetworkSerialPort',
+   'params': {'extra': {'path': '/dev/ttyUSB3',
+                        'proxy': 'lab-pc',
+                        'proxy_required': False},
+              'host': 'lab-pc',
+              'port': 38797,
+              'speed': 115200}}
+"""
+
+
+def test_the_serial_port_of_an_acquired_place_is_read_from_labgrid_client_show():
+    from tinyhost import farm
+
+    (resource,) = farm.acquired_resources(SHOW)
+    assert resource["cls"] == "NetworkSerialPort"
+    assert farm.serial_url(resource) == "rfc2217://lab-pc:38797?ign_set_control"
+    raw = dict(resource, params=dict(resource["params"], protocol="raw"))
+    assert farm.serial_url(raw) == "socket://lab-pc:38797"
+    assert farm.serial_url(dict(resource, params=dict(resource["params"], port=None))) is None   # not up yet
+
+
+def test_a_place_in_the_file_is_a_real_board_and_cannot_also_have_a_port(tmp_path):
+    exp = config.load(write(tmp_path, "models: [kws]\nboards:\n  - {board: esp32, place: kit-07, "
+                                      "coordinator: '10.0.0.5:20408'}\n"))
+    (b,) = exp.boards
+    assert (b.name, b.place, b.coordinator, b.virtual) == ("kit-07", "kit-07", "10.0.0.5:20408", False)
+    with pytest.raises(config.ConfigError, match="exp.yaml:4: a board has a port or a labgrid place, not both"):
+        config.load(write(tmp_path, "models: [kws]\nboards:\n  - sim\n  - {board: esp32, place: k, port: /dev/x}\n"))
+
+
+def test_without_labgrid_client_a_place_says_what_to_install(monkeypatch):
+    from tinyhost import farm
+    from tinyhost.errors import UsageError
+
+    monkeypatch.delenv(farm.CLIENT_ENV, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UsageError, match="labgrid-client not found") as e:
+        farm.client_command()
+    assert "pip install labgrid" in e.value.hint

@@ -2,7 +2,7 @@
 
     name: kws-boards
     models: [kws, {name: tiny, path: tiny.tflite, dataset: DIR}]
-    boards: [sim:esp32, {name: lab-3, board: esp32, port: /dev/ttyUSB0}]
+    boards: [sim:esp32, {name: lab-3, board: esp32, port: /dev/ttyUSB0}, {board: esp32, place: kit-07}]
     modes: [local, offload, {auto: [0.6, 0.8]}]
     backends: [auto]
     bench: {measure: all, window_s: 0.5, inputs: 2, limit: 40}
@@ -46,7 +46,8 @@ class BoardSpec:
     name: str                      # how the experiment names it
     board: str                     # what `--board` takes: sim, sim:esp32s3, esp32 ...
     port: str = None               # a real board's serial port (default: found by USB VID:PID)
-    place: str = None              # a labgrid place (board farm)
+    place: str = None              # a labgrid place (board farm, tinyhost.farm): acquired for the board's cells
+    coordinator: str = None        # the labgrid coordinator's HOST:PORT (default $LG_COORDINATOR)
 
     @property
     def virtual(self):
@@ -317,7 +318,7 @@ def _board(c, value, where):
     if isinstance(value, str):
         spec = {"board": value}
     else:
-        spec = c.mapping(value, where, ("name", "board", "port", "place"), "a board")
+        spec = c.mapping(value, where, ("name", "board", "port", "place", "coordinator"), "a board")
     if "board" not in spec:
         c.fail(where, "a board needs `board:` (sim, sim:NAME, or a profile such as esp32)", "add board:")
     try:
@@ -326,8 +327,13 @@ def _board(c, value, where):
         c.fail(where + ("board",) if isinstance(value, dict) else where, e.message, e.hint or "see `tinyhost boards`")
     if virtual and (spec.get("port") or spec.get("place")):
         c.fail(where, "a virtual board has no port or labgrid place", "drop port:/place:, or name a real board")
-    return BoardSpec(name=str(spec.get("name") or spec["board"]), board=str(spec["board"]),
-                     port=spec.get("port"), place=spec.get("place"))
+    if spec.get("port") and spec.get("place"):
+        c.fail(where, "a board has a port or a labgrid place, not both", "drop port: (the place's port is used)")
+    if spec.get("coordinator") and not spec.get("place"):
+        c.fail(where + ("coordinator",), "coordinator: without place:", "name the labgrid place: place: NAME")
+    name = spec.get("name") or (f"{spec['place']}" if spec.get("place") else spec["board"])
+    return BoardSpec(name=str(name), board=str(spec["board"]), port=spec.get("port"), place=spec.get("place"),
+                     coordinator=spec.get("coordinator"))
 
 
 def _modes(c, value, where):

@@ -65,8 +65,9 @@ def _journal(exp, store_path, session_id, cell):
     return work_dir(exp, store_path) / "journals" / f"s{session_id}-{safe}.jsonl"
 
 
-def bench_options(exp, planned, state_dir, journal):
-    """The BenchOptions of one cell: what `tinyhost bench` would be given for it."""
+def bench_options(exp, planned, state_dir, journal, port=None):
+    """The BenchOptions of one cell: what `tinyhost bench` would be given for it (``port``: the serial port of an
+    acquired labgrid place)."""
     from ..bench.offload import OffloadOptions
 
     cell, b = planned.cell, exp.bench
@@ -75,7 +76,8 @@ def bench_options(exp, planned, state_dir, journal):
         offload = OffloadOptions(mode="on" if cell.mode.kind == "offload" else "auto", threshold=cell.mode.threshold,
                                  inputs=b.offload_inputs)
     return session.BenchOptions(
-        model=str(planned.model_path), mode=b.measure, board=cell.board.board, port=cell.board.port, baud=b.baud,
+        model=str(planned.model_path), mode=b.measure, board=cell.board.board, port=port or cell.board.port,
+        baud=b.baud,
         state_dir=str(state_dir), dataset=planned.dataset, backend=cell.backend, window_s=b.window_s,
         min_inferences=b.min_inferences, warmups=b.warmups, inputs=b.inputs, limit=b.limit, timeout_s=b.timeout_s,
         journal=str(journal), resume=Path(journal).exists(), offload=offload)
@@ -135,8 +137,29 @@ def run(exp, plan, st, resume=False, events=None, bench_run=None, stop=None):
         events.cell_finished(p, status, reason, wall_s)
 
     def run_board(cells):
+        """The cells of one board in a row; a labgrid place is acquired for them and released after, whatever
+        happened."""
+        place = cells[0].cell.board
+        if not place.place:
+            run_cells(cells)
+            return
+        from .. import farm
+
+        recorded = set()
+        try:
+            with farm.acquire(place.place, place.coordinator) as url:
+                events.message(f"labgrid place {place.place}: serial port {url}")
+                run_cells(cells, url, recorded)
+        except errors.TinyhostError as e:
+            for p in cells:
+                if p.cell.key not in recorded and not stop.is_set():
+                    record(p, "failed", reason=str(e))
+
+    def run_cells(cells, port=None, recorded=None):
         board_failed = None
         for p in cells:
+            if recorded is not None:
+                recorded.add(p.cell.key)
             if stop.is_set():
                 return
             if board_failed:
@@ -149,7 +172,7 @@ def run(exp, plan, st, resume=False, events=None, bench_run=None, stop=None):
                 attempts += 1
                 journal = _journal(exp, st.path, session_id, p.cell)
                 try:
-                    result = bench_run(bench_options(exp, p, state_root, journal), _CellListener(events, p))
+                    result = bench_run(bench_options(exp, p, state_root, journal, port), _CellListener(events, p))
                 except BOARD_FAILURES as e:
                     if attempts <= exp.bench.retries and not stop.is_set():
                         events.message(f"{p.cell.label}: {e.message}; trying again ({attempts}/{exp.bench.retries})")
