@@ -372,3 +372,33 @@ def test_without_labgrid_client_a_place_says_what_to_install(monkeypatch):
     with pytest.raises(UsageError, match="labgrid-client not found") as e:
         farm.client_command()
     assert "pip install labgrid" in e.value.hint
+
+
+def test_budget_configurations_from_cells():
+    rows = [{"label": "local", "mode": "local", "board_ms": 2.0, "energy_uj": 400.0, "accuracy": 0.9},
+            {"label": "local, not measured", "mode": "local", "board_ms": None, "energy_uj": None, "accuracy": None},
+            {"label": "offload", "mode": "offload", "offloaded_fraction": 1.0},
+            {"label": "auto", "mode": "auto@0.8", "offloaded_fraction": 0.125}]
+    data = {"workload": {"events_per_day": 1000, "input_bytes": 500, "useful_fraction": 0.1},
+            "link": {"rate_bps": 8000, "duty_cycle": 1.0}}
+    res = budget.evaluate(data, budget.configurations_from_cells(rows, data))
+    sent = {v.name: v.events_sent_per_day for v in res.verdicts}
+    assert sent == pytest.approx({"local": 1000 * (0.1 * 0.9 + 0.9 * 0.1), "offload": 1000, "auto": 125})
+    assert res.max_events_downlinked_per_day == pytest.approx(8000 * 86400 / 8 / 500)
+
+
+def test_results_query_prints_rows_and_a_missing_store_is_an_error(tmp_path, tiny_model, capsys):
+    exp = config.load(experiment(tmp_path, tiny_model))
+    with store_mod.Store(tmp_path / "r.duckdb") as st:
+        sid = st.new_session(exp, 1)
+        st.add_run(sid, exp, exp.cells()[0], "skipped", reason="does not fit")
+    code, out, err = run_cli(capsys, "results", "query", "select cell, status, reason from runs",
+                             "--store", str(tmp_path / "r.duckdb"))
+    assert code == 0, err
+    assert "a|sim:esp32|local|auto|0   skipped   does not fit" in out
+    code, out, err = run_cli(capsys, "results", "query", "select 1", "--store", str(tmp_path / "none.duckdb"))
+    assert code == 2 and f"no results store at {tmp_path / 'none.duckdb'}" in err
+    assert not (tmp_path / "none.duckdb").exists()
+    code, out, err = run_cli(capsys, "results", "query", "select nope from runs", "--store",
+                             str(tmp_path / "r.duckdb"))
+    assert code == 2 and err.startswith("tinyhost: the query failed: ")

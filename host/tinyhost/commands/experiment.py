@@ -84,11 +84,11 @@ def _plan_table(plan):
     return t
 
 
-def _load(file):
+def _plan(file, workers):
     from ..experiment import config, plan as plan_mod
 
     exp = config.load(file)
-    return exp, plan_mod
+    return exp, plan_mod.make(exp, workers)
 
 
 @experiment.command("plan")
@@ -96,8 +96,7 @@ def _load(file):
 @click.option("--workers", type=int, default=None, help="Virtual boards at once [default: the cores].")
 def plan_cmd(file, workers):
     """The cells, which are skipped (the model does not fit the board) and an estimate of the wall time."""
-    exp, plan_mod = _load(file)
-    plan = plan_mod.make(exp, workers)
+    exp, plan = _plan(file, workers)
     console.print_table(_plan_table(plan), f"experiment {exp.name}: {len(plan.cells)} cells")
     click.echo(f"{len(plan.to_run)} cells to run, {len(plan.skipped)} skipped; about {_seconds(plan.estimate_s)} "
                f"with {plan.workers} virtual boards at once (an estimate from the bench settings)")
@@ -113,8 +112,7 @@ def run_cmd(file, resume, workers, store):
     from ..experiment import execute
     from ..experiment.store import Store
 
-    exp, plan_mod = _load(file)
-    plan = plan_mod.make(exp, workers)
+    exp, plan = _plan(file, workers)
     click.echo(f"experiment {exp.name}: {len(plan.to_run)} cells to run, {len(plan.skipped)} skipped "
                f"(the model does not fit), about {_seconds(plan.estimate_s)}")
     stop = threading.Event()
@@ -160,12 +158,12 @@ def report_cmd(file, out_dir, session, store):
     from ..experiment.store import Store
 
     exp = config.load(file)
-    with Store(_store_path(store, exp)) as st:
+    with Store(_store_path(store, exp), must_exist=True) as st:
         rows = _session_rows(st, exp, session)
     cells = report.cell_rows(rows)
     t = console.table("cell", "status", "accuracy", "board_ms", "energy uJ", "RAM")
     for c in cells:
-        t.add_row(c["label"], c["status"], *(report._cell_value(c, m)
+        t.add_row(c["label"], c["status"], *(report.cell_value(c, m)
                                              for m in ("accuracy", "board_ms", "energy_uj", "ram_bytes")))
     console.print_table(t, f"experiment {exp.name}")
     paths = report.write(exp, rows, out_dir or Path("out") / exp.name, exp.budget)
@@ -184,7 +182,7 @@ def query_cmd(sql, store):
     """Run SQL over the store (tables: runs, sessions) and print the rows."""
     from ..experiment.store import Store
 
-    with Store(_store_path(store)) as st:
+    with Store(_store_path(store), must_exist=True) as st:
         names, rows = st.query(sql)
     t = console.table(*names)
     for r in rows:
@@ -201,7 +199,7 @@ def export_cmd(fmt, out_path, sql, store):
     """Write the store's runs (or any query) as CSV, JSON or Parquet."""
     from ..experiment.store import Store
 
-    with Store(_store_path(store)) as st:
+    with Store(_store_path(store), must_exist=True) as st:
         st.export(out_path, fmt, sql)
     click.echo(f"wrote {out_path}")
 
@@ -220,7 +218,7 @@ def budget(file, store):
         from ..experiment.store import Store
 
         exp = config.load(file)
-        with Store(_store_path(store, exp)) as st:
+        with Store(_store_path(store, exp), must_exist=True) as st:
             rows = _session_rows(st, exp, None)
         configs = budget_mod.configurations_from_cells(
             [c for c in report.cell_rows(rows) if c["status"] == "ok"], data)

@@ -9,11 +9,13 @@ whether each limit holds, and which configuration gets the most useful data down
       - {name: cloud filter, filter: model, latency_ms: 850, energy_uj: 420000, recall: 0.9, specificity: 0.85,
          compute_w: 0.5}
 
-``filter: none`` sends every event. ``filter: model`` runs a classifier on board on every event and sends the
-events it calls useful: a fraction ``useful_fraction * recall + (1 - useful_fraction) * (1 - specificity)``, of
-which ``useful_fraction * recall`` are really useful. In an experiment file the configurations come from the
+``filter: none`` sends every event (``send_fraction``: that share of them, as they come). ``filter: model`` runs a
+classifier on board on every event and sends the events it calls useful: a fraction
+``useful_fraction * recall + (1 - useful_fraction) * (1 - specificity)``, of which ``useful_fraction * recall``
+are really useful. In an experiment file the configurations come from the
 cells: each local cell's measured ``board_ms``, ``energy_uj`` and accuracy (top-1 standing in for both recall and
-specificity: a classifier's figures per class are not in the budget's model); offload cells send every event.
+specificity: a classifier's figures per class are not in the budget's model); offload cells send every event, auto
+cells the share they offloaded (their on-board inferences' energy is not counted).
 
 Per configuration: inferences a day the board has time for (86,400 s / latency), the events sent and the bytes,
 the link's capacity (rate x passes x pass length), events downlinked (the lesser), useful events downlinked,
@@ -33,7 +35,7 @@ SECTIONS = {
     "power": {"average_w": float, "peak_w": float, "base_w": float, "radio_tx_w": float, "compute_w": float,
               "harvest_wh_per_day": float},
 }
-CONFIG_KEYS = ("name", "filter", "latency_ms", "energy_uj", "recall", "specificity", "compute_w")
+CONFIG_KEYS = ("name", "filter", "latency_ms", "energy_uj", "recall", "specificity", "compute_w", "send_fraction")
 REQUIRED = {"workload": ("events_per_day", "input_bytes"), "link": ("rate_bps",), "power": ()}
 DAY_S = 86400.0
 
@@ -85,6 +87,9 @@ def validate(data, checker, where, from_experiment=False):
         checker.mapping(cfg, w, CONFIG_KEYS, "a budget configuration")
         if cfg.get("filter", "none") not in ("none", "model"):
             checker.fail(w + ("filter",), f"unknown filter {cfg.get('filter')!r}", "use none or model")
+        if cfg.get("send_fraction", 0) > 1:
+            checker.fail(w + ("send_fraction",), "send_fraction is a fraction of the events, at most 1",
+                         "use a value between 0 and 1")
         for key in CONFIG_KEYS[2:]:
             if key in cfg:
                 checker.number(cfg[key], w + (key,), float, key, minimum=0)
@@ -136,7 +141,8 @@ def evaluate(data, configurations=None):
             inference_j = events * float(cfg["energy_uj"]) / 1e6
             compute_w = float(cfg.get("compute_w", _get(data, "power", "compute_w", 0)))
         else:
-            sent_fraction, useful_of_sent, possible, inference_j, compute_w = 1.0, useful, float("inf"), 0.0, 0.0
+            sent_fraction = float(cfg.get("send_fraction", 1.0))
+            useful_of_sent, possible, inference_j, compute_w = useful, float("inf"), 0.0, 0.0
         sent = events * sent_fraction
         downlinked = min(sent, max_events)
         airtime_s = downlinked * size * 8 / rate
@@ -161,7 +167,8 @@ def evaluate(data, configurations=None):
 
 def configurations_from_cells(rows, data):
     """Budget configurations from an experiment's stored cells (dicts with label, mode, board_ms, energy_uj,
-    accuracy): a local cell filters on board with its measured figures; an offload cell sends every event."""
+    accuracy, offloaded_fraction): a local cell filters on board with its measured figures; an offload cell sends
+    every event, an auto cell the fraction it offloaded."""
     configs = []
     for r in rows:
         if r.get("mode") == "local":
@@ -170,7 +177,9 @@ def configurations_from_cells(rows, data):
             configs.append({"name": r["label"], "filter": "model", "latency_ms": r["board_ms"],
                             "energy_uj": r["energy_uj"], "recall": r["accuracy"], "specificity": r["accuracy"]})
         else:
-            configs.append({"name": r["label"], "filter": "none"})
+            fraction = r.get("offloaded_fraction")
+            configs.append({"name": r["label"], "filter": "none", "send_fraction": 1.0 if fraction is None
+                            else fraction})
     return list(data.get("configurations") or []) + configs
 
 

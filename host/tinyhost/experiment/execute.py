@@ -131,9 +131,8 @@ def run(exp, plan, st, resume=False, events=None, bench_run=None, stop=None):
             figs = store_mod.figures(result, off, p.input_bytes)
         st.add_run(session_id, exp, p.cell, status, reason=reason, result=result, figs=figs, attempts=attempts,
                    wall_s=wall_s)
-        with lock:
-            setattr(summary, "ok" if status == "ok" else status, getattr(summary, "ok" if status == "ok" else status)
-                    + 1)
+        with lock:                                           # summary.ok / .failed / .skipped
+            setattr(summary, status, getattr(summary, status) + 1)
         events.cell_finished(p, status, reason, wall_s)
 
     def run_board(cells):

@@ -103,11 +103,12 @@ def _metric_table(cells, metric):
                                                           else ""), {})[c["board_name"]] = c
     out = []
     for name, by_board in rows.items():
-        out.append([name] + [_cell_value(by_board.get(b), metric) for b in boards])
+        out.append([name] + [cell_value(by_board.get(b), metric) for b in boards])
     return ["model / mode"] + boards, out
 
 
-def _cell_value(c, metric):
+def cell_value(c, metric):
+    """A cell's figure as the tables show it (its status when it has no figures)."""
     if c is None:
         return "-"
     if c["status"] != "ok":
@@ -139,8 +140,8 @@ def build(exp, rows, budget_data=None):
                              "runs"],
                    [[c["label"], c["status"] + (f": {c['reason']}" if c["status"] != "ok" and c.get("reason")
                                                 else ""),
-                     _cell_value(c, "accuracy"), _cell_value(c, "board_ms"), c.get("board_ms_source") or "",
-                     _cell_value(c, "energy_uj"), _cell_value(c, "ram_bytes"), str(c["repeats"])]
+                     cell_value(c, "accuracy"), cell_value(c, "board_ms"), c.get("board_ms_source") or "",
+                     cell_value(c, "energy_uj"), cell_value(c, "ram_bytes"), str(c["repeats"])]
                     for c in cells]))
     for metric, title, better in METRICS:
         if any(c.get(metric) is not None for c in cells):

@@ -118,12 +118,15 @@ class Store:
     """The DuckDB results file. One process writes it at a time (DuckDB locks the file); the threads of one
     ``experiment run`` share this object, whose writes are serialised."""
 
-    def __init__(self, path):
+    def __init__(self, path, must_exist=False):
         try:
             import duckdb
         except ImportError:
             raise UsageError("the results store needs DuckDB", hint="pip install duckdb") from None
         self.path = Path(path)
+        if must_exist and not self.path.is_file():
+            raise UsageError(f"no results store at {self.path}",
+                             hint="run `tinyhost experiment run FILE` first, or pass --store PATH")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(self.path))
@@ -135,7 +138,8 @@ class Store:
         self._create()
 
     def close(self):
-        self.con.close()
+        with self._lock:                     # after a write in flight (a run's worker thread) has finished
+            self.con.close()
 
     def __enter__(self):
         return self
