@@ -402,3 +402,15 @@ def test_results_query_prints_rows_and_a_missing_store_is_an_error(tmp_path, tin
     code, out, err = run_cli(capsys, "results", "query", "select nope from runs", "--store",
                              str(tmp_path / "r.duckdb"))
     assert code == 2 and err.startswith("tinyhost: the query failed: ")
+
+
+def test_paths_in_the_file_are_relative_to_its_folder(tmp_path, tiny_model, monkeypatch):
+    sub = tmp_path / "exp"
+    sub.mkdir()
+    (sub / "tiny.tflite").write_bytes(Path(tiny_model).read_bytes())
+    (sub / "set").mkdir()
+    path = write(sub, "models:\n  - {name: t, path: tiny.tflite, dataset: set}\nboards: [sim]\nstore: r.duckdb\n")
+    monkeypatch.chdir(tmp_path)
+    exp = config.load(path)
+    assert exp.models[0].path == str(sub / "tiny.tflite") and exp.models[0].dataset == str(sub / "set")
+    assert exp.store == str(sub / "r.duckdb")

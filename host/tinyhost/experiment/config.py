@@ -116,7 +116,7 @@ class Experiment:
     exclude: list = field(default_factory=list)    # of dicts: key -> value or list of values
     only: list = field(default_factory=list)
     budget: dict = None            # the budget section as written (tinyhost.experiment.budget reads it)
-    store: str = None
+    store: str = None              # the results store, relative to the file's folder
     sha256: str = ""               # of the file's bytes: a resumed run must be of the same file
     lines: dict = field(default_factory=dict, repr=False)   # path tuple -> line
 
@@ -283,7 +283,8 @@ def load(path):
     exp = Experiment(name=name, path=path, models=models, boards=boards, modes=modes, backends=backends,
                      bench=bench, repeats=repeats, dataset=_path_or_none(path, data.get("dataset")),
                      exclude=rules["exclude"], only=rules["only"], budget=budget,
-                     store=_path_or_none(path, data.get("store")), sha256=hashlib.sha256(raw).hexdigest(),
+                     store=str(path.parent / str(data["store"])) if data.get("store") else None,
+                     sha256=hashlib.sha256(raw).hexdigest(),
                      lines=lines)
     if not exp.cells():
         c.fail(("exclude",) if exp.exclude else (), "the rules leave no cell to run",
