@@ -181,12 +181,15 @@ class FakeBench:
         self.lock = threading.Lock()
         self.running = 0
         self.most_at_once = 0
+        self.resumed = set()            # boards of the cells whose accuracy journal was continued
 
     def __call__(self, opts, listener):
         from tinyhost.errors import BoardNotResponding
 
         with self.lock:
             self.calls.append((opts.board, opts.offload.mode if opts.offload else "local"))
+            if opts.resume:
+                self.resumed.add(opts.board)
             n = len(self.calls)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
@@ -242,10 +245,16 @@ def test_resume_after_an_interruption_runs_each_cell_once(tmp_path, tiny_model):
     with store_mod.Store(store_path) as st:
         stored_before = st.query("SELECT cell FROM runs")[1]
         assert len(stored_before) == 5
+        # the sixth cell was killed during its accuracy run: its journal is there, and the bench continues it
+        sixth = next(p for p in plan.cells if p.cell.key not in {r["cell"] for r in stored_before})
+        journal = execute.journal_path(exp, store_path, 1, sixth.cell)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text("")
         fake = FakeBench()
         summary = execute.run(exp, plan, st, resume=True, bench_run=fake)
         rows = st.rows(summary.session_id)
     assert len(fake.calls) == 16 - 5 and summary.already_done == 5
+    assert fake.resumed == {sixth.cell.board.board}
     assert sorted(r["cell"] for r in rows) == sorted(p.cell.key for p in plan.cells)    # each cell exactly once
 
 

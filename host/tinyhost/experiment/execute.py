@@ -60,7 +60,7 @@ def work_dir(exp, store_path):
     return Path(store_path).parent / "experiments" / safe
 
 
-def _journal(exp, store_path, session_id, cell):
+def journal_path(exp, store_path, session_id, cell):
     safe = re.sub(r"[^A-Za-z0-9_.@-]+", "-", cell.key)
     return work_dir(exp, store_path) / "journals" / f"s{session_id}-{safe}.jsonl"
 
@@ -169,7 +169,7 @@ def run(exp, plan, st, resume=False, events=None, bench_run=None, stop=None):
             attempts = 0
             while True:
                 attempts += 1
-                journal = _journal(exp, st.path, session_id, p.cell)
+                journal = journal_path(exp, st.path, session_id, p.cell)
                 try:
                     result = bench_run(bench_options(exp, p, state_root, journal, port), _CellListener(events, p))
                 except BOARD_FAILURES as e:
