@@ -423,3 +423,22 @@ def test_paths_in_the_file_are_relative_to_its_folder(tmp_path, tiny_model, monk
     exp = config.load(path)
     assert exp.models[0].path == str(sub / "tiny.tflite") and exp.models[0].dataset == str(sub / "set")
     assert exp.store == str(sub / "r.duckdb")
+
+
+def test_an_rfc2217_port_opens_without_a_write_timeout(monkeypatch):
+    """pyserial's RFC 2217 client raises NotImplementedError for a write timeout; other ports keep theirs."""
+    import serial
+
+    from tinyhost import transport
+
+    seen = {}
+    loop = serial.serial_for_url
+
+    def fake_for_url(url, **kwargs):
+        seen[url] = kwargs["write_timeout"]
+        return loop("loop://", **kwargs)
+
+    monkeypatch.setattr(transport.serial, "serial_for_url", fake_for_url)
+    transport.SerialTransport.open("rfc2217://lab-pc:38797?ign_set_control", 115200).close()
+    transport.SerialTransport.open("socket://lab-pc:4000", 115200).close()
+    assert seen == {"rfc2217://lab-pc:38797?ign_set_control": None, "socket://lab-pc:4000": transport.WRITE_TIMEOUT_S}
