@@ -301,6 +301,7 @@ def test_report_html_embeds_labelled_pareto_plots_and_the_budget(tmp_path, tiny_
     html = paths[0].read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "Pareto front: accuracy vs latency" in html and "Best under the budget" in html
+    assert "Modes side by side" in html and "<th>auto@0.8</th>" in html
     assert sorted(p.name for p in paths[2:]) == ["pareto_board_ms.png", "pareto_energy_uj.png",
                                                  "pareto_ram_bytes.png"]
 

@@ -17,6 +17,7 @@ FIRST_SYNC_S = 15.0              # firmware onto a fresh virtual board's flash (
 WINDOW_OVERHEAD_S = 1.0          # per performance input: warm-up, set_input, the streamed timings
 PER_SAMPLE_S = 0.05              # per accuracy sample beyond its input's time on the line
 PER_OFFLOAD_REQUEST_S = 0.06     # per request of each offload pass
+ROMFS_EXTRA_S = 6.0              # a board with a ROMFS partition: its contents checked through the raw REPL
 
 
 @dataclass
@@ -117,7 +118,7 @@ def make(exp, workers=None):
             p.n_samples = _n_samples(p.dataset, bench.limit)
         baud = bench.baud or profile.baud
         seconds_per_input = 10 * (p.input_bytes or 0) / baud
-        t = BRING_UP_S
+        t = BRING_UP_S + (ROMFS_EXTRA_S if profile.romfs_bytes else 0.0)
         if measure in ("performance", "all", "energy"):
             t += bench.inputs * (bench.window_s + WINDOW_OVERHEAD_S)
         if measure in ("accuracy", "all"):

@@ -107,6 +107,27 @@ def _metric_table(cells, metric):
     return ["model / mode"] + boards, out
 
 
+def _mode_rows(cells, modes):
+    by_pair = {}
+    for c in cells:
+        pair = f"{c['model']} / {c['board_name']}" + (f" / {c['backend_asked']}" if c["backend_asked"] != "auto"
+                                                      else "")
+        by_pair.setdefault(pair, {})[c["mode"]] = c
+    rows = []
+    for pair, by_mode in by_pair.items():
+        row = [pair]
+        for mode in modes:
+            c = by_mode.get(mode)
+            if c is None or c["status"] != "ok":
+                row.append(cell_value(c, "accuracy"))
+                continue
+            share = c.get("offloaded_fraction")
+            row.append(" · ".join([cell_value(c, "accuracy"), cell_value(c, "board_ms"), cell_value(c, "energy_uj")]
+                                  + ([f"{100 * share:.0f} % offloaded"] if share is not None else [])))
+        rows.append(row)
+    return rows
+
+
 def cell_value(c, metric):
     """A cell's figure as the tables show it (its status when it has no figures)."""
     if c is None:
@@ -143,6 +164,10 @@ def build(exp, rows, budget_data=None):
                      cell_value(c, "accuracy"), cell_value(c, "board_ms"), c.get("board_ms_source") or "",
                      cell_value(c, "energy_uj"), cell_value(c, "ram_bytes"), str(c["repeats"])]
                     for c in cells]))
+    modes = list(dict.fromkeys(c["mode"] for c in cells))
+    if len(modes) > 1:
+        blocks += [("h2", "Modes side by side: accuracy, board_ms, energy µJ, offloaded"),
+                   ("table", ["model / board"] + modes, _mode_rows(cells, modes))]
     for metric, title, better in METRICS:
         if any(c.get(metric) is not None for c in cells):
             header, table_rows = _metric_table(cells, metric)
