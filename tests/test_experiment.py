@@ -122,7 +122,7 @@ def fake_result(cell_key, latency_us=1000.0, top1=None, board_time=None):
                              spread_pct=0.0, latency={"p50_us": latency_us, "count": 3})
     if board_time is not None:
         perf.board_time = board_time
-    acc = AccuracyResult("kws01", 10, 10, "top1", top1) if top1 is not None else None
+    acc = AccuracyResult("kws01", 10, 10, "top1", top1, top_k={"1": top1}) if top1 is not None else None
     return BenchResult(prov, performance=perf, accuracy=acc, memory=MemoryResult(2000, 5000, 100, 110000, 50000, 60000),
                        energy=EnergyResult("estimate", latency_us * 0.5))
 
@@ -150,7 +150,8 @@ def test_the_store_keeps_one_row_per_cell_and_run_with_provenance_and_the_whole_
                    "virtual", "result_json", "input_bytes"):
         assert column in names
     row = rows[0]
-    assert (row["accuracy"], row["board_ms"], row["ram_bytes"], row["input_bytes"]) == (0.75, 1.0, 60000, 490)
+    assert (row["accuracy"], row["top1"], row["board_ms"], row["ram_bytes"], row["input_bytes"]) == \
+        (0.75, 0.75, 1.0, 60000, 490)
     assert row["firmware_hash"] == "f00d" and row["dataset_sha256"] == "cd" * 32 and row["virtual"] is True
     assert BenchResult.from_json(row["result_json"]).provenance.model_sha256 == "ab" * 32
 

@@ -31,7 +31,9 @@ _PROVENANCE_TYPES = {f.name: ("BOOLEAN" if f.type in (bool, "bool") else "BIGINT
 class Figures:
     """The figures of one cell run that tables, Pareto fronts and the budget compare (None: not measured)."""
     accuracy_metric: str = None        # top1 | auc
-    accuracy: float = None             # top-1 (0..1) or AUC
+    accuracy: float = None             # top-1 (0..1) or AUC: the benchmark's own metric
+    top1: float = None                 # classifiers
+    auc: float = None                  # anomaly detection
     inferences_per_s: float = None
     latency_ms: float = None           # single inference p50 (performance mode), host-observed for offload cells
     board_ms: float = None             # see board_time()
@@ -91,6 +93,7 @@ def figures(result, offloaded_pass=None, input_bytes=None):
         f.board_ms, f.board_ms_source, f.board_time_model = board_time(result)
     if acc is not None:
         f.accuracy_metric, f.accuracy = acc.metric, acc.value
+        f.top1, f.auc = acc.top_k.get("1"), acc.auc
     if en is not None:
         f.energy_uj, f.energy_kind = en.uj_per_inference, en.kind
     if mem is not None:
@@ -103,7 +106,7 @@ def figures(result, offloaded_pass=None, input_bytes=None):
         p = offloaded_pass
         f.offloaded_fraction = p.offloaded / p.requests if p.requests else None
         if p.accuracy is not None:
-            f.accuracy_metric, f.accuracy = "top1", p.accuracy
+            f.accuracy_metric, f.accuracy, f.top1 = "top1", p.accuracy, p.accuracy
         total = p.latency.get("total")
         if total:
             f.latency_ms = f.board_ms = total["p50_us"] / 1000
