@@ -146,6 +146,9 @@ class Board:
         report = flash.flash_items(dev, items, self.profile, force=force, progress=progress)
         rom = flash.put_models(dev, model_paths, self.profile, progress=progress, force=force) if in_romfs else None
         self.provenance.files_flashed += list(report.sent) + list(rom.sent if rom else ())
+        if in_romfs:                               # the partition now holds exactly these models
+            self._models_put.clear()
+        self._models_put.update(Path(p).resolve() for p in model_paths)
         return report, rom
 
     def sync_firmware(self, progress=None):

@@ -44,8 +44,11 @@ class SerialTransport:
 
     @classmethod
     def open(cls, port, baud=115200, exclusive=True):
+        # pyserial's RFC 2217 client (rfc2217://HOST:PORT: ser2net, a labgrid NetworkSerialPort) has no write
+        # timeout; the socket's own send buffer bounds a write there
+        write_timeout = None if str(port).startswith("rfc2217://") else WRITE_TIMEOUT_S
         try:
-            ser = serial.serial_for_url(port, baudrate=baud, timeout=POLL_S, write_timeout=WRITE_TIMEOUT_S,
+            ser = serial.serial_for_url(port, baudrate=baud, timeout=POLL_S, write_timeout=write_timeout,
                                         exclusive=exclusive)
         except serial.SerialException as e:
             raise _open_error(port, e) from None

@@ -131,9 +131,14 @@ def run(opts, listener=None):
         if model_path is not None:
             prov.record_model(model_path)
         if b.virtual:                            # a virtual board started for this command: firmware that differs
-            report = b.sync_firmware()
-            if report.sent:
-                listener.message(f"virtual board: put {len(report.sent)} firmware files on its flash")
+            # with the model in the same pass: a ROMFS partition is then written once, not once without the model
+            # and again with it
+            models = [model_path] if model_path is not None and opts.dut == "tinyhost" else []
+            report, rom = b.flash(model_paths=models)
+            sent = len(report.sent) + len(rom.sent if rom else ())
+            if sent:
+                listener.message(f"virtual board: put {sent} files (firmware{' and model' if models else ''}) on "
+                                 "its flash")
         if opts.dut == "eembc":
             b.close()
             target = _eembc_target(opts, b, benchmark)
