@@ -120,8 +120,8 @@ def fake_result(cell_key, latency_us=1000.0, top1=None, board_time=None):
     perf = PerformanceResult(window_s=0.1, min_inferences=1, windows=[], median_inferences_per_s=1e6 / latency_us,
                              median_latency_us=latency_us, min_inferences_per_s=1, max_inferences_per_s=1,
                              spread_pct=0.0, latency={"p50_us": latency_us, "count": 3})
-    if board_time is not None:
-        perf.board_time = board_time
+    if board_time is not None:                 # (microseconds, model version), as bench.session.add_board_time sets
+        perf.board_time_us, perf.board_time_model = board_time
     acc = AccuracyResult("kws01", 10, 10, "top1", top1, top_k={"1": top1}) if top1 is not None else None
     return BenchResult(prov, performance=perf, accuracy=acc, memory=MemoryResult(2000, 5000, 100, 110000, 50000, 60000),
                        energy=EnergyResult("estimate", latency_us * 0.5))
@@ -130,8 +130,7 @@ def fake_result(cell_key, latency_us=1000.0, top1=None, board_time=None):
 def test_board_ms_is_the_estimate_when_a_result_carries_one_else_the_measured_latency():
     measured = store_mod.board_time(fake_result("x", latency_us=2500))
     assert measured == (2.5, "measured, virtual board (host CPU)", None)
-    estimated = store_mod.board_time(fake_result("x", latency_us=2500, board_time={"ms": 41.0,
-                                                                                   "model_version": "bt-1"}))
+    estimated = store_mod.board_time(fake_result("x", latency_us=2500, board_time=(41_000.0, "bt-1")))
     assert estimated == (41.0, "board-time estimate", "bt-1")
 
 

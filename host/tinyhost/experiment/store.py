@@ -64,19 +64,14 @@ RUN_COLUMNS = {
 
 def board_time(result):
     """(board_ms, source, model version) for a BenchResult: the board-time estimate when the result carries one
-    (a deterministic figure for the virtual board: ``performance.board_time`` with ``ms`` and ``model_version``),
-    else the measured single-inference p50 (on the virtual board that is the host CPU's time). The one place that
-    decides which figure is a cell's ``board_ms``."""
+    (a virtual board's deterministic figure: ``performance.board_time_us`` and ``board_time_model``, see
+    tinyhost.boardtime), else the measured single-inference p50 (on the virtual board that is the host CPU's
+    time). The one place that decides which figure is a cell's ``board_ms``."""
     perf = result.performance
     if perf is None:
         return None, None, None
-    estimate = getattr(perf, "board_time", None)
-    if isinstance(estimate, dict):
-        estimate_ms, version = estimate.get("ms"), estimate.get("model_version")
-    else:
-        estimate_ms, version = getattr(estimate, "ms", None), getattr(estimate, "model_version", None)
-    if estimate_ms is not None:
-        return float(estimate_ms), "board-time estimate", str(version or "")
+    if getattr(perf, "board_time_us", None) is not None:
+        return perf.board_time_us / 1000, "board-time estimate", str(perf.board_time_model or "")
     latency_us = perf.latency["p50_us"] if perf.latency else perf.median_latency_us
     source = "measured, virtual board (host CPU)" if result.provenance.virtual else "measured, device clock"
     return latency_us / 1000, source, None
@@ -114,6 +109,12 @@ def figures(result, offloaded_pass=None, input_bytes=None):
             f.board_time_model = None
         if p.energy:
             f.energy_uj, f.energy_kind = p.energy["uj_per_inference"], "estimate"
+        bt = getattr(p, "board_time", None)
+        if bt:                       # a virtual board: the pass in board time, the link modelled (tinyhost.linkmodel)
+            f.board_ms = bt["mean_us"] / 1000
+            f.board_ms_source = "board-time estimate, link modelled, server measured"
+            f.board_time_model = f"{bt['board_time_model']}+{bt['link_model']}"
+            f.energy_uj, f.energy_kind = bt["energy_uj"], "estimate"
     return f
 
 
