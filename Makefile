@@ -18,9 +18,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(TESTS)
 
 # The command-line tests under the oldest Python tinyhost supports, in their own venv (.venv-py310); needs a
-# python3.10 on PATH or PYTHON310=/path/to/python3.10. `make test` checks 3.10's syntax and standard library from
-# whatever Python it runs on (tests/test_python310.py).
-PYTHON310 ?= python3.10
+# python3.10 (pyenv's, else the one on PATH) or PYTHON310=/path/to/python3.10. `make test` checks 3.10's syntax
+# and standard library from whatever Python it runs on (tests/test_python310.py).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
 CLI_TESTS := tests/test_python310.py tests/test_cli_errors.py tests/test_cli_options.py tests/test_boards.py \
   tests/test_ports.py tests/test_zoo.py tests/test_firmware_image.py tests/test_model_inspect.py tests/test_bench_cli.py
 test-py310:
