@@ -145,10 +145,7 @@ class Board:
             items += [flash.model_item(p, self.profile) for p in model_paths]
         report = flash.flash_items(dev, items, self.profile, force=force, progress=progress)
         rom = flash.put_models(dev, model_paths, self.profile, progress=progress, force=force) if in_romfs else None
-        self.provenance.files_flashed += list(report.sent) + list(rom.sent if rom else ())
-        if in_romfs:                               # the partition now holds exactly these models
-            self._models_put.clear()
-        self._models_put.update(Path(p).resolve() for p in model_paths)
+        self._record(list(report.sent) + list(rom.sent if rom else ()), model_paths)
         return report, rom
 
     def sync_firmware(self, progress=None):
@@ -162,11 +159,15 @@ class Board:
 
         paths = [Path(p).resolve() for p in model_paths]
         report = flash.put_models(self.open(), paths, self.profile, progress=progress)
-        self.provenance.files_flashed += list(report.sent)
+        self._record(report.sent, paths)
+        return report
+
+    def _record(self, sent, model_paths):
+        """What a flash or model upload left on the board: its files in the provenance, its models as put."""
+        self.provenance.files_flashed += list(sent)
         if self.profile.romfs_bytes:               # the partition now holds exactly these models
             self._models_put.clear()
-        self._models_put.update(paths)
-        return report
+        self._models_put.update(Path(p).resolve() for p in model_paths)
 
     def load(self, model_path, backend="auto", progress=None, timeout_s=120.0):
         """Put ``model_path`` on the board if it differs, then INFO, soft reset, LOAD; returns the ModelInfo.
