@@ -171,6 +171,11 @@ class OffloadServer:
     async def start(self):
         """Load the models (one interpreter set per worker) and listen. Returns the (host, port) bound."""
         loop = asyncio.get_running_loop()
+        from .models import check_model_file
+        for entry in self.models.values():
+            check_model_file(entry.path)
+            if entry.reference_path:
+                check_model_file(entry.reference_path, reference=True)
         self._queue = asyncio.Queue()
         self._runners = [None] * self.config.workers
         for i in range(self.config.workers):
