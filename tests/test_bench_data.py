@@ -289,3 +289,54 @@ def test_sample_paths_outside_the_dataset_folder_are_refused(tmp_path, name):
     root = write_set(tmp_path / "set" / "kws01", [(name, 12, 3)], {})
     with pytest.raises(UsageError, match="outside the dataset folder"):
         datasets.load(root, "kws01")
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    r = _result()
+    r.accuracy.samples[0] = results.SampleResult(0, '=HYPERLINK("http://x","y")', 0, 1, 1, 0.9, 1000, [0.1, 0.9])
+    r.accuracy.samples[1] = results.SampleResult(1, "@SUM(A1)", 0, 0, 1, 0.8, 1100, [0.2, 0.8])
+    rows = list(csv.DictReader(io.StringIO(results.to_csv(r))))
+    files = [row["file"] for row in rows if row["record"] == "sample"]
+    assert files == ['\'=HYPERLINK("http://x","y")', "'@SUM(A1)"]
+    assert all(not v.startswith(("=", "+", "@")) for row in rows for v in row.values())
+    assert [row["time_us"] for row in rows if row["record"] == "inference"] == ["900", "1000", "1100"]
+
+
+def test_names_printed_to_the_terminal_lose_their_control_characters():
+    from tinyhost import console
+
+    assert console.printable("a\x1b[31mred\x07\nline\x9b") == "a\\x1b[31mred\\x07\\x0aline\\x9b"
+    assert console.printable("ünïcode ok.wav") == "ünïcode ok.wav"
+
+
+def test_live_printer_shows_a_hostile_sample_name_inert(capsys):
+    from tinyhost.commands.bench import LivePrinter
+
+    s = results.SampleResult(0, "x\x1b[2J\nfake line.wav", 0, 1, 1, 0.9, 1000, [0.1, 0.9])
+    with LivePrinter(1, 1.0, verbose=True) as p:
+        p.sample(s, 1, 1, {"metric": "top1", "value": 1.0})
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "\x1b[2J" not in text and "x\\x1b[2J\\x0afake line.wav" in text
+
+
+def test_hostile_model_file_names_are_refused_before_flashing(tmp_path):
+    from tinyhost import flash
+
+    for name in ("a\nf 1 b.tflite", "tab\there.tflite", "esc\x1b.tflite"):
+        with pytest.raises(UsageError, match="control characters"):
+            flash.model_item(tmp_path / name)
+    with pytest.raises(UsageError, match="247 bytes long"):
+        flash.model_item(tmp_path / ("a" * 240 + ".tflite"))
+
+
+def test_plan_cache_takes_a_long_model_name(tmp_path):
+    from pathlib import Path
+
+    from tinyhost.model import plan
+
+    kws = Path(__file__).resolve().parents[1] / "models" / "kws" / "kws.tflite"
+    long_name = tmp_path / ("k" * 240 + ".tflite")
+    long_name.write_bytes(kws.read_bytes())
+    target = plan.plan_file(long_name, cache=tmp_path / "cache")
+    assert target.is_file() and len(target.name) < 120
