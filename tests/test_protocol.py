@@ -105,3 +105,39 @@ def test_payload_codecs():
         P.pack_rename("a\0b", "c")
     with pytest.raises(ValueError):
         P.pack_put_begin(1, b"short", "/x")
+
+
+@given(types, seqs, st.binary(max_size=400), st.binary(max_size=400), st.integers(1, 64))
+def test_a_damaged_frames_bytes_are_not_text(ftype, seq, before, after, chunk):
+    payload = before + b"\x04>Traceback (most recent call last)\x04\x04>" + after
+    bad = bytearray(P.encode_frame(ftype, seq, payload))
+    bad[-1] ^= 0x55                                      # the CRC: header sound, extent known
+    stream = b"hello\r\n" + bytes(bad) + P.encode_frame(P.T.OK, 7) + b"bye"
+    decoder = P.FrameDecoder()
+    frames = []
+    for i in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[i:i + chunk])
+    assert P.Frame(P.T.OK, 7) in frames
+    text = decoder.take_text()
+    assert text.startswith(b"hello\r\n") and text.endswith(b"bye")
+    assert b"\x04>" not in text and decoder.frames_bad >= 1
+
+
+def test_runtime_end_is_the_raw_repls_marker_not_two_bytes_of_binary():
+    from tinyhost.errors import DeviceError
+    from tinyhost.link import Link
+
+    link = Link(None)
+    damaged = bytearray(P.encode_frame(P.T.OK, 3, b"\x00\x04>\xff" * 20))
+    damaged[20] ^= 0x10
+    link._feed(bytes(damaged))
+    link._feed(b"\x93\x04>\x11")          # binary outside any frame (a frame whose header was hit) holding \x04>
+    link._check_alive()                   # no end of the runtime in that
+    link.take_text()
+    link._feed(b"out\x04Traceback (most recent call last):\r\n  File \"main.py\"\r\nMemoryError: \r\n\x04>")
+    with pytest.raises(DeviceError, match="(?s)stopped: out\\s+Traceback .*MemoryError"):
+        link._check_alive()
+    link.take_text()
+    link._feed(b"done\x04\x04>")
+    with pytest.raises(DeviceError, match="runtime on the board stopped: done"):
+        link._check_alive()

@@ -8,6 +8,7 @@ or timeout). Every wait has a deadline; every retry loop stops after ``MAX_TRIES
 
 import collections
 import logging
+import re
 import random
 import time
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ TEXT_TAIL_BYTES = 2048
 STALL_S = 0.08                 # a frame from the device that stops arriving this long has lost bytes
 MIN_CHUNK_BYTES = 128          # smallest data chunk the sender shrinks to on a noisy line
 GROW_AFTER_CLEAN = 8           # acknowledged frames in a row before the chunk doubles again
-REPL_END = b"\x04>"            # the raw REPL's "code finished" marker: the runtime is gone
+# The raw REPL's "code finished" marker, after the program's output: end of output (\x04), the exception's text if
+# any, end of that (\x04), the prompt. Its last two bytes alone also occur in binary data.
+REPL_END = re.compile(rb"\x04(?:[^\x04]*Traceback[^\x04]*)?\x04>")
 DAMAGED = P.Frame(-1, -1)      # next_frame(): a frame from the device arrived damaged
 
 
@@ -123,8 +126,9 @@ class Link:
     def _check_alive(self):
         """Raise when the text from the device shows that the runtime has ended (back at the REPL)."""
         tail = bytes(self.text_tail)
-        if REPL_END in tail or b"Traceback" in tail:
-            detail = tail.replace(b"\x04", b" ").decode(errors="replace").strip()
+        if REPL_END.search(tail) or b"Traceback (most recent call last)" in tail:
+            text = tail.replace(b"\x04", b"\n").decode(errors="replace")
+            detail = "".join(c for c in text if c.isprintable() or c == "\n").strip()
             raise DeviceError(f"the tinyfw runtime on the board stopped: {detail[-400:]}",
                               hint="reconnect (tinyhost starts it again); report the traceback if it repeats")
 
