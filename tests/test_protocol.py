@@ -1,6 +1,7 @@
 """Property tests of the host frame codec (tinyhost.protocol) and its payload codecs."""
 
 import struct
+import time
 import zlib
 
 import pytest
@@ -141,3 +142,51 @@ def test_runtime_end_is_the_raw_repls_marker_not_two_bytes_of_binary():
     link._feed(b"done\x04\x04>")
     with pytest.raises(DeviceError, match="runtime on the board stopped: done"):
         link._check_alive()
+
+
+class _LineAfterReset:
+    """A transport whose board was reset: whatever is sent, it prints MicroPython's reboot text and a prompt."""
+
+    port = "fake"
+
+    def __init__(self, text):
+        self.text = text
+        self.pending = b""
+
+    def write(self, data):
+        self.pending += self.text
+
+    def read_some(self, timeout_s):
+        data, self.pending = self.pending, b""
+        if not data:
+            time.sleep(timeout_s)
+        return data
+
+    def wire_time_s(self, nbytes):
+        return nbytes * 10 / 115200
+
+
+@pytest.mark.parametrize("text", [b"MPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>",
+                                  b"\x00\xffets Jul 29 2019\r\nMicroPython v1.24 on esp32\r\nType \"help()\" for more "
+                                  b"information.\r\n>>> "])
+def test_a_reset_board_is_recognised_while_a_request_waits(text):
+    from tinyhost.errors import DeviceError
+    from tinyhost.link import Link
+
+    link = Link(_LineAfterReset(text))
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match="was reset"):
+        link.request(P.T.INFER, bytes(490), timeout_s=120.0, what="infer")     # 8 tries of 120 s before
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_infer_waits_from_the_boards_own_time_once_it_is_known():
+    from tinyhost.client import Device
+
+    dev = Device(_LineAfterReset(b""))
+    assert dev.infer_wait_s(490, timeout_s=120.0) == 120.0          # nothing known yet
+    dev._took(150_000)                                               # 150 ms
+    assert 2.0 <= dev.infer_wait_s(490, timeout_s=120.0) < 3.0
+    dev._took(3_000_000)                                             # a 3 s inference
+    assert 12.0 <= dev.infer_wait_s(490, timeout_s=120.0) < 13.0
+    assert dev.infer_wait_s(490, timeout_s=5.0) == 5.0

@@ -199,6 +199,7 @@ class Device:
         self.hello = {}
         self.running = False
         self.started_via = None          # "running" (answered at once), "import", "bootstrap"
+        self.slowest_infer_s = None      # the longest INFER the board has reported (its own time)
 
     @classmethod
     def open(cls, port, baud=None, timeout_s=5.0, start=True):
@@ -439,6 +440,7 @@ class Device:
 
     # -- models ---------------------------------------------------------------------------------------------
     def load_model(self, remote_path, backend="auto", timeout_s=120.0):
+        self.slowest_infer_s = None              # another model: its time is not known yet
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
                               expect_bytes=1024, what=f"load {remote_path}")
         return model_info_from_kv(P.parse_kv(f.payload))
@@ -496,16 +498,32 @@ class Device:
             if len(out) >= total or not data:
                 return bytes(out)
 
+    def infer_wait_s(self, nbytes, timeout_s=120.0):
+        """How long one INFER try waits for its reply: ``timeout_s`` until the board has answered one; then four
+        times the slowest inference it reported (at least 2 s) plus the wire time, at most ``timeout_s``. A lost
+        request or reply then costs seconds, not ``timeout_s``, on a noisy line."""
+        if self.slowest_infer_s is None:
+            return timeout_s
+        return min(timeout_s, max(2.0, 4 * self.slowest_infer_s)
+                   + self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, self.link.max_payload))
+
+    def _took(self, us):
+        s = us / 1e6
+        if self.slowest_infer_s is None or s > self.slowest_infer_s:
+            self.slowest_infer_s = s
+
     def infer(self, data, timeout_s=120.0):
-        """Set input 0, run once, return output 0 -- in one round trip when both fit in a frame."""
+        """Set input 0, run once, return output 0 -- in one round trip when both fit in a frame. Each try waits
+        :meth:`infer_wait_s`; a board that was reset or whose runtime ended says so on the line and is recognised
+        at once (DeviceError)."""
         data = bytes(data)
         if len(data) > self.link.max_payload:
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
         try:
-            f = self.link.request(P.T.INFER, data, timeout_s=timeout_s, expect_bytes=self.link.max_payload,
-                                  what="infer")
+            f = self.link.request(P.T.INFER, data, timeout_s=self.infer_wait_s(len(data), timeout_s),
+                                  expect_bytes=self.link.max_payload, what="infer")
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
@@ -513,6 +531,7 @@ class Device:
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
         us, out = P.parse_infer(f.payload)
+        self._took(us)
         return InferResult(out, us)
 
     def infer_with_info(self, data, timeout_s=120.0):
@@ -523,10 +542,12 @@ class Device:
         if len(data) > self.link.max_payload:
             raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
                              f"({self.link.max_payload} bytes); offloaded runs need INFER")
-        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=timeout_s,
+        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=self.infer_wait_s(len(data), timeout_s),
                               expect_bytes=self.link.max_payload, what="infer")
         try:
-            return P.parse_infer_info(f.payload)
+            result = P.parse_infer_info(f.payload)
+            self._took(result[0])
+            return result
         except ValueError:
             raise ProtocolError("INFER reply carries no offload info: the board's tinyfw is older than this "
                                 "tinyhost", hint="run `tinyhost flash` to update the firmware") from None

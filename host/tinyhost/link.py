@@ -28,6 +28,10 @@ GROW_AFTER_CLEAN = 8           # acknowledged frames in a row before the chunk d
 # any, end of that (\x04), the prompt. Its last two bytes alone also occur in binary data.
 REPL_END = re.compile(rb"\x04(?:[^\x04]*Traceback[^\x04]*)?\x04>")
 DAMAGED = P.Frame(-1, -1)      # next_frame(): a frame from the device arrived damaged
+# Text a board prints only after it was reset or its runtime ended: looked for while a request waits, so a reset
+# board is recognised as soon as it says so, not after every try's timeout.
+RESET_TEXT = (b"soft reboot\r\n", b"raw REPL; CTRL-B to exit", b'Type "help()" for more information.')
+POLL_S = 0.25                  # a request's wait is cut into slices this long to look at the text in between
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Link:
         self.resync = False              # next request carries FLAG_SYNC
         self.stats = LinkStats()
         self.text_tail = bytearray()
+        self.text_seen = 0               # text bytes received in all (text_tail keeps the last TEXT_TAIL_BYTES)
         self.on_text = None              # callback(bytes) for text from the device (EEMBC output, prints)
 
     # -- receiving ------------------------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class Link:
         self.stats.frames_bad += damaged
         text = self.decoder.take_text()
         if text:
+            self.text_seen += len(text)
             self.text_tail += text
             del self.text_tail[:-TEXT_TAIL_BYTES]
             log.debug("text from the device: %r", text)
@@ -123,13 +129,20 @@ class Link:
         self.text_tail.clear()
         return text
 
-    def _check_alive(self):
-        """Raise when the text from the device shows that the runtime has ended (back at the REPL)."""
+    def _check_alive(self, since=None):
+        """Raise when the text from the device shows that the runtime has ended (back at the REPL) or the board was
+        reset. ``since`` (a ``text_seen`` count): look only at the text that came after it."""
         tail = bytes(self.text_tail)
-        if REPL_END.search(tail) or b"Traceback (most recent call last)" in tail:
+        if since is not None:
+            tail = tail[len(tail) - min(len(tail), self.text_seen - since):]
+        if not tail:
+            return
+        reset = next((m for m in RESET_TEXT if m in tail), None)
+        if reset or REPL_END.search(tail) or b"Traceback (most recent call last)" in tail:
             text = tail.replace(b"\x04", b"\n").decode(errors="replace")
             detail = "".join(c for c in text if c.isprintable() or c == "\n").strip()
-            raise DeviceError(f"the tinyfw runtime on the board stopped: {detail[-400:]}",
+            what = "was reset" if reset else "stopped"
+            raise DeviceError(f"the tinyfw runtime on the board {what}: {detail[-400:]}",
                               hint="reconnect (tinyhost starts it again); report the traceback if it repeats")
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -156,6 +169,7 @@ class Link:
         what = what or P.Frame(ftype, seq).name
         wait_s = timeout_s if timeout_s is not None else self.reply_timeout_s(len(raw), expect_bytes)
         heard = False
+        text_mark = self.text_seen
         for attempt in range(tries):
             if attempt:
                 self.stats.frames_retried += 1
@@ -164,7 +178,10 @@ class Link:
             self.stats.frames_sent += 1
             deadline = time.monotonic() + wait_s
             while True:
-                f = self.next_frame(deadline, report_damage=True)
+                f = self.next_frame(min(deadline, time.monotonic() + POLL_S), report_damage=True)
+                if f is None and time.monotonic() < deadline:
+                    self._check_alive(since=text_mark)      # a reset board says so: no need to wait out the try
+                    continue
                 if f is None:
                     self.stats.timeouts += 1
                     self._check_alive()
