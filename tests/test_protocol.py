@@ -190,3 +190,42 @@ def test_infer_waits_from_the_boards_own_time_once_it_is_known():
     dev._took(3_000_000)                                             # a 3 s inference
     assert 12.0 <= dev.infer_wait_s(490, timeout_s=120.0) < 13.0
     assert dev.infer_wait_s(490, timeout_s=5.0) == 5.0
+
+
+class _NoisyLine:
+    """A board behind a line that damages the first ``bad`` sends of every request (the device NAKs them), then
+    answers OK."""
+
+    port = "fake"
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.sends = 0
+        self.pending = b""
+
+    def write(self, data):
+        self.sends += 1
+        seq = struct.unpack_from("<H", data, 4)[0]
+        if self.sends <= self.bad:
+            self.pending += P.encode_frame(P.T.NAK, seq, struct.pack("<HB", seq, 2))
+        else:
+            self.pending += P.encode_frame(P.T.OK, seq, struct.pack("<I", 1234) + bytes(12))
+
+    def read_some(self, timeout_s):
+        data, self.pending = self.pending, b""
+        return data
+
+    def wire_time_s(self, nbytes):
+        return nbytes * 10 / 115200
+
+
+def test_a_large_request_damaged_on_most_sends_still_gets_through():
+    from tinyhost.client import Device
+    from tinyhost.errors import ProtocolError
+
+    dev = Device(_NoisyLine(bad=20))
+    dev.link.max_payload = 1024
+    assert dev.infer(bytes(490)).time_us == 1234          # 20 NAKs, then the answer
+    assert dev.link.stats.naks_received == 20
+    with pytest.raises(ProtocolError, match="failed 8 times"):
+        Device(_NoisyLine(bad=20)).link.request(P.T.INFER, bytes(490), what="infer")   # the plain budget

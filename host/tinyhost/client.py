@@ -188,6 +188,13 @@ def bootstrap_sources(fw_dir=None):
     return scripts
 
 
+# INFER's retry budget: its request is as large as the model's input (490 bytes for KWS), so at 1e-3 faults per
+# byte each way most sends are damaged and NAKed at once; those retries are cheap and many are allowed. Silence
+# (a try that times out) is given up on after INFER_TIMEOUTS tries.
+INFER_TIMEOUTS = 4
+INFER_DAMAGE_TRIES = 32
+
+
 class Device:
     """A board running the tinyfw runtime. Use :meth:`open`; a context manager."""
 
@@ -523,7 +530,8 @@ class Device:
             return InferResult(self.get_output(0), r.times_us[0])
         try:
             f = self.link.request(P.T.INFER, data, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                                  expect_bytes=self.link.max_payload, what="infer")
+                                  expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
+                                  damage_tries=INFER_DAMAGE_TRIES)
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
@@ -543,7 +551,8 @@ class Device:
             raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
                              f"({self.link.max_payload} bytes); offloaded runs need INFER")
         f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                              expect_bytes=self.link.max_payload, what="infer")
+                              expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
+                              damage_tries=INFER_DAMAGE_TRIES)
         try:
             result = P.parse_infer_info(f.payload)
             self._took(result[0])

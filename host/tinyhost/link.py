@@ -155,11 +155,14 @@ class Link:
         return seq
 
     def request(self, ftype, payload=b"", flags=0, timeout_s=None, on_event=None, tries=MAX_TRIES,
-                expect_bytes=P.OVERHEAD_BYTES, what=None):
+                expect_bytes=P.OVERHEAD_BYTES, what=None, damage_tries=None):
         """Send one request, return its OK/ACK reply frame; raises the mapped error for an ERR reply.
 
         ``timeout_s`` is the wait for a reply to one send (default: from the wire time of both frames);
-        an EVENT frame for this request (``on_event(index, value)``) starts the wait again.
+        an EVENT frame for this request (``on_event(index, value)``) starts the wait again. At most ``tries``
+        sends; with ``damage_tries``, sends after a NAK or a damaged reply (answered at once, so cheap) count
+        against that instead, and only timeouts against ``tries``: a large frame on a noisy line, damaged on most
+        sends, still gets through while a silent board is given up on as soon.
         """
         seq = self.next_seq()
         if self.resync:                           # an interrupted transfer left the device's count behind
@@ -170,7 +173,8 @@ class Link:
         wait_s = timeout_s if timeout_s is not None else self.reply_timeout_s(len(raw), expect_bytes)
         heard = False
         text_mark = self.text_seen
-        for attempt in range(tries):
+        attempt = timeouts = 0
+        while True:
             if attempt:
                 self.stats.frames_retried += 1
                 log.info("%s seq %d: sending again (try %d)", what, seq, attempt + 1)
@@ -184,6 +188,7 @@ class Link:
                     continue
                 if f is None:
                     self.stats.timeouts += 1
+                    timeouts += 1
                     self._check_alive()
                     break
                 heard = True
@@ -216,6 +221,13 @@ class Link:
                     raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
                     break
                 self.stats.stale_frames += 1
+            attempt += 1
+            if damage_tries is None:
+                if attempt >= tries:
+                    break
+            elif timeouts >= tries or attempt - timeouts >= damage_tries:
+                break
+        tries = attempt
         if not heard:
             raise BoardNotResponding(f"no answer to {what} from the board on {self.t.port} "
                                      f"({tries} tries, {wait_s:.1f} s each)")
