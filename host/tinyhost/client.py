@@ -21,7 +21,7 @@ from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
 from .link import Link
 from .paths import firmware_dir
-from .rawrepl import RawRepl
+from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ INVOKE_BATCH_RUNS = 256            # runs per INVOKE request: bounds the device'
 START_CODE = ("try:\n import tinyfw.runtime as _tinyfw_runtime\nexcept ImportError as e:\n"
               " print('TINYFW-ABSENT', e)\nelse:\n _tinyfw_runtime.run()\n")
 ABSENT_MARK = b"TINYFW-ABSENT"
+START_TRIES = 5                    # sends of the (checked) start code before the line is called unusable
 _TINYFW_IMPORT = re.compile(r"^from tinyfw\.(frame|files|session) import .*$", re.M)
 
 
@@ -195,6 +196,10 @@ INFER_TIMEOUTS = 4
 INFER_DAMAGE_TRIES = 32
 
 
+class _Damaged(Exception):
+    """Checked code sent through the raw REPL arrived altered."""
+
+
 class Device:
     """A board running the tinyfw runtime. Use :meth:`open`; a context manager."""
 
@@ -237,8 +242,7 @@ class Device:
         self._start_from_repl()
 
     def _start_from_repl(self):
-        self.repl.exec_start(START_CODE)
-        if self._await_ready(allow_absent=True):
+        if self._import_runtime():
             self.started_via = "import"
         else:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
@@ -272,7 +276,27 @@ class Device:
         self.link.take_text()
         self.running = True
 
-    def _await_ready(self, allow_absent):
+    def _import_runtime(self):
+        """Start tinyfw from the board's filesystem through the raw REPL, the code checked on arrival (a damaged
+        line must not make the board look empty). True when it runs, False when tinyfw is not there."""
+        for attempt in range(START_TRIES):
+            if attempt:
+                log.info("the start code arrived damaged: sending it again (try %d)", attempt + 1)
+                self.repl.enter()
+            self.link.take_text()
+            try:
+                self.repl.exec_start(checked_code(START_CODE))
+            except DeviceError as e:                   # the raw-paste transfer was cut (a damaged flow byte)
+                log.info("%s", e)
+                continue
+            try:
+                return self._await_ready(allow_absent=True, checked=True)
+            except _Damaged:
+                continue
+        raise BoardNotResponding(f"the start code did not reach the board on {self.t.port} intact in "
+                                 f"{START_TRIES} tries", hint="check the cable or lower the baud rate (--baud)")
+
+    def _await_ready(self, allow_absent, checked=False):
         deadline = time.monotonic() + max(self.timeout_s, 10.0)
         while True:
             f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
@@ -282,6 +306,8 @@ class Device:
             if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
                 self.link.take_text()
                 return False
+            if checked and (DAMAGED_MARK in text or (text.rstrip().endswith(b"\x04>") and RUN_MARK not in text)):
+                raise _Damaged()             # the code did not run as sent, or its wrapper was hit: send it again
             if b"Traceback" in text and text.rstrip().endswith(b"\x04>"):
                 detail = text.replace(b"\x04", b" ").decode(errors="replace").strip()
                 raise DeviceError(f"the tinyfw runtime failed to start: {detail[-500:]}",
