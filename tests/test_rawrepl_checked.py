@@ -57,3 +57,32 @@ def test_no_single_fault_runs_altered_code():
 
 def test_the_start_code_is_sent_checked():
     assert "TINYFW-ABSENT" in checked_code(START_CODE)
+
+
+def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
+    from tinyhost import protocol as P
+    from tinyhost.client import Device
+
+    class Line:
+        port = "fake"
+
+        def __init__(self):
+            ready = bytearray(P.encode_frame(P.T.READY, 0))
+            ready[-1] ^= 1                                   # READY damaged on the line
+            self.out = RUN_MARK + b"\n" + bytes(ready)
+
+        def read_some(self, timeout_s, max_bytes=None):
+            data, self.out = self.out, b""
+            return data
+
+        def write(self, data):
+            pass
+
+        def wire_time_s(self, nbytes):
+            return nbytes * 10 / 115200
+
+    dev = Device(Line())
+    asked = []
+    monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None: asked.append(tries))
+    assert dev._await_ready(allow_absent=True, checked=True) is True      # at once, not after 10 s
+    assert asked == [3]

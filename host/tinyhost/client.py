@@ -31,7 +31,7 @@ INVOKE_BATCH_RUNS = 256            # runs per INVOKE request: bounds the device'
 START_CODE = ("try:\n import tinyfw.runtime as _tinyfw_runtime\nexcept ImportError as e:\n"
               " print('TINYFW-ABSENT', e)\nelse:\n _tinyfw_runtime.run()\n")
 ABSENT_MARK = b"TINYFW-ABSENT"
-START_TRIES = 5                    # sends of the (checked) start code before the line is called unusable
+START_TRIES = 12                   # sends of the (checked) start code before the line is called unusable
 _TINYFW_IMPORT = re.compile(r"^from tinyfw\.(frame|files|session) import .*$", re.M)
 
 
@@ -296,12 +296,24 @@ class Device:
         raise BoardNotResponding(f"the start code did not reach the board on {self.t.port} intact in "
                                  f"{START_TRIES} tries", hint="check the cable or lower the baud rate (--baud)")
 
+    def _ready_lost(self):
+        """The runtime started but its READY frame did not come through (damaged on the line): ask it with HELLO."""
+        try:
+            self._hello(tries=3)
+        except TinyhostError:
+            return False
+        return True
+
     def _await_ready(self, allow_absent, checked=False):
         deadline = time.monotonic() + max(self.timeout_s, 10.0)
+        bad = self.link.stats.frames_bad
         while True:
             f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
             text = bytes(self.link.text_tail)
             if f is not None and f.ftype == P.T.READY:
+                return True
+            if checked and RUN_MARK in text and (self.link.stats.frames_bad > bad or (
+                    f is None and time.monotonic() >= deadline)) and self._ready_lost():
                 return True
             if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
                 self.link.take_text()

@@ -174,10 +174,11 @@ class Link:
         heard = False
         text_mark = self.text_seen
         attempt = timeouts = 0
+        cause = ""
         while True:
             if attempt:
                 self.stats.frames_retried += 1
-                log.info("%s seq %d: sending again (try %d)", what, seq, attempt + 1)
+                log.info("%s seq %d: sending again after %s (try %d)", what, seq, cause, attempt + 1)
             self.t.write(raw)
             self.stats.frames_sent += 1
             deadline = time.monotonic() + wait_s
@@ -189,16 +190,19 @@ class Link:
                 if f is None:
                     self.stats.timeouts += 1
                     timeouts += 1
+                    cause = f"no reply in {wait_s:.1f} s"
                     self._check_alive()
                     break
                 heard = True
                 if f is DAMAGED:
+                    cause = "a damaged reply"
                     break                         # the reply was damaged: ask again (the device answers a copy)
                 if f.ftype == P.T.READY:
                     raise ProtocolError("the tinyfw runtime restarted in the middle of a session",
                                         hint="the board was reset; reconnect")
                 if f.ftype == P.T.NAK:
                     self.stats.naks_received += 1
+                    cause = "a NAK"
                     if 0 < ((seq - P.parse_nak(f.payload)[0]) & 0xFFFF) < 0x8000:
                         # the device still waits for an earlier frame that will not come (an interrupted
                         # transfer); it has not seen this seq, so a SYNC copy cannot run twice
@@ -218,6 +222,7 @@ class Link:
                     return f
                 if f.ftype == P.T.ACK:
                     # the device took this seq for a copy of an old frame: make it take this one as new
+                    cause = "an ACK for an old frame"
                     raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
                     break
                 self.stats.stale_frames += 1
