@@ -487,7 +487,7 @@ class Device:
     def load_model(self, remote_path, backend="auto", timeout_s=120.0):
         self.slowest_infer_s = None              # another model: its time is not known yet
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
-                              expect_bytes=1024, what=f"load {remote_path}")
+                              expect_bytes=1024, what=f"load {remote_path}", damage_tries=8)
         return model_info_from_kv(P.parse_kv(f.payload))
 
     def set_input(self, data, index=0):
