@@ -140,7 +140,8 @@ class Link:
         reset = next((m for m in RESET_TEXT if m in tail), None)
         if reset or REPL_END.search(tail) or b"Traceback (most recent call last)" in tail:
             text = tail.replace(b"\x04", b"\n").decode(errors="replace")
-            detail = "".join(c for c in text if c.isprintable() or c == "\n").strip()
+            lines = ("".join(c for c in line if c.isprintable()).strip() for line in text.splitlines())
+            detail = " / ".join(line for line in lines if line)       # one line, printable only
             what = "was reset" if reset else "stopped"
             raise DeviceError(f"the tinyfw runtime on the board {what}: {detail[-400:]}",
                               hint="reconnect (tinyhost starts it again); report the traceback if it repeats")
