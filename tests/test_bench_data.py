@@ -224,3 +224,119 @@ def test_journal_appends_resumes_and_drops_a_torn_line(tmp_path):
 def test_resume_without_journal_is_an_error(tmp_path):
     with pytest.raises(UsageError, match="nothing to resume"):
         journal.Journal.open(tmp_path / "none.jsonl", {"model_sha256": "m"}, resume=True)
+
+
+# -- a test set is checked before the first inference --------------------------------------------------------
+def test_bad_wav_files_are_named_before_the_run(tmp_path):
+    import wave
+
+    from tinyhost import features
+
+    (tmp_path / "yes").mkdir()
+    features.write_wav(tmp_path / "yes" / "good.wav", np.zeros(16000, dtype=np.float32))
+    (tmp_path / "yes" / "empty.wav").write_bytes(b"")
+    (tmp_path / "yes" / "short.wav").write_bytes(bytes(range(30)))
+    with wave.open(str(tmp_path / "yes" / "none.wav"), "wb") as w:       # a valid header, 0 samples
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    ds = datasets.load(tmp_path, "kws01")
+    with pytest.raises(UsageError) as e:
+        ds.check(12)
+    msg = str(e.value)
+    assert msg.startswith("3 bad sample file(s)")
+    assert "yes/empty.wav (empty file)" in msg and "yes/short.wav (not a PCM WAV file" in msg
+    assert "yes/none.wav (a WAV file with no samples)" in msg and "good.wav" not in msg
+
+
+def test_bad_images_are_named_before_the_run(tmp_path):
+    import zlib
+
+    from PIL import Image
+
+    for cls in ("person", "non_person"):
+        (tmp_path / cls).mkdir()
+    Image.new("RGB", (120, 80), (1, 2, 3)).save(tmp_path / "person" / "good.png")
+    (tmp_path / "person" / "text.jpg").write_text("not a picture\n")
+    png = (tmp_path / "person" / "good.png").read_bytes()
+    (tmp_path / "non_person" / "cut.png").write_bytes(png[:len(png) // 2])
+    ihdr = struct.pack(">II", 20000, 10000) + png[24:29]                 # 200 megapixels, never decoded
+    huge = png[:8] + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "non_person" / "huge.png").write_bytes(huge + png[33:])
+    ds = datasets.load(tmp_path, "vww01")
+    with pytest.raises(UsageError) as e:
+        ds.check(2)
+    msg = str(e.value)
+    assert msg.startswith("3 bad sample file(s)")
+    assert "person/text.jpg (not a readable image" in msg and "non_person/cut.png (not a readable image" in msg
+    assert "non_person/huge.png (too large" in msg, msg
+
+
+def test_labels_whose_classes_are_not_the_models_outputs_are_refused(tmp_path):
+    from tinyhost.bench import session
+
+    write_set(tmp_path, [("a.bin", 20, 3)], {"a.bin": bytes(490)})
+    ds = datasets.load(tmp_path, "kws01")
+    ds.check()                                          # without a model nothing to compare
+    with pytest.raises(UsageError, match="y_labels.csv says 20 classes .* the model has 12 outputs"):
+        ds.check(12)
+    opts = SimpleNamespace(dataset=str(tmp_path), limit=0)
+    with pytest.raises(UsageError, match="model has 12 outputs"):
+        session._load_dataset(opts, "kws01", output_tensor=SimpleNamespace(shape=(1, 12)))
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "../../etc/hostname", "/etc/hostname", "sub/../../outside.bin"])
+def test_sample_paths_outside_the_dataset_folder_are_refused(tmp_path, name):
+    (tmp_path / "outside.bin").write_bytes(bytes(490))
+    root = write_set(tmp_path / "set" / "kws01", [(name, 12, 3)], {})
+    with pytest.raises(UsageError, match="outside the dataset folder"):
+        datasets.load(root, "kws01")
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    r = _result()
+    r.accuracy.samples[0] = results.SampleResult(0, '=HYPERLINK("http://x","y")', 0, 1, 1, 0.9, 1000, [0.1, 0.9])
+    r.accuracy.samples[1] = results.SampleResult(1, "@SUM(A1)", 0, 0, 1, 0.8, 1100, [0.2, 0.8])
+    rows = list(csv.DictReader(io.StringIO(results.to_csv(r))))
+    files = [row["file"] for row in rows if row["record"] == "sample"]
+    assert files == ['\'=HYPERLINK("http://x","y")', "'@SUM(A1)"]
+    assert all(not v.startswith(("=", "+", "@")) for row in rows for v in row.values())
+    assert [row["time_us"] for row in rows if row["record"] == "inference"] == ["900", "1000", "1100"]
+
+
+def test_names_printed_to_the_terminal_lose_their_control_characters():
+    from tinyhost import console
+
+    assert console.printable("a\x1b[31mred\x07\nline\x9b") == "a\\x1b[31mred\\x07\\x0aline\\x9b"
+    assert console.printable("ünïcode ok.wav") == "ünïcode ok.wav"
+
+
+def test_live_printer_shows_a_hostile_sample_name_inert(capsys):
+    from tinyhost.commands.bench import LivePrinter
+
+    s = results.SampleResult(0, "x\x1b[2J\nfake line.wav", 0, 1, 1, 0.9, 1000, [0.1, 0.9])
+    with LivePrinter(1, 1.0, verbose=True) as p:
+        p.sample(s, 1, 1, {"metric": "top1", "value": 1.0})
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "\x1b[2J" not in text and "x\\x1b[2J\\x0afake line.wav" in text
+
+
+def test_hostile_model_file_names_are_refused_before_flashing(tmp_path):
+    from tinyhost import flash
+
+    for name in ("a\nf 1 b.tflite", "tab\there.tflite", "esc\x1b.tflite"):
+        with pytest.raises(UsageError, match="control characters"):
+            flash.model_item(tmp_path / name)
+    with pytest.raises(UsageError, match="247 bytes long"):
+        flash.model_item(tmp_path / ("a" * 240 + ".tflite"))
+
+
+def test_plan_cache_takes_a_long_model_name(tmp_path):
+    from pathlib import Path
+
+    from tinyhost.model import plan
+
+    kws = Path(__file__).resolve().parents[1] / "models" / "kws" / "kws.tflite"
+    long_name = tmp_path / ("k" * 240 + ".tflite")
+    long_name.write_bytes(kws.read_bytes())
+    target = plan.plan_file(long_name, cache=tmp_path / "cache")
+    assert target.is_file() and len(target.name) < 120

@@ -166,3 +166,15 @@ def test_serve_runs_as_a_process_and_stops_cleanly_with_a_device_connected(tmp_p
 def test_serve_refuses_to_listen_off_loopback_without_keys():
     r = CliRunner().invoke(cli, ["serve", "--model", "kws01", "--listen", "0.0.0.0:7373"])
     assert r.exit_code != 0
+
+
+def test_serve_refuses_a_corrupt_model_with_the_readers_reason(tmp_path):
+    # one byte of the shipped kws model changed: a tensor's buffer index out of range, which crashes TFLM
+    data = bytearray((Path(__file__).resolve().parents[1] / "models" / "kws" / "kws.tflite").read_bytes())
+    data[40906] = 0x40
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(data))
+    proc = subprocess.run([str(Path(sys.executable).with_name("tinyhost")), "serve", "--model", f"kws={bad}",
+                           "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 10, (proc.returncode, proc.stderr)
+    assert "refers to buffer" in proc.stderr and "bad.tflite" in proc.stderr

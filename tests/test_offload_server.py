@@ -4,6 +4,7 @@ crash or stall it for others. All loops are bounded; every socket has a timeout.
 import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -110,9 +111,11 @@ def test_corrupt_crc_is_answered_and_the_session_goes_on(kws_server):
 
 def test_request_before_hello_and_replayed_sequence_are_refused(kws_server):
     _, address = kws_server
-    with _raw(address) as s:
+    with _raw(address) as s:             # refused from its header: the body is never read, the connection ends
         s.sendall(wire.encode_request(1, wire.Request("kws", 0, kws_tensor())))
         assert _reply(s).status == wire.AUTH_REQUIRED
+        assert s.recv(1) == b""
+    with _raw(address) as s:
         _hello(s)
         s.sendall(wire.encode_request(5, wire.Request("kws", 0, kws_tensor())))
         assert _reply(s).ok
@@ -240,3 +243,111 @@ def test_resolve_model_names_and_paths(tmp_path):
         models.resolve_model("nosuchmodel")
     with pytest.raises(UsageError, match="no such model file"):
         models.resolve_model(str(tmp_path / "x.tflite"))
+
+
+# -- no unauthenticated client can starve the others -------------------------------------------------------------
+def _attack_server(**config):
+    config.setdefault("max_pending", 8)
+    config.setdefault("hello_timeout_s", 1.0)
+    config.setdefault("frame_timeout_s", 1.0)
+    return start_server(**config)
+
+
+def test_idle_sockets_before_hello_cannot_lock_out_devices():
+    thread, srv, address = _attack_server(max_clients=8)
+    idle = []
+    try:
+        idle = [_raw(address) for _ in range(20)]                  # more than max_clients and max_pending
+        with OffloadClient(*address, device_id="good", timeout_s=5) as c:
+            assert c.infer("kws", kws_tensor()).reply.ok
+        assert srv.stats.connections_pending <= 8
+        assert srv.stats.pending_dropped >= 12
+        # the ones left are closed when their HELLO time is up
+        for s in idle[-8:]:
+            s.settimeout(5)
+            assert s.recv(1) == b""
+        assert srv.stats.hello_timeouts >= 7
+    finally:
+        for s in idle:
+            s.close()
+        thread.stop()
+
+
+def test_slowloris_is_bounded_by_the_frame_deadline():
+    thread, srv, address = _attack_server()
+    try:
+        with _raw(address) as slow:
+            hello = wire.encode_hello(1, "slow", bytes(16))
+            t0 = time.monotonic()
+            for b in hello[:-1]:                      # one byte every 0.2 s: each byte alone is never late
+                try:
+                    slow.sendall(bytes([b]))
+                except OSError:
+                    break
+                time.sleep(0.2)
+                if time.monotonic() - t0 > 4:
+                    break
+            assert _reply(slow).status == wire.BAD_FRAME
+            assert time.monotonic() - t0 < 3
+    finally:
+        thread.stop()
+
+
+def test_authenticated_idle_session_times_out():
+    thread, srv, address = _attack_server(idle_timeout_s=0.5)
+    try:
+        with _raw(address) as s:
+            assert wire.decode_welcome(_hello(s).body).status == wire.OK
+            s.settimeout(5)
+            assert s.recv(1) == b""
+        assert srv.stats.idle_timeouts == 1
+    finally:
+        thread.stop()
+
+
+def test_big_frames_are_refused_from_the_header_before_and_after_hello():
+    thread, srv, address = _attack_server()
+    try:
+        with _raw(address) as s:            # before HELLO: at most a HELLO's size
+            s.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.KIND_HELLO, 0, 1, (1 << 20) - 100))
+            assert _reply(s).status == wire.TOO_LARGE
+            assert s.recv(1) == b""
+        with _raw(address) as s:            # after: at most one request for the largest served input
+            _hello(s)
+            body = wire.max_request_bytes(490) - wire.HEADER_BYTES - wire.CRC_BYTES + 1
+            s.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.KIND_REQUEST, 0, 2, body))
+            assert _reply(s).status == wire.TOO_LARGE
+    finally:
+        thread.stop()
+
+
+def test_one_device_cannot_hold_more_than_its_share_of_sessions(keyed_server):
+    srv, address, _, key = keyed_server
+    clients = [OffloadClient(*address, device_id="board-1", key=key) for _ in range(4)]
+    try:
+        for c in clients:
+            c.connect()
+        with pytest.raises(OffloadRefused) as e:
+            OffloadClient(*address, device_id="board-1", key=key).connect()
+        assert e.value.status == wire.BUSY
+        assert srv.stats.device_limit_refusals == 1
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_shutdown_summary_counts_each_refusal_once():
+    thread, srv, address = _attack_server(max_clients=1, max_pending=2)
+    try:
+        with OffloadClient(*address, device_id="first"):
+            with _raw(address) as second:                       # max_clients reached: refused on arrival
+                assert _reply(second).status == wire.BUSY
+        with _raw(address) as junk:
+            junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert _reply(junk).status == wire.BAD_FRAME
+        st = srv.stats
+        assert (st.connections_refused, st.frames_bad, st.sessions, st.requests_ok) == (1, 1, 1, 0)
+        line = st.summary()
+        assert "1 refused (too many clients)" in line and "1 bad frames" in line and "1 sessions" in line
+    finally:
+        thread.stop()

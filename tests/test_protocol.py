@@ -1,6 +1,7 @@
 """Property tests of the host frame codec (tinyhost.protocol) and its payload codecs."""
 
 import struct
+import time
 import zlib
 
 import pytest
@@ -105,3 +106,126 @@ def test_payload_codecs():
         P.pack_rename("a\0b", "c")
     with pytest.raises(ValueError):
         P.pack_put_begin(1, b"short", "/x")
+
+
+@given(types, seqs, st.binary(max_size=400), st.binary(max_size=400), st.integers(1, 64))
+def test_a_damaged_frames_bytes_are_not_text(ftype, seq, before, after, chunk):
+    payload = before + b"\x04>Traceback (most recent call last)\x04\x04>" + after
+    bad = bytearray(P.encode_frame(ftype, seq, payload))
+    bad[-1] ^= 0x55                                      # the CRC: header sound, extent known
+    stream = b"hello\r\n" + bytes(bad) + P.encode_frame(P.T.OK, 7) + b"bye"
+    decoder = P.FrameDecoder()
+    frames = []
+    for i in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[i:i + chunk])
+    assert P.Frame(P.T.OK, 7) in frames
+    text = decoder.take_text()
+    assert text.startswith(b"hello\r\n") and text.endswith(b"bye")
+    assert b"\x04>" not in text and decoder.frames_bad >= 1
+
+
+def test_runtime_end_is_the_raw_repls_marker_not_two_bytes_of_binary():
+    from tinyhost.errors import DeviceError
+    from tinyhost.link import Link
+
+    link = Link(None)
+    damaged = bytearray(P.encode_frame(P.T.OK, 3, b"\x00\x04>\xff" * 20))
+    damaged[20] ^= 0x10
+    link._feed(bytes(damaged))
+    link._feed(b"\x93\x04>\x11")          # binary outside any frame (a frame whose header was hit) holding \x04>
+    link._check_alive()                   # no end of the runtime in that
+    link.take_text()
+    link._feed(b"out\x04Traceback (most recent call last):\r\n  File \"main.py\"\r\nMemoryError: \r\n\x04>")
+    with pytest.raises(DeviceError, match="stopped: out / Traceback .* / MemoryError"):
+        link._check_alive()
+    link.take_text()
+    link._feed(b"done\x04\x04>")
+    with pytest.raises(DeviceError, match="runtime on the board stopped: done"):
+        link._check_alive()
+
+
+class _LineAfterReset:
+    """A transport whose board was reset: whatever is sent, it prints MicroPython's reboot text and a prompt."""
+
+    port = "fake"
+
+    def __init__(self, text):
+        self.text = text
+        self.pending = b""
+
+    def write(self, data):
+        self.pending += self.text
+
+    def read_some(self, timeout_s):
+        data, self.pending = self.pending, b""
+        if not data:
+            time.sleep(timeout_s)
+        return data
+
+    def wire_time_s(self, nbytes):
+        return nbytes * 10 / 115200
+
+
+@pytest.mark.parametrize("text", [b"MPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>",
+                                  b"\x00\xffets Jul 29 2019\r\nMicroPython v1.24 on esp32\r\nType \"help()\" for more "
+                                  b"information.\r\n>>> "])
+def test_a_reset_board_is_recognised_while_a_request_waits(text):
+    from tinyhost.errors import DeviceError
+    from tinyhost.link import Link
+
+    link = Link(_LineAfterReset(text))
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match="was reset"):
+        link.request(P.T.INFER, bytes(490), timeout_s=120.0, what="infer")     # 8 tries of 120 s before
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_infer_waits_from_the_boards_own_time_once_it_is_known():
+    from tinyhost.client import Device
+
+    dev = Device(_LineAfterReset(b""))
+    assert dev.infer_wait_s(490, timeout_s=120.0) == 120.0          # nothing known yet
+    dev._took(150_000)                                               # 150 ms
+    assert 2.0 <= dev.infer_wait_s(490, timeout_s=120.0) < 3.0
+    dev._took(3_000_000)                                             # a 3 s inference
+    assert 12.0 <= dev.infer_wait_s(490, timeout_s=120.0) < 13.0
+    assert dev.infer_wait_s(490, timeout_s=5.0) == 5.0
+
+
+class _NoisyLine:
+    """A board behind a line that damages the first ``bad`` sends of every request (the device NAKs them), then
+    answers OK."""
+
+    port = "fake"
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.sends = 0
+        self.pending = b""
+
+    def write(self, data):
+        self.sends += 1
+        seq = struct.unpack_from("<H", data, 4)[0]
+        if self.sends <= self.bad:
+            self.pending += P.encode_frame(P.T.NAK, seq, struct.pack("<HB", seq, 2))
+        else:
+            self.pending += P.encode_frame(P.T.OK, seq, struct.pack("<I", 1234) + bytes(12))
+
+    def read_some(self, timeout_s):
+        data, self.pending = self.pending, b""
+        return data
+
+    def wire_time_s(self, nbytes):
+        return nbytes * 10 / 115200
+
+
+def test_a_large_request_damaged_on_most_sends_still_gets_through():
+    from tinyhost.client import Device
+    from tinyhost.errors import ProtocolError
+
+    dev = Device(_NoisyLine(bad=20))
+    dev.link.max_payload = 1024
+    assert dev.infer(bytes(490)).time_us == 1234          # 20 NAKs, then the answer
+    assert dev.link.stats.naks_received == 20
+    with pytest.raises(ProtocolError, match="failed 8 times"):
+        Device(_NoisyLine(bad=20)).link.request(P.T.INFER, bytes(490), what="infer")   # the plain budget

@@ -21,7 +21,7 @@ from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
 from .link import Link
 from .paths import firmware_dir
-from .rawrepl import RawRepl
+from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ INVOKE_BATCH_RUNS = 256            # runs per INVOKE request: bounds the device'
 START_CODE = ("try:\n import tinyfw.runtime as _tinyfw_runtime\nexcept ImportError as e:\n"
               " print('TINYFW-ABSENT', e)\nelse:\n _tinyfw_runtime.run()\n")
 ABSENT_MARK = b"TINYFW-ABSENT"
+START_TRIES = 12                   # sends of the (checked) start code before the line is called unusable
 _TINYFW_IMPORT = re.compile(r"^from tinyfw\.(frame|files|session) import .*$", re.M)
 
 
@@ -188,6 +189,17 @@ def bootstrap_sources(fw_dir=None):
     return scripts
 
 
+# INFER's retry budget: its request is as large as the model's input (490 bytes for KWS), so at 1e-3 faults per
+# byte each way most sends are damaged and NAKed at once; those retries are cheap and many are allowed. Silence
+# (a try that times out) is given up on after INFER_TIMEOUTS tries.
+INFER_TIMEOUTS = 4
+INFER_DAMAGE_TRIES = 32
+
+
+class _Damaged(Exception):
+    """Checked code sent through the raw REPL arrived altered."""
+
+
 class Device:
     """A board running the tinyfw runtime. Use :meth:`open`; a context manager."""
 
@@ -199,6 +211,7 @@ class Device:
         self.hello = {}
         self.running = False
         self.started_via = None          # "running" (answered at once), "import", "bootstrap"
+        self.slowest_infer_s = None      # the longest INFER the board has reported (its own time)
 
     @classmethod
     def open(cls, port, baud=None, timeout_s=5.0, start=True):
@@ -229,8 +242,7 @@ class Device:
         self._start_from_repl()
 
     def _start_from_repl(self):
-        self.repl.exec_start(START_CODE)
-        if self._await_ready(allow_absent=True):
+        if self._import_runtime():
             self.started_via = "import"
         else:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
@@ -264,16 +276,50 @@ class Device:
         self.link.take_text()
         self.running = True
 
-    def _await_ready(self, allow_absent):
+    def _import_runtime(self):
+        """Start tinyfw from the board's filesystem through the raw REPL, the code checked on arrival (a damaged
+        line must not make the board look empty). True when it runs, False when tinyfw is not there."""
+        for attempt in range(START_TRIES):
+            if attempt:
+                log.info("the start code arrived damaged: sending it again (try %d)", attempt + 1)
+                self.repl.enter()
+            self.link.take_text()
+            try:
+                self.repl.exec_start(checked_code(START_CODE))
+            except DeviceError as e:                   # the raw-paste transfer was cut (a damaged flow byte)
+                log.info("%s", e)
+                continue
+            try:
+                return self._await_ready(allow_absent=True, checked=True)
+            except _Damaged:
+                continue
+        raise BoardNotResponding(f"the start code did not reach the board on {self.t.port} intact in "
+                                 f"{START_TRIES} tries", hint="check the cable or lower the baud rate (--baud)")
+
+    def _ready_lost(self):
+        """The runtime started but its READY frame did not come through (damaged on the line): ask it with HELLO."""
+        try:
+            self._hello(tries=3)
+        except TinyhostError:
+            return False
+        return True
+
+    def _await_ready(self, allow_absent, checked=False):
         deadline = time.monotonic() + max(self.timeout_s, 10.0)
+        bad = self.link.stats.frames_bad
         while True:
             f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
             text = bytes(self.link.text_tail)
             if f is not None and f.ftype == P.T.READY:
                 return True
+            if checked and RUN_MARK in text and (self.link.stats.frames_bad > bad or (
+                    f is None and time.monotonic() >= deadline)) and self._ready_lost():
+                return True
             if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
                 self.link.take_text()
                 return False
+            if checked and (DAMAGED_MARK in text or (text.rstrip().endswith(b"\x04>") and RUN_MARK not in text)):
+                raise _Damaged()             # the code did not run as sent, or its wrapper was hit: send it again
             if b"Traceback" in text and text.rstrip().endswith(b"\x04>"):
                 detail = text.replace(b"\x04", b" ").decode(errors="replace").strip()
                 raise DeviceError(f"the tinyfw runtime failed to start: {detail[-500:]}",
@@ -439,8 +485,9 @@ class Device:
 
     # -- models ---------------------------------------------------------------------------------------------
     def load_model(self, remote_path, backend="auto", timeout_s=120.0):
+        self.slowest_infer_s = None              # another model: its time is not known yet
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
-                              expect_bytes=1024, what=f"load {remote_path}")
+                              expect_bytes=1024, what=f"load {remote_path}", damage_tries=8)
         return model_info_from_kv(P.parse_kv(f.payload))
 
     def set_input(self, data, index=0):
@@ -496,16 +543,33 @@ class Device:
             if len(out) >= total or not data:
                 return bytes(out)
 
+    def infer_wait_s(self, nbytes, timeout_s=120.0):
+        """How long one INFER try waits for its reply: ``timeout_s`` until the board has answered one; then four
+        times the slowest inference it reported (at least 2 s) plus the wire time, at most ``timeout_s``. A lost
+        request or reply then costs seconds, not ``timeout_s``, on a noisy line."""
+        if self.slowest_infer_s is None:
+            return timeout_s
+        return min(timeout_s, max(2.0, 4 * self.slowest_infer_s)
+                   + self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, self.link.max_payload))
+
+    def _took(self, us):
+        s = us / 1e6
+        if self.slowest_infer_s is None or s > self.slowest_infer_s:
+            self.slowest_infer_s = s
+
     def infer(self, data, timeout_s=120.0):
-        """Set input 0, run once, return output 0 -- in one round trip when both fit in a frame."""
+        """Set input 0, run once, return output 0 -- in one round trip when both fit in a frame. Each try waits
+        :meth:`infer_wait_s`; a board that was reset or whose runtime ended says so on the line and is recognised
+        at once (DeviceError)."""
         data = bytes(data)
         if len(data) > self.link.max_payload:
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
         try:
-            f = self.link.request(P.T.INFER, data, timeout_s=timeout_s, expect_bytes=self.link.max_payload,
-                                  what="infer")
+            f = self.link.request(P.T.INFER, data, timeout_s=self.infer_wait_s(len(data), timeout_s),
+                                  expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
+                                  damage_tries=INFER_DAMAGE_TRIES)
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
@@ -513,6 +577,7 @@ class Device:
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
         us, out = P.parse_infer(f.payload)
+        self._took(us)
         return InferResult(out, us)
 
     def infer_with_info(self, data, timeout_s=120.0):
@@ -523,10 +588,13 @@ class Device:
         if len(data) > self.link.max_payload:
             raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
                              f"({self.link.max_payload} bytes); offloaded runs need INFER")
-        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=timeout_s,
-                              expect_bytes=self.link.max_payload, what="infer")
+        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=self.infer_wait_s(len(data), timeout_s),
+                              expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
+                              damage_tries=INFER_DAMAGE_TRIES)
         try:
-            return P.parse_infer_info(f.payload)
+            result = P.parse_infer_info(f.payload)
+            self._took(result[0])
+            return result
         except ValueError:
             raise ProtocolError("INFER reply carries no offload info: the board's tinyfw is older than this "
                                 "tinyhost", hint="run `tinyhost flash` to update the firmware") from None

@@ -27,6 +27,13 @@ def _is_tty(stream):
         return False
 
 
+def printable(text):
+    """``text`` with control characters (C0, DEL, C1: ESC sequences, newlines, carriage returns) shown as ``\\xNN``:
+    a name that comes from outside (a file in a test set, a model file) cannot move the cursor, recolour the
+    terminal or fake lines of output."""
+    return "".join(c if not (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) else f"\\x{ord(c):02x}" for c in str(text))
+
+
 def console(stderr=False):
     """A Console on the current sys.stdout (or sys.stderr): colours and the terminal's width on a terminal;
     elsewhere no escape codes and no wrapping (COLUMNS, when set, is the width)."""

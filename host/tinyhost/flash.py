@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DoesNotFit, ModelError, TinyhostError
+from .errors import DoesNotFit, ModelError, TinyhostError, UsageError
 from .hashing import sha256_file
 from .paths import firmware_dir
 
@@ -75,13 +75,33 @@ def firmware_items(root=None, board=None):
     return [_item(p, "/" + p.relative_to(root).as_posix()) for p in files]
 
 
+# The longest model file name put on a board, in UTF-8 bytes: its plan's name and the board's filesystem (255 at
+# most, littlefs and FAT) must hold it with room to spare.
+MAX_MODEL_NAME_BYTES = 100
+
+
+def check_model_name(name):
+    """Refuse a model file name the board could not hold or list: control characters (a newline would make up
+    entries in LIST's line-per-file answer) or more than MAX_MODEL_NAME_BYTES bytes. Raises UsageError."""
+    bad = sorted({c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0})
+    if bad:
+        raise UsageError(f"model file name {name!r} has control characters ({', '.join(repr(c) for c in bad)})",
+                         hint="rename the file: letters, digits, '.', '-', '_'")
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_MODEL_NAME_BYTES:
+        raise UsageError(f"model file name {name[:40]!r}... is {size} bytes long, more than the board takes "
+                         f"({MAX_MODEL_NAME_BYTES})", hint="rename the file to a shorter name")
+
+
 def model_item(path, board=None):
     """A model to put on the board under /models/.
 
-    Refused here, before anything is sent, when it cannot fit ``board``'s filesystem or when the host's copy of
-    the device's reader and validator finds it corrupt or unsupported.
+    Refused here, before anything is sent, when its name is unfit for the board (:func:`check_model_name`), when it
+    cannot fit ``board``'s filesystem or when the host's copy of the device's reader and validator finds it corrupt
+    or unsupported.
     """
     path = Path(path)
+    check_model_name(path.name)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist", hint="check the path, or see `tinyhost models list`")
     item = _item(path, f"{MODELS_DIR}/{path.name}")

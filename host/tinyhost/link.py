@@ -8,6 +8,7 @@ or timeout). Every wait has a deadline; every retry loop stops after ``MAX_TRIES
 
 import collections
 import logging
+import re
 import random
 import time
 from dataclasses import dataclass
@@ -23,8 +24,14 @@ TEXT_TAIL_BYTES = 2048
 STALL_S = 0.08                 # a frame from the device that stops arriving this long has lost bytes
 MIN_CHUNK_BYTES = 128          # smallest data chunk the sender shrinks to on a noisy line
 GROW_AFTER_CLEAN = 8           # acknowledged frames in a row before the chunk doubles again
-REPL_END = b"\x04>"            # the raw REPL's "code finished" marker: the runtime is gone
+# The raw REPL's "code finished" marker, after the program's output: end of output (\x04), the exception's text if
+# any, end of that (\x04), the prompt. Its last two bytes alone also occur in binary data.
+REPL_END = re.compile(rb"\x04(?:[^\x04]*Traceback[^\x04]*)?\x04>")
 DAMAGED = P.Frame(-1, -1)      # next_frame(): a frame from the device arrived damaged
+# Text a board prints only after it was reset or its runtime ended: looked for while a request waits, so a reset
+# board is recognised as soon as it says so, not after every try's timeout.
+RESET_TEXT = (b"soft reboot\r\n", b"raw REPL; CTRL-B to exit", b'Type "help()" for more information.')
+POLL_S = 0.25                  # a request's wait is cut into slices this long to look at the text in between
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Link:
         self.resync = False              # next request carries FLAG_SYNC
         self.stats = LinkStats()
         self.text_tail = bytearray()
+        self.text_seen = 0               # text bytes received in all (text_tail keeps the last TEXT_TAIL_BYTES)
         self.on_text = None              # callback(bytes) for text from the device (EEMBC output, prints)
 
     # -- receiving ------------------------------------------------------------------------------------------
@@ -108,6 +116,7 @@ class Link:
         self.stats.frames_bad += damaged
         text = self.decoder.take_text()
         if text:
+            self.text_seen += len(text)
             self.text_tail += text
             del self.text_tail[:-TEXT_TAIL_BYTES]
             log.debug("text from the device: %r", text)
@@ -120,12 +129,21 @@ class Link:
         self.text_tail.clear()
         return text
 
-    def _check_alive(self):
-        """Raise when the text from the device shows that the runtime has ended (back at the REPL)."""
+    def _check_alive(self, since=None):
+        """Raise when the text from the device shows that the runtime has ended (back at the REPL) or the board was
+        reset. ``since`` (a ``text_seen`` count): look only at the text that came after it."""
         tail = bytes(self.text_tail)
-        if REPL_END in tail or b"Traceback" in tail:
-            detail = tail.replace(b"\x04", b" ").decode(errors="replace").strip()
-            raise DeviceError(f"the tinyfw runtime on the board stopped: {detail[-400:]}",
+        if since is not None:
+            tail = tail[len(tail) - min(len(tail), self.text_seen - since):]
+        if not tail:
+            return
+        reset = next((m for m in RESET_TEXT if m in tail), None)
+        if reset or REPL_END.search(tail) or b"Traceback (most recent call last)" in tail:
+            text = tail.replace(b"\x04", b"\n").decode(errors="replace")
+            lines = ("".join(c for c in line if c.isprintable()).strip() for line in text.splitlines())
+            detail = " / ".join(line for line in lines if line)       # one line, printable only
+            what = "was reset" if reset else "stopped"
+            raise DeviceError(f"the tinyfw runtime on the board {what}: {detail[-400:]}",
                               hint="reconnect (tinyhost starts it again); report the traceback if it repeats")
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -138,11 +156,14 @@ class Link:
         return seq
 
     def request(self, ftype, payload=b"", flags=0, timeout_s=None, on_event=None, tries=MAX_TRIES,
-                expect_bytes=P.OVERHEAD_BYTES, what=None):
+                expect_bytes=P.OVERHEAD_BYTES, what=None, damage_tries=None):
         """Send one request, return its OK/ACK reply frame; raises the mapped error for an ERR reply.
 
         ``timeout_s`` is the wait for a reply to one send (default: from the wire time of both frames);
-        an EVENT frame for this request (``on_event(index, value)``) starts the wait again.
+        an EVENT frame for this request (``on_event(index, value)``) starts the wait again. At most ``tries``
+        sends; with ``damage_tries``, sends after a NAK or a damaged reply (answered at once, so cheap) count
+        against that instead, and only timeouts against ``tries``: a large frame on a noisy line, damaged on most
+        sends, still gets through while a silent board is given up on as soon.
         """
         seq = self.next_seq()
         if self.resync:                           # an interrupted transfer left the device's count behind
@@ -152,27 +173,37 @@ class Link:
         what = what or P.Frame(ftype, seq).name
         wait_s = timeout_s if timeout_s is not None else self.reply_timeout_s(len(raw), expect_bytes)
         heard = False
-        for attempt in range(tries):
+        text_mark = self.text_seen
+        attempt = timeouts = 0
+        cause = ""
+        while True:
             if attempt:
                 self.stats.frames_retried += 1
-                log.info("%s seq %d: sending again (try %d)", what, seq, attempt + 1)
+                log.info("%s seq %d: sending again after %s (try %d)", what, seq, cause, attempt + 1)
             self.t.write(raw)
             self.stats.frames_sent += 1
             deadline = time.monotonic() + wait_s
             while True:
-                f = self.next_frame(deadline, report_damage=True)
+                f = self.next_frame(min(deadline, time.monotonic() + POLL_S), report_damage=True)
+                if f is None and time.monotonic() < deadline:
+                    self._check_alive(since=text_mark)      # a reset board says so: no need to wait out the try
+                    continue
                 if f is None:
                     self.stats.timeouts += 1
+                    timeouts += 1
+                    cause = f"no reply in {wait_s:.1f} s"
                     self._check_alive()
                     break
                 heard = True
                 if f is DAMAGED:
+                    cause = "a damaged reply"
                     break                         # the reply was damaged: ask again (the device answers a copy)
                 if f.ftype == P.T.READY:
                     raise ProtocolError("the tinyfw runtime restarted in the middle of a session",
                                         hint="the board was reset; reconnect")
                 if f.ftype == P.T.NAK:
                     self.stats.naks_received += 1
+                    cause = "a NAK"
                     if 0 < ((seq - P.parse_nak(f.payload)[0]) & 0xFFFF) < 0x8000:
                         # the device still waits for an earlier frame that will not come (an interrupted
                         # transfer); it has not seen this seq, so a SYNC copy cannot run twice
@@ -192,9 +223,17 @@ class Link:
                     return f
                 if f.ftype == P.T.ACK:
                     # the device took this seq for a copy of an old frame: make it take this one as new
+                    cause = "an ACK for an old frame"
                     raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
                     break
                 self.stats.stale_frames += 1
+            attempt += 1
+            if damage_tries is None:
+                if attempt >= tries:
+                    break
+            elif timeouts >= tries or attempt - timeouts >= damage_tries:
+                break
+        tries = attempt
         if not heard:
             raise BoardNotResponding(f"no answer to {what} from the board on {self.t.port} "
                                      f"({tries} tries, {wait_s:.1f} s each)")

@@ -172,6 +172,15 @@ class FrameDecoder:
         self._buf = bytearray()
         self.text = bytearray()        # non-frame bytes, oldest first; the caller drains it
         self.frames_bad = 0
+        self.noise_bytes = 0           # bytes of damaged frames (valid header, bad CRC): neither frame nor text
+        self._noise_end = 0            # in _buf: bytes before this belong to a damaged frame
+
+    def _text(self, start, stop):
+        """buf[start:stop] is outside any frame: text, except what lies inside a damaged frame's extent (its
+        payload is binary, and could hold anything, the raw REPL's end marker included)."""
+        cut = min(max(self._noise_end, start), stop)
+        self.noise_bytes += cut - start
+        self.text += self._buf[cut:stop]
 
     def feed(self, data):
         self._buf += data
@@ -181,10 +190,10 @@ class FrameDecoder:
         while True:
             at = buf.find(MAGIC[0], pos)
             if at < 0:
-                self.text += buf[pos:]
+                self._text(pos, len(buf))
                 pos = len(buf)
                 break
-            self.text += buf[pos:at]
+            self._text(pos, at)
             status, frame, end = decode_at(buf, at, self.max_payload)
             if status is Status.INCOMPLETE:
                 pos = at
@@ -193,11 +202,15 @@ class FrameDecoder:
                 frames.append(frame)
                 pos = end
                 continue
+            if status is Status.BAD_CRC:      # the header is sound, so the frame's extent is known
+                n = _HEADER.unpack_from(buf, at)[4]
+                self._noise_end = max(self._noise_end, at + HEADER_BYTES + n + TRAILER_BYTES)
             if status is not Status.NO_MAGIC:
                 self.frames_bad += 1
-            self.text += buf[at:at + 1]
+            self._text(at, at + 1)
             pos = at + 1
         del buf[:pos]
+        self._noise_end = max(0, self._noise_end - pos)
         return frames
 
     def pending(self):
@@ -208,9 +221,10 @@ class FrameDecoder:
         """Give up on the frame begun in the pending bytes (they stopped arriving): scan on after its magic."""
         if self._buf:
             self.frames_bad += 1
+            self._text(0, 1)
             rest = bytes(self._buf[1:])
-            self.text += self._buf[:1]
             self._buf.clear()
+            self._noise_end = max(0, self._noise_end - 1)
             return self.feed(rest)
         return []
 

@@ -20,6 +20,31 @@ ENTER_TRIES = 3
 PLAIN_CHUNK_BYTES = 256
 
 
+RUN_MARK = b"TINYHOST-RUN"          # printed by checked_code() just before it runs the code it carries
+DAMAGED_MARK = b"TINYHOST-DAMAGED"  # printed instead when the code arrived altered
+
+
+def code_hash(data):
+    """The 24-bit polynomial hash checked_code() computes on the board (any changed, lost or added byte changes
+    it, or the length)."""
+    h = 0
+    for x in data:
+        h = (h * 31 + x) & 0xFFFFFF
+    return h
+
+
+def checked_code(code):
+    """``code`` wrapped so that the board runs it only if it arrived as sent: the code travels as a bytes literal
+    with its length and hash; the board recomputes both, prints RUN_MARK and runs it, or prints DAMAGED_MARK. A
+    byte damaged in the wrapper itself makes it fail to compile or run (a traceback without RUN_MARK), so the
+    raw REPL, which has no check of its own, never runs altered code unless two faults conspire. It costs the
+    code's size in heap while it runs: for small scripts."""
+    data = code.encode() if isinstance(code, str) else bytes(code)
+    return (f"_c={data!r}\n_h=0\nfor _x in _c:\n _h=(_h*31+_x)&0xFFFFFF\n"
+            f"if len(_c)=={len(data)} and _h=={code_hash(data)}:\n print('{RUN_MARK.decode()}')\n exec(_c)\n"
+            f"else:\n print('{DAMAGED_MARK.decode()}')\n")
+
+
 class RawRepl:
     def __init__(self, transport, timeout_s=5.0):
         self.t = transport
@@ -91,9 +116,9 @@ class RawRepl:
             for b in flow:
                 if b == CTRL_A[0]:
                     credit += window
-                elif b == CTRL_D[0]:
+                elif b == CTRL_D[0]:        # the board's "stop" (a compile error, memory), or a damaged byte
                     self.t.write(CTRL_D)
-                    raise DeviceError("the board ended the raw-paste transfer early (out of memory?)")
+                    raise DeviceError("the board ended the raw-paste transfer early")
             n = min(credit, len(data) - pos)
             if n:
                 self.t.write(data[pos:pos + n])

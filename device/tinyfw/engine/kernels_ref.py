@@ -6,6 +6,8 @@
 # Buffers: int8 tensors are memoryviews of array('b') (signed); bias, multipliers and shifts are array('i');
 # `p` is an array('i') laid out as in params.py. Kernels write `out` in place and return None.
 # No kernel allocates on a port with 63-bit small ints (unix, 64-bit); see KERNELS.md for 32-bit ports.
+# The accumulator is int32 as in TFLM: a sum (bias included) past its range wraps around, as TFLM's C arithmetic
+# does on every target it runs on (two's complement), before the requantisation.
 
 from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_K_H, P_K_W, P_STRIDE_H,
                      P_STRIDE_W, P_DIL_H, P_DIL_W, P_PAD_H, P_PAD_W, P_IN_OFFSET, P_OUT_OFFSET, P_ACT_MIN,
@@ -15,7 +17,7 @@ from .params import (P_BATCHES, P_IN_H, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_
                      Q_SIZE, Q_IN_OFFSET, Q_MULT, Q_SHIFT, Q_OUT_OFFSET)
 from struct import pack_into, unpack_from
 
-from .fixedpoint import mbqm
+from .fixedpoint import mbqm, _wrap32
 from .ref_softmax import softmax  # noqa: F401 (part of this backend; its own module so it can run alone)
 
 
@@ -66,7 +68,10 @@ def conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
                             f = fo + (ky * k_w + kx) * in_c
                             for c in range(in_c):
                                 acc += filt[f + c] * (inp[i + c] + in_off)
-                    acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+                    acc += bias[oc]
+                    if acc > 0x7FFFFFFF or acc < -0x80000000:
+                        acc = _wrap32(acc)
+                    acc = mbqm(acc, mult[oc], shift[oc]) + out_off
                     if acc < act_min:
                         acc = act_min
                     elif acc > act_max:
@@ -117,7 +122,10 @@ def depthwise_conv2d(out, inp, filt, bias, mult, shift, p, scratch=None):
                                 if ix < 0 or ix >= in_w:
                                     continue
                                 acc += filt[(ky * k_w + kx) * out_c + oc] * (inp[(row + ix) * in_c + ic] + in_off)
-                        acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+                        acc += bias[oc]
+                        if acc > 0x7FFFFFFF or acc < -0x80000000:
+                            acc = _wrap32(acc)
+                        acc = mbqm(acc, mult[oc], shift[oc]) + out_off
                         if acc < act_min:
                             acc = act_min
                         elif acc > act_max:
@@ -143,7 +151,10 @@ def fully_connected(out, inp, filt, bias, mult, shift, p, scratch=None):
             acc = 0
             for d in range(depth):
                 acc += (filt[f + d] + f_off) * (inp[i + d] + in_off)
-            acc = mbqm(acc + bias[oc], mult[oc], shift[oc]) + out_off
+            acc += bias[oc]
+            if acc > 0x7FFFFFFF or acc < -0x80000000:
+                acc = _wrap32(acc)
+            acc = mbqm(acc, mult[oc], shift[oc]) + out_off
             if acc < act_min:
                 acc = act_min
             elif acc > act_max:

@@ -39,6 +39,8 @@ FEATURES_FILE = "features.json"
 # Quantisation scales this close count as the same: the samples' int8 codes differ by a rounding step at most.
 _SCALE_TOLERANCE = 0.01
 _IMAGES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif")
+# An image larger than this is refused before it is decoded (a 200-megapixel PNG would take GBs of RAM).
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,76 @@ class Dataset:
                              hint="re-create the dataset files")
         return data
 
+    def check(self, output_elements=None):
+        """Look at every sample before the first inference; raise UsageError naming the bad files (the first few,
+        and how many in all): a sample that cannot be read, an empty one, a WAV that is not PCM or has no samples,
+        an image that does not decode or is too large, and labels whose n_classes is not the model's number of
+        outputs (``output_elements``, when given; anomaly detection's outputs are a reconstruction, not
+        classes)."""
+        if output_elements is not None and self.benchmark != "ad01" and self.n_classes != output_elements \
+                and not any(it.nbytes >= 0 for it in self.items):
+            where = "y_labels.csv says" if self.layout == "mlperf" else "the class folders give"
+            raise UsageError(f"{where} {self.n_classes} classes in {self.root}, but the model has {output_elements} "
+                             "outputs", hint="give the test set made for this model")
+        bad = []
+        for name in dict.fromkeys(it.file for it in self.items):
+            reason = _sample_fault(self.root / name, self.layout)
+            if reason:
+                bad.append(f"{name} ({reason})")
+        if bad:
+            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise UsageError(f"{len(bad)} bad sample file(s) in {self.root}: {shown}",
+                             hint="remove or replace them (nothing was run)")
+
     def fingerprint(self):
         """sha256 over the list of items and their labels: identifies the set in the journal."""
         h = hashlib.sha256(f"{self.benchmark}|{self.layout}|{self.n_classes}\n".encode())
         for it in self.items:
             h.update(f"{it.index},{it.file},{it.window},{it.label},{it.offset},{it.nbytes}\n".encode())
         return h.hexdigest()
+
+
+def _sample_fault(path, layout):
+    """Why the sample at ``path`` cannot be used, or "" when it can."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return e.strerror or str(e)
+    if size == 0:
+        return "empty file"
+    if layout == "wav":
+        import wave
+        try:
+            with wave.open(str(path), "rb") as w:
+                if w.getnframes() == 0:
+                    return "a WAV file with no samples"
+                if w.getsampwidth() not in (1, 2, 3, 4):
+                    return f"{8 * w.getsampwidth()}-bit samples"
+        except (wave.Error, EOFError) as e:
+            return f"not a PCM WAV file: {e or 'too short'}"
+        except OSError as e:
+            return e.strerror or str(e)
+        return ""
+    if layout == "images":
+        try:
+            from PIL import Image
+        except ImportError:
+            raise UsageError("reading image folders needs Pillow", hint="pip install pillow") from None
+        try:
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    return f"too large: {img.width}x{img.height} pixels, more than {MAX_IMAGE_PIXELS:,}"
+                img.load()
+        except Image.DecompressionBombError as e:      # Pillow's own bound, checked when the header is read
+            return f"too large: {e}"
+        except (OSError, SyntaxError, ValueError) as e:     # UnidentifiedImageError is an OSError
+            return f"not a readable image: {e}"
+        return ""
+    try:
+        with open(path, "rb"):
+            return ""
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def benchmark_for_input(shape, dtype=None):
@@ -227,6 +293,10 @@ def _load_mlperf(root, benchmark):
     items, files, n_classes = [], [], None
     for file_index, (line, row) in enumerate(rows):
         name = row[0].strip()
+        normal = os.path.normpath(name)
+        if os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
+            raise UsageError(f"{path} line {line} names {name!r}, outside the dataset folder {root}",
+                             hint="sample files lie next to y_labels.csv (or in folders below it)")
         classes = _int(row[1], path, line, "n_classes")
         label = _int(row[2], path, line, "class")
         if n_classes is None:

@@ -59,7 +59,7 @@ def _modes(mode):
     return ("performance", "accuracy", "memory", "energy") if mode == "all" else (mode,)
 
 
-def _load_dataset(opts, benchmark, input_tensor=None, model_sha="", listener=None):
+def _load_dataset(opts, benchmark, input_tensor=None, model_sha="", listener=None, output_tensor=None):
     from .. import features, zoo
 
     if not opts.dataset:
@@ -84,6 +84,12 @@ def _load_dataset(opts, benchmark, input_tensor=None, model_sha="", listener=Non
     if opts.limit:
         ds.items = ds.items[:opts.limit]
         ds.files = sorted({it.file for it in ds.items})
+    outputs = None
+    if output_tensor is not None:
+        outputs = 1
+        for d in output_tensor.shape:
+            outputs *= d
+    ds.check(outputs)           # before the first inference: a bad file stops the run here, named
     return ds
 
 
@@ -218,7 +224,8 @@ def _run_modes(opts, modes, target, b, listener):
     prov = b.provenance
     result = BenchResult(provenance=prov)
     input_tensor = getattr(target, "input_tensor", None)
-    ds = _load_dataset(opts, prov.benchmark, input_tensor, prov.model_sha256, listener)
+    ds = _load_dataset(opts, prov.benchmark, input_tensor, prov.model_sha256, listener,
+                       getattr(target, "output_tensor", None))
     if ds is not None:
         prov.dataset_path = str(ds.root)
         prov.dataset_sha256 = ds.fingerprint()

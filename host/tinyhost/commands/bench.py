@@ -41,7 +41,7 @@ class LivePrinter(runner.Listener):
         return self._tasks[name]
 
     def _line(self, text):
-        self._progress.console.print(text)
+        self._progress.console.print(console.printable(text))
 
     def message(self, text):
         self._line(text)

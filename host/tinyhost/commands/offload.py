@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
               help="Run models on worker threads (helps backends that release the GIL, e.g. LiteRT).")
 @click.option("--backend", type=click.Choice(["auto", "tflm", "litert"]), default="auto", show_default=True)
 @click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
-@click.option("--max-clients", type=int, default=256, show_default=True)
+@click.option("--max-clients", type=int, default=256, show_default=True,
+              help="Authenticated sessions at once (connections before HELLO have their own limit of 32).")
+@click.option("--max-per-device", type=int, default=4, show_default=True,
+              help="Sessions one device id may hold at once.")
 def serve(model_specs, reference_model, listen, token_file, workers, threads, backend, max_frame_bytes,
-          max_clients):
+          max_clients, max_per_device):
     """Run boards' models for them: the offload server (asyncio, many devices at once)."""
     from ..offload import auth, models, server
 
@@ -55,7 +58,8 @@ def serve(model_specs, reference_model, listen, token_file, workers, threads, ba
         entries[ref_id] = models.ModelEntry(ref_id, entries[ref_id].path, ref_file)
     keys = auth.KeyStore(token_file) if token_file else None
     cfg = server.ServerConfig(host=host, port=port, workers=workers, threads=threads, backend=backend,
-                              reference_backend=backend, max_frame_bytes=max_frame_bytes, max_clients=max_clients)
+                              reference_backend=backend, max_frame_bytes=max_frame_bytes, max_clients=max_clients,
+                              max_per_device=max_per_device)
     srv = server.OffloadServer(entries, keys, cfg)
 
     async def run():
@@ -73,9 +77,7 @@ def serve(model_specs, reference_model, listen, token_file, workers, threads, ba
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await srv.close()
-        st = srv.stats
-        click.echo(f"stopped: {st.requests_ok} answers, {st.requests_rejected} refused requests, "
-                   f"{st.auth_failures} authentication failures, {st.connections_total} connections")
+        click.echo(f"stopped: {srv.stats.summary()}")
 
     asyncio.run(run())
 

@@ -52,7 +52,8 @@ def mbqm(x, mult, shift):
 
 
 def _finish(acc, bias, mult, shift, off, lo, hi):
-    v = mbqm(acc + bias, mult, shift) + off
+    # the int32 accumulator wraps around past its range, as TFLM's C arithmetic does (kernels_ref.py)
+    v = mbqm((acc + bias).astype(np.int32).astype(np.int64), mult, shift) + off
     return np.clip(v, lo, hi).astype(np.int8)
 
 

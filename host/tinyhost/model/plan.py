@@ -107,7 +107,8 @@ def plan_file(tflite_path, cache=None):
     """A file holding the plan of ``tflite_path`` (cached by model sha256 and engine code), for flashing."""
     path = Path(tflite_path)
     model_digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    target = Path(cache or cache_dir()) / f"{path.stem}-{model_digest[:16]}-{_engine_digest()}.plan"
+    # the digests name the plan; the stem, cut short, only helps a reader (a long one would pass NAME_MAX)
+    target = Path(cache or cache_dir()) / f"{path.stem[:48]}-{model_digest[:16]}-{_engine_digest()}.plan"
     if not target.is_file() or not _current_format(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, build_plan(path))

@@ -164,6 +164,28 @@ class RequestRejected(Exception):
         self.message = message
 
 
+def check_model_file(path, reference=False):
+    """Check a model with the project's reader before an interpreter sees it: TFLM trusts the flatbuffer and can
+    crash the whole server on a damaged one (an index out of range, a buffer past the end). The device model must
+    pass what the board checks (tinyhost.model.inspect); a reference model (often float32, which the board's
+    engine does not run) must be a well-formed flatbuffer (the reader's structural checks). Raises ModelError
+    naming the fault."""
+    from ..model import engine_module, inspect
+    path = Path(path)
+    if not reference:
+        inspect(path, tflm=False)
+        return
+    engine = engine_module()
+    from tinyfw.engine import reader
+    if not path.is_file():
+        raise UsageError(f"no model file at {path}", hint="give the path of a .tflite file")
+    try:
+        with open(path, "rb") as f:
+            reader.read_model(f, path.stat().st_size)
+    except engine.ModelError as e:
+        raise ModelError(f"reference model {path}: {e}", hint="give a .tflite file that TFLite can read") from None
+
+
 class ServedRunner:
     """The device model (and its reference) for one worker. Not thread-safe: one per worker thread."""
 

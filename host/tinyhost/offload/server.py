@@ -29,8 +29,13 @@ DEFAULT_PORT = 7373
 @dataclass
 class ServerStats:
     connections_total: int = 0
-    connections_open: int = 0
-    connections_refused: int = 0
+    connections_open: int = 0          # authenticated sessions and connections still before HELLO
+    connections_pending: int = 0       # before HELLO
+    connections_refused: int = 0       # refused on arrival: --max-clients sessions already open
+    pending_dropped: int = 0           # pre-HELLO connections closed to make room for a newer one
+    hello_timeouts: int = 0            # no HELLO within hello_timeout_s
+    idle_timeouts: int = 0             # authenticated, nothing sent for idle_timeout_s
+    device_limit_refusals: int = 0     # HELLO refused: the device already has max_per_device sessions
     sessions: int = 0
     auth_failures: int = 0
     requests_ok: int = 0
@@ -38,6 +43,15 @@ class ServerStats:
     frames_bad: int = 0
     busy_replies: int = 0
     by_status: dict = field(default_factory=dict)
+
+    def summary(self):
+        """One line for the end of `tinyhost serve`: every kind of refusal counted once, under its own name."""
+        return (f"{self.requests_ok} answers, {self.requests_rejected} refused requests, {self.busy_replies} "
+                f"busy replies, {self.auth_failures} authentication failures, {self.frames_bad} bad frames; "
+                f"{self.connections_total} connections: {self.sessions} sessions, {self.connections_refused} "
+                f"refused (too many clients), {self.device_limit_refusals} refused (too many per device), "
+                f"{self.pending_dropped} dropped before HELLO (too many waiting), {self.hello_timeouts} without "
+                f"HELLO in time, {self.idle_timeouts} idle")
 
 
 @dataclass(frozen=True)
@@ -47,12 +61,33 @@ class ServerConfig:
     workers: int = 1
     threads: bool = False       # run models on worker threads (for backends that release the GIL), else inline
     max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
-    max_clients: int = 256
+    max_clients: int = 256      # authenticated sessions
+    max_pending: int = 128      # connections that have not completed HELLO; over it the oldest is dropped
+    max_per_device: int = 4     # sessions of one device id
     queue_limit: int = 1024
-    idle_timeout_s: float = 300.0
-    frame_timeout_s: float = 10.0
+    hello_timeout_s: float = 5.0    # from connecting to a complete HELLO
+    idle_timeout_s: float = 300.0   # an authenticated session with nothing to say
+    frame_timeout_s: float = 10.0   # from a frame's first byte to its last
     backend: str = "auto"
     reference_backend: str = "auto"
+
+
+class _SmallReads(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol with small socket reads. A selector transport reads up to 256 KiB at a time
+    before anyone has looked at the bytes, so 250 peers streaming 1 MB frames would make the server hold tens of
+    MB it is about to refuse; with READ_BYTES per read and the reader paused past two HELLOs, a connection holds
+    at most about READ_BYTES until its handler asks for more."""
+
+    READ_BYTES = 16 * 1024
+
+    def connection_made(self, transport):
+        if hasattr(transport, "max_size"):
+            transport.max_size = self.READ_BYTES
+        super().connection_made(transport)
+
+
+class _Closed(Exception):
+    """End this connection (after whatever reply was due)."""
 
 
 def parse_listen(text, default_port=DEFAULT_PORT):
@@ -78,13 +113,14 @@ def is_loopback(host):
 
 
 class _Session:
-    __slots__ = ("peer", "device_id", "key", "last_seq")
+    __slots__ = ("peer", "device_id", "key", "last_seq", "hello_deadline")
 
-    def __init__(self, peer):
+    def __init__(self, peer, hello_deadline):
         self.peer = peer
         self.device_id = None
         self.key = None
         self.last_seq = -1
+        self.hello_deadline = hello_deadline     # loop time by which HELLO must be in
 
 
 class _Job:
@@ -121,6 +157,9 @@ class OffloadServer:
         self._runners = []          # per worker: {model id: ServedRunner}
         self._specs = {}            # model id -> (input spec, output spec, has reference)
         self._connections = set()   # connection handler tasks, cancelled on close
+        self._pending = {}          # handler task -> _Session, oldest first, until HELLO succeeds
+        self._per_device = {}       # device id -> open sessions
+        self._request_limit = config.max_frame_bytes     # set from the models' input sizes in start()
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def _load_worker(self, index):
@@ -132,6 +171,11 @@ class OffloadServer:
     async def start(self):
         """Load the models (one interpreter set per worker) and listen. Returns the (host, port) bound."""
         loop = asyncio.get_running_loop()
+        from .models import check_model_file
+        for entry in self.models.values():
+            check_model_file(entry.path)
+            if entry.reference_path:
+                check_model_file(entry.reference_path, reference=True)
         self._queue = asyncio.Queue()
         self._runners = [None] * self.config.workers
         for i in range(self.config.workers):
@@ -142,9 +186,15 @@ class OffloadServer:
             else:
                 runners = self._load_worker(i)
         self._specs = {mid: (r.input, r.output, r.reference is not None) for mid, r in runners.items()}
+        # An authenticated device's frames are bounded by the largest request a served model can take, so a
+        # session never makes the server hold more than one model input's worth of bytes for it.
+        largest = max(wire.max_request_bytes(spec[0].nbytes) for spec in self._specs.values())
+        self._request_limit = min(self.config.max_frame_bytes, largest)
         try:
-            self._server = await asyncio.start_server(self._serve_connection, self.config.host, self.config.port,
-                                                      limit=1 << 16)
+            self._server = await loop.create_server(
+                lambda: _SmallReads(asyncio.StreamReader(limit=wire.MAX_HELLO_BYTES, loop=loop),
+                                    self._serve_connection, loop=loop),
+                self.config.host, self.config.port)
         except OSError as e:
             self._shutdown_executors()
             raise TransportError(f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}",
@@ -211,35 +261,55 @@ class OffloadServer:
     async def _serve_connection(self, reader, writer):
         peer = writer.get_extra_info("peername")
         peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        st = self.stats
+        st, cfg = self.stats, self.config
         st.connections_total += 1
-        if st.connections_open >= self.config.max_clients:
+        sessions = st.connections_open - st.connections_pending
+        if sessions >= cfg.max_clients:
             st.connections_refused += 1
-            log.warning("%s refused: %d clients already connected", peer, st.connections_open)
+            log.warning("%s refused: %d clients already connected", peer, sessions)
             await self._send_and_close(writer, wire.error_reply(0, wire.BUSY, "too many clients connected"))
             return
-        st.connections_open += 1
+        if st.connections_pending >= cfg.max_pending:
+            # Connections that have not said HELLO are cheap to open and hold: a new one replaces the oldest, so
+            # a crowd of silent sockets cannot keep a real device from reaching HELLO.
+            oldest_task, oldest = next(iter(self._pending.items()))
+            del self._pending[oldest_task]
+            st.pending_dropped += 1
+            log.warning("%s: dropped before HELLO, %d connections waiting for one", oldest.peer, cfg.max_pending)
+            oldest_task.cancel()
+        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
+        session = _Session(peer, loop.time() + cfg.hello_timeout_s)
+        st.connections_open += 1
+        st.connections_pending += 1
+        self._pending[task] = session
         self._connections.add(task)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 import socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = _Session(peer)
         try:
             await self._session_loop(session, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, _Closed):
             pass
         except asyncio.CancelledError:
-            # close() ends open connections by cancelling their handlers. This is the task's top level, and a
-            # handler task that ends cancelled is logged by asyncio's streams (Python 3.11) as an error with a
-            # traceback: end normally instead.
+            # close() ends open connections by cancelling their handlers, and so does a newer connection taking
+            # a pre-HELLO slot. This is the task's top level, and a handler task that ends cancelled is logged by
+            # asyncio's streams (Python 3.11) as an error with a traceback: end normally instead.
             pass
         except Exception:
             log.exception("%s: connection handler failed", peer)
         finally:
             st.connections_open -= 1
+            if self._pending.pop(task, None) is not None or session.device_id is None:
+                st.connections_pending -= 1
+            else:
+                left = self._per_device.get(session.device_id, 1) - 1
+                if left > 0:
+                    self._per_device[session.device_id] = left
+                else:
+                    self._per_device.pop(session.device_id, None)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -248,43 +318,71 @@ class OffloadServer:
     async def _send_and_close(self, writer, data):
         with contextlib.suppress(Exception):
             writer.write(data)
-            async with asyncio.timeout(self.config.frame_timeout_s):
-                await writer.drain()
+            await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
         writer.close()
 
-    async def _session_loop(self, session, reader, writer):
-        cfg = self.config
-        while True:
-            try:
-                async with asyncio.timeout(cfg.idle_timeout_s):
-                    header = await reader.readexactly(wire.HEADER_BYTES)
-            except asyncio.IncompleteReadError as e:
-                if e.partial:
-                    await self._refuse(session, writer, 0, wire.BAD_FRAME, "connection closed inside a header")
-                return
-            except TimeoutError:
+    async def _read_frame(self, session, reader, writer):
+        """One whole frame's bytes. Before HELLO the connection has hello_timeout_s from connecting to a complete
+        HELLO and may send only that (MAX_HELLO_BYTES); after it, idle_timeout_s for a frame to start and
+        frame_timeout_s from its first byte to its last, at most one request's size. Raises _Closed."""
+        cfg, loop = self.config, asyncio.get_running_loop()
+        authed = session.device_id is not None
+        if authed:
+            wait, limit = cfg.idle_timeout_s, self._request_limit
+        else:
+            wait, limit = session.hello_deadline - loop.time(), wire.MAX_HELLO_BYTES
+        try:
+            first = await asyncio.wait_for(reader.readexactly(1), max(wait, 0.0))
+        except asyncio.IncompleteReadError:
+            raise _Closed() from None
+        except asyncio.TimeoutError:
+            if authed:
+                self.stats.idle_timeouts += 1
                 log.info("%s: idle for %.0f s, closing", session.peer, cfg.idle_timeout_s)
-                return
+            else:
+                self.stats.hello_timeouts += 1
+                log.info("%s: no HELLO within %g s, closing", session.peer, cfg.hello_timeout_s)
+            raise _Closed() from None
+        deadline = loop.time() + cfg.frame_timeout_s
+        if not authed:
+            deadline = min(deadline, session.hello_deadline)
+
+        async def header_and_rest():
+            header = first + await reader.readexactly(wire.HEADER_BYTES - 1)
             try:
-                kind, flags, seq, body_len, total = wire.parse_header(header, cfg.max_frame_bytes)
+                kind, _, seq, _, total = wire.parse_header(header, 1 << 32)    # the layout first, then:
+                if not authed and kind != wire.KIND_HELLO:
+                    raise wire.WireError("send HELLO first", wire.AUTH_REQUIRED)
+                if total > limit:
+                    raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
+                                         + ("" if authed else " before HELLO"), wire.TOO_LARGE)
             except wire.WireError as e:
-                self.stats.frames_bad += 1
+                if e.status != wire.AUTH_REQUIRED:
+                    self.stats.frames_bad += 1
                 await self._refuse(session, writer, 0, e.status, e.message)
-                return
+                raise _Closed() from None
+            return header + await reader.readexactly(total - wire.HEADER_BYTES)
+
+        try:
+            return await asyncio.wait_for(header_and_rest(), max(deadline - loop.time(), 0.0))
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            self.stats.frames_bad += 1
+            took = cfg.frame_timeout_s if authed else cfg.hello_timeout_s
+            await self._refuse(session, writer, 0, wire.BAD_FRAME, f"frame incomplete after {took:g} s")
+            raise _Closed() from None
+
+    async def _session_loop(self, session, reader, writer):
+        while True:
+            data = await self._read_frame(session, reader, writer)
             try:
-                async with asyncio.timeout(cfg.frame_timeout_s):
-                    rest = await reader.readexactly(total - wire.HEADER_BYTES)
-            except (TimeoutError, asyncio.IncompleteReadError):
-                self.stats.frames_bad += 1
-                await self._refuse(session, writer, seq, wire.BAD_FRAME,
-                                   f"frame incomplete after {cfg.frame_timeout_s:g} s")
-                return
-            try:
-                frame = wire.decode_frame(header + rest, cfg.max_frame_bytes)
+                frame = wire.decode_frame(data, len(data))
             except wire.WireError as e:        # framing is intact (length known): answer and go on
                 self.stats.frames_bad += 1
+                seq = wire.HEADER.unpack_from(data)[4]
                 await self._answer(session, writer, wire.error_reply(seq, e.status, e.message, self._mac(session)),
                                    e.status)
+                if session.device_id is None:   # a peer that cannot even send a HELLO right gets no second go
+                    return
                 continue
             reply, status, fatal = await self._handle(session, frame)
             await self._answer(session, writer, reply, status)
@@ -298,8 +396,7 @@ class OffloadServer:
         by = self.stats.by_status
         by[status] = by.get(status, 0) + 1
         writer.write(reply)
-        async with asyncio.timeout(self.config.frame_timeout_s):
-            await writer.drain()
+        await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
 
     async def _refuse(self, session, writer, seq, status, message):
         log.warning("%s%s: %s (%s), closing", session.peer,
@@ -367,27 +464,49 @@ class OffloadServer:
         return wire.error_reply(seq, status, message, self._mac(session)), status, fatal
 
     def _hello(self, session, frame):
+        def refuse(status, message):
+            return wire.encode_welcome(frame.seq, status, self.keys is not None, bytes(16), bytes(32), 0,
+                                       message), status, True
+
+        if session.device_id is not None:
+            return refuse(wire.BAD_FRAME, "HELLO twice in one session")
         try:
             hello = wire.decode_hello(frame.body)
         except wire.WireError as e:
             return wire.encode_welcome(frame.seq, e.status, False, bytes(16), bytes(32), 0, e.message), e.status, True
-        max_frame = self.config.max_frame_bytes
+        key = None
+        if self.keys is not None:
+            key = self.keys.key_for(hello.device_id)
+            if key is None:
+                self.stats.auth_failures += 1
+                log.warning("%s: unknown device %r refused", session.peer, hello.device_id)
+                return (wire.encode_welcome(frame.seq, wire.AUTH_FAILED, True, bytes(16), bytes(32), 0,
+                                            f"unknown device {hello.device_id!r}"), wire.AUTH_FAILED, True)
+        st, cfg = self.stats, self.config
+        if st.connections_open - st.connections_pending >= cfg.max_clients:
+            st.connections_refused += 1
+            log.warning("%s (%s) refused: %d clients already connected", session.peer, hello.device_id,
+                        cfg.max_clients)
+            return refuse(wire.BUSY, "too many clients connected")
+        if self._per_device.get(hello.device_id, 0) >= cfg.max_per_device:
+            # One device's requests are answered one at a time per session, so capping its sessions caps its
+            # share of the server: many connections of one (keyed) device cannot crowd out the others.
+            st.device_limit_refusals += 1
+            log.warning("%s (%s) refused: the device already has %d sessions", session.peer, hello.device_id,
+                        cfg.max_per_device)
+            return refuse(wire.BUSY, f"device {hello.device_id!r} already has {cfg.max_per_device} sessions")
         server_nonce = os.urandom(wire.NONCE_BYTES)
-        if self.keys is None:
-            session.device_id, session.key, session.last_seq = hello.device_id, None, frame.seq
-            self.stats.sessions += 1
+        session.device_id = hello.device_id
+        session.last_seq = frame.seq
+        self._pending.pop(asyncio.current_task(), None)
+        st.connections_pending -= 1
+        self._per_device[hello.device_id] = self._per_device.get(hello.device_id, 0) + 1
+        st.sessions += 1
+        max_frame = self._request_limit
+        if key is None:
             log.info("%s: device %s connected (no authentication)", session.peer, hello.device_id)
             return wire.encode_welcome(frame.seq, wire.OK, False, server_nonce, bytes(32), max_frame), wire.OK, False
-        key = self.keys.key_for(hello.device_id)
-        if key is None:
-            self.stats.auth_failures += 1
-            log.warning("%s: unknown device %r refused", session.peer, hello.device_id)
-            return (wire.encode_welcome(frame.seq, wire.AUTH_FAILED, True, bytes(16), bytes(32), 0,
-                                        f"unknown device {hello.device_id!r}"), wire.AUTH_FAILED, True)
-        session.device_id = hello.device_id
         session.key = auth.session_key(key, hello.nonce, server_nonce)
-        session.last_seq = frame.seq
-        self.stats.sessions += 1
         log.info("%s: device %s authenticated", session.peer, hello.device_id)
         proof = auth.welcome_proof(session.key)
         return wire.encode_welcome(frame.seq, wire.OK, True, server_nonce, proof, max_frame), wire.OK, False

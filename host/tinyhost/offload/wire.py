@@ -38,6 +38,8 @@ NONCE_BYTES = 16
 MAX_NDIM = 8
 MAX_ID_BYTES = 64
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
+# The largest HELLO (longest device id, MAC flag set): all a peer that has not authenticated may send.
+MAX_HELLO_BYTES = HEADER_BYTES + 1 + MAX_ID_BYTES + NONCE_BYTES + MAC_BYTES + CRC_BYTES
 
 KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY = 1, 2, 3, 4
 KINDS = (KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY)
@@ -78,6 +80,13 @@ STATUS_NAMES = {OK: "ok", BAD_FRAME: "bad-frame", BAD_CRC: "bad-crc", BAD_VERSIO
 FATAL_STATUSES = frozenset({BAD_FRAME, BAD_VERSION, TOO_LARGE, AUTH_FAILED})
 
 _TENSOR_HEAD = struct.Struct("<BB")
+
+
+def max_request_bytes(nbytes):
+    """The largest well-formed REQUEST frame whose tensor holds ``nbytes`` of data (longest model id, most
+    dimensions, MAC): what an authenticated device needs to send for a model with that input size."""
+    return HEADER_BYTES + 1 + MAX_ID_BYTES + 1 + 2 + 2 * MAX_NDIM + 12 + nbytes + MAC_BYTES + CRC_BYTES
+
 _TENSOR_QUANT = struct.Struct("<fiI")
 _REPLY_HEAD = struct.Struct("<BBII")
 _WELCOME_HEAD = struct.Struct("<BB")
