@@ -80,6 +80,7 @@ def test_run_killed_then_resumed_counts_every_cell_once_then_report(experiment_f
     assert (tmp_path / "rep" / "pareto_board_ms.png").stat().st_size > 1000
 
 
+@pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1", reason="about 30 s: set TINYHOST_SLOW=1")
 def test_a_second_cell_on_a_romfs_virtual_board_writes_nothing_to_its_flash(tmp_path):
     """The bench run puts the firmware and the model into a ROMFS partition in one image: a cell after the first,
     same model and board, finds it there (before, each run wrote the partition twice: firmware only, then with
