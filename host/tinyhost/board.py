@@ -194,9 +194,6 @@ class Board:
     def infer(self, data, timeout_s=120.0):
         return self.dev.infer(data, timeout_s=timeout_s)
 
-    def stats(self):
-        return self.dev.stats()
-
 
 @contextlib.contextmanager
 def connect(board_name=None, port=None, baud=None, state_dir=None, timeout_s=5.0, open_device=True):
