@@ -1,6 +1,13 @@
 """Shared fixtures. The virtual board ones start the real MicroPython VM behind a pty (tinyhost.sim)."""
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers inherit COLUMNS=80 from the controller's terminal; tinyhost's tables read COLUMNS as
+    # the output width, so drop it and let each test see what a pipe would.
+    os.environ.pop("COLUMNS", None)
 
 
 def _virtual_board(state_dir, **options):
