@@ -336,3 +336,49 @@ def build_plan(path, board_spec, link_name, objective="latency", model_id=None, 
         "estimates: board time (bt-1: the head, serialising) and link time (lk-1); energy = the board's active "
         "power while computing, radio TX while sending, RX while waiting and receiving",
         {p.k: [(t.name, list(t.shape), t.nbytes, t.scale, t.zero_point) for t in p.tensors] for p in splits.points})
+
+
+def plan_links(profile):
+    """The links a board can be planned for: every lk-1 radio profile and its UART relay."""
+    from .linkmodel import LINKS, uart
+    return list(LINKS.values()) + [uart(profile.baud)]
+
+
+def split_config(path, at, link_name, board_spec, objective="latency", model_id=None, server_us=None):
+    """The ``split`` field of a board's offload config (tinyfw.offload.config.split_point reads it): the split
+    point ``at`` (an int) or "auto" (the plan's best k for each link, the board on ``link_name`` now), with the
+    engine step and live tensors ([arena offset, bytes, scale, zero point, dims...]) of each k it may run.
+    Returns (config dict, {link: SplitPlan} for "auto" else {})."""
+    from . import boards as board_profiles
+
+    splits = split_points(path)
+    n = len(splits.operators)
+    plans = {}
+    if at == "auto":
+        profile, _ = board_profiles.from_spec(board_spec)
+        if server_us is None:
+            server_us = measure_tail_us(path, splits)
+        for link in plan_links(profile):
+            plans[link.name] = build_plan(path, board_spec, link.name, objective, model_id, server_us)
+        best = {name: p.best_k for name, p in plans.items()}
+        # an extreme (k = 0: full offload, k = n: local) is not a split the board can run in this mode: the best
+        # split point strictly inside the model stands in, and the plan says what the extremes would give
+        for name, p in plans.items():
+            if not 0 < best[name] < n:
+                inner = [r for r in p.rows if 0 < r.k < n]
+                key = (lambda r: r.total_ms) if objective == "latency" else (lambda r: r.energy_mj)
+                best[name] = min(inner, key=key).k
+        ks = sorted(set(best.values()))
+    else:
+        if not isinstance(at, int) or not 0 < at < n:
+            raise UsageError(f"{Path(path).name} can be split at 1..{n - 1}, not {at}",
+                             hint="give --at K within that range, or --at auto (`tinyhost split plan` lists them)")
+        splits.point(at)
+        best = {}
+        ks = [at]
+    points = {}
+    for k in ks:
+        p = splits.point(k)
+        points[str(k)] = [p.step, [[t.offset, t.nbytes, t.scale, t.zero_point] + list(t.shape)
+                                   for t in p.tensors]]
+    return {"at": at, "link": link_name, "best": best, "points": points}, plans

@@ -113,7 +113,7 @@ def restore_config(dev, previous):
 
 
 SOURCES = ("local", "model", "reference")
-MODES = ("off", "on", "auto")
+MODES = ("off", "on", "auto", "split")
 _INFO_TIMES = ("local_us", "serialise_us", "send_us", "wait_us", "receive_us", "parse_us", "server_queue_us",
                "server_compute_us", "total_us", "request_bytes", "reply_bytes")
 

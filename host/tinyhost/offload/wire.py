@@ -73,15 +73,24 @@ BUSY = 13              # server queue full
 INTERNAL = 14          # the model failed on the server
 NO_REFERENCE = 15      # reference answer asked for, none configured
 UNAVAILABLE = 16       # a relay could not reach the server
+BAD_SPLIT = 17         # no such split point, or not the tensors alive at it
 STATUS_NAMES = {OK: "ok", BAD_FRAME: "bad-frame", BAD_CRC: "bad-crc", BAD_VERSION: "bad-version",
                 TOO_LARGE: "too-large", AUTH_REQUIRED: "auth-required", AUTH_FAILED: "auth-failed",
                 REPLAYED: "replayed", UNKNOWN_MODEL: "unknown-model", BAD_SHAPE: "bad-shape",
                 BAD_DTYPE: "bad-dtype", BAD_SIZE: "bad-size", BAD_QUANT: "bad-quant", BUSY: "busy",
-                INTERNAL: "internal", NO_REFERENCE: "no-reference", UNAVAILABLE: "unavailable"}
+                INTERNAL: "internal", NO_REFERENCE: "no-reference", UNAVAILABLE: "unavailable",
+                BAD_SPLIT: "bad-split"}
 # After these the server closes the connection: the byte stream or the session cannot be trusted any more.
 FATAL_STATUSES = frozenset({BAD_FRAME, BAD_VERSION, TOO_LARGE, AUTH_FAILED})
 
 _TENSOR_HEAD = struct.Struct("<BB")
+
+
+def max_split_bytes(tensors):
+    """The largest well-formed SPLIT frame carrying ``tensors`` (anything with shape and nbytes; longest model
+    id, MAC)."""
+    return HEADER_BYTES + 1 + MAX_ID_BYTES + 3 + sum(tensor_bytes(len(t.shape), t.nbytes) for t in tensors) \
+        + MAC_BYTES + CRC_BYTES
 
 
 def max_request_bytes(nbytes):
