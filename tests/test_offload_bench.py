@@ -236,3 +236,24 @@ def test_bench_offload_options_need_offload():
 
     out = CliRunner().invoke(cli, ["bench", "--port", "/dev/null", "--model", "kws", "--server", "127.0.0.1:1"])
     assert isinstance(out.exception, UsageError) and "need --offload" in str(out.exception)
+
+
+def test_bench_offload_with_split_puts_local_offloaded_and_split_side_by_side(board, server, models, tmp_path):
+    _, srv, address = server
+    opts = _options(board, models[0], server=address, split="auto", inputs=2, want="model")
+    result = session.run(opts)
+    off = result.offload
+    local, offl, spl = off.passes
+    assert [p.name for p in off.passes] == ["local", "offload", "split"] and spl.mode == "split"
+    assert spl.offloaded == 2 and spl.fallbacks == 0 and spl.sources == {"model": 2}
+    assert spl.identical_to_local == offl.identical_to_local == 2      # head + tail == the whole model
+    plan = off.split_plan
+    assert 0 < spl.split_at < len(plan["rows"]) - 1 and plan["link"] == "wifi"
+    assert srv.stats.split_requests_ok >= 2
+    # board time: the head from the board-time model, not the whole model
+    assert spl.board_time["stages_mean_us"]["local"] < local.board_time["stages_mean_us"]["local"]
+    from tinyhost.bench.report import write_report
+
+    write_report(result, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"split (k = {spl.split_at})" in md and "Split plan" in md and (tmp_path / "rep" / "split_plan.png").is_file()
