@@ -96,6 +96,19 @@ def test_only_rules_and_repeats(tmp_path, tiny_model):
     assert {c.repeat for c in cells} == {0, 1}
 
 
+def test_split_is_a_mode_with_its_split_points(tmp_path, tiny_model):
+    path = write(tmp_path, f"models:\n  - {{name: a, path: {tiny_model}}}\nboards: [sim]\n"
+                           "modes: [local, {split: [auto, 2]}]\n")
+    exp = config.load(path)
+    assert [c.mode.name for c in exp.cells()] == ["local", "split@auto", "split@2"]
+    planned = plan_mod.make(exp).to_run[-1]
+    opts = execute.bench_options(exp, planned, tmp_path, tmp_path / "j.jsonl")
+    assert (opts.offload.mode, opts.offload.split) == ("split", 2)
+    bad = write(tmp_path, "models: [kws]\nboards: [sim]\nmodes:\n  - split: [0]\n", "bad.yaml")
+    with pytest.raises(config.ConfigError, match="split point must be at least 1"):
+        config.load(bad)
+
+
 def test_the_plan_skips_a_model_that_does_not_fit_before_a_byte_is_sent(tmp_path, tiny_model):
     vww = REPO / "models" / "vww" / "vww.tflite"
     exp = config.load(write(tmp_path, f"models: [{tiny_model}, {vww}]\nboards: [sim:esp32, sim:nano33ble]\n"))
