@@ -159,3 +159,33 @@ def test_plan_refuses_an_unknown_objective():
     from tinyhost.errors import UsageError
     with pytest.raises(UsageError):
         split.plan([], _profile(), LINK, "throughput")
+
+
+def test_split_plan_cli_prints_every_point_and_writes_json(tmp_path):
+    from click.testing import CliRunner
+    from tinyhost.cli import cli
+
+    out = CliRunner().invoke(cli, ["split", "plan", str(SHIPPED["kws"]), "--board", "sim:esp32", "--link", "ble",
+                                   "--objective", "energy", "--json", str(tmp_path / "plan.json")],
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [r["k"] for r in plan["rows"]] == list(range(13)) and plan["link"] == "ble"
+    best = [r for r in plan["rows"] if r["best"]]
+    assert len(best) == 1 and best[0]["k"] == plan["best_k"]
+    assert best[0]["energy_mj"] == min(r["energy_mj"] for r in plan["rows"])
+    assert "best for energy: k = %d" % plan["best_k"] in out.output and "<- best" in out.output
+    assert plan["rows"][-1]["request_bytes"] == 0 and plan["rows"][1]["request_bytes"] == \
+        split.request_bytes(split.split_points(SHIPPED["kws"]), split.split_points(SHIPPED["kws"]).point(1), "kws")
+
+
+@pytest.mark.parametrize("args,words", [(["offload", "split", "--port", "/dev/null", "--at", "seven"], "--at must be"),
+                                        (["bench", "--port", "/dev/null", "--model", "kws", "--offload", "--split",
+                                          "x"], "--split must be"),
+                                        (["split", "plan", "nosuch.tflite"], "no model file")])
+def test_split_options_refuse_bad_values_with_exit_2(args, words, capsys):
+    from tinyhost.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and words in capsys.readouterr().err

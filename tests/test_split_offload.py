@@ -28,10 +28,11 @@ def server():
     thread.stop()
 
 
-def _predict(port, ks, xs, **kw):
+def _predict(port, ks, xs, configs=None, **kw):
+    # the board's predictions in mode split at each k (or with each split field in configs: {name: field})
     lines = []
-    for k in ks:
-        cfg, _ = split.split_config(need_kws(), k, "wifi", "sim:esp32")
+    configs = configs or {k: split.split_config(need_kws(), k, "wifi", "sim:esp32")[0] for k in ks}
+    for k, cfg in configs.items():
         lines.append(f'''
 p = offload.Predictor(m, {json.dumps(_cfg(port, cfg, **kw))}, config_path="/x/o.json")
 res = []
@@ -102,3 +103,26 @@ def test_auto_picks_the_plans_best_point_for_the_link():
         if 0 < p.best_k < 12:
             assert cfg["best"][name] == p.best_k
     assert set(cfg["points"]) == {str(k) for k in cfg["best"].values()}
+
+
+def test_an_authenticated_board_splits_at_the_best_point_for_its_link(tmp_path):
+    from tinyhost.offload import auth
+    token_file = tmp_path / "keys.json"
+    key = auth.ensure_device_key(token_file, "vm-1")
+    thread, srv, (_, port) = start_server(keys=auth.KeyStore(token_file))
+    times = {k: 100 for k in range(13)}
+    fields = {link: split.split_config(need_kws(), "auto", link, "sim:esp32", server_us=times)[0]
+              for link in ("wifi", "uart")}
+    try:
+        x = bytes((j * 3 + 1) % 256 for j in range(490))
+        r = _predict(port, [], [x], configs=fields, key=key.hex())
+    finally:
+        thread.stop()
+    splits = split.split_points(need_kws())
+    for link, cfg in fields.items():
+        k = cfg["best"][link]
+        out, source, offloaded, fallback, error, nbytes = r[f"k{link}"][0]
+        assert (out, source, offloaded, error) == (tflm_kws(x).hex(), "model", True, 0)
+        assert nbytes == wire.split_frame_bytes("kws", splits.point(k).tensors) + wire.MAC_BYTES
+    assert fields["wifi"]["best"]["wifi"] != fields["uart"]["best"]["uart"], "the links favour different points"
+    assert srv.stats.auth_failures == 0 and srv.stats.split_requests_ok == 2
