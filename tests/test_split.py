@@ -3,12 +3,10 @@
 The head runs [0, k) with the engine (Model.invoke(stop=...)) and leaves the live tensors in the arena; the tail
 (tinyhost.split.Tail, what the server runs) writes them into its own arena and runs [k, n). Every split point of
 the shipped models and the official MLPerf Tiny ones (when ../shared has them) is checked with the host's numpy
-kernels; the board's own head runs under the MicroPython VM with the heap locked for KWS (every point) and VWW
-(every fourth; all of them with TINYHOST_SLOW=1).
+kernels; the board's own head runs under the MicroPython VM with the heap locked, at every split point of the same models.
 """
 
 import json
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +20,6 @@ from tinyhost.model import engine_module
 
 REPO = helpers.REPO
 SHIPPED = {"kws": REPO / "models" / "kws" / "kws.tflite", "vww": REPO / "models" / "vww" / "vww.tflite"}
-SLOW = not os.environ.get("TINYHOST_SLOW")
 
 
 def _model(name):
@@ -95,11 +92,11 @@ def _vm_heads(path, points, x, tmp_path, backend):
     return (tmp_path / "out.bin").read_bytes(), json.loads(line[0][7:])
 
 
-@pytest.mark.parametrize("name,every", [("kws", 1), ("vww", 1 if not SLOW else 4)])
-def test_board_head_on_the_vm_plus_host_tail_is_the_whole_model(name, every, tmp_path):
-    path = SHIPPED[name]
+@pytest.mark.parametrize("name", list(SHIPPED) + list(helpers.MLPERF_MODELS))
+def test_board_head_on_the_vm_plus_host_tail_is_the_whole_model(name, tmp_path):
+    path = _model(name)
     splits = split.split_points(path)
-    points = list(splits.points[1:-1])[::every]
+    points = list(splits.points[1:-1])
     engine = engine_module()
     whole = engine.load(str(path), backend="numpy", weights="ram")
     x = helpers.inputs_for(whole.inputs[0].shape, 7, seed=5)[-1]
