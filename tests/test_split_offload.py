@@ -126,3 +126,16 @@ def test_an_authenticated_board_splits_at_the_best_point_for_its_link(tmp_path):
         assert nbytes == wire.split_frame_bytes("kws", splits.point(k).tensors) + wire.MAC_BYTES
     assert fields["wifi"]["best"]["wifi"] != fields["uart"]["best"]["uart"], "the links favour different points"
     assert srv.stats.auth_failures == 0 and srv.stats.split_requests_ok == 2
+
+
+def test_a_split_point_past_the_models_steps_is_refused_by_the_board():
+    cfg = _cfg(1, {"at": 40, "points": {"40": [40, [[0, 64, 1.0, 0, 1, 64]]]}})
+    script = f'''
+from tinyfw import engine
+m = engine.load({str(need_kws())!r})
+try:
+    offload.Predictor(m, {json.dumps(cfg)}, config_path="/x/o.json")
+except ValueError as e:
+    emit("error", str(e))
+'''
+    assert "past the model's last step" in run_vm(script, heap="4M")["error"]

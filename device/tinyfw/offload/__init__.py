@@ -185,6 +185,8 @@ class Predictor:
             # (Model.arena_view: no copy); the first head goes into tx
             kind = _SPLIT
             self.split_at, self.step, tensors = split
+            if self.step >= model.step_count():
+                raise ValueError("split point %d is past the model's last step" % self.split_at)
             head = bytes((len(mid),)) + mid + struct.pack("<HB", self.split_at, len(tensors))
             pieces = []
             body = len(head)
