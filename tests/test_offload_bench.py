@@ -257,3 +257,25 @@ def test_bench_offload_with_split_puts_local_offloaded_and_split_side_by_side(bo
     write_report(result, tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"split (k = {spl.split_at})" in md and "Split plan" in md and (tmp_path / "rep" / "split_plan.png").is_file()
+
+
+def test_offload_split_switches_the_board_to_split_inference(board, server, models):
+    _, srv, address = server
+    out = CliRunner().invoke(cli, ["offload", "split", "--port", board.port, "--baud", str(SIM_BAUD), "--server",
+                                   address, "--model-id", "kws", "--device-id", "sim-1", "--model", str(models[0]),
+                                   "--at", "2"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "split at k = 2" in out.output and "split=at=2,link=wifi" in out.output
+    x = bytes((i * 41) % 256 for i in range(490))
+    with _device(board) as dev:
+        try:
+            info = dev.load_model(MODEL_REMOTE, backend=BACKEND)
+            assert info.raw["offload"] == "split"
+            r = offload_board.infer_with_info(dev, x, info.outputs[0].nbytes)
+            assert r.mode == "split" and r.record.offloaded and r.record.source == "model"
+            offload_board.configure(dev, mode="off")
+            dev.load_model(MODEL_REMOTE, backend=BACKEND)
+            assert offload_board.infer_with_info(dev, x, info.outputs[0].nbytes).output == r.output
+        finally:
+            offload_board.configure(dev, mode="off")
+    assert srv.stats.split_requests_ok >= 1
