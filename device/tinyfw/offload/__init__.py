@@ -4,9 +4,9 @@
 #   p = Predictor(model)                  # model: an engine Model; config from /offload.json
 #   out, info = p.predict(input_bytes)    # local, remote or "auto", as the config says
 #
-# Modes: "off" (always local), "on" (always offload; local on timeout or error, counted as a fallback) and
-# "auto" (local first; offload only when the local top-1 confidence is below "threshold") and "split" (the board
-# runs operators [0, k), the server the rest from the tensors alive at k; locally from k on a failure).
+# Modes: "off" (always local), "on" (always offload; local on timeout or error, counted as a fallback), "auto"
+# (local first; offload only when the local top-1 confidence is below "threshold") and "split" (the board runs
+# operators [0, k), the server the rest from the tensors alive at k; the rest locally on a failure).
 #
 # This module is all that stays on the heap while a board offloads over TCP without a key (about 6 KB on the
 # 64-bit VM): the wire format (host/tinyhost/offload/wire.py is the spec), the TCP link and the Predictor. The
