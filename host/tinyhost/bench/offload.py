@@ -305,6 +305,17 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
                          split_plan=split_plan)
 
 
+def _auto_note(at, k, plan):
+    """Why --split auto ran k: the plan's best, or the best inside the model when the plan's best is an end."""
+    if at != "auto":
+        return ""
+    if k == plan.best_k:
+        return f" (auto: the plan's best for {plan.link})"
+    end = "full offload" if plan.best_k == 0 else "local"
+    return (f" (auto: the plan's best for {plan.link} is k = {plan.best_k}, {end}, which the offloaded or local "
+            "pass runs; this is the best split point inside the model)")
+
+
 def _split_setup(model_path, at, board_profile, model_id, listener):
     """(the config's split field, the plan for the board's link as a dict, the split point run) for a split
     pass: the plan (tinyhost.split) for the board profile over the link its tcp transport uses."""
@@ -315,6 +326,5 @@ def _split_setup(model_path, at, board_profile, model_id, listener):
     split_cfg, plans = split_config(model_path, at, link, board_profile.name, "latency", model_id)
     plan = plans.get(link) or build_plan(model_path, board_profile.name, link, "latency", model_id)
     k = split_cfg["best"][link] if at == "auto" else at
-    listener.message(f"offload: split at k = {k} of {len(plan.rows) - 1} operators"
-                     + (f" (auto: the plan's best split point for {link})" if at == "auto" else ""))
+    listener.message(f"offload: split at k = {k} of {len(plan.rows) - 1} operators" + _auto_note(at, k, plan))
     return split_cfg, plan.to_dict(), k

@@ -195,9 +195,14 @@ def offload_split(board_name, port, baud, state_dir, at, link_name, model_spec, 
         link = link_name or for_transport(transport, profile).name
         cfg, plans = split_config(path, at, link, profile.name, objective, model_id)
         chosen = cfg["best"][link] if at == "auto" else at
-        click.echo(f"split at k = {chosen}"
-                   + (f" (auto: the {objective} plan's best for {link}; "
-                      + ", ".join(f"{name}: {k}" for name, k in cfg["best"].items()) + ")" if plans else ""))
+        note = ""
+        if plans:
+            best = plans[link].best_k
+            note = (f" (auto: the {objective} plan's best for {link}"
+                    + (f" inside the model; its best is k = {best}, {'full offload' if best == 0 else 'local'}"
+                       if best != chosen else "")
+                    + "; per link: " + ", ".join(f"{name} {k}" for name, k in cfg["best"].items()) + ")")
+        click.echo(f"split at k = {chosen}{note}")
         return cfg
 
     _set_mode(board_name, port, baud, state_dir, mode="split", split=split, **remote)
