@@ -210,3 +210,15 @@ def test_the_text_command_modules_import_no_loop():
     assert "eembc" in imported("cmd_text.py")
     assert "cmd_text" not in imported("eembc.py") and "cmd_text" not in imported("eembc_dut.py")
     assert imported("boot_model.py") == set()
+
+
+def test_the_offload_frame_kinds_and_modes_are_the_hosts():
+    """tinyfw.offload's private copies of the wire's frame kinds and of the offload modes (the INFO block's mode
+    byte indexes them) equal tinyhost.offload's."""
+    from tinyhost.offload import board, wire
+
+    copies = const_assignments(TINYFW / "offload" / "__init__.py")
+    kinds = {name: copies["_" + name] for name in ("HELLO", "WELCOME", "REQUEST", "REPLY", "SPLIT")}
+    assert kinds == {"HELLO": wire.KIND_HELLO, "WELCOME": wire.KIND_WELCOME, "REQUEST": wire.KIND_REQUEST,
+                     "REPLY": wire.KIND_REPLY, "SPLIT": wire.KIND_SPLIT}
+    assert copies["_MODES"] == board.MODES == board.device_module().MODES

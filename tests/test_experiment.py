@@ -96,6 +96,19 @@ def test_only_rules_and_repeats(tmp_path, tiny_model):
     assert {c.repeat for c in cells} == {0, 1}
 
 
+def test_split_is_a_mode_with_its_split_points(tmp_path, tiny_model):
+    path = write(tmp_path, f"models:\n  - {{name: a, path: {tiny_model}}}\nboards: [sim]\n"
+                           "modes: [local, {split: [auto, 2]}]\n")
+    exp = config.load(path)
+    assert [c.mode.name for c in exp.cells()] == ["local", "split@auto", "split@2"]
+    planned = plan_mod.make(exp).to_run[-1]
+    opts = execute.bench_options(exp, planned, tmp_path, tmp_path / "j.jsonl")
+    assert (opts.offload.mode, opts.offload.split) == ("split", 2)
+    bad = write(tmp_path, "models: [kws]\nboards: [sim]\nmodes:\n  - split: [0]\n", "bad.yaml")
+    with pytest.raises(config.ConfigError, match="split point must be at least 1"):
+        config.load(bad)
+
+
 def test_the_plan_skips_a_model_that_does_not_fit_before_a_byte_is_sent(tmp_path, tiny_model):
     vww = REPO / "models" / "vww" / "vww.tflite"
     exp = config.load(write(tmp_path, f"models: [{tiny_model}, {vww}]\nboards: [sim:esp32, sim:nano33ble]\n"))
@@ -304,6 +317,30 @@ def test_report_html_embeds_labelled_pareto_plots_and_the_budget(tmp_path, tiny_
     assert "Modes side by side" in html and "<th>auto@0.8</th>" in html
     assert sorted(p.name for p in paths[2:]) == ["pareto_board_ms.png", "pareto_energy_uj.png",
                                                  "pareto_ram_bytes.png"]
+
+
+def test_report_plots_a_split_cells_plan(tmp_path, tiny_model):
+    from tinyhost import split
+    from tinyhost.bench.results import OffloadResult
+
+    path = write(tmp_path, f"models:\n  - {{name: a, path: {tiny_model}}}\nboards: [sim]\n"
+                           "modes: [local, {split: [2]}]\n")
+    exp = config.load(path)
+    plan = split.build_plan(tiny_model, "esp32", "wifi", server_us={k: 50 for k in range(20)})
+    rows = []
+    for i, cell in enumerate(exp.cells()):
+        result = fake_result(cell.key)
+        if cell.mode.kind == "split":
+            result.offload = OffloadResult("127.0.0.1:1", True, "a", False, "tcp", 1, "synthetic",
+                                           split_plan=plan.to_dict())
+        rows.append(dict(run_id=i, model=cell.model.name, board_name=cell.board.name, mode=cell.mode.name,
+                         backend_asked="auto", status="ok", reason="", virtual=True, finished="2026-01-02 03:04",
+                         result_json=result.to_json(),
+                         **{k: getattr(store_mod.figures(result, None, 490), k) for k in store_mod.FIGURE_COLUMNS}))
+    paths = report.write(exp, rows, tmp_path / "out")
+    md = paths[1].read_text()
+    assert "Split plan: a on sim over wifi" in md and f"k = {plan.best_k} of {len(plan.rows) - 1}" in md
+    assert (tmp_path / "out" / "split_plan_1.png").is_file()
 
 
 def test_disco2_reproduces_the_lecture_arithmetic():

@@ -236,3 +236,46 @@ def test_bench_offload_options_need_offload():
 
     out = CliRunner().invoke(cli, ["bench", "--port", "/dev/null", "--model", "kws", "--server", "127.0.0.1:1"])
     assert isinstance(out.exception, UsageError) and "need --offload" in str(out.exception)
+
+
+def test_bench_offload_with_split_puts_local_offloaded_and_split_side_by_side(board, server, models, tmp_path):
+    _, srv, address = server
+    opts = _options(board, models[0], server=address, split="auto", inputs=2, want="model")
+    result = session.run(opts)
+    off = result.offload
+    local, offl, spl = off.passes
+    assert [p.name for p in off.passes] == ["local", "offload", "split"] and spl.mode == "split"
+    assert spl.offloaded == 2 and spl.fallbacks == 0 and spl.sources == {"model": 2}
+    assert spl.identical_to_local == offl.identical_to_local == 2      # head + tail == the whole model
+    plan = off.split_plan
+    assert 0 < spl.split_at < len(plan["rows"]) - 1 and plan["link"] == "wifi"
+    assert srv.stats.split_requests_ok >= 2
+    # board time: the head from the board-time model, not the whole model
+    assert spl.board_time["stages_mean_us"]["local"] < local.board_time["stages_mean_us"]["local"]
+    from tinyhost.bench.report import write_report
+
+    write_report(result, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"split (k = {spl.split_at})" in md and "Split plan" in md and (tmp_path / "rep" / "split_plan.png").is_file()
+
+
+def test_offload_split_switches_the_board_to_split_inference(board, server, models):
+    _, srv, address = server
+    out = CliRunner().invoke(cli, ["offload", "split", "--port", board.port, "--baud", str(SIM_BAUD), "--server",
+                                   address, "--model-id", "kws", "--device-id", "sim-1", "--model", str(models[0]),
+                                   "--at", "2"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "split at k = 2" in out.output and "split=at=2,link=wifi" in out.output
+    x = bytes((i * 41) % 256 for i in range(490))
+    with _device(board) as dev:
+        try:
+            info = dev.load_model(MODEL_REMOTE, backend=BACKEND)
+            assert info.raw["offload"] == "split"
+            r = offload_board.infer_with_info(dev, x, info.outputs[0].nbytes)
+            assert r.mode == "split" and r.record.offloaded and r.record.source == "model"
+            offload_board.configure(dev, mode="off")
+            dev.load_model(MODEL_REMOTE, backend=BACKEND)
+            assert offload_board.infer_with_info(dev, x, info.outputs[0].nbytes).output == r.output
+        finally:
+            offload_board.configure(dev, mode="off")
+    assert srv.stats.split_requests_ok >= 1

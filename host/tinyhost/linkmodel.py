@@ -85,11 +85,12 @@ class OffloadBoardTime:
         return asdict(self)
 
 
-def offload_board_time(records, local_time, link, profile):
+def offload_board_time(records, local_time, link, profile, head_time=None):
     """Board time of a pass: ``records`` (tinyhost.offload.metrics.OffloadRecord), ``local_time`` (the
     BoardTime of one local inference), ``link`` (a :class:`Link`), ``profile`` (the board's). Serialising and
     parsing count as copying their bytes (``copy_byte_cycles``); a fallback pays its request's send and then
-    the local inference."""
+    the local inference. ``head_time``: a split pass's BoardTime of the head, what an offloaded record ran on
+    the board (its fallbacks ran head and tail: the whole model)."""
     if not records:
         raise ValueError("no records")
     clock = profile.board_time_clock_mhz
@@ -108,8 +109,8 @@ def offload_board_time(records, local_time, link, profile):
             if r.fallback:
                 stage["send"] = transfer_us(link, r.request_bytes)
             stage["local"] = local_time.total_ns // 1000
-        if r.offloaded and r.local_us:      # auto mode: ran locally first, then asked the server
-            stage["local"] = local_time.total_ns // 1000
+        if r.offloaded and r.local_us:      # auto mode: ran locally first, then asked the server; split: the head
+            stage["local"] = (head_time or local_time).total_ns // 1000
         for k, v in stage.items():
             totals[k] += v
         cpu_us += stage["local"] + stage["serialise_parse"]

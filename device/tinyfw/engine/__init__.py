@@ -295,13 +295,20 @@ class Model:
     def output_buffer(self, i=0):
         return self._out_views[i]
 
-    def invoke(self, times_us=None):
+    def invoke(self, times_us=None, start=0, stop=-1):
         """Run the model on what the input buffers hold. times_us (profiling; MicroPython): a buffer of one int
-        per step (len(self.kernel_names())), filled with each step's time in microseconds; nothing is allocated."""
+        per step (len(self.kernel_names())), filled with each step's time in microseconds; nothing is allocated.
+        start, stop: run only steps [start, stop) (stop -1: to the last), for split inference: the head leaves
+        the tensors alive at `stop` in the arena (arena_view), the tail reads them there from `start`."""
         f = self._f
         i = 0
         t0 = _ticks_us() if times_us is not None else 0
-        for s in self._steps:
+        steps = self._steps
+        end = len(steps) if stop < 0 else stop
+        j = start
+        while j < end:
+            s = steps[j]
+            j += 1
             kind = s[_S_KIND]
             if kind <= _K_FC:
                 p = s[_S_P]
@@ -337,6 +344,18 @@ class Model:
                 times_us[i] = _ticks_diff(t1, t0)
                 t0 = t1
                 i += 1
+
+    def step_count(self):
+        """Steps of one invoke (operators less the RESHAPEs the planner aliased)."""
+        return len(self._steps)
+
+    def arena_view(self, offset, nbytes):
+        """A view (no copy) of nbytes of the arena at offset: where a split point's live tensor lies (the plan's
+        placement; tinyhost.split lists them). Made once, not per invoke."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > len(self._arena):
+            raise ValueError("arena bytes %d..%d are outside the arena (%d bytes)" % (offset, offset + nbytes,
+                                                                                      len(self._arena)))
+        return memoryview(self._arena)[offset:offset + nbytes]
 
     def kernel_names(self):
         """The kernel function each step runs, in order (the steps of invoke(times_us=...)); a viper function loaded

@@ -4,8 +4,9 @@
 #   p = Predictor(model)                  # model: an engine Model; config from /offload.json
 #   out, info = p.predict(input_bytes)    # local, remote or "auto", as the config says
 #
-# Modes: "off" (always local), "on" (always offload; local on timeout or error, counted as a fallback) and
-# "auto" (local first; offload only when the local top-1 confidence is below "threshold").
+# Modes: "off" (always local), "on" (always offload; local on timeout or error, counted as a fallback), "auto"
+# (local first; offload only when the local top-1 confidence is below "threshold") and "split" (the board runs
+# operators [0, k), the server the rest from the tensors alive at k; the rest locally on a failure).
 #
 # This module is all that stays on the heap while a board offloads over TCP without a key (about 6 KB on the
 # 64-bit VM): the wire format (host/tinyhost/offload/wire.py is the spec), the TCP link and the Predictor. The
@@ -33,6 +34,7 @@ _HELLO = const(1)
 _WELCOME = const(2)
 _REQUEST = const(3)
 _REPLY = const(4)
+_SPLIT = const(5)
 _AUTH_REQUIRED = const(5)               # wire status codes (wire.py)
 _AUTH_FAILED = const(6)
 _E_TIMEOUT = const(-1)                  # this side's failures (Info.error, counters()["errors"])
@@ -42,7 +44,7 @@ _E_DOWN = const(-4)
 _E_MEMORY = const(-6)
 _DTYPES = const(("int8", "uint8", "int16", "int32", "float32"))     # wire dtype code = index + 1
 _SOURCES = const(("local", "model", "reference"))
-_MODES = const(("off", "on", "auto"))
+_MODES = const(("off", "on", "auto", "split"))
 
 
 class OffloadError(Exception):
@@ -138,6 +140,7 @@ class Predictor:
         from . import config as c       # checked once; its code goes back to the heap
         try:
             cfg = c.load_config(config_path) if config is None else c.check_config(config)
+            split = c.split_point(cfg["split"]) if cfg["mode"] == "split" else None
         finally:
             del sys.modules[c.__name__]
             globals().pop("config", None)
@@ -169,11 +172,35 @@ class Predictor:
         # buffer, then [mac] and crc from tail: no copy of the input, and no buffer of its size.
         i, o = model.inputs[0], model.outputs[0]
         mid = cfg["model_id"].encode()
-        head = bytes((len(mid),)) + mid + struct.pack(
-            "<BBB%dHfiI" % len(i.shape), ("default", "model", "reference").index(cfg["want"]), dtype_code(i.dtype),
-            len(i.shape), *(tuple(i.shape) + (i.scale, i.zero_point, i.nbytes)))
-        self.tx = bytearray(struct.pack(_HEADER, b"TO", 1, _REQUEST, 1 if self.key else 0, 0, len(head) + i.nbytes)
-                            + head)
+        self.step = 0                   # split: engine steps the board runs before sending
+        self.pieces = None              # split: what follows tx, fixed (tensor heads, views of the arena)
+        if split is None:
+            kind = _REQUEST
+            head = bytes((len(mid),)) + mid + struct.pack(
+                "<BBB%dHfiI" % len(i.shape), ("default", "model", "reference").index(cfg["want"]),
+                dtype_code(i.dtype), len(i.shape), *(tuple(i.shape) + (i.scale, i.zero_point, i.nbytes)))
+            body = len(head) + i.nbytes
+        else:
+            # SPLIT: model id, k, tensor count, then each live tensor's head and its bytes straight from the arena
+            # (Model.arena_view: no copy); the first head goes into tx
+            kind = _SPLIT
+            self.split_at, self.step, tensors = split
+            if self.step >= model.step_count():
+                raise ValueError("split point %d is past the model's last step" % self.split_at)
+            head = bytes((len(mid),)) + mid + struct.pack("<HB", self.split_at, len(tensors))
+            pieces = []
+            body = len(head)
+            for t in tensors:
+                dims = t[4:]
+                th = struct.pack("<BB%dHfiI" % len(dims), 1, len(dims), *(tuple(dims) + (t[2], t[3], t[1])))
+                if pieces:
+                    pieces.append(th)
+                else:
+                    head += th
+                pieces.append(model.arena_view(t[0], t[1]))
+                body += len(th) + t[1]
+            self.pieces = tuple(pieces)
+        self.tx = bytearray(struct.pack(_HEADER, b"TO", 1, kind, 1 if self.key else 0, 0, body) + head)
         self.tail = memoryview(bytearray((_MAC if self.key else 0) + 4))
         dtype_code(o.dtype)             # refused here, not at the first answer
         # REPLY: header, status/source/queue/compute (10), tensor head (2 + 2*ndim + 12), data, [mac], crc; at
@@ -231,8 +258,9 @@ class Predictor:
         self.session = session
         self.reconnects += 1
 
-    def _request(self, data, info):
+    def _request(self, pieces, info):
         # One request/reply on the open session: memoryview of the answer; raises OffloadError or OSError.
+        # pieces: what follows tx (a tuple of buffers: the input, or a split request's tensors).
         if self.session is None:
             self._connect()
         ticks_us, ticks_diff = time.ticks_us, time.ticks_diff
@@ -240,18 +268,23 @@ class Predictor:
         self.seq += 1
         tx, tail, send = self.tx, self.tail, self.link.send
         struct.pack_into("<I", tx, 6, self.seq)
-        crc = crc32(data, crc32(tx))
+        crc = crc32(tx)
+        n = len(tx) + len(tail)
+        for d in pieces:
+            crc = crc32(d, crc)
+            n += len(d)
         if self.key:
-            tail[:_MAC] = self.session.digest(tx, data)
+            tail[:_MAC] = self.session.digest(tx, pieces)
             crc = crc32(tail[:_MAC], crc)
         struct.pack_into("<I", tail, len(tail) - 4, crc)
         t1 = ticks_us()
         send(tx)
-        send(data)
+        for d in pieces:
+            send(d)
         send(tail)
         t2 = ticks_us()
         kind, seq, body, info.reply_bytes, signed, t3 = self._read()
-        info.request_bytes = len(tx) + len(data) + len(tail)
+        info.request_bytes = n
         t4 = ticks_us()
         if kind != _REPLY or (seq != self.seq and seq != 0) or (self.key and not signed):
             raise OffloadError(_E_FRAME)
@@ -271,14 +304,14 @@ class Predictor:
         info.parse_us = ticks_diff(ticks_us(), t4)
         return body[at:]
 
-    def _remote(self, data, info):
+    def _remote(self, pieces, info):
         # memoryview of the remote answer, or None after a failure (counted; info.error says which).
         if self.down_until is not None and time.ticks_diff(self.down_until, time.ticks_ms()) > 0:
             code = _E_DOWN
         else:
             for attempt in range(1 + self.cfg["retries"]):
                 try:
-                    out = self._request(data, info)
+                    out = self._request(pieces, info)
                     self.down_until = None
                     return out
                 except OffloadError as e:
@@ -315,12 +348,14 @@ class Predictor:
         t0 = time.ticks_us()
         self.predictions += 1
         out = None
+        if self.mode == "split":
+            return self._split(data, info, t0), info
         if self.mode == "auto":
             out = self._local(data, info)
             o = self.model.outputs[0]
             info.confidence = top1(out, o.dtype, o.scale, o.zero_point)[1]
         if self.mode == "on" or (out is not None and info.confidence < self.cfg["threshold"]):
-            remote = self._remote(data, info)
+            remote = self._remote((data,), info)
             if remote is None:
                 info.fallback = True
                 self.fallbacks += 1
@@ -332,6 +367,26 @@ class Predictor:
             out = self._local(data, info)
         info.total_us = time.ticks_diff(time.ticks_us(), t0)
         return out, info
+
+    def _split(self, data, info, t0):
+        # The head [0, step) here, the tail on the server; on a failure the tail here, from the same arena.
+        m = self.model
+        m.input_buffer(0)[:] = data
+        m.invoke(None, 0, self.step)
+        info.local_us = time.ticks_diff(time.ticks_us(), t0)
+        out = self._remote(self.pieces, info)
+        if out is None:
+            info.fallback = True
+            self.fallbacks += 1
+            t = time.ticks_us()
+            m.invoke(None, self.step)
+            info.local_us += time.ticks_diff(time.ticks_us(), t)
+            out = m.output_buffer(0)
+        else:
+            info.offloaded = True
+            self.offloaded += 1
+        info.total_us = time.ticks_diff(time.ticks_us(), t0)
+        return out
 
     def pack_info(self, buf, at):
         # The last predict()'s record for an INFER reply with FLAG_INFO (docs/offload.md; 56 bytes at buf[at:]).

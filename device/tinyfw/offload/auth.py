@@ -13,9 +13,13 @@ class Hmac:
         self.outer = bytes(b ^ 0x5C for b in key)
 
     def digest(self, data, data2=None):
+        # data2: None, one more buffer, or a tuple of them (a split request's pieces)
         h = hashlib.sha256(self.inner)
         h.update(data)
-        if data2 is not None:
+        if isinstance(data2, tuple):
+            for d in data2:
+                h.update(d)
+        elif data2 is not None:
             h.update(data2)
         o = hashlib.sha256(self.outer)
         o.update(h.digest())

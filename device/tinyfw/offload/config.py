@@ -8,8 +8,8 @@ from binascii import unhexlify
 CONFIG_PATH = "/offload.json"
 DEFAULTS = {"mode": "off", "server": "", "transport": "tcp", "model_id": "", "device_id": "", "key": "",
             "threshold": 0.8, "timeout_ms": 1000, "retries": 1, "retry_after_ms": 2000, "want": "default",
-            "config_check_ms": 1000}
-MODES = ("off", "on", "auto")
+            "config_check_ms": 1000, "split": {}}
+MODES = ("off", "on", "auto", "split")
 
 
 def check_config(cfg):
@@ -20,7 +20,7 @@ def check_config(cfg):
             raise ValueError("unknown field %r in the offload config" % k)
         out[k] = cfg[k]
     if out["mode"] not in MODES:
-        raise ValueError("mode must be one of off, on, auto, not %r" % (out["mode"],))
+        raise ValueError("mode must be one of off, on, auto, split, not %r" % (out["mode"],))
     if out["transport"] not in ("tcp", "serial"):
         raise ValueError("transport must be tcp or serial")
     if out["want"] not in ("default", "model", "reference"):
@@ -38,12 +38,45 @@ def check_config(cfg):
             raise ValueError("server must be HOST:PORT for the tcp transport")
         if not out["model_id"] or not out["device_id"]:
             raise ValueError("model_id and device_id are needed to offload")
+    if out["mode"] == "split":
+        split_point(out["split"])
     if out["key"]:
         try:
             unhexlify(out["key"])
         except ValueError:
             raise ValueError("key must be hex digits (tinyhost offload keygen makes one)")
     return out
+
+
+def split_point(split):
+    # The split point a "split" config runs: (k, engine step, tensors), each tensor a list [arena offset, bytes,
+    # scale, zero point, dims...]. split: {"at": k or "auto", "link": the link the board is on now, "best": {link:
+    # k} (the plan's best k per link, for "auto"), "points": {"k": [step, tensors]}} (tinyhost.split writes it).
+    if not isinstance(split, dict):
+        raise ValueError("split must be an object (tinyhost offload split writes it)")
+    at = split.get("at")
+    points = split.get("points")
+    if not isinstance(points, dict):
+        raise ValueError("split.points must be an object")
+    if at == "auto":
+        best = split.get("best")
+        link = split.get("link")
+        if not isinstance(best, dict) or link not in best:
+            raise ValueError("split.best has no split point for link %r" % (link,))
+        at = best[link]
+    if not isinstance(at, int) or str(at) not in points:
+        raise ValueError("split.at must be a split point in split.points or \"auto\", not %r" % (at,))
+    point = points[str(at)]
+    if not isinstance(point, list) or len(point) != 2 or not isinstance(point[0], int) or point[0] < 1:
+        raise ValueError("split point %d must be [step, tensors]" % at)
+    tensors = point[1]
+    if not isinstance(tensors, list) or not 1 <= len(tensors) <= 255:
+        raise ValueError("split point %d must send 1..255 tensors" % at)
+    for t in tensors:
+        if (not isinstance(t, list) or not 5 <= len(t) <= 12 or not all(isinstance(v, int) for v in t[:2] + t[3:])
+                or not isinstance(t[2], (int, float)) or t[0] < 0 or t[1] < 1):
+            raise ValueError("a tensor of split point %d is not [offset, bytes, scale, zero point, dims...]" % at)
+    return at, point[0], tensors
 
 
 def load_config(path=CONFIG_PATH):

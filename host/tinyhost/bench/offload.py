@@ -1,5 +1,6 @@
 """``tinyhost bench --offload``: the same inputs through the board's INFER twice -- offload off, then on (or auto)
--- and the two passes side by side: latency by stage, accuracy, agreement with the server's reference model,
+-- and, with ``--split``, a third time split (tinyhost.split: the board runs the head, the server the tail); the
+passes side by side: latency by stage, accuracy, agreement with the server's reference model,
 correct predictions per second, an energy estimate with radio time, fallbacks and retries.
 
 The board decides each answer itself (device/tinyfw/cmd_model.py reads /offload.json); the host only switches the
@@ -10,7 +11,7 @@ benchmarked model for the run.
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .. import errors
 from . import metrics as bench_metrics
@@ -37,6 +38,7 @@ class OffloadOptions:
     want: str = "default"          # default: the server's reference model when it has one; model; reference
     inputs: int = DEFAULT_INPUTS   # without a dataset
     link_rate_bps: int = DEFAULT_LINK_RATE_BPS
+    split: object = None           # a split pass too: the split point (int) or "auto"; mode "split": only that one
 
 
 class LocalServer:
@@ -76,29 +78,44 @@ def _predicted(output, tensor):
     return int(values.argmax())
 
 
-def _run_pass(name, dev, inputs, out_tensor, listener, pass_mode):
+def _answers(dev, inputs, out_tensor, script):
+    """(output, mode, OffloadRecord) per input: through the runtime's INFER, or with ``script`` (the model's path
+    on the board: inputs larger than one frame) through the board's Predictor in one script run
+    (tinyhost.offload.board.run_predictions: the board's /offload.json, a fresh heap)."""
     from ..offload import board
+    from ..offload.metrics import OffloadRecord
 
+    if script is None:
+        for _, _, data in inputs:
+            r = board.infer_with_info(dev, data, out_tensor.nbytes)
+            yield r.output, r.mode, r.record
+        return
+    run = board.run_predictions(dev, script, [data for _, _, data in inputs])
+    for out, info in zip(run.outputs, run.records):
+        yield out, run.counters["mode"], OffloadRecord.from_info(info)
+
+
+def _run_pass(name, dev, inputs, out_tensor, listener, pass_mode, script=None):
     samples, outputs, records = [], [], []
     t0 = time.monotonic()
-    for done, (index, label, data) in enumerate(inputs, 1):
-        r = board.infer_with_info(dev, data, out_tensor.nbytes)
-        if r.mode != pass_mode:
-            raise errors.DeviceError(f"the board answered in offload mode {r.mode!r}, expected {pass_mode!r}",
+    answers = _answers(dev, inputs, out_tensor, script)
+    for done, ((index, label, _), (output, mode, record)) in enumerate(zip(inputs, answers), 1):
+        if mode != pass_mode:
+            raise errors.DeviceError(f"the board answered in offload mode {mode!r}, expected {pass_mode!r}",
                                      hint="the board did not take its /offload.json; check `tinyhost offload "
                                           "status` and that its tinyfw has tinyfw/offload")
-        predicted = _predicted(r.output, out_tensor)
-        outputs.append(r.output)
-        records.append(r.record)
-        sample = {"index": index, "label": label, "predicted": predicted, "output": r.output.hex()}
-        sample.update(asdict(r.record))
+        predicted = _predicted(output, out_tensor)
+        outputs.append(output)
+        records.append(record)
+        sample = {"index": index, "label": label, "predicted": predicted, "output": output.hex()}
+        sample.update(asdict(record))
         samples.append(sample)
         listener.offload_sample(name, done, len(inputs), sample)
     return samples, outputs, records, time.monotonic() - t0
 
 
 def _summarise_pass(name, mode, samples, outputs, records, wall_s, board_profile, transport, link_rate_bps,
-                    local_time=None):
+                    local_time=None, head_time=None):
     from ..offload import metrics
 
     s = metrics.summarise(records, board=board_profile, transport=transport, link_rate_bps=link_rate_bps)
@@ -111,7 +128,7 @@ def _summarise_pass(name, mode, samples, outputs, records, wall_s, board_profile
         from ..linkmodel import for_transport, offload_board_time
 
         p.board_time = offload_board_time(records, local_time, for_transport(transport, board_profile),
-                                          board_profile).to_dict()
+                                          board_profile, head_time).to_dict()
     labelled = [x for x in samples if x["label"] is not None]
     if labelled and len(labelled) == len(samples):
         p.correct = sum(1 for x in samples if x["predicted"] == x["label"])
@@ -160,9 +177,12 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
     """
     from ..offload import auth, board, models
 
-    if opts.mode not in ("on", "auto"):
+    if opts.mode not in ("on", "auto", "split"):
         raise errors.UsageError(f"--offload-mode must be on or auto, not {opts.mode!r}")
+    if opts.mode == "split" and opts.split is None:
+        raise errors.UsageError("a split pass needs its split point", hint="add --split K or --split auto")
     model_id = opts.model_id or models.resolve_model(str(model_path))[0]
+    dev.soft_reset()                # the config is read on a clean heap: a large model loaded leaves HASH no room
     previous = board.read_config(dev)
     base = dict(previous or {})
     device_id = opts.device_id or base.get("device_id") or BENCH_DEVICE_ID
@@ -192,29 +212,61 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
         remote["timeout_ms"] = opts.timeout_ms
     if opts.threshold is not None:
         remote["threshold"] = opts.threshold
-    warning = ""
+    warnings = []
+    split_plan = head_time = split_k = None
+    runs = []                       # (pass name, mode it ran in, _run_pass's figures)
+
+    script = None                   # inputs larger than one frame: the model's path on the board (_answers)
+
+    def switched(mode, **fields):
+        # the board's config for the next pass, loaded; the mode the board runs it in
+        cfg = board.configure(dev, mode=mode, **remote, **fields)
+        if script is not None:      # the Predictor runs in a script of its own: it reads the file there
+            return cfg, mode
+        loaded = load_model()
+        got = loaded.raw.get("offload", mode)
+        if got != mode:
+            reason = loaded.raw.get("offload_error")
+            if not reason:
+                raise errors.DeviceError(f"the board did not switch offload {mode} and gave no reason",
+                                         hint="check that tinyfw/offload is on the board (`tinyhost flash`)")
+            warning = (f"WARNING: the board kept offload {got} ({reason}); the {mode} pass runs locally too"
+                       + (". Use a smaller model or a board with more RAM to offload" if "out of memory" in reason
+                          else ""))
+            warnings.append(warning)
+            listener.message(f"offload: {warning}")
+        else:
+            listener.message(f"offload: {mode} pass to {address}, model id {model_id}")
+        return cfg, got
+
     try:
         board.configure(dev, mode="off")
         info = load_model()
         in_t, out_t = info.inputs[0], info.outputs[0]
         inputs, source = _inputs(ds, opts, in_t, benchmark)
+        if in_t.nbytes > dev.link.max_payload:
+            from ..flash import model_remote_path
+
+            script = model_remote_path(model_path, board_profile)
+            dev.soft_reset()        # no model in the runtime: the inputs file and configs need its heap
+            listener.message(f"offload: the input ({in_t.nbytes} B) is larger than one frame of this board: each "
+                             f"pass runs the board's Predictor over all inputs in one script (a fresh heap)")
         listener.message(f"offload: local pass over {len(inputs)} inputs ({source})")
-        local = _run_pass("local", dev, inputs, out_t, listener, "off")
-        cfg = board.configure(dev, mode=opts.mode, **remote)
-        loaded = load_model()
-        offl_mode = loaded.raw.get("offload", opts.mode)
-        if offl_mode != opts.mode:
-            reason = loaded.raw.get("offload_error")
-            if not reason:
-                raise errors.DeviceError(f"the board did not switch offload {opts.mode} and gave no reason",
-                                         hint="check that tinyfw/offload is on the board (`tinyhost flash`)")
-            warning = (f"WARNING: the board kept offload {offl_mode} ({reason}); the second pass runs locally too"
-                       + (". Use a smaller model or a board with more RAM to offload" if "out of memory" in reason
-                          else ""))
-            listener.message(f"offload: {warning}")
-        else:
-            listener.message(f"offload: offloaded pass (mode {opts.mode}) to {address}, model id {model_id}")
-        offl = _run_pass("offload", dev, inputs, out_t, listener, offl_mode)
+        local = _run_pass("local", dev, inputs, out_t, listener, "off", script)
+        if opts.mode != "split":
+            cfg, offl_mode = switched(opts.mode)
+            runs.append(("offload", offl_mode, _run_pass("offload", dev, inputs, out_t, listener, offl_mode,
+                                                         script)))
+        if opts.split is not None:
+            split_cfg, split_plan, split_k = _split_setup(model_path, opts.split, board_profile, model_id,
+                                                          listener)
+            if local_time is not None:
+                head_ns = sum(s.ns for s in local_time.steps[:split_k]) + local_time.overhead_ns
+                head_time = replace(local_time, total_ns=head_ns, total_us=head_ns / 1000,
+                                    steps=local_time.steps[:split_k])
+            cfg, split_mode = switched("split", split=split_cfg)
+            runs.append(("split", split_mode, _run_pass("split", dev, inputs, out_t, listener, split_mode,
+                                                        script)))
         reference = None
         if local_server is None or opts.reference_model:
             try:
@@ -233,15 +285,46 @@ def run_offload(dev, load_model, model_path, ds, benchmark, board_profile, opts,
             if local_server is not None:
                 local_server.stop()
     passes = [_summarise_pass("local", "off", *local, board_profile, cfg["transport"], opts.link_rate_bps,
-                              local_time),
-              _summarise_pass("offload", offl_mode, *offl, board_profile, cfg["transport"], opts.link_rate_bps,
                               local_time)]
-    passes[1].agreement_with_local = _agreement(offl[1], local[1], out_t)
+    for name, mode, figures in runs:
+        p = _summarise_pass(name, mode, *figures, board_profile, cfg["transport"], opts.link_rate_bps, local_time,
+                            head_time if name == "split" else None)
+        p.agreement_with_local = _agreement(figures[1], local[1], out_t)
+        p.identical_to_local = sum(a == b for a, b in zip(figures[1], local[1]))
+        if name == "split":
+            p.split_at = split_k
+        passes.append(p)
     if reference is not None:
-        for p, outs in zip(passes, (local[1], offl[1])):
+        for p, outs in zip(passes, [local[1]] + [figures[1] for _, _, figures in runs]):
             p.agreement = _agreement(outs, reference, out_t)
-    note = (f"{warning}. " if warning else "") + ("board clock for every stage; the server's queue and compute times come from its replies. "
+    note = "".join(f"{w}. " for w in warnings) + ("board clock for every stage; the server's queue and compute times come from its replies. "
             "Energy is an estimate from the board profile's datasheet currents and the measured stage times.")
     return OffloadResult(server=address, server_started=local_server is not None, model_id=model_id,
                          reference=reference is not None, transport=cfg["transport"],
-                         link_rate_bps=opts.link_rate_bps, inputs_source=source, passes=passes, note=note)
+                         link_rate_bps=opts.link_rate_bps, inputs_source=source, passes=passes, note=note,
+                         split_plan=split_plan)
+
+
+def _auto_note(at, k, plan):
+    """Why --split auto ran k: the plan's best, or the best inside the model when the plan's best is an end."""
+    if at != "auto":
+        return ""
+    if k == plan.best_k:
+        return f" (auto: the plan's best for {plan.link})"
+    end = "full offload" if plan.best_k == 0 else "local"
+    return (f" (auto: the plan's best for {plan.link} is k = {plan.best_k}, {end}, which the offloaded or local "
+            "pass runs; this is the best split point inside the model)")
+
+
+def _split_setup(model_path, at, board_profile, model_id, listener):
+    """(the config's split field, the plan for the board's link as a dict, the split point run) for a split
+    pass: the plan (tinyhost.split) for the board profile over the link its tcp transport uses."""
+    from ..linkmodel import for_transport
+    from ..split import build_plan, split_config
+
+    link = for_transport("tcp", board_profile).name
+    split_cfg, plans = split_config(model_path, at, link, board_profile.name, "latency", model_id)
+    plan = plans.get(link) or build_plan(model_path, board_profile.name, link, "latency", model_id)
+    k = split_cfg["best"][link] if at == "auto" else at
+    listener.message(f"offload: split at k = {k} of {len(plan.rows) - 1} operators" + _auto_note(at, k, plan))
+    return split_cfg, plan.to_dict(), k

@@ -278,7 +278,7 @@ def build(result, plots):
         blocks.append(("table", ["input", "value"], [[k, _fmt(v, 4)] for k, v in en.inputs.items()]))
         blocks.append(("p", "Sources: " + "; ".join(en.sources)))
     if result.offload:
-        blocks.extend(offload_blocks(result.offload, mark))
+        blocks.extend(offload_blocks(result.offload, mark, plots))
     return blocks
 
 
@@ -288,38 +288,54 @@ def _stage_cell(stats):
     return " / ".join(f"{stats[q] / 1000:.3f}" for q in ("p50_us", "p90_us", "p99_us"))
 
 
-def offload_blocks(off, mark=""):
-    """``bench --offload``: the local and the offloaded pass side by side."""
-    local, offl = off.passes
-    head = ["figure", "local", f"offloaded ({offl.mode})"]
+def _label(p):
+    if p.name == "split" and p.split_at is not None:
+        return f"split (k = {p.split_at})"
+    return "local" if p.name == "local" else f"{'offloaded' if p.name == 'offload' else p.name} ({p.mode})"
+
+
+def offload_blocks(off, mark="", plots=()):
+    """``bench --offload``: the local, offloaded and split passes side by side; with a split pass its plan and
+    (``split_plan.png`` in ``plots``) latency and energy against the split point."""
+    passes = off.passes
+    local = passes[0]
+    head = ["figure"] + [_label(p) for p in passes]
+    title = "Offload: local vs offloaded" + (" vs split" if any(p.name == "split" for p in passes) else "")
     started = " It was started in-process for this run (no --server given)." if off.server_started else ""
-    blocks = [("h2", "Offload: local vs offloaded" + mark),
+    blocks = [("h2", title + mark),
               ("p", f"Server {off.server}, model id {off.model_id}, transport {off.transport}.{started} Inputs: "
-                    f"{off.inputs_source}. Both passes use the board's INFER; {off.note}")]
-    rows = [["answers from the board / the server", f"{local.sources.get('local', 0)} / {local.offloaded}",
-             f"{offl.sources.get('local', 0)} / {offl.offloaded}"],
-            ["fallbacks to local", str(local.fallbacks), str(offl.fallbacks)],
-            ["retries", str(local.retries), str(offl.retries)],
-            ["errors (code: count)", ", ".join(f"{k}: {v}" for k, v in local.errors.items()) or "none",
-             ", ".join(f"{k}: {v}" for k, v in offl.errors.items()) or "none"],
-            ["board time, all predictions", f"{local.board_time_s:.3f} s" + mark, f"{offl.board_time_s:.3f} s" + mark],
-            ["host wall time (serial link included)", f"{local.host_wall_s:.2f} s", f"{offl.host_wall_s:.2f} s"]]
+                    f"{off.inputs_source}. Every pass uses the board's INFER; {off.note}")]
+
+    def cells(fn):
+        return [fn(p) for p in passes]
+
+    rows = [["answers from the board / the server"] + cells(lambda p: f"{p.sources.get('local', 0)} / {p.offloaded}"),
+            ["fallbacks to local"] + cells(lambda p: str(p.fallbacks)),
+            ["retries"] + cells(lambda p: str(p.retries)),
+            ["errors (code: count)"] + cells(lambda p: ", ".join(f"{k}: {v}" for k, v in p.errors.items()) or "none"),
+            ["board time, all predictions"] + cells(lambda p: f"{p.board_time_s:.3f} s" + mark),
+            ["host wall time (serial link included)"] + cells(lambda p: f"{p.host_wall_s:.2f} s")]
+    if any(p.identical_to_local is not None for p in passes):
+        rows.append(["answers identical to the local ones"]
+                    + cells(lambda p: "-" if p is local else f"{p.identical_to_local} / {p.requests}"))
     if local.accuracy is not None:
-        rows += [["accuracy vs ground truth", _pct(local.accuracy), _pct(offl.accuracy)],
-                 ["correct predictions per second (board time)", _fmt(local.correct_per_s, 2) + mark,
-                  _fmt(offl.correct_per_s, 2) + mark]]
+        rows += [["accuracy vs ground truth"] + cells(lambda p: _pct(p.accuracy)),
+                 ["correct predictions per second (board time)"] + cells(lambda p: _fmt(p.correct_per_s, 2) + mark)]
     if local.agreement:
-        rows += [["top-1 agreement with the reference model", _pct(local.agreement["top1"]),
-                  _pct(offl.agreement["top1"])],
-                 ["top-3 agreement with the reference model", _pct(local.agreement["top3"]),
-                  _pct(offl.agreement["top3"])],
-                 ["mean abs confidence difference vs reference", _fmt(local.agreement["mean_abs_confidence_diff"], 4),
-                  _fmt(offl.agreement["mean_abs_confidence_diff"], 4)]]
-    if offl.agreement_with_local:
-        rows.append(["top-1 agreement with the local answers", "100.00 %", _pct(offl.agreement_with_local["top1"])])
-    if local.energy and offl.energy:
-        rows.append(["energy per inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f} uJ",
-                     f"{offl.energy['uj_per_inference']:.2f} uJ"])
+        rows += [["top-1 agreement with the reference model"] + cells(lambda p: _pct(p.agreement["top1"])),
+                 ["top-3 agreement with the reference model"] + cells(lambda p: _pct(p.agreement["top3"])),
+                 ["mean abs confidence difference vs reference"]
+                 + cells(lambda p: _fmt(p.agreement["mean_abs_confidence_diff"], 4))]
+    if any(p.agreement_with_local for p in passes[1:]):
+        rows.append(["top-1 agreement with the local answers"]
+                    + cells(lambda p: "100.00 %" if p is local else _pct(p.agreement_with_local["top1"])))
+    if all(p.energy for p in passes):
+        rows.append(["energy per inference (ESTIMATE)"] + cells(lambda p: f"{p.energy['uj_per_inference']:.2f} uJ"))
+    if all(p.board_time for p in passes):
+        bt = passes[-1].board_time
+        rows += [[f"board time per inference (ESTIMATE, {bt['board_time_model']} + {bt['link_model']} {bt['link']})"]
+                 + cells(lambda p: f"{p.board_time['mean_us'] / 1000:.3f} ms"),
+                 ["board energy per inference (ESTIMATE)"] + cells(lambda p: f"{p.board_time['energy_uj']:.2f} uJ")]
     blocks.append(("table", head, rows))
     stages = ("total", "local", "serialise", "send", "network", "server_queue", "server_compute", "receive", "parse",
               "overhead")
@@ -327,12 +343,56 @@ def offload_blocks(off, mark=""):
                         "over the answers that came from the server, `network` = waiting for the reply minus the "
                         "server's queue and compute time, `overhead` = total minus server compute and local "
                         "inference."))
-    blocks.append(("table", ["stage", "local", f"offloaded ({offl.mode})"],
-                   [[st, _stage_cell(local.latency.get(st)), _stage_cell(offl.latency.get(st))] for st in stages
-                    if local.latency.get(st) or offl.latency.get(st)]))
-    if offl.energy:
-        blocks.append(("p", f"Energy: {offl.energy['note']}."))
+    blocks.append(("table", ["stage"] + [_label(p) for p in passes],
+                   [[st] + [_stage_cell(p.latency.get(st)) for p in passes] for st in stages
+                    if any(p.latency.get(st) for p in passes)]))
+    for p in passes[1:]:
+        if p.energy:
+            blocks.append(("p", f"Energy: {p.energy['note']}."))
+            break
+    plan = off.split_plan
+    if plan:
+        blocks.append(("h2", f"Split plan: {Path(plan['model']).name} on {plan['board']} over {plan['link']}"))
+        blocks.append(("p", f"Per split point k the board runs operators [0, k) and the server the rest; k = 0 is "
+                            f"full offload, k = {len(plan['rows']) - 1} local. Best for {plan['objective']}: "
+                            f"**k = {plan['best_k']}**. ESTIMATES: board ms ({plan['board_time_model']}: the head and "
+                            f"serialising), link ms ({plan['link_model']}: {plan['link_source']}); server ms: "
+                            f"{plan['server']}. {plan['note']}."))
+        if "split_plan.png" in plots:
+            blocks.append(("img", "split_plan.png", "latency and energy against the split point"))
+        blocks.append(("table", ["k", "after", "board ms", "sent B", "link ms", "server ms", "total ms",
+                                 "energy mJ"],
+                       [[str(r["k"]) + (" (best)" if r["best"] else ""), r["after"] or "(full offload)",
+                         f"{r['board_ms'] + r['serialise_ms']:.2f}", str(r["request_bytes"]), f"{r['link_ms']:.2f}",
+                         f"{r['server_ms']:.2f}", f"{r['total_ms']:.2f}", f"{r['energy_mj']:.3f}"]
+                        for r in plan["rows"]]))
     return blocks
+
+
+def plot_split_plan(plan, prov):
+    """Latency and the board's energy against the split point (the Neurosurgeon picture): stacked board, link
+    and server time, energy on the second axis, the best k marked."""
+    fig, ax = _figure()
+    rows = plan["rows"]
+    ks = [r["k"] for r in rows]
+    board = [r["board_ms"] + r["serialise_ms"] for r in rows]
+    link = [r["link_ms"] for r in rows]
+    server = [r["server_ms"] for r in rows]
+    ax.bar(ks, board, color="#4477aa", label="board (head, serialising)")
+    ax.bar(ks, link, bottom=board, color="#ee7733", label=f"link ({plan['link']})")
+    ax.bar(ks, server, bottom=[b + c for b, c in zip(board, link)], color="#66aa55", label="server (tail)")
+    ax.set_xlabel("split point k (operators on the board; 0: full offload)")
+    ax.set_ylabel("latency, ms (estimate)")
+    ax2 = ax.twinx()
+    ax2.plot(ks, [r["energy_mj"] for r in rows], color="black", marker=".", label="board energy")
+    ax2.set_ylabel("board energy, mJ (estimate)")
+    ax.axvline(plan["best_k"], color="red", linestyle="--", label=f"best for {plan['objective']}: k = {plan['best_k']}")
+    _title(ax, f"Latency and energy vs split point, {plan['board']} over {plan['link']}", prov)
+    handles, labels = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(handles + h2, labels + l2, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
 
 
 def to_markdown(blocks):
@@ -398,6 +458,8 @@ def write_report(result, directory):
         images["window_throughput.png"] = plot_window_throughput(result.performance, prov)
     if result.accuracy:
         images["confusion_matrix.png"] = plot_confusion(result.accuracy, prov)
+    if result.offload and result.offload.split_plan:
+        images["split_plan.png"] = plot_split_plan(result.offload.split_plan, prov)
     images = {name: png for name, png in images.items() if png is not None}
     for name, png in images.items():
         write_atomic(directory / name, png)

@@ -103,9 +103,9 @@ class EnergyResult:
 
 @dataclass
 class OffloadPass:
-    """One pass of ``bench --offload`` over the inputs: "local" (offload off) or "offload" (on / auto)."""
-    name: str                       # local | offload
-    mode: str                       # the board's offload mode during the pass (off, on, auto)
+    """One pass of ``bench --offload`` over the inputs: "local" (offload off), "offload" (on / auto) or "split"."""
+    name: str                       # local | offload | split
+    mode: str                       # the board's offload mode during the pass (off, on, auto, split)
     requests: int
     offloaded: int                  # answers that came from the server
     fallbacks: int                  # offload wanted, answered locally (timeout, refusal, broken link, server down)
@@ -123,6 +123,8 @@ class OffloadPass:
     energy: dict = None             # offload.metrics.EnergyEstimate fields (an estimate)
     samples: list = field(default_factory=list)   # per input: index, label, predicted, output (hex), record fields
     board_time: dict = None         # a virtual board: tinyhost.linkmodel.OffloadBoardTime fields (estimates)
+    identical_to_local: int = None  # offload and split passes: answers byte for byte the local pass's
+    split_at: int = None            # split pass: the split point k (operators [0, k) on the board)
 
 
 @dataclass
@@ -134,8 +136,9 @@ class OffloadResult:
     transport: str
     link_rate_bps: int              # radio airtime in the energy estimate
     inputs_source: str
-    passes: list = field(default_factory=list)   # of OffloadPass
+    passes: list = field(default_factory=list)   # of OffloadPass: local, then offload and/or split
     note: str = ""
+    split_plan: dict = None         # with a split pass: tinyhost.split.SplitPlan fields for the board and its link
 
 
 @dataclass

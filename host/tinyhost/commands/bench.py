@@ -149,47 +149,69 @@ STAGES = ("total", "local", "serialise", "send", "network", "server_queue", "ser
           "overhead")
 
 
+def pass_label(p):
+    """A column head for an offload pass: local, offload (on|auto), split (at k)."""
+    if p.name == "split" and p.split_at is not None:
+        return f"split (k={p.split_at})"
+    return "local" if p.name == "local" else f"{p.name} ({p.mode})"
+
+
 def offload_tables(off, mark=""):
-    """``bench --offload``: the local and the offloaded pass side by side, then their latency by stage (board
+    """``bench --offload``: the local, offloaded and split passes side by side, then their latency by stage (board
     clock; the virtual board's is the host CPU's), one column per percentile."""
-    local, offl = off.passes
-    offloaded = f"offload ({offl.mode})"
-    figures = console.table("figure", "local", offloaded, right={"local", offloaded})
-    figures.add_row("answers local / server", f"{local.sources.get('local', 0)} / {local.offloaded}",
-                    f"{offl.sources.get('local', 0)} / {offl.offloaded}")
-    figures.add_row("fallbacks / retries", f"{local.fallbacks} / {local.retries}", f"{offl.fallbacks} / {offl.retries}")
+    passes = off.passes
+    local = passes[0]
+    heads = [pass_label(p) for p in passes]
+    figures = console.table("figure", *heads, right=set(heads))
+
+    def row(label, fn, when=all):
+        cells = [fn(p) for p in passes]
+        if when(c is not None for c in cells):
+            figures.add_row(label, *("" if c is None else c for c in cells))
+
+    row("answers local / server", lambda p: f"{p.sources.get('local', 0)} / {p.offloaded}")
+    row("fallbacks / retries", lambda p: f"{p.fallbacks} / {p.retries}")
+    row("identical to the local answers", lambda p: "-" if p is local else
+        None if p.identical_to_local is None else f"{p.identical_to_local} / {p.requests}", when=any)
     if local.accuracy is not None:
-        figures.add_row("accuracy (ground truth)", f"{100 * local.accuracy:.2f} %", f"{100 * offl.accuracy:.2f} %")
-        figures.add_row("correct predictions / s (board)", f"{local.correct_per_s or 0:.2f}",
-                        f"{offl.correct_per_s or 0:.2f}")
+        row("accuracy (ground truth)", lambda p: f"{100 * p.accuracy:.2f} %")
+        row("correct predictions / s (board)", lambda p: f"{p.correct_per_s or 0:.2f}")
     if local.agreement:
         for k, label in (("top1", "top-1 agreement with reference"), ("top3", "top-3 agreement with reference")):
-            figures.add_row(label, f"{100 * local.agreement[k]:.1f} %", f"{100 * offl.agreement[k]:.1f} %")
-        figures.add_row("mean |confidence diff| vs reference", f"{local.agreement['mean_abs_confidence_diff']:.4f}",
-                        f"{offl.agreement['mean_abs_confidence_diff']:.4f}")
-    if offl.agreement_with_local:
-        figures.add_row("top-1 agreement with local", "100.0 %", f"{100 * offl.agreement_with_local['top1']:.1f} %")
-    if local.energy and offl.energy:
-        figures.add_row("energy uJ/inference (ESTIMATE)", f"{local.energy['uj_per_inference']:.2f}",
-                        f"{offl.energy['uj_per_inference']:.2f}")
-    if local.board_time and offl.board_time:
-        bt = offl.board_time
-        figures.add_row(f"board time ms (ESTIMATE, {bt['board_time_model']}+{bt['link_model']}, {bt['link']})",
-                        f"{local.board_time['mean_us'] / 1000:.3f}", f"{bt['mean_us'] / 1000:.3f}")
-        figures.add_row("board energy uJ/inference (ESTIMATE)", f"{local.board_time['energy_uj']:.2f}",
-                        f"{bt['energy_uj']:.2f}")
+            row(label, lambda p, k=k: f"{100 * p.agreement[k]:.1f} %")
+        row("mean |confidence diff| vs reference", lambda p: f"{p.agreement['mean_abs_confidence_diff']:.4f}")
+    row("top-1 agreement with local", lambda p: "100.0 %" if p is local else
+        None if not p.agreement_with_local else f"{100 * p.agreement_with_local['top1']:.1f} %", when=any)
+    row("energy uJ/inference (ESTIMATE)", lambda p: f"{p.energy['uj_per_inference']:.2f}" if p.energy else None)
+    bt = passes[-1].board_time
+    if bt:
+        row(f"board time ms (ESTIMATE, {bt['board_time_model']}+{bt['link_model']}, {bt['link']})",
+            lambda p: f"{p.board_time['mean_us'] / 1000:.3f}" if p.board_time else None)
+        row("board energy uJ/inference (ESTIMATE)",
+            lambda p: f"{p.board_time['energy_uj']:.2f}" if p.board_time else None)
     quantiles = ("p50", "p90", "p99")
-    heads = [f"local\n{q}" for q in quantiles] + [f"offload\n{q}" for q in quantiles]
-    stages = console.table("stage", *heads, right=set(heads))
+    cols = [f"{p.name}\n{q}" for p in passes for q in quantiles]
+    stages = console.table("stage", *cols, right=set(cols))
     for stage in STAGES:
-        a, b = local.latency.get(stage), offl.latency.get(stage)
-        if a or b:
-            stages.add_row(stage, *(_ms(a, q) for q in quantiles), *(_ms(b, q) for q in quantiles))
+        got = [p.latency.get(stage) for p in passes]
+        if any(got):
+            stages.add_row(stage, *(_ms(a, q) for a in got for q in quantiles))
     return figures, stages
 
 
 def _ms(stats, q):
     return f"{stats[q + '_us'] / 1000:.3f}" if stats else "-"
+
+
+def split_plan_table(plan):
+    """The split plan a split pass ran from: per split point k the board's, the link's and the server's share."""
+    t = console.table("k", "after", "board ms", "sent B", "link ms", "server ms", "total ms", "energy mJ", "",
+                      right={"k", "board ms", "sent B", "link ms", "server ms", "total ms", "energy mJ"})
+    for r in plan["rows"]:
+        t.add_row(str(r["k"]), r["after"] or "(full offload)", f"{r['board_ms'] + r['serialise_ms']:,.2f}",
+                  str(r["request_bytes"]), f"{r['link_ms']:,.2f}", f"{r['server_ms']:,.2f}", f"{r['total_ms']:,.2f}",
+                  f"{r['energy_mj']:,.3f}", "<- best" if r["best"] else "")
+    return t
 
 
 def print_offload(off, mark=""):
@@ -199,9 +221,15 @@ def print_offload(off, mark=""):
     figures, stages = offload_tables(off, mark)
     console.print_table(figures)
     console.print_table(stages, f"latency by stage in ms, board clock{mark}")
-    offl = off.passes[1]
-    if offl.errors:
-        click.echo("offload errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in offl.errors.items()))
+    for p in off.passes[1:]:
+        if p.errors:
+            click.echo(f"{p.name} errors (code: count): " + ", ".join(f"{k}: {v}" for k, v in p.errors.items()))
+    plan = off.split_plan
+    if plan:
+        console.print_table(split_plan_table(plan),
+                            f"split plan: {plan['board']} over {plan['link']}, best for {plan['objective']}: "
+                            f"k = {plan['best_k']} (ESTIMATES: {plan['board_time_model']}, {plan['link_model']}; "
+                            "server measured)")
 
 
 @click.command()
@@ -237,6 +265,9 @@ def print_offload(off, mark=""):
               help="--offload: HOST:PORT of `tinyhost serve` (default: start one on 127.0.0.1 for this run).")
 @click.option("--offload-mode", type=click.Choice(["on", "auto"]), default="on", show_default=True,
               help="--offload: the offloaded pass always offloads (on) or only when unsure (auto).")
+@click.option("--split", "split_at", default=None,
+              help="--offload: a split pass too (docs/split.md): the board runs operators [0, K), the server the "
+                   "rest; auto: the split plan's best K for the board's link.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="--offload-mode auto: offload when the local top-1 confidence is below this (default 0.8).")
 @click.option("--reference-model", default=None,
@@ -256,7 +287,7 @@ def print_offload(off, mark=""):
 def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend, window_s, min_inferences, warmups,
           n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines,
           offload_on, server, offload_mode, threshold, reference_model, model_id, device_id, token_file,
-          offload_inputs, offload_timeout_ms, link_rate_bps, calibration):
+          offload_inputs, offload_timeout_ms, link_rate_bps, calibration, split_at):
     """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded."""
     offload_opts = None
     if offload_on:
@@ -265,9 +296,10 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
         offload_opts = OffloadOptions(
             server=server, mode=offload_mode, threshold=threshold, model_id=model_id, device_id=device_id,
             token_file=token_file, reference_model=reference_model, timeout_ms=offload_timeout_ms,
-            inputs=offload_inputs or DEFAULT_INPUTS, link_rate_bps=link_rate_bps or DEFAULT_LINK_RATE_BPS)
+            inputs=offload_inputs or DEFAULT_INPUTS, link_rate_bps=link_rate_bps or DEFAULT_LINK_RATE_BPS,
+            split=_split_at(split_at))
     elif any(v is not None for v in (server, threshold, reference_model, model_id, device_id, token_file,
-                                     offload_inputs, offload_timeout_ms, link_rate_bps)):
+                                     offload_inputs, offload_timeout_ms, link_rate_bps, split_at)):
         from ..errors import UsageError
 
         raise UsageError("--server, --reference-model and the other offload options need --offload",
@@ -300,3 +332,16 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
 
         paths = write_report(result, report_dir)
         click.echo(f"wrote {paths[0]} and {len(paths) - 1} more files in {report_dir}")
+
+
+def _split_at(text):
+    """--split: None, "auto" or a split point."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from ..errors import UsageError
+
+        raise UsageError(f"--split must be a split point (an integer) or auto, not {text!r}",
+                         hint="`tinyhost split plan MODEL` lists the split points") from None

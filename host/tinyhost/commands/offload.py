@@ -1,4 +1,4 @@
-"""``tinyhost serve`` (the offload server) and ``tinyhost offload on|off|auto|status|keygen|relay``."""
+"""``tinyhost serve`` (the offload server) and ``tinyhost offload on|off|auto|split|status|keygen|relay``."""
 
 import asyncio
 import contextlib
@@ -84,7 +84,7 @@ def serve(model_specs, reference_model, listen, token_file, workers, threads, ba
 
 @click.group()
 def offload():
-    """Switch a board's inference between local and offloaded (on / off / auto), manage keys, relay serial."""
+    """Switch a board's inference between local and offloaded (on / off / auto / split), manage keys, relay serial."""
 
 
 @contextlib.contextmanager
@@ -94,14 +94,22 @@ def _open(board_name, port, baud, state_dir):
         yield b.dev
 
 
-def _set_mode(board_name, port, baud, state_dir, **changes):
+def _set_mode(board_name, port, baud, state_dir, split=None, **changes):
+    """Write the board's offload config; split: for mode "split", a function (model id, board profile, transport)
+    -> the config's split field."""
+    from ..board import connect
     from ..offload import auth, board
     token_file = changes.pop("token_file", None)
-    with _open(board_name, port, baud, state_dir) as dev:
+    with connect(board_name, port, baud, state_dir=state_dir) as b:
+        dev = b.dev
         if changes.get("mode") != "off" and not (changes.get("model_id") and changes.get("device_id")):
             current = dict(board.read_config(dev) or {})
             current.update({k: v for k, v in changes.items() if v})
             changes["model_id"], changes["device_id"] = board.default_ids(dev, current)
+        if split is not None:
+            current = board.read_config(dev) or {}
+            changes["split"] = split(changes.get("model_id") or current.get("model_id"), b.profile,
+                                     changes.get("transport") or current.get("transport", "tcp"))
         if token_file:
             device_id = changes.get("device_id") or (board.read_config(dev) or {}).get("device_id")
             if not device_id:
@@ -110,6 +118,9 @@ def _set_mode(board_name, port, baud, state_dir, **changes):
             changes["key"] = auth.ensure_device_key(token_file, device_id).hex()
         cfg = board.configure(dev, **changes)
     shown = board.redacted(cfg)
+    split_field = shown.pop("split", None)
+    if cfg["mode"] == "split":
+        shown["split"] = f"at={split_field['at']},link={split_field['link']}"
     click.echo(f"offload {cfg['mode']} " + " ".join(f"{k}={v}" for k, v in shown.items() if k != "mode"))
 
 
@@ -151,6 +162,50 @@ def offload_on(board_name, port, baud, state_dir, threshold, **remote):
 def offload_auto(board_name, port, baud, state_dir, threshold, **remote):
     """Run locally; offload only when the local top-1 confidence is below --threshold."""
     _set_mode(board_name, port, baud, state_dir, mode="auto", threshold=threshold, **remote)
+
+
+@offload.command("split")
+@board_options
+@_remote_options
+@click.option("--at", "at", default="auto", show_default=True,
+              help="Split point K: the board runs operators [0, K), the server the rest; or auto: the best K of "
+                   "the plan (`tinyhost split plan`) for the link the board is on.")
+@click.option("--link", "link_name", type=click.Choice(["wifi", "ble", "uart"]), default=None,
+              help="The link the board is on now, for --at auto (default: the transport's: tcp -> Wi-Fi when the "
+                   "board has it, else BLE; serial -> its UART relay).")
+@click.option("--model", "model_spec", default=None,
+              help="The board's model on this host: a .tflite path or a registry name (default: the model id).")
+@click.option("--objective", type=click.Choice(["latency", "energy"]), default="latency", show_default=True,
+              help="What --at auto minimises.")
+def offload_split(board_name, port, baud, state_dir, at, link_name, model_spec, objective, **remote):
+    """Split inference: the board runs the first operators, the server the rest; local on a failure."""
+    from ..linkmodel import for_transport
+    from ..offload.models import resolve_model
+    from ..split import split_config
+
+    if at != "auto":
+        try:
+            at = int(at)
+        except ValueError:
+            raise UsageError(f"--at must be a split point (an integer) or auto, not {at!r}",
+                             hint="`tinyhost split plan MODEL` lists the split points") from None
+
+    def split(model_id, profile, transport):
+        _, path = resolve_model(model_spec or model_id)
+        link = link_name or for_transport(transport, profile).name
+        cfg, plans = split_config(path, at, link, profile.name, objective, model_id)
+        chosen = cfg["best"][link] if at == "auto" else at
+        note = ""
+        if plans:
+            best = plans[link].best_k
+            note = (f" (auto: the {objective} plan's best for {link}"
+                    + (f" inside the model; its best is k = {best}, {'full offload' if best == 0 else 'local'}"
+                       if best != chosen else "")
+                    + "; per link: " + ", ".join(f"{name} {k}" for name, k in cfg["best"].items()) + ")")
+        click.echo(f"split at k = {chosen}{note}")
+        return cfg
+
+    _set_mode(board_name, port, baud, state_dir, mode="split", split=split, **remote)
 
 
 @offload.command("off")

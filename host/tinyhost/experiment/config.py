@@ -3,7 +3,7 @@
     name: kws-boards
     models: [kws, {name: tiny, path: tiny.tflite, dataset: DIR}]
     boards: [sim:esp32, {name: lab-3, board: esp32, port: /dev/ttyUSB0}, {board: esp32, place: kit-07}]
-    modes: [local, offload, {auto: [0.6, 0.8]}]
+    modes: [local, offload, {auto: [0.6, 0.8]}, {split: [auto, 7]}]
     backends: [auto]
     bench: {measure: all, window_s: 0.5, inputs: 2, limit: 40}
     repeats: 1
@@ -58,13 +58,18 @@ class BoardSpec:
 
 @dataclass(frozen=True)
 class Mode:
-    """Where a cell's inferences run: ``local`` on the board; ``offload`` (every inference offloaded) or
-    ``auto`` (offloaded when the board's top-1 confidence is below ``threshold``) through an offload server."""
-    kind: str                      # local | offload | auto
+    """Where a cell's inferences run: ``local`` on the board; ``offload`` (every inference offloaded), ``auto``
+    (offloaded when the board's top-1 confidence is below ``threshold``) or ``split`` (the board runs operators
+    [0, split_at), the server the rest; "auto": the split plan's best point for the board's link) through an
+    offload server."""
+    kind: str                      # local | offload | auto | split
     threshold: float = None
+    split_at: object = None        # split: a split point (int) or "auto"
 
     @property
     def name(self):
+        if self.kind == "split":
+            return f"split@{self.split_at}"
         return f"auto@{self.threshold:g}" if self.kind == "auto" else self.kind
 
 
@@ -340,6 +345,16 @@ def _board(c, value, where):
 def _modes(c, value, where):
     if value in ("local", "offload"):
         return [Mode(value)]
+    if value == "split":
+        return [Mode("split", split_at="auto")]
+    if isinstance(value, dict) and set(value) == {"split"}:
+        points = value["split"] if isinstance(value["split"], list) else [value["split"]]
+        out = []
+        for i, k in enumerate(points):
+            if k != "auto":
+                k = c.number(k, where + ("split", i), int, "a split point", minimum=1)
+            out.append(Mode("split", split_at=k))
+        return out
     if isinstance(value, dict) and set(value) == {"auto"}:
         thresholds = value["auto"] if isinstance(value["auto"], list) else [value["auto"]]
         out = []
@@ -350,4 +365,5 @@ def _modes(c, value, where):
                        "use a value such as 0.8")
             out.append(Mode("auto", t))
         return out
-    c.fail(where, f"unknown mode {value!r}", "use local, offload, or {auto: [thresholds]}")
+    c.fail(where, f"unknown mode {value!r}", "use local, offload, {auto: [thresholds]}, split, or "
+                                             "{split: [auto, K ...]}")

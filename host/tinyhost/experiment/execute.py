@@ -73,8 +73,9 @@ def bench_options(exp, planned, state_dir, journal, port=None):
     cell, b = planned.cell, exp.bench
     offload = None
     if cell.mode.kind != "local":
-        offload = OffloadOptions(mode="on" if cell.mode.kind == "offload" else "auto", threshold=cell.mode.threshold,
-                                 inputs=b.offload_inputs)
+        mode = {"offload": "on", "auto": "auto", "split": "split"}[cell.mode.kind]
+        offload = OffloadOptions(mode=mode, threshold=cell.mode.threshold, inputs=b.offload_inputs,
+                                 split=cell.mode.split_at)
     return session.BenchOptions(
         model=str(planned.model_path), mode=b.measure, board=cell.board.board, port=port or cell.board.port,
         baud=b.baud,

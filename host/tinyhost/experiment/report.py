@@ -183,11 +183,38 @@ def build(exp, rows, budget_data=None):
         front = pareto.front(pareto.points(cells, x, y))
         blocks += [("h2", f"Pareto front: {title}"), ("img", name, f"{title}, {subtitle}"),
                    ("p", "On the front: " + "; ".join(f"{p.label} ({_fmt(p.x)}, {_fmt(p.y)})" for p in front))]
+    blocks += split_blocks(rows, images)
     if budget_data is not None:
         blocks += budget_blocks(budget_mod.evaluate(budget_data,
                                                     budget_mod.configurations_from_cells(
                                                         [c for c in cells if c["status"] == "ok"], budget_data)))
     return blocks, images
+
+
+def split_blocks(rows, images):
+    """Split cells: per model and board, the split plan the first measured run ran from, as a plot of latency and
+    energy against the split point (added to ``images``)."""
+    from ..bench.report import plot_split_plan
+    from .store import result_of
+
+    blocks, seen = [], set()
+    for r in rows:
+        key = (r["model"], r["board_name"])
+        if r["status"] != "ok" or not str(r["mode"]).startswith("split@") or key in seen:
+            continue
+        result = result_of(r)
+        plan = result.offload.split_plan if result is not None and result.offload else None
+        if not plan:
+            continue
+        seen.add(key)
+        name = f"split_plan_{len(seen)}.png"
+        images[name] = plot_split_plan(plan, result.provenance)
+        blocks += [("h2", f"Split plan: {r['model']} on {r['board_name']} over {plan['link']}"),
+                   ("img", name, f"latency and energy against the split point, {r['model']} on {r['board_name']}"),
+                   ("p", f"Best for {plan['objective']}: k = {plan['best_k']} of {len(plan['rows']) - 1}. ESTIMATES: "
+                         f"board time {plan['board_time_model']}, link {plan['link_model']}; the server's time "
+                         "measured (docs/split.md).")]
+    return blocks
 
 
 def budget_blocks(res):

@@ -113,7 +113,7 @@ def restore_config(dev, previous):
 
 
 SOURCES = ("local", "model", "reference")
-MODES = ("off", "on", "auto")
+MODES = ("off", "on", "auto", "split")
 _INFO_TIMES = ("local_us", "serialise_us", "send_us", "wait_us", "receive_us", "parse_us", "server_queue_us",
                "server_compute_us", "total_us", "request_bytes", "reply_bytes")
 
@@ -156,7 +156,7 @@ from tinyfw import engine
 from tinyfw.offload import Predictor
 m = engine.load(%(model)r, backend=%(backend)r)
 p = Predictor(m, %(config)s, config_path=%(config_path)r)
-buf = bytearray(%(nbytes)d)
+buf = m.input_buffer(0)      # each input straight into the model's input tensor: no buffer of its size
 t0 = time.ticks_ms()
 with open(%(inputs)r, "rb") as f:
     for i in range(%(count)d):

@@ -65,6 +65,11 @@ class _Session:
         mac_fn = auth.frame_mac(self.session) if self.session is not None else None
         return self.seq, wire.encode_request(self.seq, wire.Request(model_id, want, tensor), mac_fn)
 
+    def split_frame(self, request):
+        self.seq += 1
+        mac_fn = auth.frame_mac(self.session) if self.session is not None else None
+        return self.seq, wire.encode_split(self.seq, request, mac_fn)
+
     def take_reply(self, frame_bytes, seq):
         frame = wire.decode_frame(frame_bytes)
         if frame.kind != wire.KIND_REPLY:
@@ -118,6 +123,16 @@ class OffloadClient:
 
     def infer(self, model_id, tensor, want=wire.WANT_DEFAULT, check=True):
         seq, frame = self._s.request_frame(model_id, tensor, want)
+        t0 = time.perf_counter_ns()
+        reply = self._s.take_reply(self.exchange_raw(frame), seq)
+        total_us = (time.perf_counter_ns() - t0) // 1000
+        if check and not reply.ok:
+            raise OffloadRefused(reply.status, reply.message)
+        return Exchange(reply, total_us)
+
+    def infer_split(self, request, check=True):
+        """The tail of a model from a split point: ``request`` a wire.SplitRequest."""
+        seq, frame = self._s.split_frame(request)
         t0 = time.perf_counter_ns()
         reply = self._s.take_reply(self.exchange_raw(frame), seq)
         total_us = (time.perf_counter_ns() - t0) // 1000

@@ -186,6 +186,22 @@ def check_model_file(path, reference=False):
         raise ModelError(f"reference model {path}: {e}", hint="give a .tflite file that TFLite can read") from None
 
 
+def _check_tensor(tensor, spec, what):
+    """Raise RequestRejected when ``tensor`` (wire.Tensor) does not match ``spec`` (TensorSpec) exactly."""
+    if tensor.dtype != spec.dtype:
+        raise RequestRejected(wire.BAD_DTYPE, f"{what}: dtype {tensor.dtype}, expected {spec.dtype}")
+    if tuple(tensor.shape) != spec.shape:
+        raise RequestRejected(wire.BAD_SHAPE, f"{what}: shape {tuple(tensor.shape)}, expected {spec.shape}")
+    if len(tensor.data) != spec.nbytes:
+        raise RequestRejected(wire.BAD_SIZE, f"{what}: {len(tensor.data)} bytes, shape {spec.shape} "
+                                             f"{spec.dtype} needs {spec.nbytes}")
+    if spec.quantised and (tensor.zero_point != spec.zero_point
+                           or abs(tensor.scale - spec.scale) > 1e-6 * abs(spec.scale)):
+        raise RequestRejected(wire.BAD_QUANT, f"{what}: quantisation scale={tensor.scale} zero_point="
+                                              f"{tensor.zero_point}, expected scale={spec.scale} "
+                                              f"zero_point={spec.zero_point}")
+
+
 class ServedRunner:
     """The device model (and its reference) for one worker. Not thread-safe: one per worker thread."""
 
@@ -194,6 +210,7 @@ class ServedRunner:
         self.model = open_backend(entry.path, backend)
         self.reference = open_backend(entry.reference_path, reference_backend) if entry.reference_path else None
         self.input, self.output = self.model.input, self.model.output
+        self._tail = None
         if self.reference is not None:
             ref_in, ref_out = self.reference.input, self.reference.output
             if int(np.prod(ref_in.shape)) != int(np.prod(self.input.shape)) or \
@@ -205,21 +222,37 @@ class ServedRunner:
 
     def check(self, tensor):
         """Raise RequestRejected when ``tensor`` (wire.Tensor) is not this model's input."""
-        spec = self.input
-        if tensor.dtype != spec.dtype:
-            raise RequestRejected(wire.BAD_DTYPE, f"input dtype {tensor.dtype}, model {self.entry.model_id} "
-                                                  f"takes {spec.dtype}")
-        if tuple(tensor.shape) != spec.shape:
-            raise RequestRejected(wire.BAD_SHAPE, f"input shape {tuple(tensor.shape)}, model "
-                                                  f"{self.entry.model_id} takes {spec.shape}")
-        if len(tensor.data) != spec.nbytes:
-            raise RequestRejected(wire.BAD_SIZE, f"input has {len(tensor.data)} bytes, shape {spec.shape} "
-                                                 f"{spec.dtype} needs {spec.nbytes}")
-        if spec.quantised and (tensor.zero_point != spec.zero_point
-                               or abs(tensor.scale - spec.scale) > 1e-6 * abs(spec.scale)):
-            raise RequestRejected(wire.BAD_QUANT, f"input quantisation scale={tensor.scale} zero_point="
-                                                  f"{tensor.zero_point}, model takes scale={spec.scale} "
-                                                  f"zero_point={spec.zero_point}")
+        _check_tensor(tensor, self.input, f"input of model {self.entry.model_id}")
+
+    def split_tail(self):
+        """The device model's tails for split requests (tinyhost.split.Tail: the engine on this host, bit-exact
+        with the board's), loaded at the first split request; each split point is prepared once and cached."""
+        if self._tail is None:
+            from ..split import Tail
+            self._tail = Tail(self.entry.path)
+        return self._tail
+
+    def check_split(self, request):
+        """Raise RequestRejected when a wire.SplitRequest does not carry the tensors alive at its split point."""
+        splits = self.split_tail().splits
+        n = len(splits.operators)
+        point = next((p for p in splits.points if p.k == request.k), None)
+        if point is None or not 0 < request.k < n:
+            raise RequestRejected(wire.BAD_SPLIT, f"model {self.entry.model_id} has no split point {request.k} "
+                                                  f"(1..{n - 1})")
+        if len(request.tensors) != len(point.tensors):
+            raise RequestRejected(wire.BAD_SPLIT, f"split point {request.k} sends {len(point.tensors)} tensors, "
+                                                  f"not {len(request.tensors)}")
+        for got, want in zip(request.tensors, point.tensors):
+            _check_tensor(got, TensorSpec(want.dtype, want.shape, want.scale, want.zero_point),
+                          f"split point {request.k}: tensor {want.name!r}")
+
+    def run_split(self, request):
+        """(output bytes, compute µs) of the tail from a checked split request."""
+        tail = self.split_tail()
+        t0 = time.perf_counter_ns()
+        out = tail.run(request.k, [t.data for t in request.tensors])
+        return out, (time.perf_counter_ns() - t0) // 1000
 
     def run(self, tensor, use_reference):
         """(output bytes, compute µs) for a checked request tensor. The output has the device model's layout."""

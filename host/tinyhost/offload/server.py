@@ -39,6 +39,7 @@ class ServerStats:
     sessions: int = 0
     auth_failures: int = 0
     requests_ok: int = 0
+    split_requests_ok: int = 0         # of requests_ok: tails from a split point
     requests_rejected: int = 0
     frames_bad: int = 0
     busy_replies: int = 0
@@ -46,7 +47,7 @@ class ServerStats:
 
     def summary(self):
         """One line for the end of `tinyhost serve`: every kind of refusal counted once, under its own name."""
-        return (f"{self.requests_ok} answers, {self.requests_rejected} refused requests, {self.busy_replies} "
+        return (f"{self.requests_ok} answers ({self.split_requests_ok} split), {self.requests_rejected} refused requests, {self.busy_replies} "
                 f"busy replies, {self.auth_failures} authentication failures, {self.frames_bad} bad frames; "
                 f"{self.connections_total} connections: {self.sessions} sessions, {self.connections_refused} "
                 f"refused (too many clients), {self.device_limit_refusals} refused (too many per device), "
@@ -124,11 +125,12 @@ class _Session:
 
 
 class _Job:
-    __slots__ = ("model_id", "tensor", "use_reference", "future", "enqueued_ns")
+    __slots__ = ("model_id", "tensor", "use_reference", "future", "enqueued_ns", "split")
 
-    def __init__(self, model_id, tensor, use_reference, future):
+    def __init__(self, model_id, tensor, use_reference, future, split=None):
         self.model_id = model_id
         self.tensor = tensor
+        self.split = split              # a wire.SplitRequest: the tail from its split point
         self.use_reference = use_reference
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
@@ -189,6 +191,7 @@ class OffloadServer:
         # An authenticated device's frames are bounded by the largest request a served model can take, so a
         # session never makes the server hold more than one model input's worth of bytes for it.
         largest = max(wire.max_request_bytes(spec[0].nbytes) for spec in self._specs.values())
+        largest = max([largest] + [_largest_split(entry.path) for entry in self.models.values()])
         self._request_limit = min(self.config.max_frame_bytes, largest)
         try:
             self._server = await loop.create_server(
@@ -234,7 +237,10 @@ class OffloadServer:
     def _compute(self, index, job):
         started_ns = time.perf_counter_ns()
         runner = self._runners[index][job.model_id]
-        data, compute_us = runner.run(job.tensor, job.use_reference)
+        if job.split is not None:
+            data, compute_us = runner.run_split(job.split)
+        else:
+            data, compute_us = runner.run(job.tensor, job.use_reference)
         return data, (started_ns - job.enqueued_ns) // 1000, compute_us
 
     async def _worker(self, index):
@@ -408,9 +414,10 @@ class OffloadServer:
         """(reply bytes, status, close connection after)."""
         if frame.kind == wire.KIND_HELLO:
             return self._hello(session, frame)
-        if frame.kind != wire.KIND_REQUEST:
+        if frame.kind not in (wire.KIND_REQUEST, wire.KIND_SPLIT):
             self.stats.frames_bad += 1
-            return self._error(session, frame.seq, wire.BAD_FRAME, "devices send HELLO or REQUEST frames only")
+            return self._error(session, frame.seq, wire.BAD_FRAME,
+                               "devices send HELLO, REQUEST or SPLIT frames only")
         if session.device_id is None:
             return self._error(session, frame.seq, wire.AUTH_REQUIRED, "send HELLO first")
         if session.key is not None:
@@ -425,9 +432,15 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.REPLAYED,
                                f"sequence number {frame.seq} not above {session.last_seq}", fatal=True)
         session.last_seq = frame.seq
+        split = None
         try:
-            request = wire.decode_request(frame.body)
-            runner = self._check(request)
+            if frame.kind == wire.KIND_SPLIT:
+                split = wire.decode_split(frame.body)
+                runner = self._check_split(split)
+                request = wire.Request(split.model_id, wire.WANT_MODEL, None)
+            else:
+                request = wire.decode_request(frame.body)
+                runner = self._check(request)
         except (wire.WireError, RequestRejected) as e:
             self.stats.requests_rejected += 1
             return self._error(session, frame.seq, e.status, e.message)
@@ -436,7 +449,7 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.BUSY, "server queue full, retry later")
         use_reference = runner[2] and request.want != wire.WANT_MODEL
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(request.model_id, request.tensor, use_reference, future))
+        self._queue.put_nowait(_Job(request.model_id, request.tensor, use_reference, future, split))
         try:
             data, queue_us, compute_us = await future
         except RequestRejected as e:
@@ -446,6 +459,8 @@ class OffloadServer:
         tensor = wire.Tensor(out.dtype, out.shape, out.scale, out.zero_point, data)
         source = wire.SOURCE_REFERENCE if use_reference else wire.SOURCE_MODEL
         self.stats.requests_ok += 1
+        if split is not None:
+            self.stats.split_requests_ok += 1
         reply = wire.Reply(wire.OK, source, queue_us, compute_us, tensor)
         return wire.encode_reply(frame.seq, reply, self._mac(session)), wire.OK, False
 
@@ -458,6 +473,14 @@ class OffloadServer:
             raise RequestRejected(wire.NO_REFERENCE, f"model {request.model_id!r} has no reference model")
         # Any worker's runner has the same specs; the first one checks.
         self._runners[0][request.model_id].check(request.tensor)
+        return spec
+
+    def _check_split(self, request):
+        spec = self._specs.get(request.model_id)
+        if spec is None:
+            raise RequestRejected(wire.UNKNOWN_MODEL, f"model {request.model_id!r} is not served here (serving: "
+                                                      f"{', '.join(sorted(self._specs))})")
+        self._runners[0][request.model_id].check_split(request)
         return spec
 
     def _error(self, session, seq, status, message, fatal=False):
@@ -510,6 +533,12 @@ class OffloadServer:
         log.info("%s: device %s authenticated", session.peer, hello.device_id)
         proof = auth.welcome_proof(session.key)
         return wire.encode_welcome(frame.seq, wire.OK, True, server_nonce, proof, max_frame), wire.OK, False
+
+
+def _largest_split(path):
+    """The largest SPLIT frame a device can send for the model at ``path`` (its widest split point)."""
+    from ..split import split_points
+    return max(wire.max_split_bytes(p.tensors) for p in split_points(path).points)
 
 
 class ServerThread:

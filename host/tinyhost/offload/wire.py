@@ -16,6 +16,8 @@ Bodies (little-endian):
 * WELCOME (server -> device): status u8, flags u8 (bit 0: authentication on), server nonce (16),
   proof (32: HMAC(session key, b"welcome"), zeros without authentication), max frame bytes u32, message
 * REQUEST (device -> server): model id (u8 length + ASCII), want u8 (WANT_*), tensor
+* SPLIT   (device -> server): model id (u8 length + ASCII), split point u16 (operators the board ran), tensor
+  count u8, tensors (the live tensors at the split point, in the order tinyhost.split lists them)
 * REPLY   (server -> device): status u8, source u8 (SOURCE_*), queue µs u32, compute µs u32, then a tensor when
   status is OK, else a message
 * tensor: dtype u8 (DTYPES), ndim u8, dims u16 x ndim, scale f32, zero point i32, data length u32, data
@@ -41,8 +43,8 @@ DEFAULT_MAX_FRAME_BYTES = 1 << 20
 # The largest HELLO (longest device id, MAC flag set): all a peer that has not authenticated may send.
 MAX_HELLO_BYTES = HEADER_BYTES + 1 + MAX_ID_BYTES + NONCE_BYTES + MAC_BYTES + CRC_BYTES
 
-KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY = 1, 2, 3, 4
-KINDS = (KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY)
+KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY, KIND_SPLIT = 1, 2, 3, 4, 5
+KINDS = (KIND_HELLO, KIND_WELCOME, KIND_REQUEST, KIND_REPLY, KIND_SPLIT)
 FLAG_MAC = 0x0001
 
 WANT_DEFAULT, WANT_MODEL, WANT_REFERENCE = 0, 1, 2
@@ -71,15 +73,24 @@ BUSY = 13              # server queue full
 INTERNAL = 14          # the model failed on the server
 NO_REFERENCE = 15      # reference answer asked for, none configured
 UNAVAILABLE = 16       # a relay could not reach the server
+BAD_SPLIT = 17         # no such split point, or not the tensors alive at it
 STATUS_NAMES = {OK: "ok", BAD_FRAME: "bad-frame", BAD_CRC: "bad-crc", BAD_VERSION: "bad-version",
                 TOO_LARGE: "too-large", AUTH_REQUIRED: "auth-required", AUTH_FAILED: "auth-failed",
                 REPLAYED: "replayed", UNKNOWN_MODEL: "unknown-model", BAD_SHAPE: "bad-shape",
                 BAD_DTYPE: "bad-dtype", BAD_SIZE: "bad-size", BAD_QUANT: "bad-quant", BUSY: "busy",
-                INTERNAL: "internal", NO_REFERENCE: "no-reference", UNAVAILABLE: "unavailable"}
+                INTERNAL: "internal", NO_REFERENCE: "no-reference", UNAVAILABLE: "unavailable",
+                BAD_SPLIT: "bad-split"}
 # After these the server closes the connection: the byte stream or the session cannot be trusted any more.
 FATAL_STATUSES = frozenset({BAD_FRAME, BAD_VERSION, TOO_LARGE, AUTH_FAILED})
 
 _TENSOR_HEAD = struct.Struct("<BB")
+
+
+def max_split_bytes(tensors):
+    """The largest well-formed SPLIT frame carrying ``tensors`` (anything with shape and nbytes; longest model
+    id, MAC)."""
+    return HEADER_BYTES + 1 + MAX_ID_BYTES + 3 + sum(tensor_bytes(len(t.shape), t.nbytes) for t in tensors) \
+        + MAC_BYTES + CRC_BYTES
 
 
 def max_request_bytes(nbytes):
@@ -142,6 +153,13 @@ class Request:
     model_id: str
     want: int
     tensor: Tensor
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    model_id: str
+    k: int                  # operators [0, k) ran on the board; the server runs [k, n)
+    tensors: tuple          # of Tensor
 
 
 @dataclass(frozen=True)
@@ -326,6 +344,44 @@ def decode_request(body):
     tensor = _read_tensor(r)
     r.end()
     return Request(model_id, want, tensor)
+
+
+def encode_split(seq, request, mac_fn=None):
+    body = (_short_text(request.model_id, "model id") + _U16.pack(request.k) + _U8.pack(len(request.tensors))
+            + b"".join(encode_tensor(t) for t in request.tensors))
+    return encode_frame(KIND_SPLIT, seq, body, mac_fn)
+
+
+def decode_split(body):
+    r = _Reader(body)
+    model_id = r.short_text("model id")
+    (k,) = r.unpack(_U16)
+    (count,) = r.unpack(_U8)
+    tensors = tuple(_read_tensor(r) for _ in range(count))
+    r.end()
+    return SplitRequest(model_id, k, tensors)
+
+
+def tensor_bytes(ndim, nbytes):
+    """Bytes of an encoded tensor of ``ndim`` dimensions and ``nbytes`` of data."""
+    return _TENSOR_HEAD.size + 2 * ndim + _TENSOR_QUANT.size + nbytes
+
+
+def request_frame_bytes(model_id, tensors):
+    """Bytes of a REQUEST frame without MAC carrying ``tensors[0]`` (anything with shape and nbytes)."""
+    t = tensors[0]
+    return HEADER_BYTES + 1 + len(model_id) + 1 + tensor_bytes(len(t.shape), t.nbytes) + CRC_BYTES
+
+
+def split_frame_bytes(model_id, tensors):
+    """Bytes of a SPLIT frame without MAC carrying ``tensors`` (anything with shape and nbytes)."""
+    return (HEADER_BYTES + 1 + len(model_id) + 2 + 1 + sum(tensor_bytes(len(t.shape), t.nbytes) for t in tensors)
+            + CRC_BYTES)
+
+
+def reply_frame_bytes(tensor):
+    """Bytes of an OK REPLY frame without MAC carrying ``tensor`` (anything with shape and nbytes)."""
+    return HEADER_BYTES + _REPLY_HEAD.size + tensor_bytes(len(tensor.shape), tensor.nbytes) + CRC_BYTES
 
 
 def encode_reply(seq, reply, mac_fn=None):
