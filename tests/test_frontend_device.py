@@ -1,0 +1,155 @@
+"""The board's MFCC front end (device/tinyfw/mfcc.py) gives the host front end's int8 features (tinyhost.features).
+
+The shipped WAVs (models/kws/wav, one per class) go through both: the device code under CPython (reference kernels)
+and in the real MicroPython VM (every backend the VM offers, viper included), against
+``tinyhost.features.mfcc.wav_features``. docs/frontend.md has the wider measurement (tolerance, accuracy).
+"""
+
+import subprocess
+import sys
+import wave
+from array import array
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyhost.features.mfcc import KWS, MLPERF_KWS01, mfcc, quantize
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE_DIR = REPO / "device"
+WAVS = sorted((REPO / "models" / "kws" / "wav").glob("*/*.wav"))
+sys.path.insert(0, str(DEVICE_DIR))
+
+from tinyfw import mfcc as device_mfcc  # noqa: E402
+from engine_harness.helpers import micropython  # noqa: E402
+
+# The shipped kws model's input quantisation (models/kws/testset/features.json)
+SCALE, ZERO_POINT = 0.5854228734970093, 83
+
+
+def pcm(path, n=KWS.clip_samples):
+    """The WAV's int16 samples, cut or zero-padded at the end to ``n`` (as the host's fit_clip does)."""
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    return np.concatenate([x, np.zeros(max(0, n - x.size), "<i2")])[:n]
+
+
+def host_features(samples, config=KWS):
+    return quantize(mfcc(samples / 32768.0, config), SCALE, ZERO_POINT).tobytes()
+
+
+def test_the_shipped_wavs_are_there():
+    assert len(WAVS) == 12
+
+
+@pytest.mark.parametrize("path", WAVS[::4], ids=lambda p: p.parent.name)
+def test_clip_equals_host_features_under_cpython(path):
+    x = pcm(path)
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    out = bytearray(fe.feature_bytes)
+    fe.clip(array("h", x.tobytes()), out)
+    assert bytes(out) == host_features(x)
+
+
+def test_frame_reads_a_ring_buffer_across_its_end():
+    """A frame that starts near the ring's end wraps to its start: the same bytes as the frame read in a row."""
+    x = pcm(WAVS[0])[4000:4000 + 2 * KWS.window_samples]
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    straight = bytearray(12)
+    fe.frame(array("h", x.tobytes()), 0, straight, 1)
+    ring = np.roll(x, 1000)                                  # sample 0 now sits at index 1000
+    wrapped = bytearray(12)
+    fe.frame(array("h", ring.tobytes()), 1000, wrapped, 1)
+    assert wrapped == straight
+    assert straight[0] == 0 and straight[11] == 0            # only out[out_at:out_at + 10] is written
+    assert bytes(straight[1:11]) == host_features(np.concatenate([x, np.zeros(16000, "<i2")]))[:10]
+
+
+def test_other_configurations_match_too():
+    """MLPerf Tiny's kws01 front end (30 ms window, 512-point FFT), on a loud clip."""
+    x = pcm(WAVS[1])
+    c = MLPERF_KWS01
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, window_samples=c.window_samples, fft_size=c.fft_size,
+                          backend="ref")
+    out = bytearray(fe.feature_bytes)
+    fe.clip(array("h", x.tobytes()), out)
+    assert bytes(out) == host_features(x, c)
+
+
+def test_silence_and_full_scale():
+    """Digital silence (every energy 0: ln(1e-6)) and a full-scale square wave (the largest sums) match."""
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, clip_samples=2 * KWS.window_samples, backend="ref")
+    for x in (np.zeros(1280, "<i2"), np.where(np.arange(1280) % 16 < 8, 32767, -32768).astype("<i2")):
+        out = bytearray(fe.feature_bytes)
+        fe.clip(array("h", x.tobytes()), out)
+        want = quantize(mfcc(x / 32768.0, KWS)[:fe.n_frames], SCALE, ZERO_POINT).tobytes()
+        assert bytes(out) == want
+
+
+@pytest.mark.parametrize("scale,zero_point", [(SCALE, ZERO_POINT), (0.0123, -128), (3.0, 0), (1 / 256, 127)])
+def test_quantisation_thresholds_round_as_the_host(scale, zero_point):
+    """bounds[] gives quantize()'s code for every Q20 value around each threshold."""
+    bounds = device_mfcc._bounds(scale, zero_point)
+    probes = np.unique(np.concatenate([np.asarray(bounds, np.int64) + d for d in (-2, -1, 0, 1, 2)]))
+    codes = np.searchsorted(np.asarray(bounds, np.int64), probes, side="right") - 128
+    f32 = float(np.float32(scale))
+    assert (codes == quantize(probes / 2.0 ** 20, f32, zero_point).astype(int)).all()
+
+
+@pytest.mark.parametrize("bad", [dict(scale=0.0), dict(fft_size=1000), dict(window_samples=641),
+                                 dict(window_samples=2048), dict(mfcc_count=41), dict(mel_high_hz=9000.0),
+                                 dict(backend="numpy")])
+def test_bad_parameters_are_refused(bad):
+    args = dict(scale=SCALE, zero_point=ZERO_POINT)
+    args.update(bad)
+    with pytest.raises(ValueError):
+        device_mfcc.Mfcc(**args)
+
+
+def test_clip_refuses_a_short_clip():
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    with pytest.raises(ValueError):
+        fe.clip(array("h", bytes(2000)), bytearray(490))
+
+
+VM_SCRIPT = r"""
+import sys
+from array import array
+sys.path.insert(0, sys.argv[1])
+from tinyfw import mfcc
+print("BACKENDS", " ".join(mfcc.BACKENDS))
+for backend in mfcc.BACKENDS:
+    fe = mfcc.Mfcc(%r, %d, backend=backend)
+    out = bytearray(fe.feature_bytes)
+    for path in sys.argv[2:]:
+        if backend == "ref" and path != sys.argv[2]:
+            continue                                  # the bytecode kernels are slow: one clip
+        fe.clip(array("h", open(path, "rb").read()), out)
+        print("FEATURES", backend, path, out.hex())
+"""
+
+
+@pytest.mark.sim
+def test_the_vm_gives_the_host_features_with_every_backend(tmp_path):
+    paths = []
+    for i, w in enumerate(WAVS):
+        p = tmp_path / f"{i}.pcm"
+        p.write_bytes(pcm(w).tobytes())
+        paths.append(p)
+    script = tmp_path / "run_mfcc.py"
+    script.write_text(VM_SCRIPT % (SCALE, ZERO_POINT))
+    proc = subprocess.run([micropython(), str(script), str(DEVICE_DIR)] + [str(p) for p in paths],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    backends = lines[0].split()[1:]
+    assert "ref" in backends
+    want = {str(p): host_features(pcm(w)) for p, w in zip(paths, WAVS)}
+    seen = {b: 0 for b in backends}
+    for line in lines[1:]:
+        _, backend, path, hexed = line.split()
+        assert bytes.fromhex(hexed) == want[path], (backend, path)
+        seen[backend] += 1
+    assert seen["ref"] == 1 and all(n == len(WAVS) for b, n in seen.items() if b != "ref")
