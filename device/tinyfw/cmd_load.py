@@ -48,6 +48,8 @@ def load_model(rt, path, backend="auto"):
     except MemoryError:
         rt.input_copies = None
     rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    from tinyfw import clock
+    clock.model_loaded(path)                 # the virtual board's clock: this model's board time, if known
     return rt.model
 
 

@@ -12,7 +12,10 @@
 #                     m-infer-done, m-results-[f,...]
 #   results           m-results-[f,...] of the last inference
 #   timestamp         m-lap-us-T
+#   start, stop, state, print_detections   streaming wakeword (MLPerf Tiny v1.3, tinyfw.stream)
 #   help              the command list
+# m-lap-us is tinyfw.clock's time: the real clock on a board; board time (the board-time model's estimate) on the
+# virtual board once the host has told it the model's cost.
 # Errors are e-[...]; every reply ends with m-ready. handle_command() never raises.
 #
 # The tinyfw runtime passes each text command here with itself as `rt` (rt.model, rt.load_model(path),
@@ -20,9 +23,10 @@
 # that speaks only this protocol, on the REPL's stdin/stdout (a module of its own: the runtime does not carry it).
 
 import gc
-import time
 import binascii
 import struct
+
+from tinyfw import clock
 
 try:
     from micropython import const
@@ -41,28 +45,18 @@ _BUF = const(0)         # the separate `db` buffer; None while a direct load wri
 _EXPECTED = const(1)    # N of the last `db load`
 _POS = const(2)         # bytes arrived
 _RESULTS = const(3)     # m-results text of the last inference
-_CLOCK = const(4)       # now_us(): microseconds so far, and the last ticks_us() reading
-_TICKS = const(5)
 _DIRECT = const(6)      # id() of the model whose input tensor takes the data (not the model: that would keep an
 _FLIP = const(7)        # unloaded model's arena alive); flip/signed: how bytes go into that tensor
 _SIGNED = const(8)
 _CRC = const(9)         # the tensor's CRC-32 after a direct load when the runtime keeps no copy of input 0
-_state = [None, 0, 0, None, 0, None, None, 0, False, None]
+_state = [None, 0, 0, None, None, None, None, 0, False, None]     # 4, 5: unused
 
 _STALE = "e-[The model changed since db load; send db load N and the data again]"
 
 
 def now_us():
-    """Microseconds since the first call, from time.ticks_us() without its wrap-around (ticks wrap every
-    2**30 us on most ports); correct as long as it is called at least every ~8 minutes."""
-    if not hasattr(time, "ticks_us"):          # CPython (host-side tests)
-        return time.perf_counter_ns() // 1000
-    st = _state
-    t = time.ticks_us()
-    if st[_TICKS] is not None:
-        st[_CLOCK] += time.ticks_diff(t, st[_TICKS])
-    st[_TICKS] = t
-    return st[_CLOCK]
+    """The board's clock in microseconds (tinyfw.clock: real, or board time on the virtual board)."""
+    return clock.now_us()
 
 
 def model_id(model):
@@ -309,11 +303,13 @@ def _infer(rt, args):
     _say(rt, "m-warmup-start-%d" % w)
     for _ in range(w):
         invoke()
+    clock.invoked(w)
     _say(rt, "m-warmup-done")
     _say(rt, "m-infer-start-%d" % n)
     _say(rt, "m-lap-us-%d" % now_us())
     for _ in range(n):
         invoke()
+    clock.invoked(n)
     t_end = now_us()
     _say(rt, "m-lap-us-%d" % t_end)
     _say(rt, "m-infer-done")

@@ -23,6 +23,8 @@ class StandaloneRuntime:
             self.model.close()
             self.model = None
         self.model = engine.load(path, backend=backend)
+        from tinyfw import clock
+        clock.model_loaded(path)          # the virtual board's clock: this model's board time, if known
         return self.model
 
     def write_text(self, s):

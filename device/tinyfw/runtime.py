@@ -44,6 +44,8 @@ _SET_INPUT = const(0x21)
 _GET_OUTPUT = const(0x23)
 _INFER = const(0x24)
 _UNLOAD = const(0x25)
+_STREAM_START = const(0x26)
+_STREAM_STOP = const(0x28)
 _OK = const(0x80)
 _ERR = const(0x81)
 _ACK = const(0x82)
@@ -166,11 +168,12 @@ class Runtime:
             self.heap_peak_bytes = used
 
     def drop_commands(self):
-        """Give the session, file and model commands' code back to the heap (before a model load, with no model
+        """Give the session, file, model and stream commands' code back to the heap (before a model load, with no model
         loaded); the next such command imports it again. tinyfw.cmd_files stays while an upload is in progress.
         Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
         uploading = self.upload is not None
-        for name in ("cmd_session", "cmd_model") if uploading else ("cmd_session", "cmd_model", "cmd_files"):
+        for name in (("cmd_session", "cmd_model", "cmd_stream") if uploading else
+                     ("cmd_session", "cmd_model", "cmd_stream", "cmd_files")):
             _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
@@ -381,6 +384,10 @@ class Runtime:
                             gc.collect()
                             from tinyfw import cmd_files
                             commands = cmd_files.FILE_COMMANDS
+                    elif _STREAM_START <= ftype <= _STREAM_STOP:
+                        gc.collect()
+                        from tinyfw import cmd_stream
+                        commands = cmd_stream.STREAM_COMMANDS
                     else:
                         commands = {}
                     self.handlers.update(commands)

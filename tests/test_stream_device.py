@@ -1,0 +1,202 @@
+"""The board's streaming pipeline (device/tinyfw/stream.py) and its clock (device/tinyfw/clock.py), under the
+MicroPython VM and CPython, with a stand-in front end and model: hops, the feature window, smoothing, threshold,
+refractory time, board time, and what a board that cannot keep up does."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_eembc_device import DEVICE, _interpreters
+
+# A front end writing the hop's first sample (its loudness stands for a keyword) into the row, and a model whose
+# posterior for class 1 is the mean of its window's rows: a keyword "heard" for a stretch of hops.
+_HARNESS = r'''
+import sys
+sys.path.insert(0, DEVICE)
+VIRTUAL_COSTS = VIRTUAL
+if VIRTUAL_COSTS:
+    sys.path.insert(0, VBOARD_DIR)      # a _vboard module: what the virtual board's boot code leaves
+from tinyfw import clock, stream
+if VIRTUAL_COSTS:
+    clock.set_costs(INVOKE_NS, HOP_NS_COST, "bt-1")
+
+class TI:
+    def __init__(self, shape, dtype, scale, zp):
+        self.shape = shape; self.dtype = dtype; self.scale = scale; self.zero_point = zp
+        n = 1
+        for d in shape:
+            n *= d
+        self.nbytes = n
+
+class FE:
+    def frame(self, ring, start, out, offset):
+        # the newest hop's last sample: the window's end
+        v = ring[(start + 639) % len(ring)]
+        for i in range(10):
+            out[offset + i] = v & 0xFF
+
+class Model:
+    def __init__(self):
+        self.inputs = [TI((1, 49, 10, 1), "int8", 1.0, 0)]
+        self.outputs = [TI((1, 4), "int8", 1 / 256, -128)]
+        self._in = bytearray(490)
+        self._out = bytearray(4)
+        self.invocations = 0
+    def input_buffer(self, i=0):
+        return self._in
+    def output_buffer(self, i=0):
+        return self._out
+    def invoke(self):
+        self.invocations += 1
+        loud = 0
+        for r in range(49):
+            if self._in[r * 10]:
+                loud += 1
+        p = 255 * loud // 49
+        self._out[0] = (255 - p - 128) & 0xFF
+        self._out[1] = (p - 128) & 0xFF
+        self._out[2] = 0x80
+        self._out[3] = 0x80
+
+m = Model()
+li = stream.Listener(m, FE(), INFER_EVERY, SMOOTH, THRESHOLD, REFRACTORY_MS, 0b10, BACKLOG, baud=BAUD)
+import array, gc
+# audio: zeros, with "keyword" stretches (sample value 1) at the given hops
+hops = HOPS
+loud = set()
+for a, b in LOUD:
+    for h in range(a, b):
+        loud.add(h)
+buf = bytearray(CHUNK)
+n_samples = hops * 320
+pos = 0
+events = []
+ev = bytearray(10 * 32)
+alloc = None
+while pos < n_samples:
+    take = min(CHUNK // 2, n_samples - pos)
+    for i in range(take):
+        v = 1 if (pos + i) // 320 in loud else 0
+        buf[2 * i] = v
+        buf[2 * i + 1] = 0
+    if pos >= 100 * 320 and alloc is None and hasattr(gc, "mem_alloc"):
+        gc.collect()
+        a0 = gc.mem_alloc()
+        li.feed(buf, 0, 2 * take)
+        alloc = gc.mem_alloc() - a0
+    else:
+        li.feed(buf, 0, 2 * take)
+    pos += take
+    k = li.take_events(ev, 0, 32)
+    for j in range(k):
+        b = ev[10 * j:10 * j + 10]
+        events.append([b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24,
+                       b[8], b[9]])
+print("EVENTS " + repr(events))
+print("COUNTS " + repr(dict(zip(stream.COUNT_NAMES, li.counts))))
+print("INVOCATIONS %d" % m.invocations)
+print("ALLOC " + repr(alloc))
+print("NOW %d" % clock.now_us())
+'''
+
+
+def run_listener(interpreter, tmp_path, hops, loud, infer_every=1, smooth=1, threshold=128, refractory_ms=1000, backlog=2,
+                 chunk=640, virtual=False, invoke_ns=0, hop_ns=0, baud=0):
+    prelude = (f"DEVICE = {str(DEVICE)!r}\nHOPS = {hops}\nLOUD = {json.dumps(loud)}\nINFER_EVERY = {infer_every}\n"
+               f"SMOOTH = {smooth}\nTHRESHOLD = {threshold}\nREFRACTORY_MS = {refractory_ms}\nBACKLOG = {backlog}\n"
+               f"CHUNK = {chunk}\nVIRTUAL = {virtual!r}\nINVOKE_NS = {invoke_ns}\nHOP_NS_COST = {hop_ns}\n"
+               f"BAUD = {baud}\nVBOARD_DIR = {str(tmp_path)!r}\n")
+    (tmp_path / "_vboard.py").write_text(f"baud = {baud}\n")
+    out = subprocess.run([interpreter, "-c", prelude + _HARNESS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = {}
+    for line in out.stdout.splitlines():
+        tag, _, rest = line.partition(" ")
+        result[tag] = eval(rest)
+    return result
+
+
+@pytest.fixture(params=_interpreters())
+def interp(request):
+    return request.param
+
+
+def test_a_keyword_stretch_is_detected_once_at_its_time(interp, tmp_path):
+    # hops 100..140 loud: the window (49 hops) is more than half loud from hop 125 on
+    r = run_listener(interp, tmp_path, 250, [[100, 140]], threshold=128)
+    assert r["COUNTS"]["hops"] == 250 and r["COUNTS"]["samples"] == 250 * 320
+    assert r["INVOCATIONS"] == 250 - 48                        # one per hop once the window is full
+    assert len(r["EVENTS"]) == 1
+    board_ms, audio_ms, cls, score = r["EVENTS"][0]
+    assert cls == 1
+    assert audio_ms == 125 * 20                                # hop 124: 25 of the 49 rows are loud
+    assert score >= 128
+
+
+def test_refractory_time_and_smoothing(interp, tmp_path):
+    # two stretches 1.2 s apart: both detected with refractory 1000 ms, one with 3000 ms (virtual clock: exact)
+    loud = [[60, 100], [160, 200]]
+    kw = dict(virtual=True, invoke_ns=1_000_000, hop_ns=1_000_000, baud=0)
+    two = run_listener(interp, tmp_path, 300, loud, refractory_ms=1000, **kw)
+    one = run_listener(interp, tmp_path, 300, loud, refractory_ms=3000, **kw)
+    assert [e[1] for e in two["EVENTS"]] == [85 * 20, 185 * 20]
+    assert [e[1] for e in one["EVENTS"]] == [85 * 20]
+    # averaging over 4 inferences delays the detection by the hops it takes the mean to cross the threshold
+    smooth = run_listener(interp, tmp_path, 300, loud, smooth=4, refractory_ms=1000, **kw)
+    assert [e[1] for e in smooth["EVENTS"]] == [87 * 20, 187 * 20]
+
+
+def test_virtual_board_time_is_the_audio_plus_the_modelled_work(interp, tmp_path):
+    # board time: hop k arrives at (k+1) * 20 ms; the detection is made after its front end and inference
+    r = run_listener(interp, tmp_path, 200, [[100, 140]], virtual=True, invoke_ns=3_000_000, hop_ns=2_000_000)
+    board_ms, audio_ms, _, _ = r["EVENTS"][0]
+    assert audio_ms == 125 * 20
+    assert board_ms == audio_ms + 5                            # + 2 ms front end + 3 ms inference
+    c = r["COUNTS"]
+    assert c["inferences_skipped"] == 0 and c["hops_dropped"] == 0
+    assert c["busy_us"] == 200 * 2000 + (200 - 48) * 3000
+    assert c["elapsed_us"] == 200 * 20000 + 2000 + 3000
+
+
+def test_a_board_that_cannot_keep_up_skips_inferences_and_drops_hops(interp, tmp_path):
+    # 50 ms an inference every hop of 20 ms: behind after the first, so inferences are skipped (counted)
+    slow = run_listener(interp, tmp_path, 200, [[100, 140]], virtual=True, invoke_ns=50_000_000, hop_ns=2_000_000,
+                        backlog=4)
+    c = slow["COUNTS"]
+    assert c["inferences_skipped"] > 0 and c["hops_dropped"] == 0
+    assert c["inferences"] + c["inferences_skipped"] == 200 - 48
+    assert len(slow["EVENTS"]) == 1                            # still heard, a little later
+    # a front end slower than the audio: the ring overflows, hops are dropped (counted), the lag stays bounded
+    worse = run_listener(interp, tmp_path, 200, [], virtual=True, invoke_ns=0, hop_ns=30_000_000, backlog=3)
+    c = worse["COUNTS"]
+    assert c["hops_dropped"] > 0
+    assert c["lag_max_us"] <= 3 * 20000 + 30000
+
+
+def test_a_slow_line_delays_arrival_in_board_time(interp, tmp_path):
+    # 115200 baud carries 640-byte frames at 11.5 kB/s: a hop takes ~57 ms to arrive, not 20
+    r = run_listener(interp, tmp_path, 100, [], virtual=True, invoke_ns=1_000_000, hop_ns=1_000_000, baud=115200)
+    hop_wire_us = (640 + 14) * 10 * (10**9 // 115200) // 1000
+    assert r["COUNTS"]["elapsed_us"] >= 100 * hop_wire_us
+    assert r["COUNTS"]["inferences_skipped"] == 0
+
+
+def test_no_allocation_per_hop(tmp_path):
+    mp = [p.values[0] for p in _interpreters() if p.id == "micropython"]
+    if not mp:
+        pytest.skip("the micropython command is not installed")
+    r = run_listener(mp[0], tmp_path, 150, [[100, 140]], chunk=640 * 3)
+    assert r["ALLOC"] == 0
+
+
+def test_infer_every_for_the_board_costs():
+    sys.path.insert(0, str(DEVICE))
+    try:
+        from tinyfw import stream
+    finally:
+        sys.path.remove(str(DEVICE))
+    assert stream.infer_every_for(378_000_000, 5_000_000) == 26      # 378 ms / (20 - 5) ms
+    assert stream.infer_every_for(10_000_000, 5_000_000) == 1
+    assert stream.infer_every_for(10_000_000, 20_000_000) == 0       # even the front end cannot keep up
