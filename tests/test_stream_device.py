@@ -200,3 +200,98 @@ def test_infer_every_for_the_board_costs():
     assert stream.infer_every_for(378_000_000, 5_000_000) == 26      # 378 ms / (20 - 5) ms
     assert stream.infer_every_for(10_000_000, 5_000_000) == 1
     assert stream.infer_every_for(10_000_000, 20_000_000) == 0       # even the front end cannot keep up
+
+
+# MLPerf Tiny v1.3's streaming DUT commands (tinyfw.eembc) over the same Listener, with the real front end
+# (tinyfw.mfcc) and a stand-in model that hears keyword 0 in every window; audio as AUDIO frames would bring it.
+_EEMBC = r'''
+import sys
+sys.path.insert(0, DEVICE)
+sys.path.insert(0, VBOARD_DIR)
+from tinyfw import clock, eembc, cmd_stream
+clock.set_costs(50000000, 2000000, "bt-1")
+
+class TI:
+    def __init__(self, shape, dtype, scale, zp):
+        self.shape = shape; self.dtype = dtype; self.scale = scale; self.zero_point = zp
+        n = 1
+        for d in shape:
+            n *= d
+        self.nbytes = n
+
+class Model:
+    def __init__(self):
+        self.inputs = [TI((1, 49, 10, 1), "int8", 0.585, 83)]
+        self.outputs = [TI((1, 12), "int8", 1 / 256, -128)]
+        self._in = bytearray(490)
+        self._out = bytearray(12)
+    def input_buffer(self, i=0):
+        return self._in
+    def output_buffer(self, i=0):
+        return self._out
+    def invoke(self):
+        for j in range(12):
+            self._out[j] = 0x7f if j == 0 else 0x80
+
+class Rt:
+    def __init__(self):
+        self.model = Model()
+        self.lines = []
+    def write_text(self, s):
+        self.lines += [x for x in s.split("\r\n") if x]
+
+rt = Rt()
+for cmd in COMMANDS:
+    rt.lines = []
+    if cmd.startswith("!audio "):
+        li = cmd_stream.listener()
+        buf = bytearray(640)
+        for _ in range(int(cmd[7:])):
+            li.feed(buf, 0, 640)
+        cmd_stream.take(li, bytearray(240), 0, 24)     # what an AUDIO reply takes
+    else:
+        eembc.handle_command(cmd, rt)
+    print("REPLY " + repr(rt.lines))
+'''
+
+
+def run_eembc_stream(interpreter, tmp_path, commands):
+    (tmp_path / "_vboard.py").write_text("baud = 921600\n")
+    prelude = f"DEVICE = {str(DEVICE)!r}\nVBOARD_DIR = {str(tmp_path)!r}\nCOMMANDS = {json.dumps(commands)}\n"
+    out = subprocess.run([interpreter, "-c", prelude + _EEMBC], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [eval(line[6:]) for line in out.stdout.splitlines() if line.startswith("REPLY ")]
+
+
+def test_streaming_dut_commands(interp, tmp_path):
+    replies = run_eembc_stream(interp, tmp_path, ["state%", "start%", "state%", "start%", "!audio 150", "stop%",
+                                                  "print_detections%", "stop%", "help%"])
+    assert replies[0] == ["m-[state idle]", "m-ready"]
+    assert replies[1][0].startswith("m-[Listening for audio") and "clock bt-1" in replies[1][0]
+    assert replies[2] == ["m-[state streaming]", "m-ready"]
+    assert replies[3] == ["m-[Already streaming; send stop first]", "m-ready"]
+    assert replies[5][0] == "Streaming stopped."
+    assert replies[5][1].startswith("m-[hops 150, ")
+    # 50 ms an inference, 2 ms a hop: every 3rd hop from hop 48 on (the window full), posteriors averaged over the
+    # last 4 (~250 ms); keyword 0 in every window, so a detection once the average reaches the threshold (the 4th
+    # inference, hop 57) and then once a refractory second has passed, in board time
+    first = 58 * 20 + 2 + 50
+    assert replies[6][0] == "Detection Timestamps (ms)" and replies[6][-1] == "m-ready"
+    stamps = [int(x.rstrip(",")) for x in replies[6][1:-1]]
+    assert stamps[0] == 0 and stamps[1] == first
+    assert all(b - a >= 1000 for a, b in zip(stamps[1:], stamps[2:]))
+    assert len(stamps) == 3                                   # 150 hops = 3 s: at 1.21 s and 2.29 s
+    assert replies[7] == ["m-[Already idle; ignoring stop]", "m-ready"]
+    assert "print_detections" in replies[8][1]
+
+
+def test_eembc_laps_are_board_time_on_a_virtual_board(interp, tmp_path):
+    # the model's board-time estimate is 50 ms an invoke: infer 7 reports exactly 350 ms between its laps
+    data = bytes(490)
+    commands = ["db load 490%"] + [f"db {data[i:i + 31].hex()}%" for i in range(0, 490, 31)] + ["infer 7 2%",
+                                                                                               "timestamp%"]
+    replies = run_eembc_stream(interp, tmp_path, commands)
+    laps = [int(x[len("m-lap-us-"):]) for x in replies[-2] if x.startswith("m-lap-us-")]
+    assert laps[1] - laps[0] == 7 * 50000
+    [stamp] = [int(x[len("m-lap-us-"):]) for x in replies[-1] if x.startswith("m-lap-us-")]
+    assert stamp == laps[1]                                   # nothing ran since: board time stands still

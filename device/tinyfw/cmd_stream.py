@@ -10,7 +10,11 @@
 import gc
 import struct
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:         # CPython (host-side tests)
+    def const(x):
+        return x
 
 from tinyfw import clock, stream
 from tinyfw.frame import DevError, put32

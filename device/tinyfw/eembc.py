@@ -317,6 +317,42 @@ def _infer(rt, args):
     _say(rt, "m-results-[%s]" % st[_RESULTS])
 
 
+def _stream(rt, cmd):
+    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands, over tinyfw.stream
+    (the audio comes in AUDIO frames on this link; docs/streaming.md)."""
+    from tinyfw import cmd_stream
+
+    li = cmd_stream.listener()
+    if cmd == "start":
+        if li is not None:
+            _say(rt, "m-[Already streaming; send stop first]")
+            return
+        model = _ensure_model(rt)
+        if model is None:
+            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
+            return
+        li = cmd_stream.start(model)
+        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
+             % (li.infer_every, clock.model() or "real"))
+    elif cmd == "stop":
+        if li is None:
+            _say(rt, "m-[Already idle; ignoring stop]")
+            return
+        cmd_stream.drain(li, bytearray(10 * 8))
+        cmd_stream.stop()
+        c = li.counts
+        _say(rt, "Streaming stopped.")
+        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
+                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
+    elif cmd == "state":
+        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
+    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
+        _say(rt, "Detection Timestamps (ms)")
+        _say(rt, "0,")
+        for t in cmd_stream.detections_ms():
+            _say(rt, "%d," % t)
+
+
 def handle_command(text, rt):
     """Answer one protocol command (with or without its trailing '%'); the reply always ends with m-ready."""
     try:
@@ -341,12 +377,14 @@ def handle_command(text, rt):
                 _say(rt, "e-[No results yet: run infer first]")
             else:
                 _say(rt, "m-results-[%s]" % _state[_RESULTS])
+        elif cmd in ("start", "stop", "state", "print_detections"):
+            _stream(rt, cmd)
         elif cmd == "timestamp":
             _say(rt, "m-lap-us-%d" % now_us())
         elif cmd == "help":
             _say(rt, PROFILE)
             _say(rt, "commands: name, profile, timestamp, db load N, db HEX, db print [N] [offset], infer N [W], "
-                     "results")
+                     "results, start, stop, state, print_detections")
         elif cmd:
             _say(rt, "e-[Unknown command: %s]" % cmd[:32])
     except MemoryError:
