@@ -103,7 +103,7 @@ def _error(args):
 
 
 def test_listen_needs_one_audio_source():
-    assert "give either --wav FILE or --mic" in _error(["listen", "--board", "sim", "--model", "kws"])
+    assert "give --wav FILE or --mic" in _error(["listen", "--board", "sim", "--model", "kws"])
     assert "threshold 2.0 is not in (0, 1]" in _error(["listen", "--board", "sim", "--model", "kws", "--wav", "x.wav",
                                                        "--threshold", "2"])
 
@@ -111,3 +111,49 @@ def test_listen_needs_one_audio_source():
 def test_bench_streaming_needs_a_dataset():
     assert "--mode streaming needs --dataset DIR" in _error(["bench", "--board", "sim", "--model", "kws", "--mode",
                                                              "streaming"])
+
+
+def test_microphone_settings_from_the_board_profiles():
+    from tinyhost import mic
+
+    assert _device_constant("mic.py", "PCM_FILE") == mic.PCM_FILE
+    assert mic.mic_settings(boards.load("esp32")) == "0 32 25 33 32"
+    assert mic.mic_settings(boards.load("esp32s3-romfs")) == "0 12 11 10 32"
+    with pytest.raises(UsageError, match="PDM one: MicroPython's nrf port has no machine.I2S and no PDM driver"):
+        mic.mic_settings(boards.load("nano33ble"))
+
+
+_I2S_HARNESS = r'''
+import sys, types
+sys.path.insert(0, DEVICE)
+calls = []
+machine = types.ModuleType("machine")
+class Pin:
+    def __init__(self, n):
+        self.n = n
+    def __repr__(self):
+        return "Pin(%d)" % self.n
+class I2S:
+    RX = "RX"
+    MONO = "MONO"
+    def __init__(self, i2s_id, **kw):
+        calls.append((i2s_id, {k: repr(v) if isinstance(v, Pin) else v for k, v in kw.items()}))
+machine.Pin, machine.I2S = Pin, I2S
+sys.modules["machine"] = machine
+from tinyfw import mic
+i2s, bits = mic.make("0 32 25 33 32", 4096)
+print(repr((calls, bits)))
+'''
+
+
+def test_firmware_constructs_machine_i2s_from_the_settings():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", f"DEVICE = {str(DEVICE.parent)!r}\n" + _I2S_HARNESS],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls, bits = eval(out.stdout)
+    assert calls == [(0, {"sck": "Pin(32)", "ws": "Pin(25)", "sd": "Pin(33)", "mode": "RX", "bits": 32,
+                          "format": "MONO", "rate": 16000, "ibuf": 4096})]
+    assert bits == 32

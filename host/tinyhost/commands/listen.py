@@ -41,8 +41,10 @@ def format_summary(r):
 @board_options
 @click.option("--model", required=True, help="Keyword-spotting model: a .tflite file or a name (kws).")
 @click.option("--wav", "wav_path", type=click.Path(dir_okay=False), default=None,
-              help="Audio to stream over the serial link (resampled to 16 kHz mono).")
-@click.option("--mic", is_flag=True, help="The board's own microphone (machine.I2S; see docs/streaming.md).")
+              help="Audio to stream over the serial link (resampled to 16 kHz mono); with --mic on a virtual board, "
+                   "what its stand-in microphone plays.")
+@click.option("--mic", is_flag=True, help="The board's own microphone (machine.I2S, pins from the board profile's "
+                                          "[mic]; see docs/streaming.md).")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="With --mic: how long to listen.")
 @click.option("--threshold", type=float, default=st.StreamOptions.threshold, show_default=True,
               help="Smoothed posterior (0-1) a detection needs.")
@@ -59,8 +61,8 @@ def listen(board_name, port, baud, state_dir, model, wav_path, mic, seconds, thr
     from .. import board as board_mod
     from ..zoo import resolve
 
-    if bool(wav_path) == bool(mic):
-        raise UsageError("give either --wav FILE or --mic", hint="tinyhost listen --board sim --model kws --wav a.wav")
+    if not wav_path and not mic:
+        raise UsageError("give --wav FILE or --mic", hint="tinyhost listen --board sim --model kws --wav a.wav")
     options = st.StreamOptions(infer_every=infer_every, smooth=smooth, threshold=threshold,
                                refractory_ms=refractory_ms).check()
     model_path = resolve(model)
@@ -73,7 +75,8 @@ def listen(board_name, port, baud, state_dir, model, wav_path, mic, seconds, thr
 
         if mic:
             from .. import mic as mic_mod
-            result = mic_mod.listen(b, model_path, seconds, options, on_detection=show)
+            label["clock"] = "board time" if b.virtual else "board clock"
+            result = mic_mod.listen(b, model_path, seconds, options, on_detection=show, wav_path=wav_path)
         else:
             label["clock"] = "board time" if b.virtual else "board clock"
             result = st.listen(b, model_path, wav_path, options, on_detection=show)
