@@ -153,3 +153,37 @@ def test_the_vm_gives_the_host_features_with_every_backend(tmp_path):
         assert bytes.fromhex(hexed) == want[path], (backend, path)
         seen[backend] += 1
     assert seen["ref"] == 1 and all(n == len(WAVS) for b, n in seen.items() if b != "ref")
+
+
+def viper_on_a_32_bit_port():
+    """mfcc_viper's functions executed under CPython on the model of a 32-bit core of test_kernels_viper_32bit:
+    every int a 32-bit word that raises when a result leaves int32, ptr32 loads sign-extended."""
+    import types
+
+    from test_kernels_viper_32bit import ptr8, ptr16, ptr32, viper, viper_int
+
+    fake = types.SimpleNamespace(viper=viper, const=lambda x: x)
+    ns = {"__name__": "mfcc_viper", "ptr8": ptr8, "ptr16": ptr16, "ptr32": ptr32, "int": viper_int}
+    src = (DEVICE_DIR / "tinyfw" / "mfcc_viper.py").read_text().replace("import micropython\n", "")
+    exec(compile(src, "mfcc_viper.py", "exec"), dict(ns, micropython=fake), ns)
+    return types.SimpleNamespace(**{k: v for k, v in ns.items() if callable(v)})
+
+
+@pytest.mark.parametrize("name", ["impulse", "full-scale square", "silence", "one LSB", "speech"])
+def test_viper_kernels_on_a_32_bit_port_give_the_reference_bytes(name):
+    """The frames that push each bound: a full-scale impulse (flat spectrum at the L1 bound), a full-scale square
+    wave, digital silence (every energy 0), a frame of +-1 LSB (the largest gain), and speech."""
+    n = KWS.window_samples
+    frames = {"impulse": np.where(np.arange(n) == n // 2, -32768, 0),
+              "full-scale square": np.where(np.arange(n) % 6 < 3, 32767, -32768),
+              "silence": np.zeros(n), "one LSB": np.where(np.arange(n) % 7 < 2, 1, -1),
+              "speech": pcm(WAVS[-1])[8000:8000 + n]}
+    x = array("h", np.asarray(frames[name], "<i2").tobytes())
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    want = bytearray(10)
+    fe.frame(x, 0, want, 0)
+    fe._k, fe._ws = viper_on_a_32_bit_port(), 0
+    assert fe._k.word_shift() == 0
+    got = bytearray(10)
+    fe.frame(x, 0, got, 0)
+    assert got == want

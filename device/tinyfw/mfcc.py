@@ -51,8 +51,9 @@ def backend_module(name):
 
 
 def _split30(values):
-    """Q30 values -> (high, low) arrays of 15-bit pieces: v = high * 2**15 + low, 0 <= low < 2**15."""
-    hi = array("i", bytes(4 * len(values)))
+    """Q30 values -> (high, low) arrays of 15-bit pieces: v = high * 2**15 + low, 0 <= low < 2**15 (high signed
+    16-bit: values in [-2**30, 2**30), see _q30)."""
+    hi = array("h", bytes(2 * len(values)))
     lo = array("H", bytes(2 * len(values)))
     for i, v in enumerate(values):
         hi[i] = v >> 15
@@ -61,7 +62,8 @@ def _split30(values):
 
 
 def _q30(x):
-    return int(math.floor(x * _Q30 + 0.5))
+    """x in [-1, 1] in Q30, 1.0 taken as 1 - 2**-30 so that the high 15-bit piece fits a signed 16-bit entry."""
+    return min(_Q30 - 1, int(math.floor(x * _Q30 + 0.5)))
 
 
 def _hz_to_mel(hz):
@@ -89,6 +91,7 @@ class Mfcc:
         if clip_samples < window_samples:
             raise ValueError("clip_samples is shorter than one window")
         self.backend, self._k = backend_module(backend)
+        self._ws = _VIPER.word_shift() if self.backend == "viper" else 0
         self.window_samples = window_samples
         self.stride_samples = stride_samples
         self.clip_samples = clip_samples
@@ -165,11 +168,10 @@ class Mfcc:
         self._energy = array("i", bytes(4 * mel_bins))
         self._log_mel = array("i", bytes(4 * mel_bins))
         # bytes of the tables and work buffers (their contents; each array object adds a few dozen more)
-        self.ram_bytes = (4 * (len(self._win_h) + len(self._tw_h) + len(self._sp_h) + len(self._ln)
-                               + len(self._offset) + len(self._dct_h) + len(self._bounds) + 2 * n_half + k_hi
+        self.ram_bytes = (4 * (len(self._ln) + len(self._offset) + len(self._bounds) + 2 * n_half + k_hi
                                + 2 * mel_bins)
-                          + 2 * (len(self._win_l) + len(self._rev) + len(self._tw_l) + 2 * n_bins + len(self._sp_l)
-                                 + len(self._dct_l))
+                          + 2 * (2 * len(self._win_h) + len(self._rev) + 2 * len(self._tw_h) + 2 * n_bins
+                                 + 2 * len(self._sp_h) + 2 * len(self._dct_h))
                           + n_bins)
 
 
@@ -186,9 +188,9 @@ class Mfcc:
             gain += 1
         k.window(samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width, self._n_half,
                  gain)
-        k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half)
+        k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
         top = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
-                         self._n_half)
+                         self._n_half, self._ws)
         down = 0
         while (top >> down) > 0x1000000:
             down += 1
@@ -196,7 +198,7 @@ class Mfcc:
               down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
         k.log_dct(self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l, self._bounds,
-                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at)
+                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, _LOG_OFFSET_ENTRIES, self._ws)
 
     def clip(self, samples, out):
         """The model input of one clip: ``clip_samples`` int16 samples -> n_frames x mfcc_count int8 codes in

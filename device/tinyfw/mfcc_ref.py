@@ -6,7 +6,8 @@
 # (Mfcc.__init__), which documents their formats. A value v "in Qn" stands for v / 2**n.
 #
 # A frame: window_gain, window (-> re, im in bit-reversed order), fft (in place), spectrum (-> mag), mel
-# (-> energy), log_dct (-> int8 out). On a 32-bit port the products here above 2**30 are long ints (they allocate);
+# (-> energy), log_dct (-> int8 out). ``ws`` (bits above 32 in a viper int) and ``n_off`` (len(offset_table)) are
+# arguments for the viper kernels' sake. On a 32-bit port the products here above 2**30 are long ints (they allocate);
 # the viper kernels are the path that allocates nothing.
 
 
@@ -58,7 +59,7 @@ def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, 
             i = 0
 
 
-def fft(re, im, tw_h, tw_l, n_half):
+def fft(re, im, tw_h, tw_l, n_half, ws):
     """In-place radix-2 decimation-in-time FFT of n_half complex points given in bit-reversed order.
     tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces.
     Every intermediate value is a partial DFT of the input: its parts stay below the input's L1 norm (2**28)."""
@@ -107,7 +108,7 @@ def isqrt_round(v):
     return r
 
 
-def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half):
+def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
     """|2 X[k]| for bins k_lo <= k < k_hi of the real FFT of the 2 n_half samples, from the n_half-point complex
     FFT Z (X[k] = (Z[k] + conj Z[-k]) / 2 + e^(-i pi k / n_half) (Z[k] - conj Z[-k]) / 2i); sp_h/sp_l:
     cos(pi k / n_half) at [2k] and sin at [2k+1] in Q30. Returns the largest magnitude (<= 2**29 + 1)."""
@@ -166,24 +167,26 @@ def mel(mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
 
 
 def log_dct(energy, ln_table, offset_table, exponent, dct_h, dct_l, bounds, log_mel, mel_bins, mfcc_count, out,
-            out_at):
+            out_at, n_off, ws):
     """ln(energy / 2**exponent + log_offset) per band (Q20, into log_mel), the DCT-II (Q20) and the int8 codes into
     out[out_at:out_at + mfcc_count].
 
     ln: v = (energy << f) + offset_table[exponent + f] with f the largest shift keeping both below 2**28 (and
-    exponent + f < len(offset_table)); ln(v) = e ln 2 + ln(m), m in [1, 2) from v's top bits: ln_table[i] =
+    exponent + f < n_off); ln(v) = e ln 2 + ln(m), m in [1, 2) from v's top bits: ln_table[i] =
     ln(1 + i/256) in Q24 (257 entries), linear between them on the next 14 bits; ln_table[257] = ln 2 in Q24.
     DCT: dct_h/dct_l[j * mel_bins + m] = sqrt(2/mel_bins) cos(pi j (2m+1) / (2 mel_bins)) in Q30.
     Quantisation: the code is -128 + the number of ``bounds`` (255 ascending Q20 thresholds) at or below the value."""
-    n_off = len(offset_table)
     ln2 = ln_table[257]
     for j in range(mel_bins):
         e = energy[j]
         f = 0
-        while f + exponent + 1 < n_off and (e << (f + 1)) < 0x10000000 \
-                and offset_table[exponent + f + 1] < 0x10000000:
+        lim = 1 << 27                                         # e << (f + 1) < 2**28 while e < lim (or e == 0)
+        while f + exponent + 1 < n_off and (e == 0 or e < lim) and offset_table[exponent + f + 1] < 0x10000000:
             f += 1
-        v = (e << f) + offset_table[exponent + f]
+            lim >>= 1
+        v = offset_table[exponent + f]
+        if e:
+            v += e << f                                       # f <= 27 here
         if v < 1:
             v = 1
         b = 0
