@@ -12,11 +12,13 @@
 
 
 def mul30(a, th, tl):
-    """round(a * t / 2**30) for |a| <= 2**29 and t = th * 2**15 + tl in [-2**30, 2**30] (th signed, 0 <= tl <
-    2**15), from 15-bit pieces: every partial product and sum stays below 2**31."""
+    """a * t / 2**30 for |a| <= 2**29 and t = th * 2**15 + tl in [-2**30, 2**30) (th signed, 0 <= tl < 2**15),
+    from 15-bit pieces: ah * th + (ah * tl + al * th + 3 * 2**13) >> 15 with a = ah * 2**15 + al. The al * tl term
+    (below one unit) is not computed: the 2**13 stands in for its mean, so that the rounding has no bias. Every
+    partial product and sum stays below 2**31."""
     ah = a >> 15
     al = a & 0x7FFF
-    return ah * th + ((ah * tl + al * th + ((al * tl) >> 15) + 0x4000) >> 15)
+    return ah * th + ((ah * tl + al * th + 0x6000) >> 15)
 
 
 def window_gain(samples, n_samples, start, win_h, width):
@@ -61,31 +63,38 @@ def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, 
 
 def fft(re, im, tw_h, tw_l, n_half, ws):
     """In-place radix-2 decimation-in-time FFT of n_half complex points given in bit-reversed order.
-    tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces.
+    tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces;
+    the twiddles 1 (j = 0) and -i (j = n_half / 4) are applied exactly, without multiplying.
     Every intermediate value is a partial DFT of the input: its parts stay below the input's L1 norm (2**28)."""
     size = 2
     step = n_half >> 1
     while size <= n_half:
         half = size >> 1
-        for base in range(0, n_half, size):
-            t = 0
-            for a in range(base, base + half):
+        for j in range(half):
+            t = 2 * j * step
+            ch = tw_h[t]
+            cl = tw_l[t]
+            sh = tw_h[t + 1]
+            sl = tw_l[t + 1]
+            for a in range(j, n_half, size):
                 b = a + half
-                ch = tw_h[t]
-                cl = tw_l[t]
-                sh = tw_h[t + 1]
-                sl = tw_l[t + 1]
                 br = re[b]
                 bi = im[b]
-                tr = mul30(br, ch, cl) + mul30(bi, sh, sl)            # (br + i bi) * (cos - i sin)
-                ti = mul30(bi, ch, cl) - mul30(br, sh, sl)
+                if j == 0:
+                    tr = br
+                    ti = bi
+                elif 2 * j == half:
+                    tr = bi
+                    ti = -br
+                else:
+                    tr = mul30(br, ch, cl) + mul30(bi, sh, sl)        # (br + i bi) * (cos - i sin)
+                    ti = mul30(bi, ch, cl) - mul30(br, sh, sl)
                 ar = re[a]
                 ai = im[a]
                 re[b] = ar - tr
                 im[b] = ai - ti
                 re[a] = ar + tr
                 im[a] = ai + ti
-                t += step << 1
         size <<= 1
         step >>= 1
 

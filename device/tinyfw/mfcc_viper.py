@@ -56,7 +56,7 @@ def window(samples, n_samples: int, start: int, win_h, win_l, re, im, rev, width
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
-        t = x * wh[j] + ((x * wl[j] + 0x4000) >> 15)
+        t = x * wh[j] + ((x * wl[j] + 0x6000) >> 15)
         y = (t + half) >> sh
         k = rv[j >> 1]
         if j & 1:
@@ -79,9 +79,37 @@ def fft(re, im, tw_h, tw_l, n_half: int, ws: int):
     step = n_half >> 1
     while size <= n_half:
         half = size >> 1
-        t = 0
-        j = 0
-        while j < half:                                       # one twiddle for every butterfly that uses it
+        a = 0                                                 # twiddle 1: no multiply
+        while a < n_half:
+            b = a + half
+            br = (pr[b] << ws) >> ws
+            bi = (pi[b] << ws) >> ws
+            ar = (pr[a] << ws) >> ws
+            ai = (pi[a] << ws) >> ws
+            pr[b] = ar - br
+            pi[b] = ai - bi
+            pr[a] = ar + br
+            pi[a] = ai + bi
+            a += size
+        if half >= 2:                                         # twiddle -i: no multiply
+            a = half >> 1
+            while a < n_half:
+                b = a + half
+                br = (pr[b] << ws) >> ws
+                bi = (pi[b] << ws) >> ws
+                ar = (pr[a] << ws) >> ws
+                ai = (pi[a] << ws) >> ws
+                pr[b] = ar - bi
+                pi[b] = ai + br
+                pr[a] = ar + bi
+                pi[a] = ai - br
+                a += size
+        j = 1
+        while j < half:
+            if 2 * j == half:
+                j += 1
+                continue
+            t = 2 * j * step
             ch = (th[t] ^ 0x8000) - 0x8000
             cl = tl[t]
             sh = (th[t + 1] ^ 0x8000) - 0x8000
@@ -95,10 +123,10 @@ def fft(re, im, tw_h, tw_l, n_half: int, ws: int):
                 rl = br & 0x7FFF
                 ih = bi >> 15
                 il = bi & 0x7FFF
-                tr = (rh * ch + ((rh * cl + rl * ch + ((rl * cl) >> 15) + 0x4000) >> 15)
-                      + ih * sh + ((ih * sl + il * sh + ((il * sl) >> 15) + 0x4000) >> 15))
-                ti = (ih * ch + ((ih * cl + il * ch + ((il * cl) >> 15) + 0x4000) >> 15)
-                      - rh * sh - ((rh * sl + rl * sh + ((rl * sl) >> 15) + 0x4000) >> 15))
+                tr = (rh * ch + ((rh * cl + rl * ch + 0x6000) >> 15)
+                      + ih * sh + ((ih * sl + il * sh + 0x6000) >> 15))
+                ti = (ih * ch + ((ih * cl + il * ch + 0x6000) >> 15)
+                      - rh * sh - ((rh * sl + rl * sh + 0x6000) >> 15))
                 ar = (pr[a] << ws) >> ws
                 ai = (pi[a] << ws) >> ws
                 pr[b] = ar - tr
@@ -106,7 +134,6 @@ def fft(re, im, tw_h, tw_l, n_half: int, ws: int):
                 pr[a] = ar + tr
                 pi[a] = ai + ti
                 a += size
-            t += step << 1
             j += 1
         size <<= 1
         step >>= 1
@@ -137,10 +164,10 @@ def spectrum(re, im, sp_h, sp_l, mag, k_lo: int, k_hi: int, n_half: int, ws: int
         pl = p & 0x7FFF
         qh = q >> 15
         ql = q & 0x7FFF
-        qc = qh * ch + ((qh * cl + ql * ch + ((ql * cl) >> 15) + 0x4000) >> 15)
-        ps = ph * sh + ((ph * sl + pl * sh + ((pl * sl) >> 15) + 0x4000) >> 15)
-        pc = ph * ch + ((ph * cl + pl * ch + ((pl * cl) >> 15) + 0x4000) >> 15)
-        qs = qh * sh + ((qh * sl + ql * sh + ((ql * sl) >> 15) + 0x4000) >> 15)
+        qc = qh * ch + ((qh * cl + ql * ch + 0x6000) >> 15)
+        ps = ph * sh + ((ph * sl + pl * sh + 0x6000) >> 15)
+        pc = ph * ch + ((ph * cl + pl * ch + 0x6000) >> 15)
+        qs = qh * sh + ((qh * sl + ql * sh + 0x6000) >> 15)
         xr = rk + rm + qc - ps
         xi = ik - imm - pc - qs
         if xr < 0:
@@ -197,10 +224,10 @@ def mel(mag, band, w_a, w_b, energy, k_lo: int, k_hi: int, mel_bins: int, down: 
         b = pb[k]
         w = wa[k]
         if b < mel_bins and w:
-            pe[b] = pe[b] + vh * w + ((vl * w + 0x4000) >> 15)
+            pe[b] = pe[b] + vh * w + ((vl * w + 0x6000) >> 15)
         w = wb[k]
         if b + 1 < mel_bins and w:
-            pe[b + 1] = pe[b + 1] + vh * w + ((vl * w + 0x4000) >> 15)
+            pe[b + 1] = pe[b + 1] + vh * w + ((vl * w + 0x6000) >> 15)
         k += 1
 
 
@@ -251,7 +278,7 @@ def log_dct(energy, ln_table, offset_table, exponent: int, dct_h, dct_l, bounds,
             cl = dl[row + m]
             ah = a >> 15
             al = a & 0x7FFF
-            acc += ah * ch + ((ah * cl + al * ch + ((al * cl) >> 15) + 0x4000) >> 15)
+            acc += ah * ch + ((ah * cl + al * ch + 0x6000) >> 15)
             m += 1
         lo = 0
         hi = 255
