@@ -126,6 +126,7 @@ def test_quantisation_thresholds_round_as_the_host(scale, zero_point):
 
 @pytest.mark.parametrize("bad", [dict(scale=0.0), dict(fft_size=1000), dict(window_samples=641),
                                  dict(window_samples=2048), dict(mfcc_count=41), dict(mel_high_hz=9000.0),
+                                 dict(log_offset=0.5), dict(fft_size=4096, mel_bins=2, mfcc_count=2),
                                  dict(backend="numpy")])
 def test_bad_parameters_are_refused(bad):
     args = dict(scale=SCALE, zero_point=ZERO_POINT)

@@ -17,7 +17,7 @@
 import math
 from array import array
 
-_LOG_OFFSET_ENTRIES = 48          # offset_table[k] = round(log_offset * 2**k), k < 48: below 2**28 for 1e-6
+_LOG_OFFSET_ENTRIES = 48          # offset_table[k] = round(log_offset * 2**k), k < 48
 _Q30 = 1 << 30
 
 
@@ -86,8 +86,8 @@ class Mfcc:
             raise ValueError("need 0 < mfcc_count <= mel_bins < 255")
         if not 0 <= mel_low_hz < mel_high_hz <= sample_rate_hz / 2:
             raise ValueError("mel range must lie within 0..sample_rate_hz/2")
-        if not 0 < log_offset < 1:
-            raise ValueError("log_offset must be in (0, 1)")
+        if not 0 < log_offset < 0.125:
+            raise ValueError("log_offset must be in (0, 0.125)")
         if clip_samples < window_samples:
             raise ValueError("clip_samples is shorter than one window")
         self.backend, self._k = backend_module(backend)
@@ -98,6 +98,7 @@ class Mfcc:
         self.mfcc_count = mfcc_count
         self.mel_bins = mel_bins
         self.n_frames = 1 + (clip_samples - window_samples) // stride_samples
+        self.fft_size = fft_size
         self.feature_bytes = self.n_frames * mfcc_count
         n_half = fft_size // 2
         self._n_half = n_half
@@ -148,15 +149,25 @@ class Mfcc:
             k_lo, k_hi = min(k_lo, k), k + 1
         if k_hi == 0:
             raise ValueError("no FFT bin falls inside the mel range")
+        sums = [0] * mel_bins
+        for k in range(k_lo, k_hi):
+            sums[band[k]] += w_a[k]
+            if band[k] + 1 < mel_bins:
+                sums[band[k] + 1] += w_b[k]
+        if max(sums) >= 16 << 15:                             # energies (mag <= 2**24) must stay below 2**28
+            raise ValueError("mel filters span too many FFT bins for 32-bit sums: use fewer FFT points or more "
+                             "mel bins")
         self._band, self._w_a, self._w_b = band, w_a, w_b
         self._k_lo, self._k_hi = k_lo, k_hi
+        self.bins = k_hi - k_lo                               # FFT bins that reach a mel filter
         self._sp_h, self._sp_l = _split30(sum(([_q30(math.cos(math.pi * k / n_half)),
                                                 _q30(math.sin(math.pi * k / n_half))] for k in range(k_hi)), []))
         # ln(1 + i/256) in Q24, i = 0..256, then ln 2
         self._ln = array("i", [int(math.floor(math.log(1.0 + i / 256.0) * (1 << 24) + 0.5)) for i in range(257)]
                          + [int(math.floor(math.log(2.0) * (1 << 24) + 0.5))])
-        self._offset = array("i", [int(math.floor(log_offset * (2.0 ** k) + 0.5))
+        self._offset = array("i", [min(1 << 30, int(math.floor(log_offset * (2.0 ** k) + 0.5)))
                                    for k in range(_LOG_OFFSET_ENTRIES)])
+        self._k_max = max(k for k in range(_LOG_OFFSET_ENTRIES) if self._offset[k] < 1 << 28)
         c = math.sqrt(2.0 / mel_bins)
         self._dct_h, self._dct_l = _split30([_q30(c * math.cos(math.pi * j * (2 * m + 1) / (2.0 * mel_bins)))
                                              for j in range(mfcc_count) for m in range(mel_bins)])
@@ -182,23 +193,17 @@ class Mfcc:
         k = self._k
         n = len(samples)
         width = self.window_samples
-        s = k.window_gain(samples, n, start, self._win_h, width) + 2 * width
-        gain = 0                                              # sum |y| <= s * 2**gain + width/2 < 2**28
-        while gain < 15 and s < (0x0FFFF000 >> (gain + 1)):
-            gain += 1
+        gain = k.window_gain(samples, n, start, self._win_h, width)
         k.window(samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width, self._n_half,
                  gain)
         k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
-        top = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
-                         self._n_half, self._ws)
-        down = 0
-        while (top >> down) > 0x1000000:
-            down += 1
+        down = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
+                          self._n_half, self._ws)
         k.mel(self._mag, self._band, self._w_a, self._w_b, self._energy, self._k_lo, self._k_hi, self.mel_bins,
               down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
         k.log_dct(self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l, self._bounds,
-                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, _LOG_OFFSET_ENTRIES, self._ws)
+                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, self._k_max, self._ws)
 
     def clip(self, samples, out):
         """The model input of one clip: ``clip_samples`` int16 samples -> n_frames x mfcc_count int8 codes in

@@ -34,7 +34,11 @@ def window_gain(samples, n_samples: int, start: int, win_h, width: int) -> int:
         if i == n_samples:
             i = 0
         j += 1
-    return s
+    s += 2 * width
+    g = 15
+    while g and s >= (0x0FFFF000 >> g):
+        g -= 1
+    return g
 
 
 @micropython.viper
@@ -174,19 +178,33 @@ def spectrum(re, im, sp_h, sp_l, mag, k_lo: int, k_hi: int, n_half: int, ws: int
             xr = 0 - xr
         if xi < 0:
             xi = 0 - xi
-        big = xr if xr > xi else xi
+        v = xr if xr > xi else xi                             # shift = bits of the larger part - 14
         shift = 0
-        while (big >> shift) >= 0x4000:
+        if v >> 16:
+            v >>= 16
+            shift += 16
+        if v >> 8:
+            v >>= 8
+            shift += 8
+        if v >> 4:
+            v >>= 4
+            shift += 4
+        if v >> 2:
+            v >>= 2
+            shift += 2
+        if v >> 1:
+            v >>= 1
             shift += 1
-        if shift:
+        shift = shift + v - 14
+        if shift > 0:
             rnd = 1 << (shift - 1)
             xr = (xr + rnd) >> shift
             xi = (xi + rnd) >> shift
+        else:
+            shift = 0
         v = xr * xr + xi * xi                                 # round(sqrt(v)), v < 2**30
         r = 0
         bit = 1 << 28
-        while bit > v:
-            bit >>= 2
         while bit:
             if v >= r + bit:
                 v -= r + bit
@@ -201,7 +219,10 @@ def spectrum(re, im, sp_h, sp_l, mag, k_lo: int, k_hi: int, n_half: int, ws: int
         if r > top:
             top = r
         k += 1
-    return top
+    down = 0
+    while (top >> down) > 0x1000000:
+        down += 1
+    return down
 
 
 @micropython.viper
@@ -233,7 +254,7 @@ def mel(mag, band, w_a, w_b, energy, k_lo: int, k_hi: int, mel_bins: int, down: 
 
 @micropython.viper
 def log_dct(energy, ln_table, offset_table, exponent: int, dct_h, dct_l, bounds, log_mel, mel_bins: int,
-            mfcc_count: int, out, out_at: int, n_off: int, ws: int):
+            mfcc_count: int, out, out_at: int, k_max: int, ws: int):
     pe = ptr32(energy)
     lt = ptr32(ln_table)
     ot = ptr32(offset_table)
@@ -243,22 +264,53 @@ def log_dct(energy, ln_table, offset_table, exponent: int, dct_h, dct_l, bounds,
     lm = ptr32(log_mel)
     po = ptr8(out)
     ln2 = lt[257]
-    limit = 1 << 28
     j = 0
     while j < mel_bins:
-        e = pe[j]                                             # >= 0 and < 2**31
-        f = 0
-        lim = 1 << 27                                         # e << (f + 1) < 2**28 while e < lim (or e == 0)
-        while f + exponent + 1 < n_off and (e == 0 or e < lim) and ot[exponent + f + 1] < limit:
-            f += 1
-            lim >>= 1
-        v = ot[exponent + f]
+        e = pe[j]                                             # >= 0 and < 2**28
+        f = k_max - exponent
         if e:
-            v += e << f                                       # f <= 27 here
+            v = e                                             # f = min(f, 28 - bits of e), at least 0
+            n = 0
+            if v >> 16:
+                v >>= 16
+                n += 16
+            if v >> 8:
+                v >>= 8
+                n += 8
+            if v >> 4:
+                v >>= 4
+                n += 4
+            if v >> 2:
+                v >>= 2
+                n += 2
+            if v >> 1:
+                v >>= 1
+                n += 1
+            n = 28 - n - v
+            if n < f:
+                f = n
+            if f < 0:
+                f = 0
+            v = (e << f) + ot[exponent + f]
+        else:
+            v = ot[exponent + f]
         if v < 1:
             v = 1
+        u = v                                                 # b = bits of v - 1
         b = 0
-        while (v >> b) > 1:
+        if u >> 16:
+            u >>= 16
+            b += 16
+        if u >> 8:
+            u >>= 8
+            b += 8
+        if u >> 4:
+            u >>= 4
+            b += 4
+        if u >> 2:
+            u >>= 2
+            b += 2
+        if u >> 1:
             b += 1
         m = v << (29 - b)
         i = (m >> 21) - 256
