@@ -17,7 +17,7 @@
 import math
 from array import array
 
-_LOG_OFFSET_ENTRIES = 48          # offset_table[k] = round(log_offset * 2**k), k < 48: below 2**28 for 1e-6
+_LOG_OFFSET_ENTRIES = 48          # offset_table[k] = round(log_offset * 2**k), k < 48
 _Q30 = 1 << 30
 
 
@@ -51,8 +51,9 @@ def backend_module(name):
 
 
 def _split30(values):
-    """Q30 values -> (high, low) arrays of 15-bit pieces: v = high * 2**15 + low, 0 <= low < 2**15."""
-    hi = array("i", bytes(4 * len(values)))
+    """Q30 values -> (high, low) arrays of 15-bit pieces: v = high * 2**15 + low, 0 <= low < 2**15 (high signed
+    16-bit: values in [-2**30, 2**30), see _q30)."""
+    hi = array("h", bytes(2 * len(values)))
     lo = array("H", bytes(2 * len(values)))
     for i, v in enumerate(values):
         hi[i] = v >> 15
@@ -61,7 +62,8 @@ def _split30(values):
 
 
 def _q30(x):
-    return int(math.floor(x * _Q30 + 0.5))
+    """x in [-1, 1] in Q30, 1.0 taken as 1 - 2**-30 so that the high 15-bit piece fits a signed 16-bit entry."""
+    return min(_Q30 - 1, int(math.floor(x * _Q30 + 0.5)))
 
 
 def _hz_to_mel(hz):
@@ -84,17 +86,19 @@ class Mfcc:
             raise ValueError("need 0 < mfcc_count <= mel_bins < 255")
         if not 0 <= mel_low_hz < mel_high_hz <= sample_rate_hz / 2:
             raise ValueError("mel range must lie within 0..sample_rate_hz/2")
-        if not 0 < log_offset < 1:
-            raise ValueError("log_offset must be in (0, 1)")
+        if not 0 < log_offset < 0.125:
+            raise ValueError("log_offset must be in (0, 0.125)")
         if clip_samples < window_samples:
             raise ValueError("clip_samples is shorter than one window")
         self.backend, self._k = backend_module(backend)
+        self._ws = _VIPER.word_shift() if self.backend == "viper" else 0
         self.window_samples = window_samples
         self.stride_samples = stride_samples
         self.clip_samples = clip_samples
         self.mfcc_count = mfcc_count
         self.mel_bins = mel_bins
         self.n_frames = 1 + (clip_samples - window_samples) // stride_samples
+        self.fft_size = fft_size
         self.feature_bytes = self.n_frames * mfcc_count
         n_half = fft_size // 2
         self._n_half = n_half
@@ -145,15 +149,25 @@ class Mfcc:
             k_lo, k_hi = min(k_lo, k), k + 1
         if k_hi == 0:
             raise ValueError("no FFT bin falls inside the mel range")
+        sums = [0] * mel_bins
+        for k in range(k_lo, k_hi):
+            sums[band[k]] += w_a[k]
+            if band[k] + 1 < mel_bins:
+                sums[band[k] + 1] += w_b[k]
+        if max(sums) >= 16 << 15:                             # energies (mag <= 2**24) must stay below 2**28
+            raise ValueError("mel filters span too many FFT bins for 32-bit sums: use fewer FFT points or more "
+                             "mel bins")
         self._band, self._w_a, self._w_b = band, w_a, w_b
         self._k_lo, self._k_hi = k_lo, k_hi
+        self.bins = k_hi - k_lo                               # FFT bins that reach a mel filter
         self._sp_h, self._sp_l = _split30(sum(([_q30(math.cos(math.pi * k / n_half)),
                                                 _q30(math.sin(math.pi * k / n_half))] for k in range(k_hi)), []))
         # ln(1 + i/256) in Q24, i = 0..256, then ln 2
         self._ln = array("i", [int(math.floor(math.log(1.0 + i / 256.0) * (1 << 24) + 0.5)) for i in range(257)]
                          + [int(math.floor(math.log(2.0) * (1 << 24) + 0.5))])
-        self._offset = array("i", [int(math.floor(log_offset * (2.0 ** k) + 0.5))
+        self._offset = array("i", [min(1 << 30, int(math.floor(log_offset * (2.0 ** k) + 0.5)))
                                    for k in range(_LOG_OFFSET_ENTRIES)])
+        self._k_max = max(k for k in range(_LOG_OFFSET_ENTRIES) if self._offset[k] < 1 << 28)
         c = math.sqrt(2.0 / mel_bins)
         self._dct_h, self._dct_l = _split30([_q30(c * math.cos(math.pi * j * (2 * m + 1) / (2.0 * mel_bins)))
                                              for j in range(mfcc_count) for m in range(mel_bins)])
@@ -165,11 +179,10 @@ class Mfcc:
         self._energy = array("i", bytes(4 * mel_bins))
         self._log_mel = array("i", bytes(4 * mel_bins))
         # bytes of the tables and work buffers (their contents; each array object adds a few dozen more)
-        self.ram_bytes = (4 * (len(self._win_h) + len(self._tw_h) + len(self._sp_h) + len(self._ln)
-                               + len(self._offset) + len(self._dct_h) + len(self._bounds) + 2 * n_half + k_hi
+        self.ram_bytes = (4 * (len(self._ln) + len(self._offset) + len(self._bounds) + 2 * n_half + k_hi
                                + 2 * mel_bins)
-                          + 2 * (len(self._win_l) + len(self._rev) + len(self._tw_l) + 2 * n_bins + len(self._sp_l)
-                                 + len(self._dct_l))
+                          + 2 * (2 * len(self._win_h) + len(self._rev) + 2 * len(self._tw_h) + 2 * n_bins
+                                 + 2 * len(self._sp_h) + 2 * len(self._dct_h))
                           + n_bins)
 
 
@@ -180,23 +193,17 @@ class Mfcc:
         k = self._k
         n = len(samples)
         width = self.window_samples
-        s = k.window_gain(samples, n, start, self._win_h, width) + 2 * width
-        gain = 0                                              # sum |y| <= s * 2**gain + width/2 < 2**28
-        while gain < 15 and s < (0x0FFFF000 >> (gain + 1)):
-            gain += 1
+        gain = k.window_gain(samples, n, start, self._win_h, width)
         k.window(samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width, self._n_half,
                  gain)
-        k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half)
-        top = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
-                         self._n_half)
-        down = 0
-        while (top >> down) > 0x1000000:
-            down += 1
+        k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
+        down = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
+                          self._n_half, self._ws)
         k.mel(self._mag, self._band, self._w_a, self._w_b, self._energy, self._k_lo, self._k_hi, self.mel_bins,
               down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
         k.log_dct(self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l, self._bounds,
-                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at)
+                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, self._k_max, self._ws)
 
     def clip(self, samples, out):
         """The model input of one clip: ``clip_samples`` int16 samples -> n_frames x mfcc_count int8 codes in

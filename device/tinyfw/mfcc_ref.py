@@ -6,21 +6,47 @@
 # (Mfcc.__init__), which documents their formats. A value v "in Qn" stands for v / 2**n.
 #
 # A frame: window_gain, window (-> re, im in bit-reversed order), fft (in place), spectrum (-> mag), mel
-# (-> energy), log_dct (-> int8 out). On a 32-bit port the products here above 2**30 are long ints (they allocate);
+# (-> energy), log_dct (-> int8 out). ``ws`` (bits above 32 in a viper int) is an argument for the viper kernels'
+# sake. Loops have a fixed number of steps wherever the work allows (bit lengths, square roots), so that the
+# board-time model (tinyhost.boardtime.front_end_work) can count the work from the configuration alone. On a 32-bit port the products here above 2**30 are long ints (they allocate);
 # the viper kernels are the path that allocates nothing.
 
 
 def mul30(a, th, tl):
-    """round(a * t / 2**30) for |a| <= 2**29 and t = th * 2**15 + tl in [-2**30, 2**30] (th signed, 0 <= tl <
-    2**15), from 15-bit pieces: every partial product and sum stays below 2**31."""
+    """a * t / 2**30 for |a| <= 2**29 and t = th * 2**15 + tl in [-2**30, 2**30) (th signed, 0 <= tl < 2**15),
+    from 15-bit pieces: ah * th + (ah * tl + al * th + 3 * 2**13) >> 15 with a = ah * 2**15 + al. The al * tl term
+    (below one unit) is not computed: the 2**13 stands in for its mean, so that the rounding has no bias. Every
+    partial product and sum stays below 2**31."""
     ah = a >> 15
     al = a & 0x7FFF
-    return ah * th + ((ah * tl + al * th + ((al * tl) >> 15) + 0x4000) >> 15)
+    return ah * th + ((ah * tl + al * th + 0x6000) >> 15)
+
+
+def bit_length(v):
+    """Bits of 0 <= v < 2**31, in five fixed steps (the viper kernels inline the same steps)."""
+    n = 0
+    if v >> 16:
+        v >>= 16
+        n += 16
+    if v >> 8:
+        v >>= 8
+        n += 8
+    if v >> 4:
+        v >>= 4
+        n += 4
+    if v >> 2:
+        v >>= 2
+        n += 2
+    if v >> 1:
+        v >>= 1
+        n += 1
+    return n + v
 
 
 def window_gain(samples, n_samples, start, win_h, width):
-    """sum of (|x| * win_h) >> 15 over the frame's ``width`` samples from ``start`` (wrapping at ``n_samples``):
-    an upper bound of the windowed frame's L1 norm, in samples (at most 32768 * width)."""
+    """The frame's gain: the largest g <= 15 with s < (2**28 - 4096) >> g, s = 2 * width + the sum of
+    (|x| * win_h) >> 15 over the frame's ``width`` samples from ``start`` (wrapping at ``n_samples``). s * 2**g
+    bounds the L1 norm of the frame windowed and scaled by 2**g (``window``), which then stays below 2**28."""
     s = 0
     i = start
     for j in range(width):
@@ -31,13 +57,17 @@ def window_gain(samples, n_samples, start, win_h, width):
         i += 1
         if i == n_samples:
             i = 0
-    return s
+    s += 2 * width
+    g = 15
+    while g and s >= (0x0FFFF000 >> g):
+        g -= 1
+    return g
 
 
 def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, gain):
     """The windowed frame, scaled by 2**gain (0 <= gain <= 15), as n_half complex points (even samples real, odd
     imaginary, zero-padded) in bit-reversed order: y = round(x * w * 2**gain) with w = (win_h * 2**15 + win_l) /
-    2**30, |y| <= 2**28 (Mfcc.frame picks gain so that the sum of |y| stays below 2**28)."""
+    2**30; the sum of |y| stays below 2**28 (window_gain)."""
     for j in range(n_half):
         re[j] = 0
         im[j] = 0
@@ -58,43 +88,48 @@ def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, 
             i = 0
 
 
-def fft(re, im, tw_h, tw_l, n_half):
+def fft(re, im, tw_h, tw_l, n_half, ws):
     """In-place radix-2 decimation-in-time FFT of n_half complex points given in bit-reversed order.
-    tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces.
+    tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces;
+    the twiddles 1 (j = 0) and -i (j = n_half / 4) are applied exactly, without multiplying.
     Every intermediate value is a partial DFT of the input: its parts stay below the input's L1 norm (2**28)."""
     size = 2
     step = n_half >> 1
     while size <= n_half:
         half = size >> 1
-        for base in range(0, n_half, size):
-            t = 0
-            for a in range(base, base + half):
+        for j in range(half):
+            t = 2 * j * step
+            ch = tw_h[t]
+            cl = tw_l[t]
+            sh = tw_h[t + 1]
+            sl = tw_l[t + 1]
+            for a in range(j, n_half, size):
                 b = a + half
-                ch = tw_h[t]
-                cl = tw_l[t]
-                sh = tw_h[t + 1]
-                sl = tw_l[t + 1]
                 br = re[b]
                 bi = im[b]
-                tr = mul30(br, ch, cl) + mul30(bi, sh, sl)            # (br + i bi) * (cos - i sin)
-                ti = mul30(bi, ch, cl) - mul30(br, sh, sl)
+                if j == 0:
+                    tr = br
+                    ti = bi
+                elif 2 * j == half:
+                    tr = bi
+                    ti = -br
+                else:
+                    tr = mul30(br, ch, cl) + mul30(bi, sh, sl)        # (br + i bi) * (cos - i sin)
+                    ti = mul30(bi, ch, cl) - mul30(br, sh, sl)
                 ar = re[a]
                 ai = im[a]
                 re[b] = ar - tr
                 im[b] = ai - ti
                 re[a] = ar + tr
                 im[a] = ai + ti
-                t += step << 1
         size <<= 1
         step >>= 1
 
 
 def isqrt_round(v):
-    """round(sqrt(v)) for 0 <= v < 2**30."""
+    """round(sqrt(v)) for 0 <= v < 2**30: fifteen steps of the bit-by-bit method."""
     r = 0
     bit = 1 << 28
-    while bit > v:
-        bit >>= 2
     while bit:
         if v >= r + bit:
             v -= r + bit
@@ -107,10 +142,11 @@ def isqrt_round(v):
     return r
 
 
-def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half):
+def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
     """|2 X[k]| for bins k_lo <= k < k_hi of the real FFT of the 2 n_half samples, from the n_half-point complex
     FFT Z (X[k] = (Z[k] + conj Z[-k]) / 2 + e^(-i pi k / n_half) (Z[k] - conj Z[-k]) / 2i); sp_h/sp_l:
-    cos(pi k / n_half) at [2k] and sin at [2k+1] in Q30. Returns the largest magnitude (<= 2**29 + 1)."""
+    cos(pi k / n_half) at [2k] and sin at [2k+1] in Q30. The parts are rounded to 14 bits before the square root.
+    Returns ``down``, the smallest shift with (the largest magnitude >> down) <= 2**24 (for ``mel``)."""
     top = 0
     for k in range(k_lo, k_hi):
         m = (n_half - k) & (n_half - 1)
@@ -130,25 +166,27 @@ def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half):
             xr = -xr
         if xi < 0:
             xi = -xi
-        big = xr if xr > xi else xi
-        shift = 0
-        while (big >> shift) >= 0x4000:                      # both parts below 2**14: the sum of squares < 2**29
-            shift += 1
-        if shift:
+        shift = bit_length(xr if xr > xi else xi) - 14        # both parts below 2**14: the sum of squares < 2**29
+        if shift > 0:
             rnd = 1 << (shift - 1)
             xr = (xr + rnd) >> shift
             xi = (xi + rnd) >> shift
+        else:
+            shift = 0
         v = isqrt_round(xr * xr + xi * xi) << shift
         mag[k] = v
         if v > top:
             top = v
-    return top
+    down = 0
+    while (top >> down) > 0x1000000:
+        down += 1
+    return down
 
 
 def mel(mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
     """Mel energies: bin k adds (mag[k] >> down) * w_a[k] to band[k] and * w_b[k] to band[k] + 1 (weights in Q15;
-    band 255 = none, mel_bins = past the last). Mfcc.frame picks ``down`` so that mag >> down < 2**24 + 1:
-    an energy stays below 2**24 * (the largest sum of a filter's weights, < 64)."""
+    band 255 = none, mel_bins = past the last). With ``down`` from ``spectrum`` (mag >> down <= 2**24) an energy
+    stays below 2**24 * (the largest sum of a filter's weights, < 16: Mfcc checks) = 2**28."""
     for j in range(mel_bins):
         energy[j] = 0
     rnd = (1 << down) >> 1
@@ -166,29 +204,33 @@ def mel(mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
 
 
 def log_dct(energy, ln_table, offset_table, exponent, dct_h, dct_l, bounds, log_mel, mel_bins, mfcc_count, out,
-            out_at):
+            out_at, k_max, ws):
     """ln(energy / 2**exponent + log_offset) per band (Q20, into log_mel), the DCT-II (Q20) and the int8 codes into
     out[out_at:out_at + mfcc_count].
 
-    ln: v = (energy << f) + offset_table[exponent + f] with f the largest shift keeping both below 2**28 (and
-    exponent + f < len(offset_table)); ln(v) = e ln 2 + ln(m), m in [1, 2) from v's top bits: ln_table[i] =
-    ln(1 + i/256) in Q24 (257 entries), linear between them on the next 14 bits; ln_table[257] = ln 2 in Q24.
+    ln: v = (energy << f) + offset_table[exponent + f], f = min(28 - bits of energy, k_max - exponent) (at least 0;
+    k_max - exponent for energy 0): the largest shift that keeps energy << f below 2**28 and the offset within
+    offset_table's entries below 2**28 (k_max: the last one); ln(v) = b ln 2 + ln(m), m = v / 2**b in [1, 2):
+    ln_table[i] = ln(1 + i/256) in Q24 (257 entries) for m's top 8 bits, linear between two entries on the next 14
+    bits; ln_table[257] = ln 2 in Q24.
     DCT: dct_h/dct_l[j * mel_bins + m] = sqrt(2/mel_bins) cos(pi j (2m+1) / (2 mel_bins)) in Q30.
     Quantisation: the code is -128 + the number of ``bounds`` (255 ascending Q20 thresholds) at or below the value."""
-    n_off = len(offset_table)
     ln2 = ln_table[257]
     for j in range(mel_bins):
         e = energy[j]
-        f = 0
-        while f + exponent + 1 < n_off and (e << (f + 1)) < 0x10000000 \
-                and offset_table[exponent + f + 1] < 0x10000000:
-            f += 1
-        v = (e << f) + offset_table[exponent + f]
+        f = k_max - exponent
+        if e:
+            fe = 28 - bit_length(e)
+            if fe < f:
+                f = fe
+            if f < 0:
+                f = 0
+            v = (e << f) + offset_table[exponent + f]
+        else:
+            v = offset_table[exponent + f]
         if v < 1:
             v = 1
-        b = 0
-        while (v >> b) > 1:
-            b += 1                                            # v in [2**b, 2**(b+1))
+        b = bit_length(v) - 1                                 # v in [2**b, 2**(b+1))
         m = v << (29 - b)                                     # [2**29, 2**30)
         i = (m >> 21) - 256
         fr = (m >> 7) & 0x3FFF
