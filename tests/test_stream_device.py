@@ -295,3 +295,63 @@ def test_eembc_laps_are_board_time_on_a_virtual_board(interp, tmp_path):
     assert laps[1] - laps[0] == 7 * 50000
     [stamp] = [int(x[len("m-lap-us-"):]) for x in replies[-1] if x.startswith("m-lap-us-")]
     assert stamp == laps[1]                                   # nothing ran since: board time stands still
+
+
+# The real thing, without a virtual board: the shipped kws model (engine), the front end (tinyfw.mfcc) and the
+# pipeline under the MicroPython VM, on a short synthetic stream, in board time (bt-1 estimates of the ESP32).
+_REAL = r'''
+import sys
+sys.path.insert(0, DEVICE)
+sys.path.insert(0, VBOARD_DIR)
+from tinyfw import clock, engine, cmd_stream
+clock.set_costs(INVOKE_NS, 0, "bt-1")
+m = engine.load(MODEL)
+li = cmd_stream.start(m, threshold=THRESHOLD)
+buf = bytearray(1920)
+ev = bytearray(10 * 24)
+found = []
+with open(PCM, "rb") as f:
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            break
+        li.feed(buf, 0, n)
+        k = cmd_stream.take(li, ev, 0, 24)
+        for j in range(k):
+            b = ev[10 * j:10 * j + 10]
+            found.append([b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[8], b[9]])
+print("FOUND " + repr(found))
+print("COUNTS " + repr(dict(zip(("hops", "inferences", "skipped", "dropped"), li.counts[:4]))))
+print("EVERY %d" % li.infer_every)
+'''
+
+
+def test_the_shipped_model_finds_keywords_in_a_short_stream(tmp_path):
+    import shutil
+
+    mp = [p.values[0] for p in _interpreters() if p.id == "micropython"]
+    if not mp:
+        pytest.skip("the micropython command is not installed")
+    from tinyhost import boards, stream as st
+    from tinyhost.bench import sww
+    from tinyhost.boardtime import for_board
+    from tinyhost.features.mfcc import read_wav
+    from tinyhost.model.plan import plan_file
+
+    kws = DEVICE.parent / "models" / "kws" / "kws.tflite"
+    shutil.copy(kws, tmp_path / "kws.tflite")
+    shutil.copy(plan_file(kws), tmp_path / "kws.plan")
+    f = sww.make_stream(tmp_path / "data", seconds=8, keywords=2, seed=3)
+    (tmp_path / "a.pcm").write_bytes(st.to_int16(read_wav(f.wav_path)))
+    (tmp_path / "_vboard.py").write_text("baud = 0\n")
+    invoke_ns = for_board(kws, boards.load("esp32"), True, "viper").total_ns
+    prelude = (f"DEVICE = {str(DEVICE)!r}\nVBOARD_DIR = {str(tmp_path)!r}\nMODEL = {str(tmp_path / 'kws.tflite')!r}\n"
+               f"PCM = {str(tmp_path / 'a.pcm')!r}\nINVOKE_NS = {invoke_ns}\nTHRESHOLD = {round(0.8 * 255)}\n")
+    out = subprocess.run([mp[0], "-X", "heapsize=4000000", "-c", prelude + _REAL], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = {line.partition(" ")[0]: eval(line.partition(" ")[2]) for line in out.stdout.splitlines()}
+    assert r["EVERY"] == 19                                   # 377 ms an inference: every 19 hops of 20 ms
+    assert r["COUNTS"] == {"hops": 400, "inferences": (400 - 49) // 19 + 1, "skipped": 0, "dropped": 0}
+    score = sww.score([(ms / 1000, st.labels_for(kws)[c]) for ms, c, _ in r["FOUND"]], f.windows, 8.0, f.labels)
+    assert score.true_positives == 2 and score.false_positives == 0, (r["FOUND"], f.windows)

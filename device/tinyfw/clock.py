@@ -16,7 +16,8 @@ _NS = 3             # board time in nanoseconds (virtual board with costs set)
 _INVOKE_NS = 4      # modelled cost of one invoke, one front-end hop
 _HOP_NS = 5
 _MODEL = 6          # the board-time model's version ("" while the clock is real)
-_st = [None, 0, None, 0, 0, 0, ""]
+_PATH = 7           # the path of the model loaded last (model_loaded)
+_st = [None, 0, None, 0, 0, 0, "", ""]
 
 
 def virtual():
@@ -106,6 +107,7 @@ def model_loaded(path):
     """A model was loaded from ``path``: on the virtual board, its costs are looked up in BOARD_TIME_FILE (the
     host writes the board-time model's estimates there when it puts models on a virtual board), so that a runner
     that only sends text commands also gets board time. A model without a line there: the VM's own time."""
+    _st[_PATH] = path
     if not virtual():
         return False
     invoke_ns = hop_ns = 0
@@ -123,3 +125,8 @@ def model_loaded(path):
         _st[_US] = _st[_NS] // 1000        # the real clock goes on from board time: no step back
         _st[_TICKS] = None
     return set_costs(invoke_ns, hop_ns, version)
+
+
+def loaded_path():
+    """The path of the model loaded last ("" when none was)."""
+    return _st[_PATH]

@@ -25,6 +25,10 @@ def load_model(rt, path, backend="auto"):
         from tinyfw import engine
     except ImportError as e:
         raise DevError(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
+    cmd_stream = sys.modules.get("tinyfw.cmd_stream")
+    if cmd_stream is not None:
+        cmd_stream.stop()                    # a stream runs over the loaded model: it ends with it
+    cmd_stream = None
     if rt.model is not None or "tinyfw.cmd_model" in sys.modules:
         rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
     rt.times = None

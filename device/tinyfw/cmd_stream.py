@@ -49,14 +49,46 @@ def listener():
     return _state[_LISTENER]
 
 
-def frontend(model):
-    """The on-board MFCC front end for the model's input quantisation (tinyfw.mfcc, the host's KWS front end)."""
+def frontend(scale, zero_point):
+    """The on-board MFCC front end for a model input quantised with ``scale`` and ``zero_point`` (tinyfw.mfcc, the
+    host's KWS front end)."""
     try:
         from tinyfw import mfcc
     except ImportError as e:
         raise DevError(_E_STATE, "no front end on this board (tinyfw.mfcc: %s); run `tinyhost flash`" % e)
+    return mfcc.Mfcc(scale, zero_point)
+
+
+def _frontend_beside(rt, model):
+    """(front end, model): the front end built next to the loaded model; when the heap left beside it is too
+    fragmented or too small for the front end's tables to be built, the model is unloaded, the front end built
+    first and the model loaded again around it (``rt`` loads it). Raises DevError when even that does not fit."""
     info = model.inputs[0]
-    return mfcc.Mfcc(info.scale, info.zero_point)
+    scale, zp = info.scale, info.zero_point
+    gc.collect()
+    try:
+        return frontend(scale, zp), model
+    except MemoryError:
+        pass
+    path = clock.loaded_path()
+    if rt is None or not path:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap free "
+                       "%d bytes)" % gc.mem_free())
+    rt.model_module().unload(rt)
+    model = info = None
+    gc.collect()
+    try:
+        fe = frontend(scale, zp)
+    except MemoryError:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc), even with no model loaded "
+                       "(heap free %d bytes)" % gc.mem_free())
+    gc.collect()
+    try:
+        return fe, rt.load_model(path)
+    except DevError as e:
+        raise DevError(_E_NO_MEMORY, "%s model and front end do not fit together: %s" % (path, e.args[1]))
 
 
 def _measure(model, fe):
@@ -78,20 +110,15 @@ def _measure(model, fe):
     return inv, hop
 
 
-def start(model, infer_every=0, smooth=0, threshold=200, refractory_ms=1000, classes=0, backlog_hops=0):
+def start(model, infer_every=0, smooth=0, threshold=200, refractory_ms=1000, classes=0, backlog_hops=0, rt=None):
     """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
-    backlog_hops: chosen from the board's costs (docs/streaming.md)."""
+    backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
+    around the front end (_frontend_beside): use the Listener's model afterwards."""
     import array
     if model is None:
         raise DevError(_E_NO_MODEL, "no model loaded: load one before STREAM_START")
     stop()
-    gc.collect()
-    try:
-        fe = frontend(model)
-    except MemoryError:
-        gc.collect()
-        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap free "
-                       "%d bytes)" % gc.mem_free())
+    fe, model = _frontend_beside(rt, model)
     inv, hop = _measure(model, fe)
     if not infer_every:
         infer_every = stream.infer_every_for(inv, hop) or 1
@@ -164,7 +191,7 @@ def cmd_start(rt):
     every, smooth, threshold, refractory, source, classes, backlog, seconds = struct.unpack_from(START_FORMAT, p, 0)
     text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
     p = None
-    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog)
+    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt)
     if source == _SOURCE_MIC:
         from tinyfw import mic
         mic.run(rt, li, text, seconds)

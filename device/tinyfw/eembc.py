@@ -331,7 +331,7 @@ def _stream(rt, cmd):
         if model is None:
             _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
             return
-        li = cmd_stream.start(model)
+        li = cmd_stream.start(model, rt=rt)
         _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
              % (li.infer_every, clock.model() or "real"))
     elif cmd == "stop":

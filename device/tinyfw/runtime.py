@@ -168,12 +168,11 @@ class Runtime:
             self.heap_peak_bytes = used
 
     def drop_commands(self):
-        """Give the session, file, model and stream commands' code back to the heap (before a model load, with no model
+        """Give the session, file and model commands' code back to the heap (before a model load, with no model
         loaded); the next such command imports it again. tinyfw.cmd_files stays while an upload is in progress.
         Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
         uploading = self.upload is not None
-        for name in (("cmd_session", "cmd_model", "cmd_stream") if uploading else
-                     ("cmd_session", "cmd_model", "cmd_stream", "cmd_files")):
+        for name in ("cmd_session", "cmd_model") if uploading else ("cmd_session", "cmd_model", "cmd_files"):
             _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
