@@ -60,7 +60,7 @@ def window(samples, n_samples: int, start: int, win_h, win_l, re, im, rev, width
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
-        t = x * wh[j] + ((x * wl[j] + 0x6000) >> 15)
+        t = x * wh[j] + ((x * wl[j] + 0x4000) >> 15)
         y = (t + half) >> sh
         k = rv[j >> 1]
         if j & 1:
@@ -245,10 +245,10 @@ def mel(mag, band, w_a, w_b, energy, k_lo: int, k_hi: int, mel_bins: int, down: 
         b = pb[k]
         w = wa[k]
         if b < mel_bins and w:
-            pe[b] = pe[b] + vh * w + ((vl * w + 0x6000) >> 15)
+            pe[b] = pe[b] + vh * w + ((vl * w + 0x4000) >> 15)
         w = wb[k]
         if b + 1 < mel_bins and w:
-            pe[b + 1] = pe[b + 1] + vh * w + ((vl * w + 0x6000) >> 15)
+            pe[b + 1] = pe[b + 1] + vh * w + ((vl * w + 0x4000) >> 15)
         k += 1
 
 
