@@ -148,7 +148,9 @@ def _cycles(ins, march):
         nxt = _REG.findall(ins[k + 1][2]) if k + 1 < len(ins) else []
         if march == "xtensawin":
             total += 1
-            if (op in _XTENSA_LOADS or op == "mull") and regs and regs[0] in nxt[1 if nxt and not ins[k + 1][1].startswith(("s8", "s16", "s32", "b")) else 0:]:
+            # the next instruction reads the result: any operand of a store or branch, else any but the first
+            reads = nxt if k + 1 < len(ins) and ins[k + 1][1].startswith(("s8", "s16", "s32", "b")) else nxt[1:]
+            if (op in _XTENSA_LOADS or op == "mull") and regs and regs[0] in reads:
                 total += 1
         else:
             base = op.split(".")[0]

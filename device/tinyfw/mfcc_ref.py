@@ -8,8 +8,9 @@
 # A frame: window_gain, window (-> re, im in bit-reversed order), fft (in place), spectrum (-> mag), mel
 # (-> energy), log_dct (-> int8 out). ``ws`` (bits above 32 in a viper int) is an argument for the viper kernels'
 # sake. Loops have a fixed number of steps wherever the work allows (bit lengths, square roots), so that the
-# board-time model (tinyhost.boardtime.front_end_work) can count the work from the configuration alone. On a 32-bit port the products here above 2**30 are long ints (they allocate);
-# the viper kernels are the path that allocates nothing.
+# board-time model (tinyhost.boardtime.front_end_work) can count the work from the configuration alone. On a 32-bit
+# port the products here above 2**30 are long ints (they allocate); the viper kernels are the path that allocates
+# nothing.
 
 
 def mul30(a, th, tl):
