@@ -193,17 +193,17 @@ class Mfcc:
         k = self._k
         n = len(samples)
         width = self.window_samples
-        gain = k.window_gain(samples, n, start, self._win_h, width)
-        k.window(samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width, self._n_half,
-                 gain)
-        k.fft(self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
-        down = k.spectrum(self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
+        gain = k.window_gain(0, 0, samples, n, start, self._win_h, width)
+        k.window(0, 0, samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width,
+                 self._n_half, gain)
+        k.fft(0, 0, self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
+        down = k.spectrum(0, 0, self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
                           self._n_half, self._ws)
-        k.mel(self._mag, self._band, self._w_a, self._w_b, self._energy, self._k_lo, self._k_hi, self.mel_bins,
+        k.mel(0, 0, self._mag, self._band, self._w_a, self._w_b, self._energy, self._k_lo, self._k_hi, self.mel_bins,
               down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
-        k.log_dct(self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l, self._bounds,
-                  self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, self._k_max, self._ws)
+        k.log_dct(0, 0, self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l,
+                  self._bounds, self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, self._k_max, self._ws)
 
     def clip(self, samples, out):
         """The model input of one clip: ``clip_samples`` int16 samples -> n_frames x mfcc_count int8 codes in

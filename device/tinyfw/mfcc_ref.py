@@ -7,9 +7,11 @@
 #
 # A frame: window_gain, window (-> re, im in bit-reversed order), fft (in place), spectrum (-> mag), mel
 # (-> energy), log_dct (-> int8 out). ``ws`` (bits above 32 in a viper int) is an argument for the viper kernels'
-# sake. Loops have a fixed number of steps wherever the work allows (bit lengths, square roots), so that the
-# board-time model (tinyhost.boardtime.front_end_work) can count the work from the configuration alone. On a 32-bit port the products here above 2**30 are long ints (they allocate);
-# the viper kernels are the path that allocates nothing.
+# sake, and so are every kernel's first two parameters (the registers of its hottest loop there; Mfcc passes 0).
+# Loops have a fixed number of steps wherever the work allows (bit lengths, square roots), so that the
+# board-time model (tinyhost.boardtime.front_end_work) can count the work from the configuration alone. On a 32-bit
+# port the products here above 2**30 are long ints (they allocate); the viper kernels are the path that allocates
+# nothing.
 
 
 def mul30(a, th, tl):
@@ -43,7 +45,7 @@ def bit_length(v):
     return n + v
 
 
-def window_gain(samples, n_samples, start, win_h, width):
+def window_gain(s, i, samples, n_samples, start, win_h, width):
     """The frame's gain: the largest g <= 15 with s < (2**28 - 4096) >> g, s = 2 * width + the sum of
     (|x| * win_h) >> 15 over the frame's ``width`` samples from ``start`` (wrapping at ``n_samples``). s * 2**g
     bounds the L1 norm of the frame windowed and scaled by 2**g (``window``), which then stays below 2**28."""
@@ -64,7 +66,7 @@ def window_gain(samples, n_samples, start, win_h, width):
     return g
 
 
-def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, gain):
+def window(i, j, samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, gain):
     """The windowed frame, scaled by 2**gain (0 <= gain <= 15), as n_half complex points (even samples real, odd
     imaginary, zero-padded) in bit-reversed order: y = round(x * w * 2**gain) with w = (win_h * 2**15 + win_l) /
     2**30; the sum of |y| stays below 2**28 (window_gain)."""
@@ -88,7 +90,7 @@ def window(samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, 
             i = 0
 
 
-def fft(re, im, tw_h, tw_l, n_half, ws):
+def fft(a, b, re, im, tw_h, tw_l, n_half, ws):
     """In-place radix-2 decimation-in-time FFT of n_half complex points given in bit-reversed order.
     tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces;
     the twiddles 1 (j = 0) and -i (j = n_half / 4) are applied exactly, without multiplying.
@@ -142,7 +144,7 @@ def isqrt_round(v):
     return r
 
 
-def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
+def spectrum(v, r, re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
     """|2 X[k]| for bins k_lo <= k < k_hi of the real FFT of the 2 n_half samples, from the n_half-point complex
     FFT Z (X[k] = (Z[k] + conj Z[-k]) / 2 + e^(-i pi k / n_half) (Z[k] - conj Z[-k]) / 2i); sp_h/sp_l:
     cos(pi k / n_half) at [2k] and sin at [2k+1] in Q30. The parts are rounded to 14 bits before the square root.
@@ -183,7 +185,7 @@ def spectrum(re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
     return down
 
 
-def mel(mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
+def mel(k, v, mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
     """Mel energies: bin k adds (mag[k] >> down) * w_a[k] to band[k] and * w_b[k] to band[k] + 1 (weights in Q15;
     band 255 = none, mel_bins = past the last). With ``down`` from ``spectrum`` (mag >> down <= 2**24) an energy
     stays below 2**24 * (the largest sum of a filter's weights, < 16: Mfcc checks) = 2**28."""
@@ -203,7 +205,7 @@ def mel(mag, band, w_a, w_b, energy, k_lo, k_hi, mel_bins, down):
             energy[b + 1] += vh * w + ((vl * w + 0x4000) >> 15)
 
 
-def log_dct(energy, ln_table, offset_table, exponent, dct_h, dct_l, bounds, log_mel, mel_bins, mfcc_count, out,
+def log_dct(acc, m, energy, ln_table, offset_table, exponent, dct_h, dct_l, bounds, log_mel, mel_bins, mfcc_count, out,
             out_at, k_max, ws):
     """ln(energy / 2**exponent + log_offset) per band (Q20, into log_mel), the DCT-II (Q20) and the int8 codes into
     out[out_at:out_at + mfcc_count].
