@@ -273,14 +273,14 @@ def test_streaming_dut_commands(interp, tmp_path):
     assert replies[5][0] == "Streaming stopped."
     assert replies[5][1].startswith("m-[hops 150, ")
     # 50 ms an inference, 2 ms a hop: every 3rd hop from hop 48 on (the window full), posteriors averaged over the
-    # last 4 (~250 ms); keyword 0 in every window, so a detection once the average reaches the threshold (the 4th
-    # inference, hop 57) and then once a refractory second has passed, in board time
-    first = 58 * 20 + 2 + 50
+    # last 4 (~250 ms, from zeros); keyword 0 in every window, so a detection once the average reaches the default
+    # threshold of 128 (the 3rd inference, hop 54) and then once a refractory second has passed, in board time
+    first = 55 * 20 + 2 + 50
     assert replies[6][0] == "Detection Timestamps (ms)" and replies[6][-1] == "m-ready"
     stamps = [int(x.rstrip(",")) for x in replies[6][1:-1]]
     assert stamps[0] == 0 and stamps[1] == first
     assert all(b - a >= 1000 for a, b in zip(stamps[1:], stamps[2:]))
-    assert len(stamps) == 3                                   # 150 hops = 3 s: at 1.21 s and 2.29 s
+    assert len(stamps) == 3                                   # 150 hops = 3 s: at 1.15 s and 2.23 s
     assert replies[7] == ["m-[Already idle; ignoring stop]", "m-ready"]
     assert "print_detections" in replies[8][1]
 

@@ -110,7 +110,7 @@ def _measure(model, fe):
     return inv, hop
 
 
-def start(model, infer_every=0, smooth=0, threshold=200, refractory_ms=1000, classes=0, backlog_hops=0, rt=None):
+def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None):
     """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
     backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
     around the front end (_frontend_beside): use the Listener's model afterwards."""

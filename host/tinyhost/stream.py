@@ -38,7 +38,7 @@ class StreamOptions:
     """What the board is asked for (0: the board chooses, docs/streaming.md)."""
     infer_every: int = 0            # hops between inferences
     smooth: int = 0                 # inferences averaged
-    threshold: float = 0.8          # smoothed posterior a detection needs
+    threshold: float = 0.5          # smoothed posterior a detection needs (docs/streaming.md: how it was chosen)
     refractory_ms: int = 1000       # no second detection sooner
     classes: tuple = ()             # class indices that may be detected (empty: every class but the last two)
     backlog_hops: int = 0

@@ -239,7 +239,7 @@ def print_offload(off, mark=""):
               help="--offload: the offloaded pass always offloads (on) or only when unsure (auto).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="--offload-mode auto: offload when the local top-1 confidence is below this (default 0.8); "
-                   "--mode streaming: the smoothed posterior a detection needs (default 0.8).")
+                   "--mode streaming: the smoothed posterior a detection needs (default 0.5).")
 @click.option("--reference-model", default=None,
               help="--offload without --server: a larger model the started server answers with (PATH or name).")
 @click.option("--model-id", default=None, help="--offload: the model id on the server (default: from --model).")
