@@ -87,7 +87,7 @@ def test_stream_start_format_is_the_firmwares():
 
 
 def test_board_time_file_lines_for_a_virtual_board():
-    assert _device_constant("clock.py", "BOARD_TIME_FILE") == flash.BOARD_TIME_FILE
+    assert _device_constant("cmd_load.py", "BOARD_TIME_FILE") == flash.BOARD_TIME_FILE
     profile = boards.load("esp32")
     [(remote, line)] = flash.board_time_lines([KWS], profile).items()
     version, invoke_ns, hop_ns, path = line.split()

@@ -99,3 +99,13 @@ def test_streaming_dut_commands_with_audio_over_the_link(state, tmp_path):
     stamps = [int(x.rstrip(",")) / 1000 for x in lines[2:-1]]
     s = sww.score([(t, "") for t in stamps], f.windows, 8.0)
     assert s.true_positives == 2 and s.false_positives == 0, stamps
+
+
+def test_a_board_asked_for_more_than_it_can_says_so(state, tmp_path):
+    # an inference every hop (20 ms) on a board that needs 374 ms for one: inferences skipped, counted, said
+    f = sww.make_stream(tmp_path / "data", seconds=6, keywords=1, seed=2)
+    out = _run(["listen", *BOARD, "--state-dir", str(state), "--model", "kws", "--wav", str(f.wav_path),
+                "--infer-every", "1", "--json", str(tmp_path / "s.json")])
+    doc = json.loads((tmp_path / "s.json").read_text())["stream"]
+    assert doc["counters"]["inferences_skipped"] > 0 and not doc["keeps_up"]
+    assert "does NOT keep up" in out

@@ -7,6 +7,8 @@
 # clock is board time: it advances only by the modelled cost of the work done (invoked(), hops()) and by waiting
 # for audio that has not arrived yet (wait_until_us()). Until then the virtual board reports the VM's own time;
 # model() says which clock answers ("" for a real clock, else the board-time model's version, e.g. "bt-1").
+# tinyfw.cmd_load sets the costs at each load on a virtual board from BOARD_TIME_FILE, which the host writes.
+# Small on purpose: it stays resident next to a model that may need nearly the whole heap.
 import time
 
 _VIRTUAL = 0        # True on the virtual board (None until looked at)
@@ -16,7 +18,7 @@ _NS = 3             # board time in nanoseconds (virtual board with costs set)
 _INVOKE_NS = 4      # modelled cost of one invoke, one front-end hop
 _HOP_NS = 5
 _MODEL = 6          # the board-time model's version ("" while the clock is real)
-_PATH = 7           # the path of the model loaded last (model_loaded)
+_PATH = 7           # the path of the model the costs are for
 _st = [None, 0, None, 0, 0, 0, "", ""]
 
 
@@ -57,15 +59,20 @@ def model():
     return _st[_MODEL]
 
 
-def set_costs(invoke_ns, hop_ns, version):
-    """The modelled cost of one invoke and one front-end hop on the chip the virtual board stands in for; from
-    now on the virtual board's clock is board time (it goes on from where it is). A real board ignores this:
-    its clock stays real. Returns whether the clock is board time."""
+def set_costs(invoke_ns, hop_ns, version, path=""):
+    """The modelled cost of one invoke and one front-end hop of the model at ``path`` on the chip the virtual
+    board stands in for; from now on the virtual board's clock is board time (it goes on from where it is), and
+    with no costs (version "") the real clock again. A real board ignores this: its clock stays real. Returns
+    whether the clock is board time."""
     st = _st
+    st[_PATH] = path
     if not virtual():
         return False
     if not st[_MODEL]:
         st[_NS] = _real_us() * 1000
+    elif not version:
+        st[_US] = st[_NS] // 1000          # the real clock goes on from board time: no step back
+        st[_TICKS] = None
     st[_INVOKE_NS] = invoke_ns
     st[_HOP_NS] = hop_ns
     st[_MODEL] = version if (invoke_ns or hop_ns) else ""
@@ -99,32 +106,6 @@ def wait_until_us(t_us):
     if st[_MODEL] and st[_NS] < t_us * 1000:
         st[_NS] = t_us * 1000
 
-
-BOARD_TIME_FILE = "/board_time"     # on a virtual board: "version invoke_ns hop_ns path" a line (tinyhost writes it)
-
-
-def model_loaded(path):
-    """A model was loaded from ``path``: on the virtual board, its costs are looked up in BOARD_TIME_FILE (the
-    host writes the board-time model's estimates there when it puts models on a virtual board), so that a runner
-    that only sends text commands also gets board time. A model without a line there: the VM's own time."""
-    _st[_PATH] = path
-    if not virtual():
-        return False
-    invoke_ns = hop_ns = 0
-    version = ""
-    try:
-        with open(BOARD_TIME_FILE) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 4 and parts[3] == path:
-                    version, invoke_ns, hop_ns = parts[0], int(parts[1]), int(parts[2])
-                    break
-    except (OSError, ValueError):
-        pass
-    if not version and _st[_MODEL]:
-        _st[_US] = _st[_NS] // 1000        # the real clock goes on from board time: no step back
-        _st[_TICKS] = None
-    return set_costs(invoke_ns, hop_ns, version)
 
 
 def loaded_path():

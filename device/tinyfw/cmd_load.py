@@ -52,9 +52,36 @@ def load_model(rt, path, backend="auto"):
     except MemoryError:
         rt.input_copies = None
     rt.model_module()._offload(rt, True)     # /offload.json is read at every load
-    from tinyfw import clock
-    clock.model_loaded(path)                 # the virtual board's clock: this model's board time, if known
+    board_time(path)
     return rt.model
+
+
+BOARD_TIME_FILE = "/board_time"     # on a virtual board: "version invoke_ns hop_ns path" a line (tinyhost writes it)
+
+
+def board_time(path):
+    """On the virtual board: the board-time model's costs of the model at ``path`` (its line in BOARD_TIME_FILE)
+    for tinyfw.clock, which then gives board time; a model without a line gives the VM's own time. tinyfw.clock is
+    imported only when there is something to tell it (it stays resident next to the model)."""
+    if "_vboard" not in sys.modules:
+        return
+    line = None
+    try:
+        with open(BOARD_TIME_FILE) as f:
+            for text in f:
+                parts = text.split()
+                if len(parts) == 4 and parts[3] == path:
+                    line = parts
+                    break
+    except OSError:
+        pass
+    if line is None and "tinyfw.clock" not in sys.modules:
+        return
+    from tinyfw import clock
+    try:
+        clock.set_costs(int(line[1]), int(line[2]), line[0], path) if line else clock.set_costs(0, 0, "", path)
+    except ValueError:
+        clock.set_costs(0, 0, "", path)
 
 
 def _tensor_text(t):

@@ -5,7 +5,8 @@
 # the detections made since the last answer; or, for the microphone source, the board reads machine.I2S (a stand-in
 # on the virtual board: tinyfw.mic) for the seconds asked, sends each detection as an EVENT frame at once and answers
 # with its counters. STREAM_STOP ends the stream and answers with its counters. The runtime imports this module on
-# the first of these frames; tinyfw.eembc's start/stop/print_detections use the same Listener.
+# the first of these frames; the EEMBC text commands start, stop, state and print_detections (tinyfw.eembc passes
+# them to text_command) use the same Listener.
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import struct
@@ -230,6 +231,44 @@ def cmd_stop(rt):
     drain(li, rt.small)
     counters(rt, li)
     stop()
+
+
+def _say(rt, line):
+    rt.write_text(line + "\r\n")
+
+
+def text_command(rt, cmd, ensure_model):
+    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands (tinyfw.eembc passes
+    them here with its ``ensure_model(rt)``); the audio comes in AUDIO frames on the same link."""
+    li = _state[_LISTENER]
+    if cmd == "start":
+        if li is not None:
+            _say(rt, "m-[Already streaming; send stop first]")
+            return
+        model = ensure_model(rt)
+        if model is None:
+            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
+            return
+        li = start(model, rt=rt)
+        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
+             % (li.infer_every, clock.model() or "real"))
+    elif cmd == "stop":
+        if li is None:
+            _say(rt, "m-[Already idle; ignoring stop]")
+            return
+        drain(li, bytearray(10 * 8))
+        stop()
+        c = li.counts
+        _say(rt, "Streaming stopped.")
+        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
+                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
+    elif cmd == "state":
+        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
+    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
+        _say(rt, "Detection Timestamps (ms)")
+        _say(rt, "0,")
+        for t in detections_ms():
+            _say(rt, "%d," % t)
 
 
 STREAM_COMMANDS = {_STREAM_START: cmd_start, _AUDIO: cmd_audio, _STREAM_STOP: cmd_stop}

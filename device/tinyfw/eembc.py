@@ -14,8 +14,8 @@
 #   timestamp         m-lap-us-T
 #   start, stop, state, print_detections   streaming wakeword (MLPerf Tiny v1.3, tinyfw.stream)
 #   help              the command list
-# m-lap-us is tinyfw.clock's time: the real clock on a board; board time (the board-time model's estimate) on the
-# virtual board once the host has told it the model's cost.
+# m-lap-us is the board's clock: the real one on a board; board time (the board-time model's estimate, tinyfw.clock)
+# on the virtual board once the host has told it the model's cost. The streaming commands are tinyfw.cmd_stream's.
 # Errors are e-[...]; every reply ends with m-ready. handle_command() never raises.
 #
 # The tinyfw runtime passes each text command here with itself as `rt` (rt.model, rt.load_model(path),
@@ -23,10 +23,10 @@
 # that speaks only this protocol, on the REPL's stdin/stdout (a module of its own: the runtime does not carry it).
 
 import gc
+import sys
+import time
 import binascii
 import struct
-
-from tinyfw import clock
 
 try:
     from micropython import const
@@ -45,18 +45,40 @@ _BUF = const(0)         # the separate `db` buffer; None while a direct load wri
 _EXPECTED = const(1)    # N of the last `db load`
 _POS = const(2)         # bytes arrived
 _RESULTS = const(3)     # m-results text of the last inference
+_CLOCK = const(4)       # now_us(): microseconds so far, and the last ticks_us() reading
+_TICKS = const(5)
 _DIRECT = const(6)      # id() of the model whose input tensor takes the data (not the model: that would keep an
 _FLIP = const(7)        # unloaded model's arena alive); flip/signed: how bytes go into that tensor
 _SIGNED = const(8)
 _CRC = const(9)         # the tensor's CRC-32 after a direct load when the runtime keeps no copy of input 0
-_state = [None, 0, 0, None, None, None, None, 0, False, None]     # 4, 5: unused
+_state = [None, 0, 0, None, 0, None, None, 0, False, None]
 
 _STALE = "e-[The model changed since db load; send db load N and the data again]"
 
 
 def now_us():
-    """The board's clock in microseconds (tinyfw.clock: real, or board time on the virtual board)."""
-    return clock.now_us()
+    """The board's clock in microseconds: tinyfw.clock's when it is resident (board time on a virtual board that
+    knows the model's costs: it is imported only then, or for a stream), else time.ticks_us() without its
+    wrap-around (correct as long as it is read at least every ~8 minutes; ticks wrap every 2**30 us on most
+    ports)."""
+    c = sys.modules.get("tinyfw.clock")
+    if c is not None:
+        return c.now_us()
+    if not hasattr(time, "ticks_us"):          # CPython (host-side tests)
+        return time.perf_counter_ns() // 1000
+    st = _state
+    t = time.ticks_us()
+    if st[_TICKS] is not None:
+        st[_CLOCK] += time.ticks_diff(t, st[_TICKS])
+    st[_TICKS] = t
+    return st[_CLOCK]
+
+
+def _invoked(n):
+    """n invokes were run: board time advances by their cost (tinyfw.clock, when resident)."""
+    c = sys.modules.get("tinyfw.clock")
+    if c is not None:
+        c.invoked(n)
 
 
 def model_id(model):
@@ -303,54 +325,18 @@ def _infer(rt, args):
     _say(rt, "m-warmup-start-%d" % w)
     for _ in range(w):
         invoke()
-    clock.invoked(w)
+    _invoked(w)
     _say(rt, "m-warmup-done")
     _say(rt, "m-infer-start-%d" % n)
     _say(rt, "m-lap-us-%d" % now_us())
     for _ in range(n):
         invoke()
-    clock.invoked(n)
+    _invoked(n)
     t_end = now_us()
     _say(rt, "m-lap-us-%d" % t_end)
     _say(rt, "m-infer-done")
     st[_RESULTS] = _results(model, st[_BUF], loaded is True)
     _say(rt, "m-results-[%s]" % st[_RESULTS])
-
-
-def _stream(rt, cmd):
-    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands, over tinyfw.stream
-    (the audio comes in AUDIO frames on this link; docs/streaming.md)."""
-    from tinyfw import cmd_stream
-
-    li = cmd_stream.listener()
-    if cmd == "start":
-        if li is not None:
-            _say(rt, "m-[Already streaming; send stop first]")
-            return
-        model = _ensure_model(rt)
-        if model is None:
-            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
-            return
-        li = cmd_stream.start(model, rt=rt)
-        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
-             % (li.infer_every, clock.model() or "real"))
-    elif cmd == "stop":
-        if li is None:
-            _say(rt, "m-[Already idle; ignoring stop]")
-            return
-        cmd_stream.drain(li, bytearray(10 * 8))
-        cmd_stream.stop()
-        c = li.counts
-        _say(rt, "Streaming stopped.")
-        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
-                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
-    elif cmd == "state":
-        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
-    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
-        _say(rt, "Detection Timestamps (ms)")
-        _say(rt, "0,")
-        for t in cmd_stream.detections_ms():
-            _say(rt, "%d," % t)
 
 
 def handle_command(text, rt):
@@ -378,7 +364,9 @@ def handle_command(text, rt):
             else:
                 _say(rt, "m-results-[%s]" % _state[_RESULTS])
         elif cmd in ("start", "stop", "state", "print_detections"):
-            _stream(rt, cmd)
+            from tinyfw import cmd_stream      # streaming wakeword: imported only for these
+
+            cmd_stream.text_command(rt, cmd, _ensure_model)
         elif cmd == "timestamp":
             _say(rt, "m-lap-us-%d" % now_us())
         elif cmd == "help":

@@ -133,7 +133,7 @@ def set_boot_model(dev, remote_path):
 
 
 # The virtual board's clock reads the board-time model's estimates of the models on it from this file at each load
-# (device/tinyfw/clock.py's BOARD_TIME_FILE; tests/test_stream.py checks the copy): "version invoke_ns hop_ns path"
+# (device/tinyfw/cmd_load.py's BOARD_TIME_FILE; tests/test_stream.py checks the copy): "version invoke_ns hop_ns path"
 # a line.
 BOARD_TIME_FILE = "/board_time"
 
