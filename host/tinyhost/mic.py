@@ -63,5 +63,5 @@ def listen(board, model_path, seconds, options, on_detection=None, wav_path=None
                                timeout_s=30.0 + (20.0 if board.virtual else 1.0) * seconds, expect_bytes=1024)
     counters = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in P.parse_kv(f.payload).items()}
     return st.StreamResult(detections, counters.get("samples", 0) / st.RATE_HZ, counters,
-                           str(counters.get("clock", "real")), board.virtual, board.provenance.board, board.baud,
-                           st.audio_frame_bytes(board.dev.link.max_payload), labels)
+                           str(counters.get("clock", "real")), board.virtual, board.provenance.board, board.baud, 0,
+                           labels)

@@ -66,7 +66,7 @@ class StreamResult:
     virtual: bool
     board: str
     baud: int
-    frame_bytes: int                # audio bytes per AUDIO frame
+    frame_bytes: int                # audio bytes per AUDIO frame; 0: the audio did not cross the link (microphone)
     labels: list = field(default_factory=list)
 
     @property
@@ -107,7 +107,7 @@ def line_bits_per_s(frame_bytes):
 
 
 def line_keeps_up(baud, frame_bytes):
-    return baud >= line_bits_per_s(frame_bytes)
+    return not frame_bytes or baud >= line_bits_per_s(frame_bytes)
 
 
 STANDARD_BAUDS = (115200, 230400, 460800, 921600, 1000000, 1500000, 2000000)
