@@ -102,8 +102,8 @@ print("NOW %d" % clock.now_us())
 '''
 
 
-def run_listener(interpreter, tmp_path, hops, loud, infer_every=1, smooth=1, threshold=128, refractory_ms=1000, backlog=2,
-                 chunk=640, virtual=False, invoke_ns=0, hop_ns=0, baud=0):
+def run_listener(interpreter, tmp_path, hops, loud, infer_every=1, smooth=1, threshold=128, refractory_ms=1000,
+                 backlog=2, chunk=640, virtual=False, invoke_ns=0, hop_ns=0, baud=0):
     prelude = (f"DEVICE = {str(DEVICE)!r}\nHOPS = {hops}\nLOUD = {json.dumps(loud)}\nINFER_EVERY = {infer_every}\n"
                f"SMOOTH = {smooth}\nTHRESHOLD = {threshold}\nREFRACTORY_MS = {refractory_ms}\nBACKLOG = {backlog}\n"
                f"CHUNK = {chunk}\nVIRTUAL = {virtual!r}\nINVOKE_NS = {invoke_ns}\nHOP_NS_COST = {hop_ns}\n"

@@ -19,7 +19,7 @@ def mic_settings(profile):
     mic = profile.mic
     if mic is None:
         raise UsageError(f"board profile {profile.name} names no microphone",
-                         hint=f"add a [mic] table to its boards/*.toml (docs/streaming.md), or stream a file with --wav")
+                         hint="add a [mic] table to its boards/*.toml (docs/streaming.md), or stream a file with --wav")
     if mic.kind != "i2s":
         raise UsageError(f"the {profile.name}'s microphone is a {mic.kind.upper()} one: {mic.note or 'not readable'}",
                          hint="stream audio over the serial link instead: tinyhost listen --wav FILE")
