@@ -80,7 +80,7 @@ def test_stream_start_format_is_the_firmwares():
     assert _device_constant("stream.py", "COUNT_NAMES")[:6] == ("hops", "inferences", "inferences_skipped",
                                                                 "hops_dropped", "detections", "events_lost")
     raw = P.pack_stream_start(3, 2, 200, 1000, P.STREAM_SOURCE_SERIAL, 0b11, 5)
-    assert len(raw) == 20
+    assert len(raw) == 24
     payload = (7).to_bytes(4, "little") + bytes([1]) + (1234).to_bytes(4, "little") + (1000).to_bytes(4, "little") \
         + bytes([5, 230])
     assert P.parse_audio(payload) == (7, [(1234, 1000, 5, 230)])
@@ -157,3 +157,13 @@ def test_firmware_constructs_machine_i2s_from_the_settings():
     assert calls == [(0, {"sck": "Pin(32)", "ws": "Pin(25)", "sd": "Pin(33)", "mode": "RX", "bits": 32,
                           "format": "MONO", "rate": 16000, "ibuf": 4096})]
     assert bits == 32
+
+
+def test_each_model_streams_with_its_own_front_end():
+    opts = st.StreamOptions()
+    assert (st.front_end_for("models/kws01.tflite", opts).window_samples,
+            st.front_end_for("models/kws01.tflite", opts).fft_size) == (480, 512)      # MLPerf Tiny's kws01
+    assert st.front_end_for(KWS, opts).window_samples == 640
+    assert st.front_end_for("other.tflite", opts) == opts                              # the board's default
+    raw = P.pack_stream_start(window_samples=480, fft_size=512)
+    assert raw[20:24] == (480).to_bytes(2, "little") + (512).to_bytes(2, "little")

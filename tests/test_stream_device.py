@@ -360,3 +360,17 @@ def test_the_shipped_model_finds_keywords_in_a_short_stream(tmp_path):
     assert r["COUNTS"] == {"hops": 400, "inferences": (400 - 49) // 34 + 1, "skipped": 0, "dropped": 0}
     score = sww.score([(ms / 1000, st.labels_for(kws)[c]) for ms, c, _ in r["FOUND"]], f.windows, 8.0, f.labels)
     assert score.true_positives == 2 and score.false_positives == 0, (r["FOUND"], f.windows)
+
+
+def test_a_stream_with_mlperfs_kws01_front_end(interp, tmp_path):
+    # kws01 was trained with a 30 ms window and a 512-point FFT: the stream's front end and ring follow STREAM_START
+    script = _EEMBC.split("rt = Rt()")[0] + r'''
+li = cmd_stream.start(Model(), window_samples=480, fft_size=512)
+li.feed(bytearray(640 * 60), 0, 640 * 60)
+print("REPLY " + repr([li.window, li.ring_samples, li.fe.window_samples, li.counts[0], li.counts[1]]))
+'''
+    (tmp_path / "_vboard.py").write_text("baud = 921600\n")
+    prelude = f"DEVICE = {str(DEVICE)!r}\nVBOARD_DIR = {str(tmp_path)!r}\nCOMMANDS = []\n"
+    out = subprocess.run([interp, "-c", prelude + script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout.split("REPLY ")[1]) == [480, 480 + 640, 480, 60, 4]    # inferences every 3 hops from 48

@@ -33,9 +33,10 @@ _E_STATE = const(11)
 # STREAM_START: infer_every u16 (0: as few hops as keep up), smooth u8, threshold u8, refractory_ms u16,
 # source u8 (0 serial link, 1 microphone), pad u8, classes u32 (bit c: class c may be detected), ring_samples u32
 # backlog_hops u32 (audio held while the board is busy; 0: one inference's and its front ends' time), seconds u32
-# (microphone), then for the microphone "id sck ws sd" as text
-START_FORMAT = "<HBBHBxIII"
-START_BYTES = const(20)
+# (microphone), window_samples u16 and fft_size u16 of the model's MFCC front end (0: the shipped kws model's, 640
+# and 1024; MLPerf Tiny's kws01 was trained with 480 and 512), then for the microphone "id sck ws sd" as text
+START_FORMAT = "<HBBHBxIIIHH"
+START_BYTES = const(24)
 _SOURCE_SERIAL = const(0)
 _SOURCE_MIC = const(1)
 
@@ -50,17 +51,17 @@ def listener():
     return _state[_LISTENER]
 
 
-def frontend(scale, zero_point):
-    """The on-board MFCC front end for a model input quantised with ``scale`` and ``zero_point`` (tinyfw.mfcc, the
-    host's KWS front end)."""
+def frontend(scale, zero_point, window_samples=640, fft_size=1024):
+    """The on-board MFCC front end for a model input quantised with ``scale`` and ``zero_point`` (tinyfw.mfcc: the
+    host's front end with this window and FFT, the other parameters the shipped kws model's)."""
     try:
         from tinyfw import mfcc
     except ImportError as e:
         raise DevError(_E_STATE, "no front end on this board (tinyfw.mfcc: %s); run `tinyhost flash`" % e)
-    return mfcc.Mfcc(scale, zero_point)
+    return mfcc.Mfcc(scale, zero_point, window_samples=window_samples, fft_size=fft_size)
 
 
-def _frontend_beside(rt, model):
+def _frontend_beside(rt, model, window_samples, fft_size):
     """(front end, model): the front end built next to the loaded model; when the heap left beside it is too
     fragmented or too small for the front end's tables to be built, the model is unloaded, the front end built
     first and the model loaded again around it (``rt`` loads it). Raises DevError when even that does not fit."""
@@ -68,7 +69,7 @@ def _frontend_beside(rt, model):
     scale, zp = info.scale, info.zero_point
     gc.collect()
     try:
-        return frontend(scale, zp), model
+        return frontend(scale, zp, window_samples, fft_size), model
     except MemoryError:
         pass
     path = clock.loaded_path()
@@ -80,7 +81,7 @@ def _frontend_beside(rt, model):
     model = info = None
     gc.collect()
     try:
-        fe = frontend(scale, zp)
+        fe = frontend(scale, zp, window_samples, fft_size)
     except MemoryError:
         gc.collect()
         raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc), even with no model loaded "
@@ -111,7 +112,8 @@ def _measure(model, fe):
     return inv, hop
 
 
-def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None):
+def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None,
+          window_samples=0, fft_size=0):
     """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
     backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
     around the front end (_frontend_beside): use the Listener's model afterwards."""
@@ -119,7 +121,8 @@ def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, cla
     if model is None:
         raise DevError(_E_NO_MODEL, "no model loaded: load one before STREAM_START")
     stop()
-    fe, model = _frontend_beside(rt, model)
+    window_samples = window_samples or 640
+    fe, model = _frontend_beside(rt, model, window_samples, fft_size or 1024)
     inv, hop = _measure(model, fe)
     if not infer_every:
         infer_every = stream.infer_every_for(inv, hop) or 1
@@ -138,7 +141,7 @@ def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, cla
     gc.collect()
     try:
         li = stream.Listener(model, fe, infer_every, smooth, threshold, refractory_ms, classes, backlog_hops,
-                             baud=baud)
+                             window_samples, baud)
         _state[_LOG] = array.array("i", [0] * _LOG_MAX)
     except MemoryError:
         gc.collect()
@@ -189,10 +192,11 @@ def cmd_start(rt):
     p = rt.payload_view()
     if len(p) < START_BYTES:
         raise DevError(_E_BAD_ARGS, "STREAM_START needs %d bytes" % START_BYTES)
-    every, smooth, threshold, refractory, source, classes, backlog, seconds = struct.unpack_from(START_FORMAT, p, 0)
+    (every, smooth, threshold, refractory, source, classes, backlog, seconds, window,
+     fft) = struct.unpack_from(START_FORMAT, p, 0)
     text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
     p = None
-    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt)
+    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft)
     if source == _SOURCE_MIC:
         from tinyfw import mic
         mic.run(rt, li, text, seconds)

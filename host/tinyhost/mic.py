@@ -55,9 +55,11 @@ def listen(board, model_path, seconds, options, on_detection=None, wav_path=None
         if on_detection:
             on_detection(d)
 
+    options = st.front_end_for(model_path, options)
     payload = P.pack_stream_start(options.infer_every, options.smooth, round(options.threshold * 255),
                                   options.refractory_ms, P.STREAM_SOURCE_MIC, options.classes_mask(),
-                                  options.backlog_hops, int(seconds * 1000) // 1000 or 1, mic=text)
+                                  options.backlog_hops, int(seconds) or 1, mic=text,
+                                  window_samples=options.window_samples, fft_size=options.fft_size)
     # a virtual board runs slower than real time; a real one takes the seconds asked
     f = board.dev.link.request(P.T.STREAM_START, payload, on_event=on_event, what="listen",
                                timeout_s=30.0 + (20.0 if board.virtual else 1.0) * seconds, expect_bytes=1024)

@@ -388,16 +388,16 @@ def parse_infer_info(payload):
 
 # STREAM_START (docs/protocol.md, docs/streaming.md); device/tinyfw/cmd_stream.py's START_FORMAT (checked by
 # tests/test_stream.py)
-STREAM_START_FORMAT = "<HBBHBxIII"
+STREAM_START_FORMAT = "<HBBHBxIIIHH"
 STREAM_SOURCE_SERIAL = 0
 STREAM_SOURCE_MIC = 1
 DETECTION_BYTES = 10            # board ms u32, audio ms u32, class u8, score u8
 
 
 def pack_stream_start(infer_every=0, smooth=0, threshold=200, refractory_ms=1000, source=STREAM_SOURCE_SERIAL,
-                      classes=0, backlog_hops=0, seconds=0, mic=""):
+                      classes=0, backlog_hops=0, seconds=0, mic="", window_samples=0, fft_size=0):
     return struct.pack(STREAM_START_FORMAT, infer_every, smooth, threshold, refractory_ms, source, classes,
-                       backlog_hops, seconds) + mic.encode()
+                       backlog_hops, seconds, window_samples, fft_size) + mic.encode()
 
 
 def parse_detection(raw):

@@ -42,6 +42,8 @@ class StreamOptions:
     refractory_ms: int = 1000       # no second detection sooner
     classes: tuple = ()             # class indices that may be detected (empty: every class but the last two)
     backlog_hops: int = 0
+    window_samples: int = 0         # the model's MFCC front end (0: the shipped kws model's): front_end_for()
+    fft_size: int = 0
 
     def classes_mask(self):
         mask = 0
@@ -131,10 +133,25 @@ def to_int16(audio):
     return pcm.tobytes()
 
 
+def front_end_for(model_path, options):
+    """``options`` with the window and FFT of the model's MFCC front end (tinyhost.features.mfcc's
+    MODEL_FRONT_ENDS, by the model file's name; the board's default otherwise)."""
+    import dataclasses
+    from pathlib import Path
+
+    from .features.mfcc import MODEL_FRONT_ENDS
+
+    config = MODEL_FRONT_ENDS.get(Path(model_path).stem)
+    if config is None:
+        return options
+    return dataclasses.replace(options, window_samples=config.window_samples, fft_size=config.fft_size)
+
+
 def start(dev, options):
     f = dev.link.request(P.T.STREAM_START, P.pack_stream_start(
         options.infer_every, options.smooth, round(options.threshold * 255), options.refractory_ms,
-        P.STREAM_SOURCE_SERIAL, options.classes_mask(), options.backlog_hops), what="stream start", timeout_s=30.0)
+        P.STREAM_SOURCE_SERIAL, options.classes_mask(), options.backlog_hops, window_samples=options.window_samples,
+        fft_size=options.fft_size), what="stream start", timeout_s=30.0)
     return P.parse_kv(f.payload)
 
 
@@ -196,5 +213,6 @@ def listen(board, model_path, wav_path, options, on_detection=None, on_progress=
     board.flash([model_path])                   # the firmware and the model, only what differs
     board.load(model_path)
     labels = labels_for(model_path)
-    return stream_audio(board.dev, to_int16(audio), options, labels, on_detection, on_progress,
+    return stream_audio(board.dev, to_int16(audio), front_end_for(model_path, options), labels, on_detection,
+                        on_progress,
                         virtual=board.virtual, board=board.provenance.board, baud=board.baud)

@@ -125,6 +125,7 @@ def run(board, model_path, dataset, options, on_file=None, on_detection=None):
                          f"{board.baud / st.line_bits_per_s(frame):.2f}x real time: the board's time stamps would "
                          "not be the audio's", hint=f"pass --baud {st.fast_enough_baud(frame)} (a virtual board "
                                                     "emulates it; a real board's UART must be set to it)")
+    options = st.front_end_for(model_path, options)
     results = []
     clock = "real"
     for f in files:
