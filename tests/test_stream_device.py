@@ -31,6 +31,7 @@ class TI:
         self.nbytes = n
 
 class FE:
+    mfcc_count = 10
     def frame(self, ring, start, out, offset):
         # the newest hop's last sample: the window's end
         v = ring[(start + 639) % len(ring)]

@@ -102,9 +102,8 @@ class Listener:
         info = model.inputs[0]
         self.model = model
         self.fe = frontend
-        self.coeffs = info.shape[2] if len(info.shape) > 2 else 10
-        self.frames = info.shape[1]
-        self.row_bytes = self.coeffs
+        self.row_bytes = frontend.mfcc_count             # a feature frame; the input holds the window's frames
+        self.frames = info.nbytes // self.row_bytes
         out = model.outputs[0]
         self.n_classes = out.nbytes
         self.out_zp = out.zero_point
