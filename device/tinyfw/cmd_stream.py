@@ -113,10 +113,11 @@ def _measure(model, fe):
 
 
 def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None,
-          window_samples=0, fft_size=0):
+          window_samples=0, fft_size=0, line=True):
     """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
     backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
-    around the front end (_frontend_beside): use the Listener's model afterwards."""
+    around the front end (_frontend_beside): use the Listener's model afterwards. ``line``: the audio crosses the
+    serial link (a virtual board then models its line rate), not the microphone."""
     import array
     if model is None:
         raise DevError(_E_NO_MODEL, "no model loaded: load one before STREAM_START")
@@ -135,7 +136,7 @@ def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, cla
         # the audio that arrives while one inference and its front ends run
         backlog_hops = (inv + hop * infer_every) // stream.HOP_NS + 2
     baud = 0
-    if clock.virtual():
+    if line and clock.virtual():
         import _vboard
         baud = _vboard.baud
     gc.collect()
@@ -196,7 +197,8 @@ def cmd_start(rt):
      fft) = struct.unpack_from(START_FORMAT, p, 0)
     text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
     p = None
-    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft)
+    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft,
+               source != _SOURCE_MIC)
     if source == _SOURCE_MIC:
         from tinyfw import mic
         mic.run(rt, li, text, seconds)
