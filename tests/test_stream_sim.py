@@ -16,7 +16,7 @@ from tinyhost.bench import sww
 from tinyhost.cli import cli
 
 pytestmark = pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1",
-                                reason="about 4 minutes (ROMFS flash, a minute of audio): set TINYHOST_SLOW=1")
+                                reason="about 90 s (ROMFS flash, a minute of audio): set TINYHOST_SLOW=1")
 
 BOARD = ["--board", "sim:esp32s3-romfs", "--baud", "921600"]
 
