@@ -114,6 +114,20 @@ def test_a_full_scale_square_wave_stays_within_the_stated_tolerance():
     assert np.abs(codes.astype(int) - quantize(host, SCALE, ZERO_POINT).astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("name", ["tail impulse", "one LSB noise", "quiet noise"])
+def test_quiet_frames_keep_their_precision(name):
+    """Frames a few LSB loud (near-silence in the data set's silence clips): the gain scales them up to the 32-bit
+    range, and a sample under the window's tail keeps its precision (its product is rounded once)."""
+    n = KWS.window_samples
+    rng = np.random.default_rng(3)
+    x = {"tail impulse": np.where(np.arange(n) == 1, 34, 0), "one LSB noise": rng.integers(-1, 2, n),
+         "quiet noise": rng.integers(-3, 4, n)}[name]
+    x = np.concatenate([x, np.zeros(n)]).astype("<i2")
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, clip_samples=n, backend="ref")
+    _, values = device_values(fe, x[:n])
+    assert np.abs(values - mfcc(x / 32768.0, KWS)[:1]).max() < 1e-3
+
+
 @pytest.mark.parametrize("scale,zero_point", [(SCALE, ZERO_POINT), (0.0123, -128), (3.0, 0), (1 / 256, 127)])
 def test_quantisation_thresholds_round_as_the_host(scale, zero_point):
     """bounds[] gives quantize()'s code for every Q20 value around each threshold."""

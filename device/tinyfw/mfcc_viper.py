@@ -33,14 +33,16 @@ def window_gain(s: int, i: int, samples, n_samples: int, start: int, win_h, widt
         x = (x16[i] ^ 0x8000) - 0x8000
         if x < 0:
             x = 0 - x
-        s += (x * wh[j]) >> 15
+        s += (x * (wh[j] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
         j += 1
     s += 2 * width
-    g = 15
-    while g and s >= (0x0FFFF000 >> g):
+    g = 24
+    while g > 5 and s >= (0x0FFFF000 >> (g - 5)):
+        g -= 1
+    while g > 0 and g <= 5 and (s >> (5 - g)) >= 0x0FFFF000:
         g -= 1
     return g
 
@@ -59,14 +61,21 @@ def window(i: int, j: int, samples, n_samples: int, start: int, win_h, win_l, re
         pr[j] = 0
         pi[j] = 0
         j += 1
-    sh = 15 - gain
+    if gain < 15:
+        sh = 15 - gain
+        up = 0
+    else:
+        sh = 30 - gain
+        up = gain - 15
     half = (1 << sh) >> 1
     i = start
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
-        t = x * wh[j] + ((x * wl[j] + 0x4000) >> 15)
-        y = (t + half) >> sh
+        if gain >= 15:
+            y = ((x * wh[j]) << up) + ((x * wl[j] + half) >> sh)
+        else:
+            y = (x * wh[j] + ((x * wl[j] + 0x4000) >> 15) + half) >> sh
         k = rv[j >> 1]
         if j & 1:
             pi[k] = y
