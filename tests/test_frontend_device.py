@@ -149,6 +149,13 @@ def test_bad_parameters_are_refused(bad):
         device_mfcc.Mfcc(**args)
 
 
+@pytest.mark.parametrize("start,out_at", [(1280, 0), (-1, 0), (0, 3), (0, -1)])
+def test_frame_refuses_a_start_outside_the_ring_or_codes_past_the_output(start, out_at):
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    with pytest.raises(ValueError):
+        fe.frame(array("h", bytes(2560)), start, bytearray(12), out_at)
+
+
 def test_clip_refuses_a_short_clip():
     fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
     with pytest.raises(ValueError):
@@ -194,6 +201,41 @@ def test_the_vm_gives_the_host_features_with_every_backend(tmp_path):
         assert bytes.fromhex(hexed) == want[path], (backend, path)
         seen[backend] += 1
     assert seen["ref"] == 1 and all(n == len(WAVS) for b, n in seen.items() if b != "ref")
+
+
+HEAP_SCRIPT = r"""
+import sys, micropython
+from array import array
+sys.path.insert(0, sys.argv[1])
+from tinyfw import mfcc
+fe = mfcc.Mfcc(%r, %d)
+ring = array("h", open(sys.argv[2], "rb").read())
+out = bytearray(fe.feature_bytes)
+fe.frame(ring, 0, out, 0)
+micropython.heap_lock()                       # any allocation now raises MemoryError
+for t in range(fe.n_frames):
+    fe.frame(ring, (15000 + 320 * t) %% len(ring), out, 10 * t)
+micropython.heap_unlock()
+print("BACKEND", fe.backend, out.hex())
+"""
+
+
+@pytest.mark.sim
+def test_a_frame_allocates_nothing_in_the_vm(tmp_path):
+    """With the heap locked (micropython.heap_lock: an allocation raises), every frame of a ring buffer, across its
+    end, runs with the default backend; the codes are the host's for the rotated clip."""
+    x = pcm(WAVS[3])
+    ring = np.roll(x, 15000)                                 # the clip starts at index 15000 and wraps
+    data = tmp_path / "ring.pcm"
+    data.write_bytes(ring.tobytes())
+    script = tmp_path / "run_heap.py"
+    script.write_text(HEAP_SCRIPT % (SCALE, ZERO_POINT))
+    proc = subprocess.run([micropython(), str(script), str(DEVICE_DIR), str(data)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, backend, hexed = proc.stdout.split()
+    assert backend == "viper"
+    assert bytes.fromhex(hexed) == host_features(x)
 
 
 FRAMES_SCRIPT = r"""

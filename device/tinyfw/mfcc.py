@@ -189,9 +189,13 @@ class Mfcc:
     def frame(self, samples, start, out, out_at):
         """The features of one frame: ``window_samples`` int16 samples of ``samples`` (array('h') or a memoryview
         of one) from index ``start``, wrapping around at its end (a ring buffer), -> ``mfcc_count`` int8 codes
-        written into the bytearray ``out`` at ``out_at``. Allocates nothing with the viper backend."""
+        written into the bytearray ``out`` at ``out_at``. Allocates nothing with the viper backend. A ``start`` outside
+        the buffer, or codes that would not fit ``out``, are a ValueError (the viper kernels do not check)."""
         k = self._k
         n = len(samples)
+        if not 0 <= start < n or not 0 <= out_at <= len(out) - self.mfcc_count:
+            raise ValueError("frame start %d of %d samples, or %d codes at %d of %d bytes"
+                             % (start, n, self.mfcc_count, out_at, len(out)))
         width = self.window_samples
         gain = k.window_gain(0, 0, samples, n, start, self._win_h, width)
         k.window(0, 0, samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width,
