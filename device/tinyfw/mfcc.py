@@ -9,8 +9,8 @@
 # away from zero). Here in 32-bit integer arithmetic with per-frame scaling (block floating point), so that viper
 # runs it in machine words and nothing allocates per frame: docs/frontend.md gives the number formats and the
 # measured difference from the host's float64 features. Tables and work buffers are made once, in __init__, with the
-# port's float math (float32 on ESP32 and nRF builds: a table entry can then differ from the unix port's by one unit
-# in its last place); `ram_bytes` is their size.
+# port's float math (float32 on ESP32 and nRF builds: the Q30 tables then carry 24 significant bits, and a few codes
+# in 100,000 differ from the unix port's, docs/frontend.md); `ram_bytes` is their size.
 #
 # Kernels come from a backend module, as the engine's do: mfcc_ref (the specification) or mfcc_viper (same bytes).
 
