@@ -244,12 +244,13 @@ from array import array
 sys.path.insert(0, sys.argv[1])
 from tinyfw import mfcc
 frames = open(sys.argv[2], "rb").read()
+width, fft_size = int(sys.argv[3]), int(sys.argv[4])
 print("BACKENDS", " ".join(mfcc.BACKENDS))
 for backend in mfcc.BACKENDS:
-    fe = mfcc.Mfcc(%r, %d, backend=backend)
+    fe = mfcc.Mfcc(%r, %d, window_samples=width, fft_size=fft_size, backend=backend)
     out = bytearray(10)
-    for i in range(len(frames) // 1280):
-        fe.frame(array("h", frames[1280 * i:1280 * (i + 1)]), 0, out, 0)
+    for i in range(len(frames) // (2 * width)):
+        fe.frame(array("h", frames[2 * width * i:2 * width * (i + 1)]), 0, out, 0)
         state = b"".join(bytes(a) for a in (fe._re, fe._im, fe._mag, fe._energy, fe._log_mel, out))
         print("FRAME", backend, i, state.hex())
 """
@@ -268,11 +269,13 @@ def edge_frames():
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("form", ["source", "mpy"])
-def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path, form):
+@pytest.mark.parametrize("form,config", [("source", KWS), ("mpy", KWS), ("source", MLPERF_KWS01)],
+                         ids=["kws", "kws-mpy", "kws01"])
+def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path, form, config):
     """Windowed FFT input and output, magnitudes, mel energies, log-mel and codes: the same bytes with both
     backends in the VM, frame by frame (a mismatch that the int8 codes round away is caught here); from source
-    and precompiled by mpy-cross as `tinyhost flash` sends it (native code with two locals in registers)."""
+    and precompiled by mpy-cross as `tinyhost flash` sends it (native code with two locals in registers); for
+    kws's front end and MLPerf Tiny kws01's (30 ms window, 512-point FFT)."""
     device_dir = DEVICE_DIR
     if form == "mpy":
         from tinyhost.mpy import compile_module, compiler_abi
@@ -285,13 +288,13 @@ def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path
         for name in ("mfcc", "mfcc_ref", "mfcc_viper"):
             compiled = compile_module(DEVICE_DIR / "tinyfw" / f"{name}.py", "x64")
             (device_dir / "tinyfw" / f"{name}.mpy").write_bytes(compiled.read_bytes())
-    frames = edge_frames()
+    frames = [f[:config.window_samples] for f in edge_frames()]
     data = tmp_path / "frames.pcm"
     data.write_bytes(b"".join(f.tobytes() for f in frames))
     script = tmp_path / "run_frames.py"
     script.write_text(FRAMES_SCRIPT % (SCALE, ZERO_POINT))
-    proc = subprocess.run([micropython(), str(script), str(device_dir), str(data)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([micropython(), str(script), str(device_dir), str(data), str(config.window_samples),
+                           str(config.fft_size)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     if "viper" not in lines[0].split():
