@@ -67,6 +67,16 @@ def test_frame_reads_a_ring_buffer_across_its_end():
     assert bytes(straight[1:11]) == host_features(np.concatenate([x, np.zeros(16000, "<i2")]))[:10]
 
 
+def test_codes_go_straight_into_a_signed_buffer():
+    """The model's input buffer (a memoryview of an array('b')) takes the codes as a bytearray does."""
+    x = pcm(WAVS[2])
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, clip_samples=3 * KWS.stride_samples + KWS.window_samples,
+                          backend="ref")
+    signed = array("b", bytes(fe.feature_bytes))
+    fe.clip(array("h", x.tobytes()), memoryview(signed))
+    assert bytes(signed) == host_features(x)[:fe.feature_bytes]
+
+
 def test_other_configurations_match_too():
     """MLPerf Tiny's kws01 front end (30 ms window, 512-point FFT), on a loud clip."""
     x = pcm(WAVS[1])
@@ -210,20 +220,28 @@ sys.path.insert(0, sys.argv[1])
 from tinyfw import mfcc
 fe = mfcc.Mfcc(%r, %d)
 ring = array("h", open(sys.argv[2], "rb").read())
-out = bytearray(fe.feature_bytes)
+signed = array("b", bytes(fe.feature_bytes))
+out = memoryview(signed)                      # as the model's input buffer
 fe.frame(ring, 0, out, 0)
-micropython.heap_lock()                       # any allocation now raises MemoryError
-for t in range(fe.n_frames):
-    fe.frame(ring, (15000 + 320 * t) %% len(ring), out, 10 * t)
-micropython.heap_unlock()
-print("BACKEND", fe.backend, out.hex())
+
+
+def frames(fe, ring, out):                    # locals: a global's first store may grow the globals dict
+    micropython.heap_lock()                   # any allocation now raises MemoryError
+    for t in range(fe.n_frames):
+        fe.frame(ring, (15000 + 320 * t) %% len(ring), out, 10 * t)
+    micropython.heap_unlock()
+
+
+frames(fe, ring, out)
+print("BACKEND", fe.backend, bytes(signed).hex())
 """
 
 
 @pytest.mark.sim
 def test_a_frame_allocates_nothing_in_the_vm(tmp_path):
     """With the heap locked (micropython.heap_lock: an allocation raises), every frame of a ring buffer, across its
-    end, runs with the default backend; the codes are the host's for the rotated clip."""
+    end, runs with the default backend, into a signed buffer as the model's input; the codes are the host's for
+    the rotated clip."""
     x = pcm(WAVS[3])
     ring = np.roll(x, 15000)                                 # the clip starts at index 15000 and wraps
     data = tmp_path / "ring.pcm"

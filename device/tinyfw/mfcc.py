@@ -189,7 +189,8 @@ class Mfcc:
     def frame(self, samples, start, out, out_at):
         """The features of one frame: ``window_samples`` int16 samples of ``samples`` (array('h') or a memoryview
         of one) from index ``start``, wrapping around at its end (a ring buffer), -> ``mfcc_count`` int8 codes
-        written into the bytearray ``out`` at ``out_at``. Allocates nothing with the viper backend. A ``start`` outside
+        written into ``out`` at ``out_at``: a bytearray, or the model's input buffer itself (a memoryview of an
+        array('b')). Allocates nothing with the viper backend. A ``start`` outside
         the buffer, or codes that would not fit ``out``, are a ValueError (the viper kernels do not check)."""
         k = self._k
         n = len(samples)

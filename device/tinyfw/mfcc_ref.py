@@ -264,4 +264,7 @@ def log_dct(acc, m, energy, ln_table, offset_table, exponent, dct_h, dct_l, boun
                 lo = mid + 1
             else:
                 hi = mid
-        out[out_at + j] = (lo - 128) & 0xFF
+        try:
+            out[out_at + j] = lo - 128                        # a signed buffer (the model's input, array('b'))
+        except (ValueError, OverflowError):
+            out[out_at + j] = (lo - 128) & 0xFF               # a bytearray under CPython
