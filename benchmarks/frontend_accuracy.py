@@ -10,13 +10,17 @@ under CPython give the same bytes, checked) against ``tinyhost.features.mfcc``; 
 features before quantisation (device fixed point vs host float64); and the shipped int8 model's top-1 accuracy
 (TFLM's Python interpreter) on host features and on device features.
 
-    python -m benchmarks.frontend_accuracy [--per-class 20] [--seed 2026]
+    python -m benchmarks.frontend_accuracy [--per-class 20] [--seed 2026] [--clips FILE.npz] [--json FILE]
+
+Also: the same with the front end's tables made in float32 arithmetic, as an ESP32 or nRF build makes them
+(MicroPython's single-precision float there), against the unix port's codes.
 
 Needs Debian's espeak-ng and sox, tflite-micro, and the micropython VM.
 """
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -118,31 +122,72 @@ def device_floats(fe, clip, out):
     return np.frombuffer(bytes(out), np.int8).reshape(fe.n_frames, fe.mfcc_count), values
 
 
+class _Float32Math:
+    """``math`` as a float32 port has it (ESP32 and nRF builds): every result rounded to float32; with NumPy's
+    float32 scalars the arithmetic on them stays float32 too."""
+
+    pi = np.float32(math.pi)
+    floor = staticmethod(math.floor)
+    frexp = staticmethod(math.frexp)
+
+    @staticmethod
+    def _f32(fn):
+        return staticmethod(lambda x: np.float32(fn(float(np.float32(x)))))
+
+
+for _name in ("cos", "sin", "log", "sqrt"):
+    setattr(_Float32Math, _name, _Float32Math._f32(getattr(math, _name)))
+
+
+def float32_port_front_end(scale, zero_point):
+    """The reference front end with its tables made in float32 arithmetic, as a float32 port makes them."""
+    saved = device_mfcc.math
+    device_mfcc.math = _Float32Math
+    try:
+        return device_mfcc.Mfcc(scale, zero_point, backend="ref")
+    finally:
+        device_mfcc.math = saved
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=20, help="synthetic clips per class (default 20)")
     parser.add_argument("--seed", type=int, default=2026, help="draws of words, voices, placement and noise")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--clips", metavar="NPZ", help="keep the synthetic clips in this file (made when absent)")
     args = parser.parse_args(argv)
     from models.pipeline import common
     from tinyhost.features.mfcc import mfcc, quantize
 
     blob = MODEL.read_bytes()
     (scale, zero_point), _ = common.io_quant(blob)
-    sets = {"shipped WAVs": shipped_clips(), "synthetic, test voices": synthetic_clips(args.per_class, args.seed)}
+    if args.clips and Path(args.clips).is_file():
+        saved = np.load(args.clips)
+        synthetic = (list(saved["clips"]), list(saved["labels"]))
+    else:
+        synthetic = synthetic_clips(args.per_class, args.seed)
+        if args.clips:
+            np.savez(args.clips, clips=np.stack(synthetic[0]), labels=np.array(synthetic[1]))
+    sets = {"shipped WAVs": shipped_clips(), "synthetic, test voices": synthetic}
     interp, _ = common.tflm_interpreter(blob)
     fe = device_mfcc.Mfcc(scale, zero_point, backend="ref")
+    fe32 = float32_port_front_end(scale, zero_point)
     out = bytearray(fe.feature_bytes)
     report = {"scale": scale, "zero_point": zero_point, "sets": {}}
     for name, (clips, labels) in sets.items():
         host_f = [mfcc(c / 32768.0) for c in clips]
         host_q = [quantize(f, scale, zero_point) for f in host_f]
         dev_q = vm_features(clips, scale, zero_point)
-        float_err = 0.0
+        float_err = float32_err = 0.0
+        float32_q = []
         for c, hf, dq in zip(clips, host_f, dev_q):
             ref_q, values = device_floats(fe, c, out)
             assert (ref_q == dq).all(), "the viper kernels in the VM and the reference kernels differ"
             float_err = max(float_err, float(np.abs(values - hf).max()))
+            q32, values32 = device_floats(fe32, c, out)
+            float32_q.append(q32.copy())
+            float32_err = max(float32_err, float(np.abs(values32 - hf).max()))
+        d32 = np.abs(np.stack(float32_q).astype(int) - np.stack(dev_q).astype(int))
         d = np.abs(np.stack(dev_q).astype(int) - np.stack(host_q).astype(int))
         y = np.array(labels)
         pred_host = common.tflm_predict(interp, [q[..., None] for q in host_q]).argmax(axis=1)
@@ -152,13 +197,17 @@ def main(argv=None):
              "largest_float_difference": float_err,
              "top1_host_features": float(np.mean(pred_host == y)),
              "top1_device_features": float(np.mean(pred_dev == y)),
-             "predictions_differing": int((pred_host != pred_dev).sum())}
+             "predictions_differing": int((pred_host != pred_dev).sum()),
+             "float32_tables_values_differing_from_unix": int((d32 > 0).sum()),
+             "float32_tables_largest_float_difference": float32_err}
         report["sets"][name] = r
         print(f"{name}: {r['clips']} clips, {r['values']} int8 values: {r['values_differing']} differ "
               f"(largest difference {r['largest_difference']}; {r['clips_differing']} clips); features before "
               f"quantisation within {float_err:.2e} (step {scale:.4f}); top-1 {r['top1_host_features']:.1%} with host "
               f"features, {r['top1_device_features']:.1%} with device features; {r['predictions_differing']} "
-              f"predictions differ")
+              f"predictions differ; with float32 tables (an ESP32's or nRF's) "
+              f"{r['float32_tables_values_differing_from_unix']} values differ from the unix port's, features within "
+              f"{float32_err:.2e} of the host's")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -67,6 +67,16 @@ def test_frame_reads_a_ring_buffer_across_its_end():
     assert bytes(straight[1:11]) == host_features(np.concatenate([x, np.zeros(16000, "<i2")]))[:10]
 
 
+def test_codes_go_straight_into_a_signed_buffer():
+    """The model's input buffer (a memoryview of an array('b')) takes the codes as a bytearray does."""
+    x = pcm(WAVS[2])
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, clip_samples=3 * KWS.stride_samples + KWS.window_samples,
+                          backend="ref")
+    signed = array("b", bytes(fe.feature_bytes))
+    fe.clip(array("h", x.tobytes()), memoryview(signed))
+    assert bytes(signed) == host_features(x)[:fe.feature_bytes]
+
+
 def test_other_configurations_match_too():
     """MLPerf Tiny's kws01 front end (30 ms window, 512-point FFT), on a loud clip."""
     x = pcm(WAVS[1])
@@ -114,6 +124,20 @@ def test_a_full_scale_square_wave_stays_within_the_stated_tolerance():
     assert np.abs(codes.astype(int) - quantize(host, SCALE, ZERO_POINT).astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("name", ["tail impulse", "one LSB noise", "quiet noise"])
+def test_quiet_frames_keep_their_precision(name):
+    """Frames a few LSB loud (near-silence in the data set's silence clips): the gain scales them up to the 32-bit
+    range, and a sample under the window's tail keeps its precision (its product is rounded once)."""
+    n = KWS.window_samples
+    rng = np.random.default_rng(3)
+    x = {"tail impulse": np.where(np.arange(n) == 1, 34, 0), "one LSB noise": rng.integers(-1, 2, n),
+         "quiet noise": rng.integers(-3, 4, n)}[name]
+    x = np.concatenate([x, np.zeros(n)]).astype("<i2")
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, clip_samples=n, backend="ref")
+    _, values = device_values(fe, x[:n])
+    assert np.abs(values - mfcc(x / 32768.0, KWS)[:1]).max() < 1e-3
+
+
 @pytest.mark.parametrize("scale,zero_point", [(SCALE, ZERO_POINT), (0.0123, -128), (3.0, 0), (1 / 256, 127)])
 def test_quantisation_thresholds_round_as_the_host(scale, zero_point):
     """bounds[] gives quantize()'s code for every Q20 value around each threshold."""
@@ -133,6 +157,13 @@ def test_bad_parameters_are_refused(bad):
     args.update(bad)
     with pytest.raises(ValueError):
         device_mfcc.Mfcc(**args)
+
+
+@pytest.mark.parametrize("start,out_at", [(1280, 0), (-1, 0), (0, 3), (0, -1)])
+def test_frame_refuses_a_start_outside_the_ring_or_codes_past_the_output(start, out_at):
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, backend="ref")
+    with pytest.raises(ValueError):
+        fe.frame(array("h", bytes(2560)), start, bytearray(12), out_at)
 
 
 def test_clip_refuses_a_short_clip():
@@ -182,18 +213,62 @@ def test_the_vm_gives_the_host_features_with_every_backend(tmp_path):
     assert seen["ref"] == 1 and all(n == len(WAVS) for b, n in seen.items() if b != "ref")
 
 
+HEAP_SCRIPT = r"""
+import sys, micropython
+from array import array
+sys.path.insert(0, sys.argv[1])
+from tinyfw import mfcc
+fe = mfcc.Mfcc(%r, %d)
+ring = array("h", open(sys.argv[2], "rb").read())
+signed = array("b", bytes(fe.feature_bytes))
+out = memoryview(signed)                      # as the model's input buffer
+fe.frame(ring, 0, out, 0)
+
+
+def frames(fe, ring, out):                    # locals: a global's first store may grow the globals dict
+    micropython.heap_lock()                   # any allocation now raises MemoryError
+    for t in range(fe.n_frames):
+        fe.frame(ring, (15000 + 320 * t) %% len(ring), out, 10 * t)
+    micropython.heap_unlock()
+
+
+frames(fe, ring, out)
+print("BACKEND", fe.backend, bytes(signed).hex())
+"""
+
+
+@pytest.mark.sim
+def test_a_frame_allocates_nothing_in_the_vm(tmp_path):
+    """With the heap locked (micropython.heap_lock: an allocation raises), every frame of a ring buffer, across its
+    end, runs with the default backend, into a signed buffer as the model's input; the codes are the host's for
+    the rotated clip."""
+    x = pcm(WAVS[3])
+    ring = np.roll(x, 15000)                                 # the clip starts at index 15000 and wraps
+    data = tmp_path / "ring.pcm"
+    data.write_bytes(ring.tobytes())
+    script = tmp_path / "run_heap.py"
+    script.write_text(HEAP_SCRIPT % (SCALE, ZERO_POINT))
+    proc = subprocess.run([micropython(), str(script), str(DEVICE_DIR), str(data)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, backend, hexed = proc.stdout.split()
+    assert backend == "viper"
+    assert bytes.fromhex(hexed) == host_features(x)
+
+
 FRAMES_SCRIPT = r"""
 import sys
 from array import array
 sys.path.insert(0, sys.argv[1])
 from tinyfw import mfcc
 frames = open(sys.argv[2], "rb").read()
+width, fft_size = int(sys.argv[3]), int(sys.argv[4])
 print("BACKENDS", " ".join(mfcc.BACKENDS))
 for backend in mfcc.BACKENDS:
-    fe = mfcc.Mfcc(%r, %d, backend=backend)
+    fe = mfcc.Mfcc(%r, %d, window_samples=width, fft_size=fft_size, backend=backend)
     out = bytearray(10)
-    for i in range(len(frames) // 1280):
-        fe.frame(array("h", frames[1280 * i:1280 * (i + 1)]), 0, out, 0)
+    for i in range(len(frames) // (2 * width)):
+        fe.frame(array("h", frames[2 * width * i:2 * width * (i + 1)]), 0, out, 0)
         state = b"".join(bytes(a) for a in (fe._re, fe._im, fe._mag, fe._energy, fe._log_mel, out))
         print("FRAME", backend, i, state.hex())
 """
@@ -212,16 +287,32 @@ def edge_frames():
 
 
 @pytest.mark.sim
-def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path):
+@pytest.mark.parametrize("form,config", [("source", KWS), ("mpy", KWS), ("source", MLPERF_KWS01)],
+                         ids=["kws", "kws-mpy", "kws01"])
+def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path, form, config):
     """Windowed FFT input and output, magnitudes, mel energies, log-mel and codes: the same bytes with both
-    backends in the VM, frame by frame (a mismatch that the int8 codes round away is caught here)."""
-    frames = edge_frames()
+    backends in the VM, frame by frame (a mismatch that the int8 codes round away is caught here); from source
+    and precompiled by mpy-cross as `tinyhost flash` sends it (native code with two locals in registers); for
+    kws's front end and MLPerf Tiny kws01's (30 ms window, 512-point FFT)."""
+    device_dir = DEVICE_DIR
+    if form == "mpy":
+        from tinyhost.mpy import compile_module, compiler_abi
+
+        if compiler_abi() is None:
+            pytest.skip("mpy-cross is not installed")
+        device_dir = tmp_path / "device"
+        (device_dir / "tinyfw").mkdir(parents=True)
+        (device_dir / "tinyfw" / "__init__.py").write_text("")
+        for name in ("mfcc", "mfcc_ref", "mfcc_viper"):
+            compiled = compile_module(DEVICE_DIR / "tinyfw" / f"{name}.py", "x64")
+            (device_dir / "tinyfw" / f"{name}.mpy").write_bytes(compiled.read_bytes())
+    frames = [f[:config.window_samples] for f in edge_frames()]
     data = tmp_path / "frames.pcm"
     data.write_bytes(b"".join(f.tobytes() for f in frames))
     script = tmp_path / "run_frames.py"
     script.write_text(FRAMES_SCRIPT % (SCALE, ZERO_POINT))
-    proc = subprocess.run([micropython(), str(script), str(DEVICE_DIR), str(data)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([micropython(), str(script), str(device_dir), str(data), str(config.window_samples),
+                           str(config.fft_size)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     if "viper" not in lines[0].split():

@@ -9,8 +9,8 @@
 # away from zero). Here in 32-bit integer arithmetic with per-frame scaling (block floating point), so that viper
 # runs it in machine words and nothing allocates per frame: docs/frontend.md gives the number formats and the
 # measured difference from the host's float64 features. Tables and work buffers are made once, in __init__, with the
-# port's float math (float32 on ESP32 and nRF builds: a table entry can then differ from the unix port's by one unit
-# in its last place); `ram_bytes` is their size.
+# port's float math (float32 on ESP32 and nRF builds: the Q30 tables then carry 24 significant bits, and a few codes
+# in 100,000 differ from the unix port's, docs/frontend.md); `ram_bytes` is their size.
 #
 # Kernels come from a backend module, as the engine's do: mfcc_ref (the specification) or mfcc_viper (same bytes).
 
@@ -189,9 +189,14 @@ class Mfcc:
     def frame(self, samples, start, out, out_at):
         """The features of one frame: ``window_samples`` int16 samples of ``samples`` (array('h') or a memoryview
         of one) from index ``start``, wrapping around at its end (a ring buffer), -> ``mfcc_count`` int8 codes
-        written into the bytearray ``out`` at ``out_at``. Allocates nothing with the viper backend."""
+        written into ``out`` at ``out_at``: a bytearray, or the model's input buffer itself (a memoryview of an
+        array('b')). Allocates nothing with the viper backend. A ``start`` outside
+        the buffer, or codes that would not fit ``out``, are a ValueError (the viper kernels do not check)."""
         k = self._k
         n = len(samples)
+        if not 0 <= start < n or not 0 <= out_at <= len(out) - self.mfcc_count:
+            raise ValueError("frame start %d of %d samples, or %d codes at %d of %d bytes"
+                             % (start, n, self.mfcc_count, out_at, len(out)))
         width = self.window_samples
         gain = k.window_gain(0, 0, samples, n, start, self._win_h, width)
         k.window(0, 0, samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width,

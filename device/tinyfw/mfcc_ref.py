@@ -46,40 +46,52 @@ def bit_length(v):
 
 
 def window_gain(s, i, samples, n_samples, start, win_h, width):
-    """The frame's gain: the largest g <= 15 with s < (2**28 - 4096) >> g, s = 2 * width + the sum of
-    (|x| * win_h) >> 15 over the frame's ``width`` samples from ``start`` (wrapping at ``n_samples``). s * 2**g
-    bounds the L1 norm of the frame windowed and scaled by 2**g (``window``), which then stays below 2**28."""
+    """The frame's gain: the largest g <= 24 with S * 2**(g - 5) < 2**28 - 4096, S = 2 * width + the sum of
+    (|x| * (win_h + 1)) >> 10 over the frame's ``width`` samples from ``start`` (wrapping at ``n_samples``).
+    S * 2**(g - 5) + width / 2 bounds the L1 norm of the frame windowed and scaled by 2**g (``window``: |t| <=
+    |x| (win_h + 1) + 2), which so stays below 2**28: loud frames get a small gain, quiet ones a large one."""
     s = 0
     i = start
     for j in range(width):
         x = samples[i]
         if x < 0:
             x = -x
-        s += (x * win_h[j]) >> 15
+        s += (x * (win_h[j] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
-    s += 2 * width
-    g = 15
-    while g and s >= (0x0FFFF000 >> g):
+    s += 2 * width                                            # S <= 2**29.4 for 640 full-scale samples
+    g = 24
+    while g > 5 and s >= (0x0FFFF000 >> (g - 5)):
+        g -= 1
+    while 0 < g <= 5 and (s >> (5 - g)) >= 0x0FFFF000:
         g -= 1
     return g
 
 
 def window(i, j, samples, n_samples, start, win_h, win_l, re, im, rev, width, n_half, gain):
-    """The windowed frame, scaled by 2**gain (0 <= gain <= 15), as n_half complex points (even samples real, odd
-    imaginary, zero-padded) in bit-reversed order: y = round(x * w * 2**gain) with w = (win_h * 2**15 + win_l) /
-    2**30; the sum of |y| stays below 2**28 (window_gain)."""
+    """The windowed frame, scaled by 2**gain (0 <= gain <= 24), as n_half complex points (even samples real, odd
+    imaginary, zero-padded) in bit-reversed order: y = x * w * 2**gain, w = (win_h * 2**15 + win_l) / 2**30, rounded
+    once (from gain 15 up only the low piece's product is rounded, so samples under the window's tails keep their
+    precision in quiet frames); the sum of |y| stays below 2**28 (window_gain)."""
     for j in range(n_half):
         re[j] = 0
         im[j] = 0
-    sh = 15 - gain
+    if gain < 15:                                             # y = round(t / 2**(15 - gain)), t = x * w * 2**15
+        sh = 15 - gain
+        up = 0
+    else:                                                     # y = x * w_h * 2**(gain - 15) + round(x * w_l / ...)
+        sh = 30 - gain
+        up = gain - 15
     half = (1 << sh) >> 1
     i = start
     for j in range(width):
         x = samples[i]
-        t = x * win_h[j] + ((x * win_l[j] + 0x4000) >> 15)      # x * w * 2**15, |t| <= 2**30
-        y = (t + half) >> sh
+        if gain >= 15:
+            y = ((x * win_h[j]) << up) + ((x * win_l[j] + half) >> sh)
+        else:
+            t = x * win_h[j] + ((x * win_l[j] + 0x4000) >> 15)  # |t| <= |x| (win_h + 1) + 2
+            y = (t + half) >> sh
         k = rev[j >> 1]
         if j & 1:
             im[k] = y
@@ -252,4 +264,7 @@ def log_dct(acc, m, energy, ln_table, offset_table, exponent, dct_h, dct_l, boun
                 lo = mid + 1
             else:
                 hi = mid
-        out[out_at + j] = (lo - 128) & 0xFF
+        try:
+            out[out_at + j] = lo - 128                        # a signed buffer (the model's input, array('b'))
+        except (ValueError, OverflowError):
+            out[out_at + j] = (lo - 128) & 0xFF               # a bytearray under CPython

@@ -6,7 +6,8 @@
 # Loads: a signed 16-bit entry (samples, the high 15-bit pieces of the Q30 tables) is read through ptr16 (unsigned)
 # as (v ^ 0x8000) - 0x8000; a signed 32-bit one through ptr32 is sign-extended with `(v << ws) >> ws`, ws = bits
 # above 32 in a viper int (0 on a 32-bit port, 32 on the unix VM: ptr32 loads are zero-extended there), which
-# Mfcc passes in as the kernels' last argument where one is read.
+# Mfcc passes in as the kernels' last argument where one is read. A value that is only added, subtracted and stored
+# needs no extension: the low 32 bits stored are the same either way (the FFT's butterflies without a multiply).
 # Speed: each kernel's first two parameters are the locals of its hottest loop (Mfcc passes 0 for them): the native
 # emitters keep a function's first locals in registers (two in code from mpy-cross, as kernels_viper explains), and
 # the rest on the stack. That took the xtensawin butterfly from 427 to 366 cycles and a spectrum bin's square-root
@@ -33,14 +34,16 @@ def window_gain(s: int, i: int, samples, n_samples: int, start: int, win_h, widt
         x = (x16[i] ^ 0x8000) - 0x8000
         if x < 0:
             x = 0 - x
-        s += (x * wh[j]) >> 15
+        s += (x * (wh[j] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
         j += 1
     s += 2 * width
-    g = 15
-    while g and s >= (0x0FFFF000 >> g):
+    g = 24
+    while g > 5 and s >= (0x0FFFF000 >> (g - 5)):
+        g -= 1
+    while g > 0 and g <= 5 and (s >> (5 - g)) >= 0x0FFFF000:
         g -= 1
     return g
 
@@ -59,14 +62,21 @@ def window(i: int, j: int, samples, n_samples: int, start: int, win_h, win_l, re
         pr[j] = 0
         pi[j] = 0
         j += 1
-    sh = 15 - gain
+    if gain < 15:
+        sh = 15 - gain
+        up = 0
+    else:
+        sh = 30 - gain
+        up = gain - 15
     half = (1 << sh) >> 1
     i = start
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
-        t = x * wh[j] + ((x * wl[j] + 0x4000) >> 15)
-        y = (t + half) >> sh
+        if gain >= 15:
+            y = ((x * wh[j]) << up) + ((x * wl[j] + half) >> sh)
+        else:
+            y = (x * wh[j] + ((x * wl[j] + 0x4000) >> 15) + half) >> sh
         k = rv[j >> 1]
         if j & 1:
             pi[k] = y
@@ -91,10 +101,10 @@ def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
         a = 0                                                 # twiddle 1: no multiply
         while a < n_half:
             b = a + half
-            br = (pr[b] << ws) >> ws
-            bi = (pi[b] << ws) >> ws
-            ar = (pr[a] << ws) >> ws
-            ai = (pi[a] << ws) >> ws
+            br = pr[b]
+            bi = pi[b]
+            ar = pr[a]
+            ai = pi[a]
             pr[b] = ar - br
             pi[b] = ai - bi
             pr[a] = ar + br
@@ -106,8 +116,8 @@ def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
                 b = a + half
                 br = (pr[b] << ws) >> ws
                 bi = (pi[b] << ws) >> ws
-                ar = (pr[a] << ws) >> ws
-                ai = (pi[a] << ws) >> ws
+                ar = pr[a]
+                ai = pi[a]
                 pr[b] = ar - bi
                 pi[b] = ai + br
                 pr[a] = ar + bi
@@ -136,8 +146,8 @@ def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
                       + ih * sh + ((ih * sl + il * sh + 0x6000) >> 15))
                 ti = (ih * ch + ((ih * cl + il * ch + 0x6000) >> 15)
                       - rh * sh - ((rh * sl + rl * sh + 0x6000) >> 15))
-                ar = (pr[a] << ws) >> ws
-                ai = (pi[a] << ws) >> ws
+                ar = pr[a]
+                ai = pi[a]
                 pr[b] = ar - tr
                 pi[b] = ai - ti
                 pr[a] = ar + tr
