@@ -7,6 +7,13 @@ give the instructions per multiply-accumulate: the distance between consecutive 
 ``viper_conv.conv_patched``'s 16-way unrolled loop, and the span of the nine multiplies of ``viper_dw.dw_planes``'
 3x3 path. It also prints the size of ``kernels_viper.requant`` (the per-output requantisation the kernels inline).
 
+For the MFCC front end (``device/tinyfw/mfcc_viper.py``) it compiles each kernel alone, finds its loops (backward
+branches, in source order) and gives the cycles of one item of each front-end cost term (a windowed sample, an
+FFT butterfly, a spectrum bin, ...): the instructions of the loop bodies that run per item, with the pipeline
+assumptions of the MAC coefficients: Xtensa LX one cycle an instruction plus one interlock cycle when a load's or
+a MULL's result is used by the next instruction; Cortex-M4 one cycle an instruction, loads 2 (1 right after
+another load or store), a taken branch 3, and one more cycle per data access (viper code in SRAM shares the bus).
+
     python -m benchmarks.board_time_kernels
 
 The cycles per instruction that turn these counts into the ``[board_time]`` coefficients of boards/*.toml are
@@ -100,6 +107,109 @@ def requant_bytes(march, out_dir):
     return sizes[0] - sizes[1]
 
 
+FRONT_END = ROOT / "device" / "tinyfw" / "mfcc_viper.py"
+_XTENSA_LOADS = ("l8ui", "l16ui", "l16si", "l32i", "l32i.n", "l32r")
+_REG = re.compile(r"\b(a\d+|r\d+|ip|lr|sl|fp)\b")
+
+
+def _kernel_loops(name, march, out_dir):
+    """(instructions, loops) of front-end kernel ``name``: loops as (first, last) instruction indexes, by start."""
+    src = FRONT_END.read_text()
+    body = re.search(r"@micropython.viper\ndef %s\(.*?(?=\n\n\n|\Z)" % name, src, re.S).group(0)
+    path = Path(out_dir) / f"fe_{name}.py"
+    path.write_text("import micropython\n" + body + "\n")
+    mpy = compile_mpy(path, march, out_dir)
+    best = None
+    for pad in (0, 1):
+        objdump, args, _ = ARCHES[march]
+        with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+            f.write(b"\0" * pad + Path(mpy).read_bytes())
+            f.flush()
+            text = subprocess.run([objdump, *args, f.name], capture_output=True, text=True, check=True).stdout
+        ins = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(_LINE.match, text.splitlines()) if m]
+        at = {a: i for i, (a, _, _) in enumerate(ins)}
+        loops = []
+        for i, (a, op, operands) in enumerate(ins):
+            target = re.search(r"0x([0-9a-f]+)\s*$", operands)
+            if target and op != "break" and (op.startswith("b") or op == "j") and int(target.group(1), 16) < a:
+                first = at.get(int(target.group(1), 16))
+                if first is not None:
+                    loops.append((first, i))
+        if best is None or len(loops) > len(best[1]):
+            best = (ins, sorted(loops))
+    return best
+
+
+def _cycles(ins, march):
+    """Cycles of a straight run of instructions (the pipeline assumptions in the module docstring)."""
+    total = 0
+    for k, (_, op, operands) in enumerate(ins):
+        regs = _REG.findall(operands)
+        nxt = _REG.findall(ins[k + 1][2]) if k + 1 < len(ins) else []
+        if march == "xtensawin":
+            total += 1
+            # the next instruction reads the result: any operand of a store or branch, else any but the first
+            reads = nxt if k + 1 < len(ins) and ins[k + 1][1].startswith(("s8", "s16", "s32", "b")) else nxt[1:]
+            if (op in _XTENSA_LOADS or op == "mull") and regs and regs[0] in reads:
+                total += 1
+        else:
+            base = op.split(".")[0]
+            if base.startswith("ldr"):
+                prev = ins[k - 1][1].split(".")[0] if k else ""
+                total += 1 if prev.startswith(("ldr", "str")) else 2
+                total += 1
+            elif base.startswith("str"):
+                total += 2
+            elif base.startswith("b") and base not in ("bic", "bics", "bfi", "bfc"):
+                total += 3
+            else:
+                total += 1
+    return total
+
+
+def _loop_cycles(ins, loops, march, index):
+    """Cycles of one pass through loop ``index``'s body without the loops nested in it, and its nested loops."""
+    first, last = loops[index]
+    inner = [j for j, (a, b) in enumerate(loops) if j != index and first <= a and b <= last]
+    outer = [j for j in inner if not any(k != j and loops[k][0] <= loops[j][0] and loops[j][1] <= loops[k][1]
+                                         for k in inner)]
+    own = [ins[k] for k in range(first, last + 1) if not any(loops[j][0] <= k <= loops[j][1] for j in outer)]
+    return _cycles(own, march), outer
+
+
+# Per front-end cost term: (kernel, its loops in source order the term's item runs once, {loop: times per item}).
+FRONT_END_TERMS = {
+    "fe_sample_cycles": [("window_gain", 0, 1), ("window", 1, 1)],
+    "fe_point_cycles": [("window", 0, 1)],
+    "fe_trivial_butterfly_cycles": [("fft", 1, 1)],
+    "fe_butterfly_cycles": [("fft", 4, 1)],
+    "fe_twiddle_cycles": [("fft", 3, 1)],
+    "fe_bin_cycles": [("spectrum", 0, 1), ("spectrum", 1, 15)],
+    "fe_mel_bin_cycles": [("mel", 1, 1)],
+    "fe_log_cycles": [("log_dct", 0, 1)],
+    "fe_dct_mac_cycles": [("log_dct", 2, 1)],
+    "fe_code_cycles": [("log_dct", 1, 1), ("log_dct", 3, 8)],
+}
+
+
+def front_end_cycles(march, out_dir):
+    """Cycles of one item of each front-end cost term, and the loop sizes (instructions) they come from."""
+    kernels = {}
+    result = {}
+    for term, parts in FRONT_END_TERMS.items():
+        cycles = 0
+        notes = []
+        for name, index, times in parts:
+            if name not in kernels:
+                kernels[name] = _kernel_loops(name, march, out_dir)
+            ins, loops = kernels[name]
+            c, _ = _loop_cycles(ins, loops, march, index)
+            cycles += c * times
+            notes.append(f"{name} loop {index}: {c} cycles" + (f" x {times}" if times > 1 else ""))
+        result[term] = (cycles, notes)
+    return result
+
+
 def main():
     missing = [ARCHES[a][0] for a in ARCHES if not shutil.which(ARCHES[a][0])]
     if missing:
@@ -114,6 +224,8 @@ def main():
             print(f"{march}: conv_patched {gap} instructions per MAC ({counts})")
             print(f"{march}: dw_planes 3x3 {dw_instructions_per_mac(march, out_dir):.2f} instructions per MAC")
             print(f"{march}: requant {requant_bytes(march, out_dir)} bytes of native code")
+            for term, (cycles, notes) in front_end_cycles(march, out_dir).items():
+                print(f"{march}: front end {term} = {cycles} ({'; '.join(notes)})")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_DIR = ROOT / "device"
 RUNNER = ROOT / "tests" / "device" / "run_runtime.py"
 FAKE_ENGINE = ROOT / "tests" / "device" / "fake_engine.py"
-FIRMWARE = "__init__.py,frame.py,cmd_files.py,cmd_session.py,runtime.py,cmd_text.py,cmd_model.py,cmd_load.py"
+FIRMWARE = ("__init__.py,frame.py,cmd_files.py,cmd_session.py,runtime.py,cmd_text.py,cmd_model.py,cmd_load.py,"
+            "clock.py")
 LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
 
 
@@ -426,3 +427,51 @@ def test_ack_nak_and_event_frames_share_one_buffer_and_allocate_nothing(tmp_path
     assert frames[0].payload == b""
     assert P.parse_nak(frames[1].payload) == (9, P.NakReason.BAD_CRC)
     assert P.parse_event(frames[2].payload) == (3, 0xDEADBEEF) and P.parse_event(frames[3].payload) == (4, 5)
+
+
+STREAM_FILES = FIRMWARE + ",eembc.py,cmd_stream.py,stream.py,mfcc.py,mfcc_ref.py,mfcc_viper.py"
+
+
+def _text(dev, cmd, timeout_s=10.0):
+    """A text (EEMBC) command between frames; its reply lines up to m-ready."""
+    link = dev.link
+    link.take_text()
+    link.t.write(cmd.encode())
+    deadline = time.monotonic() + timeout_s
+    while b"m-ready" not in link.text_tail:
+        assert link.next_frame(min(deadline, time.monotonic() + 0.1)) is None
+        assert time.monotonic() < deadline, f"no m-ready after {cmd}"
+    return [x for x in link.take_text().decode().replace("\r", "").split("\n") if x]
+
+
+def test_stream_frames_and_the_streaming_dut_commands():
+    vm = VmRuntime(files=STREAM_FILES, fs_blocks=128)
+    try:
+        dev = vm.dev
+        dev.put_file(FAKE_ENGINE.read_bytes(), "/tinyfw/engine/__init__.py")
+        dev.put_file(_fake_model(490, 12), "/kws.fake")            # a 49 x 10 input, 12 classes
+        dev.load_model("/kws.fake")
+        kv = P.parse_kv(dev.link.request(P.T.STREAM_START, P.pack_stream_start(infer_every=5)).payload)
+        assert kv["infer_every"] == "5" and kv["clock"] == "real"   # not a virtual board: the real clock
+        pcm = bytes(2 * 16000 * 2)                                  # 2 s of silence, 3 hops a frame
+        hops = []
+        for off in range(0, len(pcm), 1920):
+            hops.append(P.parse_audio(dev.link.request(P.T.AUDIO, pcm[off:off + 1920]).payload)[0])
+        assert hops[-1] == 100 and hops[:2] == [3, 6]
+        stats = {k: v for k, v in P.parse_kv(dev.link.request(P.T.STREAM_STOP).payload).items()}
+        assert stats["hops"] == "100" and stats["inferences"] == str((100 - 49) // 5 + 1)
+        assert stats["samples"] == "32000" and stats["clock"] == "real"
+        with pytest.raises(DeviceError, match="no stream"):
+            dev.link.request(P.T.AUDIO, bytes(640))
+        # the same pipeline through MLPerf Tiny's streaming DUT commands, audio in AUDIO frames between them
+        assert _text(dev, "state%") == ["m-[state idle]", "m-ready"]
+        assert _text(dev, "start%")[0].startswith("m-[Listening for audio")
+        for off in range(0, 1920 * 20, 1920):
+            dev.link.request(P.T.AUDIO, pcm[off:off + 1920])
+        stopped = _text(dev, "stop%")
+        assert stopped[0] == "Streaming stopped." and stopped[1].startswith("m-[hops 60, ")
+        lines = _text(dev, "print_detections%")
+        assert lines[:2] == ["Detection Timestamps (ms)", "0,"] and lines[-1] == "m-ready"
+        assert dev.info().firmware_version == "0.1.0"               # frames go on working after the text
+    finally:
+        vm.close()

@@ -34,9 +34,11 @@ def test_fresh_nano33ble_takes_firmware_and_kws_and_benches_it(tmp_path):
     board = ["--board", "sim:nano33ble", "--state-dir", str(state), "--baud", str(BAUD)]
     tinyhost("flash", *board, "--model", "kws")
 
-    # the filesystem holds main.py (and the board's boot.py); the firmware package and the model are in /rom
+    # the filesystem holds main.py (and the board's boot.py), and on a virtual board the model's board-time
+    # estimates for its clock (/board_time); the firmware package and the model are in /rom
     profile = boards.load("nano33ble")
-    assert set(read_flash_files(board_state_dir("nano33ble", state) / "flash.img", profile)) == {"/boot.py", "/main.py"}
+    assert set(read_flash_files(board_state_dir("nano33ble", state) / "flash.img", profile)) == {
+        "/boot.py", "/main.py", "/board_time"}
 
     accuracy = tmp_path / "accuracy.json"
     tinyhost("bench", *board, "--model", "kws", "--dataset", str(KWS_DIR / "testset"), "--mode", "accuracy",

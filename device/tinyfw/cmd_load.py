@@ -25,6 +25,10 @@ def load_model(rt, path, backend="auto"):
         from tinyfw import engine
     except ImportError as e:
         raise DevError(_E_NO_ENGINE, "no model engine on this board (tinyfw.engine: %s); run `tinyhost flash`" % e)
+    cmd_stream = sys.modules.get("tinyfw.cmd_stream")
+    if cmd_stream is not None:
+        cmd_stream.stop()                    # a stream runs over the loaded model: it ends with it
+    cmd_stream = None
     if rt.model is not None or "tinyfw.cmd_model" in sys.modules:
         rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
     rt.times = None
@@ -48,7 +52,36 @@ def load_model(rt, path, backend="auto"):
     except MemoryError:
         rt.input_copies = None
     rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    board_time(path)
     return rt.model
+
+
+BOARD_TIME_FILE = "/board_time"     # on a virtual board: "version invoke_ns hop_ns path" a line (tinyhost writes it)
+
+
+def board_time(path):
+    """On the virtual board: the board-time model's costs of the model at ``path`` (its line in BOARD_TIME_FILE)
+    for tinyfw.clock, which then gives board time; a model without a line gives the VM's own time. tinyfw.clock is
+    imported only when there is something to tell it (it stays resident next to the model)."""
+    if "_vboard" not in sys.modules:
+        return
+    line = None
+    try:
+        with open(BOARD_TIME_FILE) as f:
+            for text in f:
+                parts = text.split()
+                if len(parts) == 4 and parts[3] == path:
+                    line = parts
+                    break
+    except OSError:
+        pass
+    if line is None and "tinyfw.clock" not in sys.modules:
+        return
+    from tinyfw import clock
+    try:
+        clock.set_costs(int(line[1]), int(line[2]), line[0], path) if line else clock.set_costs(0, 0, "", path)
+    except ValueError:
+        clock.set_costs(0, 0, "", path)
 
 
 def _tensor_text(t):

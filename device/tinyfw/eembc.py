@@ -12,7 +12,10 @@
 #                     m-infer-done, m-results-[f,...]
 #   results           m-results-[f,...] of the last inference
 #   timestamp         m-lap-us-T
+#   start, stop, state, print_detections   streaming wakeword (MLPerf Tiny v1.3, tinyfw.stream)
 #   help              the command list
+# m-lap-us is the board's clock: the real one on a board; board time (the board-time model's estimate, tinyfw.clock)
+# on the virtual board once the host has told it the model's cost. The streaming commands are tinyfw.cmd_stream's.
 # Errors are e-[...]; every reply ends with m-ready. handle_command() never raises.
 #
 # The tinyfw runtime passes each text command here with itself as `rt` (rt.model, rt.load_model(path),
@@ -20,6 +23,7 @@
 # that speaks only this protocol, on the REPL's stdin/stdout (a module of its own: the runtime does not carry it).
 
 import gc
+import sys
 import time
 import binascii
 import struct
@@ -53,8 +57,13 @@ _STALE = "e-[The model changed since db load; send db load N and the data again]
 
 
 def now_us():
-    """Microseconds since the first call, from time.ticks_us() without its wrap-around (ticks wrap every
-    2**30 us on most ports); correct as long as it is called at least every ~8 minutes."""
+    """The board's clock in microseconds: tinyfw.clock's when it is resident (board time on a virtual board that
+    knows the model's costs: it is imported only then, or for a stream), else time.ticks_us() without its
+    wrap-around (correct as long as it is read at least every ~8 minutes; ticks wrap every 2**30 us on most
+    ports)."""
+    c = sys.modules.get("tinyfw.clock")
+    if c is not None:
+        return c.now_us()
     if not hasattr(time, "ticks_us"):          # CPython (host-side tests)
         return time.perf_counter_ns() // 1000
     st = _state
@@ -63,6 +72,13 @@ def now_us():
         st[_CLOCK] += time.ticks_diff(t, st[_TICKS])
     st[_TICKS] = t
     return st[_CLOCK]
+
+
+def _invoked(n):
+    """n invokes were run: board time advances by their cost (tinyfw.clock, when resident)."""
+    c = sys.modules.get("tinyfw.clock")
+    if c is not None:
+        c.invoked(n)
 
 
 def model_id(model):
@@ -309,11 +325,13 @@ def _infer(rt, args):
     _say(rt, "m-warmup-start-%d" % w)
     for _ in range(w):
         invoke()
+    _invoked(w)
     _say(rt, "m-warmup-done")
     _say(rt, "m-infer-start-%d" % n)
     _say(rt, "m-lap-us-%d" % now_us())
     for _ in range(n):
         invoke()
+    _invoked(n)
     t_end = now_us()
     _say(rt, "m-lap-us-%d" % t_end)
     _say(rt, "m-infer-done")
@@ -345,12 +363,16 @@ def handle_command(text, rt):
                 _say(rt, "e-[No results yet: run infer first]")
             else:
                 _say(rt, "m-results-[%s]" % _state[_RESULTS])
+        elif cmd in ("start", "stop", "state", "print_detections"):
+            from tinyfw import cmd_stream      # streaming wakeword: imported only for these
+
+            cmd_stream.text_command(rt, cmd, _ensure_model)
         elif cmd == "timestamp":
             _say(rt, "m-lap-us-%d" % now_us())
         elif cmd == "help":
             _say(rt, PROFILE)
             _say(rt, "commands: name, profile, timestamp, db load N, db HEX, db print [N] [offset], infer N [W], "
-                     "results")
+                     "results, start, stop, state, print_detections")
         elif cmd:
             _say(rt, "e-[Unknown command: %s]" % cmd[:32])
     except MemoryError:

@@ -23,6 +23,10 @@ class StandaloneRuntime:
             self.model.close()
             self.model = None
         self.model = engine.load(path, backend=backend)
+        import sys
+        from tinyfw.cmd_load import board_time
+        board_time(path)                  # the virtual board's clock: this model's board time, if known
+        sys.modules.pop("tinyfw.cmd_load", None)
         return self.model
 
     def write_text(self, s):

@@ -44,6 +44,8 @@ _SET_INPUT = const(0x21)
 _GET_OUTPUT = const(0x23)
 _INFER = const(0x24)
 _UNLOAD = const(0x25)
+_STREAM_START = const(0x26)
+_STREAM_STOP = const(0x28)
 _OK = const(0x80)
 _ERR = const(0x81)
 _ACK = const(0x82)
@@ -381,6 +383,10 @@ class Runtime:
                             gc.collect()
                             from tinyfw import cmd_files
                             commands = cmd_files.FILE_COMMANDS
+                    elif _STREAM_START <= ftype <= _STREAM_STOP:
+                        gc.collect()
+                        from tinyfw import cmd_stream
+                        commands = cmd_stream.STREAM_COMMANDS
                     else:
                         commands = {}
                     self.handlers.update(commands)

@@ -168,6 +168,10 @@ class Board:
         if self.profile.romfs_bytes:               # the partition now holds exactly these models
             self._models_put.clear()
         self._models_put.update(Path(p).resolve() for p in model_paths)
+        if self.virtual and model_paths:           # the virtual board's clock: board time for these models
+            from .flash import write_board_times
+
+            write_board_times(self.dev, model_paths, self.profile)
 
     def load(self, model_path, backend="auto", progress=None, timeout_s=120.0):
         """Put ``model_path`` on the board if it differs, then INFO, soft reset, LOAD; returns the ModelInfo.

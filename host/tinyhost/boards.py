@@ -27,6 +27,20 @@ class PowerFigure:
 
 
 @dataclass(frozen=True)
+class Microphone:
+    """The board's microphone (``[mic]``): an I2S one (``machine.I2S`` peripheral ``i2s_id`` on pins sck/ws/sd,
+    ``bits`` a sample slot) or a PDM one, which stock MicroPython cannot read (``tinyhost listen --mic`` says so)."""
+    kind: str
+    source: str
+    i2s_id: int = 0
+    sck: int = -1
+    ws: int = -1
+    sd: int = -1
+    bits: int = 16
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -52,6 +66,7 @@ class Board:
     board_time_core: str = ""        # the core the coefficients are for
     board_time_clock_mhz: int = 0    # the clock the firmware runs the core at (the estimate's clock)
     board_time_clock_source: str = ""
+    mic: Microphone = None           # [mic]: None when the profile names none
     path: Path = field(default=None, compare=False)
 
     def power_mw(self, state):
@@ -68,7 +83,10 @@ _FIELDS = {
     "flash_method": (str, True), "power": (dict, True), "virtual": (bool, False),
     "esptool_chip": (str, False), "firmware_offset": (int, False),
     "romfs_bytes": (int, False), "romfs_source": (str, False), "board_time": (dict, False),
+    "mic": (dict, False),
 }
+MIC_KINDS = ("i2s", "pdm")
+_MIC_PINS = ("sck", "ws", "sd")
 
 
 def _fail(path, field_name, why):
@@ -183,7 +201,32 @@ def _validate(raw, path):
         esptool_chip=raw.get("esptool_chip", ""), firmware_offset=raw.get("firmware_offset", 0),
         romfs_bytes=romfs_bytes, romfs_source=raw.get("romfs_source", ""),
         board_time=coefficients, board_time_core=core, board_time_clock_mhz=clock[0],
-        board_time_clock_source=clock[1], path=path)
+        board_time_clock_source=clock[1], mic=_mic(raw.get("mic"), path), path=path)
+
+
+def _mic(table, path):
+    """The ``[mic]`` table: kind (i2s or pdm), source; for i2s the peripheral, its pins and the sample slot."""
+    if table is None:
+        return None
+    kind = table.get("kind")
+    if kind not in MIC_KINDS:
+        _fail(path, "mic.kind", f"is {kind!r}, not one of {', '.join(MIC_KINDS)}")
+    if not isinstance(table.get("source"), str) or not table["source"].strip():
+        _fail(path, "mic.source", "must say where the wiring comes from")
+    known = {"kind", "source", "note", "i2s_id", "bits", *_MIC_PINS}
+    for key in table:
+        if key not in known:
+            _fail(path, f"mic.{key}", f"is unknown (known: {', '.join(sorted(known))})")
+    if kind == "pdm":
+        return Microphone("pdm", table["source"], note=str(table.get("note", "")))
+    for key in ("i2s_id", *_MIC_PINS):
+        value = table.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(path, f"mic.{key}", f"must be a non-negative integer, got {value!r}")
+    if table.get("bits", 16) not in (16, 32):
+        _fail(path, "mic.bits", f"must be 16 or 32, got {table.get('bits')!r}")
+    return Microphone("i2s", table["source"], table["i2s_id"], table["sck"], table["ws"], table["sd"],
+                      table.get("bits", 16), str(table.get("note", "")))
 
 
 def _board_time(table, path, required):

@@ -10,10 +10,16 @@ Deterministic: counts are integers, coefficients are held as integer hundredths 
 (cycles to nanoseconds at the clock) is an integer one, so the same model, board, backend and weights mode give the
 same nanoseconds on every host and every run. Every figure carries :data:`BOARD_TIME_MODEL`; it is an estimate,
 never a measurement (docs/board-time.md: how the coefficients were derived, and the model's limits).
+
+``front_end_estimate(config, profile)`` does the same for one frame (one hop) of the board's MFCC front end
+(``tinyfw.mfcc``): its work counted exactly from the configuration and the front end's own tables
+(:func:`front_end_work`: samples, FFT butterflies, spectrum bins, mel bins, logs, DCT MACs, codes), times the
+profile's ``fe_*`` coefficients.
 """
 
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 
 from .errors import UsageError
 
@@ -37,7 +43,23 @@ COEFFICIENTS = {
     "mapped_byte_cycles": "one byte of a filter read in place from memory-mapped flash (weights mapped, ROMFS)",
     "ref_mac_cycles": "one multiply-accumulate of a reference (bytecode) kernel",
     "ref_elem_cycles": "one output or element-wise element of a reference (bytecode) kernel",
+    # the MFCC front end on the board (device/tinyfw/mfcc_viper.py), per item of one frame
+    "fe_sample_cycles": "one sample of a frame: its share of the gain sum and its window (mfcc_viper.window_gain, "
+                        "window)",
+    "fe_point_cycles": "one complex FFT point cleared before the window is put in (mfcc_viper.window)",
+    "fe_trivial_butterfly_cycles": "one FFT butterfly with the twiddle 1 or -i, no multiply (mfcc_viper.fft)",
+    "fe_butterfly_cycles": "one FFT butterfly with a twiddle multiply (mfcc_viper.fft)",
+    "fe_twiddle_cycles": "one twiddle factor loaded for the butterflies that use it (mfcc_viper.fft)",
+    "fe_bin_cycles": "one spectrum bin: the real-FFT split and the magnitude with its square root "
+                     "(mfcc_viper.spectrum)",
+    "fe_mel_bin_cycles": "one spectrum bin into its two mel filters (mfcc_viper.mel)",
+    "fe_log_cycles": "one mel band's logarithm (mfcc_viper.log_dct)",
+    "fe_dct_mac_cycles": "one multiply-accumulate of the DCT (mfcc_viper.log_dct)",
+    "fe_code_cycles": "one coefficient's int8 code: the search of the quantisation thresholds (mfcc_viper.log_dct)",
 }
+# Kernel calls of one frame of the front end (tinyfw.mfcc.Mfcc.frame, bytecode): window_gain, window, fft,
+# spectrum, mel, log_dct.
+FRONT_END_KERNEL_CALLS = 6
 
 # Operators by the kernel that runs them.
 _MAC_KERNELS = {"CONV_2D": "mac_conv_cycles", "DEPTHWISE_CONV_2D": "mac_dw_cycles",
@@ -165,6 +187,104 @@ def for_board(model_path, profile, virtual, backend):
         return None
     report = inspect(model_path, board=profile.name, tflm=False)
     return estimate(report, profile, backend, board_fit(report, profile, virtual).weights)
+
+
+@dataclass
+class FrontEndTime:
+    """One frame (one hop) of the board's MFCC front end on a board: an estimate, not a measurement."""
+    model: str                      # BOARD_TIME_MODEL
+    board: str
+    clock_mhz: int
+    per_frame_us: float             # ns / 1000 (the ns figure is the exact one)
+    per_frame_ns: int
+    hop_ms: float                   # the hop (stride) it has to keep up with
+    ram_bytes: int                  # its tables and work buffers on the board (tinyfw.mfcc.Mfcc.ram_bytes)
+    work: dict                      # count of each cost term for one frame
+    kind: str = "estimate"
+
+    @property
+    def label(self):
+        return f"estimate, board-time model {self.model}"
+
+    @property
+    def hop_fraction(self):
+        """The share of the hop the front end takes (above 1: it cannot keep up)."""
+        return self.per_frame_ns / (self.hop_ms * 1e6)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@lru_cache(maxsize=8)
+def device_front_end(config, scale=1.0, zero_point=0, backend="ref"):
+    """The board's front end (``tinyfw.mfcc.Mfcc``, run here under CPython) for a
+    :class:`tinyhost.features.mfcc.MfccConfig`."""
+    from .model import engine_module
+
+    engine_module()                 # puts the firmware directory on the path
+    from tinyfw.mfcc import Mfcc
+
+    try:
+        return Mfcc(scale, zero_point, sample_rate_hz=config.sample_rate_hz, clip_samples=config.clip_samples,
+                    window_samples=config.window_samples, stride_samples=config.stride_samples,
+                    fft_size=config.fft_size, mel_bins=config.mel_bins, mel_low_hz=config.mel_low_hz,
+                    mel_high_hz=config.mel_high_hz, mfcc_count=config.mfcc_count, log_offset=config.log_offset,
+                    backend=backend)
+    except ValueError as e:
+        raise UsageError(f"the board's front end cannot run this MFCC configuration: {e}",
+                         hint="see docs/frontend.md for what it supports") from None
+
+
+def front_end_work(config):
+    """Counts of each cost term of one frame of the board's front end for MFCC configuration ``config``: exact,
+    from the configuration and the front end's own tables (every loop of its kernels has a fixed number of steps
+    for a configuration, docs/frontend.md)."""
+    fe = device_front_end(config)
+    n_half = config.fft_size // 2
+    stages = n_half.bit_length() - 1
+    halves = [1 << s for s in range(stages)]               # butterflies per group in each stage: 1, 2, .. n_half/2
+    trivial = sum(n_half // (2 * h) for h in halves) + sum(n_half // (2 * h) for h in halves if h >= 2)
+    return {
+        "fe_sample_cycles": config.window_samples,
+        "fe_point_cycles": n_half,
+        "fe_trivial_butterfly_cycles": trivial,
+        "fe_butterfly_cycles": n_half // 2 * stages - trivial,
+        "fe_twiddle_cycles": sum(h - 2 for h in halves if h >= 2),
+        "fe_bin_cycles": fe.bins,
+        "fe_mel_bin_cycles": fe.bins,
+        "fe_log_cycles": config.mel_bins,
+        "fe_dct_mac_cycles": config.mel_bins * config.mfcc_count,
+        "fe_code_cycles": config.mfcc_count,
+        "call_cycles": FRONT_END_KERNEL_CALLS,
+        "step_cycles": 1,
+    }
+
+
+def front_end_estimate(config, profile):
+    """The :class:`FrontEndTime` of one frame of the board's front end with ``config`` on board ``profile``."""
+    coeffs = profile.board_time
+    if not coeffs:
+        raise UsageError(f"board profile {profile.name} has no [board_time] coefficients",
+                         hint="add them to its boards/*.toml file (see docs/board-time.md)")
+    work = front_end_work(config)
+    ns = _ns(sum(count * coeffs[name].centicycles for name, count in work.items()), profile.board_time_clock_mhz)
+    return FrontEndTime(BOARD_TIME_MODEL, profile.name, profile.board_time_clock_mhz, ns / 1000, ns,
+                        1000.0 * config.stride_samples / config.sample_rate_hz, device_front_end(config).ram_bytes,
+                        work)
+def frontend_hop_ns(model_path, profile):
+    """Board time of one hop of the board's MFCC front end for ``model_path`` on ``profile``, in ns (one frame: the
+    estimate of :func:`front_end_estimate`); 0 for a model without an MFCC front end (tinyhost.features.mfcc's
+    MODEL_FRONT_ENDS, by the model file's name) or a profile without coefficients."""
+    from pathlib import Path
+
+    from .features.mfcc import MODEL_FRONT_ENDS
+
+    config = MODEL_FRONT_ENDS.get(Path(model_path).stem)
+    if config is None or not profile.board_time:
+        return 0
+    return front_end_estimate(config, profile).per_frame_ns
+
+
 
 
 def energy_uj(profile, board_time):

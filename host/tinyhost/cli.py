@@ -41,6 +41,7 @@ def _register_commands():
     from .commands import offload as offload_cmd; cli.add_command(offload_cmd.serve)
     cli.add_command(offload_cmd.offload)
     from .commands import infer as infer_cmd; cli.add_command(infer_cmd.infer); cli.add_command(infer_cmd.verify)
+    from .commands import listen as listen_cmd; cli.add_command(listen_cmd.listen)
     from .commands import experiment as experiment_cmd; cli.add_command(experiment_cmd.experiment)
     cli.add_command(experiment_cmd.results); cli.add_command(experiment_cmd.budget)
     from .commands import split as split_cmd; cli.add_command(split_cmd.split_cmd)

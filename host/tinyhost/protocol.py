@@ -59,6 +59,9 @@ class T(enum.IntEnum):
     GET_OUTPUT = 0x23
     INFER = 0x24
     UNLOAD = 0x25
+    STREAM_START = 0x26
+    AUDIO = 0x27
+    STREAM_STOP = 0x28
     OK = 0x80
     ERR = 0x81
     ACK = 0x82
@@ -381,3 +384,28 @@ def parse_infer_info(payload):
         raise ValueError("INFER reply carries no info block")
     time_us, n = struct.unpack_from("<IB", payload)
     return time_us, INFO_BLOCK.unpack_from(payload, 5), payload[5 + n:]
+
+
+# STREAM_START (docs/protocol.md, docs/streaming.md); device/tinyfw/cmd_stream.py's START_FORMAT (checked by
+# tests/test_stream.py)
+STREAM_START_FORMAT = "<HBBHBxIIIHH"
+STREAM_SOURCE_SERIAL = 0
+STREAM_SOURCE_MIC = 1
+DETECTION_BYTES = 10            # board ms u32, audio ms u32, class u8, score u8
+
+
+def pack_stream_start(infer_every=0, smooth=0, threshold=200, refractory_ms=1000, source=STREAM_SOURCE_SERIAL,
+                      classes=0, backlog_hops=0, seconds=0, mic="", window_samples=0, fft_size=0):
+    return struct.pack(STREAM_START_FORMAT, infer_every, smooth, threshold, refractory_ms, source, classes,
+                       backlog_hops, seconds, window_samples, fft_size) + mic.encode()
+
+
+def parse_detection(raw):
+    """10 detection bytes -> (board_ms, audio_ms, class, score)."""
+    return struct.unpack("<IIBB", raw)
+
+
+def parse_audio(payload):
+    """AUDIO reply -> (hops so far, [(board_ms, audio_ms, class, score), ...])."""
+    hops, n = struct.unpack_from("<IB", payload, 0)
+    return hops, [parse_detection(payload[5 + i * DETECTION_BYTES:5 + (i + 1) * DETECTION_BYTES]) for i in range(n)]

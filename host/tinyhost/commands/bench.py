@@ -235,7 +235,7 @@ def print_offload(off, mark=""):
 @click.command()
 @board_options
 @click.option("--model", required=True, help="Model: a .tflite file or a name (kws, vww, kws01 ...).")
-@click.option("--mode", type=click.Choice(session.MODES), default=None,
+@click.option("--mode", type=click.Choice(session.MODES + ("streaming",)), default=None,
               help="What to measure [default: performance; with --offload only the offload passes].")
 @click.option("--dataset", type=click.Path(file_okay=False), default=None,
               help="Test set: MLPerf Tiny layout (y_labels.csv + .bin), or class folders of .wav / images.")
@@ -269,7 +269,8 @@ def print_offload(off, mark=""):
               help="--offload: a split pass too (docs/split.md): the board runs operators [0, K), the server the "
                    "rest; auto: the split plan's best K for the board's link.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="--offload-mode auto: offload when the local top-1 confidence is below this (default 0.8).")
+              help="--offload-mode auto: offload when the local top-1 confidence is below this (default 0.8); "
+                   "--mode streaming: the smoothed posterior a detection needs (default 0.5).")
 @click.option("--reference-model", default=None,
               help="--offload without --server: a larger model the started server answers with (PATH or name).")
 @click.option("--model-id", default=None, help="--offload: the model id on the server (default: from --model).")
@@ -288,7 +289,10 @@ def bench(board_name, port, baud, state_dir, model, mode, dataset, dut, backend,
           n_inputs, limit, json_path, csv_path, report_dir, resume, journal, energy_meter, verbose_lines,
           offload_on, server, offload_mode, threshold, reference_model, model_id, device_id, token_file,
           offload_inputs, offload_timeout_ms, link_rate_bps, calibration, split_at):
-    """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded."""
+    """Benchmark a model MLPerf-Tiny style: performance, accuracy, memory, energy; --offload: local vs offloaded;
+    --mode streaming: the streaming wakeword benchmark on a folder of long WAVs."""
+    if mode == "streaming":
+        return bench_streaming(board_name, port, baud, state_dir, model, dataset, threshold, json_path, offload_on)
     offload_opts = None
     if offload_on:
         from ..bench.offload import DEFAULT_INPUTS, DEFAULT_LINK_RATE_BPS, OffloadOptions
@@ -345,3 +349,56 @@ def _split_at(text):
 
         raise UsageError(f"--split must be a split point (an integer) or auto, not {text!r}",
                          hint="`tinyhost split plan MODEL` lists the split points") from None
+
+
+def streaming_table(r):
+    """The streaming wakeword figures (tinyhost.bench.streaming.StreamingResult) as a figure/value table."""
+    f = r.figures()
+    table = console.table("figure", "value [virtual board]" if r.virtual else "value")
+    table.add_row("true positives", f"{f['true_positives']} of {f['true_positives'] + f['false_negatives']} "
+                                    f"keywords ({f['labels_right']} with the right label)")
+    table.add_row("false negatives", str(f["false_negatives"]))
+    table.add_row("false positives (debounced 1 s)", str(f["false_positives"]))
+    table.add_row("false accepts per hour", f"{f['false_accepts_per_hour']:.1f} over {f['audio_s']:.1f} s of audio")
+    if f["latency_mean_s"] is not None:
+        table.add_row("detection latency (after the keyword's end)",
+                      f"mean {f['latency_mean_s'] * 1000:.0f} ms, max {f['latency_max_s'] * 1000:.0f} ms")
+    est = f" (ESTIMATE: board-time model {r.clock} and the profile's power)" if r.clock not in ("", "real") else \
+        " (ESTIMATE from the profile's power)"
+    table.add_row("duty cycle", f"{100 * f['duty_cycle']:.1f} %")
+    table.add_row("energy, duty cycled" + est,
+                  f"{f['energy_mj']:.1f} mJ, mean {f['mean_power_mw']:.1f} mW (active {r.active_mw:.0f} mW, idle "
+                  f"{r.idle_mw:.1f} mW)")
+    table.add_row("real time", "keeps up" if f["keeps_up"] else "does NOT keep up (inferences skipped or hops "
+                                                                "dropped; see --json)")
+    return table
+
+
+def bench_streaming(board_name, port, baud, state_dir, model, dataset, threshold, json_path, offload_on):
+    from .. import board as board_mod
+    from .. import stream as st
+    from ..bench import streaming
+    from ..errors import UsageError
+    from ..zoo import resolve
+
+    if offload_on:
+        raise UsageError("--mode streaming runs on the board alone", hint="drop --offload")
+    if not dataset:
+        raise UsageError("--mode streaming needs --dataset DIR (WAV files and their detection windows)",
+                         hint="make one: python -m tinyhost.bench.sww DIR")
+    options = st.StreamOptions(threshold=threshold if threshold is not None else st.StreamOptions.threshold).check()
+    model_path = resolve(model)
+    out = console.console(stderr=True)
+    with board_mod.connect(board_name, port, baud, state_dir=state_dir) as b:
+        result = streaming.run(b, model_path, dataset, options,
+                               on_file=lambda f: out.print(f"streaming {console.printable(f.wav_path.name)} "
+                                                           f"({f.length_s:g} s, {len(f.windows)} keywords)"),
+                               on_detection=lambda d: out.print(f"  {d.board_s:8.2f} s  {d.label} {d.score:.2f}"))
+    p = result.provenance
+    click.echo(f"streaming wakeword on {p.label}: model {p.model_path} {p.model_sha256[:12]}, "
+               f"detection threshold {result.threshold:g}, times: "
+               + ("board time (ESTIMATE of board-time model " + result.clock + ")" if result.clock != "real"
+                  else "the board's clock"))
+    console.print_table(streaming_table(result))
+    if json_path and write_json(json_path, result.to_json()):
+        click.echo(f"wrote {json_path}")

@@ -62,5 +62,16 @@ def inspect_cmd(file, board, json_path):
         click.echo(f"latency and energy: estimates of the board-time model {r.fits[0].board_time.model} (viper "
                    "kernels, the board's clock and coefficients; energy = active current x supply voltage x "
                    "latency), not measurements: docs/board-time.md")
+    timed_fe = [fit for fit in r.fits if fit.front_end_time is not None]
+    real_fe = [fit for fit in timed_fe if not fit.board.startswith("sim")]
+    if r.front_end and timed_fe:
+        c = r.front_end["mfcc"]
+        t0 = timed_fe[0].front_end_time
+        click.echo(f"front end on the board (tinyfw.mfcc: {r.front_end['model']}'s MFCC, {c['window_samples']}-sample "
+                   f"window, {c['fft_size']}-point FFT, {c['mel_bins']} mel bands, {c['mfcc_count']} coefficients): "
+                   f"{r.front_end['ram_bytes']:,} B of RAM; per {t0.hop_ms:g} ms hop ({t0.label}, docs/frontend.md):")
+        click.echo("  " + ", ".join(f"{fit.board} {fit.front_end_time.per_frame_us / 1000:,.1f} ms"
+                                    + (" (cannot keep up)" if fit.front_end_time.hop_fraction > 1 else "")
+                                    for fit in real_fe or timed_fe))
     if json_path:
         write_json(json_path, json.dumps(r.to_dict(), indent=2, default=list))

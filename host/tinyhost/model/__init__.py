@@ -83,6 +83,7 @@ class BoardFit:
     weights: str            # where the weights are read from: "ram", "streamed" (from flash) or "mapped" (ROMFS)
     board_time: object = None   # tinyhost.boardtime.BoardTime of one invoke with the viper backend (an estimate)
     energy_uj: float = None     # active current x supply voltage x board_time (an estimate)
+    front_end_time: object = None   # tinyhost.boardtime.FrontEndTime of one hop of the board's MFCC front end
 
 
 @dataclass
@@ -103,6 +104,7 @@ class ModelReport:
     peak_ram_weights_streamed_bytes: int
     fits: list = field(default_factory=list)
     stream_block_bytes: int = 32768     # streamed weights are read in blocks of at most this many bytes
+    front_end: object = None        # the board's front end for this model when known: model name, mfcc, ram_bytes
 
     def to_dict(self):
         return asdict(self)
@@ -171,10 +173,27 @@ def inspect(path, board=None, tflm=True):
         arena_bytes=arena, tflm_arena_bytes=tflm_head, tflm_persistent_bytes=tflm_tail,
         peak_ram_weights_in_ram_bytes=h.arena_ram_bytes + weights + bookkeeping,
         peak_ram_weights_streamed_bytes=streamed, stream_block_bytes=engine.STREAM_SCRATCH_BYTES)
+    report.front_end = _front_end(path, md.tensors[md.inputs[0]] if md.inputs else None)
     for spec in [board] if board else _every_board():
         profile, virtual = board_profiles.from_spec(spec)
         report.fits.append(board_fit(report, profile, virtual, label=spec))
     return report
+
+
+def _front_end(path, input_tensor):
+    """The board's MFCC front end (tinyfw.mfcc) of a registry model trained with a known one whose int8 input it
+    fills (tinyhost.features.MODEL_FRONT_ENDS): ``{"model", "mfcc", "ram_bytes"}``, else None."""
+    from .. import boardtime, zoo
+    from ..features import MODEL_FRONT_ENDS
+    from ..hashing import sha256_file
+
+    known = zoo.entry_with_sha256(sha256_file(path))
+    config = MODEL_FRONT_ENDS.get(known.name) if known is not None else None
+    if config is None or input_tensor is None or input_tensor.dtype != "int8" \
+            or _elements(input_tensor) != config.n_frames * config.mfcc_count:
+        return None
+    fe = boardtime.device_front_end(config, input_tensor.scale, input_tensor.zero_point)
+    return {"model": known.name, "mfcc": asdict(config), "ram_bytes": fe.ram_bytes}
 
 
 def _elements(tensor):
@@ -225,6 +244,9 @@ def board_fit(report, b, virtual=None, label=None):
         from .. import boardtime
         fit.board_time = boardtime.estimate(report, b, "viper", fit.weights)
         fit.energy_uj = boardtime.energy_uj(b, fit.board_time)
+        if report.front_end:
+            from ..features import MfccConfig
+            fit.front_end_time = boardtime.front_end_estimate(MfccConfig(**report.front_end["mfcc"]), b)
     return fit
 
 

@@ -1,0 +1,280 @@
+# tinyfw stream commands: STREAM_START, AUDIO, STREAM_STOP (docs/protocol.md, docs/streaming.md).
+#
+# STREAM_START sets up tinyfw.stream's Listener over the loaded model and the front end (tinyfw.mfcc); audio then
+# comes in AUDIO frames (int16 little-endian samples, any even count), each answered with the hops done so far and
+# the detections made since the last answer; or, for the microphone source, the board reads machine.I2S (a stand-in
+# on the virtual board: tinyfw.mic) for the seconds asked, sends each detection as an EVENT frame at once and answers
+# with its counters. STREAM_STOP ends the stream and answers with its counters. The runtime imports this module on
+# the first of these frames; the EEMBC text commands start, stop, state and print_detections (tinyfw.eembc passes
+# them to text_command) use the same Listener.
+# Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
+import gc
+import struct
+
+try:
+    from micropython import const
+except ImportError:         # CPython (host-side tests)
+    def const(x):
+        return x
+
+from tinyfw import clock, stream
+from tinyfw.frame import DevError, put32
+
+_HEADER_BYTES = const(10)
+_SMALL_PAYLOAD = const(240)
+_STREAM_START = const(0x26)
+_AUDIO = const(0x27)
+_STREAM_STOP = const(0x28)
+_E_BAD_ARGS = const(2)
+_E_NO_MODEL = const(8)
+_E_NO_MEMORY = const(10)
+_E_STATE = const(11)
+
+# STREAM_START: infer_every u16 (0: as few hops as keep up), smooth u8, threshold u8, refractory_ms u16,
+# source u8 (0 serial link, 1 microphone), pad u8, classes u32 (bit c: class c may be detected), ring_samples u32
+# backlog_hops u32 (audio held while the board is busy; 0: one inference's and its front ends' time), seconds u32
+# (microphone), window_samples u16 and fft_size u16 of the model's MFCC front end (0: the shipped kws model's, 640
+# and 1024; MLPerf Tiny's kws01 was trained with 480 and 512), then for the microphone "id sck ws sd" as text
+START_FORMAT = "<HBBHBxIIIHH"
+START_BYTES = const(24)
+_SOURCE_SERIAL = const(0)
+_SOURCE_MIC = const(1)
+
+_state = [None, None, 0]       # the Listener; board ms of the stream's detections (for print_detections), count
+_LISTENER = const(0)
+_LOG = const(1)
+_LOG_N = const(2)
+_LOG_MAX = const(256)
+
+
+def listener():
+    return _state[_LISTENER]
+
+
+def frontend(scale, zero_point, window_samples=640, fft_size=1024):
+    """The on-board MFCC front end for a model input quantised with ``scale`` and ``zero_point`` (tinyfw.mfcc: the
+    host's front end with this window and FFT, the other parameters the shipped kws model's)."""
+    try:
+        from tinyfw import mfcc
+    except ImportError as e:
+        raise DevError(_E_STATE, "no front end on this board (tinyfw.mfcc: %s); run `tinyhost flash`" % e)
+    return mfcc.Mfcc(scale, zero_point, window_samples=window_samples, fft_size=fft_size)
+
+
+def _frontend_beside(rt, model, window_samples, fft_size):
+    """(front end, model): the front end built next to the loaded model; when the heap left beside it is too
+    fragmented or too small for the front end's tables to be built, the model is unloaded, the front end built
+    first and the model loaded again around it (``rt`` loads it). Raises DevError when even that does not fit."""
+    info = model.inputs[0]
+    scale, zp = info.scale, info.zero_point
+    gc.collect()
+    try:
+        return frontend(scale, zp, window_samples, fft_size), model
+    except MemoryError:
+        pass
+    path = clock.loaded_path()
+    if rt is None or not path:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap free "
+                       "%d bytes)" % gc.mem_free())
+    rt.model_module().unload(rt)
+    model = info = None
+    gc.collect()
+    try:
+        fe = frontend(scale, zp, window_samples, fft_size)
+    except MemoryError:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc), even with no model loaded "
+                       "(heap free %d bytes)" % gc.mem_free())
+    gc.collect()
+    try:
+        return fe, rt.load_model(path)
+    except DevError as e:
+        raise DevError(_E_NO_MEMORY, "%s model and front end do not fit together: %s" % (path, e.args[1]))
+
+
+def _measure(model, fe):
+    """(invoke_ns, hop_ns) of this board: the board-time model's on a virtual board, else one invoke and one front
+    end frame timed with the real clock."""
+    inv, hop = clock.costs_ns()
+    if inv or hop:
+        return inv, hop
+    import time
+    from array import array
+    ring = array("h", bytes(2 * 1024))
+    out = bytearray(16)
+    t = time.ticks_us()
+    fe.frame(ring, 0, out, 0)
+    hop = time.ticks_diff(time.ticks_us(), t) * 1000
+    t = time.ticks_us()
+    model.invoke()
+    inv = time.ticks_diff(time.ticks_us(), t) * 1000
+    return inv, hop
+
+
+def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None,
+          window_samples=0, fft_size=0, line=True):
+    """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
+    backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
+    around the front end (_frontend_beside): use the Listener's model afterwards. ``line``: the audio crosses the
+    serial link (a virtual board then models its line rate), not the microphone."""
+    import array
+    if model is None:
+        raise DevError(_E_NO_MODEL, "no model loaded: load one before STREAM_START")
+    stop()
+    window_samples = window_samples or 640
+    fe, model = _frontend_beside(rt, model, window_samples, fft_size or 1024)
+    inv, hop = _measure(model, fe)
+    if not infer_every:
+        infer_every = stream.infer_every_for(inv, hop) or 1
+    if not smooth:
+        smooth = 1 if infer_every * 20 >= 250 else max(1, 250 // (infer_every * 20))
+    if not classes:
+        n = model.outputs[0].nbytes
+        classes = (1 << (n - 2)) - 1 if n > 2 else 1      # the keywords: all classes but silence and unknown
+    if not backlog_hops:
+        # the audio that arrives while one inference and its front ends run
+        backlog_hops = (inv + hop * infer_every) // stream.HOP_NS + 2
+    baud = 0
+    if line and clock.virtual():
+        import _vboard
+        baud = _vboard.baud
+    gc.collect()
+    try:
+        li = stream.Listener(model, fe, infer_every, smooth, threshold, refractory_ms, classes, backlog_hops,
+                             window_samples, baud)
+        _state[_LOG] = array.array("i", [0] * _LOG_MAX)
+    except MemoryError:
+        gc.collect()
+        raise DevError(_E_NO_MEMORY, "no room for the stream's buffers next to the model (heap free %d bytes)"
+                       % gc.mem_free())
+    _state[_LOG_N] = 0
+    _state[_LISTENER] = li
+    return li
+
+
+def stop():
+    """End the stream; returns its Listener (None when none ran)."""
+    li = _state[_LISTENER]
+    _state[_LISTENER] = None
+    return li
+
+
+def take(li, dst, off, most):
+    """Pending detections into dst[off:] (at most ``most``), also noted for print_detections; returns how many."""
+    n = li.take_events(dst, off, most)
+    log = _state[_LOG]
+    for i in range(n):
+        k = _state[_LOG_N]
+        if k < _LOG_MAX:
+            b = off + i * stream.EVENT_BYTES
+            log[k] = dst[b] | dst[b + 1] << 8 | dst[b + 2] << 16 | dst[b + 3] << 24
+            _state[_LOG_N] = k + 1
+    return n
+
+
+def detections_ms():
+    """Board ms of the detections of the last stream that the host (or print_detections) has taken."""
+    log = _state[_LOG]
+    return [] if log is None else [log[i] for i in range(_state[_LOG_N])]
+
+
+def counters(rt, li):
+    """STREAM_STOP's and the microphone's reply: the Listener's counters and its settings."""
+    pairs = [(name, li.counts[i]) for i, name in enumerate(stream.COUNT_NAMES)]
+    inv, hop = clock.costs_ns()
+    pairs += [("infer_every", li.infer_every), ("smooth", li.smooth), ("threshold", li.threshold),
+              ("backlog_hops", li.backlog_hops), ("clock", clock.model() or "real"),
+              ("invoke_ns", inv), ("hop_ns", hop), ("events_pending", li.ev_n)]
+    rt.reply_kv(pairs)
+
+
+def cmd_start(rt):
+    p = rt.payload_view()
+    if len(p) < START_BYTES:
+        raise DevError(_E_BAD_ARGS, "STREAM_START needs %d bytes" % START_BYTES)
+    (every, smooth, threshold, refractory, source, classes, backlog, seconds, window,
+     fft) = struct.unpack_from(START_FORMAT, p, 0)
+    text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
+    p = None
+    li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft,
+               source != _SOURCE_MIC)
+    if source == _SOURCE_MIC:
+        from tinyfw import mic
+        mic.run(rt, li, text, seconds)
+        return
+    inv, hop = clock.costs_ns()
+    rt.reply_kv((("infer_every", li.infer_every), ("smooth", li.smooth), ("backlog_hops", li.backlog_hops),
+                 ("clock", clock.model() or "real"), ("invoke_ns", inv), ("hop_ns", hop),
+                 ("heap_free_bytes", gc.mem_free())))
+
+
+def cmd_audio(rt):
+    li = _state[_LISTENER]
+    if li is None:
+        raise DevError(_E_STATE, "no stream: send STREAM_START first")
+    n = rt.fio.n
+    if n & 1:
+        raise DevError(_E_BAD_ARGS, "AUDIO carries whole int16 samples (an even number of bytes)")
+    li.feed(rt.fio.buf, _HEADER_BYTES, n)
+    small = rt.small
+    put32(small, 0, li.counts[0])
+    k = take(li, small, 5, (_SMALL_PAYLOAD - 5) // stream.EVENT_BYTES)
+    small[4] = k
+    rt.reply_small(5 + k * stream.EVENT_BYTES)
+
+
+def drain(li, scratch):
+    """Note the detections nobody has taken yet (for print_detections)."""
+    while take(li, scratch, 0, len(scratch) // stream.EVENT_BYTES):
+        pass
+
+
+def cmd_stop(rt):
+    li = _state[_LISTENER]
+    if li is None:
+        raise DevError(_E_STATE, "no stream: send STREAM_START first")
+    drain(li, rt.small)
+    counters(rt, li)
+    stop()
+
+
+def _say(rt, line):
+    rt.write_text(line + "\r\n")
+
+
+def text_command(rt, cmd, ensure_model):
+    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands (tinyfw.eembc passes
+    them here with its ``ensure_model(rt)``); the audio comes in AUDIO frames on the same link."""
+    li = _state[_LISTENER]
+    if cmd == "start":
+        if li is not None:
+            _say(rt, "m-[Already streaming; send stop first]")
+            return
+        model = ensure_model(rt)
+        if model is None:
+            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
+            return
+        li = start(model, rt=rt)
+        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
+             % (li.infer_every, clock.model() or "real"))
+    elif cmd == "stop":
+        if li is None:
+            _say(rt, "m-[Already idle; ignoring stop]")
+            return
+        drain(li, bytearray(10 * 8))
+        stop()
+        c = li.counts
+        _say(rt, "Streaming stopped.")
+        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
+                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
+    elif cmd == "state":
+        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
+    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
+        _say(rt, "Detection Timestamps (ms)")
+        _say(rt, "0,")
+        for t in detections_ms():
+            _say(rt, "%d," % t)
+
+
+STREAM_COMMANDS = {_STREAM_START: cmd_start, _AUDIO: cmd_audio, _STREAM_STOP: cmd_stop}
