@@ -43,6 +43,7 @@ def _register_commands():
     from .commands import infer as infer_cmd; cli.add_command(infer_cmd.infer); cli.add_command(infer_cmd.verify)
     from .commands import experiment as experiment_cmd; cli.add_command(experiment_cmd.experiment)
     cli.add_command(experiment_cmd.results); cli.add_command(experiment_cmd.budget)
+    from .commands import lab as lab_cmd; cli.add_command(lab_cmd.lab)
 
 
 _register_commands()
