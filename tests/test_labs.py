@@ -159,3 +159,21 @@ def test_lab4_memory(tmp_path, flashed_template):
     assert "esp32s3        largest that fits: conv32" in out
     assert "\nsim                arena" in out    # the heap measured with kws loaded
     assert (folder / "out" / "memory.png").stat().st_size > 10_000
+
+
+def test_lab6_ships_the_projects_satellite_and_tiny_model_unchanged():
+    lab = labs.find(6).folder
+    assert (lab / "disco2.yaml").read_bytes() == (ROOT / "examples" / "disco2.yaml").read_bytes()
+    assert (lab / "kws-tiny.tflite").read_bytes() == (ROOT / "experiments" / "kws-tiny.tflite").read_bytes()
+
+
+@pytest.mark.sim
+def test_lab6_models_boards_budget(tmp_path, flashed_template):
+    folder, nb = run_lab(6, tmp_path, flashed_template)
+    out = printed(nb)
+    assert "kws / sim:esp32 / local                  accuracy" in out and "kws-tiny / sim:esp32 / local" in out
+    assert "the link carries 49.1 images a day" in out
+    assert "best under the budget: cloud classifier on board" in out
+    for plot in ("pareto.png", "budget.png"):
+        assert (folder / "out" / plot).stat().st_size > 10_000
+    assert (folder / "out" / "report" / "report.html").is_file()

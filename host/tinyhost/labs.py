@@ -56,7 +56,7 @@ def _read(folder):
 def list_labs():
     """Every shipped lab, by number."""
     root = labs_dir()
-    return [_read(p) for p in sorted(root.iterdir()) if p.is_dir() and _FOLDER.match(p.name)]
+    return [_read(p) for p in sorted(root.iterdir()) if _FOLDER.match(p.name) and (p / "README.md").is_file()]
 
 
 def find(number):
