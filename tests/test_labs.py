@@ -135,6 +135,17 @@ def run_lab(number, tmp_path, template, extra_env=None):
     return folder, nb
 
 
+SLOW = os.environ.get("TINYHOST_SLOW") == "1"
+
+
+def slow_lab(seconds):
+    """A lab whose fast mode still takes longer than the suite affords: run with the slow checks."""
+    def mark(f):
+        f = pytest.mark.slow(f)
+        return pytest.mark.skipif(not SLOW, reason=f"about {seconds} s: set TINYHOST_SLOW=1")(f)
+    return mark
+
+
 def printed(nb):
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                    if o.get("output_type") == "stream")
@@ -168,6 +179,7 @@ def test_lab6_ships_the_projects_satellite_and_tiny_model_unchanged():
 
 
 @pytest.mark.sim
+@slow_lab(35)
 def test_lab6_models_boards_budget(tmp_path, flashed_template):
     folder, nb = run_lab(6, tmp_path, flashed_template)
     out = printed(nb)
@@ -177,3 +189,16 @@ def test_lab6_models_boards_budget(tmp_path, flashed_template):
     for plot in ("pareto.png", "budget.png"):
         assert (folder / "out" / plot).stat().st_size > 10_000
     assert (folder / "out" / "report" / "report.html").is_file()
+
+
+@pytest.mark.sim
+@slow_lab(60)
+def test_lab7_when_things_go_wrong(tmp_path, flashed_template):
+    folder, nb = run_lab(7, tmp_path, flashed_template)
+    out = printed(nb)
+    assert "noisy-line               exit   0" in out and "12 of 12 outputs identical" in out
+    assert "inspect-header-broken    exit  10  ModelError" in out and "flash-header-broken      exit  10" in out
+    assert "verify against TFLM: bit-exact" in out and "the flipped copy" in out and "different" in out
+    assert "(exit 130)" in out and "12 of 12 predictions as in the clean run" in out
+    assert "without a key    0 answered by the server,  12 fell back to the board" in out
+    assert (folder / "out" / "faults.png").stat().st_size > 10_000
