@@ -202,3 +202,14 @@ def test_lab7_when_things_go_wrong(tmp_path, flashed_template):
     assert "(exit 130)" in out and "12 of 12 predictions as in the clean run" in out
     assert "without a key    0 answered by the server,  12 fell back to the board" in out
     assert (folder / "out" / "faults.png").stat().st_size > 10_000
+
+
+@pytest.mark.sim
+@slow_lab(45)
+def test_lab5_local_offload_auto(tmp_path, flashed_template):
+    folder, nb = run_lab(5, tmp_path, flashed_template)
+    out = printed(nb)
+    assert "esp32: one local inference takes 378.6 ms" in out
+    for label in ("local      offloaded  0.0%", "auto 0.5", "auto 0.9", "offload    offloaded 100.0%"):
+        assert label in out
+    assert (folder / "out" / "offload.png").stat().st_size > 10_000
