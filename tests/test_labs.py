@@ -213,3 +213,15 @@ def test_lab5_local_offload_auto(tmp_path, flashed_template):
     for label in ("local      offloaded  0.0%", "auto 0.5", "auto 0.9", "offload    offloaded 100.0%"):
         assert label in out
     assert (folder / "out" / "offload.png").stat().st_size > 10_000
+
+
+@pytest.mark.sim
+def test_lab2_features_and_keywords(tmp_path, flashed_template):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): lab 2 synthesises its clips with it")
+    folder, nb = run_lab(2, tmp_path, flashed_template)
+    out = printed(nb)
+    assert "14 clips, top-1" in out and "input scale 0.5854, zero point 83" in out
+    assert "clips taken for another word" in out
+    for plot in ("mfcc.png", "confusion.png"):
+        assert (folder / "out" / plot).stat().st_size > 10_000
