@@ -225,3 +225,21 @@ def test_lab2_features_and_keywords(tmp_path, flashed_template):
     assert "clips taken for another word" in out
     for plot in ("mfcc.png", "confusion.png"):
         assert (folder / "out" / plot).stat().st_size > 10_000
+
+
+@pytest.mark.sim
+@slow_lab(40)
+def test_lab3_quantization(tmp_path, flashed_template):
+    variants = ROOT / "models" / "kws" / "variants"
+    missing = [n for n in ("kws_float32.tflite", "kws_int8_ptq.tflite", "kws_int8_qat.tflite", "metrics.json")
+               if not (variants / n).is_file()]
+    if missing:
+        pytest.skip(f"the quantization variants are not in models/kws/variants yet: {', '.join(missing)} "
+                    "(made by the training pipeline)")
+    folder, nb = run_lab(3, tmp_path, flashed_template)
+    out = printed(nb)
+    assert "kws_float32" in out and "does not run on the board's engine" in out
+    for name in ("kws_int8_ptq", "kws_int8_qat"):
+        assert f"{name}" in out
+    assert out.count("bit-exact with TFLM") == 2
+    assert (folder / "out" / "quantization.png").stat().st_size > 10_000
