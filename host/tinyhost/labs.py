@@ -16,7 +16,8 @@ from .paths import labs_dir
 _FOLDER = re.compile(r"^(\d\d)-[a-z0-9-]+$")
 _TITLE = re.compile(r"^#\s*Lab\s+(\d+):\s*(.+?)\s*$")
 _MINUTES = re.compile(r"^\*\*Time\*\*:\s*(.+?)\s*$", re.MULTILINE)
-_IGNORED = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "out", ".tinyhost", "*.pyc")
+_IGNORED = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc", "out", ".tinyhost", "clips",
+                                  "results.duckdb*", "experiments")   # what a run of the lab leaves
 
 
 @dataclasses.dataclass(frozen=True)
