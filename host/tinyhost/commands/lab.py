@@ -15,7 +15,7 @@ def lab():
 @lab.command("list")
 def list_cmd():
     """The labs, with the time each takes on the virtual board."""
-    t = console.table("lab", "title", "time on the virtual board", "folder")
+    t = console.table("lab", "title", "time", "folder")
     for item in labs.list_labs():
         t.add_row(str(item.number), item.title, item.time, item.name)
     console.print_table(t)
