@@ -186,7 +186,6 @@ def test_lab6_ships_the_projects_satellite_and_tiny_model_unchanged():
 
 
 @pytest.mark.sim
-@slow_lab(35)
 def test_lab6_models_boards_budget(tmp_path, flashed_template):
     folder, nb = run_lab(6, tmp_path, flashed_template)
     out = printed(nb)
@@ -212,12 +211,11 @@ def test_lab7_when_things_go_wrong(tmp_path, flashed_template):
 
 
 @pytest.mark.sim
-@slow_lab(45)
 def test_lab5_local_offload_auto(tmp_path, flashed_template):
     folder, nb = run_lab(5, tmp_path, flashed_template)
     out = printed(nb)
     assert "esp32: one local inference takes 378.6 ms" in out
-    for label in ("local      offloaded  0.0%", "auto 0.5", "auto 0.9", "offload    offloaded 100.0%"):
+    for label in ("local      offloaded  0.0%", "auto 0.9", "offload    offloaded 100.0%"):
         assert label in out
     assert (folder / "out" / "offload.png").stat().st_size > 10_000
 
