@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyhost import labs
+from tinyhost import labs, zoo
 from tinyhost.cli import main
+from tinyhost.model import inspect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent          # the venv's bin: tinyhost and jupyter's kernel
@@ -162,8 +163,9 @@ def printed(nb):
 def test_lab1_first_light(tmp_path, flashed_template):
     folder, nb = run_lab(1, tmp_path, flashed_template)
     out = printed(nb)
-    assert "12 operators, 2,664,768 MACs" in out
-    assert "arena: ours 16000 B, TFLM 16000 B" in out
+    kws = inspect(zoo.resolve("kws"))
+    assert f"{len(kws.operators)} operators, {kws.macs:,} MACs" in out
+    assert f"arena: ours {kws.arena_bytes} B, TFLM {kws.tflm_arena_bytes} B" in out
     assert "CONV_2D" in out and "% of the time" in out
     assert (folder / "out" / "latency.png").stat().st_size > 10_000
 
@@ -214,7 +216,10 @@ def test_lab7_when_things_go_wrong(tmp_path, flashed_template):
 def test_lab5_local_offload_auto(tmp_path, flashed_template):
     folder, nb = run_lab(5, tmp_path, flashed_template)
     out = printed(nb)
-    assert "esp32: one local inference takes 378.6 ms" in out
+    from tinyhost import boards, boardtime
+
+    local = boardtime.for_board(zoo.resolve("kws"), boards.load("esp32"), True, "viper")
+    assert f"esp32: one local inference takes {local.total_ns / 1e6:.1f} ms" in out
     for label in ("local      offloaded  0.0%", "auto 0.9", "offload    offloaded 100.0%"):
         assert label in out
     assert (folder / "out" / "offload.png").stat().st_size > 10_000
@@ -226,7 +231,9 @@ def test_lab2_features_and_keywords(tmp_path, flashed_template):
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): lab 2 synthesises its clips with it")
     folder, nb = run_lab(2, tmp_path, flashed_template)
     out = printed(nb)
-    assert "14 clips, top-1" in out and "input scale 0.5854, zero point 83" in out
+    kws = inspect(zoo.resolve("kws"), tflm=False)
+    inp = kws.tensors[kws.inputs[0]]
+    assert "14 clips, top-1" in out and f"input scale {inp.scale:.4f}, zero point {inp.zero_point}" in out
     assert "clips taken for another word" in out
     for plot in ("mfcc.png", "confusion.png"):
         assert (folder / "out" / plot).stat().st_size > 10_000
@@ -243,8 +250,11 @@ def test_lab3_quantization(tmp_path, flashed_template):
                     "(made by the training pipeline)")
     folder, nb = run_lab(3, tmp_path, flashed_template)
     out = printed(nb)
-    assert "kws_float32" in out and "does not run on the board's engine" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("kws_")}
+    assert "does not run on the board's engine" in lines["kws_float32"]
     for name in ("kws_int8_ptq", "kws_int8_qat"):
-        assert f"{name}" in out
-    assert out.count("bit-exact with TFLM") == 2
+        assert " bit-exact with TFLM" in lines[name] and "board time" in lines[name]
+    # the board scores what TFLM scores on the same samples (the PTQ variant's run on the board)
+    ptq = lines["kws_int8_ptq"]
+    assert ptq.split("TFLM top-1 ")[1].split()[0] == ptq.split("board top-1 ")[1].split()[0]
     assert (folder / "out" / "quantization.png").stat().st_size > 10_000

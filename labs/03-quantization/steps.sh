@@ -17,6 +17,8 @@ tinyhost model inspect "$VARIANTS/kws_float32.tflite" > out/inspect-kws_float32.
 for V in kws_int8_ptq kws_int8_qat; do
   tinyhost model inspect "$VARIANTS/$V.tflite" --board "$BOARD" --json "out/inspect-$V.json"
   tinyhost verify --board "$BOARD" --model "$VARIANTS/$V.tflite" --json "out/verify-$V.json"
-  tinyhost bench --board "$BOARD" --model "$VARIANTS/$V.tflite" --mode accuracy --dataset "$TESTSET" --limit "$N" \
-    --json "out/bench-$V.json"
 done
+# the shipped test set holds int8 features quantized for the PTQ variant's input (the shipped model's): its
+# accuracy on the board is the check that the board scores what TFLM scores in the notebook
+tinyhost bench --board "$BOARD" --model "$VARIANTS/kws_int8_ptq.tflite" --mode accuracy --dataset "$TESTSET" \
+  --limit "$N" --json out/bench-kws_int8_ptq.json
