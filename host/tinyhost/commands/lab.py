@@ -29,7 +29,8 @@ def start_cmd(number, dest):
     """Copy lab NUMBER into DEST (default: the lab's folder name, here) and print its first step."""
     item, folder = labs.start(number, dest)
     click.echo(f"lab {item.number}: {item.title} -> {folder}/")
-    click.echo(f"read {folder}/README.md; the steps are in {folder}/steps.sh, the analysis in {folder}/analysis.ipynb")
+    click.echo(f"read {folder}/README.md; the steps are in {folder}/steps.sh, the analysis in {folder}/analysis.ipynb "
+               "(`jupyter execute --inplace analysis.ipynb` after the steps)")
     click.echo("first step:")
     click.echo(f"  cd {shlex.quote(str(folder))}")
     if item.first_step:
