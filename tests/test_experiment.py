@@ -109,6 +109,25 @@ def test_split_is_a_mode_with_its_split_points(tmp_path, tiny_model):
         config.load(bad)
 
 
+def test_set_overrides_the_files_settings_and_is_checked_like_them(tmp_path, tiny_model, capsys):
+    path = experiment(tmp_path, tiny_model, "bench: {limit: 40, window_s: 0.5}\n")
+    exp = config.load(path, ["bench.limit=8", "boards=[sim:esp32]", "modes=[local]"])
+    assert exp.bench.limit == 8 and exp.bench.window_s == 0.5
+    assert [c.key for c in exp.cells()] == ["a|sim:esp32|local|auto|0", "b|sim:esp32|local|auto|0"]
+    assert exp.sha256 != config.load(path).sha256      # a resumed run must give the same settings
+    code, out, err = run_cli(capsys, "experiment", "plan", str(path), "--set", "bench.limit=fast")
+    assert code == 2 and "bench.limit must be an integer, not 'fast'" in err
+    code, out, err = run_cli(capsys, "experiment", "plan", str(path), "--set", "limit")
+    assert code == 2 and "is not KEY=VALUE" in err
+
+
+def test_a_dataset_named_by_a_shipped_model_is_its_test_set(tmp_path, tiny_model):
+    exp = config.load(write(tmp_path, f"models:\n  - {{name: a, path: {tiny_model}, dataset: kws}}\n"
+                                      "boards: [sim:esp32]\nbench: {limit: 5}\n"))
+    planned = plan_mod.make(exp, 1).cells[0]
+    assert planned.dataset == str(REPO / "models" / "kws" / "testset") and planned.n_samples == 5
+
+
 def test_the_plan_skips_a_model_that_does_not_fit_before_a_byte_is_sent(tmp_path, tiny_model):
     vww = REPO / "models" / "vww" / "vww.tflite"
     exp = config.load(write(tmp_path, f"models: [{tiny_model}, {vww}]\nboards: [sim:esp32, sim:nano33ble]\n"))

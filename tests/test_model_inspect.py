@@ -139,3 +139,18 @@ def test_planner_never_overlaps_live_buffers(bufs):
     assert all(o % arena_layout.ALIGN == 0 for o in offsets)
     assert arena >= max(o + s for o, s in zip(offsets, sizes))
     assert arena <= sum(-(-s // 16) * 16 for s in sizes)
+
+
+def test_cli_inspect_takes_a_model_name(capsys):
+    # `--model` takes a shipped name everywhere; `model inspect` too (the labs inspect `kws` by name)
+    with pytest.raises(SystemExit) as e:
+        main(["model", "inspect", "kws", "--board", "esp32"])
+    assert e.value.code == 0
+    assert "kws.tflite: 50160 bytes, 12 operators" in capsys.readouterr().out
+
+
+def test_cli_inspect_unknown_name_lists_the_names(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["model", "inspect", "no-such-model"])
+    assert e.value.code == 2
+    assert "kws" in capsys.readouterr().err

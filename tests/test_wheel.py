@@ -30,6 +30,7 @@ def test_wheel_contains_firmware_boards_and_models(wheel):
     assert "tinyhost/_firmware/tinyfw/engine/__init__.py" in names
     assert {f"tinyhost/_boards/{b}.toml" for b in ("sim", "esp32", "esp32s3", "nano33ble")} <= names
     assert "tinyhost/_models/kws/kws.tflite" in names
+    assert {f"tinyhost/_labs/01-first-light/{f}" for f in ("README.md", "steps.sh", "analysis.ipynb")} <= names
     assert not any("__pycache__" in n for n in names)
 
 
@@ -46,7 +47,8 @@ def test_installed_wheel_flashes_a_virtual_board(wheel, tmp_path):
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.check_output(
-        [str(python), "-c", "import tinyhost.paths as p; print(p.firmware_dir()); print(p.boards_dir())"],
+        [str(python), "-c", "import tinyhost.paths as p; print(p.firmware_dir()); print(p.boards_dir()); "
+                            "print(p.labs_dir())"],
         text=True, cwd=tmp_path, env=env).split()
     assert all(str(venv) in w for w in where), where
     result = subprocess.run([str(python), "-m", "tinyhost.cli", "flash", "--board", "sim",

@@ -45,6 +45,7 @@ def _register_commands():
     from .commands import experiment as experiment_cmd; cli.add_command(experiment_cmd.experiment)
     cli.add_command(experiment_cmd.results); cli.add_command(experiment_cmd.budget)
     from .commands import split as split_cmd; cli.add_command(split_cmd.split_cmd)
+    from .commands import lab as lab_cmd; cli.add_command(lab_cmd.lab)
 
 
 _register_commands()

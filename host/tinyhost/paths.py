@@ -35,6 +35,11 @@ def models_dir():
         return None
 
 
+def labs_dir():
+    """The directory holding the hands-on labs (one folder each, ``NN-name/``)."""
+    return _shipped("_labs", "labs")
+
+
 def cache_dir(kind):
     """tinyhost's cache for ``kind`` (``models``, ``plan``, ``mpy``): ``$TINYHOST_CACHE/<kind>``, else
     ``$XDG_CACHE_HOME/tinyhost/<kind>`` (``~/.cache/tinyhost/<kind>``)."""

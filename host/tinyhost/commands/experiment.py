@@ -84,19 +84,25 @@ def _plan_table(plan):
     return t
 
 
-def _plan(file, workers):
+SET_HELP = ("KEY=VALUE over the file's setting (VALUE in YAML), e.g. --set bench.limit=8 --set 'boards=[sim:esp32]'; "
+            "repeatable. A resumed run needs the same.")
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+
+
+def _plan(file, workers, overrides=()):
     from ..experiment import config, plan as plan_mod
 
-    exp = config.load(file)
+    exp = config.load(file, overrides)
     return exp, plan_mod.make(exp, workers)
 
 
 @experiment.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--workers", type=int, default=None, help="Virtual boards at once [default: the cores].")
-def plan_cmd(file, workers):
+@set_option
+def plan_cmd(file, workers, overrides):
     """The cells, which are skipped (the model does not fit the board) and an estimate of the wall time."""
-    exp, plan = _plan(file, workers)
+    exp, plan = _plan(file, workers, overrides)
     console.print_table(_plan_table(plan), f"experiment {exp.name}: {len(plan.cells)} cells")
     click.echo(f"{len(plan.to_run)} cells to run, {len(plan.skipped)} skipped; about {_seconds(plan.estimate_s)} "
                f"with {plan.workers} virtual boards at once (an estimate from the bench settings)")
@@ -107,12 +113,13 @@ def plan_cmd(file, workers):
 @click.option("--resume", is_flag=True, help="Continue the latest run of this experiment: stored cells are skipped.")
 @click.option("--workers", type=int, default=None, help="Virtual boards at once [default: the cores].")
 @click.option("--store", type=click.Path(dir_okay=False), default=None, help=STORE_HELP)
-def run_cmd(file, resume, workers, store):
+@set_option
+def run_cmd(file, resume, workers, store, overrides):
     """Run every cell through the bench machinery and store each as it finishes."""
     from ..experiment import execute
     from ..experiment.store import Store
 
-    exp, plan = _plan(file, workers)
+    exp, plan = _plan(file, workers, overrides)
     click.echo(f"experiment {exp.name}: {len(plan.to_run)} cells to run, {len(plan.skipped)} skipped "
                f"(the model does not fit), about {_seconds(plan.estimate_s)}")
     stop = threading.Event()
@@ -152,12 +159,13 @@ def _session_rows(st, exp, session):
               help="Folder for report.html, report.md and the PNGs [default: out/<experiment>].")
 @click.option("--session", type=int, default=None, help="Which run of the experiment [default: the latest].")
 @click.option("--store", type=click.Path(dir_okay=False), default=None, help=STORE_HELP)
-def report_cmd(file, out_dir, session, store):
+@set_option
+def report_cmd(file, out_dir, session, store, overrides):
     """Tables per metric, Pareto fronts and the budget verdict from the stored runs (HTML + PNG)."""
     from ..experiment import config, report
     from ..experiment.store import Store
 
-    exp = config.load(file)
+    exp = config.load(file, overrides)
     with Store(_store_path(store, exp), must_exist=True) as st:
         rows = _session_rows(st, exp, session)
     cells = report.cell_rows(rows)

@@ -14,15 +14,18 @@ def model():
 
 
 @model.command("inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--board", default=None,
               help="Only this board: a profile (esp32, esp32-romfs, ...), sim, or sim:PROFILE (default: all).")
 @json_option("Also write the full report as JSON to this file.")
 def inspect_cmd(file, board, json_path):
-    """Operators, tensors, MACs, arena bytes (ours and TFLM's), peak RAM and fit per board."""
+    """Operators, tensors, MACs, arena bytes (ours and TFLM's), peak RAM and fit per board.
+
+    FILE is a .tflite file or a model name (kws, vww, kws01 ...), as --model takes elsewhere."""
+    from .. import zoo
     from ..model import inspect
 
-    r = inspect(file, board=board)
+    r = inspect(zoo.resolve(file), board=board)
     click.echo(f"{r.path}: {r.model_bytes} bytes, {len(r.operators)} operators, {r.macs:,} MACs")
     ops = console.table("#", "operator", "MACs", "weights", "parameters", right={"#", "MACs", "weights"})
     for op in r.operators:

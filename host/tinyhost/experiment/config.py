@@ -235,10 +235,37 @@ class _Checker:
         return kind(value)
 
 
-def load(path):
-    """The experiment in ``path``, validated; ConfigError (exit 2) naming the line of the first problem."""
+def apply_overrides(data, overrides):
+    """``data`` with each ``KEY.SUBKEY=VALUE`` of ``overrides`` set (VALUE read as YAML: ``bench.limit=8``,
+    ``boards=[sim:esp32]``), as if the file said so; UsageError for one without ``=``."""
+    import yaml
+
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r} is not KEY=VALUE", hint="write e.g. --set bench.limit=8")
+        *parents, last = [k.strip() for k in key.split(".")]
+        node = data
+        for k in parents:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        try:
+            node[last] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {item!r}: the value is not YAML ({e})", hint="quote it, e.g. --set 'name=x y'")
+    return data
+
+
+def load(path, overrides=()):
+    """The experiment in ``path``, validated; ConfigError (exit 2) naming the line of the first problem.
+    ``overrides``: ``KEY=VALUE`` settings over the file's (:func:`apply_overrides`; a resumed run must give the
+    same ones)."""
     path = Path(path)
     data, lines, raw = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        raw += "".join(f"\n# --set {item}" for item in overrides).encode("utf-8")
     c = _Checker(path, lines)
     c.mapping(data, (), TOP_KEYS, "the experiment file")
     models = [_model(c, v, ("models", i)) for i, v in enumerate(c.items(data.get("models"), ("models",), "models"))]

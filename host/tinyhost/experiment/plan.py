@@ -80,8 +80,14 @@ def _n_samples(dataset, limit):
 def _testset(exp, model, resolved):
     from ..bench.session import _shipped_testset
 
+    from .. import zoo
+
     given = exp.dataset_for(model)
     if given:
+        if not Path(given).exists():       # a shipped model's name: its test set
+            shipped = zoo.shipped_testset(zoo.find(given))
+            if shipped:
+                return str(shipped)
         return given
     shipped = _shipped_testset(str(resolved))
     return str(shipped) if shipped else None
