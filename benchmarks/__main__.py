@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Arguments a benchmark gets when run from here. engine_latency measures the engine's speed target (fast backend <= 1.5x TFLM) on the virtual board
-# itself (firmware and models in its ROMFS partition, on the esp32 heap), as `tinyhost bench` would see it (~2.5
+# itself (firmware and models in its ROMFS partition, on the esp32 heap), as `tinyhost bench` would see it (~3
 # min); run it on its own for the other modes.
 ARGS = {"engine_latency": ["--board", "esp32-romfs"]}
 

@@ -4,8 +4,8 @@ mpy-cross compiles the engine's viper kernels to native code for each board's ar
 for the ESP32 and ESP32-S3, ``-march=armv7emsp`` for the nRF52840), as ``tinyhost flash`` does; Debian's binutils
 (``apt-get install binutils-xtensa-lx106 binutils-arm-none-eabi``) disassemble the .mpy. The unrolled inner loops
 give the instructions per multiply-accumulate: the distance between consecutive multiplies in
-``viper_conv.conv_patched``'s 16-way unrolled loop, and the span of the nine multiplies of ``viper_dw.dw_planes``'
-3x3 path. It also prints the size of ``kernels_viper.requant`` (the per-output requantisation the kernels inline).
+``viper_conv.conv_patched``'s 16-way unrolled loop, the span of the nine multiplies of ``viper_dw.dw_planes``'
+3x3 path, and of the four of its column path (windows of (k, 1), four taps a step). It also prints the size of ``kernels_viper.requant`` (the per-output requantisation the kernels inline).
 
 For the MFCC front end (``device/tinyfw/mfcc_viper.py``) it compiles each kernel alone, finds its loops (backward
 branches, in source order) and gives the cycles of one item of each front-end cost term (a windowed sample, an
@@ -92,6 +92,29 @@ def dw_instructions_per_mac(march, out_dir):
     if best is None:
         raise RuntimeError(f"no 3x3 multiply chain found in viper_dw ({march})")
     return best / 8
+
+
+def _has_3x3_chain(gaps):
+    return any(g[0] == g[3] == g[6] and g[1] == g[4] == g[7] and max(g) < 40
+               for g in (gaps[k:k + 8] for k in range(len(gaps) - 7)))
+
+
+def dw_column_instructions_per_mac(march, out_dir):
+    """Instructions from the first to the fourth multiply of dw_planes' column path (four taps a step), by 3:
+    the first chain of four multiplies in the file (the column path opens dw_planes, the file's first function),
+    in the decoding that also shows the 3x3 path's chain (the right instruction alignment)."""
+    mpy = compile_mpy(ENGINE / "viper_dw.py", march, out_dir)
+    for pad in (0, 1):
+        ins = disassemble(mpy, march, pad)
+        idx = _multiplies(ins, march)
+        gaps = [b - a for a, b in zip(idx, idx[1:])]
+        if not _has_3x3_chain(gaps):
+            continue
+        for k in range(len(gaps) - 2):      # acc += a*w0 + b*w1 + c*w2 + d*w3: the pattern x, y, x
+            g = gaps[k:k + 3]
+            if g[0] == g[2] and max(g) < 20:
+                return sum(g) / 3
+    raise RuntimeError(f"no four-tap multiply chain found in viper_dw ({march})")
 
 
 def requant_bytes(march, out_dir):
@@ -223,6 +246,8 @@ def main():
             counts = ", ".join(f"{n} {op}" for op, n in sorted(mix.items()))
             print(f"{march}: conv_patched {gap} instructions per MAC ({counts})")
             print(f"{march}: dw_planes 3x3 {dw_instructions_per_mac(march, out_dir):.2f} instructions per MAC")
+            print(f"{march}: dw_planes columns (k, 1) {dw_column_instructions_per_mac(march, out_dir):.2f} "
+                  "instructions per MAC slot (taps padded to a multiple of 4)")
             print(f"{march}: requant {requant_bytes(march, out_dir)} bytes of native code")
             for term, (cycles, notes) in front_end_cycles(march, out_dir).items():
                 print(f"{march}: front end {term} = {cycles} ({'; '.join(notes)})")

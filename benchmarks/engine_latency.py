@@ -4,11 +4,14 @@ In one run, for each model: TFLM's latency on the host (the tflite-micro interpr
 our engine's latency inside the MicroPython VM of the virtual board for every device backend (ticks_us around
 Model.invoke(), median of N), with the ratios ours / TFLM. Target: the fast (viper) backend <= 1.5x TFLM.
 
-Models: KWS, IC and AD reference models from ../shared/mlperf-tiny (skipped when absent), and VWW: the project's
+Models: KWS, IC and AD reference models from ../shared/mlperf-tiny (skipped when absent); VWW: the project's
 models/vww/vww.tflite when present, else a random-weight MobileNetV1 0.25 96x96 with the VWW architecture
-(labelled "vww (random weights)"; same operators and MACs, latency does not depend on weight values).
+(labelled "vww (random weights)"; same operators and MACs, latency does not depend on weight values); SKWS: a
+streaming keyword-spotting model with random weights (writer.streaming_kws_like: 1x30x1x40 input, depthwise
+convolutions over time each followed by a 1x1 convolution, 0.84 MMAC in ten operators), where per-operator
+overhead weighs most.
 
-    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 10] [--models kws,ic,ad,vww]
+    nice -n 19 python -m benchmarks.engine_latency [--repeats 30] [--rounds 10] [--models kws,ic,ad,vww,skws]
                                                     [--backends viper,ref] [--heap-bytes N] [--profile] [--json OUT]
                                                     [--firmware mpy|py] [--romfs] [--board PROFILE]
 
@@ -43,7 +46,10 @@ MODELS = {
     "ic": MLPERF_DIR / "pretrainedResnet_quant.tflite",
     "ad": MLPERF_DIR / "ad01_int8.tflite",
     "vww": REPO / "models" / "vww" / "vww.tflite",
+    "skws": None,
 }
+# Models written here with random weights (tinyhost.model.writer): name -> (writer function, label)
+GENERATED = {"skws": ("streaming_kws_like", "streaming kws (random)")}
 TARGET_RATIO = 1.5
 # Untimed invokes for this long before each burst of timed ones, on both sides: on this host a process that starts
 # invoking after being idle runs slow for a while (AD in one VM: whole invokes of 310 us at first, 209 us after
@@ -184,7 +190,13 @@ def model_paths(names, tmp):
     for name in names:
         path = MODELS[name]
         label = name
-        if name == "vww" and not path.is_file():
+        if name in GENERATED:
+            sys.path.insert(0, str(REPO / "host"))
+            from tinyhost.model import writer
+            fn, label = GENERATED[name]
+            path = tmp / f"{name}.tflite"
+            path.write_bytes(getattr(writer, fn)(seed=0))
+        elif name == "vww" and not path.is_file():
             sys.path.insert(0, str(REPO / "host"))
             from tinyhost.model import writer
             path = tmp / "vww_random.tflite"
@@ -200,7 +212,7 @@ def model_paths(names, tmp):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30, help="timed invokes per model and backend (median)")
-    ap.add_argument("--models", default="kws,ic,ad,vww")
+    ap.add_argument("--models", default="kws,ic,ad,vww,skws")
     ap.add_argument("--backends", default="viper,ref")
     ap.add_argument("--rounds", type=int, default=10,
                     help="interleaved rounds of TFLM and VM measurements (with 3, one burst slowed by other load on "

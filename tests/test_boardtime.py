@@ -47,6 +47,21 @@ def test_small_model_counts(small):
                    ("RESHAPE", 0, 0, 16, 16, 1), ("FULLY_CONNECTED", 64, 64, 16, 4, 1), ("SOFTMAX", 0, 0, 4, 4, 1)]
 
 
+def test_streaming_kws_counts_the_kernels_the_engine_runs(tmp_path):
+    """A pointwise CONV_2D runs as FULLY_CONNECTED (no patch, no filter copy); a depthwise window of (k, 1) runs
+    four taps a step (k rounded up to a multiple of 4)."""
+    path = tmp_path / "skws.tflite"
+    path.write_bytes(writer.streaming_kws_like())
+    ops = inspect(path, board="esp32", tflm=False).operators
+    dw5, pw2 = ops[2], ops[3]
+    assert (dw5.params["kernel"], dw5.output_elements) == ((5, 1), 24 * 128)
+    assert boardtime.step_work(dw5, "viper", "ram", 32768)["mac_dw_cycles"] == 24 * 128 * 8
+    assert pw2.params["runs_as"] == "FULLY_CONNECTED"
+    work = boardtime.step_work(pw2, "viper", "ram", 32768)
+    assert work["mac_fc_cycles"] == pw2.macs == 24 * 128 * 128 and "mac_conv_cycles" not in work
+    assert work["copy_byte_cycles"] == pw2.input_elements == 24 * 128
+
+
 def test_small_model_exact_figures(small):
     # cycles by hand at 100 MHz (10 ns a cycle):
     # CONV: step 500 + call 1000 + 576 MACs x 10 + 64 outputs x 100 + (576/4 patch + 36 filter) bytes x 2 = 14020
@@ -56,7 +71,7 @@ def test_small_model_exact_figures(small):
     bt = boardtime.estimate(small, hand_profile(), "viper", "ram")
     assert [s.ns for s in bt.steps] == [140200, 18200, 0, 24440, 15200]
     assert bt.overhead_ns == 30000 and bt.total_ns == 228040 and bt.total_us == 228.04
-    assert bt.model == boardtime.BOARD_TIME_MODEL == "bt-1"
+    assert bt.model == boardtime.BOARD_TIME_MODEL == "bt-2"
     # streamed: + filter bytes x 3 + one read of 7000 for CONV (36 B) and FC (64 B)
     assert boardtime.estimate(small, hand_profile(), "viper", "streamed").total_ns == 228040 + 71080 + 71920
     # mapped: + filter bytes x 4
@@ -165,12 +180,12 @@ def test_bench_reports_board_time_and_energy_from_it(small):
                              median_latency_us=2500.0, min_inferences_per_s=400.0, max_inferences_per_s=400.0,
                              spread_pct=0.0)
     session.add_board_time(perf, bt)
-    assert perf.board_time_us == bt.total_us and perf.board_time_model == "bt-1"
+    assert perf.board_time_us == bt.total_us and perf.board_time_model == "bt-2"
     assert perf.board_inferences_per_s == pytest.approx(1e6 / bt.total_us)
     assert perf.median_latency_us == 2500.0                 # the host's time stays beside it
     e = energy.estimate(profile, 2500.0, virtual=True, board_time=bt)
     assert e.uj_per_inference == pytest.approx(45.0 * 3.3 * bt.total_us / 1000)
-    assert e.inputs["host_latency_us"] == 2500.0 and "bt-1" in e.note
+    assert e.inputs["host_latency_us"] == 2500.0 and "bt-2" in e.note
     from tinyhost.board import Provenance
     back = BenchResult.from_json(BenchResult(Provenance("esp32s3", True), performance=perf).to_json())
     assert back.performance.board_time_us == bt.total_us and back.performance.board_time["steps"]

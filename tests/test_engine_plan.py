@@ -183,3 +183,17 @@ def test_a_cached_plan_of_another_format_is_rebuilt(tmp_path):
     cached.write_bytes(bytes(stale))
     assert host_plan.plan_file(model, cache=tmp_path) == cached
     assert cached.read_bytes() == good
+
+
+def test_pointwise_convolutions_run_as_fully_connected_unless_banded(sources, tmp_path):
+    """A 1x1 CONV_2D with stride 1 and no padding is a FULLY_CONNECTED over its pixels: the plan records it as one
+    (viper then copies no filter per call); one that runs in row bands over its dying input stays a convolution."""
+    planned = helpers.with_plan(sources["streaming_kws"], tmp_path)
+    m = engine.load(str(planned), backend="ref")
+    assert m.kernel_names() == ["depthwise_conv2d", "fully_connected"] * 4 + ["fully_connected", "softmax"]
+    fc = m._steps[1]
+    assert fc[8][0] == 28              # P_BATCHES: the 28 x 1 pixels of the first 1x1 convolution's output
+    vww = engine.load(str(helpers.with_plan(helpers.REPO / "models" / "vww" / "vww.tflite", tmp_path)),
+                      backend="ref")
+    names = vww.kernel_names()
+    assert vww.stats()["row_band_ops"] > 0 and "conv2d" in names and "fully_connected" in names[:-2]

@@ -28,7 +28,7 @@ engine = engine_module()
 
 MODELS = list(helpers.MLPERF_MODELS) + list(synthetic.SYNTHETIC)
 # inputs through the CPython reference kernels in the default run (the slow test does 100 for all)
-REF_INPUTS = {"kws_ref_model": 3, "pretrainedResnet_quant": 2, "ad01_int8": 20}
+REF_INPUTS = {"kws_ref_model": 3, "pretrainedResnet_quant": 2, "ad01_int8": 20, "streaming_kws": 3}
 # inputs through the MicroPython VM per backend in the default run
 VM_INPUTS = {"kws_ref_model": 2, "pretrainedResnet_quant": 1, "ad01_int8": 6}
 

@@ -89,8 +89,8 @@ def check_round_trip(capsys, board, tmp_path, model_path, inputs, expected_shape
     report = inspect(model_path, board=SIM_PROFILE, tflm=False)      # the board's own time, estimated
     expected_bt = boardtime.estimate(report, boards.load(SIM_PROFILE), prov["backend"],
                                      board_fit(report, boards.load(SIM_PROFILE), True).weights)
-    assert record["board_time"]["total_ns"] == expected_bt.total_ns and record["board_time"]["model"] == "bt-1"
-    assert f"board time on the {SIM_PROFILE} (ESTIMATE of board-time model bt-1" in out
+    assert record["board_time"]["total_ns"] == expected_bt.total_ns and record["board_time"]["model"] == "bt-2"
+    assert f"board time on the {SIM_PROFILE} (ESTIMATE of board-time model bt-2" in out
     return record
 
 

@@ -4,7 +4,7 @@ Cases are drawn by hypothesis in CPython (shapes, strides, dilation, padding, de
 that hit the unroll remainders, per-channel multipliers and shifts, channel blocks); the expected bytes come from
 kernels_ref.py run by CPython; all cases of a draw run in one `micropython` process. Every internal path is forced
 at least once: conv2d with a scratch that holds the whole op, one that holds one output channel at a time, and
-none (direct path); depthwise with and without the padded-plane path.
+none (direct path); depthwise with the column path (k_w 1), the padded-plane path and neither.
 """
 
 import json
@@ -138,7 +138,8 @@ def conv_like(draw, kind):
     batches = draw(st.integers(1, 2))
     in_h, in_w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     in_c = draw(st.integers(1, 19))
-    k_h, k_w = draw(st.sampled_from([(1, 1), (3, 3), (2, 3), (3, 1), (4, 2)]))
+    k_h, k_w = draw(st.sampled_from([(1, 1), (3, 3), (2, 3), (3, 1), (4, 2)]
+                                    + ([(5, 1), (6, 1), (9, 1)] if kind == "dw" else [])))
     s_h, s_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     d_h, d_w = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     pad_h, pad_w = draw(st.integers(0, 2)), draw(st.integers(0, 2))
@@ -164,7 +165,10 @@ def conv_like(draw, kind):
     else:
         rows = (out_h - 1) * s_h + (k_h - 1) * d_h + 1
         cols = (out_w - 1) * s_w + (k_w - 1) * d_w + 1
-        scr = draw(st.sampled_from([rows * cols, rows * cols - 1, -1]))
+        # columns (k_w 1, d_h 1: the plane + 3 bytes, 4-aligned, and the weights as words) / its size - 1 /
+        # the plane alone / its size - 1 (direct path) / the public entry point
+        columns = ((rows * cols + 6) & -4) + 4 * ((k_h + 3) & -4)
+        scr = draw(st.sampled_from([columns, columns - 1, rows * cols, rows * cols - 1, -1]))
     out_n = batches * out_h * out_w * out_c
     expected = array("b", bytes(out_n))
     fn = R.conv2d if kind == "conv" else R.depthwise_conv2d

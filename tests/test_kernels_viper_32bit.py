@@ -273,20 +273,46 @@ def _mv(data):
 def conv_like(draw, kind):
     rnd = draw(st.randoms(use_true_random=False))
     in_h, in_w, in_c = draw(st.integers(1, 5)), draw(st.integers(1, 5)), draw(st.integers(1, 6))
-    k_h, k_w = draw(st.sampled_from([(1, 1), (3, 3), (2, 3)]))
+    k_h, k_w = draw(st.sampled_from([(1, 1), (3, 3), (2, 3)] + ([(3, 1), (5, 1)] if kind == "dw" else [])))
     s_h, s_w, d_h, d_w = (draw(st.integers(1, 2)) for _ in range(4))
     out_h, out_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pad_h, pad_w = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    path = draw(st.sampled_from(["scratch", "one-channel", "direct"] + (["columns"] if kind == "dw" else [])))
     dm = draw(st.integers(1, 2)) if kind == "dw" else 1
     out_c = in_c * dm if kind == "dw" else draw(st.integers(1, 5))
     p = [draw(st.integers(1, 2)), in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, s_h, s_w, d_h, d_w,
-         draw(st.integers(0, 2)), draw(st.integers(0, 2)), draw(st.integers(-127, 128)),
+         pad_h, pad_w, draw(st.integers(-127, 128)),
          draw(st.integers(-128, 127)), -128, 127, dm, 0, out_c, 0, 0, out_h]
     inp = rnd.randbytes(p[0] * in_h * in_w * in_c)
     filt = rnd.randbytes(k_h * k_w * in_c * out_c)
     bias = [rnd.randint(-(1 << 20), 1 << 20) for _ in range(out_c)]
     mult = [rnd.randint(1 << 30, INT32_MAX) for _ in range(out_c)]
     shift = [draw(st.integers(-12, -4)) for _ in range(out_c)]
-    return p, inp, filt, bias, mult, shift, draw(st.sampled_from(["scratch", "one-channel", "direct"]))
+    return p, inp, filt, bias, mult, shift, path
+
+
+def _conv_scratch_bytes(p, path, k16):
+    return {"scratch": 16 + k16 + p[6] * (k16 + 4), "one-channel": 16 + 2 * k16 + 4, "direct": 0}[path]
+
+
+def _conv_32(got, args, scr):
+    """conv2d as kernels_viper runs it: patched, else direct."""
+    if not V32["conv_patched"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
+        V32["conv_direct"](0, 0, 0, memoryview(got), *args)
+
+
+def _dw_scratch_bytes(p, path, rows, cols):
+    """The depthwise path's scratch: the column path's (plane + 3 bytes, 4-aligned, and the weights as words),
+    the padded plane's, or none (direct)."""
+    if path == "columns":
+        return ((rows * cols + 6) & -4) + 4 * ((p[7] + 3) & -4)
+    return rows * cols if path != "direct" else 0
+
+
+def _dw_32(got, args, scr):
+    """depthwise_conv2d as kernels_viper runs it: planes (by columns for k_w 1), else direct."""
+    if not V32["dw_planes"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
+        V32["dw_direct"](0, 0, 0, memoryview(got), *args)
 
 
 def _run_both(kind, case):
@@ -300,13 +326,9 @@ def _run_both(kind, case):
     rows = (p[4] - 1) * p[9] + (p[7] - 1) * p[11] + 1
     cols = (p[5] - 1) * p[10] + (p[8] - 1) * p[12] + 1
     if kind == "conv":
-        scr = {"scratch": 16 + k16 + p[6] * (k16 + 4), "one-channel": 16 + 2 * k16 + 4, "direct": 0}[path]
-        if not V32["conv_patched"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
-            V32["conv_direct"](0, 0, 0, memoryview(got), *args)
+        _conv_32(got, args, _conv_scratch_bytes(p, path, k16))
     else:
-        scr = rows * cols if path != "direct" else 0
-        if not V32["dw_planes"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
-            V32["dw_direct"](0, 0, 0, memoryview(got), *args)
+        _dw_32(got, args, _dw_scratch_bytes(p, path, rows, cols))
     assert bytes(got) == bytes(want), f"{kind} {path} p={p}"
 
 
@@ -342,13 +364,9 @@ def test_one_row_bands_on_a_32_bit_port(kind, data):
     for y in range(p[4]):
         pa[params.P_OY_BEGIN], pa[params.P_OY_END] = y, y + 1
         if kind == "conv":
-            scr = {"scratch": 16 + k16 + p[6] * (k16 + 4), "one-channel": 16 + 2 * k16 + 4, "direct": 0}[path]
-            if not V32["conv_patched"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
-                V32["conv_direct"](0, 0, 0, memoryview(got), *args)
+            _conv_32(got, args, _conv_scratch_bytes(p, path, k16))
         else:
-            scr = ((p[7] - 1) * p[11] + 1) * cols if path != "direct" else 0
-            if not V32["dw_planes"](0, 0, 0, memoryview(got), *args, bytearray(scr + 16), scr):
-                V32["dw_direct"](0, 0, 0, memoryview(got), *args)
+            _dw_32(got, args, _dw_scratch_bytes(p, path, (p[7] - 1) * p[11] + 1, cols))
     assert bytes(got) == bytes(want), f"{kind} {path} p={p}"
 
 

@@ -113,10 +113,10 @@ def test_cli_inspect_writes_json(tmp_path, capsys):
     assert "FULLY_CONNECTED" in printed
     # one latency and energy estimate per board, from the board-time model, labelled as estimates
     fit = report["fits"][0]
-    assert fit["board_time"]["model"] == "bt-1" and fit["board_time"]["backend"] == "viper"
+    assert fit["board_time"]["model"] == "bt-2" and fit["board_time"]["backend"] == "viper"
     row = next(line for line in printed.splitlines() if line.startswith("esp32 "))
     assert f"{fit['board_time']['total_us'] / 1000:,.1f} ms" in row and f"{fit['energy_uj'] / 1000:,.2f} mJ" in row
-    assert "estimates of the board-time model bt-1" in printed and "not measurements" in printed
+    assert "estimates of the board-time model bt-2" in printed and "not measurements" in printed
 
 
 def test_cli_bad_model_exit_code(tmp_path, capsys):

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from .errors import UsageError
 
-BOARD_TIME_MODEL = "bt-1"
+BOARD_TIME_MODEL = "bt-2"
 BACKENDS = ("viper", "ref")          # the engine's names: viper kernels, reference (bytecode) kernels
 WEIGHTS_MODES = ("ram", "streamed", "mapped")
 
@@ -121,6 +121,16 @@ def _ns(centi, clock_mhz):
     return (centi * 10 + clock_mhz // 2) // clock_mhz
 
 
+def _mac_slots(op, kernel):
+    """Multiply-accumulates the viper kernel runs: the model's MACs, but a depthwise window of one column (kernel
+    (k, 1), no row dilation) runs four taps a step with the weights past k zero (viper_dw.dw_planes)."""
+    if kernel == "DEPTHWISE_CONV_2D":
+        k_h, k_w = op.params.get("kernel", (0, 0))
+        if k_w == 1 and op.params.get("dilation", (1, 1))[0] == 1:
+            return op.output_elements * ((k_h + 3) & -4)
+    return op.macs
+
+
 def step_work(op, backend, weights, stream_block_bytes):
     """Counts of each cost term of one operator step (an :class:`tinyhost.model.OpReport`)."""
     if op.op in _NO_STEP:
@@ -128,13 +138,14 @@ def step_work(op, backend, weights, stream_block_bytes):
     work = {"step_cycles": 1}
     calls = max(1, op.kernel_calls)
     work["call_cycles"] = calls
+    kernel = op.params.get("runs_as", op.op)    # a pointwise CONV_2D runs as the FULLY_CONNECTED it is
     if backend == "ref":
         work["ref_mac_cycles"] = op.macs
-        work["ref_elem_cycles"] = op.output_elements if op.op in _MAC_KERNELS else op.input_elements
-    elif op.op in _MAC_KERNELS:
-        work[_MAC_KERNELS[op.op]] = op.macs
+        work["ref_elem_cycles"] = op.output_elements if kernel in _MAC_KERNELS else op.input_elements
+    elif kernel in _MAC_KERNELS:
+        work[_MAC_KERNELS[kernel]] = _mac_slots(op, kernel)
         work["requant_cycles"] = op.output_elements
-        if op.op == "CONV_2D":          # a patch of the receptive field per output pixel, the filter per call
+        if kernel == "CONV_2D":         # a patch of the receptive field per output pixel, the filter per call
             channels = max(1, op.params.get("filters", 1))
             work["copy_byte_cycles"] = op.macs // channels + op.filter_bytes * calls
         else:                           # the input planes (depthwise) or rows (fully connected), once
@@ -146,7 +157,7 @@ def step_work(op, backend, weights, stream_block_bytes):
             blocks = -(-op.filter_bytes // stream_block_bytes)
             work["flash_byte_cycles"] = op.filter_bytes * calls
             work["flash_read_cycles"] = blocks * calls
-            if op.op != "DEPTHWISE_CONV_2D":    # conv and fully connected: one kernel call per block
+            if kernel != "DEPTHWISE_CONV_2D":   # conv and fully connected: one kernel call per block
                 work["call_cycles"] = calls * blocks
         elif weights == "mapped":
             work["mapped_byte_cycles"] = op.filter_bytes * calls

@@ -54,5 +54,10 @@ def residual_add():
     return _chain(4, (1, 8, 8, 3), build)
 
 
+def streaming_kws():
+    """The streaming keyword-spotting model of benchmarks/engine_latency (depthwise convolutions over time)."""
+    return W.streaming_kws_like(seed=0)
+
+
 SYNTHETIC = {"conv_variants": conv_variants, "depthwise_variants": depthwise_variants,
-             "pool_fc_softmax": pool_fc_softmax, "residual_add": residual_add}
+             "pool_fc_softmax": pool_fc_softmax, "residual_add": residual_add, "streaming_kws": streaming_kws}

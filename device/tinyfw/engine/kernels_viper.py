@@ -21,7 +21,7 @@
 # - conv2d copies a block of output channels' weights (offset) and, per output pixel, the receptive field
 #   (offset, padding taps = input zero point) into the scratch buffer, so the inner loop is two byte loads, a
 #   multiply and an add, unrolled 16 times (viper_conv.py). depthwise_conv2d copies the band's rows of each padded
-#   input plane (viper_dw.py); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
+#   input plane (viper_dw.py; column by column when the window is one column, K_W 1); fully_connected stores each input row as int32 x + in_offset (viper_ops.py).
 # - Row bands (KERNELS.md): conv2d and depthwise_conv2d compute output rows [P_OY_BEGIN, P_OY_END) only and read
 #   only the input rows those rows' windows cover, so the engine may lay the output over dying input rows.
 # - Hot loops keep their accumulator and one pointer in the viper function's first two arguments: the native

@@ -13,7 +13,8 @@ from . import ModelError
 from .reader import read_model, T_INT8, T_FLOAT32
 from . import op_prepare
 from . import arena_layout
-from .params import P_BATCHES, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_STRIDE_H, P_PAD_H, P_K_H, P_K_W
+from .params import (P_BATCHES, P_IN_W, P_IN_C, P_OUT_H, P_OUT_W, P_OUT_C, P_STRIDE_H, P_STRIDE_W, P_PAD_H, P_PAD_W,
+                     P_K_H, P_K_W)
 
 try:
     from micropython import const
@@ -186,6 +187,15 @@ def arena_layout_of(md, specs):
     return where, arena, bands
 
 
+def pointwise(kind, p, band):
+    """Whether a prepared operator is a 1x1 CONV_2D with stride 1 and no padding that runs in one call (no row
+    band): a FULLY_CONNECTED over its N x H x W pixels (the same sums, bias and per-channel requantisation), which
+    the plan records as one, so that it runs the fully-connected kernels (viper: no copy of its filter per call,
+    which a streaming model's 1x1 layers over a few pixels pay most for)."""
+    return (kind == _K_CONV and not band and p[P_K_H] == 1 and p[P_K_W] == 1 and p[P_STRIDE_H] == 1
+            and p[P_STRIDE_W] == 1 and p[P_PAD_H] == 0 and p[P_PAD_W] == 0)
+
+
 def _record(md, s, f):
     """The record of one prepared operator: a tuple in the layout of its kind (plan_write's _R_* slots, which
     read it; tests/test_device_constants.py checks that the names here sit in those slots)."""
@@ -239,6 +249,11 @@ def prepare(f, stage=None):
         stage("operators prepared")
     where, r.arena_bytes, r.tops, r.bands = _lay_out(md, triples, ps)
     triples = ps = None
+    for k, rec in enumerate(r.records):
+        if pointwise(rec[0], rec[3], r.bands[k]):      # recorded as the FULLY_CONNECTED it is (pointwise)
+            p = rec[3]
+            p[P_BATCHES] = p[P_BATCHES] * p[P_OUT_H] * p[P_OUT_W]
+            r.records[k] = (_K_FC,) + rec[1:]
     r.where = where
     r.nbytes = {}
     for i in where:

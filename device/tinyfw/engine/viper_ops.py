@@ -163,6 +163,7 @@ def fc_rows(acc: int, pb: int, pa: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
     depth8 = depth & -8
     x_addr = int(inp)
     w_addr = int(filt)
+    o_addr = int(out)
     xa = int(xs)
     for bt in range(p[_P_BATCHES]):
         sx = 0
@@ -172,9 +173,10 @@ def fc_rows(acc: int, pb: int, pa: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
             xs[k] = v
             sx += v
         sx = sx * cf
+        pb = w_addr                             # the filter rows, one after the other
+        ob = o_addr + bt * n_out
         for oc in range(oc0, oc1):
             pa = xa
-            pb = w_addr + (oc - oc0) * depth
             e = pb + depth8
             acc = 0
             while pb < e:                       # the weight term first: no spill of it in the .mpy's code
@@ -228,7 +230,7 @@ def fc_rows(acc: int, pb: int, pa: int, out: ptr8, inp: ptr8, filt: ptr8, bias: 
                 r = act_min
             elif r > act_max:
                 r = act_max
-            out[bt * n_out + oc] = r
+            ptr8(ob)[oc] = r
 
 
 @micropython.viper

@@ -138,6 +138,8 @@ def inspect(path, board=None, tflm=True):
     for s, band in zip(specs, bands):
         if band:
             s.info["row_band"] = band       # output rows per kernel call, writing over its dying input
+        if model_prepare.pointwise(s.kind, s.p, band):
+            s.info["runs_as"] = "FULLY_CONNECTED"   # over its pixels: the plan records it as one
         wb = (s.weights.nbytes if s.weights is not None else 0) + (s.bias.nbytes if s.bias is not None else 0)
         weights += wb
         channels += s.channels

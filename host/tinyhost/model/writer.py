@@ -320,3 +320,20 @@ def vww_like(seed=0, alpha=0.25, size=96, classes=2):
     L.fc(classes)
     L.softmax()
     return finish(b, L)
+
+
+def streaming_kws_like(seed=0, bands=40, frames=30, channels=128, classes=3):
+    """A streaming keyword-spotting model with random int8 weights: a ``frames`` x ``bands`` window of features
+    (input 1 x frames x 1 x bands) through four depthwise convolutions over time, kernels (3,1), (5,1), (10,1) and
+    (15,1), VALID, each followed by a 1x1 CONV_2D of ``channels`` filters (RELU), then a per-tensor
+    FULLY_CONNECTED of ``classes`` units and SOFTMAX. Defaults: 0.84 MMAC in ten small operators, the shape of
+    models run every hop of an audio stream, where per-operator overhead counts."""
+    rng = np.random.default_rng(seed)
+    b, L = start(rng, (1, frames, 1, bands), scale=1.0 / 64, zero_point=-5,
+                 description="random-weight streaming KWS (depthwise-separable over time)")
+    for k in (3, 5, 10, 15):
+        L.conv(0, k=(k, 1), padding="VALID", depthwise=True, activation="RELU")
+        L.conv(channels, k=1, activation="RELU")
+    L.fc(classes, per_channel=False)
+    L.softmax()
+    return finish(b, L)
