@@ -192,7 +192,7 @@ def bootstrap_sources(fw_dir=None):
 # INFER's retry budget: its request is as large as the model's input (490 bytes for KWS), so at 1e-3 faults per
 # byte each way most sends are damaged and NAKed at once; those retries are cheap and many are allowed. Silence
 # (a try that times out) is given up on after INFER_TIMEOUTS tries.
-INFER_TIMEOUTS = 4
+INFER_TIMEOUTS = 5
 INFER_DAMAGE_TRIES = 32
 
 
@@ -212,6 +212,7 @@ class Device:
         self.running = False
         self.started_via = None          # "running" (answered at once), "import", "bootstrap"
         self.slowest_infer_s = None      # the longest INFER the board has reported (its own time)
+        self.infer_reply_bytes = 1024    # an INFER reply's size: the loaded model's output 0, once LOAD said
 
     @classmethod
     def open(cls, port, baud=None, timeout_s=5.0, start=True):
@@ -488,7 +489,10 @@ class Device:
         self.slowest_infer_s = None              # another model: its time is not known yet
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
                               expect_bytes=1024, what=f"load {remote_path}", damage_tries=8)
-        return model_info_from_kv(P.parse_kv(f.payload))
+        info = model_info_from_kv(P.parse_kv(f.payload))
+        if info.outputs:
+            self.infer_reply_bytes = P.OVERHEAD_BYTES + 4 + info.outputs[0].nbytes
+        return info
 
     def set_input(self, data, index=0):
         data = bytes(data)
@@ -543,14 +547,21 @@ class Device:
             if len(out) >= total or not data:
                 return bytes(out)
 
-    def infer_wait_s(self, nbytes, timeout_s=120.0):
-        """How long one INFER try waits for its reply: ``timeout_s`` until the board has answered one; then four
-        times the slowest inference it reported (at least 2 s) plus the wire time, at most ``timeout_s``. A lost
-        request or reply then costs seconds, not ``timeout_s``, on a noisy line."""
+    def infer_wait_s(self, nbytes, timeout_s=120.0, info=False):
+        """``(first, longest)``: how long INFER's first try waits for its reply, and the most a later try waits
+        (each try that times out doubles the wait, :meth:`Link.request`).
+
+        Until the board has answered one INFER since the model was loaded: 10 s, doubling up to ``timeout_s``.
+        Then twice the slowest inference it reported plus the wire time of request and expected reply (the
+        model's output 0, known from LOAD) and a margin, doubling up to four times the slowest inference (at least
+        2 s). So a request or reply lost on a noisy line costs about half a second for KWS, not ``timeout_s``.
+        """
+        reply_bytes = self.infer_reply_bytes + (P.INFO_BYTES + 1 if info else 0)
+        wire = self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, reply_bytes)
         if self.slowest_infer_s is None:
-            return timeout_s
-        return min(timeout_s, max(2.0, 4 * self.slowest_infer_s)
-                   + self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, self.link.max_payload))
+            return min(timeout_s, 10.0), timeout_s
+        longest = min(timeout_s, max(2.0, 4 * self.slowest_infer_s) + wire)
+        return min(longest, 2 * self.slowest_infer_s + wire), longest
 
     def _took(self, us):
         s = us / 1e6
@@ -566,10 +577,10 @@ class Device:
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
+        first_s, longest_s = self.infer_wait_s(len(data), timeout_s)
         try:
-            f = self.link.request(P.T.INFER, data, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                                  expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
-                                  damage_tries=INFER_DAMAGE_TRIES)
+            f = self.link.request(P.T.INFER, data, timeout_s=first_s, max_timeout_s=longest_s, what="infer",
+                                  tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
@@ -588,9 +599,9 @@ class Device:
         if len(data) > self.link.max_payload:
             raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
                              f"({self.link.max_payload} bytes); offloaded runs need INFER")
-        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                              expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
-                              damage_tries=INFER_DAMAGE_TRIES)
+        first_s, longest_s = self.infer_wait_s(len(data), timeout_s, info=True)
+        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=first_s, max_timeout_s=longest_s,
+                              what="infer", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
         try:
             result = P.parse_infer_info(f.payload)
             self._took(result[0])
