@@ -115,3 +115,44 @@ def test_text_from_the_device_is_not_taken_for_damage():
     link = Link(_Line([b"hello from the board\r\n"]))
     t0 = time.monotonic()
     assert link.next_frame(t0 + 0.6, report_damage=True) is None
+
+
+class _DamagesLongFrames:
+    """The VM's transport behind a line that alters a byte of every frame longer than ``limit`` bytes."""
+
+    def __init__(self, transport, limit):
+        self.t = transport
+        self.limit = limit
+        self.port = transport.port
+
+    def write(self, data):
+        if len(data) > self.limit:
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x20
+        self.t.write(bytes(data))
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+
+def test_infer_goes_in_pieces_on_a_line_that_damages_long_frames(vm):
+    from test_runtime import FAKE_ENGINE, _expected_output, _fake_model
+
+    dev = vm.dev
+    dev.put_file(FAKE_ENGINE.read_bytes(), "/tinyfw/engine/__init__.py")
+    dev.put_file(_fake_model(490, 12), "/m.fake")
+    dev.load_model("/m.fake")
+    data = bytes(range(256)) + bytes(234)
+    assert dev.infer(data).output == _expected_output(data, 12)      # whole: one INFER frame
+    dev.t = dev.link.t = _DamagesLongFrames(vm.transport, 300)
+    for _ in range(3):                                                # was: ProtocolError, "failed 32 times"
+        assert dev.infer(data).output == _expected_output(data, 12)
+    assert dev.damage_per_byte() > 0
+
+
+def test_input_pieces_follow_the_damage_rate():
+    from tinyhost.client import input_pieces
+
+    assert input_pieces(490, 30, 0.0) == 1                            # a clean line: one INFER
+    assert input_pieces(490, 30, 2e-3) > 1                            # 1e-3 drop + 1e-3 corrupt
+    assert input_pieces(490, 30, 2e-2) > input_pieces(490, 30, 2e-3)

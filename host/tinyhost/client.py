@@ -12,6 +12,7 @@ MicroPython only -- its source is sent through the raw REPL and run from RAM ("b
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
-from .link import Link
+from .link import FramesDamaged, Link
 from .paths import firmware_dir
 from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
@@ -194,6 +195,32 @@ def bootstrap_sources(fw_dir=None):
 # (a try that times out) is given up on after INFER_TIMEOUTS tries.
 INFER_TIMEOUTS = 5
 INFER_DAMAGE_TRIES = 32
+# Sending a model's input in pieces: SET_INPUT frames, then INVOKE and GET_OUTPUT. On a line that damages some
+# bytes, a frame arrives whole with probability exp(-rate * its bytes), so a damaged piece is sent again, not the
+# whole input. The host chooses between one INFER and pieces by the expected line time of each (ROUND_TRIP_BYTES:
+# what a request's turnaround costs beyond its bytes, in byte times) at the damage rate it has seen.
+ROUND_TRIP_BYTES = 16
+DAMAGE_MEMORY = 0.9                # weight of the past in the damage-rate estimate, per request
+WHOLE_DAMAGE_TRIES = 8             # damaged sends of one INFER frame before its input goes in pieces
+MIN_PIECES_INPUT = 64              # inputs smaller than this always go in one INFER
+_PIECE_BYTES = 5 + P.OVERHEAD_BYTES + 2     # a SET_INPUT frame's bytes beside its data (header, pad)
+_INVOKE_BYTES = 8 + 24 + 2 * P.OVERHEAD_BYTES + 2
+_GET_OUTPUT_BYTES = 7 + 4 + 2 * P.OVERHEAD_BYTES + 2
+
+
+def input_pieces(input_bytes, reply_bytes, damage_per_byte):
+    """How many pieces to send an INFER's input in at ``damage_per_byte`` (1: one INFER frame), with the
+    expected line time of each choice in byte times: exp(rate * frame bytes) sends per frame."""
+    def cost(frame_bytes):
+        return math.exp(damage_per_byte * frame_bytes) * (frame_bytes + ROUND_TRIP_BYTES)
+
+    best = (cost(input_bytes + P.OVERHEAD_BYTES + 2 + reply_bytes), 1)
+    for k in range(2, max(2, input_bytes // 32) + 1):
+        piece = -(-input_bytes // k)
+        total = k * cost(piece + _PIECE_BYTES + P.OVERHEAD_BYTES) + cost(_INVOKE_BYTES) + cost(
+            _GET_OUTPUT_BYTES + reply_bytes - P.OVERHEAD_BYTES)
+        best = min(best, (total, k))
+    return best[1]
 
 
 class _Damaged(Exception):
@@ -213,6 +240,9 @@ class Device:
         self.started_via = None          # "running" (answered at once), "import", "bootstrap"
         self.slowest_infer_s = None      # the longest INFER the board has reported (its own time)
         self.infer_reply_bytes = 1024    # an INFER reply's size: the loaded model's output 0, once LOAD said
+        self.infer_sends = 0.0           # INFER's sends and those that failed, weighed by DAMAGE_MEMORY ...
+        self.infer_failures = 0.0
+        self.infer_bytes = 0.0           # ... and the bytes each send put on the line, both ways
 
     @classmethod
     def open(cls, port, baud=None, timeout_s=5.0, start=True):
@@ -578,18 +608,68 @@ class Device:
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
         first_s, longest_s = self.infer_wait_s(len(data), timeout_s)
+        whole_bytes = len(data) + P.OVERHEAD_BYTES + 2 + self.infer_reply_bytes
+        splittable = len(data) >= MIN_PIECES_INPUT
+        if splittable:
+            pieces = input_pieces(len(data), self.infer_reply_bytes, self.damage_per_byte())
+            if pieces > 1:
+                return self._infer_in_pieces(data, pieces, first_s, longest_s)
         try:
             f = self.link.request(P.T.INFER, data, timeout_s=first_s, max_timeout_s=longest_s, what="infer",
-                                  tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+                                  tries=INFER_TIMEOUTS,
+                                  damage_tries=WHOLE_DAMAGE_TRIES if splittable else INFER_DAMAGE_TRIES)
+        except FramesDamaged:
+            if not splittable:
+                raise
+            self._count_sends(self.link.last_sends + 1, whole_bytes)      # as if the next send got through
+            pieces = max(2, input_pieces(len(data), self.infer_reply_bytes, self.damage_per_byte()))
+            log.info("infer: %d damaged sends of the whole input: sending it in %d pieces", self.link.last_sends,
+                     pieces)
+            return self._infer_in_pieces(data, pieces, first_s, longest_s)
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
+        self._count_sends(self.link.last_sends, whole_bytes)
         us, out = P.parse_infer(f.payload)
         self._took(us)
         return InferResult(out, us)
+
+    def _infer_in_pieces(self, data, pieces, first_s, longest_s):
+        """INFER as SET_INPUT pieces, one INVOKE and GET_OUTPUT: on a damaging line each piece is resent alone."""
+        piece = -(-len(data) // pieces)
+        for off in range(0, len(data), piece):
+            chunk = data[off:off + piece]
+            self.link.request(P.T.SET_INPUT, P.pack_set_input(0, off, chunk), what="set input",
+                              tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+            self._count_sends(self.link.last_sends, len(chunk) + _PIECE_BYTES + P.OVERHEAD_BYTES)
+        f = self.link.request(P.T.INVOKE, P.pack_invoke(1, 0), timeout_s=first_s, max_timeout_s=longest_s,
+                              what="invoke", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+        self._count_sends(self.link.last_sends, _INVOKE_BYTES)
+        us = P.parse_invoke(f.payload).total_us
+        self._took(us)
+        f = self.link.request(P.T.GET_OUTPUT, P.pack_get_output(0, 0, self.infer_reply_bytes),
+                              what="get output", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+        self._count_sends(self.link.last_sends, _GET_OUTPUT_BYTES + self.infer_reply_bytes)
+        total, out = P.parse_get_output(f.payload)
+        if len(out) != total:
+            raise ProtocolError(f"get output: {len(out)} of {total} bytes in one reply")
+        return InferResult(out, us)
+
+    def _count_sends(self, sends, frame_bytes):
+        self.infer_sends = self.infer_sends * DAMAGE_MEMORY + sends
+        self.infer_failures = self.infer_failures * DAMAGE_MEMORY + sends - 1
+        self.infer_bytes = self.infer_bytes * DAMAGE_MEMORY + sends * frame_bytes
+
+    def damage_per_byte(self):
+        """The line's damage rate per byte as INFER's sends have seen it (0 until one failed): from the share of
+        sends that failed and the bytes a send puts on the line, p = 1 - exp(-rate * bytes)."""
+        if self.infer_failures <= 0 or self.infer_sends <= 0:
+            return 0.0
+        failed = min(0.95, self.infer_failures / self.infer_sends)
+        return -math.log1p(-failed) / (self.infer_bytes / self.infer_sends)
 
     def infer_with_info(self, data, timeout_s=120.0):
         """INFER with FLAG_INFO: the runtime answers locally or through the board's offload Predictor, as its

@@ -38,6 +38,10 @@ POLL_S = 0.25                  # a request's wait is cut into slices this long t
 FRAME_PAD = b"\x00\x00"
 
 
+class FramesDamaged(ProtocolError):
+    """A request's sends were answered (NAKs, damaged replies) but none got through whole."""
+
+
 @dataclass
 class LinkStats:
     frames_sent: int = 0
@@ -87,6 +91,7 @@ class Link:
         self.text_seen = 0               # text bytes received in all (text_tail keeps the last TEXT_TAIL_BYTES)
         self.on_text = None              # callback(bytes) for text from the device (EEMBC output, prints)
         self.junk = False                # binary bytes outside frames arrived: the remains of a damaged frame
+        self.last_sends = 0              # sends the last request took (1: its first send was answered)
 
     # -- receiving ------------------------------------------------------------------------------------------
     def next_frame(self, deadline, report_damage=False):
@@ -238,6 +243,7 @@ class Link:
                 if f.ftype == P.T.ERR:
                     raise device_error(f, what)
                 if f.ftype == P.T.OK or (f.ftype == P.T.ACK and ftype == P.T.PUT_DATA):
+                    self.last_sends = attempt + 1
                     return f
                 if f.ftype == P.T.ACK:
                     # the device took this seq for a copy of an old frame: make it take this one as new
@@ -252,10 +258,11 @@ class Link:
             elif timeouts >= tries or attempt - timeouts >= damage_tries:
                 break
         tries = attempt
+        self.last_sends = attempt
         if not heard:
             raise BoardNotResponding(f"no answer to {what} from the board on {self.t.port} "
                                      f"({tries} tries, {waited_s:.1f} s in all)")
-        raise ProtocolError(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
+        raise FramesDamaged(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
                             f"NAKs: {self.stats.naks_received})")
 
     def send_data(self, ftype, data, pack, progress=None, what="data"):
