@@ -177,17 +177,70 @@ def stats_from_kv(kv):
     return {k: (v if k == "last_error" else _number(v)) for k, v in kv.items()}
 
 
+BOOTSTRAP_UNIT_BYTES = 4096         # the bootstrap compiles at most about this much source at a time
+
+
 def bootstrap_sources(fw_dir=None):
     """The scripts that start the runtime from RAM: BOOTSTRAP_MODULES with their tinyfw imports dropped (they
-    share the raw REPL's namespace) and comment lines removed, then the call of run()."""
+    share the raw REPL's namespace) and comment lines removed, cut into units of about BOOTSTRAP_UNIT_BYTES
+    (:func:`_bootstrap_units`), then the call of run()."""
     pkg = Path(fw_dir or firmware_dir()) / "tinyfw"
     scripts = []
     for name in BOOTSTRAP_MODULES:
         text = _TINYFW_IMPORT.sub("", (pkg / name).read_text())
-        scripts.append("import gc\ngc.collect()\n" + "\n".join(
-            ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")))
-    scripts.append("run(bootstrapped=True)")
+        scripts += _bootstrap_units("\n".join(ln for ln in text.splitlines()
+                                              if ln.strip() and not ln.lstrip().startswith("#")))
+    scripts.append("_b=_c=None\nrun(bootstrapped=True)")
     return scripts
+
+
+_CONST_LINE = re.compile(r"^_[A-Za-z0-9_]+ = const\([^#\n]*\)[ \t]*(?:#.*)?$", re.M)
+
+
+def _bootstrap_units(source):
+    """``source`` as scripts that, run one after the other in one namespace, define what it defines; each holds
+    whole top-level statements (a large class's methods are attached to it in later scripts) of about
+    BOOTSTRAP_UNIT_BYTES, so that the board holds one unit's source and compiles it at a time. Every unit
+    starts with the module's private constants (``_X = const(...)`` is compiled away, no global: a unit
+    without them would not know them)."""
+    import ast
+    lines = source.splitlines()
+    consts = "\n".join(m.group(0) for m in _CONST_LINE.finditer(source))
+
+    def text(node, dedent=0):
+        first = node.lineno - 1 - len(getattr(node, "decorator_list", []))
+        return "\n".join(ln[dedent:] for ln in lines[first:node.end_lineno])
+
+    pieces = []                      # top-level source pieces in order
+    for node in ast.parse(source).body:
+        whole = text(node)
+        if _CONST_LINE.fullmatch(whole):
+            continue                 # in every unit's prefix (a const assigned twice is an error)
+        if not isinstance(node, ast.ClassDef) or len(whole) <= BOOTSTRAP_UNIT_BYTES:
+            pieces.append(whole)
+            continue
+        head_end = node.body[0].lineno - 1
+        head = "\n".join(lines[node.lineno - 1:head_end])
+        body, later = [], []
+        for item in node.body:
+            item_text = text(item)
+            if isinstance(item, ast.FunctionDef) and len(head) + sum(map(len, body)) + len(item_text) > \
+                    BOOTSTRAP_UNIT_BYTES and body:
+                method = text(item, dedent=item.col_offset).replace(f"def {item.name}(", "def _bootstrap_method(", 1)
+                later.append(f"{method}\n{node.name}.{item.name} = _bootstrap_method\ndel _bootstrap_method")
+            else:
+                body.append(item_text)
+        pieces.append(head + "\n" + "\n".join(body))
+        pieces += later
+    units, unit = [], []
+    for piece in pieces:
+        if unit and sum(map(len, unit)) + len(piece) > BOOTSTRAP_UNIT_BYTES:
+            units.append(unit)
+            unit = []
+        unit.append(piece)
+    if unit:
+        units.append(unit)
+    return [consts + "\n" + "\n".join(u) for u in units]
 
 
 # INFER's retry budget: its request is as large as the model's input (490 bytes for KWS), so at 1e-3 faults per
@@ -279,10 +332,8 @@ class Device:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
             *modules, start = bootstrap_sources()
             for script in modules:
-                self.repl.exec(script, timeout_s=max(self.timeout_s, 20.0))
-            self.repl.exec_start(start)
-            if not self._await_ready(allow_absent=False):
-                raise BoardNotResponding("the bootstrapped runtime did not start")
+                self.repl.exec_checked(script, timeout_s=max(self.timeout_s, 20.0), tries=START_TRIES)
+            self._run_checked(start, allow_absent=False)
             self.started_via = "bootstrap"
         self._hello()
 
@@ -310,18 +361,23 @@ class Device:
     def _import_runtime(self):
         """Start tinyfw from the board's filesystem through the raw REPL, the code checked on arrival (a damaged
         line must not make the board look empty). True when it runs, False when tinyfw is not there."""
+        return self._run_checked(START_CODE, allow_absent=True)
+
+    def _run_checked(self, code, allow_absent):
+        """Send ``code`` that starts the runtime through the raw REPL, checked on arrival, up to START_TRIES
+        times; True once the runtime answers, False when ``allow_absent`` and tinyfw is not on the board."""
         for attempt in range(START_TRIES):
             if attempt:
                 log.info("the start code arrived damaged: sending it again (try %d)", attempt + 1)
                 self.repl.enter()
             self.link.take_text()
             try:
-                self.repl.exec_start(checked_code(START_CODE))
+                self.repl.exec_start(checked_code(code))
             except DeviceError as e:                   # the raw-paste transfer was cut (a damaged flow byte)
                 log.info("%s", e)
                 continue
             try:
-                return self._await_ready(allow_absent=True, checked=True)
+                return self._await_ready(allow_absent=allow_absent, checked=True)
             except _Damaged:
                 continue
         raise BoardNotResponding(f"the start code did not reach the board on {self.t.port} intact in "
