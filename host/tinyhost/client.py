@@ -373,7 +373,7 @@ class Device:
             self.link.take_text()
             try:
                 self.repl.exec_start(checked_code(code))
-            except DeviceError as e:                   # the raw-paste transfer was cut (a damaged flow byte)
+            except (DeviceError, BoardNotResponding) as e:    # the raw-paste exchange was damaged on the line
                 log.info("%s", e)
                 continue
             try:
