@@ -2,17 +2,21 @@
 
 In one run, each step a real `tinyhost` command on a virtual ESP32 (115200 baud) in a temporary state folder:
 
-1. flash the firmware and the kws model onto the board over a clean line (the fresh-board bootstrap is not
-   measured under faults: its modules travel unchecked, docs/protocol.md);
-2. the accuracy run over the 196 shipped KWS samples on a clean line: time, top-1, every prediction;
-3. the same with --drop and --corrupt per byte in both directions (seeded; default 1e-3 each): time against the
-   clean run, predictions compared one by one, recoveries;
-4. the clean run again with the VM killed (SIGKILL) 5 s in: how long until the host says the board reset, and
+1. flash the firmware and the kws model onto a fresh board (stock MicroPython: the runtime is bootstrapped
+   through the raw REPL) over a clean line;
+2. the same onto another fresh board with --drop and --corrupt per byte in both directions (seeded; default 1e-3
+   each): time against the clean flash, every file on the board (LIST, sha256) compared with the clean one;
+3. the accuracy run over the 196 shipped KWS samples on a clean line: time, top-1, every prediction;
+4. the same on the faulty line: time against the clean run, predictions compared one by one, recoveries;
+5. steps 2 and 4 at --high per byte (default 1e-2 drop + 1e-2 corrupt), each limited to --high-limit-s: it
+   completes (in what time) or stops with a message (in what time);
+6. the clean run again with the VM killed (SIGKILL) 5 s in: how long until the host says the board reset, and
    the run's total time and predictions.
 
 Every step has a time limit (--limit-s) and the run stops by itself.
 
-    nice -n 19 python benchmarks/link_faults.py [--drop 1e-3] [--corrupt 1e-3] [--seed 2] [--limit-s 900]
+    nice -n 19 python -m benchmarks.link_faults [--drop 1e-3] [--corrupt 1e-3] [--seed 2] [--limit-s 900]
+                                                [--high 1e-2] [--high-limit-s 600]
 """
 
 import argparse
@@ -69,18 +73,52 @@ def _accuracy(port, work, name, limit_s, on_start=None):
     return rc, wall, top1, preds, recovered, lines
 
 
+def _board_files(port):
+    """Every file on the board: path -> sha256 (from the board's own HASH)."""
+    from tinyhost.client import Device
+
+    files = {}
+    with Device.open(port) as dev:
+        def walk(path):
+            for entry in dev.list_files(path):
+                full = path.rstrip("/") + "/" + entry.name
+                if entry.is_dir:
+                    walk(full)
+                else:
+                    files[full] = dev.file_hash(full)
+        walk("/")
+    return files
+
+
+def _faulty_flash(work, name, rate, seed, limit_s, reference):
+    """Flash a fresh board over a line with ``rate`` drop and corrupt; (exit code, wall s, files identical?,
+    last line)."""
+    from tinyhost.sim import VirtualBoard
+
+    state = work / f"state-{name}"
+    with VirtualBoard(board="esp32", state_dir=state, drop_rate=rate, corrupt_rate=rate, seed=seed) as vb:
+        rc, wall, lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, limit_s)
+    same = None
+    if rc == 0:
+        with VirtualBoard(board="esp32", state_dir=state) as vb:
+            same = _board_files(vb.port) == reference
+    return rc, wall, same, (lines[-1][1] if lines else "")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drop", type=float, default=1e-3)
     ap.add_argument("--corrupt", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--limit-s", type=float, default=900.0)
+    ap.add_argument("--high", type=float, default=1e-2)
+    ap.add_argument("--high-limit-s", type=float, default=600.0)
     args = ap.parse_args(argv)
     from tinyhost.sim import VirtualBoard
 
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
-    for name in ("clean", "noisy", "reset"):
+    for name in ("clean", "noisy", "high", "reset"):
         (work / name).mkdir()
     state = work / "state"
     rows = []
@@ -90,10 +128,16 @@ def main(argv=None):
             if rc != 0:
                 print("flash failed:", *[line for _, line in lines[-5:]], sep="\n  ")
                 return 1
+            reference = _board_files(vb.port)
             clean = _accuracy(vb.port, work, "clean", args.limit_s)
+        flash_noisy = _faulty_flash(work, "noisy", args.drop, args.seed, args.limit_s, reference)
+        flash_high = _faulty_flash(work, "high", args.high, args.seed, args.high_limit_s, reference)
         with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.drop, corrupt_rate=args.corrupt,
                           seed=args.seed) as vb:
             noisy = _accuracy(vb.port, work, "noisy", args.limit_s)
+        with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.high, corrupt_rate=args.high,
+                          seed=args.seed) as vb:
+            high = _accuracy(vb.port, work, "high", args.high_limit_s)
         with VirtualBoard(board="esp32", state_dir=state) as vb:
             killed = {}
 
@@ -112,11 +156,26 @@ def main(argv=None):
         tmp.cleanup()
 
     base_rc, base_s, base_top1, base_preds, _, _ = clean
-    print(f"link faults: virtual esp32 at 115200 baud, kws accuracy run over {len(base_preds)} shipped samples; "
-          f"flash over a clean line {flash_s:.1f} s")
-    print(f"clean        exit {base_rc}, {base_s:7.1f} s, top-1 {base_top1}")
+    print(f"link faults: virtual esp32 at 115200 baud, seed {args.seed}; flash of a fresh board (firmware + kws) and "
+          f"the kws accuracy run over {len(base_preds)} shipped samples")
+    print(f"flash, clean line: exit 0, {flash_s:7.1f} s")
+    for rate, (rc, wall, same, last) in ((args.drop, flash_noisy), (args.high, flash_high)):
+        said = (f"files {'identical to' if same else 'DIFFERENT from'} the clean flash" if rc == 0
+                else f"stopped: {last}")
+        print(f"flash, {rate:g} drop + {rate:g} corrupt: exit {rc}, {wall:7.1f} s ({wall / flash_s:.1f}x clean), "
+              f"{said}")
+    rows.append(("flash", flash_noisy[0], flash_noisy[2]))
+    print(f"accuracy, clean line: exit {base_rc}, {base_s:7.1f} s, top-1 {base_top1}")
+    (rc, wall, top1, preds, recovered, lines) = high
+    if rc != 0:
+        last = next((line for _, line in reversed(lines) if line.startswith("tinyhost:")), lines[-1][1] if lines
+                    else "")
+        print(f"accuracy, {args.high:g} drop + {args.high:g} corrupt: exit {rc}, {wall:7.1f} s, {len(preds)} "
+              f"predictions, stopped: {last}")
     for name, (rc, wall, top1, preds, recovered, lines) in (
-            (f"faults {args.drop:g} drop + {args.corrupt:g} corrupt, seed {args.seed}", noisy), ("VM killed", reset)):
+            (f"accuracy, {args.drop:g} drop + {args.corrupt:g} corrupt", noisy),
+            *(((f"accuracy, {args.high:g} drop + {args.high:g} corrupt", high),) if high[0] == 0 else ()),
+            ("accuracy, VM killed", reset)):
         same = preds == base_preds
         print(f"{name}: exit {rc}, {wall:7.1f} s ({wall / base_s:.1f}x clean), top-1 {top1}, "
               f"{recovered} recoveries, predictions {'identical to' if same else 'DIFFERENT from'} the clean run "

@@ -11,8 +11,8 @@ request after request for --seconds. Attacks:
 * flood      one keyed device on 192 connections, request after request (a refused connect waits 50 ms)
 * garbage    64 connections writing random bytes (re-opened when closed, after 10 ms)
 
-Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the flooder's
-share of answers, the server's RSS at the end of the phase and its peak (VmHWM), and the server's refusal
+Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the share of
+the server's answers that went to others than the good devices (the flooder's), the server's RSS at the end of the phase and its peak (VmHWM), and the server's refusal
 counters. Every loop is bounded by the phase time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
@@ -239,7 +239,8 @@ def main(argv=None):
                 attacker.wait(args.seconds + 30)
             after = stats()
             delta = {k: after[k] - before[k] for k in after if k not in ("connections_open", "connections_pending")}
-            rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta))
+            rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta,
+                         1 - len(lat) / max(1, delta["requests_ok"])))
     finally:
         if proc.poll() is None:
             proc.stdin.close()
@@ -249,8 +250,8 @@ def main(argv=None):
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7}  server counters")
-    for phase, rate, p99, errors, retries, connected, rss, hwm, d in rows:
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6}  server counters")
+    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others in rows:
         ratio, p99x = rate / base_rate, p99 / base_p99
         held = phase == "none" or (ratio >= 0.80 and p99x <= 2.0 and hwm <= 100)
         ok &= held
@@ -258,7 +259,7 @@ def main(argv=None):
                     f"{d['device_limit_refusals']}, dropped {d['pending_dropped']}, hello-timeout "
                     f"{d['hello_timeouts']}, bad {d['frames_bad']}, busy {d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
-              f"{retries:7d} {rss:7.1f} {hwm:7.1f}  {counters}" + ("" if held else "  NOT held"))
+              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%}  {counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1

@@ -87,10 +87,28 @@ def test_bootstrap_sources_drop_every_tinyfw_import():
     """The host sends these modules through the raw REPL into one namespace; their tinyfw imports must be single
     lines that bootstrap_sources() removes (a left-over one fails on a board without the package)."""
     scripts = bootstrap_sources(TINYFW.parent)
-    assert len(scripts) == len(BOOTSTRAP_MODULES) + 1
-    for name, script in zip(BOOTSTRAP_MODULES, scripts):
+    assert len(scripts) > len(BOOTSTRAP_MODULES)
+    for script in scripts:
         top_level = [ln for ln in script.splitlines() if ln.startswith(("from tinyfw", "import tinyfw"))]
-        assert top_level == [], name
+        assert top_level == []
+
+
+def test_bootstrap_units_are_small_and_each_knows_its_constants():
+    """Each unit is compiled on the board alone (its source held beside the compiler); a private constant
+    (`_X = const(...)`, compiled away) is known only in the unit that defines it, so each unit defines all of
+    its module's."""
+    import ast
+    import re
+    from tinyhost.client import BOOTSTRAP_UNIT_BYTES
+
+    for script in bootstrap_sources(TINYFW.parent)[:-1]:
+        body = "\n".join(ln for ln in script.splitlines() if not re.match(r"_[A-Za-z0-9_]+ = const\(", ln))
+        assert len(body) <= BOOTSTRAP_UNIT_BYTES + 2000
+        tree = ast.parse(script)
+        defined = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                   if isinstance(t, ast.Name)}
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and re.fullmatch(r"_[A-Z][A-Z0-9_]*", n.id)}
+        assert used <= defined, used - defined
 
 
 # The engine's numbers shared between its modules: operator kinds (one numbering for the prepared operator, its plan

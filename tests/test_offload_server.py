@@ -353,3 +353,23 @@ def test_shutdown_summary_counts_each_refusal_once():
         assert "1 refused (too many clients)" in line and "1 bad frames" in line and "1 sessions" in line
     finally:
         thread.stop()
+
+
+def test_the_queue_takes_jobs_round_robin_by_device():
+    """A device with many sessions waits its turn behind each other device (was: one FIFO, so a device flooding
+    from many sessions took most answers)."""
+    import asyncio
+
+    from tinyhost.offload.server import _FairQueue
+
+    async def order():
+        q = _FairQueue()
+        for i in range(6):
+            q.put_nowait("flooder", f"f{i}")
+        q.put_nowait("good-1", "g1")
+        q.put_nowait("good-2", "g2")
+        q.put_nowait("good-1", "g1b")
+        assert q.qsize() == 9
+        return [await q.get() for _ in range(9)]
+
+    assert asyncio.run(order()) == ["f0", "g1", "g2", "f1", "g1b", "f2", "f3", "f4", "f5"]

@@ -6,7 +6,10 @@ import contextlib
 import io
 import warnings
 
+import pytest
+
 from tinyhost.client import START_CODE
+from tinyhost.errors import BoardNotResponding
 from tinyhost.rawrepl import DAMAGED_MARK, RUN_MARK, checked_code
 
 CODE = "print('RAN', 6 * 7)\n"
@@ -86,3 +89,68 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
     monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None: asked.append(tries))
     assert dev._await_ready(allow_absent=True, checked=True) is True      # at once, not after 10 s
     assert asked == [3]
+
+
+class _Board:
+    """The raw REPL of a board, run by CPython in one namespace, behind a line that alters one byte of the sends
+    whose numbers are in ``damage`` (a byte inside a bytes literal, where nothing else catches it)."""
+
+    def __init__(self, damage):
+        self.namespace = {}
+        self.damage = set(damage)
+        self.sends = 0
+        self.out = b""
+        self.printed = b""
+
+    def run(self, code):
+        self.sends += 1
+        if self.sends in self.damage:
+            at = code.index("b'") + 4 if "b'" in code else len(code) // 2
+            code = code[:at] + chr(ord(code[at]) ^ 0x01) + code[at + 1:]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                exec(compile(code, "<stdin>", "exec"), self.namespace)
+            except Exception as e:
+                out.write(f"\x04Traceback (most recent call last):\n{type(e).__name__}: {e}\n")
+        self.out = out.getvalue().encode() + b"\x04\x04>"
+        self.printed += self.out
+
+
+def _repl(board):
+    from tinyhost.rawrepl import RawRepl
+
+    class Line:
+        port = "fake"
+
+        def read_until(self, marker, timeout_s):
+            out, board.out = board.out, b""
+            return out
+
+        def wire_time_s(self, nbytes):
+            return nbytes * 10 / 115200
+
+    repl = RawRepl(Line())
+    repl.exec_start = lambda code: board.run(code if isinstance(code, str) else code.decode())
+    repl.enter = lambda: None
+    return repl
+
+
+def test_code_sent_in_pieces_runs_only_as_sent():
+    source = "".join(f"def f{i}():\n    return {i} * 7  # {'x' * 40}\n" for i in range(60)) + "print('DEFINED')\n"
+    board = _Board(damage={2, 3, 7, 11})
+    repl = _repl(board)
+    repl.piece_bytes = 512
+    out = repl.exec_checked(source)
+    assert b"DEFINED" in out
+    assert [board.namespace[f"f{i}"]() for i in range(60)] == [i * 7 for i in range(60)]
+    assert board.sends > len(source) // 512 + 2 + 4          # the damaged pieces were sent again
+
+
+def test_a_damaged_piece_never_runs():
+    source = "print('SECRET', 1)\n" * 200
+    board = _Board(damage=set(range(2, 200)))                 # every piece damaged
+    repl = _repl(board)
+    with pytest.raises(BoardNotResponding, match="intact in 4 tries"):
+        repl.exec_checked(source, tries=4)
+    assert b"SECRET" not in board.printed

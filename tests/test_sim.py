@@ -311,3 +311,23 @@ def test_sim_profile_emulates_the_board_it_extends(tmp_path):
     from tinyhost.sim.relay import make_config
 
     assert make_config("sim").state_dir == make_config("esp32").state_dir
+
+
+def test_a_board_killed_while_the_host_sends_comes_back(sim_board, con):
+    """The VM killed mid-transfer: the host's bytes (Ctrl-C and Ctrl-D among them) keep coming while the board
+    boots again, as after a reset in the middle of a flash. It comes up and the REPL answers (was: its boot code
+    interrupted, the board silent or the VM ending again and again until the relay gave up)."""
+    import os
+    import signal
+
+    con.raw()
+    vm = open(f"/proc/{sim_board.pid}/task/{sim_board.pid}/children").read().split()[0]
+    os.kill(int(vm), signal.SIGKILL)
+    for _ in range(40):                   # a Ctrl-C in every burst while the VM starts
+        con.write(b"\x03" + bytes(range(4, 256)))
+        time.sleep(0.03)
+    time.sleep(0.3)
+    con.serial.reset_input_buffer()
+    con.write(b"\r\x03\x03\x02")
+    con.prompt()
+    assert con.run("print(6 * 7)").strip() == "42"

@@ -94,6 +94,7 @@ _R_TOO_BIG = const(3)
 _R_BAD_CRC = const(4)
 _R_STALL = const(5)
 _R_INTERRUPT = const(6)
+_R_REST = const(7)                  # the line rested while `rest_wanted` was set
 
 _TAIL = const(8)                    # last bytes of a frame read one by one, each with a timeout
 _IDLE_MS = const(30)                # a byte after this long without one starts a new burst (FrameIO.idle)
@@ -178,6 +179,8 @@ class FrameIO:
         self.n = 0
         self.header_ok = False       # the last bad frame still had a valid header (its seq can be trusted)
         self.idle = True             # nothing arrived for _IDLE_MS before the current byte
+        self.rest_wanted = False     # read_frame returns _R_REST when the line next rests _IDLE_MS (set by the
+        #                              runtime while damage it has not answered with a NAK is outstanding)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _wait(self, timeout_ms):
@@ -206,12 +209,22 @@ class FrameIO:
 
         After R_FRAME: ``ftype``, ``flags``, ``seq``, ``n`` describe it and ``payload[:n]`` holds its payload.
         ``on_text(byte, burst_start)`` returns True to stop reading (_R_INTERRUPT) or None/False to go on.
+        A Ctrl-C (0x03) that starts a burst is held back like a magic byte: followed at once by the magic's
+        second byte it is a frame start damaged on the line (taken as the magic), else it is text.
         """
         one = self.one
         pending_magic = False
+        held = False                        # a burst-starting Ctrl-C waiting for the byte after it
         while True:
             if self.poll is not None and not self._wait(_IDLE_MS):
                 self.idle = True
+                if held:
+                    held = False
+                    if on_text(3, True):
+                        return _R_INTERRUPT
+                if self.rest_wanted:
+                    self.rest_wanted = False
+                    return _R_REST
                 while not self._wait(1000):
                     pass
             burst_start = self.idle
@@ -219,8 +232,16 @@ class FrameIO:
             if self.inp.readinto(one) != 1:
                 return R_EOF
             c = one[0]
-            if pending_magic and c == _MAGIC1:
+            if (pending_magic or held) and c == _MAGIC1:
                 break
+            if held:
+                held = False
+                if on_text(3, True):
+                    return _R_INTERRUPT
+                burst_start = False
+            elif burst_start and c == 3 and self.poll is not None:
+                held = True
+                continue
             pending_magic = c == _MAGIC0    # held back: the next byte says whether a frame starts
             if not pending_magic and on_text(c, burst_start):
                 return _R_INTERRUPT

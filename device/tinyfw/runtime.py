@@ -71,6 +71,7 @@ _R_BAD_HEADER = const(2)
 _R_TOO_BIG = const(3)
 _R_BAD_CRC = const(4)
 _R_INTERRUPT = const(6)
+_R_REST = const(7)
 
 _FRAMES_RX = const(0)          # Runtime.counts: the STATS counters, in STATS order
 _FRAMES_BAD = const(1)
@@ -246,6 +247,8 @@ class Runtime:
                 self._on_frame()
             elif r == _R_EOF or r == _R_INTERRUPT:
                 break
+            elif r == _R_REST:      # the line rests after damage no NAK answered: the host waits for a reply
+                self._nak(_NAK_STALL)
             else:                   # a damaged frame
                 self.counts[_FRAMES_BAD] += 1
                 self.garbage = True
@@ -254,13 +257,16 @@ class Runtime:
                           else _NAK_TOO_BIG if r == _R_TOO_BIG else _NAK_STALL)
                 if fio.header_ok:
                     d = (fio.seq - self.expected) & 0xFFFF
-                    if d >= 0x8000:     # a damaged copy of a frame already executed: its reply went out or
-                        continue        # will be asked for
+                    if d >= 0x8000:     # a damaged copy of a frame already executed: its reply went out; if
+                        fio.rest_wanted = True      # the line rests, the NAK makes the host send it again
+                        continue
                     if d == 0:          # this very send of the expected frame failed: ask for it again at once
                         self._nak(reason)
                         continue
                 if not self.nak_sent:   # otherwise once per expected frame, until it arrives or the line rests
                     self._nak(reason)
+                else:
+                    fio.rest_wanted = True
         if self.upload is not None:     # an upload in progress is abandoned: its partial file goes
             self.upload.close(True)
             self.upload = None
@@ -273,6 +279,8 @@ class Runtime:
         self.burst_n += 1
         if self.garbage:
             return False
+        if c >= 0x80:     # not text: a frame whose magic was hit; NAK the expected frame if the line rests
+            self.fio.rest_wanted = True
         if c == 3:    # Ctrl-C typed at a console (or sent by mpremote) ends the runtime; garbage does not
             if self.burst_n == 1 or (self.burst_n == 2 and self.prev_text in (10, 13)):
                 return True
@@ -303,6 +311,7 @@ class Runtime:
 
     def _nak(self, reason):
         fio = self.fio
+        fio.rest_wanted = False
         self.nak_seen = 0
         put16(fio.small, _HEADER_BYTES, self.expected)
         fio.small[_HEADER_BYTES + 2] = reason
@@ -314,6 +323,7 @@ class Runtime:
         fio = self.fio
         seq = fio.seq
         self.garbage = False
+        fio.rest_wanted = False
         self.counts[_FRAMES_RX] += 1
         if fio.flags & _FLAG_SYNC:
             self.expected = seq

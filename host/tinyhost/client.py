@@ -12,6 +12,7 @@ MicroPython only -- its source is sent through the raw REPL and run from RAM ("b
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
-from .link import Link
+from .link import FramesDamaged, Link
 from .paths import firmware_dir
 from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
@@ -176,24 +177,103 @@ def stats_from_kv(kv):
     return {k: (v if k == "last_error" else _number(v)) for k, v in kv.items()}
 
 
+BOOTSTRAP_UNIT_BYTES = 4096         # the bootstrap compiles at most about this much source at a time
+
+
 def bootstrap_sources(fw_dir=None):
     """The scripts that start the runtime from RAM: BOOTSTRAP_MODULES with their tinyfw imports dropped (they
-    share the raw REPL's namespace) and comment lines removed, then the call of run()."""
+    share the raw REPL's namespace) and comment lines removed, cut into units of about BOOTSTRAP_UNIT_BYTES
+    (:func:`_bootstrap_units`), then the call of run()."""
     pkg = Path(fw_dir or firmware_dir()) / "tinyfw"
     scripts = []
     for name in BOOTSTRAP_MODULES:
         text = _TINYFW_IMPORT.sub("", (pkg / name).read_text())
-        scripts.append("import gc\ngc.collect()\n" + "\n".join(
-            ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")))
-    scripts.append("run(bootstrapped=True)")
+        scripts += _bootstrap_units("\n".join(ln for ln in text.splitlines()
+                                              if ln.strip() and not ln.lstrip().startswith("#")))
+    scripts.append("_b=_c=None\nrun(bootstrapped=True)")
     return scripts
+
+
+_CONST_LINE = re.compile(r"^_[A-Za-z0-9_]+ = const\([^#\n]*\)[ \t]*(?:#.*)?$", re.M)
+
+
+def _bootstrap_units(source):
+    """``source`` as scripts that, run one after the other in one namespace, define what it defines; each holds
+    whole top-level statements (a large class's methods are attached to it in later scripts) of about
+    BOOTSTRAP_UNIT_BYTES, so that the board holds one unit's source and compiles it at a time. Every unit
+    starts with the module's private constants (``_X = const(...)`` is compiled away, no global: a unit
+    without them would not know them)."""
+    import ast
+    lines = source.splitlines()
+    consts = "\n".join(m.group(0) for m in _CONST_LINE.finditer(source))
+
+    def text(node, dedent=0):
+        first = node.lineno - 1 - len(getattr(node, "decorator_list", []))
+        return "\n".join(ln[dedent:] for ln in lines[first:node.end_lineno])
+
+    pieces = []                      # top-level source pieces in order
+    for node in ast.parse(source).body:
+        whole = text(node)
+        if _CONST_LINE.fullmatch(whole):
+            continue                 # in every unit's prefix (a const assigned twice is an error)
+        if not isinstance(node, ast.ClassDef) or len(whole) <= BOOTSTRAP_UNIT_BYTES:
+            pieces.append(whole)
+            continue
+        head_end = node.body[0].lineno - 1
+        head = "\n".join(lines[node.lineno - 1:head_end])
+        body, later = [], []
+        for item in node.body:
+            item_text = text(item)
+            if isinstance(item, ast.FunctionDef) and len(head) + sum(map(len, body)) + len(item_text) > \
+                    BOOTSTRAP_UNIT_BYTES and body:
+                method = text(item, dedent=item.col_offset).replace(f"def {item.name}(", "def _bootstrap_method(", 1)
+                later.append(f"{method}\n{node.name}.{item.name} = _bootstrap_method\ndel _bootstrap_method")
+            else:
+                body.append(item_text)
+        pieces.append(head + "\n" + "\n".join(body))
+        pieces += later
+    units, unit = [], []
+    for piece in pieces:
+        if unit and sum(map(len, unit)) + len(piece) > BOOTSTRAP_UNIT_BYTES:
+            units.append(unit)
+            unit = []
+        unit.append(piece)
+    if unit:
+        units.append(unit)
+    return [consts + "\n" + "\n".join(u) for u in units]
 
 
 # INFER's retry budget: its request is as large as the model's input (490 bytes for KWS), so at 1e-3 faults per
 # byte each way most sends are damaged and NAKed at once; those retries are cheap and many are allowed. Silence
 # (a try that times out) is given up on after INFER_TIMEOUTS tries.
-INFER_TIMEOUTS = 4
+INFER_TIMEOUTS = 5
 INFER_DAMAGE_TRIES = 32
+# Sending a model's input in pieces: SET_INPUT frames, then INVOKE and GET_OUTPUT. On a line that damages some
+# bytes, a frame arrives whole with probability exp(-rate * its bytes), so a damaged piece is sent again, not the
+# whole input. The host chooses between one INFER and pieces by the expected line time of each (ROUND_TRIP_BYTES:
+# what a request's turnaround costs beyond its bytes, in byte times) at the damage rate it has seen.
+ROUND_TRIP_BYTES = 16
+DAMAGE_MEMORY = 0.9                # weight of the past in the damage-rate estimate, per request
+WHOLE_DAMAGE_TRIES = 8             # damaged sends of one INFER frame before its input goes in pieces
+MIN_PIECES_INPUT = 64              # inputs smaller than this always go in one INFER
+_PIECE_BYTES = 5 + P.OVERHEAD_BYTES + 2     # a SET_INPUT frame's bytes beside its data (header, pad)
+_INVOKE_BYTES = 8 + 24 + 2 * P.OVERHEAD_BYTES + 2
+_GET_OUTPUT_BYTES = 7 + 4 + 2 * P.OVERHEAD_BYTES + 2
+
+
+def input_pieces(input_bytes, reply_bytes, damage_per_byte):
+    """How many pieces to send an INFER's input in at ``damage_per_byte`` (1: one INFER frame), with the
+    expected line time of each choice in byte times: exp(rate * frame bytes) sends per frame."""
+    def cost(frame_bytes):
+        return math.exp(damage_per_byte * frame_bytes) * (frame_bytes + ROUND_TRIP_BYTES)
+
+    best = (cost(input_bytes + P.OVERHEAD_BYTES + 2 + reply_bytes), 1)
+    for k in range(2, max(2, input_bytes // 32) + 1):
+        piece = -(-input_bytes // k)
+        total = k * cost(piece + _PIECE_BYTES + P.OVERHEAD_BYTES) + cost(_INVOKE_BYTES) + cost(
+            _GET_OUTPUT_BYTES + reply_bytes - P.OVERHEAD_BYTES)
+        best = min(best, (total, k))
+    return best[1]
 
 
 class _Damaged(Exception):
@@ -212,6 +292,10 @@ class Device:
         self.running = False
         self.started_via = None          # "running" (answered at once), "import", "bootstrap"
         self.slowest_infer_s = None      # the longest INFER the board has reported (its own time)
+        self.infer_reply_bytes = 1024    # an INFER reply's size: the loaded model's output 0, once LOAD said
+        self.infer_sends = 0.0           # INFER's sends and those that failed, weighed by DAMAGE_MEMORY ...
+        self.infer_failures = 0.0
+        self.infer_bytes = 0.0           # ... and the bytes each send put on the line, both ways
 
     @classmethod
     def open(cls, port, baud=None, timeout_s=5.0, start=True):
@@ -248,10 +332,8 @@ class Device:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
             *modules, start = bootstrap_sources()
             for script in modules:
-                self.repl.exec(script, timeout_s=max(self.timeout_s, 20.0))
-            self.repl.exec_start(start)
-            if not self._await_ready(allow_absent=False):
-                raise BoardNotResponding("the bootstrapped runtime did not start")
+                self.repl.exec_checked(script, timeout_s=max(self.timeout_s, 20.0), tries=START_TRIES)
+            self._run_checked(start, allow_absent=False)
             self.started_via = "bootstrap"
         self._hello()
 
@@ -279,18 +361,23 @@ class Device:
     def _import_runtime(self):
         """Start tinyfw from the board's filesystem through the raw REPL, the code checked on arrival (a damaged
         line must not make the board look empty). True when it runs, False when tinyfw is not there."""
+        return self._run_checked(START_CODE, allow_absent=True)
+
+    def _run_checked(self, code, allow_absent):
+        """Send ``code`` that starts the runtime through the raw REPL, checked on arrival, up to START_TRIES
+        times; True once the runtime answers, False when ``allow_absent`` and tinyfw is not on the board."""
         for attempt in range(START_TRIES):
             if attempt:
                 log.info("the start code arrived damaged: sending it again (try %d)", attempt + 1)
                 self.repl.enter()
             self.link.take_text()
             try:
-                self.repl.exec_start(checked_code(START_CODE))
-            except DeviceError as e:                   # the raw-paste transfer was cut (a damaged flow byte)
+                self.repl.exec_start(checked_code(code))
+            except (DeviceError, BoardNotResponding) as e:    # the raw-paste exchange was damaged on the line
                 log.info("%s", e)
                 continue
             try:
-                return self._await_ready(allow_absent=True, checked=True)
+                return self._await_ready(allow_absent=allow_absent, checked=True)
             except _Damaged:
                 continue
         raise BoardNotResponding(f"the start code did not reach the board on {self.t.port} intact in "
@@ -488,7 +575,10 @@ class Device:
         self.slowest_infer_s = None              # another model: its time is not known yet
         f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
                               expect_bytes=1024, what=f"load {remote_path}", damage_tries=8)
-        return model_info_from_kv(P.parse_kv(f.payload))
+        info = model_info_from_kv(P.parse_kv(f.payload))
+        if info.outputs:
+            self.infer_reply_bytes = P.OVERHEAD_BYTES + 4 + info.outputs[0].nbytes
+        return info
 
     def set_input(self, data, index=0):
         data = bytes(data)
@@ -543,14 +633,21 @@ class Device:
             if len(out) >= total or not data:
                 return bytes(out)
 
-    def infer_wait_s(self, nbytes, timeout_s=120.0):
-        """How long one INFER try waits for its reply: ``timeout_s`` until the board has answered one; then four
-        times the slowest inference it reported (at least 2 s) plus the wire time, at most ``timeout_s``. A lost
-        request or reply then costs seconds, not ``timeout_s``, on a noisy line."""
+    def infer_wait_s(self, nbytes, timeout_s=120.0, info=False):
+        """``(first, longest)``: how long INFER's first try waits for its reply, and the most a later try waits
+        (each try that times out doubles the wait, :meth:`Link.request`).
+
+        Until the board has answered one INFER since the model was loaded: 10 s, doubling up to ``timeout_s``.
+        Then twice the slowest inference it reported plus the wire time of request and expected reply (the
+        model's output 0, known from LOAD) and a margin, doubling up to four times the slowest inference (at least
+        2 s). So a request or reply lost on a noisy line costs about half a second for KWS, not ``timeout_s``.
+        """
+        reply_bytes = self.infer_reply_bytes + (P.INFO_BYTES + 1 if info else 0)
+        wire = self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, reply_bytes)
         if self.slowest_infer_s is None:
-            return timeout_s
-        return min(timeout_s, max(2.0, 4 * self.slowest_infer_s)
-                   + self.link.reply_timeout_s(nbytes + P.OVERHEAD_BYTES, self.link.max_payload))
+            return min(timeout_s, 10.0), timeout_s
+        longest = min(timeout_s, max(2.0, 4 * self.slowest_infer_s) + wire)
+        return min(longest, 2 * self.slowest_infer_s + wire), longest
 
     def _took(self, us):
         s = us / 1e6
@@ -566,19 +663,69 @@ class Device:
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
+        first_s, longest_s = self.infer_wait_s(len(data), timeout_s)
+        whole_bytes = len(data) + P.OVERHEAD_BYTES + 2 + self.infer_reply_bytes
+        splittable = len(data) >= MIN_PIECES_INPUT
+        if splittable:
+            pieces = input_pieces(len(data), self.infer_reply_bytes, self.damage_per_byte())
+            if pieces > 1:
+                return self._infer_in_pieces(data, pieces, first_s, longest_s)
         try:
-            f = self.link.request(P.T.INFER, data, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                                  expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
-                                  damage_tries=INFER_DAMAGE_TRIES)
+            f = self.link.request(P.T.INFER, data, timeout_s=first_s, max_timeout_s=longest_s, what="infer",
+                                  tries=INFER_TIMEOUTS,
+                                  damage_tries=WHOLE_DAMAGE_TRIES if splittable else INFER_DAMAGE_TRIES)
+        except FramesDamaged:
+            if not splittable:
+                raise
+            self._count_sends(self.link.last_sends + 1, whole_bytes)      # as if the next send got through
+            pieces = max(2, input_pieces(len(data), self.infer_reply_bytes, self.damage_per_byte()))
+            log.info("infer: %d damaged sends of the whole input: sending it in %d pieces", self.link.last_sends,
+                     pieces)
+            return self._infer_in_pieces(data, pieces, first_s, longest_s)
         except DeviceError as e:
             if getattr(e, "code", None) != P.ErrorCode.TOO_BIG:
                 raise
             self.set_input(data)
             r = self.invoke(1, timeout_s=timeout_s)
             return InferResult(self.get_output(0), r.times_us[0])
+        self._count_sends(self.link.last_sends, whole_bytes)
         us, out = P.parse_infer(f.payload)
         self._took(us)
         return InferResult(out, us)
+
+    def _infer_in_pieces(self, data, pieces, first_s, longest_s):
+        """INFER as SET_INPUT pieces, one INVOKE and GET_OUTPUT: on a damaging line each piece is resent alone."""
+        piece = -(-len(data) // pieces)
+        for off in range(0, len(data), piece):
+            chunk = data[off:off + piece]
+            self.link.request(P.T.SET_INPUT, P.pack_set_input(0, off, chunk), what="set input",
+                              tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+            self._count_sends(self.link.last_sends, len(chunk) + _PIECE_BYTES + P.OVERHEAD_BYTES)
+        f = self.link.request(P.T.INVOKE, P.pack_invoke(1, 0), timeout_s=first_s, max_timeout_s=longest_s,
+                              what="invoke", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+        self._count_sends(self.link.last_sends, _INVOKE_BYTES)
+        us = P.parse_invoke(f.payload).total_us
+        self._took(us)
+        f = self.link.request(P.T.GET_OUTPUT, P.pack_get_output(0, 0, self.infer_reply_bytes),
+                              what="get output", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
+        self._count_sends(self.link.last_sends, _GET_OUTPUT_BYTES + self.infer_reply_bytes)
+        total, out = P.parse_get_output(f.payload)
+        if len(out) != total:
+            raise ProtocolError(f"get output: {len(out)} of {total} bytes in one reply")
+        return InferResult(out, us)
+
+    def _count_sends(self, sends, frame_bytes):
+        self.infer_sends = self.infer_sends * DAMAGE_MEMORY + sends
+        self.infer_failures = self.infer_failures * DAMAGE_MEMORY + sends - 1
+        self.infer_bytes = self.infer_bytes * DAMAGE_MEMORY + sends * frame_bytes
+
+    def damage_per_byte(self):
+        """The line's damage rate per byte as INFER's sends have seen it (0 until one failed): from the share of
+        sends that failed and the bytes a send puts on the line, p = 1 - exp(-rate * bytes)."""
+        if self.infer_failures <= 0 or self.infer_sends <= 0:
+            return 0.0
+        failed = min(0.95, self.infer_failures / self.infer_sends)
+        return -math.log1p(-failed) / (self.infer_bytes / self.infer_sends)
 
     def infer_with_info(self, data, timeout_s=120.0):
         """INFER with FLAG_INFO: the runtime answers locally or through the board's offload Predictor, as its
@@ -588,9 +735,9 @@ class Device:
         if len(data) > self.link.max_payload:
             raise UsageError(f"the input ({len(data)} bytes) does not fit one frame of this board "
                              f"({self.link.max_payload} bytes); offloaded runs need INFER")
-        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=self.infer_wait_s(len(data), timeout_s),
-                              expect_bytes=self.link.max_payload, what="infer", tries=INFER_TIMEOUTS,
-                              damage_tries=INFER_DAMAGE_TRIES)
+        first_s, longest_s = self.infer_wait_s(len(data), timeout_s, info=True)
+        f = self.link.request(P.T.INFER, data, flags=P.FLAG_INFO, timeout_s=first_s, max_timeout_s=longest_s,
+                              what="infer", tries=INFER_TIMEOUTS, damage_tries=INFER_DAMAGE_TRIES)
         try:
             result = P.parse_infer_info(f.payload)
             self._took(result[0])

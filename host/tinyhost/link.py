@@ -32,6 +32,14 @@ DAMAGED = P.Frame(-1, -1)      # next_frame(): a frame from the device arrived d
 # board is recognised as soon as it says so, not after every try's timeout.
 RESET_TEXT = (b"soft reboot\r\n", b"raw REPL; CTRL-B to exit", b'Type "help()" for more information.')
 POLL_S = 0.25                  # a request's wait is cut into slices this long to look at the text in between
+# Written after every frame the host sends: a byte of the frame lost on the line makes the device read these into
+# the frame and fail its CRC at once (a NAK within the frame's wire time) instead of waiting out its 150 ms byte
+# timeout for a byte that will not come. Outside a frame they are text the device ignores.
+FRAME_PAD = b"\x00\x00"
+
+
+class FramesDamaged(ProtocolError):
+    """A request's sends were answered (NAKs, damaged replies) but none got through whole."""
 
 
 @dataclass
@@ -82,25 +90,30 @@ class Link:
         self.text_tail = bytearray()
         self.text_seen = 0               # text bytes received in all (text_tail keeps the last TEXT_TAIL_BYTES)
         self.on_text = None              # callback(bytes) for text from the device (EEMBC output, prints)
+        self.junk = False                # binary bytes outside frames arrived: the remains of a damaged frame
+        self.last_sends = 0              # sends the last request took (1: its first send was answered)
 
     # -- receiving ------------------------------------------------------------------------------------------
     def next_frame(self, deadline, report_damage=False):
         """The next frame from the device, or None once ``deadline`` (time.monotonic) has passed.
 
         With ``report_damage``, a damaged frame from the device (a reply lost on the line) returns ``DAMAGED`` at
-        once, so the caller can ask again without waiting for its timeout.
+        once, so the caller can ask again without waiting for its timeout: a frame that fails its checks, one that
+        stops arriving halfway, or binary bytes outside any frame (a frame whose magic was hit) once the line has
+        been quiet for ``STALL_S``.
         """
         while not self.frames:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            partial = report_damage and self.decoder.pending()
+            partial = report_damage and (self.decoder.pending() or self.junk)
             data = self.t.read_some(min(left, STALL_S if partial else 0.25))
             if data:
                 if self._feed(data) and report_damage and not self.frames:
                     return DAMAGED
             elif partial and time.monotonic() < deadline:
-                # a frame stopped arriving halfway: bytes were lost on the line
+                # a frame stopped arriving halfway, or arrived without its magic: bytes were lost on the line
+                self.junk = False
                 bad = self.decoder.frames_bad
                 self.frames.extend(self.decoder.discard_pending())
                 self.stats.frames_bad += self.decoder.frames_bad - bad
@@ -116,6 +129,8 @@ class Link:
         self.stats.frames_bad += damaged
         text = self.decoder.take_text()
         if text:
+            if max(text) >= 0x80:                # the device prints text; bytes like these are a frame's remains
+                self.junk = True
             self.text_seen += len(text)
             self.text_tail += text
             del self.text_tail[:-TEXT_TAIL_BYTES]
@@ -156,23 +171,26 @@ class Link:
         return seq
 
     def request(self, ftype, payload=b"", flags=0, timeout_s=None, on_event=None, tries=MAX_TRIES,
-                expect_bytes=P.OVERHEAD_BYTES, what=None, damage_tries=None):
+                expect_bytes=P.OVERHEAD_BYTES, what=None, damage_tries=None, max_timeout_s=None):
         """Send one request, return its OK/ACK reply frame; raises the mapped error for an ERR reply.
 
         ``timeout_s`` is the wait for a reply to one send (default: from the wire time of both frames);
         an EVENT frame for this request (``on_event(index, value)``) starts the wait again. At most ``tries``
         sends; with ``damage_tries``, sends after a NAK or a damaged reply (answered at once, so cheap) count
         against that instead, and only timeouts against ``tries``: a large frame on a noisy line, damaged on most
-        sends, still gets through while a silent board is given up on as soon.
+        sends, still gets through while a silent board is given up on as soon. With ``max_timeout_s`` the wait
+        doubles after each try that timed out, up to that: a first wait close to the expected reply time makes
+        a lost frame cheap, and a board slower than expected is still waited for.
         """
         seq = self.next_seq()
         if self.resync:                           # an interrupted transfer left the device's count behind
             flags |= P.FLAG_SYNC
             self.resync = False
-        raw = P.encode_frame(ftype, seq, payload, flags)
+        raw = P.encode_frame(ftype, seq, payload, flags) + FRAME_PAD
         what = what or P.Frame(ftype, seq).name
         wait_s = timeout_s if timeout_s is not None else self.reply_timeout_s(len(raw), expect_bytes)
         heard = False
+        waited_s = 0.0
         text_mark = self.text_seen
         attempt = timeouts = 0
         cause = ""
@@ -180,6 +198,7 @@ class Link:
             if attempt:
                 self.stats.frames_retried += 1
                 log.info("%s seq %d: sending again after %s (try %d)", what, seq, cause, attempt + 1)
+            self.junk = False
             self.t.write(raw)
             self.stats.frames_sent += 1
             deadline = time.monotonic() + wait_s
@@ -192,10 +211,14 @@ class Link:
                     self.stats.timeouts += 1
                     timeouts += 1
                     cause = f"no reply in {wait_s:.1f} s"
+                    waited_s += wait_s
                     self._check_alive()
+                    if max_timeout_s is not None:
+                        wait_s = max(wait_s, min(max_timeout_s, wait_s * 2))
                     break
                 heard = True
                 if f is DAMAGED:
+                    self._check_alive(since=text_mark)      # a board's boot garbage, then its banner
                     cause = "a damaged reply"
                     break                         # the reply was damaged: ask again (the device answers a copy)
                 if f.ftype == P.T.READY:
@@ -207,7 +230,7 @@ class Link:
                     if 0 < ((seq - P.parse_nak(f.payload)[0]) & 0xFFFF) < 0x8000:
                         # the device still waits for an earlier frame that will not come (an interrupted
                         # transfer); it has not seen this seq, so a SYNC copy cannot run twice
-                        raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
+                        raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC) + FRAME_PAD
                     break                         # else: send the same again (it gets the cached reply if it ran)
                 if f.seq != seq:
                     self.stats.stale_frames += 1
@@ -220,11 +243,12 @@ class Link:
                 if f.ftype == P.T.ERR:
                     raise device_error(f, what)
                 if f.ftype == P.T.OK or (f.ftype == P.T.ACK and ftype == P.T.PUT_DATA):
+                    self.last_sends = attempt + 1
                     return f
                 if f.ftype == P.T.ACK:
                     # the device took this seq for a copy of an old frame: make it take this one as new
                     cause = "an ACK for an old frame"
-                    raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC)
+                    raw = P.encode_frame(ftype, seq, payload, flags | P.FLAG_SYNC) + FRAME_PAD
                     break
                 self.stats.stale_frames += 1
             attempt += 1
@@ -234,10 +258,11 @@ class Link:
             elif timeouts >= tries or attempt - timeouts >= damage_tries:
                 break
         tries = attempt
+        self.last_sends = attempt
         if not heard:
             raise BoardNotResponding(f"no answer to {what} from the board on {self.t.port} "
-                                     f"({tries} tries, {wait_s:.1f} s each)")
-        raise ProtocolError(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
+                                     f"({tries} tries, {waited_s:.1f} s in all)")
+        raise FramesDamaged(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
                             f"NAKs: {self.stats.naks_received})")
 
     def send_data(self, ftype, data, pack, progress=None, what="data"):
@@ -287,7 +312,7 @@ class Link:
                     if len(frames) >= 0x8000:
                         raise ValueError("too many frames for one transfer")
                     frames.append((off, n, P.encode_frame(ftype, (first + next_i) & 0xFFFF,
-                                                          pack(off, data[off:off + n]))))
+                                                          pack(off, data[off:off + n])) + FRAME_PAD))
                     self.seq_used = max(self.seq_used, len(frames))
                 self.t.write(frames[next_i][2])
                 self.stats.frames_sent += 1

@@ -31,4 +31,6 @@ def sim(board_name, baud, state_dir, drop_rate, corrupt_rate, seed, fresh):
         serve(config)
     except BootFailed as e:
         image = config.state_dir / "flash.img"
-        raise TransportError(str(e), hint=f"add --fresh to start from an empty flash ({image} is erased)") from None
+        raise TransportError(str(e), hint=f"its flash ({image}) is kept: start it again; if boot.py or main.py on "
+                             f"it ends the VM at every start, add --fresh to start from an empty flash (it erases "
+                             f"{image})") from None

@@ -1,13 +1,14 @@
 """``tinyhost serve``: an asyncio server that runs boards' models for them.
 
 Each connection is one board's session (HELLO, then REQUESTs, one at a time). Requests that pass the checks go to a
-queue shared by the workers; each worker is one thread with its own interpreters, so a slow model delays only the
+queue shared by the workers, taken round-robin by device id; each worker is one thread with its own interpreters, so a slow model delays only the
 queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing errors,
 authentication failures and oversize frames also close that one connection. Limits (frame size, clients, queue
 length, idle and per-frame timeouts) bound what a misbehaving client can hold.
 """
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -136,6 +137,35 @@ class _Job:
         self.enqueued_ns = time.perf_counter_ns()
 
 
+class _FairQueue:
+    """Jobs taken round-robin by device: a device waits its turn behind every other device with a job queued, so
+    however many sessions it opens it gets one device's share of the workers when others are waiting."""
+
+    def __init__(self):
+        self._by_device = collections.OrderedDict()     # device id -> deque of its jobs, next turn first
+        self._size = 0
+        self._ready = asyncio.Semaphore(0)
+
+    def qsize(self):
+        return self._size
+
+    def put_nowait(self, device_id, job):
+        self._by_device.setdefault(device_id, collections.deque()).append(job)
+        self._size += 1
+        self._ready.release()
+
+    async def get(self):
+        await self._ready.acquire()
+        device_id, jobs = next(iter(self._by_device.items()))
+        job = jobs.popleft()
+        if jobs:
+            self._by_device.move_to_end(device_id)
+        else:
+            del self._by_device[device_id]
+        self._size -= 1
+        return job
+
+
 class OffloadServer:
     """Serve ``models`` ({model id: models.ModelEntry}). ``keys`` is an auth.KeyStore, or None for no
     authentication (allowed on loopback only)."""
@@ -178,7 +208,7 @@ class OffloadServer:
             check_model_file(entry.path)
             if entry.reference_path:
                 check_model_file(entry.reference_path, reference=True)
-        self._queue = asyncio.Queue()
+        self._queue = _FairQueue()
         self._runners = [None] * self.config.workers
         for i in range(self.config.workers):
             if self.config.threads:
@@ -449,7 +479,7 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.BUSY, "server queue full, retry later")
         use_reference = runner[2] and request.want != wire.WANT_MODEL
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(request.model_id, request.tensor, use_reference, future, split))
+        self._queue.put_nowait(session.device_id, _Job(request.model_id, request.tensor, use_reference, future, split))
         try:
             data, queue_us, compute_us = await future
         except RequestRejected as e:

@@ -114,10 +114,17 @@ def _boot():
     sys.argv[:] = []
     gc.collect()
     micropython.kbd_intr(3)
-    sys.stdout.write(_NOTE_MOUNTED)
-    if _exists("boot.py"):
-        _run("boot.py")
-    sys.stdout.write(_NOTE_READY)
+    ready = False
+    try:
+        sys.stdout.write(_NOTE_MOUNTED)
+        if _exists("boot.py"):
+            _run("boot.py")
+        sys.stdout.write(_NOTE_READY)
+        ready = True
+    except KeyboardInterrupt:   # Ctrl-C that came while booting (bytes a host was still sending): on a board it
+        pass                    # stops boot.py at most; the board still comes up
+    if not ready:
+        sys.stdout.write(_NOTE_READY)
     return mode == "friendly" and _exists("main.py")
 
 
