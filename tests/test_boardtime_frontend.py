@@ -109,7 +109,7 @@ def test_inspect_reports_the_front_end_of_a_model_that_has_one(tmp_path, capsys)
     assert report["front_end"] == {"model": "kws", "mfcc": dataclasses.asdict(KWS), "ram_bytes": want.ram_bytes}
     assert report["fits"][0]["front_end_time"]["per_frame_ns"] == want.per_frame_ns
     printed = capsys.readouterr().out
-    assert f"{want.ram_bytes:,} B of RAM; per 20 ms hop (estimate, board-time model bt-1" in printed
+    assert f"{want.ram_bytes:,} B of RAM; per 20 ms hop (estimate, board-time model {boardtime.BOARD_TIME_MODEL}" in printed
     assert f"  esp32 {want.per_frame_us / 1000:,.1f} ms\n" in printed
     vww = inspect(ROOT / "models" / "vww" / "vww.tflite", board="esp32", tflm=False)
     assert vww.front_end is None and vww.fits[0].front_end_time is None

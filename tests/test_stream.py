@@ -12,6 +12,7 @@ from tinyhost import boards, flash
 from tinyhost import protocol as P
 from tinyhost import stream as st
 from tinyhost.bench import sww
+from tinyhost.boardtime import BOARD_TIME_MODEL
 from tinyhost.cli import cli
 from tinyhost.errors import UsageError
 
@@ -91,7 +92,7 @@ def test_board_time_file_lines_for_a_virtual_board():
     profile = boards.load("esp32")
     [(remote, line)] = flash.board_time_lines([KWS], profile).items()
     version, invoke_ns, hop_ns, path = line.split()
-    assert remote == path == "/models/kws.tflite" and version == "bt-1"
+    assert remote == path == "/models/kws.tflite" and version == BOARD_TIME_MODEL
     from tinyhost.boardtime import for_board
     assert int(invoke_ns) == for_board(KWS, profile, True, "viper").total_ns
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tinyhost.bench import sww
 from tinyhost.cli import cli
+from tinyhost.boardtime import BOARD_TIME_MODEL
 
 pytestmark = pytest.mark.skipif(os.environ.get("TINYHOST_SLOW") != "1",
                                 reason="about 90 s (ROMFS flash, a minute of audio): set TINYHOST_SLOW=1")
@@ -37,11 +38,11 @@ def test_listen_finds_ten_keywords_at_their_times_in_a_minute(state, tmp_path):
     out = _run(["listen", *BOARD, "--state-dir", str(state), "--model", "kws", "--wav", str(f.wav_path),
                 "--json", str(tmp_path / "l.json")])
     doc = json.loads((tmp_path / "l.json").read_text())["stream"]
-    assert doc["clock"] == "bt-1" and doc["keeps_up"] and doc["line_keeps_up"]
+    assert doc["clock"] == BOARD_TIME_MODEL and doc["keeps_up"] and doc["line_keeps_up"]
     assert doc["counters"]["hops"] == 3000 and doc["counters"]["inferences_skipped"] == 0
     s = sww.score([(d["board_s"], d["label"]) for d in doc["detections"]], f.windows, 60.0, f.labels)
     assert s.true_positives >= 8 and s.false_positives <= 2, (s, out)
-    assert "board time, ESTIMATE of board-time model bt-1" in out
+    assert f"board time, ESTIMATE of board-time model {BOARD_TIME_MODEL}" in out
 
 
 def test_bench_streaming_reports_mlperf_figures(state, tmp_path):
@@ -50,7 +51,7 @@ def test_bench_streaming_reports_mlperf_figures(state, tmp_path):
           str(tmp_path / "data"), "--json", str(tmp_path / "b.json")])
     fig = json.loads((tmp_path / "b.json").read_text())["streaming"]
     assert fig["true_positives"] + fig["false_negatives"] == 3 and fig["true_positives"] >= 2
-    assert fig["audio_s"] == 12 and fig["clock"] == "bt-1"
+    assert fig["audio_s"] == 12 and fig["clock"] == BOARD_TIME_MODEL
     assert 0.5 < fig["duty_cycle"] < 1.0 and fig["energy_mj"] > 0 and fig["keeps_up"]
 
 
@@ -59,7 +60,7 @@ def test_microphone_stand_in_on_the_virtual_board(state, tmp_path):
     out = _run(["listen", *BOARD, "--state-dir", str(state), "--model", "kws", "--mic", "--wav", str(f.wav_path),
                 "--seconds", "8", "--json", str(tmp_path / "m.json")])
     doc = json.loads((tmp_path / "m.json").read_text())["stream"]
-    assert doc["counters"]["hops"] == 400 and doc["clock"] == "bt-1"
+    assert doc["counters"]["hops"] == 400 and doc["clock"] == BOARD_TIME_MODEL
     s = sww.score([(d["board_s"], d["label"]) for d in doc["detections"]], f.windows, 8.0, f.labels)
     assert s.true_positives == 2, (s, out)
 
@@ -88,7 +89,7 @@ def test_streaming_dut_commands_with_audio_over_the_link(state, tmp_path):
             return [x for x in link.take_text().decode().replace("\r", "").split("\n") if x]
 
         assert text("state%") == ["m-[state idle]", "m-ready"]
-        assert "clock bt-1" in text("start%")[0]
+        assert f"clock {BOARD_TIME_MODEL}" in text("start%")[0]
         frame = st.audio_frame_bytes(link.max_payload)
         for off in range(0, len(pcm), frame):
             link.request(T.AUDIO, pcm[off:off + frame], what="audio", timeout_s=30.0)
