@@ -6,7 +6,7 @@
 # board-time model's estimate of one invoke of the loaded model and of one front-end hop, docs/board-time.md), the
 # clock is board time: it advances only by the modelled cost of the work done (invoked(), hops()) and by waiting
 # for audio that has not arrived yet (wait_until_us()). Until then the virtual board reports the VM's own time;
-# model() says which clock answers ("" for a real clock, else the board-time model's version, e.g. "bt-1").
+# model() says which clock answers ("" for a real clock, else the board-time model's version, e.g. "bt-2").
 # tinyfw.cmd_load sets the costs at each load on a virtual board from BOARD_TIME_FILE, which the host writes.
 # Small on purpose: it stays resident next to a model that may need nearly the whole heap.
 import time

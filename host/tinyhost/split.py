@@ -9,7 +9,7 @@ runs the whole model on the board.
 ``plan(rows, ...)`` is the arithmetic of the split plan on a table of per-point figures (board time of the head,
 bytes each way, the server's time for the tail): link time from the link model (lk-1), board energy as
 ``tinyhost.linkmodel.offload_board_time`` counts it. ``build_plan`` fills that table: the head's board time from
-the board-time model (bt-1), the tail's server time measured by running it on this host with the engine.
+the board-time model (bt-2), the tail's server time measured by running it on this host with the engine.
 """
 
 import statistics
@@ -135,7 +135,7 @@ class PlanInput:
     """What the plan needs of one split point: the figures are measured or modelled elsewhere."""
     k: int
     after: str
-    head_ns: int                # board time of operators [0, k) (bt-1)
+    head_ns: int                # board time of operators [0, k) (bt-2)
     request_bytes: int          # 0 at k = n: nothing is sent
     reply_bytes: int
     server_us: int              # the server's time for operators [k, n) (measured)
@@ -333,7 +333,7 @@ def build_plan(path, board_spec, link_name, objective="latency", model_id=None, 
     return SplitPlan(
         str(path), board_spec, link.name, objective, best, rows, BOARD_TIME_MODEL, LINK_MODEL, link.source,
         "measured on this host: the tail run with the engine's numpy kernels (median of 5), as the server runs it",
-        "estimates: board time (bt-1: the head, serialising) and link time (lk-1); energy = the board's active "
+        "estimates: board time (bt-2: the head, serialising) and link time (lk-1); energy = the board's active "
         "power while computing, radio TX while sending, RX while waiting and receiving",
         {p.k: [(t.name, list(t.shape), t.nbytes, t.scale, t.zero_point) for t in p.tensors] for p in splits.points})
 

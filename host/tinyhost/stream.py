@@ -64,7 +64,7 @@ class StreamResult:
     detections: list                # of Detection
     audio_s: float                  # length of the audio streamed
     counters: dict                  # STREAM_STOP's: hops, inferences, inferences_skipped, hops_dropped, busy_us, ...
-    clock: str                      # "bt-1": board time (an estimate of that board-time model); "real"
+    clock: str                      # "bt-2": board time (an estimate of that board-time model); "real"
     virtual: bool
     board: str
     baud: int

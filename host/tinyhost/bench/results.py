@@ -42,7 +42,7 @@ class PerformanceResult:
     # estimate, the same on every run and host; tinyhost.boardtime). The fields above are then the host's time.
     board_time_us: float = None
     board_inferences_per_s: float = None
-    board_time_model: str = ""      # e.g. "bt-1"
+    board_time_model: str = ""      # e.g. "bt-2"
     board_time: dict = None         # tinyhost.boardtime.BoardTime fields: steps, overhead, backend, weights
 
 
