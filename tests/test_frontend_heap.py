@@ -30,7 +30,7 @@ else:
 """
 
 # Heap beyond the tables' own that building them may take (a few floats and the instance's attributes at a time)
-SLACK = 8192
+SLACK = 10240
 
 
 @pytest.mark.sim

@@ -112,7 +112,9 @@ class Mfcc:
         self.feature_bytes = self.n_frames * mfcc_count
         n_half = fft_size // 2
         self._n_half = n_half
-        n_bins = n_half + 1
+        # FFT bins that may reach a mel filter: those below mel_high_hz (a bin at or above it lies at or past the
+        # last filter's upper edge), and one more for the float rounding of the edges
+        n_bins = min(n_half + 1, int(math.floor(mel_high_hz * n_half / (sample_rate_hz / 2.0))) + 2)
         n_tw = max(1, n_half // 2)
         # Every table is allocated first, at its final size, and filled in place one value at a time: building
         # them makes no list of values (only the mel_bins + 2 filter edges), so the heap it needs beyond the tables
