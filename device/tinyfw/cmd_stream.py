@@ -143,7 +143,9 @@ def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, cla
     try:
         li = stream.Listener(model, fe, infer_every, smooth, threshold, refractory_ms, classes, backlog_hops,
                              window_samples, baud)
-        _state[_LOG] = array.array("i", [0] * _LOG_MAX)
+        _state[_LOG] = log = array.array("i", range(_LOG_MAX))   # allocated once at its size (no list as large)
+        for i in range(_LOG_MAX):
+            log[i] = 0
     except MemoryError:
         gc.collect()
         raise DevError(_E_NO_MEMORY, "no room for the stream's buffers next to the model (heap free %d bytes)"

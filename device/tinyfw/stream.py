@@ -116,7 +116,9 @@ class Listener:
         self.window = window_samples
         ring_samples = window_samples + 2 * HOP_SAMPLES
         self.ring_samples = ring_samples
-        self.ring = array.array("h", bytes(2 * ring_samples))
+        self.ring = array.array("h", range(ring_samples))     # allocated once at its size (no bytes as large)
+        for i in range(ring_samples):
+            self.ring[i] = 0
         self.ring_bytes = 2 * ring_samples
         self.feat = bytearray(self.frames * self.row_bytes)
         self.post = bytearray(self.smooth * self.n_classes)
