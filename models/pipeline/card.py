@@ -32,8 +32,9 @@ def numbers_markdown(m):
         f"| operators | {', '.join(m['operators'])} |",
         f"| sha256 | `{m['sha256']}` |",
         f"| seed, epochs, TensorFlow | {m['seed']}, {m['epochs']}, {m['tensorflow']} |",
-        f"| pipeline time (data / train / total) | {m['seconds']['data']} s / {m['seconds']['train']} s / "
-        f"{m['seconds']['total']} s (1 thread, niced) |",
+        f"| pipeline time (data / train / total) | "
+        f"{'cached' if m['seconds']['data'] is None else str(m['seconds']['data']) + ' s'} / "
+        f"{m['seconds']['train']} s / {m['seconds']['total']} s (1 thread, niced) |",
     ]
     for key, label in (("official_kws01_on_this_testset", "MLPerf Tiny's own kws01 model on this test set"),
                        ("official_vww01_on_this_testset", "MLPerf Tiny's own vww01 model on this test set")):
