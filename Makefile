@@ -48,9 +48,13 @@ clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
 
 # Shipped models (models/kws, models/vww): regenerate data, train, quantise, evaluate (docs/models.md).
-# TensorFlow goes into its own venv; needs Debian's espeak-ng, sox, fonts-noto-color-emoji and unicode-data.
+# TensorFlow goes into its own venv; the data needs Debian packages (MODEL_PACKAGES), which this target only checks.
 TRAIN_VENV  ?= .venv-train
 TRAIN_STAMP := $(TRAIN_VENV)/.installed
+MODEL_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+  fonts-noto-color-emoji unicode-data
+# Leave-one-engine-out models: one per synthesiser, half the shipped model's epochs (time on 2 cores).
+LOEO_EPOCHS ?= 32
 
 $(TRAIN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(TRAIN_VENV)
@@ -60,8 +64,14 @@ $(TRAIN_STAMP): pyproject.toml
 
 .PHONY: models
 models: $(TRAIN_STAMP)
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null \
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v flite >/dev/null \
+	  && command -v festival >/dev/null && test -d /usr/share/festival/voices/english/kal_diphone \
+	  && test -d /usr/share/festival/voices/english/ked_diphone \
+	  && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
 	  && test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf && test -f /usr/share/unicode/emoji/emoji-test.txt \
-	  || { echo "make models needs: apt-get install espeak-ng sox fonts-noto-color-emoji unicode-data"; exit 1; }
+	  || { echo "make models needs: apt-get install $(MODEL_PACKAGES)"; exit 1; }
 	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.kws
+	for engine in espeak-ng flite festival; do \
+	  nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.kws --leave-out $$engine --epochs $(LOEO_EPOCHS) || exit 1; \
+	done
 	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.vww

@@ -151,3 +151,101 @@ def test_kws_wav_examples_through_the_shared_front_end():
     # WAV files hold 16-bit samples of the float clips the pipeline scored: at most one borderline flip.
     assert sum(p != r for p, r in zip(predicted, recorded)) <= 1
     assert sum(p == r["label"] for p, r in zip(predicted, rows)) >= 8
+
+
+# -- the KWS quantisation variants (models/kws/variants/) -------------------------------------------------------
+
+VARIANTS = {"float32": "float32", "int8_ptq": "int8", "int8_qat": "int8"}     # key: tensor type of I/O
+
+
+def _variants():
+    return json.loads((_folder("kws") / "variants" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_kws_variant_files_are_the_ones_the_metrics_describe(key):
+    m = _variants()["variants"][key]
+    path = _folder("kws") / "variants" / f"kws_{key}.tflite"
+    blob = path.read_bytes()
+    assert m["file"] == path.name
+    assert m["sha256"] == hashlib.sha256(blob).hexdigest() and m["tflite_bytes"] == len(blob)
+    assert set(tflite_ops.operators(blob)) <= ALLOWED_OPS
+    io = tflite_ops.io_tensors(blob)
+    (inp,), (out,) = io["inputs"], io["outputs"]
+    assert inp["shape"] == SPEC["kws"][0] and out["shape"] == (1, 12)
+    assert inp["dtype"] == out["dtype"] == VARIANTS[key]
+    assert tflite_ops.parameter_count(blob) == _metrics("kws")["parameters"]      # one architecture
+    if key == "int8_ptq":                                     # the shipped int8 model itself
+        assert blob == zoo.resolve("kws").read_bytes()
+    card = (_folder("kws") / "README.md").read_text()
+    assert f"`{path.name}`" in card and f"{m['tflite_bytes']:,} bytes" in card
+    assert f"{100 * m['accuracy']:.1f} %" in card
+
+
+def test_kws_variants_int8_within_two_points_of_float32():
+    v = _variants()["variants"]
+    for key in ("int8_ptq", "int8_qat"):
+        assert v["float32"]["accuracy"] - v[key]["accuracy"] <= 0.02, key
+    assert v["float32"]["tflite_bytes"] > 1.8 * v["int8_ptq"]["tflite_bytes"]      # float32 weights: 4 bytes each
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_kws_variant_rescored_on_the_shipped_testset_in_tflm(key):
+    """Each variant on the 200 shipped samples, through TFLM: the int8 bytes are dequantised with the test set's
+    quantisation, then fed as float32 or requantised with the variant's own input quantisation."""
+    pytest.importorskip("tflite_micro")
+    from tflite_micro.python.tflite_micro import runtime
+    from tinyhost.features.mfcc import quantize
+    v = _variants()
+    blob = (_folder("kws") / "variants" / f"kws_{key}.tflite").read_bytes()
+    settings = json.loads((_folder("kws") / "testset" / "features.json").read_text())
+    q = v["shipped_testset_quantization"]
+    assert [q["scale"], q["zero_point"]] == [pytest.approx(settings["input_scale"]), settings["input_zero_point"]]
+    folder, rows = _testset("kws")
+    inp = tflite_ops.io_tensors(blob)["inputs"][0]
+    interp = runtime.Interpreter.from_bytes(blob, arena_size=tflite_ops.tflm_min_arena_bytes(blob))
+    correct = 0
+    for file, _, label in rows:
+        x = (np.frombuffer((folder / file).read_bytes(), np.int8).astype(np.float32) - np.float32(q["zero_point"])) \
+            * np.float32(q["scale"])
+        x = x if inp["dtype"] == "float32" else quantize(x, inp["scale"], inp["zero_point"])
+        interp.set_input(x.reshape(inp["shape"]).astype(np.float32 if inp["dtype"] == "float32" else np.int8), 0)
+        interp.invoke()
+        correct += int(np.argmax(interp.get_output(0))) == int(label)
+        interp.reset()
+    assert correct / len(rows) == pytest.approx(v["variants"][key]["accuracy_shipped_testset"], abs=1e-9)
+
+
+# -- KWS by source: per-synthesiser accuracy on held-out voices, and leave-one-engine-out -----------------------
+
+ENGINES = ("espeak-ng", "festival", "flite")
+
+
+def test_kws_held_out_accuracy_per_source_is_in_the_card():
+    m = _metrics("kws")
+    per_source = m["accuracy_int8_per_source"]
+    assert set(ENGINES) <= set(per_source)
+    test_voices = m["data"]["test_voices"]
+    train_voices = set(m["data"]["split_voices"]["train"])
+    for engine in ENGINES:
+        held = [v for v in test_voices if v.startswith(engine + ":")]
+        assert held and not set(held) & train_voices, engine          # voices never heard in training
+        assert per_source[engine]["samples"] > 0
+    assert sum(r["samples"] for r in per_source.values()) == m["counts"]["test"]
+    card = (_folder("kws") / "README.md").read_text()
+    for engine in ENGINES:
+        assert f"| {engine} |" in card and f"{100 * per_source[engine]['accuracy']:.1f} %" in card
+
+
+def test_kws_leave_one_engine_out_table_is_in_the_card():
+    card = (_folder("kws") / "README.md").read_text()
+    results = [json.loads((_folder("kws") / "loeo" / f"{e}.json").read_text()) for e in ENGINES]
+    for r, engine in zip(results, ENGINES):
+        assert r["engine"] == engine and r["samples"] > 0
+        assert f"| {engine} | {len(r['voices'])} | {r['samples']} |" in card
+        assert f"{100 * r['accuracy_int8']:.1f} %" in card
+    mean = sum(r["accuracy_int8"] for r in results) / len(results)
+    assert f"int8: {100 * mean:.1f} %" in card
+    if mean < 0.85:
+        assert "is **below** the 85.0 %" in card

@@ -28,8 +28,9 @@ def test_speech_commands_layout_is_split_by_its_lists(tmp_path):
     (tmp_path / "testing_list.txt").write_text("yes/s0_nohash_0.wav\nno/s0_nohash_0.wav\ncat/s0_nohash_0.wav\n")
     (tmp_path / "validation_list.txt").write_text("yes/s1_nohash_0.wav\n")
     data = kws_data.speech_commands(tmp_path, seed=1)
-    x, y = data["test"]
+    x, y, sources = data["test"]
     assert sorted(kws_data.LABELS[i] for i in y) == ["no", "unknown", "yes"] and x.shape[1] == 16000
+    assert set(sources) == {"speech-commands"}
     train_names = sorted(kws_data.LABELS[i] for i in data["train"][1])
     # 2 yes + 3 no; unknown words capped to ~10 % of the set (at least one); silence ~10 % (none of 6 here)
     assert train_names == ["no", "no", "no", "unknown", "yes", "yes"]
@@ -57,9 +58,30 @@ def test_vww_folders_are_resized_and_split(tmp_path):
     assert np.array_equal(greenish, y == 0)                      # labels follow the folders
 
 
-def test_synthetic_speech_split_keeps_voices_apart():
+def test_synthetic_speech_split_keeps_voices_and_people_apart():
     variants = [f"v{i}" for i in range(20)]
     split = kws_data.split_speakers(variants, seed=3)
-    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(variants)
-    assert not set(split["train"]) & set(split["test"]) and len(split["test"]) == 4
+    espeak = {s: [v for v in split[s] if kws_data.engine_of(v) == "espeak-ng"] for s in split}
+    assert sorted(espeak["train"] + espeak["val"] + espeak["test"]) == sorted(f"espeak-ng:{v}" for v in variants)
+    assert not set(espeak["train"]) & set(espeak["test"]) and len(espeak["test"]) == 4
+    # flite's and festival's voices go by the person recorded: the test people's voices are in no other split
+    assert set(kws_data.PERSON) == ({f"flite:{v}" for v in kws_data.FLITE_VOICES}
+                                    | {f"festival:{v}" for v in kws_data.FESTIVAL_VOICES})
+    for name in ("train", "val"):
+        assert not {kws_data.PERSON.get(v) for v in split[name]} & set(kws_data.TEST_PEOPLE)
+    assert {kws_data.PERSON.get(v) for v in split["test"]} - {None} == set(kws_data.TEST_PEOPLE)
+    for engine in kws_data.ENGINES:                   # every synthesiser has voices to train on and to test on
+        assert any(kws_data.engine_of(v) == engine for v in split["train"])
+        assert any(kws_data.engine_of(v) == engine for v in split["test"])
     assert split == kws_data.split_speakers(variants, seed=3)
+
+
+def test_synthesis_plan_draws_each_split_from_its_own_voices():
+    split = kws_data.split_speakers([f"v{i}" for i in range(20)], seed=3)
+    counts = {"train": (20, 40), "val": (2, 4), "test": (10, 20)}
+    jobs = kws_data._plan(1, counts, split)
+    assert jobs == kws_data._plan(1, counts, split)
+    assert all(p["voice"] in split[s] for s, _, _, p in jobs)
+    engines = [kws_data.engine_of(p["voice"]) for _, _, _, p in jobs]
+    assert set(engines) == set(kws_data.ENGINES)
+    assert 0.4 < engines.count("espeak-ng") / len(engines) < 0.6

@@ -71,7 +71,7 @@ OFFICIAL = (
 
 SHIPPED = (
     ModelEntry("kws", "shipped", "keyword spotting",
-               "DS-CNN trained on synthetic speech (espeak-ng), see models/kws/README.md",
+               "DS-CNN trained on synthetic speech (espeak-ng, flite, festival), see models/kws/README.md",
                "kws/kws.tflite", (1, 49, 10, 1), 12, labels=KWS_LABELS),
     ModelEntry("vww", "shipped", "visual wake words",
                "MobileNetV1 0.25 trained on synthetic emoji scenes, see models/vww/README.md",

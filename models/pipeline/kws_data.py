@@ -1,11 +1,15 @@
-"""Keyword-spotting data: synthetic speech from espeak-ng + sox, or Google Speech Commands v2 when present.
+"""Keyword-spotting data: synthetic speech from espeak-ng, flite and festival + sox, or Google Speech Commands v2.
 
-Synthetic set (the default, needs Debian's ``espeak-ng`` and ``sox``): every utterance is one word spoken by
-espeak-ng with one English accent (en-us, en-gb, Scottish, RP, Lancaster, West Midlands, Caribbean) and one of
-its voice variants (``+m1``.., ``+f1``.., ``+croak``, ``+whisper`` ... about 100), at a random speed (words per
-minute) and pitch, then passed through sox (resampled to 16 kHz, random high-pass/low-pass "microphone" colour,
-reverb on some, a pitch shift of up to +-400 cents on 60 %). A *speaker* is a voice variant: variants are
-split between train, validation and test, so the held-out test set is spoken by voices the model never heard.
+Synthetic set (the default, needs the Debian packages in :data:`PACKAGES`): every utterance is one word said by
+one of three synthesisers. espeak-ng (half of them): one English accent (en-us, en-gb, Scottish, RP, Lancaster,
+West Midlands, Caribbean), one of its voice variants (``+m1``.., ``+f1``.., ``+croak``, ``+whisper`` ... about
+100), a random speed (words per minute) and pitch. flite (a quarter): one of its voices (awb, kal, kal16, rms,
+slt), a random duration stretch and mean pitch. festival (a quarter): one of kal_diphone, ked_diphone (diphone)
+and cmu_us_slt_arctic_hts (HMM), a random duration stretch. Then sox: resampled to 16 kHz, random
+high-pass/low-pass "microphone" colour, reverb on some, a pitch shift of up to +-400 cents on 60 %.
+A *speaker* is a voice: espeak-ng's variants are split between train, validation and test; flite's and
+festival's voices are recordings of five people, split by person (:data:`TEST_PEOPLE` only in the test set), so
+the held-out test set is spoken by voices the model never heard, in every engine.
 The word is placed at a random offset in 1 s, scaled to a random level and mixed with noise (white, pink,
 brown, mains hum, fan, babble of other synthetic words) at a random SNR. ``silence`` clips are noise alone;
 ``unknown`` clips are other words.
@@ -17,7 +21,9 @@ Real data: ``--speech-commands DIR`` reads a Speech Commands v2 folder (``DIR/<w
 import hashlib
 import logging
 import re
+import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +48,24 @@ ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-
 SPLITS = ("train", "val", "test")
 
 
+ENGINES = ("espeak-ng", "flite", "festival")
+#: Share of the spoken utterances each engine says (espeak-ng has by far the most voices).
+ENGINE_SHARE = {"espeak-ng": 0.5, "flite": 0.25, "festival": 0.25}
+#: flite's English voices (``awb_time`` is left out: a limited-domain voice that only says clock times).
+FLITE_VOICES = ("awb", "kal", "kal16", "rms", "slt")
+#: festival's voices from festvox-kallpc16k, festvox-kdlpc16k and festvox-us-slt-hts.
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+#: flite's and festival's voices are recordings of a few people; voices of one person stay in one split
+#: (flite's kal and kal16 and festival's kal_diphone are all Kevin's, both slt voices are the same woman's).
+PERSON = {"flite:awb": "awb", "flite:kal": "kal", "flite:kal16": "kal", "festival:kal_diphone": "kal",
+          "flite:rms": "rms", "festival:ked_diphone": "ked", "flite:slt": "slt",
+          "festival:cmu_us_slt_arctic_hts": "slt"}
+#: The people whose voices are held out for the test split (each engine keeps a voice never heard in training).
+TEST_PEOPLE = ("rms", "ked")
+#: Debian packages the synthetic set needs.
+PACKAGES = ("espeak-ng", "sox", "flite", "festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts")
+
+
 def espeak_variants():
     """The voice variants installed with espeak-ng, sorted (e.g. ``["Alex", ..., "f1", ..., "m1", ...]``)."""
     out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
@@ -52,28 +76,98 @@ def espeak_variants():
     return sorted(p.name for p in folder.iterdir() if p.is_file())
 
 
+def check_engines():
+    """Refuse to start when a synthesiser or one of its voices is missing, naming the Debian packages."""
+    missing = [cmd for cmd in ("espeak-ng", "sox", "flite", "festival") if shutil.which(cmd) is None]
+    if not missing:
+        flite = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
+        missing += [f"flite voice {v}" for v in FLITE_VOICES if v not in flite]
+        probe = "".join(f'(print (member (quote {v}) (voice.list)))' for v in FESTIVAL_VOICES)
+        out = subprocess.run(["festival", "--batch", f"(begin {probe})"], capture_output=True, text=True).stdout
+        missing += [f"festival voice {v}" for v, line in zip(FESTIVAL_VOICES, out.splitlines() + [""] * 3)
+                    if line.strip() in ("", "nil")]
+    if missing:
+        raise SystemExit(f"pipeline: missing {', '.join(missing)} — apt-get install {' '.join(PACKAGES)}")
+
+
 def split_speakers(variants, seed, fractions=(0.7, 0.1, 0.2)):
-    """Variants shuffled with ``seed`` and cut into train / val / test groups."""
+    """Voices per split, as ``engine:voice``: espeak-ng's variants shuffled with ``seed`` and cut into train /
+    val / test groups; flite's and festival's voices by person (:data:`TEST_PEOPLE` to test, the others train
+    and validation: too few people to keep a third group apart)."""
     rng = np.random.default_rng(seed)
-    order = list(rng.permutation(sorted(variants)))
+    order = [f"espeak-ng:{v}" for v in rng.permutation(sorted(variants))]
     n_train = int(round(fractions[0] * len(order)))
     n_val = int(round(fractions[1] * len(order)))
-    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    split = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    for voice, person in PERSON.items():
+        if person in TEST_PEOPLE:
+            split["test"].append(voice)
+        else:
+            split["train"].append(voice)
+            split["val"].append(voice)
+    return split
 
 
-def synthesise(word, accent, variant, speed_wpm, pitch, highpass_hz, lowpass_hz, reverb, shift_cents=0):
-    """One word from espeak-ng through sox: float32 samples at 16 kHz (leading/trailing silence trimmed)."""
-    speech = subprocess.run(["espeak-ng", "-v", f"{accent}+{variant}", "-s", str(speed_wpm), "-p", str(pitch),
-                             "--stdout", word], capture_output=True, check=True).stdout
-    effects = ["pitch", str(shift_cents)] if shift_cents else []
-    effects += ["highpass", str(highpass_hz), "lowpass", str(lowpass_hz)]
+def engine_of(voice):
+    return voice.split(":", 1)[0]
+
+
+def _sox(wav_bytes, highpass_hz, lowpass_hz, reverb, shift_cents):
+    # Resampled first, so the filters work on 16 kHz whatever the voice's rate (kal is 8 kHz); the pitch shift
+    # after them (sox would resample again before a filter that follows it).
+    effects = ["rate", str(SAMPLE_RATE_HZ), "highpass", str(highpass_hz), "lowpass", str(lowpass_hz)]
+    effects += ["pitch", str(shift_cents)] if shift_cents else []
     if reverb:
         effects += ["reverb", str(reverb), "50", "60"]
     raw = subprocess.run(["sox", "-V1", "-R", "-t", "wav", "-", "-t", "raw", "-e", "floating-point", "-b", "32",
                           "-c", "1", "-r", str(SAMPLE_RATE_HZ), "-", *effects],
-                         input=speech, capture_output=True, check=True).stdout
-    audio = np.frombuffer(raw, "<f4").astype(np.float32)
-    return trim(audio)
+                         input=wav_bytes, capture_output=True, check=True).stdout
+    return trim(np.frombuffer(raw, "<f4").astype(np.float32))
+
+
+def synthesise(word, voice, highpass_hz, lowpass_hz, reverb, shift_cents=0, accent="en-us", speed_wpm=175,
+               pitch=50, stretch=1.0, f0_hz=None, wav=None):
+    """One word from its engine through sox: float32 samples at 16 kHz (leading/trailing silence trimmed).
+
+    espeak-ng takes ``accent``, ``speed_wpm`` and ``pitch``; flite ``stretch`` (duration) and ``f0_hz`` (mean
+    pitch); festival's words come pre-rendered in ``wav`` (:func:`_festival_batch`, one process per voice).
+    """
+    engine, name = voice.split(":", 1)
+    if engine == "espeak-ng":
+        wav = subprocess.run(["espeak-ng", "-v", f"{accent}+{name}", "-s", str(speed_wpm), "-p", str(pitch),
+                              "--stdout", word], capture_output=True, check=True).stdout
+    elif engine == "flite":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "w.wav"
+            subprocess.run(["flite", "-voice", name, "--setf", f"duration_stretch={stretch}",
+                            "--setf", f"int_f0_target_mean={f0_hz}", "-t", word, "-o", str(out)],
+                           capture_output=True, check=True)
+            wav = out.read_bytes()
+    return _sox(wav, highpass_hz, lowpass_hz, reverb, shift_cents)
+
+
+def _festival_batch(jobs, folder):
+    """Render festival's utterances of ``jobs`` [(index, word, params)] with one festival process per voice into
+    ``folder/<index>.wav``; returns {index: wav bytes}."""
+    by_voice = {}
+    for i, word, p in jobs:
+        by_voice.setdefault(p["voice"].split(":", 1)[1], []).append((i, word, p))
+    out = {}
+
+    def run(voice, items):
+        lines = [f"(voice_{voice})"]
+        for i, word, p in items:
+            lines.append(f"(Parameter.set 'Duration_Stretch {p['stretch']})")
+            lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{word}")) "{folder}/{i}.wav" \'riff)')
+        script = Path(folder) / f"{voice}.scm"
+        script.write_text("\n".join(lines) + "\n")
+        subprocess.run(["festival", "--batch", str(script)], capture_output=True, check=True)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda kv: run(*kv), by_voice.items()))
+    for i, _, _ in jobs:
+        out[i] = (Path(folder) / f"{i}.wav").read_bytes()
+    return out
 
 
 def trim(audio, threshold=0.02):
@@ -154,57 +248,74 @@ def silence_clip(rng, babble_pool):
 
 # -- the synthetic data set ----------------------------------------------------------------------------------
 
-def _plan(seed, counts, speakers):
+def _plan(seed, counts, speakers, engines=ENGINES):
     """Deterministic list of (split, label, word, synthesis parameters) for every utterance to synthesise."""
     rng = np.random.default_rng(seed)
+    share = np.array([ENGINE_SHARE[e] for e in engines])
+    share = share / share.sum()
     jobs = []
     for split in SPLITS:
         per_keyword, n_unknown = counts[split]
+        voices = {e: [v for v in speakers[split] if engine_of(v) == e] for e in engines}
         for label in range(len(LABELS)):
             if label == SILENCE:
                 continue
             n = n_unknown if label == UNKNOWN else per_keyword
             for _ in range(n):
                 word = UNKNOWN_WORDS[rng.integers(len(UNKNOWN_WORDS))] if label == UNKNOWN else LABELS[label]
-                params = dict(accent=ACCENTS[rng.integers(len(ACCENTS))],
-                              variant=speakers[split][rng.integers(len(speakers[split]))],
-                              speed_wpm=int(rng.integers(110, 230)), pitch=int(rng.integers(15, 85)),
+                engine = engines[rng.choice(len(engines), p=share)]
+                params = dict(voice=voices[engine][rng.integers(len(voices[engine]))],
                               highpass_hz=int(rng.integers(40, 300)), lowpass_hz=int(rng.integers(3500, 7900)),
                               reverb=int(rng.choice([0, 0, 0, 20, 40, 60])),
                               shift_cents=int(rng.integers(-400, 401)) if rng.random() < 0.6 else 0)
+                if engine == "espeak-ng":
+                    params.update(accent=ACCENTS[rng.integers(len(ACCENTS))], speed_wpm=int(rng.integers(110, 230)),
+                                  pitch=int(rng.integers(15, 85)))
+                else:
+                    params.update(stretch=round(float(rng.uniform(0.75, 1.4)), 2))
+                    if engine == "flite":
+                        params.update(f0_hz=int(rng.integers(80, 200)))
                 jobs.append((split, label, word, params))
     return jobs
 
 
 def synthetic(seed, counts, silence_counts, augment_copies=2, workers=2):
-    """Synthetic clips per split: ``{"train": (clips float32 (n, 16000), labels), ...}``.
+    """Synthetic clips per split: ``{"train": (clips float32 (n, 16000), labels, sources), ...}``.
 
     ``counts[split] = (utterances per keyword, unknown utterances)``; ``silence_counts[split]`` noise-only clips;
-    each training utterance is placed ``augment_copies`` times (different offsets, levels, noise).
+    each training utterance is placed ``augment_copies`` times (different offsets, levels, noise). ``sources``
+    names each clip's engine (``noise`` for silence). Also returns the voices of each split.
     """
+    check_engines()
     speakers = split_speakers(espeak_variants(), seed)
     jobs = _plan(seed, counts, speakers)
-    log.info("synthesising %d utterances with espeak-ng + sox (%d train / %d val / %d test voices)",
-             len(jobs), *(len(speakers[s]) for s in SPLITS))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        audio = list(pool.map(lambda j: synthesise(j[2], **j[3]), jobs))
+    log.info("synthesising %d utterances with %s + sox (%d train / %d val / %d test voices)", len(jobs),
+             ", ".join(ENGINES), *(len(speakers[s]) for s in SPLITS))
+    with tempfile.TemporaryDirectory() as tmp:
+        festival = _festival_batch([(i, j[2], j[3]) for i, j in enumerate(jobs)
+                                    if engine_of(j[3]["voice"]) == "festival"], tmp)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            audio = list(pool.map(lambda ij: synthesise(ij[1][2], **ij[1][3], wav=festival.get(ij[0])),
+                                  enumerate(jobs)))
     rng = np.random.default_rng(seed + 1)
     data = {}
     for split in SPLITS:
         pool_idx = [i for i, j in enumerate(jobs) if j[0] == split and j[1] == UNKNOWN]
         babble_pool = [audio[i] for i in pool_idx]
-        clips, labels = [], []
+        clips, labels, sources = [], [], []
         copies = augment_copies if split == "train" else 1
-        for i, (s, label, _, _) in enumerate(jobs):
+        for i, (s, label, _, params) in enumerate(jobs):
             if s != split or audio[i].size == 0:
                 continue
             for _ in range(copies):
                 clips.append(place(rng, audio[i], babble_pool))
                 labels.append(label)
+                sources.append(engine_of(params["voice"]))
         for _ in range(silence_counts[split] * copies):
             clips.append(silence_clip(rng, babble_pool))
             labels.append(SILENCE)
-        data[split] = (np.stack(clips), np.array(labels, dtype=np.int64))
+            sources.append("noise")
+        data[split] = (np.stack(clips), np.array(labels, dtype=np.int64), np.array(sources))
     return data, speakers
 
 
@@ -260,7 +371,8 @@ def speech_commands(root, seed, max_per_class=None, silence_fraction=0.1, unknow
             clip[:seg.size] = seg
             clips.append(clip)
             labels.append(SILENCE)
-        data[split] = (np.stack(clips), np.array(labels, dtype=np.int64))
+        labels = np.array(labels, dtype=np.int64)
+        data[split] = (np.stack(clips), labels, np.where(labels == SILENCE, "noise", "speech-commands"))
     return data
 
 
