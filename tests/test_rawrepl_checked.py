@@ -131,7 +131,7 @@ def _repl(board):
             return nbytes * 10 / 115200
 
     repl = RawRepl(Line())
-    repl.exec_start = lambda code: board.run(code if isinstance(code, str) else code.decode())
+    repl.exec_start = lambda code, reply_wait_s=None: board.run(code if isinstance(code, str) else code.decode())
     repl.enter = lambda: None
     return repl
 
