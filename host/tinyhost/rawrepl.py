@@ -5,6 +5,7 @@ board's filesystem, or the runtime's source sent through here and run from RAM w
 MicroPython's documented raw REPL (docs.micropython.org, "MicroPython remote control: mpremote" / "raw REPL").
 """
 
+import difflib
 import logging
 import struct
 import time
@@ -37,6 +38,14 @@ def code_hash(data):
     for x in data:
         h = (h * 31 + x) & 0xFFFFFF
     return h
+
+
+def _prompt_damaged(got):
+    """``got`` ends with the raw REPL's prompt with a byte or two altered or lost on the line (not waited out)."""
+    if not got.endswith(RAW_PROMPT[-3:]):
+        return False
+    tail = got[-len(RAW_PROMPT):]
+    return difflib.SequenceMatcher(None, tail, RAW_PROMPT).ratio() >= 0.9
 
 
 def _said(mark):
@@ -80,7 +89,10 @@ class RawRepl:
             self.t.write(b"\r" + CTRL_C + CTRL_C)
             seen = self.t.drain(quiet_s=0.1, limit_s=1.0 + attempt)
             self.t.write(b"\r" + CTRL_A)
-            got = self.t.read_until(RAW_PROMPT, self.timeout_s / ENTER_TRIES + attempt)
+            got = self.t.read_until(RAW_PROMPT[-3:], self.timeout_s / ENTER_TRIES + attempt)
+            if got.endswith(RAW_PROMPT) or _prompt_damaged(got):
+                return
+            got += self.t.read_until(RAW_PROMPT, self.timeout_s / ENTER_TRIES)
             if got.endswith(RAW_PROMPT):
                 return
             seen = got or seen
