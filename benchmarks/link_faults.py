@@ -75,10 +75,12 @@ def _accuracy(port, work, name, limit_s, on_start=None):
 
 def _board_files(port):
     """Every file on the board: path -> sha256 (from the board's own HASH)."""
-    from tinyhost.client import Device
+    from tinyhost.board import connect
 
     files = {}
-    with Device.open(port) as dev:
+    with connect(port=port) as b:
+        dev = b.dev
+
         def walk(path):
             for entry in dev.list_files(path):
                 full = path.rstrip("/") + "/" + entry.name

@@ -2,6 +2,7 @@
 the line rests after damage it has not answered, the host's reading of a reply's remains, and a Ctrl-C made by
 the line out of a frame's first byte (docs/protocol.md, "Reliability")."""
 
+import struct
 import time
 
 import pytest
@@ -156,3 +157,56 @@ def test_input_pieces_follow_the_damage_rate():
     assert input_pieces(490, 30, 0.0) == 1                            # a clean line: one INFER
     assert input_pieces(490, 30, 2e-3) > 1                            # 1e-3 drop + 1e-3 corrupt
     assert input_pieces(490, 30, 2e-2) > input_pieces(490, 30, 2e-3)
+
+
+class _DataSink:
+    """A device taking PUT_DATA frames: ACKs each one it reads, NAKs the ``lose``-th (as if damaged), and
+    records how many frames came between two reads of the host (those were in flight together)."""
+
+    port = "fake"
+
+    def __init__(self, lose):
+        self.lose = lose
+        self.seen = 0
+        self.batch = []
+        self.batches = []
+        self.expected = None
+        self.pending = b""
+
+    def write(self, data):
+        self.batch.append(P.decode_at(data)[1])
+
+    def read_some(self, timeout_s, max_bytes=None):
+        if self.batch:
+            self.batches.append(len(self.batch))
+        for f in self.batch:
+            if self.expected is None:
+                self.expected = f.seq
+            if f.seq != self.expected:
+                continue                                      # go-back-N: frames after a lost one are dropped
+            self.seen += 1
+            if self.seen == self.lose:
+                self.pending += P.encode_frame(P.T.NAK, f.seq, struct.pack("<HB", f.seq, 2))
+                self.seen += 1                                # the resend of it arrives whole
+                break
+            self.pending += P.encode_frame(P.T.ACK, f.seq)
+            self.expected = (f.seq + 1) & 0xFFFF
+        self.batch = []
+        data, self.pending = self.pending, b""
+        return data
+
+    def wire_time_s(self, nbytes):
+        return nbytes * 10 / 115200
+
+
+def test_after_a_lost_data_frame_the_window_closes_then_grows_again():
+    sink = _DataSink(lose=6)
+    link = Link(sink)
+    link.window = 4
+    link.max_payload = 256
+    link.send_data(P.T.PUT_DATA, bytes(40 * 200), P.pack_put_data)
+    b = sink.batches
+    assert b[:2] == [4, 4]                                    # the device's window, on a clean line
+    i = b.index(1)                                            # was: 4 frames behind the lost one, again and again
+    assert b[i:i + 7] == [1] * 7
+    assert max(b[i + 7:]) > 1                                 # it opens again after clean frames

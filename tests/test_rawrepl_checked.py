@@ -131,7 +131,7 @@ def _repl(board):
             return nbytes * 10 / 115200
 
     repl = RawRepl(Line())
-    repl.exec_start = lambda code: board.run(code if isinstance(code, str) else code.decode())
+    repl.exec_start = lambda code, reply_wait_s=None: board.run(code if isinstance(code, str) else code.decode())
     repl.enter = lambda: None
     return repl
 
@@ -154,3 +154,25 @@ def test_a_damaged_piece_never_runs():
     with pytest.raises(BoardNotResponding, match="intact in 4 tries"):
         repl.exec_checked(source, tries=4)
     assert b"SECRET" not in board.printed
+
+
+def test_a_raw_prompt_damaged_on_the_line_is_taken():
+    from tinyhost.rawrepl import RawRepl
+
+    class Line:
+        port = "fake"
+        reads = 0
+
+        def write(self, data):
+            pass
+
+        def drain(self, quiet_s, limit_s):
+            return b""
+
+        def read_until(self, marker, timeout_s):
+            self.reads += 1
+            return b"\r\n>>> raw REPL; CTRL-B t exit\r\n>"          # one byte lost
+
+    line = Line()
+    RawRepl(line, timeout_s=0.3).enter()                  # was: BoardNotResponding after three full waits
+    assert line.reads == 1

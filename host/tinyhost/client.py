@@ -332,7 +332,7 @@ class Device:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
             *modules, start = bootstrap_sources()
             for script in modules:
-                self.repl.exec_checked(script, timeout_s=max(self.timeout_s, 20.0), tries=START_TRIES)
+                self.repl.exec_checked(script, tries=START_TRIES)
             self._run_checked(start, allow_absent=False)
             self.started_via = "bootstrap"
         self._hello()

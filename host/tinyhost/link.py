@@ -85,6 +85,7 @@ class Link:
         self.max_payload = 1024          # until HELLO tells what the device takes
         self.window = 1
         self.data_chunk = 0              # current data chunk size (0: as large as a frame allows)
+        self.data_window = None          # data frames in flight now (None: as many as the device takes)
         self.resync = False              # next request carries FLAG_SYNC
         self.stats = LinkStats()
         self.text_tail = bytearray()
@@ -291,7 +292,7 @@ class Link:
 
     def _send_frames(self, ftype, data, pack, progress, what, first, frames, max_chunk, chunk):
         total = len(data)
-        window = max(1, self.window)
+        window = max(1, self.window if self.data_window is None else min(self.window, self.data_window))
         base = next_i = 0
         tries = 0
         clean = 0
@@ -334,6 +335,7 @@ class Link:
                 next_i = base                     # go back to the oldest unacknowledged frame, cut smaller
                 del frames[base:]
                 chunk = max(MIN_CHUNK_BYTES, chunk // 2)
+                window = 1                        # frames sent behind a lost one are lost too (go-back-N)
                 clean = 0
                 continue
             idx = (f.seq - first) & 0xFFFF
@@ -341,8 +343,9 @@ class Link:
                 base = idx + 1
                 tries = 0
                 clean += 1
-                if clean >= GROW_AFTER_CLEAN and chunk < max_chunk:
+                if clean >= GROW_AFTER_CLEAN and (chunk < max_chunk or window < self.window):
                     chunk = min(max_chunk, chunk * 2)
+                    window = min(max(1, self.window), window * 2)
                     clean = 0
                 deadline = time.monotonic() + self.reply_timeout_s(inflight_bytes())
                 if progress:
@@ -355,6 +358,7 @@ class Link:
                     base = next_i = idx           # everything before idx arrived; idx and later were dropped
                     del frames[idx:]
                     chunk = max(MIN_CHUNK_BYTES, chunk // 2)
+                    window = 1
                     clean = 0
                     tries += 1
                     if tries >= MAX_TRIES:
@@ -367,3 +371,4 @@ class Link:
             else:
                 self.stats.stale_frames += 1
         self.data_chunk = chunk
+        self.data_window = window

@@ -5,6 +5,7 @@ board's filesystem, or the runtime's source sent through here and run from RAM w
 MicroPython's documented raw REPL (docs.micropython.org, "MicroPython remote control: mpremote" / "raw REPL").
 """
 
+import difflib
 import logging
 import struct
 import time
@@ -21,6 +22,8 @@ PLAIN_CHUNK_BYTES = 256
 CHECKED_PIECE_BYTES = 1024          # exec_checked(): code sent in pieces of at most this much, each checked on
 MIN_PIECE_BYTES = 128               # arrival, and at least this much (on a line that damages many)
 PIECE_WAIT_S = 0.5                  # a piece's answer is due this long after its wire time
+UNIT_WAIT_S = 3.0                   # a checked unit (~4 KB of source) has compiled and run within this, plus
+HASH_S_PER_BYTE = 20e-6             # its hashing in Python on the board (generous for a slow microcontroller)
 
 
 RUN_MARK = b"TINYHOST-RUN"          # printed by checked_code() just before it runs the code it carries
@@ -35,6 +38,14 @@ def code_hash(data):
     for x in data:
         h = (h * 31 + x) & 0xFFFFFF
     return h
+
+
+def _prompt_damaged(got):
+    """``got`` ends with the raw REPL's prompt with a byte or two altered or lost on the line (not waited out)."""
+    if not got.endswith(RAW_PROMPT[-3:]):
+        return False
+    tail = got[-len(RAW_PROMPT):]
+    return difflib.SequenceMatcher(None, tail, RAW_PROMPT).ratio() >= 0.9
 
 
 def _said(mark):
@@ -78,7 +89,10 @@ class RawRepl:
             self.t.write(b"\r" + CTRL_C + CTRL_C)
             seen = self.t.drain(quiet_s=0.1, limit_s=1.0 + attempt)
             self.t.write(b"\r" + CTRL_A)
-            got = self.t.read_until(RAW_PROMPT, self.timeout_s / ENTER_TRIES + attempt)
+            got = self.t.read_until(RAW_PROMPT[-3:], self.timeout_s / ENTER_TRIES + attempt)
+            if got.endswith(RAW_PROMPT) or _prompt_damaged(got):
+                return
+            got += self.t.read_until(RAW_PROMPT, self.timeout_s / ENTER_TRIES)
             if got.endswith(RAW_PROMPT):
                 return
             seen = got or seen
@@ -86,14 +100,16 @@ class RawRepl:
         detail = f" (it printed {seen[-60:]!r})" if seen else " (no output at all)"
         raise BoardNotResponding(f"the board on {self.t.port} did not enter MicroPython's raw REPL{detail}")
 
-    def exec_start(self, code):
-        """Send ``code`` for execution and return once the board has started running it (its output follows)."""
+    def exec_start(self, code, reply_wait_s=None):
+        """Send ``code`` for execution and return once the board has started running it (its output follows).
+        ``reply_wait_s``: how long to wait for each of the board's answers in the exchange (default: its
+        timeout); short for small scripts, so a lost answer costs little."""
         data = code.encode() if isinstance(code, str) else bytes(code)
-        if self.raw_paste is not False and self._raw_paste_write(data):
+        if self.raw_paste is not False and self._raw_paste_write(data, reply_wait_s):
             return
-        self._plain_write(data)
+        self._plain_write(data, reply_wait_s)
 
-    def exec_checked(self, code, timeout_s=None, tries=12):
+    def exec_checked(self, code, tries=12):
         """Run ``code`` (bytes or str) in the raw REPL's namespace only as sent, without holding a second copy of
         it on the board: a buffer of its size is made and filled in pieces, each a bytes literal checked on
         arrival (length and hash, else sent again, at most ``tries`` times), and the whole runs once its length
@@ -101,18 +117,19 @@ class RawRepl:
         damaged and doubled after 8 intact ones. DeviceError with the board's traceback when the code fails."""
         data = (_said(RUN_MARK) + "\n").encode() + (code.encode() if isinstance(code, str) else bytes(code))
         for _ in range(3):
-            out = self._exec_in_pieces(data, timeout_s, tries)
+            out = self._exec_in_pieces(data, tries)
             if out is not None:
                 return out
             log.info("code sent through the raw REPL in pieces was put together wrong: sending it again")
         raise self._never_intact(tries)
 
-    def _exec_in_pieces(self, data, timeout_s, tries):
-        self._run_checked(checked_code(
+    def _exec_in_pieces(self, data, tries):
+        alloc = checked_code(
             f"import gc\n_b=_c=None\ngc.collect()\n_b=bytearray({len(data)})\n"
             f"def _k(c,h):\n for x in c:\n  h=(h*31+x)&0xFFFFFF\n return h\n"
             f"def _w(o,p,n,h):\n if len(p)==n and _k(p,o)==h:\n  memoryview(_b)[o:o+n]=p\n"
-            f"  {_said(RUN_MARK)}\n else:\n  {_said(DAMAGED_MARK)}"), timeout_s, tries)
+            f"  {_said(RUN_MARK)}\n else:\n  {_said(DAMAGED_MARK)}")
+        self._run_checked(alloc, PIECE_WAIT_S + 3 * self.t.wire_time_s(len(alloc)), tries)
         off = 0
         clean = damaged = 0
         while off < len(data):
@@ -122,7 +139,8 @@ class RawRepl:
             # length) and prints RUN_MARK last, so damage that stops it before then only costs a resend
             script = f"_w({off},{piece!r},{n},{_hash_from(off, piece)})"
             # a piece's answer is due within its wire time: a lost end marker costs a second, not timeout_s
-            if self._try_checked(script, PIECE_WAIT_S + 3 * self.t.wire_time_s(len(script))) is not None:
+            wait_s = PIECE_WAIT_S + 3 * self.t.wire_time_s(len(script))
+            if self._try_checked(script, wait_s, wait_s) is not None:
                 off += n
                 damaged = 0
                 clean += 1
@@ -143,16 +161,18 @@ class RawRepl:
         n, h = len(data), code_hash(data)
         out = self._run_checked(f"if _b is not None and len(_b)=={n} and _k(_b,0)=={h}:\n _c=_b\n _b=None\n"
                                 f"if _c is not None and len(_c)=={n} and _k(_c,0)=={h}:\n gc.collect()\n exec(_c)\n"
-                                f"else:\n {_said(RUN_MARK + b' ' + BAD_WHOLE_MARK.encode())}", timeout_s, tries)
+                                f"else:\n {_said(RUN_MARK + b' ' + BAD_WHOLE_MARK.encode())}",
+                                UNIT_WAIT_S + n * HASH_S_PER_BYTE, tries)
         return None if out.strip().startswith(BAD_WHOLE_MARK.encode()) else out
 
     def _run_checked(self, wrapped, timeout_s, tries):
         """Send ``wrapped`` (code that prints RUN_MARK when it found itself intact) until it ran, at most
-        ``tries`` times; its output after RUN_MARK."""
+        ``tries`` times; its output after RUN_MARK. Each send waits for the end of the output at most
+        ``timeout_s`` (a lost end marker costs that)."""
         for attempt in range(tries):
             if attempt:
                 log.info("code sent through the raw REPL arrived damaged: sending it again (try %d)", attempt + 1)
-            out = self._try_checked(wrapped, timeout_s)
+            out = self._try_checked(wrapped, timeout_s, PIECE_WAIT_S + 3 * self.t.wire_time_s(len(wrapped)))
             if out is not None:
                 return out
         raise self._never_intact(tries)
@@ -161,7 +181,7 @@ class RawRepl:
         return BoardNotResponding(f"code sent through the raw REPL did not reach the board on {self.t.port} "
                                   f"intact in {tries} tries", hint="check the cable or lower the baud rate (--baud)")
 
-    def _try_checked(self, wrapped, timeout_s):
+    def _try_checked(self, wrapped, timeout_s, reply_wait_s=None):
         """Send ``wrapped`` once; its output after RUN_MARK, or None when it arrived damaged. A damaged send
         ends at the raw prompt (a DAMAGED_MARK, a syntax error); the raw REPL is entered afresh only when its
         own exchange broke."""
@@ -169,7 +189,7 @@ class RawRepl:
             self.enter()
             self.broken = False
         try:
-            self.exec_start(wrapped)
+            self.exec_start(wrapped, reply_wait_s)
         except DeviceError as e:                   # the board ended the transfer early: it says why, then >
             log.info("%s", e)
         except TinyhostError as e:                 # the raw-paste exchange itself was damaged
@@ -206,9 +226,10 @@ class RawRepl:
         self.t.read_until(b">", 1.0)
         return out[:-1], err[:-1]
 
-    def _raw_paste_write(self, data):
+    def _raw_paste_write(self, data, reply_wait_s=None):
+        wait_s = reply_wait_s or self.timeout_s
         self.t.write(CTRL_E + b"A" + CTRL_A)
-        reply = self._read_exact(2)                 # "R\x01": raw-paste supported, "R\x00": not
+        reply = self._read_exact(2, min(2.0, wait_s))    # "R\x01": raw-paste supported, "R\x00": not
         if reply == b"R\x00":
             self.raw_paste = False
             return False
@@ -220,13 +241,13 @@ class RawRepl:
             self.t.read_until(RAW_PROMPT, 1.0)
             return False
         self.raw_paste = True
-        window = struct.unpack("<H", self._read_exact(2))[0]
+        window = struct.unpack("<H", self._read_exact(2, min(2.0, wait_s)))[0]
         credit = window
         pos = 0
         while pos < len(data):
             flow = self.t.read_available()
             if not flow and credit == 0:
-                flow = self.t.read_some(self.timeout_s, max_bytes=1)
+                flow = self.t.read_some(wait_s, max_bytes=1)
                 if not flow:
                     raise BoardNotResponding("the board stopped taking code in raw-paste mode")
             for b in flow:
@@ -241,26 +262,26 @@ class RawRepl:
                 pos += n
                 credit -= n
         self.t.write(CTRL_D)
-        got = self.t.read_until(CTRL_D, self.timeout_s)
+        got = self.t.read_until(CTRL_D, wait_s)
         if not got.endswith(CTRL_D):
             raise BoardNotResponding("the board did not confirm the end of the raw-paste transfer")
         return True
 
-    def _read_exact(self, n):
+    def _read_exact(self, n, wait_s=2.0):
         got = b""
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + wait_s
         while len(got) < n and time.monotonic() < deadline:
             got += self.t.read_some(max(0.0, deadline - time.monotonic()), max_bytes=n - len(got))
         if len(got) != n:
             raise BoardNotResponding(f"the board did not answer the raw-paste request (got {got!r})")
         return got
 
-    def _plain_write(self, data):
+    def _plain_write(self, data, reply_wait_s=None):
         for i in range(0, len(data), PLAIN_CHUNK_BYTES):
             self.t.write(data[i:i + PLAIN_CHUNK_BYTES])
             time.sleep(0.01)
         self.t.write(CTRL_D)
-        ok = self.t.read_until(b"OK", self.timeout_s)
+        ok = self.t.read_until(b"OK", reply_wait_s or self.timeout_s)
         if not ok.endswith(b"OK"):
             raise BoardNotResponding(f"the raw REPL did not accept the code (it answered {ok[-60:]!r})")
 
