@@ -8,7 +8,9 @@ mpy-cross emits another bytecode version, or the board does not say, the ``.py``
 
 import hashlib
 import logging
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from . import paths
@@ -68,16 +70,21 @@ def compile_module(source, arch, cache=None):
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp.mpy")
-    args = [_mpy_cross(), "-o", str(tmp), "-s", source.name, *MPY_CROSS_FLAGS]
-    if arch:
-        args.append(f"-march={arch}")
-    result = subprocess.run(args + [str(source)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    # mpy-cross writes to a file of this call's own: two processes compiling the same module at once (virtual
+    # boards flashed side by side) must not read each other's half-written output.
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".mpy", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        args = [_mpy_cross(), "-o", str(tmp), "-s", source.name, *MPY_CROSS_FLAGS]
+        if arch:
+            args.append(f"-march={arch}")
+        result = subprocess.run(args + [str(source)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"mpy-cross failed on {source}: {result.stderr.strip()}")
+        write_bytes_atomic(target, tmp.read_bytes())
+    finally:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"mpy-cross failed on {source}: {result.stderr.strip()}")
-    write_bytes_atomic(target, tmp.read_bytes())
-    tmp.unlink()
     return target
 
 
