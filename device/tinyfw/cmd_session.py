@@ -119,21 +119,23 @@ def cmd_times(rt):
     rt.reply_big(4 * count)
 
 
-def _fw_hash_tree(h, root, rel):
+def _fw_hash_tree(h, root, rel, buf):
+    # Files are read into one buffer: a chunk allocated per read would leave the hash's string, kept by the
+    # runtime, high in a heap full of garbage, where it splits the block a model's arena needs.
     for name in sorted(e[0] for e in os.ilistdir(root)):
         p = root.rstrip("/") + "/" + name
         if os.stat(p)[0] & 0x4000:
-            _fw_hash_tree(h, p, rel + name + "/")
+            _fw_hash_tree(h, p, rel + name + "/", buf)
             continue
         if not (name.endswith(".py") or name.endswith(".mpy")):
             continue
         h.update((rel + name).encode())
         with open(p, "rb") as f:
             while True:
-                chunk = f.read(1024)
-                if not chunk:
+                n = f.readinto(buf)
+                if not n:
                     break
-                h.update(chunk)
+                h.update(buf if n == len(buf) else memoryview(buf)[:n])
 
 
 def firmware_hash(rt):
@@ -147,8 +149,11 @@ def firmware_hash(rt):
         except NameError:           # this code was sent through the REPL: no file behind it
             return "ram"
         h = sha256()
-        _fw_hash_tree(h, here, "")
-        rt.firmware_hash = "".join("%02x" % b for b in h.digest()[:8])
+        _fw_hash_tree(h, here, "", bytearray(512))
+        digest = h.digest()
+        h = None
+        gc.collect()
+        rt.firmware_hash = "".join("%02x" % b for b in digest[:8])
     return rt.firmware_hash
 
 
