@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.serial]     # see the Makefile's test target
 SIM_BAUD = 1_000_000          # a fast emulated line keeps the 305 KB model upload and 55 KB of hex short
 VWW_BYTES = 96 * 96 * 3
 

@@ -163,11 +163,14 @@ class EembcDut:
         """Ctrl-C, Ctrl-B (to the friendly REPL), Ctrl-D: MicroPython soft-resets and runs boot.py and main.py;
         returns once the board has been quiet for half a second (or after ``boot_s``)."""
         self._write(b"\x03\x03\x02\x04")
-        self._link.drain(quiet_s=0.5, limit_s=boot_s)
+        said = self._link.drain(quiet_s=0.5, limit_s=boot_s) or b""
+        log.debug("%s after a soft reset: %r", self.port_name, said[-600:])
         self._pending = b""
 
     def _drain(self):
-        self._link.drain(quiet_s=0.1, limit_s=2.0)
+        dropped = self._pending + (self._link.drain(quiet_s=0.1, limit_s=2.0) or b"")
+        if dropped:
+            log.debug("%s: dropped %r", self.port_name, dropped[-400:])
         self._pending = b""
 
     # -- commands ------------------------------------------------------------------------------------------------
