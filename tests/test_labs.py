@@ -143,15 +143,6 @@ def run_lab(number, tmp_path, template, extra_env=None):
     return folder, nb
 
 
-SLOW = os.environ.get("TINYHOST_SLOW") == "1"
-
-
-def slow_lab(seconds):
-    """A lab whose fast mode still takes longer than the suite affords: run with the slow checks."""
-    def mark(f):
-        f = pytest.mark.slow(f)
-        return pytest.mark.skipif(not SLOW, reason=f"about {seconds} s: set TINYHOST_SLOW=1")(f)
-    return mark
 
 
 def printed(nb):
@@ -200,7 +191,6 @@ def test_lab6_models_boards_budget(tmp_path, flashed_template):
 
 
 @pytest.mark.sim
-@slow_lab(60)
 def test_lab7_when_things_go_wrong(tmp_path, flashed_template):
     folder, nb = run_lab(7, tmp_path, flashed_template)
     out = printed(nb)
@@ -240,7 +230,6 @@ def test_lab2_features_and_keywords(tmp_path, flashed_template):
 
 
 @pytest.mark.sim
-@slow_lab(40)
 def test_lab3_quantization(tmp_path, flashed_template):
     variants = ROOT / "models" / "kws" / "variants"
     missing = [n for n in ("kws_float32.tflite", "kws_int8_ptq.tflite", "kws_int8_qat.tflite", "metrics.json")
