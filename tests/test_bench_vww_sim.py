@@ -7,7 +7,7 @@ import pytest
 
 from tinyhost.bench import datasets, session
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.serial]     # see the Makefile's test target
 REPO_MODEL = "models/vww/vww.tflite"
 SIM_BAUD = 1_000_000          # a fast emulated line keeps the upload of a 305 KB model short (the link is not under test)
 N_SAMPLES = 4
