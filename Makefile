@@ -17,11 +17,9 @@ venv: $(STAMP)
 # Test files run in PYTEST_WORKERS processes (pytest-xdist; one file stays in one worker, so a module's virtual
 # board is started once). Most of the suite's time is spent waiting on virtual boards at their line rate, not on
 # the CPU, so 4 workers finish well ahead of 1 on 2 cores; PYTEST_WORKERS=0 runs everything in one process.
-# Tests marked `serial` run first, on their own: VWW on the default virtual ESP32 (bench, the MLPerf runner's
-# flow), whose arena needs a 39 KB block of a heap with about 10 KB to spare at its peak. Beside the other workers
-# the heap's layout (which depends on when bytes arrive) sometimes leaves no such block: the load then fails with
-# "does not fit in RAM" though 62 KB are free, or the runner finds the board at its bare REPL. Exit status 5 is
-# pytest's "no test selected" (a TESTS list without serial tests).
+# Tests marked `serial` run first, on their own: the MLPerf runner's VWW flow on the default virtual ESP32, whose
+# heap has next to nothing to spare at VWW's peak; beside the other workers the runner found that board at its
+# bare REPL. Exit status 5 is pytest's "no test selected" (a TESTS list without serial tests).
 PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial $(TESTS) || [ $$? -eq 5 ]
