@@ -163,3 +163,49 @@ def test_load_retries_lean_when_the_build_runs_out_of_heap(tmp_path):
     assert res["stats"]["weights_mode"] == "flash"         # 4 MiB heap: RAM at first, streamed in the retry
     got = np.array(res["outs"], dtype=np.uint8).astype(np.int8)
     helpers.assert_same_as_tflm(got, helpers.tflm_outputs(model, xs), "ad01 after a lean retry")
+
+
+# A LOAD that fails through the running runtime on the virtual esp32's heap: the runtime answers with what is
+# wrong with the model, not "does not fit in RAM", and the next LOAD of a good model finds its heap as before.
+# Models without a plan beside them take the engine's full path, which reads and checks them with the reader
+# alone before the rest of the loader (which does not fit beside the runtime on this heap) is imported.
+_BAD_MODELS = {                    # name -> (bytes from the shipped kws model, what the error says)
+    "cut.tflite": (lambda kws: kws[:30000], "corrupt or truncated model"),
+    "corrupt.tflite": (lambda kws: kws[:40906] + b"\x40" + kws[40907:], "refers to buffer 4194315"),
+    "empty.tflite": (lambda kws: b"", "not a .tflite model: the file has only 0 bytes"),
+    "random.tflite": (lambda kws: np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes(),
+                      "not a .tflite model: file identifier is"),
+    "float32.tflite": (lambda kws: (helpers.REPO / "models" / "kws" / "variants" / "kws_float32.tflite").read_bytes(),
+                       r"operator 0 \(CONV_2D\) input tensor 0 .* is float32, expected int8"),
+}
+
+
+@pytest.mark.sim
+def test_a_failed_load_names_the_fault_and_leaves_the_heap_to_the_next(tmp_path, mpy_device):
+    import re
+
+    from tinyhost.model import writer
+
+    good = helpers.with_plan(helpers.REPO / "models" / "kws" / "kws.tflite", tmp_path)
+    kws = good.read_bytes()
+    for name, (make, _) in _BAD_MODELS.items():
+        (tmp_path / name).write_bytes(make(kws))
+    writer.small_classifier(tmp_path / "noplan.tflite", (1, 4, 4, 1), 2)      # valid, no plan beside it
+    names = list(_BAD_MODELS) + ["noplan.tflite"]
+    script = helpers.RUN_MODEL.parent / "load_after_failure.py"
+    proc = subprocess.run([helpers.micropython(), "-X", f"heapsize={ESP32_HEAP_BYTES}", str(script), str(mpy_device),
+                           str(good)] + [str(tmp_path / n) for n in names],
+                          capture_output=True, text=True, timeout=180)
+    results = next((json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+                    if line.startswith("RESULT ")), None)
+    assert results is not None, proc.stdout[-2000:] + proc.stderr[-1000:]
+    by_name = {r["model"].rsplit("/", 1)[-1]: r for r in results}
+    for name, (_, reason) in _BAD_MODELS.items():
+        r = by_name[name]
+        assert r["error"] and re.search(reason, r["error"]), (name, r["error"])
+        assert "does not fit" not in r["error"], (name, r["error"])
+        assert r["good_error"] is None, (name, r["good_error"])
+    # a valid model without a plan: the reader finds nothing wrong, the rest of the loader needs more heap than
+    # is free beside the runtime, and the error says so (its plan, put there by `tinyhost flash`, is the way)
+    assert "no usable load plan beside it (absent)" in by_name["noplan.tflite"]["error"]
+    assert "tinyhost flash --model" in by_name["noplan.tflite"]["error"]

@@ -172,6 +172,20 @@ def _int8_buffer(n):
         return array("b", bytes(n))
 
 
+def _read_check(f):
+    """The full path's first step: the model read and checked by the reader alone, the smallest part of the loader
+    (its objects dropped again), so that a file that is no .tflite, is cut short or corrupt, or computes in float32
+    is refused with its reason (ModelError) even where the rest of the loader does not fit beside the runtime."""
+    from . import reader
+    size = f.seek(0, 2)
+    f.seek(0)
+    try:
+        reader.check_int8(reader.read_model(f, size))
+    finally:
+        reader = None
+        _drop_load_modules(keep=("plan_check",))
+
+
 class TensorInfo:
     def __init__(self, name, shape, dtype, scale, zero_point, nbytes):
         self.name = name
@@ -232,12 +246,13 @@ class Model:
                 self.plan = "built"
                 self.plan_note = h
                 try:
+                    _read_check(self._f)
                     from .model_prepare import plan_in_ram
                     g = plan_in_ram(self._f, plan_check)
                     plan_in_ram = None
                 except MemoryError:
-                    raise MemoryError("%s does not fit in RAM when prepared on the board (its plan %s: %s); "
-                                      "`tinyhost flash --model` puts a plan next to it" % (path, plan_path(path), h))
+                    raise MemoryError("no usable load plan beside it (%s) and preparing one on the board needs "
+                                      "more heap than is free; `tinyhost flash --model` puts a plan next to it" % h)
                 h = plan_check.check(g, self._f)
                 if isinstance(h, str):
                     raise ModelError("internal error: the plan built here does not check: %s" % h)

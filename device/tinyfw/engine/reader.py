@@ -268,7 +268,10 @@ class Tensor:
         return quant.f32_to_float(self.scale_bits) if self.nq else 0.0
 
     def describe(self):
-        return "tensor %d '%s'" % (self.index, self.name)
+        name = self.name
+        if len(name) > 40:       # converters join a fused operator's names with ';' into hundreds of characters:
+            name = name[:37] + "..."     # cut, so that an error still ends with its reason in a board's reply
+        return "tensor %d '%s'" % (self.index, name)
 
 
 class Op:
@@ -507,3 +510,15 @@ def read_model(f, size):
     if not md.ops:
         raise ModelError("invalid model: the graph has no operators")
     return md
+
+
+def check_int8(md):
+    """Refuse a model that computes in float32 (ModelError): this engine takes float32 only at a QUANTIZE's input
+    and a DEQUANTIZE's output. op_prepare checks every operand of every operator; this is the part the parsed
+    model alone tells, for a load that checks the model before the rest of the loader is imported."""
+    for op in md.ops:
+        for role, idx, allowed in (("input", op.inputs, 114), ("output", op.outputs, 6)):
+            if op.code != allowed and idx and idx[0] >= 0 and md.tensors[idx[0]].type == T_FLOAT32:
+                raise ModelError("unsupported model: %s %s %s is float32, expected int8 (this engine runs "
+                                 "int8-quantised models: convert with full-integer quantisation)"
+                                 % (op.describe(), role, md.tensors[idx[0]].describe()))
