@@ -1,8 +1,10 @@
 """The int32 accumulator past its range: every engine backend wraps around as TFLM's C arithmetic does.
 
-One byte of the shipped kws model changed (a bias's top byte: 1606 becomes 1606 - 2^31), so the accumulator of
-that channel leaves the int32 range for any input. TFLM's reference kernels add in int32 and wrap; a backend that
-adds in wider integers requantises another number and answers differently."""
+The first convolution of the shipped kws model with two biases set to the ends of the int32 range (channel 0:
+-2^31, channel 1: 2^31 - 1), found with the engine's reader, so that any input with a negative (channel 0) or a
+positive (channel 1) sum of products takes that channel's accumulator out of the int32 range. TFLM's reference
+kernels add in int32 and wrap; a backend that adds in wider integers requantises another number and answers
+differently."""
 
 from array import array
 from pathlib import Path
@@ -22,9 +24,17 @@ KWS = Path(__file__).resolve().parents[1] / "models" / "kws" / "kws.tflite"
 
 @pytest.fixture(scope="module")
 def overflowing_model(tmp_path_factory):
+    import io
+    import struct
+
+    from tinyfw.engine import reader
+
     data = bytearray(KWS.read_bytes())
-    assert data[8451] != 0x80
-    data[8451] = 0x80
+    md = reader.read_model(io.BytesIO(bytes(data)), len(data))
+    conv = next(op for op in md.ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+    bias = md.tensors[conv.inputs[2]]
+    assert bias.dtype == "int32" and bias.is_const and bias.elements >= 2
+    struct.pack_into("<ii", data, bias.data_pos, -(1 << 31), (1 << 31) - 1)
     path = tmp_path_factory.mktemp("ovf") / "kws_bias_overflow.tflite"
     path.write_bytes(bytes(data))
     return path
