@@ -238,13 +238,38 @@ def test_bad_wav_files_are_named_before_the_run(tmp_path):
     (tmp_path / "yes" / "short.wav").write_bytes(bytes(range(30)))
     with wave.open(str(tmp_path / "yes" / "none.wav"), "wb") as w:       # a valid header, 0 samples
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    whole = (tmp_path / "yes" / "good.wav").read_bytes()
+    (tmp_path / "yes" / "cut.wav").write_bytes(whole[:1001])              # cut inside a sample
+    (tmp_path / "yes" / "zero_rate.wav").write_bytes(whole[:24] + bytes(4) + whole[28:])
     ds = datasets.load(tmp_path, "kws01")
     with pytest.raises(UsageError) as e:
         ds.check(12)
     msg = str(e.value)
-    assert msg.startswith("3 bad sample file(s)")
+    assert msg.startswith("5 bad sample file(s)")
     assert "yes/empty.wav (empty file)" in msg and "yes/short.wav (not a PCM WAV file" in msg
     assert "yes/none.wav (a WAV file with no samples)" in msg and "good.wav" not in msg
+    assert "yes/cut.wav (cut short: its header says 16000 samples, it holds 478)" in msg
+    assert "yes/zero_rate.wav (a sample rate of 0 Hz)" in msg
+
+
+def test_every_wav_the_check_passes_is_read_by_the_run(tmp_path):
+    """The check and the run read WAV files the same way: what passes the check is scored, what does not is named
+    (a file cut inside a sample or with a zero sample rate stopped the run with a traceback)."""
+    from tinyhost import features
+
+    (tmp_path / "yes").mkdir()
+    features.write_wav(tmp_path / "yes" / "good.wav", np.zeros(16000, dtype=np.float32))
+    whole = (tmp_path / "yes" / "good.wav").read_bytes()
+    for cut in (45, 1000, 1001, len(whole) - 1):
+        (tmp_path / "yes" / f"cut{cut}.wav").write_bytes(whole[:cut])
+    ds = datasets.load(tmp_path, "kws01")
+    ds.input_quant = (0.5, 0)
+    with pytest.raises(UsageError, match="4 bad sample file"):
+        ds.check(12)
+    for cut in (45, 1000, 1001, len(whole) - 1):
+        with pytest.raises(UsageError, match=f"cut{cut}.wav: cut short"):
+            ds.read(next(it for it in ds.items if it.file == f"yes/cut{cut}.wav"))
+    assert len(ds.read(next(it for it in ds.items if it.file == "yes/good.wav"))) == 490
 
 
 def test_bad_images_are_named_before_the_run(tmp_path):

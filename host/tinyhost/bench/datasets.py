@@ -194,15 +194,11 @@ def _sample_fault(path, layout):
     if size == 0:
         return "empty file"
     if layout == "wav":
-        import wave
+        from ..features.mfcc import WavFault, read_pcm
         try:
-            with wave.open(str(path), "rb") as w:
-                if w.getnframes() == 0:
-                    return "a WAV file with no samples"
-                if w.getsampwidth() not in (1, 2, 3, 4):
-                    return f"{8 * w.getsampwidth()}-bit samples"
-        except (wave.Error, EOFError) as e:
-            return f"not a PCM WAV file: {e or 'too short'}"
+            read_pcm(path)             # what the run reads: every fault it would stop on is found here
+        except WavFault as e:
+            return str(e)
         except OSError as e:
             return e.strerror or str(e)
         return ""

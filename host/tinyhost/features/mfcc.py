@@ -169,18 +169,27 @@ def resample(audio, from_hz, to_hz):
     return np.fft.irfft(out_spectrum, n=n_out) * (n_out / audio.size)
 
 
-def read_wav(path, rate_hz=16000):
-    """A PCM WAV file as mono float64 samples in [-1, 1) at ``rate_hz`` (resampled when it differs)."""
-    path = Path(path)
+class WavFault(ValueError):
+    """Why a file cannot be read as PCM audio (the message, without the file's name)."""
+
+
+def read_pcm(path):
+    """A PCM WAV file as (mono float64 samples in [-1, 1), its sample rate in Hz). Raises WavFault naming what is
+    wrong (not a WAV file, no samples, cut short, a sample width or rate that cannot be), OSError for the file."""
     try:
         with wave.open(str(path), "rb") as w:
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             raw = w.readframes(n)
-    except FileNotFoundError:
-        raise UsageError(f"no such WAV file: {path}", hint="check the path") from None
     except (wave.Error, EOFError) as e:
-        raise UsageError(f"{path} is not a PCM WAV file ({e})",
-                         hint="convert it, e.g. `sox IN -r 16000 -c 1 -b 16 OUT.wav`") from None
+        raise WavFault(f"not a PCM WAV file: {e or 'too short'}") from None
+    if n == 0:
+        raise WavFault("a WAV file with no samples")
+    if width not in (1, 2, 3, 4):
+        raise WavFault(f"{8 * width}-bit samples are not supported")
+    if rate <= 0:
+        raise WavFault(f"a sample rate of {rate} Hz")
+    if len(raw) < n * channels * width:
+        raise WavFault(f"cut short: its header says {n} samples, it holds {len(raw) // (channels * width)}")
     if width == 1:
         samples = (np.frombuffer(raw, np.uint8).astype(np.float64) - 128.0) / 128.0
     elif width == 2:
@@ -189,12 +198,21 @@ def read_wav(path, rate_hz=16000):
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         samples = np.where(v >= 1 << 23, v - (1 << 24), v).astype(np.float64) / float(1 << 23)
-    elif width == 4:
-        samples = np.frombuffer(raw, "<i4").astype(np.float64) / float(1 << 31)
     else:
-        raise UsageError(f"{path}: {8 * width}-bit samples are not supported",
-                         hint="convert it to 16-bit PCM, e.g. `sox IN -b 16 OUT.wav`")
-    samples = samples.reshape(-1, channels).mean(axis=1)
+        samples = np.frombuffer(raw, "<i4").astype(np.float64) / float(1 << 31)
+    return samples.reshape(-1, channels).mean(axis=1), rate
+
+
+def read_wav(path, rate_hz=16000):
+    """A PCM WAV file as mono float64 samples in [-1, 1) at ``rate_hz`` (resampled when it differs); UsageError
+    naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        samples, rate = read_pcm(path)
+    except FileNotFoundError:
+        raise UsageError(f"no such WAV file: {path}", hint="check the path") from None
+    except WavFault as e:
+        raise UsageError(f"{path}: {e}", hint="convert it, e.g. `sox IN -r 16000 -c 1 -b 16 OUT.wav`") from None
     return resample(samples, rate, rate_hz)
 
 
