@@ -295,13 +295,14 @@ def test_bad_images_are_named_before_the_run(tmp_path):
     assert "non_person/huge.png (too large" in msg, msg
 
 
-def test_labels_whose_classes_are_not_the_models_outputs_are_refused(tmp_path):
+@pytest.mark.parametrize("n_classes", [20, 2])
+def test_labels_whose_classes_are_not_the_models_outputs_are_refused(tmp_path, n_classes):
     from tinyhost.bench import session
 
-    write_set(tmp_path, [("a.bin", 20, 3)], {"a.bin": bytes(490)})
+    write_set(tmp_path, [("a.bin", n_classes, 1)], {"a.bin": bytes(490)})
     ds = datasets.load(tmp_path, "kws01")
     ds.check()                                          # without a model nothing to compare
-    with pytest.raises(UsageError, match="y_labels.csv says 20 classes .* the model has 12 outputs"):
+    with pytest.raises(UsageError, match=f"y_labels.csv says {n_classes} classes .* the model has 12 outputs"):
         ds.check(12)
     opts = SimpleNamespace(dataset=str(tmp_path), limit=0)
     with pytest.raises(UsageError, match="model has 12 outputs"):
