@@ -72,3 +72,27 @@ def test_corrupt_model_is_refused_before_flashing_exits_10(tmp_path):
 
 def test_unknown_board_exits_2():
     assert_error(run_cli("info", "--board", "arduino-uno"), errors.UsageError, "esp32")
+
+
+def test_a_hostile_name_in_an_error_reaches_the_terminal_inert(tmp_path):
+    """A file name with an escape sequence and a newline, quoted in an error on a terminal: shown escaped, so it
+    can neither clear the screen nor fake a line of output."""
+    master, slave = pty.openpty()
+    name = str(tmp_path / "x\x1b[2Jy\nfake line.tflite")
+    proc = subprocess.run(TINYHOST + ["model", "inspect", name], stdin=subprocess.DEVNULL, stdout=slave,
+                          stderr=slave, timeout=60)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:                    # the pty's other end is closed: all read
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.returncode == errors.UsageError.exit_code, out
+    assert b"\x1b" not in out and b"\nfake line" not in out.replace(b"\r\n", b"\n"), out
+    assert b"x\\x1b[2Jy\\x0afake line.tflite" in out, out
+

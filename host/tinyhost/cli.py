@@ -58,7 +58,8 @@ def main(argv=None):
     except TinyhostError as e:
         if debug:
             raise
-        click.echo(f"tinyhost: {e}", err=True)
+        from .console import printable      # names in the message come from outside (files, boards, servers)
+        click.echo(f"tinyhost: {printable(e)}", err=True)
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("tinyhost: interrupted", err=True)
