@@ -81,6 +81,20 @@ def test_a_table_wider_than_80_columns_is_not_cut_off_a_terminal(capsys, monkeyp
     assert "…" not in out and not ANSI.search(out)
 
 
+def test_names_in_tables_and_titles_are_shown_inert_on_a_terminal(monkeypatch):
+    """A sample or model name with an escape sequence or a newline, in a table cell and a title, on a terminal:
+    escaped, so it can neither clear the screen nor fake a row."""
+    out = io.StringIO()
+    out.isatty = lambda: True
+    monkeypatch.setattr(sys, "stdout", out)
+    t = console.table("file", "label")
+    t.add_row("a\x1b[2Jb\nfake row.wav", "yes")
+    console.print_table(t, "results for m\x1b]0;owned\x07.tflite")
+    text = out.getvalue()
+    assert "\x1b[2J" not in text and "\x1b]0;" not in text and "\x07" not in text
+    assert "a\\x1b[2Jb\\x0afake row.wav" in text and "m\\x1b]0;owned\\x07.tflite" in text
+
+
 def test_progress_is_off_when_stderr_is_not_a_terminal(capsys):
     with console.TransferProgress() as progress:
         progress("/a.py", 0, 100)

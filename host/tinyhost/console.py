@@ -44,11 +44,21 @@ def console(stderr=False):
                    emoji=False, markup=False)
 
 
+class _InertTable(Table):
+    """A rich Table whose text cells show control characters escaped (:func:`printable`): tables print names that
+    come from outside (sample files, model files, the tensor names inside a model)."""
+
+    def add_row(self, *cells, **options):
+        super().add_row(*(printable(c) if isinstance(c, str) else c for c in cells), **options)
+
+
 def table(*columns, right=(), header=True):
     """A table in the common style: a rule under the header, columns three spaces apart, no borders. Columns
     named in ``right`` are right-aligned numbers, which do not wrap: on a narrow terminal the text columns wrap
-    first, at spaces; a cell is folded onto a second line, never cut short."""
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_header=header, header_style="bold")
+    first, at spaces; a cell is folded onto a second line, never cut short. Text cells show control characters
+    escaped."""
+    t = _InertTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_header=header,
+                    header_style="bold")
     for name in columns:
         number = name in right
         t.add_column(name, justify="right" if number else "left", no_wrap=number, overflow="fold")
@@ -59,7 +69,7 @@ def print_table(t, title=None):
     """Print a table (to stdout), after its title on a line of its own."""
     out = console()
     if title:
-        out.print(title, style="bold")
+        out.print(printable(title), style="bold")
     if out.is_terminal:
         out.print(t)
         return

@@ -26,7 +26,7 @@ def inspect_cmd(file, board, json_path):
     from ..model import inspect
 
     r = inspect(zoo.resolve(file), board=board)
-    click.echo(f"{r.path}: {r.model_bytes} bytes, {len(r.operators)} operators, {r.macs:,} MACs")
+    click.echo(f"{console.printable(r.path)}: {r.model_bytes} bytes, {len(r.operators)} operators, {r.macs:,} MACs")
     ops = console.table("#", "operator", "MACs", "weights", "parameters", right={"#", "MACs", "weights"})
     for op in r.operators:
         ops.add_row(str(op.index), op.op, f"{op.macs:,}", str(op.weight_bytes),
