@@ -202,6 +202,19 @@ def test_export_writes_csv_json_and_parquet(tmp_path, tiny_model):
     assert duckdb.connect().execute(f"SELECT count(*) FROM '{tmp_path / 'out.parquet'}'").fetchone()[0] == 3
 
 
+def test_csv_export_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path, tiny_model):
+    import csv
+
+    exp = config.load(experiment(tmp_path, tiny_model))
+    with store_mod.Store(tmp_path / "r.duckdb") as st:
+        sid = st.new_session(exp, 1)
+        st.add_run(sid, exp, exp.cells()[0], "failed", reason='=HYPERLINK("http://x","y")')
+        st.export(tmp_path / "out.csv", "csv")
+    rows = list(csv.DictReader(open(tmp_path / "out.csv", newline="")))
+    assert len(rows) == 1 and rows[0]["reason"] == '\'=HYPERLINK("http://x","y")'
+    assert not any(v.startswith(("=", "+", "@")) for row in rows for v in row.values())
+
+
 class FakeBench:
     """Stands in for bench.session.run: records the calls, fails boards as told, sleeps a little."""
 

@@ -262,7 +262,7 @@ def _offload_rows(off, row):
     return rows
 
 
-def _csv_cell(value):
+def csv_cell(value):
     """A text cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage return)
     gets a leading ' (OWASP's rule), unless it is a plain number: a sample named ``=HYPERLINK(...)`` stays text."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -277,7 +277,7 @@ def to_csv(result):
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=_PROVENANCE_COLUMNS + _RECORD_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in csv_rows(result))
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in csv_rows(result))
     return out.getvalue()
 
 

@@ -250,7 +250,24 @@ class Store:
             except duckdb.Error as e:
                 raise UsageError(f"the export failed: {str(e).splitlines()[0]}",
                                  hint="check the --sql query and the output path") from None
+        if fmt == "csv":
+            _neutralise_csv(out_path)
         return out_path
+
+
+def _neutralise_csv(path):
+    """Rewrite a csv file with every cell a spreadsheet would run as a formula made text (bench's --csv rule,
+    :func:`tinyhost.bench.results.csv_cell`): model, board and dataset names come from files and experiment files."""
+    import csv
+    import io
+
+    from ..bench.results import csv_cell, write_atomic
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([csv_cell(v) for v in row] for row in rows)
+    write_atomic(path, out.getvalue())
 
 
 def result_of(row):
