@@ -114,6 +114,16 @@ def test_put_get_hash_list_remove_rename(vm):
     assert dev.list_files("/d/x") == [P_entry("y", 0, True)]
 
 
+def test_list_shows_a_name_with_a_newline_as_one_entry(vm):
+    """A file whose name holds a newline (put there by anything but tinyhost flash, which refuses such names) is
+    one entry of LIST, not a made-up second one."""
+    dev = vm.dev
+    for name in ("a\nf 1 b.tflite", "back\\slash\\n.bin"):
+        dev.put_file(b"xyz", "/h/" + name)
+    assert sorted(dev.list_files("/h"), key=lambda e: e.name) == [P_entry("a\nf 1 b.tflite", 3, False),
+                                                                 P_entry("back\\slash\\n.bin", 3, False)]
+
+
 def P_entry(name, size, is_dir):
     from tinyhost.client import FileEntry
     return FileEntry(name, size, is_dir)

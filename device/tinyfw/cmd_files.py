@@ -105,6 +105,8 @@ def cmd_list(rt):
                 size = entry[3]
             else:
                 size = os.stat(path_join(path, name))[6]
+            if "\n" in name or "\\" in name:       # one line an entry, whatever the name holds
+                name = name.replace("\\", "\\\\").replace("\n", "\\n")
             line = ("%s %d %s\n" % ("d" if is_dir else "f", size, name)).encode()
             if pos + len(line) > rt.max_payload:
                 more = 1

@@ -12,6 +12,7 @@ CRC-32 of the payload continued from ``crc32(type..length)``, so it covers the h
 """
 
 import enum
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -286,8 +287,12 @@ def pack_list(path, start=0):
     return struct.pack("<H", start) + _path(path)
 
 
+_LIST_ESCAPE = re.compile(r"\\(.)")
+
+
 def parse_list(payload):
-    """LIST reply -> (more, [(name, size, is_dir)])."""
+    """LIST reply -> (more, [(name, size, is_dir)]). A name's newlines and backslashes come escaped (``\\n``,
+    ``\\\\``), so that each entry is one line."""
     if not payload:
         raise ValueError("empty LIST reply")
     more = bool(payload[0])
@@ -296,6 +301,7 @@ def parse_list(payload):
         if not line:
             continue
         kind, size, name = line.split(" ", 2)
+        name = _LIST_ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), name)
         entries.append((name, int(size), kind == "d"))
     return more, entries
 
