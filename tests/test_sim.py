@@ -331,3 +331,25 @@ def test_a_board_killed_while_the_host_sends_comes_back(sim_board, con):
     con.write(b"\r\x03\x03\x02")
     con.prompt()
     assert con.run("print(6 * 7)").strip() == "42"
+
+
+def test_a_board_that_cannot_boot_is_not_told_to_erase_its_flash_first(tmp_path, monkeypatch):
+    """The VM ending again and again while it boots may come from a host still sending (the board then comes up
+    on the next start) as well as from a boot.py that ends it: the hint keeps the flash and names --fresh, which
+    erases it, only for the second."""
+    from click.testing import CliRunner
+
+    from tinyhost.cli import cli
+    from tinyhost.commands import sim as sim_cmd
+    from tinyhost.errors import TransportError
+    from tinyhost.sim.relay import BootFailed
+
+    def boot_fails(config):
+        raise BootFailed("the MicroPython VM ended 5 times while booting")
+
+    monkeypatch.setattr(sim_cmd, "serve", boot_fails)
+    r = CliRunner().invoke(cli, ["sim", "--state-dir", str(tmp_path)])
+    assert isinstance(r.exception, TransportError), r.output
+    hint = r.exception.hint
+    assert "flash.img) is kept: start it again" in hint
+    assert "if boot.py or main.py on it ends the VM at every start, add --fresh" in hint and "erases" in hint
