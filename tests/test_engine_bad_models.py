@@ -110,6 +110,26 @@ def test_device_refuses_a_truncated_model(tmp_path):
     assert "LOAD_ERROR ModelError corrupt or truncated model" in proc.stdout
 
 
+def test_the_heap_running_out_while_a_name_is_read_is_not_a_corrupt_model(monkeypatch):
+    """On a board the heap can run out while the reader decodes a name: that is a MemoryError (the load says the
+    model does not fit), not "not valid UTF-8" (it made a good model look corrupt once a failed load had left the
+    heap in pieces). A name that is not UTF-8 is still a ModelError."""
+    import io
+
+    def no_memory(*args):
+        raise MemoryError("memory allocation failed, allocating 97 bytes")
+
+    data = _conv_model()
+    monkeypatch.setattr(reader, "str", no_memory, raising=False)
+    with pytest.raises(MemoryError):
+        reader.read_model(io.BytesIO(data), len(data))
+    monkeypatch.undo()
+    bad = data.replace(b"tinyhost synthetic", b"tiny\xffost synthetic")      # the model's description
+    assert bad != data
+    with pytest.raises(engine.ModelError, match="model description is not valid UTF-8"):
+        reader.read_model(io.BytesIO(bad), len(bad))
+
+
 def _parse(data):
     import io
     md = reader.read_model(io.BytesIO(data), len(data))

@@ -100,7 +100,7 @@ class _File:
         n = self.u32(pos, "string")
         try:
             return str(bytes(self.raw(pos + 4, n, "string")), "utf-8")
-        except Exception:
+        except UnicodeError:               # only the bytes: a MemoryError here is the heap's, not the model's
             raise ModelError("corrupt model: a name at byte %d is not valid UTF-8" % pos)
 
     def i64(self, pos, what):
@@ -190,7 +190,7 @@ class _Table:
             return ""
         try:
             return str(bytes(self.fb.raw(start, n, what)), "utf-8")
-        except Exception:
+        except UnicodeError:
             raise ModelError("corrupt model: %s is not valid UTF-8" % what)
 
     def tables(self, i, what, limit):
