@@ -543,7 +543,7 @@ def run_streaming(args, runner_dir, work, port, baud, usb, devices, dataset_root
               + (f"; ERROR {playback.error}" if playback.error else ""), flush=True)
 
     results = []
-    with DutLineTap(port, baud) as tap, InterfaceBoard(tap, sww_data, on_playback=said) as io:
+    with DutLineTap.open(port, baud) as tap, InterfaceBoard(tap, sww_data, on_playback=said) as io:
         frame = st.audio_frame_bytes(tap.dev.link.max_payload)
         if not st.line_keeps_up(baud, frame):
             raise Abort(f"the line ({baud} baud) carries the audio at {baud / st.line_bits_per_s(frame):.2f}x real "

@@ -57,17 +57,23 @@ def _write_all(fd, data):
 
 
 class DutLineTap:
-    """The board's serial link (opened with tinyhost's runtime answering) behind a pty at :attr:`port`: bytes
-    written there go to the board; the board's text comes back there; frames go only to :meth:`exchange`'s caller."""
+    """An open :class:`~tinyhost.client.Device`'s link behind a pty at :attr:`port`: bytes written there go to the
+    board; the board's text comes back there; frames go only to :meth:`exchange`'s caller. :meth:`open` opens a
+    board whose main.py starts the runtime (a board just powered up) and closes it with the tap."""
 
-    def __init__(self, board_port, baud):
+    @classmethod
+    def open(cls, board_port, baud):
         from .eembc_host import EembcDut
 
-        with EembcDut(board_port, baud=baud) as dut:       # the runtime main.py starts, up and answering
+        with EembcDut(board_port, baud=baud) as dut:       # the runtime main.py starts: up and answering
             dut.sync()
-        self.dev = Device.open(board_port, baud)
-        self.board_port = board_port
-        self.baud = baud
+        tap = cls(Device.open(board_port, baud))
+        tap._owns_dev = True
+        return tap
+
+    def __init__(self, dev):
+        self.dev = dev
+        self._owns_dev = False
         self._master, self._slave, self.port = _pty()
         self._lock = threading.Lock()
         self._running = True
@@ -110,7 +116,9 @@ class DutLineTap:
         self._running = False
         for t in self._threads:
             t.join(timeout=2.0)
-        self.dev.close(leave_running=True)
+        self.dev.link.on_text = None
+        if self._owns_dev:
+            self.dev.close(leave_running=True)
         os.close(self._master)
         os.close(self._slave)
 
@@ -262,8 +270,8 @@ class InterfaceBoard:
         return []
 
     def _stream(self, pcm, record, t0):
-        """``pcm`` to the DUT in AUDIO frames, no faster than the audio's rate; the replies' detections and busy
-        intervals into ``record``."""
+        """``pcm`` to the DUT in AUDIO frames, each once its samples have played (the audio's rate); the replies'
+        detections and busy intervals into ``record``."""
         record.audio_s = len(pcm) / 2 / st.RATE_HZ
         next_progress = t0 + PROGRESS_EVERY_S
 
@@ -276,7 +284,9 @@ class InterfaceBoard:
         with self.tap.exchange() as link:
             frame = st.audio_frame_bytes(link.max_payload)
             for off in range(0, len(pcm), frame):
-                time.sleep(max(0.0, t0 + off / 2 / st.RATE_HZ - time.monotonic()))      # the audio's rate
+                # at the audio's rate: a frame's samples go once they have been played
+                played_s = min(len(pcm), off + frame) / 2 / st.RATE_HZ
+                time.sleep(max(0.0, t0 + played_s - time.monotonic()))
                 try:
                     take(link.request(P.T.AUDIO, pcm[off:off + frame], what="audio", timeout_s=30.0).payload)
                 except DeviceError as e:
@@ -284,7 +294,7 @@ class InterfaceBoard:
                 record.frames += 1
                 if time.monotonic() >= next_progress:
                     next_progress += PROGRESS_EVERY_S
-                    self._say(f"played {(off + frame) / 2 / st.RATE_HZ:.1f} s of {record.audio_s:.1f} s")
+                    self._say(f"played {played_s:.1f} s of {record.audio_s:.1f} s")
             while True:                 # the detections the replies had no room for
                 payload = link.request(P.T.AUDIO, b"", what="audio").payload
                 take(payload)
