@@ -51,9 +51,16 @@ def _pty():
     return master, slave, os.ttyname(slave)
 
 
-def _write_all(fd, data):
+def _write_all(fd, data, timeout_s=5.0):
+    """Write ``data`` to a pty's master; what its reader leaves unread for ``timeout_s`` is dropped (and logged)
+    rather than holding the thread that writes it."""
+    deadline = time.monotonic() + timeout_s
     while data:
-        data = data[os.write(fd, data):]
+        _, ready, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            log.warning("nobody reads the pty: %d bytes dropped", len(data))
+            return
+        data = data[os.write(fd, data[:256]):]         # no more than a pty takes at once: the write does not block
 
 
 class DutLineTap:
