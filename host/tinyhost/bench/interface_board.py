@@ -21,6 +21,7 @@ Here two pseudo-terminals take the place of the two USB ports:
 The runner's code and its scoring are the official ones; this module is the part that is not.
 """
 
+import contextlib
 import logging
 import os
 import select
@@ -74,13 +75,11 @@ class DutLineTap:
 
         with EembcDut(board_port, baud=baud) as dut:       # the runtime main.py starts: up and answering
             dut.sync()
-        tap = cls(Device.open(board_port, baud))
-        tap._owns_dev = True
-        return tap
+        return cls(Device.open(board_port, baud), owns_dev=True)
 
-    def __init__(self, dev):
+    def __init__(self, dev, owns_dev=False):
         self.dev = dev
-        self._owns_dev = False
+        self._owns_dev = owns_dev
         self._master, self._slave, self.port = _pty()
         self._lock = threading.Lock()
         self._running = True
@@ -115,9 +114,11 @@ class DutLineTap:
                 log.info("DUT link: a frame nobody asked for (type 0x%02x), dropped", frame.ftype)
             time.sleep(0.001)            # let the other side take the lock
 
+    @contextlib.contextmanager
     def exchange(self):
         """The board's link, for requests between the runner's commands: ``with tap.exchange() as link:``."""
-        return _Exchange(self)
+        with self._lock:
+            yield self.dev.link
 
     def close(self):
         self._running = False
@@ -134,18 +135,6 @@ class DutLineTap:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class _Exchange:
-    def __init__(self, tap):
-        self.tap = tap
-
-    def __enter__(self):
-        self.tap._lock.acquire()
-        return self.tap.dev.link
-
-    def __exit__(self, *exc):
-        self.tap._lock.release()
 
 
 @dataclass
@@ -297,7 +286,9 @@ class InterfaceBoard:
                 try:
                     take(link.request(P.T.AUDIO, pcm[off:off + frame], what="audio", timeout_s=30.0).payload)
                 except DeviceError as e:
-                    raise DeviceError(f"the DUT took no audio ({e}): send it `start` first") from None
+                    if getattr(e, "code", None) != P.ErrorCode.STATE:
+                        raise
+                    raise DeviceError(f"the DUT took no audio ({e.device_message}): send it `start` first") from None
                 record.frames += 1
                 if time.monotonic() >= next_progress:
                     next_progress += PROGRESS_EVERY_S
