@@ -61,3 +61,19 @@ def test_flash_boot_model_is_what_the_runner_gets_and_info_shows_it(board, tmp_p
     assert r.exit_code == 0 and "boot model: none" in r.output, r.output
     r = _run("info", "--port", board.port, "--baud", SIM_BAUD, "--json", "-")
     assert json.loads(r.stdout)["boot_model"] == ""
+
+
+def test_flash_mlperf_model_is_the_benchmark_the_firmware_names_to_a_runner(board):
+    from tinyhost.bench.eembc_host import EembcDut
+
+    def named():
+        with EembcDut(board.port, baud=SIM_BAUD) as dut:
+            dut.sync()
+            return dut.profile()[1]
+
+    r = _run("flash", "--port", board.port, "--baud", SIM_BAUD, "--boot-model", "kws", "--mlperf-model", "sww01")
+    assert r.exit_code == 0 and "MLPerf Tiny benchmark named to a runner: sww01" in r.output, r.output
+    assert named() == "sww01"               # the runner then runs its streaming wakeword test
+    r = _run("flash", "--port", board.port, "--baud", SIM_BAUD, "--mlperf-model", "auto")
+    assert r.exit_code == 0, r.output
+    assert named() == "kws01"               # the boot model's, by its input size

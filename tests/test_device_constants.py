@@ -189,15 +189,22 @@ def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
         assert all(name is not None and slots[name] == i for i, name in enumerate(rec)), rec
 
 
-def test_the_boot_model_file_is_where_the_firmware_reads_it():
-    """`tinyhost flash --boot-model` writes the file tinyfw.boot_model reads the boot model's path from."""
-    from tinyhost.flash import BOOT_MODEL_FILE
+def test_the_boot_model_files_are_where_the_firmware_reads_them():
+    """`tinyhost flash --boot-model` and `--mlperf-model` write the files tinyfw.boot_model reads the boot model's
+    path and the benchmark `profile` names from."""
+    from tinyhost.flash import BOOT_MODEL_FILE, MLPERF_MODEL_FILE
 
     tree = ast.parse((TINYFW / "boot_model.py").read_text())
     values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-              and node.targets[0].id == "BOOT_MODEL_FILE"}
-    assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE}
+              and node.targets[0].id in ("BOOT_MODEL_FILE", "MLPERF_MODEL_FILE")}
+    assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE, "MLPERF_MODEL_FILE": MLPERF_MODEL_FILE}
+
+
+def test_the_audio_reply_layout_is_the_hosts():
+    """An AUDIO reply's detections and busy intervals: tinyfw.stream's sizes are tinyhost.protocol's."""
+    sizes = const_assignments(TINYFW / "stream.py")
+    assert (sizes["EVENT_BYTES"], sizes["BUSY_BYTES"]) == (P.DETECTION_BYTES, P.BUSY_BYTES)
 
 
 def test_the_info_block_the_firmware_packs_is_the_one_the_host_unpacks():

@@ -439,7 +439,7 @@ def test_ack_nak_and_event_frames_share_one_buffer_and_allocate_nothing(tmp_path
     assert P.parse_event(frames[2].payload) == (3, 0xDEADBEEF) and P.parse_event(frames[3].payload) == (4, 5)
 
 
-STREAM_FILES = FIRMWARE + ",eembc.py,cmd_stream.py,stream.py,mfcc.py,mfcc_ref.py,mfcc_viper.py"
+STREAM_FILES = FIRMWARE + ",eembc.py,boot_model.py,cmd_stream.py,stream.py,mfcc.py,mfcc_ref.py,mfcc_viper.py"
 
 
 def _text(dev, cmd, timeout_s=10.0):
@@ -476,12 +476,20 @@ def test_stream_frames_and_the_streaming_dut_commands():
         # the same pipeline through MLPerf Tiny's streaming DUT commands, audio in AUDIO frames between them
         assert _text(dev, "state%") == ["m-[state idle]", "m-ready"]
         assert _text(dev, "start%")[0].startswith("m-[Listening for audio")
+        busy = []
         for off in range(0, 1920 * 20, 1920):
-            dev.link.request(P.T.AUDIO, pcm[off:off + 1920])
+            busy += P.parse_audio_busy(dev.link.request(P.T.AUDIO, pcm[off:off + 1920]).payload)
+        # each hop's busy interval (the duty-cycle pin), in the board's clock since the stream started, in order
+        assert len(busy) == 60 and all(0 <= s <= e for s, e in busy), busy
+        assert all(e0 <= s1 for (_, e0), (s1, _) in zip(busy, busy[1:])), busy
         stopped = _text(dev, "stop%")
         assert stopped[0] == "Streaming stopped." and stopped[1].startswith("m-[hops 60, ")
         lines = _text(dev, "print_detections%")
         assert lines[:2] == ["Detection Timestamps (ms)", "0,"] and lines[-1] == "m-ready"
+        # a streaming wakeword DUT names sww01 to a runner when /mlperf_model says so (`tinyhost flash`)
+        assert _text(dev, "profile%")[1] == "m-model-[kws01]"
+        dev.put_file(b"sww01", "/mlperf_model")
+        assert _text(dev, "profile%")[1] == "m-model-[sww01]"
         assert dev.info().firmware_version == "0.1.0"               # frames go on working after the text
     finally:
         vm.close()

@@ -102,6 +102,62 @@ def test_streaming_dut_commands_with_audio_over_the_link(state, tmp_path):
     assert s.true_positives == 2 and s.false_positives == 0, stamps
 
 
+def test_the_interface_board_stand_in_plays_over_the_dut_link_and_reports_what_the_dut_detected(state, tmp_path):
+    # the runner's streaming wakeword sequence (script.py's stream step) on the stand-in's two ports
+    import serial
+
+    from tinyhost import board
+    from tinyhost.bench.interface_board import DutLineTap, InterfaceBoard
+    from tinyhost.zoo import resolve
+
+    f = sww.make_stream(tmp_path / "sd", seconds=8, keywords=2, seed=3)
+    model = resolve("kws")
+
+    def ask(port, cmd, timeout_s=60.0):
+        port.write(f"{cmd}%".encode())
+        lines, text, deadline = [], b"", time.monotonic() + timeout_s
+        while not lines or "m-ready" not in lines[-1]:
+            text += port.read(256)
+            *done, text = text.split(b"\n")
+            lines += [x.decode().strip() for x in done if x.strip()]
+            assert time.monotonic() < deadline, f"no m-ready after {cmd}: {lines}"
+        return lines
+
+    with board.connect("sim:esp32s3-romfs", baud=921600, state_dir=state) as b:
+        b.flash([model])
+        b.load(model)
+        with DutLineTap(b.dev) as tap, InterfaceBoard(tap, tmp_path / "sd") as io, \
+                serial.Serial(tap.port, timeout=0.1) as dut, serial.Serial(io.port, timeout=0.1) as interface:
+            assert ask(dut, "stop") == ["m-[Already idle; ignoring stop]", "m-ready"]
+            assert ask(dut, "start")[0].startswith("m-[Listening for audio")
+            assert ask(interface, "record_detections") == ["Now recording detections", "m-ready"]
+            t0 = time.monotonic()
+            played = ask(interface, "play stream.wav")
+            assert played[0] == "Playing stream.wav" and played[-1] == "m-ready"
+            assert all(x.startswith("played ") for x in played[1:-1]), played   # progress, every 5 s
+            assert time.monotonic() - t0 >= 8.0                       # played at the audio's rate
+            stopped = ask(dut, "stop")
+            detections = ask(interface, "print_detections")
+            duty = ask(interface, "print_dutycycle")
+            own = ask(dut, "print_detections")
+            assert ask(interface, "play stream.wav")[1].startswith("e-[play stream.wav: the DUT took no audio")
+            assert ask(interface, "play nothing.wav")[0].startswith("e-[no file 'nothing.wav'")
+    assert stopped[0] == "Streaming stopped." and stopped[1].startswith("m-[hops 400,")
+    # the detections' board times, from the AUDIO replies, are the ones the DUT itself logged
+    assert detections == own and detections[:2] == ["Detection Timestamps (ms)", "0,"]
+    stamps = [int(x.rstrip(",")) / 1000 for x in detections[2:-1]]
+    s = sww.score([(t, "") for t in stamps], f.windows, 8.0)
+    assert s.true_positives == 2 and s.false_positives == 0, stamps
+    # a busy interval per hop, in 10 us ticks since the stream started, as the runner's process_dutycycle reads them
+    split = duty.index("Duty cycle stop times (s)")
+    assert duty[0] == "Duty cycle start times (s)" and duty[-1] == "m-ready"
+    starts = [int(x) for line in duty[1:split] for x in line.split(",") if x.strip()]
+    stops = [int(x) for line in duty[split + 1:-1] for x in line.split(",") if x.strip()]
+    assert len(starts) == len(stops) == 400 and all(a <= z for a, z in zip(starts, stops))
+    assert all(z0 <= a1 for z0, a1 in zip(stops, starts[1:]))
+    assert 0.5 < sum(z - a for a, z in zip(starts, stops)) / (stops[-1] - starts[0]) < 1.0     # the duty cycle
+
+
 def test_a_board_asked_for_more_than_it_can_says_so(state, tmp_path):
     # an inference every hop (20 ms) on a board that needs 374 ms for one: inferences skipped, counted, said
     f = sww.make_stream(tmp_path / "data", seconds=6, keywords=1, seed=2)

@@ -1,8 +1,8 @@
 # tinyfw stream commands: STREAM_START, AUDIO, STREAM_STOP (docs/protocol.md, docs/streaming.md).
 #
 # STREAM_START sets up tinyfw.stream's Listener over the loaded model and the front end (tinyfw.mfcc); audio then
-# comes in AUDIO frames (int16 little-endian samples, any even count), each answered with the hops done so far and
-# the detections made since the last answer; or, for the microphone source, the board reads machine.I2S (a stand-in
+# comes in AUDIO frames (int16 little-endian samples, any even count), each answered with the hops done so far, the
+# detections made since the last answer and when the board was busy with each hop since then; or, for the microphone source, the board reads machine.I2S (a stand-in
 # on the virtual board: tinyfw.mic) for the seconds asked, sends each detection as an EVENT frame at once and answers
 # with its counters. STREAM_STOP ends the stream and answers with its counters. The runtime imports this module on
 # the first of these frames; the EEMBC text commands start, stop, state and print_detections (tinyfw.eembc passes
@@ -221,9 +221,12 @@ def cmd_audio(rt):
     li.feed(rt.fio.buf, _HEADER_BYTES, n)
     small = rt.small
     put32(small, 0, li.counts[0])
-    k = take(li, small, 5, (_SMALL_PAYLOAD - 5) // stream.EVENT_BYTES)
+    k = take(li, small, 5, (_SMALL_PAYLOAD - 6 - stream.BUSY_MAX * stream.BUSY_BYTES) // stream.EVENT_BYTES)
     small[4] = k
-    rt.reply_small(5 + k * stream.EVENT_BYTES)
+    at = 5 + k * stream.EVENT_BYTES
+    m = li.take_busy(small, at + 1)
+    small[at] = m
+    rt.reply_small(at + 1 + m * stream.BUSY_BYTES)
 
 
 def drain(li, scratch):

@@ -4,7 +4,8 @@
 # benchmark/runner serial_device.py and device_under_test.py). Commands, as in the reference firmware
 # (mlcommons/tiny api/internally_implemented.cpp):
 #   name              m-name-dut-[tinyhost]
-#   profile           m-profile-[...] and m-model-[kws01|vww01|ic01|ad01]
+#   profile           m-profile-[...] and m-model-[kws01|vww01|ic01|ad01] by the model's input size, or the
+#                     benchmark /mlperf_model names (sww01: tinyfw.boot_model)
 #   db load N         m-[Expecting N bytes]
 #   db HEX            hex bytes into the buffer (the runner sends 31 a command); m-load-done when N arrived
 #   db print [N] [O]  m-buffer-xx-xx-... lines, 8 bytes each
@@ -351,9 +352,11 @@ def handle_command(text, rt):
         if cmd == "name":
             _say(rt, "m-name-dut-[%s]" % NAME)
         elif cmd == "profile":
+            from tinyfw import boot_model
+
             model = _ensure_model(rt)
             _say(rt, "m-profile-[%s]" % PROFILE)
-            _say(rt, "m-model-[%s]" % model_id(model))
+            _say(rt, "m-model-[%s]" % (boot_model.mlperf_model() or model_id(model)))
         elif cmd == "db":
             _db(rt, args)
         elif cmd == "infer":

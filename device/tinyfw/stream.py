@@ -33,6 +33,8 @@ RATE_HZ = const(16000)
 HOP_NS = const(20000000)
 EVENT_BYTES = const(10)           # board ms u32, audio ms u32, class u8, score u8
 _EVENTS = const(32)               # detections kept until the host takes them
+BUSY_MAX = const(8)               # busy intervals kept until the host takes them (the hops of an AUDIO frame)
+BUSY_BYTES = const(8)             # start u32, end u32: board time since the stream started, in 10 us units
 _FRAME_OVERHEAD = const(14)       # bytes of a frame besides its payload (docs/protocol.md)
 
 # Listener.counts, in this order (STREAM_STOP reports them by these names)
@@ -125,6 +127,10 @@ class Listener:
         self.sums = [0] * self.n_classes
         self.ev = bytearray(_EVENTS * EVENT_BYTES)
         self.ev_n = 0
+        # when the board was busy with each hop (its duty-cycle pin high), for the host: start and end in 10 us
+        # units since the stream started, the oldest first; the hops after the first BUSY_MAX untaken are not kept
+        self.busy = array.array("i", range(2 * BUSY_MAX))
+        self.busy_n = 0
         self.counts = [0] * len(COUNT_NAMES)
         # where the next byte goes in the ring, bytes of the hop arriving, the next posterior's slot, hops since
         # the last inference
@@ -207,6 +213,11 @@ class Listener:
         end = clock.now_us() * 1000
         c[_BUSY_US] += (end - now) // 1000
         c[_ELAPSED_US] = (end - self.t0_ns) // 1000
+        i = self.busy_n
+        if i < BUSY_MAX:
+            self.busy[2 * i] = (now - self.t0_ns) // 10000
+            self.busy[2 * i + 1] = (end - self.t0_ns) // 10000
+            self.busy_n = i + 1
 
     def _infer(self, k, arrive):
         m = self.model
@@ -258,6 +269,20 @@ class Listener:
         ev[i + 8] = cls
         ev[i + 9] = score
         self.ev_n += 1
+
+    def take_busy(self, dst, off):
+        """Move the busy intervals kept into dst[off:] (BUSY_BYTES each: start u32, end u32); returns how many."""
+        n = self.busy_n
+        b = self.busy
+        for i in range(2 * n):
+            v = b[i]
+            at = off + 4 * i
+            dst[at] = v & 0xFF
+            dst[at + 1] = (v >> 8) & 0xFF
+            dst[at + 2] = (v >> 16) & 0xFF
+            dst[at + 3] = (v >> 24) & 0xFF
+        self.busy_n = 0
+        return n
 
     def take_events(self, dst, off, most):
         """Move up to ``most`` pending detections (EVENT_BYTES each) into dst[off:]; returns how many."""

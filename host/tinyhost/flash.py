@@ -20,6 +20,11 @@ MODELS_DIR = "/models"
 # The file naming the model the firmware loads by itself for a runner's text commands (MLPerf Tiny / EEMBC):
 # device/tinyfw/cmd_text.py's BOOT_MODEL_FILE (tests/test_device_constants.py checks the copy).
 BOOT_MODEL_FILE = "/boot_model"
+# The file naming the MLPerf Tiny benchmark the firmware's `profile` answers with when it is not the one the boot
+# model's input size tells (sww01, the streaming wakeword test, runs the kws model): device/tinyfw/boot_model.py's
+# MLPERF_MODEL_FILE.
+MLPERF_MODEL_FILE = "/mlperf_model"
+MLPERF_MODELS = ("kws01", "vww01", "ic01", "ad01", "sww01")
 # littlefs needs a couple of blocks of its own for metadata while a file is being written and renamed.
 FS_METADATA_BLOCKS = 2
 
@@ -130,6 +135,18 @@ def set_boot_model(dev, remote_path):
             dev.remove(BOOT_MODEL_FILE)
     else:
         dev.put_file(remote_path.encode(), BOOT_MODEL_FILE)
+
+
+def set_mlperf_model(dev, name):
+    """Make the firmware's `profile` answer ``m-model-[name]`` (one of MLPERF_MODELS), the benchmark an MLPerf Tiny
+    runner then runs; None: the one the boot model's input size tells (kws01, vww01, ic01, ad01)."""
+    if name is None:
+        if dev.file_hash(MLPERF_MODEL_FILE) is not None:
+            dev.remove(MLPERF_MODEL_FILE)
+        return
+    if name not in MLPERF_MODELS:
+        raise UsageError(f"{name!r} is not an MLPerf Tiny benchmark", hint=f"name one of {', '.join(MLPERF_MODELS)}")
+    dev.put_file(name.encode(), MLPERF_MODEL_FILE)
 
 
 # The virtual board's clock reads the board-time model's estimates of the models on it from this file at each load

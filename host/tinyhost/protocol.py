@@ -398,6 +398,8 @@ STREAM_START_FORMAT = "<HBBHBxIIIHH"
 STREAM_SOURCE_SERIAL = 0
 STREAM_SOURCE_MIC = 1
 DETECTION_BYTES = 10            # board ms u32, audio ms u32, class u8, score u8
+BUSY_BYTES = 8                  # start u32, end u32 of a hop's work: board time since the stream started, 10 us units
+BUSY_TICK_S = 1e-5
 
 
 def pack_stream_start(infer_every=0, smooth=0, threshold=200, refractory_ms=1000, source=STREAM_SOURCE_SERIAL,
@@ -415,3 +417,14 @@ def parse_audio(payload):
     """AUDIO reply -> (hops so far, [(board_ms, audio_ms, class, score), ...])."""
     hops, n = struct.unpack_from("<IB", payload, 0)
     return hops, [parse_detection(payload[5 + i * DETECTION_BYTES:5 + (i + 1) * DETECTION_BYTES]) for i in range(n)]
+
+
+def parse_audio_busy(payload):
+    """AUDIO reply -> [(start_s, end_s), ...]: when the board was busy with each hop since the last reply (its
+    duty-cycle pin high), in the board's clock since the stream started."""
+    at = 5 + payload[4] * DETECTION_BYTES
+    if len(payload) <= at:
+        return []
+    n = payload[at]
+    ticks = struct.unpack_from(f"<{2 * n}I", payload, at + 1)
+    return [(ticks[2 * i] * BUSY_TICK_S, ticks[2 * i + 1] * BUSY_TICK_S) for i in range(n)]

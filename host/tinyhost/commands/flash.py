@@ -9,7 +9,8 @@ from .. import console
 from ..errors import TinyhostError, UsageError
 from ..board import connect
 from ..firmware_image import firmware_commands, no_image_on_virtual_board
-from ..flash import check_fits_profile, firmware_items, model_item, model_remote_path, set_boot_model, with_plans
+from ..flash import (MLPERF_MODELS, check_fits_profile, firmware_items, model_item, model_remote_path, set_boot_model,
+                     set_mlperf_model, with_plans)
 from ..ports import find_port
 from ..zoo import resolve
 from .common import board_options, human_bytes
@@ -24,11 +25,15 @@ from .common import board_options, human_bytes
               help="The model the board loads by itself when an MLPerf Tiny / EEMBC runner sends its first command "
                    "(`tinyhost bench --dut eembc`, the official runner); put on the board like --model. "
                    "`none` names none any more. `tinyhost info` shows it.")
+@click.option("--mlperf-model", type=click.Choice(MLPERF_MODELS + ("auto",)), default=None,
+              help="The MLPerf Tiny benchmark the board names to a runner (`profile`): sww01 makes the official "
+                   "runner run its streaming wakeword test over the kws boot model; auto: the one the boot model's "
+                   "input size tells.")
 @click.option("--firmware", "image", type=click.Path(dir_okay=False), default=None,
               help="Write this MicroPython image to the chip first (esptool/bossac; prints the commands).")
 @click.option("--run", "run_commands", is_flag=True, help="With --firmware: run the printed commands.")
 @click.option("--force", is_flag=True, help="Send every file, even those already on the board.")
-def flash(board_name, port, baud, state_dir, models, boot_model, image, run_commands, force):
+def flash(board_name, port, baud, state_dir, models, boot_model, mlperf_model, image, run_commands, force):
     """Put tinyhost's firmware files (and --model files) on a board, skipping files already there."""
     if image:
         _write_micropython(board_name, port, image, run_commands)
@@ -49,6 +54,8 @@ def flash(board_name, port, baud, state_dir, models, boot_model, image, run_comm
             report, rom = b.flash(model_paths, force=force, progress=progress)
         if boot_model is not None:
             set_boot_model(b.dev, boot_path and model_remote_path(boot_path, b.profile))
+        if mlperf_model is not None:
+            set_mlperf_model(b.dev, None if mlperf_model == "auto" else mlperf_model)
         click.echo(f"sent {len(report.sent)} files ({human_bytes(report.bytes_sent)}) in {report.seconds:.1f} s "
                    f"({human_bytes(report.bytes_per_s)}/s), {len(report.skipped)} already up to date")
         if report.removed:
@@ -61,6 +68,8 @@ def flash(board_name, port, baud, state_dir, models, boot_model, image, run_comm
         if boot_model is not None:
             click.echo(f"boot model: {model_remote_path(boot_path, b.profile) if boot_path else 'none'} "
                        f"(what the board runs for an MLPerf Tiny / EEMBC runner)")
+        if mlperf_model is not None:
+            click.echo(f"MLPerf Tiny benchmark named to a runner: {mlperf_model}")
 
 
 def _write_micropython(board_name, port, image, run_commands):
