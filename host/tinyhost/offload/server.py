@@ -1,14 +1,14 @@
 """``tinyhost serve``: an asyncio server that runs boards' models for them.
 
 Each connection is one board's session (HELLO, then REQUESTs, one at a time). Requests that pass the checks go to a
-queue shared by the workers, taken round-robin by device id; each worker is one thread with its own interpreters, so a slow model delays only the
-queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing errors,
+queue shared by the workers (fairqueue.py: round-robin by device id, each device held to its share of the workers'
+time while other devices are active); each worker is one thread with its own interpreters, so a slow model delays
+only the queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing errors,
 authentication failures and oversize frames also close that one connection. Limits (frame size, clients, queue
 length, idle and per-frame timeouts) bound what a misbehaving client can hold.
 """
 
 import asyncio
-import collections
 import contextlib
 import ipaddress
 import logging
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..errors import TransportError, UsageError
 from . import auth, wire
+from .fairqueue import FairQueue
 from .models import RequestRejected, ServedRunner
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,11 @@ class ServerConfig:
     threads: bool = False       # run models on worker threads (for backends that release the GIL), else inline
     max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
     max_clients: int = 256      # authenticated sessions
-    max_pending: int = 128      # connections that have not completed HELLO; over it the oldest is dropped
+    max_pending: int = 512      # connections that have not completed HELLO; over it the oldest is dropped
     max_per_device: int = 4     # sessions of one device id
     queue_limit: int = 1024
+    fair_share: float = 2.0     # while others are active, a device gets at most this many equal shares; 0: off
+    fair_window_s: float = 1.0  # a device counts as active this long after its last request
     hello_timeout_s: float = 5.0    # from connecting to a complete HELLO
     idle_timeout_s: float = 300.0   # an authenticated session with nothing to say
     frame_timeout_s: float = 10.0   # from a frame's first byte to its last
@@ -126,44 +129,16 @@ class _Session:
 
 
 class _Job:
-    __slots__ = ("model_id", "tensor", "use_reference", "future", "enqueued_ns", "split")
+    __slots__ = ("device_id", "model_id", "tensor", "use_reference", "future", "enqueued_ns", "split")
 
-    def __init__(self, model_id, tensor, use_reference, future, split=None):
+    def __init__(self, device_id, model_id, tensor, use_reference, future, split=None):
+        self.device_id = device_id
         self.model_id = model_id
         self.tensor = tensor
         self.split = split              # a wire.SplitRequest: the tail from its split point
         self.use_reference = use_reference
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
-
-
-class _FairQueue:
-    """Jobs taken round-robin by device: a device waits its turn behind every other device with a job queued, so
-    however many sessions it opens it gets one device's share of the workers when others are waiting."""
-
-    def __init__(self):
-        self._by_device = collections.OrderedDict()     # device id -> deque of its jobs, next turn first
-        self._size = 0
-        self._ready = asyncio.Semaphore(0)
-
-    def qsize(self):
-        return self._size
-
-    def put_nowait(self, device_id, job):
-        self._by_device.setdefault(device_id, collections.deque()).append(job)
-        self._size += 1
-        self._ready.release()
-
-    async def get(self):
-        await self._ready.acquire()
-        device_id, jobs = next(iter(self._by_device.items()))
-        job = jobs.popleft()
-        if jobs:
-            self._by_device.move_to_end(device_id)
-        else:
-            del self._by_device[device_id]
-        self._size -= 1
-        return job
 
 
 class OffloadServer:
@@ -178,6 +153,9 @@ class OffloadServer:
                              hint="pass --token-file FILE (devices must authenticate off loopback)")
         if config.workers < 1:
             raise UsageError("--workers must be at least 1")
+        if 0 < config.fair_share < 1:
+            raise UsageError(f"--fair-share {config.fair_share:g} would leave the workers idle with every device "
+                             "waiting", hint="use 1 or more (2 is the default), or 0 for round-robin only")
         self.models = dict(models)
         self.keys = keys
         self.config = config
@@ -208,7 +186,7 @@ class OffloadServer:
             check_model_file(entry.path)
             if entry.reference_path:
                 check_model_file(entry.reference_path, reference=True)
-        self._queue = _FairQueue()
+        self._queue = FairQueue(self.config.workers, self.config.fair_share, self.config.fair_window_s)
         self._runners = [None] * self.config.workers
         for i in range(self.config.workers):
             if self.config.threads:
@@ -280,6 +258,7 @@ class OffloadServer:
             job = await self._queue.get()
             if job.future.cancelled():
                 continue
+            started = time.perf_counter()
             try:
                 if ex is None:
                     result = self._compute(index, job)
@@ -290,6 +269,8 @@ class OffloadServer:
                 if not job.future.done():
                     job.future.set_exception(RequestRejected(wire.INTERNAL, f"model failed: {e}"))
                 continue
+            finally:
+                self._queue.served(job.device_id, time.perf_counter() - started)
             if not job.future.done():
                 job.future.set_result(result)
 
@@ -479,7 +460,8 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.BUSY, "server queue full, retry later")
         use_reference = runner[2] and request.want != wire.WANT_MODEL
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(session.device_id, _Job(request.model_id, request.tensor, use_reference, future, split))
+        self._queue.put_nowait(session.device_id, _Job(session.device_id, request.model_id, request.tensor, use_reference,
+                                                            future, split))
         try:
             data, queue_us, compute_us = await future
         except RequestRejected as e:
