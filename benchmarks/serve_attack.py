@@ -12,8 +12,9 @@ request after request for --seconds. Attacks:
 * garbage    64 connections writing random bytes (re-opened when closed, after 10 ms)
 
 Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the share of
-the server's answers that went to others than the good devices (the flooder's), the server's RSS at the end of the phase and its peak (VmHWM), and the server's refusal
-counters. Every loop is bounded by the phase time; the run stops by itself.
+the server's answers that went to others than the good devices while they ran (the flooder's), the server's RSS at the end of the
+phase and its peak (VmHWM), the CPU cores the server, the good devices and the attacker used while the good devices
+ran (on a machine with few cores the attacker's CPU is CPU the other two lack), and the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
 """
@@ -136,7 +137,9 @@ async def _attack(kind, port, seconds, token_file):
 
 
 # -- good devices -------------------------------------------------------------------------------------------
-async def good_devices(port, seconds, keys):
+async def good_devices(port, seconds, keys, server_answers):
+    """Connect the good devices, then run them for ``seconds``. ``server_answers()``: the server's answer count
+    (read before and after the timed part, to tell the good devices' share of the server's answers)."""
     from tinyhost.offload import wire
     from tinyhost.offload.client import AsyncOffloadClient
     tensor = wire.Tensor("int8", (1, 49, 10, 1), 0.5847029089927673, 83, bytes((i * 37) % 256 for i in range(490)))
@@ -182,11 +185,18 @@ async def good_devices(port, seconds, keys):
         if c is not None:
             await c.close()
 
-    t0 = time.perf_counter()
+    answers_before, t0 = server_answers(), time.perf_counter()
     await asyncio.gather(*(run(i) for i in range(GOOD)))
     wall = time.perf_counter() - t0
+    answered = server_answers() - answers_before
     connected = sum(c is not None for c in clients)
-    return latencies, errors, connect_retries, connected, wall
+    return latencies, errors, connect_retries, connected, wall, answered
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values, q):
@@ -233,14 +243,18 @@ def main(argv=None):
                 attacker = subprocess.Popen([sys.executable, __file__, "--attack", phase, "--port", str(port),
                                              "--seconds", str(args.seconds + 3), "--token-file", token_file])
                 time.sleep(1.5)                 # the attack is in place before the good devices come
-            lat, errors, retries, connected, wall = asyncio.run(good_devices(port, args.seconds, keys))
+            pids = [proc.pid, os.getpid()] + ([attacker.pid] if attacker else [])
+            cpu_before, t0 = [cpu_s(pid) for pid in pids], time.perf_counter()
+            lat, errors, retries, connected, wall, answered = asyncio.run(
+                good_devices(port, args.seconds, keys, lambda: stats()["requests_ok"]))
+            cores = [(cpu_s(pid) - b) / (time.perf_counter() - t0) for pid, b in zip(pids, cpu_before)]
             rss, hwm = rss_mb(proc.pid)
             if attacker is not None:
                 attacker.wait(args.seconds + 30)
             after = stats()
             delta = {k: after[k] - before[k] for k in after if k not in ("connections_open", "connections_pending")}
             rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta,
-                         1 - len(lat) / max(1, delta["requests_ok"])))
+                         1 - len(lat) / max(1, answered), cores))
     finally:
         if proc.poll() is None:
             proc.stdin.close()
@@ -250,8 +264,8 @@ def main(argv=None):
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6}  server counters")
-    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others in rows:
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16}  server counters")
+    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores in rows:
         ratio, p99x = rate / base_rate, p99 / base_p99
         held = phase == "none" or (ratio >= 0.80 and p99x <= 2.0 and hwm <= 100)
         ok &= held
@@ -259,7 +273,8 @@ def main(argv=None):
                     f"{d['device_limit_refusals']}, dropped {d['pending_dropped']}, hello-timeout "
                     f"{d['hello_timeouts']}, bad {d['frames_bad']}, busy {d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
-              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%}  {counters}" + ("" if held else "  NOT held"))
+              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16}  "
+              f"{counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1
