@@ -14,6 +14,7 @@ from tinyhost.offload import auth, models, wire
 from tinyhost.offload.client import OffloadClient, OffloadRefused, read_frame
 from tinyhost.offload.fairqueue import FairQueue
 from tinyhost.offload.server import OffloadServer, ServerConfig, parse_listen
+from tinyhost.offload.serverlog import RefusalLog
 
 
 @pytest.fixture(scope="module")
@@ -348,10 +349,15 @@ def test_shutdown_summary_counts_each_refusal_once():
         with _raw(address) as junk:
             junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
             assert _reply(junk).status == wire.BAD_FRAME
+        with _raw(address) as eager:                            # a request before HELLO: refused from its header
+            eager.sendall(wire.encode_request(1, wire.Request("kws", 0, kws_tensor())))
+            assert _reply(eager).status == wire.AUTH_REQUIRED
         st = srv.stats
-        assert (st.connections_refused, st.frames_bad, st.sessions, st.requests_ok) == (1, 1, 1, 0)
+        assert (st.connections_refused, st.frames_bad, st.not_hello_first, st.sessions, st.requests_ok) == \
+            (1, 1, 1, 1, 0)
         line = st.summary()
         assert "1 refused (too many clients)" in line and "1 bad frames" in line and "1 sessions" in line
+        assert "1 not starting with HELLO" in line
     finally:
         thread.stop()
 
@@ -453,3 +459,32 @@ def test_a_fair_share_below_one_is_refused():
     with pytest.raises(UsageError) as e:
         OffloadServer({"kws": models.ModelEntry("kws", need_kws())}, config=ServerConfig(fair_share=0.5))
     assert "--fair-share" in str(e.value)
+
+
+def test_refusals_are_logged_at_a_bounded_rate_and_the_rest_counted_in_one_line(caplog):
+    now = [0.0]
+    refusals = RefusalLog(logging.getLogger("tinyhost.test.refusals"), burst=3, period_s=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="tinyhost.test.refusals")
+    for i in range(10):
+        refusals.warning("refused %d", i)
+    assert [r.getMessage() for r in caplog.records] == ["refused 0", "refused 1", "refused 2"]
+    now[0] = 10.0
+    refusals.warning("refused %d", 10)
+    refusals.flush()                                   # nothing held back since: no line
+    assert [r.getMessage() for r in caplog.records][3:] == [
+        "7 more refused clients not logged (at most 3 lines per 10 s); the shutdown line counts them all",
+        "refused 10"]
+
+
+def test_a_stream_of_garbage_connections_is_counted_in_full_and_logged_in_part(caplog):
+    caplog.set_level(logging.WARNING, logger="tinyhost.offload.server")
+    thread, srv, address = _attack_server()
+    try:
+        for _ in range(30):
+            with _raw(address) as junk:
+                junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert _reply(junk).status == wire.BAD_FRAME
+        assert srv.stats.frames_bad == 30
+        assert sum("bad magic" in r.getMessage() for r in caplog.records) == 20
+    finally:
+        thread.stop()

@@ -3,9 +3,10 @@
 Each connection is one board's session (HELLO, then REQUESTs, one at a time). Requests that pass the checks go to a
 queue shared by the workers (fairqueue.py: round-robin by device id, each device held to its share of the workers'
 time while other devices are active); each worker is one thread with its own interpreters, so a slow model delays
-only the queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing errors,
-authentication failures and oversize frames also close that one connection. Limits (frame size, clients, queue
-length, idle and per-frame timeouts) bound what a misbehaving client can hold.
+only the queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing
+errors, authentication failures and oversize frames also close that one connection. Limits (frame size, clients,
+queue length, idle and per-frame timeouts) bound what a misbehaving client can hold; refusals are counted, and
+logged at a bounded rate (serverlog.py).
 """
 
 import asyncio
@@ -16,45 +17,17 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import TransportError, UsageError
 from . import auth, wire
 from .fairqueue import FairQueue
+from .serverlog import RefusalLog, ServerStats
 from .models import RequestRejected, ServedRunner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7373
-
-
-@dataclass
-class ServerStats:
-    connections_total: int = 0
-    connections_open: int = 0          # authenticated sessions and connections still before HELLO
-    connections_pending: int = 0       # before HELLO
-    connections_refused: int = 0       # refused on arrival: --max-clients sessions already open
-    pending_dropped: int = 0           # pre-HELLO connections closed to make room for a newer one
-    hello_timeouts: int = 0            # no HELLO within hello_timeout_s
-    idle_timeouts: int = 0             # authenticated, nothing sent for idle_timeout_s
-    device_limit_refusals: int = 0     # HELLO refused: the device already has max_per_device sessions
-    sessions: int = 0
-    auth_failures: int = 0
-    requests_ok: int = 0
-    split_requests_ok: int = 0         # of requests_ok: tails from a split point
-    requests_rejected: int = 0
-    frames_bad: int = 0
-    busy_replies: int = 0
-    by_status: dict = field(default_factory=dict)
-
-    def summary(self):
-        """One line for the end of `tinyhost serve`: every kind of refusal counted once, under its own name."""
-        return (f"{self.requests_ok} answers ({self.split_requests_ok} split), {self.requests_rejected} refused requests, {self.busy_replies} "
-                f"busy replies, {self.auth_failures} authentication failures, {self.frames_bad} bad frames; "
-                f"{self.connections_total} connections: {self.sessions} sessions, {self.connections_refused} "
-                f"refused (too many clients), {self.device_limit_refusals} refused (too many per device), "
-                f"{self.pending_dropped} dropped before HELLO (too many waiting), {self.hello_timeouts} without "
-                f"HELLO in time, {self.idle_timeouts} idle")
 
 
 @dataclass(frozen=True)
@@ -160,6 +133,7 @@ class OffloadServer:
         self.keys = keys
         self.config = config
         self.stats = ServerStats()
+        self._refusals = RefusalLog(log)
         self._server = None
         self._queue = None
         self._worker_tasks = []
@@ -235,6 +209,7 @@ class OffloadServer:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._shutdown_executors()
+        self._refusals.flush()
 
     def _shutdown_executors(self):
         for ex in self._executors:
@@ -283,7 +258,7 @@ class OffloadServer:
         sessions = st.connections_open - st.connections_pending
         if sessions >= cfg.max_clients:
             st.connections_refused += 1
-            log.warning("%s refused: %d clients already connected", peer, sessions)
+            self._refusals.warning("%s refused: %d clients already connected", peer, sessions)
             await self._send_and_close(writer, wire.error_reply(0, wire.BUSY, "too many clients connected"))
             return
         if st.connections_pending >= cfg.max_pending:
@@ -292,7 +267,8 @@ class OffloadServer:
             oldest_task, oldest = next(iter(self._pending.items()))
             del self._pending[oldest_task]
             st.pending_dropped += 1
-            log.warning("%s: dropped before HELLO, %d connections waiting for one", oldest.peer, cfg.max_pending)
+            self._refusals.warning("%s: dropped before HELLO, %d connections waiting for one", oldest.peer,
+                                   cfg.max_pending)
             oldest_task.cancel()
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -374,7 +350,9 @@ class OffloadServer:
                     raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
                                          + ("" if authed else " before HELLO"), wire.TOO_LARGE)
             except wire.WireError as e:
-                if e.status != wire.AUTH_REQUIRED:
+                if e.status == wire.AUTH_REQUIRED:
+                    self.stats.not_hello_first += 1
+                else:
                     self.stats.frames_bad += 1
                 await self._refuse(session, writer, 0, e.status, e.message)
                 raise _Closed() from None
@@ -416,8 +394,9 @@ class OffloadServer:
         await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
 
     async def _refuse(self, session, writer, seq, status, message):
-        log.warning("%s%s: %s (%s), closing", session.peer,
-                    f" ({session.device_id})" if session.device_id else "", message, wire.status_name(status))
+        self._refusals.warning("%s%s: %s (%s), closing", session.peer,
+                               f" ({session.device_id})" if session.device_id else "", message,
+                               wire.status_name(status))
         with contextlib.suppress(Exception):
             await self._answer(session, writer, wire.error_reply(seq, status, message), status)
 
@@ -435,11 +414,11 @@ class OffloadServer:
             expected = auth.frame_mac(session.key)(frame.signed)
             if not frame.mac or not auth.macs_equal(frame.mac, expected):
                 self.stats.auth_failures += 1
-                log.warning("%s (%s): bad request MAC, closing", session.peer, session.device_id)
+                self._refusals.warning("%s (%s): bad request MAC, closing", session.peer, session.device_id)
                 return self._error(session, frame.seq, wire.AUTH_FAILED, "bad MAC", fatal=True)
         if frame.seq <= session.last_seq:
-            log.warning("%s (%s): sequence %d after %d, closing", session.peer, session.device_id, frame.seq,
-                        session.last_seq)
+            self._refusals.warning("%s (%s): sequence %d after %d, closing", session.peer, session.device_id,
+                                   frame.seq, session.last_seq)
             return self._error(session, frame.seq, wire.REPLAYED,
                                f"sequence number {frame.seq} not above {session.last_seq}", fatal=True)
         session.last_seq = frame.seq
@@ -460,8 +439,8 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.BUSY, "server queue full, retry later")
         use_reference = runner[2] and request.want != wire.WANT_MODEL
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(session.device_id, _Job(session.device_id, request.model_id, request.tensor, use_reference,
-                                                            future, split))
+        job = _Job(session.device_id, request.model_id, request.tensor, use_reference, future, split)
+        self._queue.put_nowait(session.device_id, job)
         try:
             data, queue_us, compute_us = await future
         except RequestRejected as e:
@@ -514,21 +493,21 @@ class OffloadServer:
             key = self.keys.key_for(hello.device_id)
             if key is None:
                 self.stats.auth_failures += 1
-                log.warning("%s: unknown device %r refused", session.peer, hello.device_id)
+                self._refusals.warning("%s: unknown device %r refused", session.peer, hello.device_id)
                 return (wire.encode_welcome(frame.seq, wire.AUTH_FAILED, True, bytes(16), bytes(32), 0,
                                             f"unknown device {hello.device_id!r}"), wire.AUTH_FAILED, True)
         st, cfg = self.stats, self.config
         if st.connections_open - st.connections_pending >= cfg.max_clients:
             st.connections_refused += 1
-            log.warning("%s (%s) refused: %d clients already connected", session.peer, hello.device_id,
-                        cfg.max_clients)
+            self._refusals.warning("%s (%s) refused: %d clients already connected", session.peer,
+                                   hello.device_id, cfg.max_clients)
             return refuse(wire.BUSY, "too many clients connected")
         if self._per_device.get(hello.device_id, 0) >= cfg.max_per_device:
             # One device's requests are answered one at a time per session, so capping its sessions caps its
             # share of the server: many connections of one (keyed) device cannot crowd out the others.
             st.device_limit_refusals += 1
-            log.warning("%s (%s) refused: the device already has %d sessions", session.peer, hello.device_id,
-                        cfg.max_per_device)
+            self._refusals.warning("%s (%s) refused: the device already has %d sessions", session.peer,
+                                   hello.device_id, cfg.max_per_device)
             return refuse(wire.BUSY, f"device {hello.device_id!r} already has {cfg.max_per_device} sessions")
         server_nonce = os.urandom(wire.NONCE_BYTES)
         session.device_id = hello.device_id
