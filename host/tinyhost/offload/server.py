@@ -284,7 +284,7 @@ class OffloadServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await self._session_loop(session, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, _Closed):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, _Closed):
             pass
         except asyncio.CancelledError:
             # close() ends open connections by cancelling their handlers, and so does a newer connection taking
@@ -325,10 +325,11 @@ class OffloadServer:
         else:
             wait, limit = session.hello_deadline - loop.time(), wire.MAX_HELLO_BYTES
         try:
-            first = await asyncio.wait_for(reader.readexactly(1), max(wait, 0.0))
+            async with asyncio.timeout(max(wait, 0.0)):     # no task per read, as asyncio.wait_for would make
+                first = await reader.readexactly(1)
         except asyncio.IncompleteReadError:
             raise _Closed() from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if authed:
                 self.stats.idle_timeouts += 1
                 log.info("%s: idle for %.0f s, closing", session.peer, cfg.idle_timeout_s)
@@ -340,27 +341,25 @@ class OffloadServer:
         if not authed:
             deadline = min(deadline, session.hello_deadline)
 
-        async def header_and_rest():
-            header = first + await reader.readexactly(wire.HEADER_BYTES - 1)
-            try:
-                kind, _, seq, _, total = wire.parse_header(header, 1 << 32)    # the layout first, then:
-                if not authed and kind != wire.KIND_HELLO:
-                    raise wire.WireError("send HELLO first", wire.AUTH_REQUIRED)
-                if total > limit:
-                    raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
-                                         + ("" if authed else " before HELLO"), wire.TOO_LARGE)
-            except wire.WireError as e:
-                if e.status == wire.AUTH_REQUIRED:
-                    self.stats.not_hello_first += 1
-                else:
-                    self.stats.frames_bad += 1
-                await self._refuse(session, writer, 0, e.status, e.message)
-                raise _Closed() from None
-            return header + await reader.readexactly(total - wire.HEADER_BYTES)
-
         try:
-            return await asyncio.wait_for(header_and_rest(), max(deadline - loop.time(), 0.0))
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            async with asyncio.timeout_at(deadline):
+                header = first + await reader.readexactly(wire.HEADER_BYTES - 1)
+                try:
+                    kind, _, seq, _, total = wire.parse_header(header, 1 << 32)    # the layout first, then:
+                    if not authed and kind != wire.KIND_HELLO:
+                        raise wire.WireError("send HELLO first", wire.AUTH_REQUIRED)
+                    if total > limit:
+                        raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
+                                             + ("" if authed else " before HELLO"), wire.TOO_LARGE)
+                except wire.WireError as e:
+                    if e.status == wire.AUTH_REQUIRED:
+                        self.stats.not_hello_first += 1
+                    else:
+                        self.stats.frames_bad += 1
+                    await self._refuse(session, writer, 0, e.status, e.message)
+                    raise _Closed() from None
+                return header + await reader.readexactly(total - wire.HEADER_BYTES)
+        except (TimeoutError, asyncio.IncompleteReadError):
             self.stats.frames_bad += 1
             took = cfg.frame_timeout_s if authed else cfg.hello_timeout_s
             await self._refuse(session, writer, 0, wire.BAD_FRAME, f"frame incomplete after {took:g} s")
@@ -391,7 +390,8 @@ class OffloadServer:
         by = self.stats.by_status
         by[status] = by.get(status, 0) + 1
         writer.write(reply)
-        await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
+        async with asyncio.timeout(self.config.frame_timeout_s):
+            await writer.drain()
 
     async def _refuse(self, session, writer, seq, status, message):
         self._refusals.warning("%s%s: %s (%s), closing", session.peer,
