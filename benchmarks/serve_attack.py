@@ -14,7 +14,8 @@ request after request for --seconds. Attacks:
 Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the share of
 the server's answers that went to others than the good devices while they ran (the flooder's), the server's RSS at the end of the
 phase and its peak (VmHWM), the CPU cores the server, the good devices and the attacker used while the good devices
-ran (on a machine with few cores the attacker's CPU is CPU the other two lack), and the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
+ran (on a machine with few cores the attacker's CPU is CPU the other two lack) and the cores the rest of the machine
+kept busy meanwhile (other programs, the kernel's network work), and the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
 """
@@ -199,6 +200,12 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s():
+    """CPU seconds all cores of the machine have been busy (not idle, not waiting for I/O) so far."""
+    jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(jiffies[:8]) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, q):
     if not values:
         return float("nan")
@@ -244,17 +251,19 @@ def main(argv=None):
                                              "--seconds", str(args.seconds + 3), "--token-file", token_file])
                 time.sleep(1.5)                 # the attack is in place before the good devices come
             pids = [proc.pid, os.getpid()] + ([attacker.pid] if attacker else [])
-            cpu_before, t0 = [cpu_s(pid) for pid in pids], time.perf_counter()
+            cpu_before, busy_before, t0 = [cpu_s(pid) for pid in pids], machine_busy_s(), time.perf_counter()
             lat, errors, retries, connected, wall, answered = asyncio.run(
                 good_devices(port, args.seconds, keys, lambda: stats()["requests_ok"]))
-            cores = [(cpu_s(pid) - b) / (time.perf_counter() - t0) for pid, b in zip(pids, cpu_before)]
+            took = time.perf_counter() - t0
+            cores = [(cpu_s(pid) - b) / took for pid, b in zip(pids, cpu_before)]
+            rest = (machine_busy_s() - busy_before) / took - sum(cores)
             rss, hwm = rss_mb(proc.pid)
             if attacker is not None:
                 attacker.wait(args.seconds + 30)
             after = stats()
             delta = {k: after[k] - before[k] for k in after if k not in ("connections_open", "connections_pending")}
             rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta,
-                         1 - len(lat) / max(1, answered), cores))
+                         1 - len(lat) / max(1, answered), cores, rest))
     finally:
         if proc.poll() is None:
             proc.stdin.close()
@@ -264,17 +273,19 @@ def main(argv=None):
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16}  server counters")
-    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores in rows:
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5}  "
+          f"server counters")
+    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores, rest in rows:
         ratio, p99x = rate / base_rate, p99 / base_p99
         held = phase == "none" or (ratio >= 0.80 and p99x <= 2.0 and hwm <= 100)
         ok &= held
         counters = (f"ok {d['requests_ok']}, refused {d['connections_refused']}, per-device "
                     f"{d['device_limit_refusals']}, dropped {d['pending_dropped']}, hello-timeout "
-                    f"{d['hello_timeouts']}, bad {d['frames_bad']}, busy {d['busy_replies']}")
+                    f"{d['hello_timeouts']}, not-hello {d['not_hello_first']}, bad {d['frames_bad']}, busy "
+                    f"{d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
-              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16}  "
-              f"{counters}" + ("" if held else "  NOT held"))
+              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16} "
+              f"{rest:5.2f}  {counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1
