@@ -352,25 +352,18 @@ class OffloadServer:
                         raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
                                              + ("" if authed else " before HELLO"), wire.TOO_LARGE)
                 except wire.WireError as e:
-                    refused = e
-                else:
-                    return header + await reader.readexactly(total - wire.HEADER_BYTES)
+                    if e.status == wire.AUTH_REQUIRED:
+                        self.stats.not_hello_first += 1
+                    else:
+                        self.stats.frames_bad += 1
+                    await self._refuse(session, writer, 0, e.status, e.message)
+                    raise _Closed() from None
+                return header + await reader.readexactly(total - wire.HEADER_BYTES)
         except (TimeoutError, asyncio.IncompleteReadError):
             self.stats.frames_bad += 1
             took = cfg.frame_timeout_s if authed else cfg.hello_timeout_s
             await self._refuse(session, writer, 0, wire.BAD_FRAME, f"frame incomplete after {took:g} s")
             raise _Closed() from None
-        if refused.status == wire.AUTH_REQUIRED:
-            self.stats.not_hello_first += 1
-        else:
-            self.stats.frames_bad += 1
-        if not authed and refused.status != wire.BAD_VERSION:
-            # No board starts with anything but a HELLO of its version: the answer waits until the connection's
-            # HELLO time is up (nothing more is read meanwhile), so a client reconnecting in a loop to send
-            # garbage or big frames gets one try per hello_timeout_s per connection instead of thousands a second.
-            await asyncio.sleep(max(session.hello_deadline - loop.time(), 0.0))
-        await self._refuse(session, writer, 0, refused.status, refused.message)
-        raise _Closed()
 
     async def _session_loop(self, session, reader, writer):
         while True:
