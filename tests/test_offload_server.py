@@ -331,12 +331,42 @@ def test_one_device_cannot_hold_more_than_its_share_of_sessions(keyed_server):
     try:
         for c in clients:
             c.connect()
+        t0 = time.monotonic()
         with pytest.raises(OffloadRefused) as e:
             OffloadClient(*address, device_id="board-1", key=key).connect()
         assert e.value.status == wire.BUSY
+        assert time.monotonic() - t0 >= 1.0          # busy_hello_delay_s: a retry loop gets one try a second
         assert srv.stats.device_limit_refusals == 1
     finally:
         for c in clients:
+            c.close()
+
+
+def test_a_device_retrying_at_once_on_many_connections_gets_one_refusal_per_connection_per_delay(keyed_server):
+    srv, address, _, key = keyed_server
+    held = [OffloadClient(*address, device_id="board-1", key=key).connect() for _ in range(4)]
+    deadline, statuses = time.monotonic() + 1.5, []
+
+    def retry():
+        while time.monotonic() < deadline:
+            c = OffloadClient(*address, device_id="board-1", key=key)
+            try:
+                c.connect()
+            except OffloadRefused as e:
+                statuses.append(e.status)
+            finally:
+                c.close()
+
+    try:
+        retries = [threading.Thread(target=retry) for _ in range(8)]
+        for t in retries:
+            t.start()
+        for t in retries:
+            t.join(10)
+        assert 8 <= srv.stats.device_limit_refusals <= 16       # 8 connections, 1.5 s, 1 s per refusal
+        assert statuses == [wire.BUSY] * srv.stats.device_limit_refusals
+    finally:
+        for c in held:
             c.close()
 
 

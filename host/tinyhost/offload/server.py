@@ -44,6 +44,7 @@ class ServerConfig:
     fair_share: float = 2.0     # while others are active, a device gets at most this many equal shares; 0: off
     fair_window_s: float = 1.0  # a device counts as active this long after its last request
     hello_timeout_s: float = 5.0    # from connecting to a complete HELLO
+    busy_hello_delay_s: float = 1.0  # a HELLO refused as busy (max_clients, max_per_device) is answered this late
     idle_timeout_s: float = 300.0   # an authenticated session with nothing to say
     frame_timeout_s: float = 10.0   # from a frame's first byte to its last
     backend: str = "auto"
@@ -379,6 +380,11 @@ class OffloadServer:
                     return
                 continue
             reply, status, fatal = await self._handle(session, frame)
+            if status == wire.BUSY and session.device_id is None:
+                # A HELLO refused for too many clients or too many sessions of its device: the answer waits, so
+                # a device retrying at once on many connections costs one refusal per connection per
+                # busy_hello_delay_s (the connection still counts under max_pending meanwhile).
+                await asyncio.sleep(self.config.busy_hello_delay_s)
             await self._answer(session, writer, reply, status)
             if fatal:
                 return
