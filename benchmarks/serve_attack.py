@@ -3,7 +3,9 @@
 In one run, on loopback only: the server (kws, TFLM, one worker, HMAC keys, default limits) in its own process;
 the attack in a second process; 64 good devices (asyncio clients speaking the board's protocol) in this one. Per
 phase the attack starts first, then the good devices connect (retrying a refused connect for up to 10 s) and send
-request after request for --seconds. Attacks:
+request after request for --seconds. Each attack is compared with an unattacked phase run just before it, so that
+what else the machine runs drifts as little as possible between the two (each baseline's ratio to the first shows
+that drift). Attacks:
 
 * idle       256 sockets opened and left silent (re-opened when the server closes them)
 * slowloris  200 connections sending a HELLO at 1 byte/s (re-opened when closed)
@@ -11,11 +13,13 @@ request after request for --seconds. Attacks:
 * flood      one keyed device on 192 connections, request after request (a refused connect waits 50 ms)
 * garbage    64 connections writing random bytes (re-opened when closed, after 10 ms)
 
-Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the share of
-the server's answers that went to others than the good devices while they ran (the flooder's), the server's RSS at the end of the
-phase and its peak (VmHWM), the CPU cores the server, the good devices and the attacker used while the good devices
-ran (on a machine with few cores the attacker's CPU is CPU the other two lack) and the cores the rest of the machine
-kept busy meanwhile (other programs, the kernel's network work), and the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
+Printed per phase: good answers/s and p99 against the unattacked phase before it (targets >= 0.80 and <= 2x),
+the share of the server's answers that went to others than the good devices while they ran (the flooder's), the
+server's RSS at the end of the phase and its peak (VmHWM), the CPU cores the server, the good devices and the
+attacker used while the good devices ran (on a machine with few cores the attacker's CPU is CPU the other two
+lack) and the cores the rest of the machine kept busy meanwhile (other programs, the kernel's network work), the
+good answers per CPU second of the server (what the attack costs the server, whatever else the machine runs), and
+the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
 """
@@ -243,7 +247,7 @@ def main(argv=None):
     rows, ok = [], True
     try:
         port = int(proc.stdout.readline())
-        for phase in ["none"] + phases:
+        for phase in [p for attack in phases for p in ("none", attack)]:
             before = stats()
             attacker = None
             if phase != "none":
@@ -269,14 +273,19 @@ def main(argv=None):
             proc.stdin.close()
             proc.kill()
         tmp.cleanup()
-    base_rate, base_p99 = rows[0][1], rows[0][2]
+    first_rate, first_p99 = rows[0][1], rows[0][2]
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5}  "
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5} "
+          f"{'ans/srv-s':>9}  "
           f"server counters")
     for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores, rest in rows:
-        ratio, p99x = rate / base_rate, p99 / base_p99
+        if phase == "none":
+            base_rate, base_p99 = rate, p99
+            ratio, p99x = rate / first_rate, p99 / first_p99
+        else:
+            ratio, p99x = rate / base_rate, p99 / base_p99
         held = phase == "none" or (ratio >= 0.80 and p99x <= 2.0 and hwm <= 100)
         ok &= held
         counters = (f"ok {d['requests_ok']}, refused {d['connections_refused']}, per-device "
@@ -285,7 +294,7 @@ def main(argv=None):
                     f"{d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
               f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16} "
-              f"{rest:5.2f}  {counters}" + ("" if held else "  NOT held"))
+              f"{rest:5.2f} {rate / max(cores[0], 1e-9):9.0f}  {counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1
