@@ -17,9 +17,10 @@ Printed per phase: good answers/s and p99 against the unattacked phase before it
 the share of the server's answers that went to others than the good devices while they ran (the flooder's), the
 server's RSS at the end of the phase and its peak (VmHWM), the CPU cores the server, the good devices and the
 attacker used while the good devices ran (on a machine with few cores the attacker's CPU is CPU the other two
-lack) and the cores the rest of the machine kept busy meanwhile (other programs, the kernel's network work), the
-good answers per CPU second of the server (what the attack costs the server, whatever else the machine runs), and
-the server's refusal counters. Every loop is bounded by the phase time; the run stops by itself.
+lack), the cores the rest of the machine kept busy meanwhile (other programs, the kernel's network work) and of
+them the cores in interrupts (irq), the good answers per CPU second of the server (what the attack costs the
+server, whatever else the machine runs), and the server's refusal counters. Every loop is bounded by the phase
+time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
 """
@@ -205,9 +206,12 @@ def cpu_s(pid):
 
 
 def machine_busy_s():
-    """CPU seconds all cores of the machine have been busy (not idle, not waiting for I/O) so far."""
-    jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(jiffies[:8]) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+    """(CPU seconds all cores of the machine have been busy so far, of them in interrupts, the kernel's network
+    work on loopback included)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, (irq + softirq) / tick
 
 
 def pct(values, q):
@@ -260,14 +264,16 @@ def main(argv=None):
                 good_devices(port, args.seconds, keys, lambda: stats()["requests_ok"]))
             took = time.perf_counter() - t0
             cores = [(cpu_s(pid) - b) / took for pid, b in zip(pids, cpu_before)]
-            rest = (machine_busy_s() - busy_before) / took - sum(cores)
+            busy_after = machine_busy_s()
+            rest = (busy_after[0] - busy_before[0]) / took - sum(cores)
+            irq = (busy_after[1] - busy_before[1]) / took
             rss, hwm = rss_mb(proc.pid)
             if attacker is not None:
                 attacker.wait(args.seconds + 30)
             after = stats()
             delta = {k: after[k] - before[k] for k in after if k not in ("connections_open", "connections_pending")}
             rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta,
-                         1 - len(lat) / max(1, answered), cores, rest))
+                         1 - len(lat) / max(1, answered), cores, rest, irq))
     finally:
         if proc.poll() is None:
             proc.stdin.close()
@@ -277,10 +283,10 @@ def main(argv=None):
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5} "
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5} {'irq':>4} "
           f"{'ans/srv-s':>9}  "
           f"server counters")
-    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores, rest in rows:
+    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores, rest, irq in rows:
         if phase == "none":
             base_rate, base_p99 = rate, p99
             ratio, p99x = rate / first_rate, p99 / first_p99
@@ -294,7 +300,7 @@ def main(argv=None):
                     f"{d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
               f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16} "
-              f"{rest:5.2f} {rate / max(cores[0], 1e-9):9.0f}  {counters}" + ("" if held else "  NOT held"))
+              f"{rest:5.2f} {irq:4.2f} {rate / max(cores[0], 1e-9):9.0f}  {counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1
