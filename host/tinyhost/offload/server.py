@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from ..errors import TransportError, UsageError
 from . import auth, wire
 from .fairqueue import FairQueue
-from .serverlog import RefusalLog, ServerStats
 from .models import RequestRejected, ServedRunner
+from .serverlog import RefusalLog, ServerStats
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,9 @@ class OffloadServer:
                              hint="pass --token-file FILE (devices must authenticate off loopback)")
         if config.workers < 1:
             raise UsageError("--workers must be at least 1")
-        if 0 < config.fair_share < 1:
-            raise UsageError(f"--fair-share {config.fair_share:g} would leave the workers idle with every device "
-                             "waiting", hint="use 1 or more (2 is the default), or 0 for round-robin only")
+        if config.fair_share < 0 or 0 < config.fair_share < 1:
+            raise UsageError(f"--fair-share {config.fair_share:g}: a device's share while others are active is 1 "
+                             "(an equal share) or more", hint="use 2 (the default), or 0 for round-robin only")
         self.models = dict(models)
         self.keys = keys
         self.config = config
