@@ -443,8 +443,8 @@ def _share_of_the_worker(queue_config, good, good_gap_s, flooder_sessions=4, job
 def test_a_flooding_device_gets_its_share_of_the_worker_over_time_not_what_others_leave_queued():
     """8 devices whose next requests come 50 ms after their answers leave the queue empty most of the time: taken
     round-robin among queued requests only, the flooder's four sessions get the worker whenever it is free (over
-    half of its time); with budgets it gets at most 2 of the 9 active devices' equal shares, and the 8 answer as
-    often as with no flooder at all."""
+    half of its time); with budgets it gets at most 2 of the 9 active devices' equal shares, and the 8 get at least
+    97 % of the answers they get with no flooder at all."""
     alone_share, alone_answers, _ = _share_of_the_worker({}, good=8, good_gap_s=0.05, flooder_sessions=0)
     rr_share, rr_answers, _ = _share_of_the_worker({"share": 0}, good=8, good_gap_s=0.05)
     fair_share, fair_answers, _ = _share_of_the_worker({"share": 2.0, "window_s": 1.0}, good=8, good_gap_s=0.05)
