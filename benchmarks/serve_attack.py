@@ -3,7 +3,9 @@
 In one run, on loopback only: the server (kws, TFLM, one worker, HMAC keys, default limits) in its own process;
 the attack in a second process; 64 good devices (asyncio clients speaking the board's protocol) in this one. Per
 phase the attack starts first, then the good devices connect (retrying a refused connect for up to 10 s) and send
-request after request for --seconds. Attacks:
+request after request for --seconds. Each attack is compared with an unattacked phase run just before it, so that
+what else the machine runs drifts as little as possible between the two (each baseline's ratio to the first shows
+that drift). Attacks:
 
 * idle       256 sockets opened and left silent (re-opened when the server closes them)
 * slowloris  200 connections sending a HELLO at 1 byte/s (re-opened when closed)
@@ -11,9 +13,14 @@ request after request for --seconds. Attacks:
 * flood      one keyed device on 192 connections, request after request (a refused connect waits 50 ms)
 * garbage    64 connections writing random bytes (re-opened when closed, after 10 ms)
 
-Printed per phase: good answers/s and p99 against the unattacked phase (targets >= 0.80 and <= 2x), the share of
-the server's answers that went to others than the good devices (the flooder's), the server's RSS at the end of the phase and its peak (VmHWM), and the server's refusal
-counters. Every loop is bounded by the phase time; the run stops by itself.
+Printed per phase: good answers/s and p99 against the unattacked phase before it (targets >= 0.80 and <= 2x),
+the share of the server's answers that went to others than the good devices while they ran (the flooder's), the
+server's RSS at the end of the phase and its peak (VmHWM), the CPU cores the server, the good devices and the
+attacker used while the good devices ran (on a machine with few cores the attacker's CPU is CPU the other two
+lack), the cores the rest of the machine kept busy meanwhile (other programs, the kernel's network work) and of
+them the cores in interrupts (irq), the good answers per CPU second of the server (what the attack costs the
+server, whatever else the machine runs), and the server's refusal counters. Every loop is bounded by the phase
+time; the run stops by itself.
 
     nice -n 19 python benchmarks/serve_attack.py [--seconds 5] [--phases idle,slowloris,...]
 """
@@ -136,7 +143,9 @@ async def _attack(kind, port, seconds, token_file):
 
 
 # -- good devices -------------------------------------------------------------------------------------------
-async def good_devices(port, seconds, keys):
+async def good_devices(port, seconds, keys, server_answers):
+    """Connect the good devices, then run them for ``seconds``. ``server_answers()``: the server's answer count
+    (read before and after the timed part, to tell the good devices' share of the server's answers)."""
     from tinyhost.offload import wire
     from tinyhost.offload.client import AsyncOffloadClient
     tensor = wire.Tensor("int8", (1, 49, 10, 1), 0.5847029089927673, 83, bytes((i * 37) % 256 for i in range(490)))
@@ -182,11 +191,27 @@ async def good_devices(port, seconds, keys):
         if c is not None:
             await c.close()
 
-    t0 = time.perf_counter()
+    answers_before, t0 = server_answers(), time.perf_counter()
     await asyncio.gather(*(run(i) for i in range(GOOD)))
     wall = time.perf_counter() - t0
+    answered = server_answers() - answers_before
     connected = sum(c is not None for c in clients)
-    return latencies, errors, connect_retries, connected, wall
+    return latencies, errors, connect_retries, connected, wall, answered
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s():
+    """(CPU seconds all cores of the machine have been busy so far, of them in interrupts, the kernel's network
+    work on loopback included)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, (irq + softirq) / tick
 
 
 def pct(values, q):
@@ -226,40 +251,56 @@ def main(argv=None):
     rows, ok = [], True
     try:
         port = int(proc.stdout.readline())
-        for phase in ["none"] + phases:
+        for phase in [p for attack in phases for p in ("none", attack)]:
             before = stats()
             attacker = None
             if phase != "none":
                 attacker = subprocess.Popen([sys.executable, __file__, "--attack", phase, "--port", str(port),
                                              "--seconds", str(args.seconds + 3), "--token-file", token_file])
                 time.sleep(1.5)                 # the attack is in place before the good devices come
-            lat, errors, retries, connected, wall = asyncio.run(good_devices(port, args.seconds, keys))
+            pids = [proc.pid, os.getpid()] + ([attacker.pid] if attacker else [])
+            cpu_before, busy_before, t0 = [cpu_s(pid) for pid in pids], machine_busy_s(), time.perf_counter()
+            lat, errors, retries, connected, wall, answered = asyncio.run(
+                good_devices(port, args.seconds, keys, lambda: stats()["requests_ok"]))
+            took = time.perf_counter() - t0
+            cores = [(cpu_s(pid) - b) / took for pid, b in zip(pids, cpu_before)]
+            busy_after = machine_busy_s()
+            rest = (busy_after[0] - busy_before[0]) / took - sum(cores)
+            irq = (busy_after[1] - busy_before[1]) / took
             rss, hwm = rss_mb(proc.pid)
             if attacker is not None:
                 attacker.wait(args.seconds + 30)
             after = stats()
             delta = {k: after[k] - before[k] for k in after if k not in ("connections_open", "connections_pending")}
             rows.append((phase, len(lat) / wall, pct(lat, 99) / 1000, errors, retries, connected, rss, hwm, delta,
-                         1 - len(lat) / max(1, delta["requests_ok"])))
+                         1 - len(lat) / max(1, answered), cores, rest, irq))
     finally:
         if proc.poll() is None:
             proc.stdin.close()
             proc.kill()
         tmp.cleanup()
-    base_rate, base_p99 = rows[0][1], rows[0][2]
+    first_rate, first_p99 = rows[0][1], rows[0][2]
     print(f"serve under attack: kws (TFLM), one worker, HMAC keys, default limits; {GOOD} good devices for "
           f"{args.seconds:g} s per phase, loopback, {os.cpu_count()} CPUs on this machine")
     print(f"{'phase':<10} {'answers/s':>9} {'ratio':>6} {'p99 ms':>7} {'x base':>6} {'errors':>6} {'conn':>5} "
-          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6}  server counters")
-    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others in rows:
-        ratio, p99x = rate / base_rate, p99 / base_p99
+          f"{'retries':>7} {'RSS MB':>7} {'peak MB':>7} {'others':>6} {'CPU srv/good/atk':>16} {'rest':>5} {'irq':>4} "
+          f"{'ans/srv-s':>9}  "
+          f"server counters")
+    for phase, rate, p99, errors, retries, connected, rss, hwm, d, others, cores, rest, irq in rows:
+        if phase == "none":
+            base_rate, base_p99 = rate, p99
+            ratio, p99x = rate / first_rate, p99 / first_p99
+        else:
+            ratio, p99x = rate / base_rate, p99 / base_p99
         held = phase == "none" or (ratio >= 0.80 and p99x <= 2.0 and hwm <= 100)
         ok &= held
         counters = (f"ok {d['requests_ok']}, refused {d['connections_refused']}, per-device "
                     f"{d['device_limit_refusals']}, dropped {d['pending_dropped']}, hello-timeout "
-                    f"{d['hello_timeouts']}, bad {d['frames_bad']}, busy {d['busy_replies']}")
+                    f"{d['hello_timeouts']}, not-hello {d['not_hello_first']}, bad {d['frames_bad']}, busy "
+                    f"{d['busy_replies']}")
         print(f"{phase:<10} {rate:9.1f} {ratio:6.2f} {p99:7.1f} {p99x:6.2f} {errors:6d} {connected:3d}/{GOOD} "
-              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%}  {counters}" + ("" if held else "  NOT held"))
+              f"{retries:7d} {rss:7.1f} {hwm:7.1f} {others:6.1%} {'/'.join(f'{c:.2f}' for c in cores):>16} "
+              f"{rest:5.2f} {irq:4.2f} {rate / max(cores[0], 1e-9):9.0f}  {counters}" + ("" if held else "  NOT held"))
     print("targets: answers/s ratio >= 0.80, p99 <= 2x unattacked, server peak RSS <= 100 MB: "
           + ("held" if ok else "NOT held"))
     return 0 if ok else 1

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from test_offload_support import kws_tensor, need_kws
-from tinyhost.cli import cli
+from tinyhost.cli import cli, main
 from tinyhost.offload import auth
 from tinyhost.offload.client import OffloadClient
 
@@ -166,6 +166,15 @@ def test_serve_runs_as_a_process_and_stops_cleanly_with_a_device_connected(tmp_p
 def test_serve_refuses_to_listen_off_loopback_without_keys():
     r = CliRunner().invoke(cli, ["serve", "--model", "kws01", "--listen", "0.0.0.0:7373"])
     assert r.exit_code != 0
+
+
+def test_serve_refuses_a_fair_share_below_an_equal_share_and_says_what_to_use(capsys):
+    kws = Path(__file__).resolve().parents[1] / "models" / "kws" / "kws.tflite"
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", f"kws={kws}", "--listen", "127.0.0.1:0", "--fair-share", "0.5"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--fair-share 0.5" in err and "0 for round-robin only" in err
 
 
 def test_serve_refuses_a_corrupt_model_with_the_readers_reason(tmp_path):

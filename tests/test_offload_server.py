@@ -12,7 +12,9 @@ from test_offload_support import kws_tensor, need_kws, start_server, tflm_kws
 from tinyhost.errors import UsageError
 from tinyhost.offload import auth, models, wire
 from tinyhost.offload.client import OffloadClient, OffloadRefused, read_frame
+from tinyhost.offload.fairqueue import FairQueue
 from tinyhost.offload.server import OffloadServer, ServerConfig, parse_listen
+from tinyhost.offload.serverlog import RefusalLog
 
 
 @pytest.fixture(scope="module")
@@ -329,12 +331,42 @@ def test_one_device_cannot_hold_more_than_its_share_of_sessions(keyed_server):
     try:
         for c in clients:
             c.connect()
+        t0 = time.monotonic()
         with pytest.raises(OffloadRefused) as e:
             OffloadClient(*address, device_id="board-1", key=key).connect()
         assert e.value.status == wire.BUSY
+        assert time.monotonic() - t0 >= 1.0          # busy_hello_delay_s: a retry loop gets one try a second
         assert srv.stats.device_limit_refusals == 1
     finally:
         for c in clients:
+            c.close()
+
+
+def test_a_device_retrying_at_once_on_many_connections_gets_one_refusal_per_connection_per_delay(keyed_server):
+    srv, address, _, key = keyed_server
+    held = [OffloadClient(*address, device_id="board-1", key=key).connect() for _ in range(4)]
+    deadline, statuses = time.monotonic() + 1.5, []
+
+    def retry():
+        while time.monotonic() < deadline:
+            c = OffloadClient(*address, device_id="board-1", key=key)
+            try:
+                c.connect()
+            except OffloadRefused as e:
+                statuses.append(e.status)
+            finally:
+                c.close()
+
+    try:
+        retries = [threading.Thread(target=retry) for _ in range(8)]
+        for t in retries:
+            t.start()
+        for t in retries:
+            t.join(10)
+        assert 8 <= srv.stats.device_limit_refusals <= 16       # 8 connections, 1.5 s, 1 s per refusal
+        assert statuses == [wire.BUSY] * srv.stats.device_limit_refusals
+    finally:
+        for c in held:
             c.close()
 
 
@@ -347,10 +379,15 @@ def test_shutdown_summary_counts_each_refusal_once():
         with _raw(address) as junk:
             junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
             assert _reply(junk).status == wire.BAD_FRAME
+        with _raw(address) as eager:                            # a request before HELLO: refused from its header
+            eager.sendall(wire.encode_request(1, wire.Request("kws", 0, kws_tensor())))
+            assert _reply(eager).status == wire.AUTH_REQUIRED
         st = srv.stats
-        assert (st.connections_refused, st.frames_bad, st.sessions, st.requests_ok) == (1, 1, 1, 0)
+        assert (st.connections_refused, st.frames_bad, st.not_hello_first, st.sessions, st.requests_ok) == \
+            (1, 1, 1, 1, 0)
         line = st.summary()
         assert "1 refused (too many clients)" in line and "1 bad frames" in line and "1 sessions" in line
+        assert "1 not starting with HELLO" in line
     finally:
         thread.stop()
 
@@ -358,18 +395,126 @@ def test_shutdown_summary_counts_each_refusal_once():
 def test_the_queue_takes_jobs_round_robin_by_device():
     """A device with many sessions waits its turn behind each other device (was: one FIFO, so a device flooding
     from many sessions took most answers)."""
-    import asyncio
+    q = FairQueue(clock=lambda: 0.0)
+    for i in range(6):
+        q.put_nowait("flooder", f"f{i}")
+    q.put_nowait("good-1", "g1")
+    q.put_nowait("good-2", "g2")
+    q.put_nowait("good-1", "g1b")
+    assert q.qsize() == 9
+    assert [q.take()[0] for _ in range(9)] == ["f0", "g1", "g2", "f1", "g1b", "f2", "f3", "f4", "f5"]
+    assert q.take() == (None, None)
 
-    from tinyhost.offload.server import _FairQueue
 
-    async def order():
-        q = _FairQueue()
-        for i in range(6):
-            q.put_nowait("flooder", f"f{i}")
-        q.put_nowait("good-1", "g1")
-        q.put_nowait("good-2", "g2")
-        q.put_nowait("good-1", "g1b")
-        assert q.qsize() == 9
-        return [await q.get() for _ in range(9)]
+def _share_of_the_worker(queue_config, good, good_gap_s, flooder_sessions=4, job_s=0.0025, seconds=10.0):
+    """Simulate one worker (each job job_s) on a fake clock: ``good`` devices with one session each, which send
+    their next request ``good_gap_s`` after an answer (clients short of CPU), and a flooder whose sessions send
+    the next one at once. (flooder's share of the worker's time, good answers, worker time idle)."""
+    now = [0.0]
+    q = FairQueue(clock=lambda: now[0], **queue_config)
+    arrivals = {f"good-{i}": i * job_s for i in range(good)}    # device -> time its next request comes
+    for _ in range(flooder_sessions):
+        q.put_nowait("flooder", "flooder")
+    busy = {"flooder": 0.0, "good": 0.0}
+    answers, idle_s = 0, 0.0
+    while now[0] < seconds:
+        for device, at in list(arrivals.items()):
+            if at <= now[0]:
+                q.put_nowait(device, device)
+                del arrivals[device]
+        device, wait_s = q.take()
+        if device is None:
+            until = min(([now[0] + wait_s] if wait_s is not None else []) + list(arrivals.values()))
+            idle_s += until - now[0]
+            now[0] = until
+            continue
+        now[0] += job_s
+        q.served(device, job_s)
+        if device == "flooder":
+            busy["flooder"] += job_s
+            q.put_nowait("flooder", "flooder")
+        else:
+            busy["good"] += job_s
+            answers += 1
+            arrivals[device] = now[0] + good_gap_s
+    return busy["flooder"] / seconds, answers, idle_s
 
-    assert asyncio.run(order()) == ["f0", "g1", "g2", "f1", "g1b", "f2", "f3", "f4", "f5"]
+
+def test_a_flooding_device_gets_its_share_of_the_worker_over_time_not_what_others_leave_queued():
+    """8 devices whose next requests come 50 ms after their answers leave the queue empty most of the time: taken
+    round-robin among queued requests only, the flooder's four sessions get the worker whenever it is free (over
+    half of its time); with budgets it gets at most 2 of the 9 active devices' equal shares, and the 8 get at least
+    97 % of the answers they get with no flooder at all."""
+    alone_share, alone_answers, _ = _share_of_the_worker({}, good=8, good_gap_s=0.05, flooder_sessions=0)
+    rr_share, rr_answers, _ = _share_of_the_worker({"share": 0}, good=8, good_gap_s=0.05)
+    fair_share, fair_answers, _ = _share_of_the_worker({"share": 2.0, "window_s": 1.0}, good=8, good_gap_s=0.05)
+    assert alone_share == 0.0
+    assert rr_share > 0.5
+    assert 2 / 9 <= fair_share <= 2 / 9 * 1.1 + 0.001  # 2/9 of each second, plus the 1 s window's budget it starts with
+    assert fair_answers >= 0.97 * alone_answers
+    assert rr_answers < fair_answers
+
+
+def test_equal_devices_are_never_held_and_a_device_alone_gets_the_whole_worker():
+    # 64 devices sending request after request: each takes its equal share, the worker is never idle
+    _, answers, idle_s = _share_of_the_worker({}, good=64, good_gap_s=0.0, flooder_sessions=0)
+    assert idle_s == 0.0 and answers == pytest.approx(10.0 / 0.0025, abs=1)
+    # one device on four sessions, nobody else: all of the worker's time
+    share, _, idle_s = _share_of_the_worker({}, good=0, good_gap_s=0.0)
+    assert idle_s == 0.0 and share == pytest.approx(1.0, abs=0.001)
+
+
+def test_a_device_over_its_budget_waits_then_goes_on():
+    now = [0.0]
+    q = FairQueue(share=1.0, window_s=1.0, clock=lambda: now[0])
+    q.put_nowait("quiet", "q1")
+    assert q.take() == ("q1", None)
+    q.served("quiet", 0.001)
+    q.put_nowait("busy", "b1")
+    assert q.active_devices() == 2                     # each may use 0.5 s per second, at most 0.5 s banked
+    assert q.take() == ("b1", None)
+    q.served("busy", 0.8)                              # 0.3 s over its budget: it waits 0.3 / 0.5 s
+    q.put_nowait("busy", "b2")
+    job, wait_s = q.take()
+    assert job is None and wait_s == pytest.approx(0.6)
+    now[0] = 0.6
+    assert q.take() == ("b2", None)
+    now[0] = 2.0                                       # "quiet" has been quiet for a window: "busy" is alone
+    q.served("busy", 5.0)
+    q.put_nowait("busy", "b3")
+    assert q.active_devices() == 1 and q.take() == ("b3", None)
+
+
+def test_a_fair_share_below_one_is_refused():
+    with pytest.raises(UsageError) as e:
+        OffloadServer({"kws": models.ModelEntry("kws", need_kws())}, config=ServerConfig(fair_share=0.5))
+    assert "--fair-share" in str(e.value)
+
+
+def test_refusals_are_logged_at_a_bounded_rate_and_the_rest_counted_in_one_line(caplog):
+    now = [0.0]
+    refusals = RefusalLog(logging.getLogger("tinyhost.test.refusals"), burst=3, period_s=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="tinyhost.test.refusals")
+    for i in range(10):
+        refusals.warning("refused %d", i)
+    assert [r.getMessage() for r in caplog.records] == ["refused 0", "refused 1", "refused 2"]
+    now[0] = 10.0
+    refusals.warning("refused %d", 10)
+    refusals.flush()                                   # nothing held back since: no line
+    assert [r.getMessage() for r in caplog.records][3:] == [
+        "7 more refused clients not logged (at most 3 lines per 10 s); the shutdown line counts them all",
+        "refused 10"]
+
+
+def test_a_stream_of_garbage_connections_is_counted_in_full_and_logged_in_part(caplog):
+    caplog.set_level(logging.WARNING, logger="tinyhost.offload.server")
+    thread, srv, address = _attack_server()
+    try:
+        for _ in range(30):
+            with _raw(address) as junk:
+                junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert _reply(junk).status == wire.BAD_FRAME
+        assert srv.stats.frames_bad == 30
+        assert sum("bad magic" in r.getMessage() for r in caplog.records) == 20
+    finally:
+        thread.stop()

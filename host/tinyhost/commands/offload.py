@@ -31,11 +31,16 @@ log = logging.getLogger(__name__)
 @click.option("--backend", type=click.Choice(["auto", "tflm", "litert"]), default="auto", show_default=True)
 @click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--max-clients", type=int, default=256, show_default=True,
-              help="Authenticated sessions at once (connections before HELLO have their own limit of 32).")
+              help="Authenticated sessions at once (connections before HELLO count under --max-pending).")
+@click.option("--max-pending", type=int, default=512, show_default=True,
+              help="Connections that have not sent HELLO yet; one more closes the oldest of them.")
 @click.option("--max-per-device", type=int, default=4, show_default=True,
               help="Sessions one device id may hold at once.")
+@click.option("--fair-share", type=float, default=2.0, show_default=True,
+              help="While other devices are active, one device gets at most this many equal shares of the "
+                   "workers' time (its requests wait); a device alone gets all of it. 0: round-robin only.")
 def serve(model_specs, reference_model, listen, token_file, workers, threads, backend, max_frame_bytes,
-          max_clients, max_per_device):
+          max_clients, max_pending, max_per_device, fair_share):
     """Run boards' models for them: the offload server (asyncio, many devices at once)."""
     from ..offload import auth, models, server
 
@@ -59,7 +64,7 @@ def serve(model_specs, reference_model, listen, token_file, workers, threads, ba
     keys = auth.KeyStore(token_file) if token_file else None
     cfg = server.ServerConfig(host=host, port=port, workers=workers, threads=threads, backend=backend,
                               reference_backend=backend, max_frame_bytes=max_frame_bytes, max_clients=max_clients,
-                              max_per_device=max_per_device)
+                              max_pending=max_pending, max_per_device=max_per_device, fair_share=fair_share)
     srv = server.OffloadServer(entries, keys, cfg)
 
     async def run():

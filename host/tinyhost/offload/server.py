@@ -1,14 +1,15 @@
 """``tinyhost serve``: an asyncio server that runs boards' models for them.
 
 Each connection is one board's session (HELLO, then REQUESTs, one at a time). Requests that pass the checks go to a
-queue shared by the workers, taken round-robin by device id; each worker is one thread with its own interpreters, so a slow model delays only the
-queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing errors,
-authentication failures and oversize frames also close that one connection. Limits (frame size, clients, queue
-length, idle and per-frame timeouts) bound what a misbehaving client can hold.
+queue shared by the workers (fairqueue.py: round-robin by device id, each device held to its share of the workers'
+time while other devices are active); each worker is one thread with its own interpreters, so a slow model delays
+only the queue, never the event loop's reading, writing and error replies. Bad input gets an error reply; framing
+errors, authentication failures and oversize frames also close that one connection. Limits (frame size, clients,
+queue length, idle and per-frame timeouts) bound what a misbehaving client can hold; refusals are counted, and
+logged at a bounded rate (serverlog.py).
 """
 
 import asyncio
-import collections
 import contextlib
 import ipaddress
 import logging
@@ -16,44 +17,17 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import TransportError, UsageError
 from . import auth, wire
+from .fairqueue import FairQueue
 from .models import RequestRejected, ServedRunner
+from .serverlog import RefusalLog, ServerStats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7373
-
-
-@dataclass
-class ServerStats:
-    connections_total: int = 0
-    connections_open: int = 0          # authenticated sessions and connections still before HELLO
-    connections_pending: int = 0       # before HELLO
-    connections_refused: int = 0       # refused on arrival: --max-clients sessions already open
-    pending_dropped: int = 0           # pre-HELLO connections closed to make room for a newer one
-    hello_timeouts: int = 0            # no HELLO within hello_timeout_s
-    idle_timeouts: int = 0             # authenticated, nothing sent for idle_timeout_s
-    device_limit_refusals: int = 0     # HELLO refused: the device already has max_per_device sessions
-    sessions: int = 0
-    auth_failures: int = 0
-    requests_ok: int = 0
-    split_requests_ok: int = 0         # of requests_ok: tails from a split point
-    requests_rejected: int = 0
-    frames_bad: int = 0
-    busy_replies: int = 0
-    by_status: dict = field(default_factory=dict)
-
-    def summary(self):
-        """One line for the end of `tinyhost serve`: every kind of refusal counted once, under its own name."""
-        return (f"{self.requests_ok} answers ({self.split_requests_ok} split), {self.requests_rejected} refused requests, {self.busy_replies} "
-                f"busy replies, {self.auth_failures} authentication failures, {self.frames_bad} bad frames; "
-                f"{self.connections_total} connections: {self.sessions} sessions, {self.connections_refused} "
-                f"refused (too many clients), {self.device_limit_refusals} refused (too many per device), "
-                f"{self.pending_dropped} dropped before HELLO (too many waiting), {self.hello_timeouts} without "
-                f"HELLO in time, {self.idle_timeouts} idle")
 
 
 @dataclass(frozen=True)
@@ -64,10 +38,13 @@ class ServerConfig:
     threads: bool = False       # run models on worker threads (for backends that release the GIL), else inline
     max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
     max_clients: int = 256      # authenticated sessions
-    max_pending: int = 128      # connections that have not completed HELLO; over it the oldest is dropped
+    max_pending: int = 512      # connections that have not completed HELLO; over it the oldest is dropped
     max_per_device: int = 4     # sessions of one device id
     queue_limit: int = 1024
+    fair_share: float = 2.0     # while others are active, a device gets at most this many equal shares; 0: off
+    fair_window_s: float = 1.0  # a device counts as active this long after its last request
     hello_timeout_s: float = 5.0    # from connecting to a complete HELLO
+    busy_hello_delay_s: float = 1.0  # a HELLO refused as busy (max_clients, max_per_device) is answered this late
     idle_timeout_s: float = 300.0   # an authenticated session with nothing to say
     frame_timeout_s: float = 10.0   # from a frame's first byte to its last
     backend: str = "auto"
@@ -126,44 +103,16 @@ class _Session:
 
 
 class _Job:
-    __slots__ = ("model_id", "tensor", "use_reference", "future", "enqueued_ns", "split")
+    __slots__ = ("device_id", "model_id", "tensor", "use_reference", "future", "enqueued_ns", "split")
 
-    def __init__(self, model_id, tensor, use_reference, future, split=None):
+    def __init__(self, device_id, model_id, tensor, use_reference, future, split=None):
+        self.device_id = device_id
         self.model_id = model_id
         self.tensor = tensor
         self.split = split              # a wire.SplitRequest: the tail from its split point
         self.use_reference = use_reference
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
-
-
-class _FairQueue:
-    """Jobs taken round-robin by device: a device waits its turn behind every other device with a job queued, so
-    however many sessions it opens it gets one device's share of the workers when others are waiting."""
-
-    def __init__(self):
-        self._by_device = collections.OrderedDict()     # device id -> deque of its jobs, next turn first
-        self._size = 0
-        self._ready = asyncio.Semaphore(0)
-
-    def qsize(self):
-        return self._size
-
-    def put_nowait(self, device_id, job):
-        self._by_device.setdefault(device_id, collections.deque()).append(job)
-        self._size += 1
-        self._ready.release()
-
-    async def get(self):
-        await self._ready.acquire()
-        device_id, jobs = next(iter(self._by_device.items()))
-        job = jobs.popleft()
-        if jobs:
-            self._by_device.move_to_end(device_id)
-        else:
-            del self._by_device[device_id]
-        self._size -= 1
-        return job
 
 
 class OffloadServer:
@@ -178,10 +127,14 @@ class OffloadServer:
                              hint="pass --token-file FILE (devices must authenticate off loopback)")
         if config.workers < 1:
             raise UsageError("--workers must be at least 1")
+        if config.fair_share < 0 or 0 < config.fair_share < 1:
+            raise UsageError(f"--fair-share {config.fair_share:g}: a device's share while others are active is 1 "
+                             "(an equal share) or more", hint="use 2 (the default), or 0 for round-robin only")
         self.models = dict(models)
         self.keys = keys
         self.config = config
         self.stats = ServerStats()
+        self._refusals = RefusalLog(log)
         self._server = None
         self._queue = None
         self._worker_tasks = []
@@ -208,7 +161,7 @@ class OffloadServer:
             check_model_file(entry.path)
             if entry.reference_path:
                 check_model_file(entry.reference_path, reference=True)
-        self._queue = _FairQueue()
+        self._queue = FairQueue(self.config.workers, self.config.fair_share, self.config.fair_window_s)
         self._runners = [None] * self.config.workers
         for i in range(self.config.workers):
             if self.config.threads:
@@ -257,6 +210,7 @@ class OffloadServer:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._shutdown_executors()
+        self._refusals.flush()
 
     def _shutdown_executors(self):
         for ex in self._executors:
@@ -280,6 +234,7 @@ class OffloadServer:
             job = await self._queue.get()
             if job.future.cancelled():
                 continue
+            started = time.perf_counter()
             try:
                 if ex is None:
                     result = self._compute(index, job)
@@ -290,6 +245,8 @@ class OffloadServer:
                 if not job.future.done():
                     job.future.set_exception(RequestRejected(wire.INTERNAL, f"model failed: {e}"))
                 continue
+            finally:
+                self._queue.served(job.device_id, time.perf_counter() - started)
             if not job.future.done():
                 job.future.set_result(result)
 
@@ -302,7 +259,7 @@ class OffloadServer:
         sessions = st.connections_open - st.connections_pending
         if sessions >= cfg.max_clients:
             st.connections_refused += 1
-            log.warning("%s refused: %d clients already connected", peer, sessions)
+            self._refusals.warning("%s refused: %d clients already connected", peer, sessions)
             await self._send_and_close(writer, wire.error_reply(0, wire.BUSY, "too many clients connected"))
             return
         if st.connections_pending >= cfg.max_pending:
@@ -311,7 +268,8 @@ class OffloadServer:
             oldest_task, oldest = next(iter(self._pending.items()))
             del self._pending[oldest_task]
             st.pending_dropped += 1
-            log.warning("%s: dropped before HELLO, %d connections waiting for one", oldest.peer, cfg.max_pending)
+            self._refusals.warning("%s: dropped before HELLO, %d connections waiting for one", oldest.peer,
+                                   cfg.max_pending)
             oldest_task.cancel()
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -327,7 +285,7 @@ class OffloadServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await self._session_loop(session, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, _Closed):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, _Closed):
             pass
         except asyncio.CancelledError:
             # close() ends open connections by cancelling their handlers, and so does a newer connection taking
@@ -368,10 +326,11 @@ class OffloadServer:
         else:
             wait, limit = session.hello_deadline - loop.time(), wire.MAX_HELLO_BYTES
         try:
-            first = await asyncio.wait_for(reader.readexactly(1), max(wait, 0.0))
+            async with asyncio.timeout(max(wait, 0.0)):     # no task per read, as asyncio.wait_for would make
+                first = await reader.readexactly(1)
         except asyncio.IncompleteReadError:
             raise _Closed() from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if authed:
                 self.stats.idle_timeouts += 1
                 log.info("%s: idle for %.0f s, closing", session.peer, cfg.idle_timeout_s)
@@ -383,25 +342,25 @@ class OffloadServer:
         if not authed:
             deadline = min(deadline, session.hello_deadline)
 
-        async def header_and_rest():
-            header = first + await reader.readexactly(wire.HEADER_BYTES - 1)
-            try:
-                kind, _, seq, _, total = wire.parse_header(header, 1 << 32)    # the layout first, then:
-                if not authed and kind != wire.KIND_HELLO:
-                    raise wire.WireError("send HELLO first", wire.AUTH_REQUIRED)
-                if total > limit:
-                    raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
-                                         + ("" if authed else " before HELLO"), wire.TOO_LARGE)
-            except wire.WireError as e:
-                if e.status != wire.AUTH_REQUIRED:
-                    self.stats.frames_bad += 1
-                await self._refuse(session, writer, 0, e.status, e.message)
-                raise _Closed() from None
-            return header + await reader.readexactly(total - wire.HEADER_BYTES)
-
         try:
-            return await asyncio.wait_for(header_and_rest(), max(deadline - loop.time(), 0.0))
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            async with asyncio.timeout_at(deadline):
+                header = first + await reader.readexactly(wire.HEADER_BYTES - 1)
+                try:
+                    kind, _, seq, _, total = wire.parse_header(header, 1 << 32)    # the layout first, then:
+                    if not authed and kind != wire.KIND_HELLO:
+                        raise wire.WireError("send HELLO first", wire.AUTH_REQUIRED)
+                    if total > limit:
+                        raise wire.WireError(f"frame of {total} bytes exceeds the limit of {limit}"
+                                             + ("" if authed else " before HELLO"), wire.TOO_LARGE)
+                except wire.WireError as e:
+                    if e.status == wire.AUTH_REQUIRED:
+                        self.stats.not_hello_first += 1
+                    else:
+                        self.stats.frames_bad += 1
+                    await self._refuse(session, writer, 0, e.status, e.message)
+                    raise _Closed() from None
+                return header + await reader.readexactly(total - wire.HEADER_BYTES)
+        except (TimeoutError, asyncio.IncompleteReadError):
             self.stats.frames_bad += 1
             took = cfg.frame_timeout_s if authed else cfg.hello_timeout_s
             await self._refuse(session, writer, 0, wire.BAD_FRAME, f"frame incomplete after {took:g} s")
@@ -421,6 +380,11 @@ class OffloadServer:
                     return
                 continue
             reply, status, fatal = await self._handle(session, frame)
+            if status == wire.BUSY and session.device_id is None:
+                # A HELLO refused for too many clients or too many sessions of its device: the answer waits, so
+                # a device retrying at once on many connections costs one refusal per connection per
+                # busy_hello_delay_s (the connection still counts under max_pending meanwhile).
+                await asyncio.sleep(self.config.busy_hello_delay_s)
             await self._answer(session, writer, reply, status)
             if fatal:
                 return
@@ -432,11 +396,13 @@ class OffloadServer:
         by = self.stats.by_status
         by[status] = by.get(status, 0) + 1
         writer.write(reply)
-        await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
+        async with asyncio.timeout(self.config.frame_timeout_s):
+            await writer.drain()
 
     async def _refuse(self, session, writer, seq, status, message):
-        log.warning("%s%s: %s (%s), closing", session.peer,
-                    f" ({session.device_id})" if session.device_id else "", message, wire.status_name(status))
+        self._refusals.warning("%s%s: %s (%s), closing", session.peer,
+                               f" ({session.device_id})" if session.device_id else "", message,
+                               wire.status_name(status))
         with contextlib.suppress(Exception):
             await self._answer(session, writer, wire.error_reply(seq, status, message), status)
 
@@ -454,11 +420,11 @@ class OffloadServer:
             expected = auth.frame_mac(session.key)(frame.signed)
             if not frame.mac or not auth.macs_equal(frame.mac, expected):
                 self.stats.auth_failures += 1
-                log.warning("%s (%s): bad request MAC, closing", session.peer, session.device_id)
+                self._refusals.warning("%s (%s): bad request MAC, closing", session.peer, session.device_id)
                 return self._error(session, frame.seq, wire.AUTH_FAILED, "bad MAC", fatal=True)
         if frame.seq <= session.last_seq:
-            log.warning("%s (%s): sequence %d after %d, closing", session.peer, session.device_id, frame.seq,
-                        session.last_seq)
+            self._refusals.warning("%s (%s): sequence %d after %d, closing", session.peer, session.device_id,
+                                   frame.seq, session.last_seq)
             return self._error(session, frame.seq, wire.REPLAYED,
                                f"sequence number {frame.seq} not above {session.last_seq}", fatal=True)
         session.last_seq = frame.seq
@@ -479,7 +445,8 @@ class OffloadServer:
             return self._error(session, frame.seq, wire.BUSY, "server queue full, retry later")
         use_reference = runner[2] and request.want != wire.WANT_MODEL
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(session.device_id, _Job(request.model_id, request.tensor, use_reference, future, split))
+        job = _Job(session.device_id, request.model_id, request.tensor, use_reference, future, split)
+        self._queue.put_nowait(session.device_id, job)
         try:
             data, queue_us, compute_us = await future
         except RequestRejected as e:
@@ -532,21 +499,21 @@ class OffloadServer:
             key = self.keys.key_for(hello.device_id)
             if key is None:
                 self.stats.auth_failures += 1
-                log.warning("%s: unknown device %r refused", session.peer, hello.device_id)
+                self._refusals.warning("%s: unknown device %r refused", session.peer, hello.device_id)
                 return (wire.encode_welcome(frame.seq, wire.AUTH_FAILED, True, bytes(16), bytes(32), 0,
                                             f"unknown device {hello.device_id!r}"), wire.AUTH_FAILED, True)
         st, cfg = self.stats, self.config
         if st.connections_open - st.connections_pending >= cfg.max_clients:
             st.connections_refused += 1
-            log.warning("%s (%s) refused: %d clients already connected", session.peer, hello.device_id,
-                        cfg.max_clients)
+            self._refusals.warning("%s (%s) refused: %d clients already connected", session.peer,
+                                   hello.device_id, cfg.max_clients)
             return refuse(wire.BUSY, "too many clients connected")
         if self._per_device.get(hello.device_id, 0) >= cfg.max_per_device:
             # One device's requests are answered one at a time per session, so capping its sessions caps its
             # share of the server: many connections of one (keyed) device cannot crowd out the others.
             st.device_limit_refusals += 1
-            log.warning("%s (%s) refused: the device already has %d sessions", session.peer, hello.device_id,
-                        cfg.max_per_device)
+            self._refusals.warning("%s (%s) refused: the device already has %d sessions", session.peer,
+                                   hello.device_id, cfg.max_per_device)
             return refuse(wire.BUSY, f"device {hello.device_id!r} already has {cfg.max_per_device} sessions")
         server_nonce = os.urandom(wire.NONCE_BYTES)
         session.device_id = hello.device_id
