@@ -46,3 +46,47 @@ def test_cli_runs_without_the_stdlib_python_311_added(args, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+
+
+NEWER_ASYNCIO = ("timeout", "TaskGroup", "Runner")       # added in 3.11
+
+
+@pytest.mark.parametrize("path", sorted(HOST.rglob("*.py")), ids=lambda p: str(p.relative_to(HOST)))
+def test_host_code_uses_no_asyncio_name_python_311_added(path):
+    """``asyncio.timeout`` and the like only through a fallback (tinyhost.offload.aiotimeout)."""
+    used = [f"asyncio.{node.attr} (line {node.lineno})" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "asyncio"
+            and node.attr in NEWER_ASYNCIO]
+    calls = [u for u in used if path.name != "aiotimeout.py"]
+    assert not calls, f"{path.name} uses what Python 3.10 lacks: {calls}"
+
+
+def test_the_310_timeout_raises_timeout_error_and_lets_other_cancellations_through():
+    import asyncio
+
+    from tinyhost.offload.aiotimeout import timeout_310
+
+    async def expires():
+        async with timeout_310(0.01):
+            await asyncio.sleep(5)
+
+    async def finishes():
+        async with timeout_310(5):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
+        return "done"
+
+    async def cancelled_from_outside():
+        async def body():
+            async with timeout_310(5):
+                await asyncio.sleep(5)
+        task = asyncio.ensure_future(body())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(expires())
+    assert asyncio.run(finishes()) == "done"
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_from_outside())

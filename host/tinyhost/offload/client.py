@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import DeviceError, ProtocolError, TransportError
 from . import auth, wire
+from .aiotimeout import timeout
 
 
 class OffloadRefused(DeviceError):
@@ -178,7 +179,7 @@ class AsyncOffloadClient:
         self.reader = self.writer = None
 
     async def connect(self):
-        async with asyncio.timeout(self.timeout_s):
+        async with timeout(self.timeout_s):
             self.reader, self.writer = await asyncio.open_connection(*self.address)
         sock = self.writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -187,7 +188,7 @@ class AsyncOffloadClient:
 
     async def _exchange(self, frame):
         self.writer.write(frame)
-        async with asyncio.timeout(self.timeout_s):
+        async with timeout(self.timeout_s):
             header = await self.reader.readexactly(wire.HEADER_BYTES)
             _, _, _, _, total = wire.parse_header(header)
             return header + await self.reader.readexactly(total - wire.HEADER_BYTES)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..errors import TransportError, UsageError
 from . import auth, wire
+from .aiotimeout import timeout
 from .fairqueue import FairQueue
 from .models import RequestRejected, ServedRunner
 from .serverlog import RefusalLog, ServerStats
@@ -326,7 +327,7 @@ class OffloadServer:
         else:
             wait, limit = session.hello_deadline - loop.time(), wire.MAX_HELLO_BYTES
         try:
-            async with asyncio.timeout(max(wait, 0.0)):     # no task per read, as asyncio.wait_for would make
+            async with timeout(max(wait, 0.0)):     # no task per read, as asyncio.wait_for would make
                 first = await reader.readexactly(1)
         except asyncio.IncompleteReadError:
             raise _Closed() from None
@@ -396,7 +397,7 @@ class OffloadServer:
         by = self.stats.by_status
         by[status] = by.get(status, 0) + 1
         writer.write(reply)
-        async with asyncio.timeout(self.config.frame_timeout_s):
+        async with timeout(self.config.frame_timeout_s):
             await writer.drain()
 
     async def _refuse(self, session, writer, seq, status, message):
