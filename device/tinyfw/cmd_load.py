@@ -19,8 +19,9 @@ _E_NO_MEMORY = const(10)
 _E_NO_ENGINE = const(12)
 
 
-def load_model(rt, path, backend="auto"):
-    """Load ``path`` with the engine, replacing the loaded model; returns the engine Model."""
+def load_model(rt, path, backend="auto", keep_free_bytes=0):
+    """Load ``path`` with the engine, replacing the loaded model, leaving ``keep_free_bytes`` of heap for what comes
+    after it; returns the engine Model."""
     try:
         from tinyfw import engine
     except ImportError as e:
@@ -29,12 +30,11 @@ def load_model(rt, path, backend="auto"):
     if cmd_stream is not None:
         cmd_stream.stop()                    # a stream runs over the loaded model: it ends with it
     cmd_stream = None
-    if rt.model is not None or "tinyfw.cmd_model" in sys.modules:
-        rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
+    rt.unload_model()                        # the loaded model, its input copies and offload go first
     rt.times = None
     rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
     try:
-        rt.model = engine.load(path, backend=backend)
+        rt.model = engine.load(path, backend=backend, keep_free_bytes=keep_free_bytes)
     except engine.ModelError as e:
         raise DevError(_E_MODEL, "%s: %s" % (path, e))
     except MemoryError as e:
@@ -51,9 +51,23 @@ def load_model(rt, path, backend="auto"):
         rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
     except MemoryError:
         rt.input_copies = None
-    rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    if _exists(OFFLOAD_CONFIG):
+        rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    # else tinyfw.cmd_model stays out of the heap (it was dropped above) until a model command imports it: a model
+    # loaded for a stream runs beside the front end without it
     board_time(path)
     return rt.model
+
+
+OFFLOAD_CONFIG = "/offload.json"     # tinyfw.cmd_model's _OFFLOAD_CONFIG
+
+
+def _exists(path):
+    try:
+        open(path).close()
+        return True
+    except OSError:
+        return False
 
 
 BOARD_TIME_FILE = "/board_time"     # on a virtual board: "version invoke_ns hop_ns path" a line (tinyhost writes it)

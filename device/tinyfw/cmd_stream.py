@@ -45,6 +45,9 @@ _LISTENER = const(0)
 _LOG = const(1)
 _LOG_N = const(2)
 _LOG_MAX = const(256)
+# Heap a model loaded for a stream leaves free (engine.load's keep_free_bytes): the front end's tables and work
+# buffers (tinyfw.mfcc: 19 KB for kws in the 64-bit VM), the code that makes them, the stream's buffers
+_STREAM_HEAP_BYTES = const(28672)
 
 
 def listener():
@@ -63,34 +66,39 @@ def frontend(scale, zero_point, window_samples=640, fft_size=1024):
 
 def _frontend_beside(rt, model, window_samples, fft_size):
     """(front end, model): the front end built next to the loaded model; when the heap left beside it is too
-    fragmented or too small for the front end's tables to be built, the model is unloaded, the front end built
-    first and the model loaded again around it (``rt`` loads it). Raises DevError when even that does not fit."""
+    fragmented or too small for the front end's tables to be built, the model is unloaded and loaded again (``rt``
+    loads it) leaving _STREAM_HEAP_BYTES free, which streams its weights from flash where they would not fit beside
+    the front end, and the front end is built after it. Raises DevError when even that does not fit."""
     info = model.inputs[0]
     scale, zp = info.scale, info.zero_point
     gc.collect()
-    try:
-        return frontend(scale, zp, window_samples, fft_size), model
-    except MemoryError:
-        pass
+    free = getattr(gc, "mem_free", None)              # None under CPython (host-side tests)
+    if rt is None or free is None or free() >= _STREAM_HEAP_BYTES:     # else it cannot fit: no half-built tables
+        try:
+            return frontend(scale, zp, window_samples, fft_size), model
+        except MemoryError:
+            pass
     path = clock.loaded_path()
     if rt is None or not path:
         gc.collect()
         raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap free "
                        "%d bytes)" % gc.mem_free())
-    rt.model_module().unload(rt)
     model = info = None
+    rt.unload_model()
+    rt.drop_commands()          # the model commands' code too: tinyfw.cmd_model is imported again when needed
     gc.collect()
     try:
-        fe = frontend(scale, zp, window_samples, fft_size)
+        model = rt.load_model(path, keep_free_bytes=_STREAM_HEAP_BYTES)
+    except DevError as e:
+        raise DevError(_E_NO_MEMORY, "%s does not fit beside a stream: %s" % (path, e.args[1]))
+    gc.collect()
+    try:
+        return frontend(scale, zp, window_samples, fft_size), model
     except MemoryError:
         gc.collect()
-        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc), even with no model loaded "
-                       "(heap free %d bytes)" % gc.mem_free())
-    gc.collect()
-    try:
-        return fe, rt.load_model(path)
-    except DevError as e:
-        raise DevError(_E_NO_MEMORY, "%s model and front end do not fit together: %s" % (path, e.args[1]))
+        raise DevError(_E_NO_MEMORY, "%s model and front end do not fit together: no room for the front end's "
+                       "tables (tinyfw.mfcc) beside the model (weights %s, heap free %d bytes)"
+                       % (path, model.weights_mode, gc.mem_free()))
 
 
 def _measure(model, fe):

@@ -157,9 +157,10 @@ class Runtime:
         if flush:
             flush()
 
-    def load_model(self, path, backend="auto"):
-        """Load the model at ``path``, replacing the loaded one; returns the engine Model."""
-        return self._modelload(path, backend)
+    def load_model(self, path, backend="auto", keep_free_bytes=0):
+        """Load the model at ``path``, replacing the loaded one, leaving ``keep_free_bytes`` of heap for what comes
+        after it (engine.load); returns the engine Model."""
+        return self._modelload(path, backend, keep_free_bytes)
 
     def collect(self):
         """gc.collect(), then note the live heap: ``heap_peak_bytes`` is the most seen after a collection."""
@@ -177,6 +178,19 @@ class Runtime:
             _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
+
+    def unload_model(self):
+        """Close the loaded model, with offload's Predictor and the input copies (tinyfw.cmd_model.unload, when that
+        module is loaded: only then can a Predictor exist)."""
+        cmd_model = sys.modules.get("tinyfw.cmd_model")
+        if cmd_model is not None:
+            cmd_model.unload(self)
+            return
+        self.input_copies = None
+        if self.model is not None:
+            m, self.model = self.model, None
+            m.close()
+            gc.collect()
 
     def payload_view(self, start=0, end=None):
         """The request payload (bytes start..end) as a memoryview; valid until the reply is built."""
@@ -219,7 +233,7 @@ class Runtime:
                                "run `tinyhost flash` first")
         return cmd_model
 
-    def _modelload(self, path, backend):
+    def _modelload(self, path, backend, keep_free_bytes=0):
         """Load a model with tinyfw.cmd_load, imported for this load and dropped right after it: ``path`` None
         executes a LOAD request and returns the length of the reply begun in the frame buffer."""
         try:
@@ -228,7 +242,9 @@ class Runtime:
             raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_load.py); "
                            "run `tinyhost flash` first")
         try:
-            return cmd_load.load_request(self) if path is None else cmd_load.load_model(self, path, backend)
+            if path is None:
+                return cmd_load.load_request(self)
+            return cmd_load.load_model(self, path, backend, keep_free_bytes)
         finally:
             cmd_load = None
             _forget("cmd_load")
@@ -462,12 +478,7 @@ def _release(rt, modules_before):
     importing it again costs ~450 B each time (its viper code is not all given back), and INFO reports the heap
     with it resident."""
     if rt is not None:
-        cmd_model = sys.modules.get("tinyfw.cmd_model")
-        if cmd_model is not None:
-            cmd_model.unload(rt)
-        elif rt.model is not None:
-            rt.model.close()
-            rt.model = None
+        rt.unload_model()
     for name in [n for n in sys.modules if n.startswith("tinyfw.") and not n.startswith("tinyfw.engine")
                  and n not in modules_before]:
         _forget(name[len("tinyfw."):])

@@ -114,7 +114,7 @@ class Listener:
         self.refractory_ns = refractory_ms * 1000000
         self.classes = classes
         self.window = window_samples
-        ring_samples = window_samples + 2 * HOP_SAMPLES
+        ring_samples = window_samples        # a hop is taken as soon as it has arrived: the window is all it needs
         self.ring_samples = ring_samples
         self.ring = array.array("h", range(ring_samples))     # allocated once at its size (no bytes as large)
         for i in range(ring_samples):

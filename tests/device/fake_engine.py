@@ -50,7 +50,7 @@ class Model:
         self._in = self._out = None
 
 
-def load(path, backend="auto", arena_bytes=None):
+def load(path, backend="auto", arena_bytes=None, keep_free_bytes=0):
     if backend not in ("auto", "fake"):
         raise ModelError("unknown backend %r" % backend)
     with open(path, "rb") as f:
