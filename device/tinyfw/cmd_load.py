@@ -47,10 +47,13 @@ def load_model(rt, path, backend="auto", keep_free_bytes=0):
         raise
     # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
     # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
-    try:
-        rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
-    except MemoryError:
-        rt.input_copies = None
+    # Not for a model loaded leaving heap free (a stream's, which writes the input itself before every run).
+    rt.input_copies = None
+    if not keep_free_bytes:
+        try:
+            rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
+        except MemoryError:
+            pass
     if _exists(OFFLOAD_CONFIG):
         rt.model_module()._offload(rt, True)     # /offload.json is read at every load
     # else tinyfw.cmd_model stays out of the heap (it was dropped above) until a model command imports it: a model
@@ -104,26 +107,26 @@ def _tensor_text(t):
 
 
 def load_request(rt):
-    """Execute a LOAD request ('backend\\0path'): load the model and write the first reply lines into the frame
-    buffer; returns their length (tinyfw.cmd_model.load_reply adds the heap and offload lines once this module's
-    code is dropped, and sends the reply)."""
-    raw = bytes(rt.payload_view())
-    sep = raw.find(b"\0")
-    if sep < 0:
-        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path'")
-    backend = raw[:sep].decode() or "auto"
-    path = raw[sep + 1:].decode()
-    raw = None
+    """Execute a LOAD request ('backend\\0path', then '\\0' and the heap to leave free in decimal bytes, if any): load
+    the model and write the first reply lines into the frame buffer; returns their length (Runtime.load_reply adds
+    the heap and offload lines once this module's code is dropped, and sends the reply)."""
+    fields = bytes(rt.payload_view()).split(b"\0")
+    if not 2 <= len(fields) <= 3 or (len(fields) == 3 and not fields[2].isdigit()):
+        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path' or 'backend\\0path\\0keep_free_bytes'")
+    backend = fields[0].decode() or "auto"
+    path = fields[1].decode()
+    keep = int(fields[2]) if len(fields) == 3 else 0
+    fields = None
     t0 = time.ticks_ms()
-    m = load_model(rt, path, backend)
-    kv = rt.model_module().kv
-    n = kv(rt, 0, "backend", m.backend)
-    n = kv(rt, n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
+    m = load_model(rt, path, backend, keep)
+    kv = rt.kv
+    n = kv(0, "backend", m.backend)
+    n = kv(n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
     for k, v in m.stats().items():
         if k != "backend":
-            n = kv(rt, n, k, v)
+            n = kv(n, k, v)
     for i, t in enumerate(m.inputs):
-        n = kv(rt, n, "input%d" % i, _tensor_text(t))
+        n = kv(n, "input%d" % i, _tensor_text(t))
     for i, t in enumerate(m.outputs):
-        n = kv(rt, n, "output%d" % i, _tensor_text(t))
+        n = kv(n, "output%d" % i, _tensor_text(t))
     return n

@@ -77,25 +77,29 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     n_bins = min(n_half + 1, int(math.floor(mel_high_hz * n_half / (sample_rate_hz / 2.0))) + 2)
     n_tw = max(1, n_half // 2)
     # Every table is allocated first, at its final size, and filled in place one value at a time: building
-    # them makes no list of values (only the mel_bins + 2 filter edges), so the heap it needs beyond the tables
+    # them makes no list of values, so the heap it needs beyond the tables
     # themselves is a few floats at a time, and what it frees leaves no holes between them (docs/frontend.md).
-    # The largest (the FFT's work buffers) first, while the heap's free blocks are largest.
-    fe._re = _zeros("i", n_half)
+    # Largest first, before any float is made: where the free heap is in pieces, the large arrays take the large
+    # pieces and the small ones fill what is left. The spectrum's arrays cover the n_bins bins that may reach a
+    # filter (those that do, k_lo..k_hi, are known once the filterbank is made).
+    fe._re = _zeros("i", n_half)                        # work buffers: the FFT's
     fe._im = _zeros("i", n_half)
     fe._win_h, fe._win_l = _pieces(window_samples)
-    fe._rev = _zeros("H", window_samples // 2)
+    fe._mag = _zeros("i", n_bins)                       # work buffer: magnitudes
+    fe._sp_h, fe._sp_l = _pieces(2 * n_bins)
+    fe._ln = _zeros("i", 258)
     fe._tw_h, fe._tw_l = _pieces(2 * n_tw)
-    band = bytearray(n_bins)
+    fe._bounds = bounds(scale, zero_point)
+    fe._dct_h, fe._dct_l = _pieces(mfcc_count * mel_bins)
+    fe._rev = _zeros("H", window_samples // 2)
     w_a = _zeros("H", n_bins)
     w_b = _zeros("H", n_bins)
-    fe._ln = _zeros("i", 258)
+    band = bytearray(n_bins)
     fe._offset = _zeros("i", _LOG_OFFSET_ENTRIES)
-    fe._dct_h, fe._dct_l = _pieces(mfcc_count * mel_bins)
-    fe._bounds = bounds(scale, zero_point)
-    # work buffers
-    fe._energy = _zeros("i", mel_bins)
+    fe._energy = _zeros("i", mel_bins)                  # work buffers: mel energies, their logs
     fe._log_mel = _zeros("i", mel_bins)
     sums = _zeros("i", mel_bins)
+    edges = _zeros("d", mel_bins + 2)                   # the filters' edges in mel
     # periodic Hann window in Q30, split
     for n in range(window_samples):
         _put30(fe._win_h, fe._win_l, n, _q30(0.5 - 0.5 * math.cos(2.0 * math.pi * n / window_samples)))
@@ -114,7 +118,6 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
         _put30(fe._tw_h, fe._tw_l, 2 * j, _q30(math.cos(a)))
         _put30(fe._tw_h, fe._tw_l, 2 * j + 1, _q30(math.sin(a)))
     # mel filterbank: the bins that have a weight, each in at most two adjacent filters (band[k], band[k] + 1)
-    edges = [0.0] * (mel_bins + 2)                        # the one list (mel_bins + 2 floats), freed below
     for i in range(mel_bins + 2):
         edges[i] = (_hz_to_mel(mel_low_hz) + (_hz_to_mel(mel_high_hz) - _hz_to_mel(mel_low_hz)) * i
                     / (mel_bins + 1))
@@ -155,8 +158,6 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     fe._band, fe._w_a, fe._w_b = band, w_a, w_b
     fe._k_lo, fe._k_hi = k_lo, k_hi
     fe.bins = k_hi - k_lo                               # FFT bins that reach a mel filter
-    fe._sp_h, fe._sp_l = _pieces(2 * k_hi)
-    fe._mag = _zeros("i", k_hi)
     for k in range(k_hi):
         _put30(fe._sp_h, fe._sp_l, 2 * k, _q30(math.cos(math.pi * k / n_half)))
         _put30(fe._sp_h, fe._sp_l, 2 * k + 1, _q30(math.sin(math.pi * k / n_half)))
@@ -175,7 +176,7 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
             _put30(fe._dct_h, fe._dct_l, j * mel_bins + m,
                    _q30(c * math.cos(math.pi * j * (2 * m + 1) / (2.0 * mel_bins))))
     # bytes of the tables and work buffers (their contents; each array object adds a few dozen more)
-    fe.ram_bytes = (4 * (len(fe._ln) + len(fe._offset) + len(fe._bounds) + 2 * n_half + k_hi
+    fe.ram_bytes = (4 * (len(fe._ln) + len(fe._offset) + len(fe._bounds) + 2 * n_half + len(fe._mag)
                            + 2 * mel_bins)
                       + 2 * (2 * len(fe._win_h) + len(fe._rev) + 2 * len(fe._tw_h) + 2 * n_bins
                              + 2 * len(fe._sp_h) + 2 * len(fe._dct_h))

@@ -192,6 +192,25 @@ class Runtime:
             m.close()
             gc.collect()
 
+    def kv(self, n, key, value):
+        """Append the line key=value to the reply being built in the frame buffer (n bytes so far); the new length.
+        Line by line: next to a model the heap is in pieces too small for the whole text."""
+        line = ("%s%s=%s" % ("\n" if n else "", key, value)).encode()
+        end = min(n + len(line), self.max_payload)
+        self.fio.payload[n:end] = line[:end - n]
+        return end
+
+    def load_reply(self, n):
+        """Finish and send a LOAD reply whose first n bytes tinyfw.cmd_load wrote: heap and offload lines, measured
+        after the loading code went back to the heap. tinyfw.cmd_model is not imported for it: loaded only where
+        /offload.json exists (tinyfw.cmd_load), it says how offload stands."""
+        self.collect()
+        n = self.kv(n, "heap_free_bytes", gc.mem_free())
+        n = self.kv(n, "input_kept", int(self.input_copies is not None))
+        cmd_model = sys.modules.get("tinyfw.cmd_model")
+        n = cmd_model.offload_lines(self, n) if cmd_model is not None else self.kv(n, "offload", "off")
+        self.reply_big(n)
+
     def payload_view(self, start=0, end=None):
         """The request payload (bytes start..end) as a memoryview; valid until the reply is built."""
         return self.fio.mv[_HEADER_BYTES + start:_HEADER_BYTES + (self.fio.n if end is None else end)]
@@ -390,7 +409,7 @@ class Runtime:
                 cmd_stats(self)
             elif ftype == _LOAD:
                 n = self._modelload(None, None)
-                self.model_module().load_reply(self, n)
+                self.load_reply(n)
             elif _LOAD < ftype <= _UNLOAD:
                 self.model_module().handle(self, ftype)
             else:
