@@ -370,7 +370,7 @@ def test_a_stream_with_mlperfs_kws01_front_end(interp, tmp_path):
     script = _EEMBC.split("rt = Rt()")[0] + r'''
 li = cmd_stream.start(Model(), window_samples=480, fft_size=512)
 li.feed(bytearray(640 * 60), 0, 640 * 60)
-print("REPLY " + repr([li.window, li.ring_samples, li.fe.window_samples, li.counts[0], li.counts[1]]))
+print("REPLY " + repr([li.window, len(li.ring), li.fe.window_samples, li.counts[0], li.counts[1]]))
 '''
     (tmp_path / "_vboard.py").write_text("baud = 921600\n")
     prelude = f"DEVICE = {str(DEVICE)!r}\nVBOARD_DIR = {str(tmp_path)!r}\nCOMMANDS = []\n"
