@@ -310,6 +310,18 @@ def test_load_set_input_invoke_output(vm_model):
     assert dev.stats()["model_loaded"] == 1
 
 
+def test_load_leaving_heap_free_passes_it_to_the_engine_and_keeps_no_input_copy(vm_model):
+    dev = vm_model.dev
+    m = dev.load_model("/m.fake", keep_free_bytes=43008)
+    assert m.raw["keep_free_bytes"] == "43008" and m.raw["input_kept"] == "0" and m.raw["offload"] == "off"
+    m = dev.load_model("/m.fake")
+    assert m.raw["keep_free_bytes"] == "0" and m.raw["input_kept"] == "1"
+    for payload in (b"auto\x00/m.fake\x00lots", b"auto\x00/m.fake\x001\x002", b"auto/m.fake"):
+        with pytest.raises(DeviceError) as e:
+            dev.link.request(P.T.LOAD, payload, what="load")
+        assert e.value.code == P.ErrorCode.BAD_ARGS, payload
+
+
 def test_invoke_in_batches_keeps_order_and_count(vm_model):
     dev = vm_model.dev
     dev.load_model("/m.fake")
