@@ -406,13 +406,14 @@ tinyfw.mfcc = fake
 from tinyfw import cmd_stream
 clock.set_costs(50000000, 2000000, "bt-1", "/models/kws.tflite")
 ''' + _EEMBC.split("class Rt:")[0].split("clock.set_costs(50000000, 2000000, \"bt-1\")")[1] + r'''
+def _close(self):
+    state["loaded"] = False
+Model.close = _close
 class Rt:
     def __init__(self):
         self.model = Model()
         self.loads = []
-    def unload_model(self):
-        self.model = None
-        state["loaded"] = False
+        self.input_copies = None
     def drop_commands(self):
         pass
     def load_model(self, path, backend="auto", keep_free_bytes=0):

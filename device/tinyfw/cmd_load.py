@@ -30,7 +30,8 @@ def load_model(rt, path, backend="auto", keep_free_bytes=0):
     if cmd_stream is not None:
         cmd_stream.stop()                    # a stream runs over the loaded model: it ends with it
     cmd_stream = None
-    rt.unload_model()                        # the loaded model, its input copies and offload go first
+    if rt.model is not None or "tinyfw.cmd_model" in sys.modules:
+        rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
     rt.times = None
     rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
     try:
@@ -101,15 +102,10 @@ def board_time(path):
         clock.set_costs(0, 0, "", path)
 
 
-def _tensor_text(t):
-    return "%s|%s|%s|%r|%d|%d" % (t.name, "x".join(str(d) for d in t.shape), t.dtype, t.scale, t.zero_point,
-                                  t.nbytes)
-
-
 def load_request(rt):
     """Execute a LOAD request ('backend\\0path', then '\\0' and the heap to leave free in decimal bytes, if any): load
-    the model and write the first reply lines into the frame buffer; returns their length (Runtime.load_reply adds
-    the heap and offload lines once this module's code is dropped, and sends the reply)."""
+    the model and write the reply but its heap line into the frame buffer (tinyfw.load_reply); returns its length (the
+    runtime adds the heap line once this code is dropped, and sends the reply)."""
     fields = bytes(rt.payload_view()).split(b"\0")
     if not 2 <= len(fields) <= 3 or (len(fields) == 3 and not fields[2].isdigit()):
         raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path' or 'backend\\0path\\0keep_free_bytes'")
@@ -119,14 +115,5 @@ def load_request(rt):
     fields = None
     t0 = time.ticks_ms()
     m = load_model(rt, path, backend, keep)
-    kv = rt.kv
-    n = kv(0, "backend", m.backend)
-    n = kv(n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
-    for k, v in m.stats().items():
-        if k != "backend":
-            n = kv(n, k, v)
-    for i, t in enumerate(m.inputs):
-        n = kv(n, "input%d" % i, _tensor_text(t))
-    for i, t in enumerate(m.outputs):
-        n = kv(n, "output%d" % i, _tensor_text(t))
-    return n
+    from tinyfw import load_reply       # the reply's code comes in once the model is loaded (the runtime drops it)
+    return load_reply.write(rt, m, time.ticks_diff(time.ticks_ms(), t0))

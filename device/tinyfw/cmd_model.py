@@ -125,15 +125,6 @@ def _model(rt):
     return rt.model
 
 
-def offload_lines(rt, n):
-    """The LOAD reply's offload lines (Runtime.load_reply, when this module is loaded: /offload.json exists), after
-    the n bytes written so far; the new length."""
-    n = rt.kv(n, "offload", _predictor.mode if _predictor is not None else "off")
-    if _why:
-        n = rt.kv(n, "offload_error", _why.replace("\n", " "))
-    return n
-
-
 def _tensor_buffer(rt, index, inputs):
     m = _model(rt)
     tensors = m.inputs if inputs else m.outputs

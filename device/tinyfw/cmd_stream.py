@@ -10,6 +10,7 @@
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import struct
+import sys
 
 try:
     from micropython import const
@@ -165,8 +166,16 @@ def _reload_leaving_room(rt):
     if not path:
         raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model, and no "
                        "model file to load it again from (heap free %d bytes)" % gc.mem_free())
-    rt.unload_model()
-    rt.drop_commands()          # the model commands' code too: tinyfw.cmd_model is imported again when needed
+    cmd_model = sys.modules.get("tinyfw.cmd_model")
+    if cmd_model is not None:
+        cmd_model.unload(rt)         # the model, its input copies and offload's Predictor
+    else:                            # no Predictor without it: the model and its input copies
+        rt.input_copies = None
+        m, rt.model = rt.model, None
+        if m is not None:
+            m.close()
+    cmd_model = m = None
+    rt.drop_commands()               # the model commands' code too: tinyfw.cmd_model is imported again when needed
     gc.collect()
     try:
         model = rt.load_model(path, keep_free_bytes=_STREAM_HEAP_BYTES)
@@ -223,6 +232,8 @@ def cmd_start(rt):
      fft) = struct.unpack_from(START_FORMAT, p, 0)
     text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
     p = None
+    if getattr(sys.modules.get("tinyfw.cmd_model"), "_predictor", None) is None:
+        rt.drop_commands()      # a stream uses none of the session, file and model commands: their code goes
     li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft,
                source != _SOURCE_MIC)
     if source == _SOURCE_MIC:

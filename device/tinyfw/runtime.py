@@ -171,45 +171,14 @@ class Runtime:
 
     def drop_commands(self):
         """Give the session, file and model commands' code back to the heap (before a model load, with no model
-        loaded); the next such command imports it again. tinyfw.cmd_files stays while an upload is in progress.
-        Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
+        loaded, and at a stream's start when offload has no Predictor); the next such command imports it again.
+        tinyfw.cmd_files stays while an upload is in progress. Nothing to drop when bootstrapped (the modules' code
+        is part of the runtime's then)."""
         uploading = self.upload is not None
         for name in ("cmd_session", "cmd_model") if uploading else ("cmd_session", "cmd_model", "cmd_files"):
             _forget(name)
         self.handlers = {k: v for k, v in self.handlers.items() if k >= _LIST} if uploading else {}
         gc.collect()
-
-    def unload_model(self):
-        """Close the loaded model, with offload's Predictor and the input copies (tinyfw.cmd_model.unload, when that
-        module is loaded: only then can a Predictor exist)."""
-        cmd_model = sys.modules.get("tinyfw.cmd_model")
-        if cmd_model is not None:
-            cmd_model.unload(self)
-            return
-        self.input_copies = None
-        if self.model is not None:
-            m, self.model = self.model, None
-            m.close()
-            gc.collect()
-
-    def kv(self, n, key, value):
-        """Append the line key=value to the reply being built in the frame buffer (n bytes so far); the new length.
-        Line by line: next to a model the heap is in pieces too small for the whole text."""
-        line = ("%s%s=%s" % ("\n" if n else "", key, value)).encode()
-        end = min(n + len(line), self.max_payload)
-        self.fio.payload[n:end] = line[:end - n]
-        return end
-
-    def load_reply(self, n):
-        """Finish and send a LOAD reply whose first n bytes tinyfw.cmd_load wrote: heap and offload lines, measured
-        after the loading code went back to the heap. tinyfw.cmd_model is not imported for it: loaded only where
-        /offload.json exists (tinyfw.cmd_load), it says how offload stands."""
-        self.collect()
-        n = self.kv(n, "heap_free_bytes", gc.mem_free())
-        n = self.kv(n, "input_kept", int(self.input_copies is not None))
-        cmd_model = sys.modules.get("tinyfw.cmd_model")
-        n = cmd_model.offload_lines(self, n) if cmd_model is not None else self.kv(n, "offload", "off")
-        self.reply_big(n)
 
     def payload_view(self, start=0, end=None):
         """The request payload (bytes start..end) as a memoryview; valid until the reply is built."""
@@ -267,6 +236,7 @@ class Runtime:
         finally:
             cmd_load = None
             _forget("cmd_load")
+            _forget("load_reply")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def serve(self, announce=True):
@@ -408,8 +378,13 @@ class Runtime:
             if ftype == _STATS:
                 cmd_stats(self)
             elif ftype == _LOAD:
+                # tinyfw.cmd_load wrote the reply but the heap line, measured once its code is gone
                 n = self._modelload(None, None)
-                self.load_reply(n)
+                self.collect()
+                line = ("\nheap_free_bytes=%d" % gc.mem_free()).encode()
+                end = min(n + len(line), self.max_payload)
+                self.fio.payload[n:end] = line[:end - n]
+                self.reply_big(end)
             elif _LOAD < ftype <= _UNLOAD:
                 self.model_module().handle(self, ftype)
             else:
@@ -497,7 +472,12 @@ def _release(rt, modules_before):
     importing it again costs ~450 B each time (its viper code is not all given back), and INFO reports the heap
     with it resident."""
     if rt is not None:
-        rt.unload_model()
+        cmd_model = sys.modules.get("tinyfw.cmd_model")
+        if cmd_model is not None:
+            cmd_model.unload(rt)
+        elif rt.model is not None:
+            rt.model.close()
+            rt.model = None
     for name in [n for n in sys.modules if n.startswith("tinyfw.") and not n.startswith("tinyfw.engine")
                  and n not in modules_before]:
         _forget(name[len("tinyfw."):])

@@ -99,13 +99,19 @@ class Listener:
 
     def __init__(self, model, frontend, infer_every=1, smooth=1, threshold=200, refractory_ms=1000,
                  classes=0xFFFFFFFF, backlog_hops=2, window_samples=640, baud=0):
+        # the buffers first, largest first, while the heap's free blocks are largest (the ring is the one > 1 KB)
+        ring = array.array("h", range(window_samples))  # allocated once at its size (no bytes as large)
+        for i in range(window_samples):
+            ring[i] = 0
         info = model.inputs[0]
+        out = model.outputs[0]
+        feat = bytearray(info.nbytes)
+        ev = bytearray(_EVENTS * EVENT_BYTES)
         self.model = model
         self.fe = frontend
         # The instance's attributes stay at 29 or fewer: MicroPython sizes an object's attribute table in steps
         # (17, 29, 53 slots of 16 bytes in the 64-bit VM); the 30th would cost 384 bytes more, in one block.
         self.frames = info.nbytes // frontend.mfcc_count  # feature frames (mfcc_count bytes) in the model's input
-        out = model.outputs[0]
         self.out_zp = out.zero_point
         self.out_signed = 1 if out.dtype == "int8" else 0
         self.infer_every = max(1, infer_every)
@@ -114,14 +120,11 @@ class Listener:
         self.refractory_ns = refractory_ms * 1000000
         self.classes = classes
         self.window = window_samples
-        ring_samples = window_samples        # a hop is taken as soon as it has arrived: the window is all it needs
-        self.ring = array.array("h", range(ring_samples))     # allocated once at its size (no bytes as large)
-        for i in range(ring_samples):
-            self.ring[i] = 0
-        self.feat = bytearray(info.nbytes)
+        self.ring = ring        # the window: a hop is taken as soon as it has arrived, so the window is all it needs
+        self.feat = feat
         self.post = bytearray(self.smooth * out.nbytes)
         self.sums = [0] * out.nbytes                     # a class each
-        self.ev = bytearray(_EVENTS * EVENT_BYTES)
+        self.ev = ev
         self.ev_n = 0
         self.counts = [0] * len(COUNT_NAMES)
         # where the next byte goes in the ring, bytes of the hop arriving, the next posterior's slot, hops since
