@@ -72,17 +72,19 @@ class Mfcc:
             raise ValueError("frame start %d of %d samples, or %d codes at %d of %d bytes"
                              % (start, n, self.mfcc_count, out_at, len(out)))
         width = self.window_samples
-        gain = k.window_gain(0, 0, samples, n, start, self._win_h, width)
-        k.window(0, 0, samples, n, start, self._win_h, self._win_l, self._re, self._im, self._rev, width,
-                 self._n_half, gain)
-        k.fft(0, 0, self._re, self._im, self._tw_h, self._tw_l, self._n_half, self._ws)
-        down = k.spectrum(0, 0, self._re, self._im, self._sp_h, self._sp_l, self._mag, self._k_lo, self._k_hi,
-                          self._n_half, self._ws)
-        k.mel(0, 0, self._mag, self._band, self._w_a, self._w_b, self._energy, self._k_lo, self._k_hi, self.mel_bins,
-              down)
+        win_h, win_l = self._win
+        tw_h, tw_l = self._tw
+        sp_h, sp_l = self._sp
+        band, w_a, w_b = self._filt
+        n_half, k_lo, k_hi, k_max = self._dims
+        gain = k.window_gain(0, 0, samples, n, start, win_h, width)
+        k.window(0, 0, samples, n, start, win_h, win_l, self._re, self._im, self._rev, width, n_half, gain)
+        k.fft(0, 0, self._re, self._im, tw_h, tw_l, n_half, self._ws)
+        down = k.spectrum(0, 0, self._re, self._im, sp_h, sp_l, self._mag, k_lo, k_hi, n_half, self._ws)
+        k.mel(0, 0, self._mag, band, w_a, w_b, self._energy, k_lo, k_hi, self.mel_bins, down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
         k.log_dct(0, 0, self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l,
-                  self._bounds, self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, self._k_max, self._ws)
+                  self._bounds, self._log_mel, self.mel_bins, self.mfcc_count, out, out_at, k_max, self._ws)
 
     def clip(self, samples, out):
         """The model input of one clip: ``clip_samples`` int16 samples -> n_frames x mfcc_count int8 codes in

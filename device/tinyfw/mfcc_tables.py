@@ -68,10 +68,8 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     fe.mfcc_count = mfcc_count
     fe.mel_bins = mel_bins
     fe.n_frames = 1 + (clip_samples - window_samples) // stride_samples
-    fe.fft_size = fft_size
     fe.feature_bytes = fe.n_frames * mfcc_count
     n_half = fft_size // 2
-    fe._n_half = n_half
     # FFT bins that may reach a mel filter: those below mel_high_hz (a bin at or above it lies at or past the
     # last filter's upper edge), and one more for the float rounding of the edges
     n_bins = min(n_half + 1, int(math.floor(mel_high_hz * n_half / (sample_rate_hz / 2.0))) + 2)
@@ -84,11 +82,11 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # filter (those that do, k_lo..k_hi, are known once the filterbank is made).
     fe._re = _zeros("i", n_half)                        # work buffers: the FFT's
     fe._im = _zeros("i", n_half)
-    fe._win_h, fe._win_l = _pieces(window_samples)
+    win_h, win_l = _pieces(window_samples)
     fe._mag = _zeros("i", n_bins)                       # work buffer: magnitudes
-    fe._sp_h, fe._sp_l = _pieces(2 * n_bins)
+    sp_h, sp_l = _pieces(2 * n_bins)
     fe._ln = _zeros("i", 258)
-    fe._tw_h, fe._tw_l = _pieces(2 * n_tw)
+    tw_h, tw_l = _pieces(2 * n_tw)
     fe._bounds = bounds(scale, zero_point)
     fe._dct_h, fe._dct_l = _pieces(mfcc_count * mel_bins)
     fe._rev = _zeros("H", window_samples // 2)
@@ -102,7 +100,7 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     edges = _zeros("d", mel_bins + 2)                   # the filters' edges in mel
     # periodic Hann window in Q30, split
     for n in range(window_samples):
-        _put30(fe._win_h, fe._win_l, n, _q30(0.5 - 0.5 * math.cos(2.0 * math.pi * n / window_samples)))
+        _put30(win_h, win_l, n, _q30(0.5 - 0.5 * math.cos(2.0 * math.pi * n / window_samples)))
     # complex input point j (samples 2j, 2j+1) goes to rev[j] (bit reversal over n_half points)
     bits = 0
     while (1 << bits) < n_half:
@@ -115,8 +113,8 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
         fe._rev[j] = r
     for j in range(n_tw):
         a = 2.0 * math.pi * j / n_half
-        _put30(fe._tw_h, fe._tw_l, 2 * j, _q30(math.cos(a)))
-        _put30(fe._tw_h, fe._tw_l, 2 * j + 1, _q30(math.sin(a)))
+        _put30(tw_h, tw_l, 2 * j, _q30(math.cos(a)))
+        _put30(tw_h, tw_l, 2 * j + 1, _q30(math.sin(a)))
     # mel filterbank: the bins that have a weight, each in at most two adjacent filters (band[k], band[k] + 1)
     for i in range(mel_bins + 2):
         edges[i] = (_hz_to_mel(mel_low_hz) + (_hz_to_mel(mel_high_hz) - _hz_to_mel(mel_low_hz)) * i
@@ -155,21 +153,19 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
         raise ValueError("mel filters span too many FFT bins for 32-bit sums: use fewer FFT points or more "
                          "mel bins")
     sums = edges = None
-    fe._band, fe._w_a, fe._w_b = band, w_a, w_b
-    fe._k_lo, fe._k_hi = k_lo, k_hi
     fe.bins = k_hi - k_lo                               # FFT bins that reach a mel filter
     for k in range(k_hi):
-        _put30(fe._sp_h, fe._sp_l, 2 * k, _q30(math.cos(math.pi * k / n_half)))
-        _put30(fe._sp_h, fe._sp_l, 2 * k + 1, _q30(math.sin(math.pi * k / n_half)))
+        _put30(sp_h, sp_l, 2 * k, _q30(math.cos(math.pi * k / n_half)))
+        _put30(sp_h, sp_l, 2 * k + 1, _q30(math.sin(math.pi * k / n_half)))
     # ln(1 + i/256) in Q24, i = 0..256, then ln 2
     for i in range(257):
         fe._ln[i] = int(math.floor(math.log(1.0 + i / 256.0) * (1 << 24) + 0.5))
     fe._ln[257] = int(math.floor(math.log(2.0) * (1 << 24) + 0.5))
-    fe._k_max = 0
+    k_max = 0
     for k in range(_LOG_OFFSET_ENTRIES):
         fe._offset[k] = min(1 << 30, int(math.floor(log_offset * (2.0 ** k) + 0.5)))
         if fe._offset[k] < 1 << 28:
-            fe._k_max = k
+            k_max = k
     c = math.sqrt(2.0 / mel_bins)
     for j in range(mfcc_count):
         for m in range(mel_bins):
@@ -178,9 +174,17 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # bytes of the tables and work buffers (their contents; each array object adds a few dozen more)
     fe.ram_bytes = (4 * (len(fe._ln) + len(fe._offset) + len(fe._bounds) + 2 * n_half + len(fe._mag)
                            + 2 * mel_bins)
-                      + 2 * (2 * len(fe._win_h) + len(fe._rev) + 2 * len(fe._tw_h) + 2 * n_bins
-                             + 2 * len(fe._sp_h) + 2 * len(fe._dct_h))
+                      + 2 * (2 * len(win_h) + len(fe._rev) + 2 * len(tw_h) + 2 * n_bins
+                             + 2 * len(sp_h) + 2 * len(fe._dct_h))
                       + n_bins)
+
+    # The instance's attributes stay at 29 or fewer: MicroPython sizes an object's attribute table in steps (17, 29,
+    # 53 slots of 16 bytes in the 64-bit VM); the 30th would cost 384 bytes more. Mfcc.frame() unpacks these.
+    fe._win = (win_h, win_l)
+    fe._tw = (tw_h, tw_l)
+    fe._sp = (sp_h, sp_l)
+    fe._filt = (band, w_a, w_b)
+    fe._dims = (n_half, k_lo, k_hi, k_max)
 
 
 def bounds(scale, zero_point):
