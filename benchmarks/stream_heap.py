@@ -40,7 +40,7 @@ micropython.mem_info()
 """
 _RELEASE = """
 li = fe = None
-rt.unload_model()
+rt.model.close()
 rt = None
 import gc
 gc.collect()
