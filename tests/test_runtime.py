@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_DIR = ROOT / "device"
 RUNNER = ROOT / "tests" / "device" / "run_runtime.py"
 FAKE_ENGINE = ROOT / "tests" / "device" / "fake_engine.py"
-FIRMWARE = ("__init__.py,frame.py,cmd_files.py,cmd_session.py,runtime.py,cmd_text.py,cmd_model.py,cmd_load.py,load_reply.py,"
-            "clock.py")
+FIRMWARE = ("__init__.py,frame.py,cmd_files.py,cmd_session.py,runtime.py,cmd_text.py,cmd_model.py,cmd_load.py,"
+            "load_reply.py,clock.py")
 LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
 
 
