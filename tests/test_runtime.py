@@ -26,7 +26,7 @@ DEVICE_DIR = ROOT / "device"
 RUNNER = ROOT / "tests" / "device" / "run_runtime.py"
 FAKE_ENGINE = ROOT / "tests" / "device" / "fake_engine.py"
 FIRMWARE = ("__init__.py,frame.py,cmd_files.py,cmd_session.py,runtime.py,cmd_text.py,cmd_model.py,cmd_load.py,"
-            "clock.py")
+            "load_reply.py,clock.py")
 LAUNCHER = "import sys, micropython_unix as m; sys.exit(m.run_main(['micropython'] + sys.argv[1:]))"
 
 
@@ -320,6 +320,18 @@ def test_load_set_input_invoke_output(vm_model):
     assert dev.stats()["model_loaded"] == 1
 
 
+def test_load_leaving_heap_free_passes_it_to_the_engine_and_keeps_no_input_copy(vm_model):
+    dev = vm_model.dev
+    m = dev.load_model("/m.fake", keep_free_bytes=43008)
+    assert m.raw["keep_free_bytes"] == "43008" and m.raw["input_kept"] == "0" and m.raw["offload"] == "off"
+    m = dev.load_model("/m.fake")
+    assert m.raw["keep_free_bytes"] == "0" and m.raw["input_kept"] == "1"
+    for payload in (b"auto\x00/m.fake\x00lots", b"auto\x00/m.fake\x001\x002", b"auto/m.fake"):
+        with pytest.raises(DeviceError) as e:
+            dev.link.request(P.T.LOAD, payload, what="load")
+        assert e.value.code == P.ErrorCode.BAD_ARGS, payload
+
+
 def test_invoke_in_batches_keeps_order_and_count(vm_model):
     dev = vm_model.dev
     dev.load_model("/m.fake")
@@ -439,7 +451,7 @@ def test_ack_nak_and_event_frames_share_one_buffer_and_allocate_nothing(tmp_path
     assert P.parse_event(frames[2].payload) == (3, 0xDEADBEEF) and P.parse_event(frames[3].payload) == (4, 5)
 
 
-STREAM_FILES = FIRMWARE + ",eembc.py,boot_model.py,cmd_stream.py,stream.py,mfcc.py,mfcc_ref.py,mfcc_viper.py"
+STREAM_FILES = FIRMWARE + ",eembc.py,boot_model.py,cmd_stream.py,stream.py,mfcc.py,mfcc_tables.py,mfcc_ref.py,mfcc_viper.py"
 
 
 def _text(dev, cmd, timeout_s=10.0):

@@ -27,6 +27,17 @@ def _device_constant(module, name):
     raise AssertionError(f"{module} has no {name}")
 
 
+def _device_constant_call(module, name):
+    """The value of ``NAME = const(value)`` (or a plain ``NAME = value``) at the top of a firmware module."""
+    for node in ast.parse((DEVICE / module).read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name:
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "const":
+                value = value.args[0]
+            return ast.literal_eval(value)
+    raise AssertionError(f"{module} has no {name}")
+
+
 def test_score_follows_the_benchmark_rule():
     windows = [(1.0, 1.5), (5.0, 5.4), (10.0, 10.6)]
     detections = [(1.6, "yes"), (2.4, "yes"),          # in [1.0, 2.5]: one true positive (both taken)
@@ -85,6 +96,25 @@ def test_stream_start_format_is_the_firmwares():
     payload = (7).to_bytes(4, "little") + bytes([1]) + (1234).to_bytes(4, "little") + (1000).to_bytes(4, "little") \
         + bytes([5, 230])
     assert P.parse_audio(payload) == (7, [(1234, 1000, 5, 230)])
+
+
+def test_stream_numbers_shared_with_the_firmware():
+    assert _device_constant_call("cmd_stream.py", "_STREAM_HEAP_BYTES") == st.STREAM_HEAP_BYTES
+    for name in ("EVENT_BYTES", "BUSY_MAX", "BUSY_BYTES"):
+        assert _device_constant_call("cmd_stream.py", "_" + name) == _device_constant_call("stream.py", name), name
+    assert st.STREAM_KEEP_FREE_BYTES == st.STREAM_CODE_BYTES + st.STREAM_HEAP_BYTES
+    keep = st.STREAM_KEEP_FREE_BYTES
+    assert P.pack_load("/models/kws.tflite", "auto", keep) == b"auto\x00/models/kws.tflite\x00%d" % keep
+    assert P.pack_load("/models/kws.tflite") == b"auto\0/models/kws.tflite"
+
+
+def test_a_virtual_board_streams_at_the_slowest_standard_rate_that_carries_the_audio():
+    baud = st.virtual_board_baud()
+    smallest_frame = st.audio_frame_bytes(st.SMALLEST_MAX_PAYLOAD)
+    assert baud == 460800 and st.line_keeps_up(baud, smallest_frame)
+    slower = [b for b in st.STANDARD_BAUDS if b < baud]
+    assert slower and not any(st.line_keeps_up(b, smallest_frame) for b in slower)
+    assert boards.load("esp32").baud < baud           # the profile's rate does not carry it
 
 
 def test_board_time_file_lines_for_a_virtual_board():

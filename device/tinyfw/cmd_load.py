@@ -19,8 +19,9 @@ _E_NO_MEMORY = const(10)
 _E_NO_ENGINE = const(12)
 
 
-def load_model(rt, path, backend="auto"):
-    """Load ``path`` with the engine, replacing the loaded model; returns the engine Model."""
+def load_model(rt, path, backend="auto", keep_free_bytes=0):
+    """Load ``path`` with the engine, replacing the loaded model, leaving ``keep_free_bytes`` of heap for what comes
+    after it; returns the engine Model."""
     try:
         from tinyfw import engine
     except ImportError as e:
@@ -34,7 +35,7 @@ def load_model(rt, path, backend="auto"):
     rt.times = None
     rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
     try:
-        rt.model = engine.load(path, backend=backend)
+        rt.model = engine.load(path, backend=backend, keep_free_bytes=keep_free_bytes)
     except engine.ModelError as e:
         raise DevError(_E_MODEL, "%s: %s" % (path, e))
     except MemoryError as e:
@@ -47,13 +48,30 @@ def load_model(rt, path, backend="auto"):
         raise
     # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
     # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
-    try:
-        rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
-    except MemoryError:
-        rt.input_copies = None
-    rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    # Not for a model loaded leaving heap free (a stream's, which writes the input itself before every run).
+    rt.input_copies = None
+    if not keep_free_bytes:
+        try:
+            rt.input_copies = [bytearray(t.nbytes) for t in rt.model.inputs]
+        except MemoryError:
+            pass
+    if _exists(OFFLOAD_CONFIG):
+        rt.model_module()._offload(rt, True)     # /offload.json is read at every load
+    # else tinyfw.cmd_model stays out of the heap (it was dropped above) until a model command imports it: a model
+    # loaded for a stream runs beside the front end without it
     board_time(path)
     return rt.model
+
+
+OFFLOAD_CONFIG = "/offload.json"     # tinyfw.cmd_model's _OFFLOAD_CONFIG
+
+
+def _exists(path):
+    try:
+        open(path).close()
+        return True
+    except OSError:
+        return False
 
 
 BOARD_TIME_FILE = "/board_time"     # on a virtual board: "version invoke_ns hop_ns path" a line (tinyhost writes it)
@@ -84,32 +102,18 @@ def board_time(path):
         clock.set_costs(0, 0, "", path)
 
 
-def _tensor_text(t):
-    return "%s|%s|%s|%r|%d|%d" % (t.name, "x".join(str(d) for d in t.shape), t.dtype, t.scale, t.zero_point,
-                                  t.nbytes)
-
-
 def load_request(rt):
-    """Execute a LOAD request ('backend\\0path'): load the model and write the first reply lines into the frame
-    buffer; returns their length (tinyfw.cmd_model.load_reply adds the heap and offload lines once this module's
-    code is dropped, and sends the reply)."""
-    raw = bytes(rt.payload_view())
-    sep = raw.find(b"\0")
-    if sep < 0:
-        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path'")
-    backend = raw[:sep].decode() or "auto"
-    path = raw[sep + 1:].decode()
-    raw = None
+    """Execute a LOAD request ('backend\\0path', then '\\0' and the heap to leave free in decimal bytes, if any): load
+    the model and write the reply but its heap line into the frame buffer (tinyfw.load_reply); returns its length (the
+    runtime adds the heap line once this code is dropped, and sends the reply)."""
+    fields = bytes(rt.payload_view()).split(b"\0")
+    if not 2 <= len(fields) <= 3 or (len(fields) == 3 and not fields[2].isdigit()):
+        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path' or 'backend\\0path\\0keep_free_bytes'")
+    backend = fields[0].decode() or "auto"
+    path = fields[1].decode()
+    keep = int(fields[2]) if len(fields) == 3 else 0
+    fields = None
     t0 = time.ticks_ms()
-    m = load_model(rt, path, backend)
-    kv = rt.model_module().kv
-    n = kv(rt, 0, "backend", m.backend)
-    n = kv(rt, n, "load_ms", time.ticks_diff(time.ticks_ms(), t0))
-    for k, v in m.stats().items():
-        if k != "backend":
-            n = kv(rt, n, k, v)
-    for i, t in enumerate(m.inputs):
-        n = kv(rt, n, "input%d" % i, _tensor_text(t))
-    for i, t in enumerate(m.outputs):
-        n = kv(rt, n, "output%d" % i, _tensor_text(t))
-    return n
+    m = load_model(rt, path, backend, keep)
+    from tinyfw import load_reply       # the reply's code comes in once the model is loaded (the runtime drops it)
+    return load_reply.write(rt, m, time.ticks_diff(time.ticks_ms(), t0))

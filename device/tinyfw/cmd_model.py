@@ -125,27 +125,6 @@ def _model(rt):
     return rt.model
 
 
-def kv(rt, n, key, value):
-    """Append the line key=value to the reply being built in the frame buffer (n bytes so far); the new length.
-    Line by line: next to a model the heap is in pieces too small for the whole text."""
-    line = ("%s%s=%s" % ("\n" if n else "", key, value)).encode()
-    end = min(n + len(line), rt.max_payload)
-    rt.fio.payload[n:end] = line[:end - n]
-    return end
-
-
-def load_reply(rt, n):
-    """Finish and send a LOAD reply whose first n bytes tinyfw.cmd_load wrote: heap and offload lines, measured
-    after the loading code went back to the heap."""
-    rt.collect()
-    n = kv(rt, n, "heap_free_bytes", gc.mem_free())
-    n = kv(rt, n, "input_kept", int(rt.input_copies is not None))
-    n = kv(rt, n, "offload", _predictor.mode if _predictor is not None else "off")
-    if _why:
-        n = kv(rt, n, "offload_error", _why.replace("\n", " "))
-    rt.reply_big(n)
-
-
 def _tensor_buffer(rt, index, inputs):
     m = _model(rt)
     tensors = m.inputs if inputs else m.outputs

@@ -5,11 +5,12 @@
 # detections made since the last answer and when the board was busy with each hop since then; or, for the microphone source, the board reads machine.I2S (a stand-in
 # on the virtual board: tinyfw.mic) for the seconds asked, sends each detection as an EVENT frame at once and answers
 # with its counters. STREAM_STOP ends the stream and answers with its counters. The runtime imports this module on
-# the first of these frames; the EEMBC text commands start, stop, state and print_detections (tinyfw.eembc passes
-# them to text_command) use the same Listener.
+# the first of these frames; the EEMBC text commands start, stop, state and print_detections (tinyfw.eembc) use the
+# same Listener.
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import struct
+import sys
 
 try:
     from micropython import const
@@ -17,7 +18,7 @@ except ImportError:         # CPython (host-side tests)
     def const(x):
         return x
 
-from tinyfw import clock, stream
+from tinyfw import clock
 from tinyfw.frame import DevError, put32
 
 _HEADER_BYTES = const(10)
@@ -25,6 +26,9 @@ _SMALL_PAYLOAD = const(240)
 _STREAM_START = const(0x26)
 _AUDIO = const(0x27)
 _STREAM_STOP = const(0x28)
+_EVENT_BYTES = const(10)        # tinyfw.stream's EVENT_BYTES, BUSY_MAX, BUSY_BYTES (tests/test_stream.py checks the copies)
+_BUSY_MAX = const(8)
+_BUSY_BYTES = const(8)
 _E_BAD_ARGS = const(2)
 _E_NO_MODEL = const(8)
 _E_NO_MEMORY = const(10)
@@ -45,6 +49,10 @@ _LISTENER = const(0)
 _LOG = const(1)
 _LOG_N = const(2)
 _LOG_MAX = const(256)
+# Heap the front end (tinyfw.mfcc: its tables and work buffers, 19 KB for kws in the 64-bit virtual board, and the
+# code that makes them) and the stream's buffers take beside the model; a model loaded again for a stream leaves it
+# free (engine.load's keep_free_bytes). tinyhost.stream.STREAM_HEAP_BYTES is a copy (tests/test_stream.py).
+_STREAM_HEAP_BYTES = const(28672)
 
 
 def listener():
@@ -59,38 +67,6 @@ def frontend(scale, zero_point, window_samples=640, fft_size=1024):
     except ImportError as e:
         raise DevError(_E_STATE, "no front end on this board (tinyfw.mfcc: %s); run `tinyhost flash`" % e)
     return mfcc.Mfcc(scale, zero_point, window_samples=window_samples, fft_size=fft_size)
-
-
-def _frontend_beside(rt, model, window_samples, fft_size):
-    """(front end, model): the front end built next to the loaded model; when the heap left beside it is too
-    fragmented or too small for the front end's tables to be built, the model is unloaded, the front end built
-    first and the model loaded again around it (``rt`` loads it). Raises DevError when even that does not fit."""
-    info = model.inputs[0]
-    scale, zp = info.scale, info.zero_point
-    gc.collect()
-    try:
-        return frontend(scale, zp, window_samples, fft_size), model
-    except MemoryError:
-        pass
-    path = clock.loaded_path()
-    if rt is None or not path:
-        gc.collect()
-        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap free "
-                       "%d bytes)" % gc.mem_free())
-    rt.model_module().unload(rt)
-    model = info = None
-    gc.collect()
-    try:
-        fe = frontend(scale, zp, window_samples, fft_size)
-    except MemoryError:
-        gc.collect()
-        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc), even with no model loaded "
-                       "(heap free %d bytes)" % gc.mem_free())
-    gc.collect()
-    try:
-        return fe, rt.load_model(path)
-    except DevError as e:
-        raise DevError(_E_NO_MEMORY, "%s model and front end do not fit together: %s" % (path, e.args[1]))
 
 
 def _measure(model, fe):
@@ -113,17 +89,44 @@ def _measure(model, fe):
 
 
 def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, classes=0, backlog_hops=0, rt=None,
-          window_samples=0, fft_size=0, line=True):
+          window_samples=0, fft_size=0, line=True, keep_log=False):
     """A new Listener over ``model`` (the old one goes first); returns it. 0 for infer_every, smooth, classes and
     backlog_hops: chosen from the board's costs (docs/streaming.md). With ``rt``, the model may be loaded again
-    around the front end (_frontend_beside): use the Listener's model afterwards. ``line``: the audio crosses the
-    serial link (a virtual board then models its line rate), not the microphone."""
+    before the front end is built (_reload_leaving_room): use the Listener's model afterwards. ``line``: the audio
+    crosses the serial link (a virtual board then models its line rate), not the microphone. ``keep_log``: the
+    detections' board times are kept for print_detections (a stream the runner's text command started)."""
     import array
     if model is None:
         raise DevError(_E_NO_MODEL, "no model loaded: load one before STREAM_START")
     stop()
+    _state[_LOG] = None
     window_samples = window_samples or 640
-    fe, model = _frontend_beside(rt, model, window_samples, fft_size or 1024)
+    fft_size = fft_size or 1024
+    info = model.inputs[0]
+    scale, zp = info.scale, info.zero_point
+    info = None
+    gc.collect()
+    fe = None
+    free = getattr(gc, "mem_free", None)              # None under CPython (host-side tests)
+    if rt is None or free is None or free() >= _STREAM_HEAP_BYTES:     # else it cannot fit: no half-built tables
+        try:
+            fe = frontend(scale, zp, window_samples, fft_size)
+        except MemoryError:
+            gc.collect()
+    if fe is None:
+        if rt is None:
+            raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model (heap "
+                           "free %d bytes)" % gc.mem_free())
+        model = None            # the model goes: nothing may keep it
+        model = _reload_leaving_room(rt)
+        try:
+            fe = frontend(scale, zp, window_samples, fft_size)
+        except MemoryError as e:
+            gc.collect()
+            raise DevError(_E_NO_MEMORY, "model and front end do not fit together: no room for the front end "
+                           "(tinyfw.mfcc: %s) beside the model (weights %s, heap free %d bytes)"
+                           % (e, model.weights_mode, gc.mem_free()))
+    from tinyfw import stream               # its code comes in after the front end's tables are made
     inv, hop = _measure(model, fe)
     if not infer_every:
         infer_every = stream.infer_every_for(inv, hop) or 1
@@ -143,16 +146,45 @@ def start(model, infer_every=0, smooth=0, threshold=128, refractory_ms=1000, cla
     try:
         li = stream.Listener(model, fe, infer_every, smooth, threshold, refractory_ms, classes, backlog_hops,
                              window_samples, baud)
-        _state[_LOG] = log = array.array("i", range(_LOG_MAX))   # allocated once at its size (no list as large)
-        for i in range(_LOG_MAX):
-            log[i] = 0
+        if keep_log:
+            _state[_LOG] = log = array.array("i", range(_LOG_MAX))   # allocated once at its size (no list as large)
+            for i in range(_LOG_MAX):
+                log[i] = 0
     except MemoryError:
+        fe = model = None
         gc.collect()
         raise DevError(_E_NO_MEMORY, "no room for the stream's buffers next to the model (heap free %d bytes)"
                        % gc.mem_free())
     _state[_LOG_N] = 0
     _state[_LISTENER] = li
     return li
+
+
+def _reload_leaving_room(rt):
+    """The loaded model unloaded and loaded again (``rt`` loads it), leaving _STREAM_HEAP_BYTES of heap free: the
+    engine then streams its weights from flash where they would not fit beside the front end, which is built after
+    it. Returns the model; DevError when it does not load."""
+    path = clock.loaded_path()
+    if not path:
+        raise DevError(_E_NO_MEMORY, "no room for the front end's tables (tinyfw.mfcc) next to the model, and no "
+                       "model file to load it again from (heap free %d bytes)" % gc.mem_free())
+    cmd_model = sys.modules.get("tinyfw.cmd_model")
+    if cmd_model is not None:
+        cmd_model.unload(rt)         # the model, its input copies and offload's Predictor
+    else:                            # no Predictor without it: the model and its input copies
+        rt.input_copies = None
+        m, rt.model = rt.model, None
+        if m is not None:
+            m.close()
+    cmd_model = m = None
+    rt.drop_commands()               # the model commands' code too: tinyfw.cmd_model is imported again when needed
+    gc.collect()
+    try:
+        model = rt.load_model(path, keep_free_bytes=_STREAM_HEAP_BYTES)
+    except DevError as e:
+        raise DevError(_E_NO_MEMORY, "%s does not fit beside a stream: %s" % (path, e.args[1]))
+    gc.collect()
+    return model
 
 
 def stop():
@@ -166,10 +198,12 @@ def take(li, dst, off, most):
     """Pending detections into dst[off:] (at most ``most``), also noted for print_detections; returns how many."""
     n = li.take_events(dst, off, most)
     log = _state[_LOG]
+    if log is None:
+        return n
     for i in range(n):
         k = _state[_LOG_N]
         if k < _LOG_MAX:
-            b = off + i * stream.EVENT_BYTES
+            b = off + i * _EVENT_BYTES
             log[k] = dst[b] | dst[b + 1] << 8 | dst[b + 2] << 16 | dst[b + 3] << 24
             _state[_LOG_N] = k + 1
     return n
@@ -183,6 +217,7 @@ def detections_ms():
 
 def counters(rt, li):
     """STREAM_STOP's and the microphone's reply: the Listener's counters and its settings."""
+    from tinyfw import stream
     pairs = [(name, li.counts[i]) for i, name in enumerate(stream.COUNT_NAMES)]
     inv, hop = clock.costs_ns()
     pairs += [("infer_every", li.infer_every), ("smooth", li.smooth), ("threshold", li.threshold),
@@ -199,6 +234,8 @@ def cmd_start(rt):
      fft) = struct.unpack_from(START_FORMAT, p, 0)
     text = bytes(p[START_BYTES:]).decode() if len(p) > START_BYTES else ""
     p = None
+    if getattr(sys.modules.get("tinyfw.cmd_model"), "_predictor", None) is None:
+        rt.drop_commands()      # a stream uses none of the session, file and model commands: their code goes
     li = start(rt.model, every, smooth, threshold, refractory, classes, backlog, rt, window, fft,
                source != _SOURCE_MIC)
     if source == _SOURCE_MIC:
@@ -221,17 +258,17 @@ def cmd_audio(rt):
     li.feed(rt.fio.buf, _HEADER_BYTES, n)
     small = rt.small
     put32(small, 0, li.counts[0])
-    k = take(li, small, 5, (_SMALL_PAYLOAD - 6 - stream.BUSY_MAX * stream.BUSY_BYTES) // stream.EVENT_BYTES)
+    k = take(li, small, 5, (_SMALL_PAYLOAD - 6 - _BUSY_MAX * _BUSY_BYTES) // _EVENT_BYTES)
     small[4] = k
-    at = 5 + k * stream.EVENT_BYTES
+    at = 5 + k * _EVENT_BYTES
     m = li.take_busy(small, at + 1)
     small[at] = m
-    rt.reply_small(at + 1 + m * stream.BUSY_BYTES)
+    rt.reply_small(at + 1 + m * _BUSY_BYTES)
 
 
 def drain(li, scratch):
     """Note the detections nobody has taken yet (for print_detections)."""
-    while take(li, scratch, 0, len(scratch) // stream.EVENT_BYTES):
+    while take(li, scratch, 0, len(scratch) // _EVENT_BYTES):
         pass
 
 
@@ -242,44 +279,6 @@ def cmd_stop(rt):
     drain(li, rt.small)
     counters(rt, li)
     stop()
-
-
-def _say(rt, line):
-    rt.write_text(line + "\r\n")
-
-
-def text_command(rt, cmd, ensure_model):
-    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands (tinyfw.eembc passes
-    them here with its ``ensure_model(rt)``); the audio comes in AUDIO frames on the same link."""
-    li = _state[_LISTENER]
-    if cmd == "start":
-        if li is not None:
-            _say(rt, "m-[Already streaming; send stop first]")
-            return
-        model = ensure_model(rt)
-        if model is None:
-            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
-            return
-        li = start(model, rt=rt)
-        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
-             % (li.infer_every, clock.model() or "real"))
-    elif cmd == "stop":
-        if li is None:
-            _say(rt, "m-[Already idle; ignoring stop]")
-            return
-        drain(li, bytearray(10 * 8))
-        stop()
-        c = li.counts
-        _say(rt, "Streaming stopped.")
-        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
-                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
-    elif cmd == "state":
-        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
-    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
-        _say(rt, "Detection Timestamps (ms)")
-        _say(rt, "0,")
-        for t in detections_ms():
-            _say(rt, "%d," % t)
 
 
 STREAM_COMMANDS = {_STREAM_START: cmd_start, _AUDIO: cmd_audio, _STREAM_STOP: cmd_stop}

@@ -16,7 +16,7 @@
 #   start, stop, state, print_detections   streaming wakeword (MLPerf Tiny v1.3, tinyfw.stream)
 #   help              the command list
 # m-lap-us is the board's clock: the real one on a board; board time (the board-time model's estimate, tinyfw.clock)
-# on the virtual board once the host has told it the model's cost. The streaming commands are tinyfw.cmd_stream's.
+# on the virtual board once the host has told it the model's cost. The streams are tinyfw.cmd_stream's.
 # Errors are e-[...]; every reply ends with m-ready. handle_command() never raises.
 #
 # The tinyfw runtime passes each text command here with itself as `rt` (rt.model, rt.load_model(path),
@@ -340,6 +340,41 @@ def _infer(rt, args):
     _say(rt, "m-results-[%s]" % st[_RESULTS])
 
 
+def _stream_command(rt, cmd):
+    """start, stop, state, print_detections: MLPerf Tiny v1.3's streaming wakeword DUT commands (handle_command passes
+    them here); the audio comes in AUDIO frames on the same link, into tinyfw.cmd_stream's Listener."""
+    from tinyfw import clock, cmd_stream      # streaming wakeword: imported only for these
+    li = cmd_stream.listener()
+    if cmd == "start":
+        if li is not None:
+            _say(rt, "m-[Already streaming; send stop first]")
+            return
+        model = _ensure_model(rt)
+        if model is None:
+            _say(rt, "e-[No model loaded: load one with tinyhost or name one with `tinyhost flash --boot-model`]")
+            return
+        li = cmd_stream.start(model, rt=rt, keep_log=True)
+        _say(rt, "m-[Listening for audio in AUDIO frames on this link: inference every %d hops of 20 ms, clock %s]"
+             % (li.infer_every, clock.model() or "real"))
+    elif cmd == "stop":
+        if li is None:
+            _say(rt, "m-[Already idle; ignoring stop]")
+            return
+        cmd_stream.drain(li, bytearray(10 * 8))
+        cmd_stream.stop()
+        c = li.counts
+        _say(rt, "Streaming stopped.")
+        _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
+                 "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))
+    elif cmd == "state":
+        _say(rt, "m-[state %s]" % ("streaming" if li is not None else "idle"))
+    else:       # print_detections: the stream's start (0), then each detection, in ms of the board's clock
+        _say(rt, "Detection Timestamps (ms)")
+        _say(rt, "0,")
+        for t in cmd_stream.detections_ms():
+            _say(rt, "%d," % t)
+
+
 def handle_command(text, rt):
     """Answer one protocol command (with or without its trailing '%'); the reply always ends with m-ready."""
     try:
@@ -367,9 +402,7 @@ def handle_command(text, rt):
             else:
                 _say(rt, "m-results-[%s]" % _state[_RESULTS])
         elif cmd in ("start", "stop", "state", "print_detections"):
-            from tinyfw import cmd_stream      # streaming wakeword: imported only for these
-
-            cmd_stream.text_command(rt, cmd, _ensure_model)
+            _stream_command(rt, cmd)
         elif cmd == "timestamp":
             _say(rt, "m-lap-us-%d" % now_us())
         elif cmd == "help":

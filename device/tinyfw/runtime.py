@@ -157,9 +157,10 @@ class Runtime:
         if flush:
             flush()
 
-    def load_model(self, path, backend="auto"):
-        """Load the model at ``path``, replacing the loaded one; returns the engine Model."""
-        return self._modelload(path, backend)
+    def load_model(self, path, backend="auto", keep_free_bytes=0):
+        """Load the model at ``path``, replacing the loaded one, leaving ``keep_free_bytes`` of heap for what comes
+        after it (engine.load); returns the engine Model."""
+        return self._modelload(path, backend, keep_free_bytes)
 
     def collect(self):
         """gc.collect(), then note the live heap: ``heap_peak_bytes`` is the most seen after a collection."""
@@ -170,8 +171,9 @@ class Runtime:
 
     def drop_commands(self):
         """Give the session, file and model commands' code back to the heap (before a model load, with no model
-        loaded); the next such command imports it again. tinyfw.cmd_files stays while an upload is in progress.
-        Nothing to drop when bootstrapped (the modules' code is part of the runtime's then)."""
+        loaded, and at a stream's start when offload has no Predictor); the next such command imports it again.
+        tinyfw.cmd_files stays while an upload is in progress. Nothing to drop when bootstrapped (the modules' code
+        is part of the runtime's then)."""
         uploading = self.upload is not None
         for name in ("cmd_session", "cmd_model") if uploading else ("cmd_session", "cmd_model", "cmd_files"):
             _forget(name)
@@ -219,7 +221,7 @@ class Runtime:
                                "run `tinyhost flash` first")
         return cmd_model
 
-    def _modelload(self, path, backend):
+    def _modelload(self, path, backend, keep_free_bytes=0):
         """Load a model with tinyfw.cmd_load, imported for this load and dropped right after it: ``path`` None
         executes a LOAD request and returns the length of the reply begun in the frame buffer."""
         try:
@@ -228,10 +230,13 @@ class Runtime:
             raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_load.py); "
                            "run `tinyhost flash` first")
         try:
-            return cmd_load.load_request(self) if path is None else cmd_load.load_model(self, path, backend)
+            if path is None:
+                return cmd_load.load_request(self)
+            return cmd_load.load_model(self, path, backend, keep_free_bytes)
         finally:
             cmd_load = None
             _forget("cmd_load")
+            _forget("load_reply")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def serve(self, announce=True):
@@ -373,8 +378,13 @@ class Runtime:
             if ftype == _STATS:
                 cmd_stats(self)
             elif ftype == _LOAD:
+                # tinyfw.cmd_load wrote the reply but the heap line, measured once its code is gone
                 n = self._modelload(None, None)
-                self.model_module().load_reply(self, n)
+                self.collect()
+                line = ("\nheap_free_bytes=%d" % gc.mem_free()).encode()
+                end = min(n + len(line), self.max_payload)
+                self.fio.payload[n:end] = line[:end - n]
+                self.reply_big(end)
             elif _LOAD < ftype <= _UNLOAD:
                 self.model_module().handle(self, ftype)
             else:

@@ -101,13 +101,19 @@ class Listener:
 
     def __init__(self, model, frontend, infer_every=1, smooth=1, threshold=200, refractory_ms=1000,
                  classes=0xFFFFFFFF, backlog_hops=2, window_samples=640, baud=0):
+        # the buffers first, largest first, while the heap's free blocks are largest (the ring is the one > 1 KB)
+        ring = array.array("h", range(window_samples))  # allocated once at its size (no bytes as large)
+        for i in range(window_samples):
+            ring[i] = 0
         info = model.inputs[0]
+        out = model.outputs[0]
+        feat = bytearray(info.nbytes)
+        ev = bytearray(_EVENTS * EVENT_BYTES)
         self.model = model
         self.fe = frontend
-        self.row_bytes = frontend.mfcc_count             # a feature frame; the input holds the window's frames
-        self.frames = info.nbytes // self.row_bytes
-        out = model.outputs[0]
-        self.n_classes = out.nbytes
+        # The instance's attributes stay at 29 or fewer: MicroPython sizes an object's attribute table in steps
+        # (17, 29, 53 slots of 16 bytes in the 64-bit VM); the 30th would cost 384 bytes more, in one block.
+        self.frames = info.nbytes // frontend.mfcc_count  # feature frames (mfcc_count bytes) in the model's input
         self.out_zp = out.zero_point
         self.out_signed = 1 if out.dtype == "int8" else 0
         self.infer_every = max(1, infer_every)
@@ -116,16 +122,11 @@ class Listener:
         self.refractory_ns = refractory_ms * 1000000
         self.classes = classes
         self.window = window_samples
-        ring_samples = window_samples + 2 * HOP_SAMPLES
-        self.ring_samples = ring_samples
-        self.ring = array.array("h", range(ring_samples))     # allocated once at its size (no bytes as large)
-        for i in range(ring_samples):
-            self.ring[i] = 0
-        self.ring_bytes = 2 * ring_samples
-        self.feat = bytearray(self.frames * self.row_bytes)
-        self.post = bytearray(self.smooth * self.n_classes)
-        self.sums = [0] * self.n_classes
-        self.ev = bytearray(_EVENTS * EVENT_BYTES)
+        self.ring = ring        # the window: a hop is taken as soon as it has arrived, so the window is all it needs
+        self.feat = feat
+        self.post = bytearray(self.smooth * out.nbytes)
+        self.sums = [0] * out.nbytes                     # a class each
+        self.ev = ev
         self.ev_n = 0
         # when the board was busy with each hop (its duty-cycle pin high), for the host: start and end in 10 us
         # units since the stream started, the oldest first; the hops after the first BUSY_MAX untaken are not kept
@@ -155,7 +156,7 @@ class Listener:
         if self.bit_ns:
             self.line_ns += (n + _FRAME_OVERHEAD) * 10 * self.bit_ns
             self.avail_ns = self.line_ns
-        rb = self.ring_bytes
+        rb = 2 * len(self.ring)
         hop_bytes = 2 * HOP_SAMPLES
         while n > 0:
             w = self.w
@@ -192,15 +193,17 @@ class Listener:
         lag = now - arrive
         if lag // 1000 > c[_LAG_MAX_US]:
             c[_LAG_MAX_US] = lag // 1000
-        row = (k % self.frames) * self.row_bytes
+        rb = self.fe.mfcc_count
+        row = (k % self.frames) * rb
         if lag > self.backlog_hops * HOP_NS:
             # this hop's samples were lost while the board was busy: repeat the last frame
             c[_DROPPED] += 1
-            prev = ((k - 1) % self.frames) * self.row_bytes
-            _copy(self.feat, row, self.feat, prev, self.row_bytes)
+            prev = ((k - 1) % self.frames) * rb
+            _copy(self.feat, row, self.feat, prev, rb)
         else:
-            start = (self.w // 2 - self.window) % self.ring_samples
-            self.fe.frame(self.ring, start, self.feat, row)
+            ring = self.ring
+            start = (self.w // 2 - self.window) % len(ring)
+            self.fe.frame(ring, start, self.feat, row)
             clock.hops(1)
         self.since += 1
         if k + 1 >= self.frames and self.since >= self.infer_every:
@@ -223,7 +226,7 @@ class Listener:
         m = self.model
         inp = m.input_buffer(0)
         rows = self.frames
-        rb = self.row_bytes
+        rb = self.fe.mfcc_count
         oldest = ((k + 1) % rows) * rb                   # the window, oldest frame first
         head = rows * rb - oldest
         _copy(inp, 0, self.feat, oldest, head)
@@ -231,7 +234,7 @@ class Listener:
         m.invoke()
         clock.invoked(1)
         self.counts[_INFERENCES] += 1
-        nc = self.n_classes
+        nc = len(self.sums)
         pi = self.post_i
         _posterior(self.post, pi * nc, m.output_buffer(0), nc, self.out_zp, self.out_signed)
         self.post_i = (pi + 1) % self.smooth

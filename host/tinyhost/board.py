@@ -173,8 +173,9 @@ class Board:
 
             write_board_times(self.dev, model_paths, self.profile)
 
-    def load(self, model_path, backend="auto", progress=None, timeout_s=120.0):
-        """Put ``model_path`` on the board if it differs, then INFO, soft reset, LOAD; returns the ModelInfo.
+    def load(self, model_path, backend="auto", progress=None, timeout_s=120.0, keep_free_bytes=0):
+        """Put ``model_path`` on the board if it differs, then INFO, soft reset, LOAD (leaving ``keep_free_bytes`` of
+        heap for what comes after the model: a stream); returns the ModelInfo.
 
         The board's INFO is kept in ``board_info``: on a 100 KB board its reply may not fit beside a loaded model.
         The soft reset gives the model an unfragmented heap."""
@@ -191,7 +192,7 @@ class Board:
         self.board_info = self.info()
         self.dev.soft_reset()
         self.model_info = self.dev.load_model(flash.model_remote_path(model_path, self.profile), backend=backend,
-                                              timeout_s=timeout_s)
+                                              timeout_s=timeout_s, keep_free_bytes=keep_free_bytes)
         self.provenance.backend = str(self.model_info.backend or "")
         return self.model_info
 

@@ -571,9 +571,11 @@ class Device:
         self.link.request(P.T.MKDIR, str(path).encode(), what=f"mkdir {path}")
 
     # -- models ---------------------------------------------------------------------------------------------
-    def load_model(self, remote_path, backend="auto", timeout_s=120.0):
+    def load_model(self, remote_path, backend="auto", timeout_s=120.0, keep_free_bytes=0):
+        """LOAD; ``keep_free_bytes``: heap the model is to leave free for what comes after it (a stream)."""
         self.slowest_infer_s = None              # another model: its time is not known yet
-        f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend), timeout_s=timeout_s, tries=2,
+        f = self.link.request(P.T.LOAD, P.pack_load(remote_path, backend, keep_free_bytes), timeout_s=timeout_s,
+                              tries=2,
                               expect_bytes=1024, what=f"load {remote_path}", damage_tries=8)
         info = model_info_from_kv(P.parse_kv(f.payload))
         if info.outputs:

@@ -43,7 +43,7 @@ def listen(board, model_path, seconds, options, on_detection=None, wav_path=None
         pcm = st.to_int16(read_wav(wav_path, st.RATE_HZ))
         board.open().put_file(pcm, PCM_FILE)
         seconds = min(seconds, len(pcm) / 2 / st.RATE_HZ)
-    board.load(model_path)
+    board.load(model_path, keep_free_bytes=st.STREAM_KEEP_FREE_BYTES)     # the stream's heap left free
     labels = st.labels_for(model_path)
     detections = []
 

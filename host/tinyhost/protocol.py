@@ -336,8 +336,11 @@ def parse_get(payload):
     return struct.unpack_from("<I", payload)[0], bytes(payload[4:])
 
 
-def pack_load(path, backend="auto"):
-    return str(backend).encode() + b"\0" + _path(path)
+def pack_load(path, backend="auto", keep_free_bytes=0):
+    """LOAD: backend NUL path, then NUL and the heap (decimal bytes) the model is to leave free for what comes after
+    it (a stream: tinyhost.stream.STREAM_KEEP_FREE_BYTES) when there is any."""
+    payload = str(backend).encode() + b"\0" + _path(path)
+    return payload + b"\0%d" % keep_free_bytes if keep_free_bytes else payload
 
 
 def pack_set_input(index, offset, data):

@@ -22,6 +22,13 @@ HOP_SAMPLES = 320
 HOP_S = HOP_SAMPLES / RATE_HZ
 BITS_PER_BYTE = 10                  # 8N1: a start and a stop bit around each byte
 AUDIO_BITS_PER_S = RATE_HZ * 16     # 256 kbit/s of int16 samples
+# Heap a model loaded for a stream leaves free (LOAD's keep_free_bytes; the engine then streams its weights from flash
+# where they would not fit beside it): the stream's code, imported at STREAM_START (tinyfw.cmd_stream, tinyfw.stream,
+# tinyfw.mfcc: 12.5 KB in the 64-bit virtual board), then the front end's tables and the stream's buffers
+# (STREAM_HEAP_BYTES: tinyfw.cmd_stream's _STREAM_HEAP_BYTES, tests/test_stream.py checks the copy). docs/streaming.md
+STREAM_CODE_BYTES = 14336
+STREAM_HEAP_BYTES = 28672
+STREAM_KEEP_FREE_BYTES = STREAM_CODE_BYTES + STREAM_HEAP_BYTES
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,18 @@ def fast_enough_baud(frame_bytes):
     return next((b for b in STANDARD_BAUDS if b >= need), STANDARD_BAUDS[-1])
 
 
+# The smallest frame buffer the firmware takes (tinyfw.runtime: 2 KB on heaps under 128 KB): AUDIO frames are
+# smallest there, so the line needs the most bits per sample of audio.
+SMALLEST_MAX_PAYLOAD = 2048
+
+
+def virtual_board_baud():
+    """The line rate a virtual board streams audio at when none is given: the slowest standard one that carries
+    16 kHz int16 audio in real time with any frame buffer the firmware takes (the board profiles' 115200 carries
+    it at 0.36x, docs/streaming.md)."""
+    return fast_enough_baud(audio_frame_bytes(SMALLEST_MAX_PAYLOAD))
+
+
 def audio_frame_bytes(max_payload):
     """Audio bytes per AUDIO frame: whole hops, as many as a frame holds."""
     hop_bytes = 2 * HOP_SAMPLES
@@ -211,7 +230,7 @@ def listen(board, model_path, wav_path, options, on_detection=None, on_progress=
 
     audio = read_wav(wav_path, RATE_HZ)
     board.flash([model_path])                   # the firmware and the model, only what differs
-    board.load(model_path)
+    board.load(model_path, keep_free_bytes=STREAM_KEEP_FREE_BYTES)
     labels = labels_for(model_path)
     return stream_audio(board.dev, to_int16(audio), front_end_for(model_path, options), labels, on_detection,
                         on_progress,

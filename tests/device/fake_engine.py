@@ -19,8 +19,9 @@ class TensorInfo:
 
 
 class Model:
-    def __init__(self, n_in, n_out):
+    def __init__(self, n_in, n_out, keep_free_bytes=0):
         self.backend = "fake"
+        self.keep_free_bytes = keep_free_bytes      # what LOAD asked the engine to leave free (stats reports it)
         self.inputs = [TensorInfo("in", n_in)]
         self.outputs = [TensorInfo("out", n_out)]
         self._in = bytearray(n_in)
@@ -44,17 +45,17 @@ class Model:
 
     def stats(self):
         return {"arena_bytes": len(self._in) + len(self._out), "weights_ram_bytes": 0, "ops": 1,
-                "macs": len(self._in), "backend": self.backend}
+                "macs": len(self._in), "backend": self.backend, "keep_free_bytes": self.keep_free_bytes}
 
     def close(self):
         self._in = self._out = None
 
 
-def load(path, backend="auto", arena_bytes=None):
+def load(path, backend="auto", arena_bytes=None, keep_free_bytes=0):
     if backend not in ("auto", "fake"):
         raise ModelError("unknown backend %r" % backend)
     with open(path, "rb") as f:
         head = f.read(8)
     if head[:4] != b"FAKE" or len(head) != 8:
         raise ModelError("%s: not a fake model (magic %r)" % (path, head[:4]))
-    return Model(head[4] | (head[5] << 8), head[6] | (head[7] << 8))
+    return Model(head[4] | (head[5] << 8), head[6] | (head[7] << 8), keep_free_bytes)

@@ -208,7 +208,7 @@ def plan_path(path):
 class Model:
     """A loaded model. Build with engine.load()."""
 
-    def __init__(self, path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None):
+    def __init__(self, path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None, keep_free_bytes=0):
         if backend == "auto":
             backend = BACKENDS[0]
         k = backend_module(backend)
@@ -224,12 +224,12 @@ class Model:
         self.plan_note = ""            # why MODEL.plan was not used
         self._f = open(path, "rb")
         try:
-            self._load(path, k, arena_bytes, weights, scratch_bytes)
+            self._load(path, k, arena_bytes, weights, scratch_bytes, keep_free_bytes)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, path, k, arena_bytes, weights, scratch_bytes):
+    def _load(self, path, k, arena_bytes, weights, scratch_bytes, keep_free_bytes):
         g = None
         try:
             from . import plan_check
@@ -272,7 +272,7 @@ class Model:
             for lean in (False, True):
                 from . import arena_alloc       # the arena's size and place; this code goes before the build
                 arena, weights_mode, stream_chan, mapped = arena_alloc.allocate(self._f, h, arena_bytes, weights,
-                                                                                k, lean)
+                                                                                k, lean, keep_free_bytes)
                 arena_alloc = None
                 _drop_load_modules(keep=("plan_read",))
                 try:
@@ -434,7 +434,7 @@ def _conv(s, p, f):
     p[_P_OC_END] = total
 
 
-def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None):
+def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=None, keep_free_bytes=0):
     """Load the .tflite model at `path`; allocate its arena once. With a usable load plan beside it (plan_path;
     checked against the model's sha256) it is loaded from the plan, else parsed, validated and prepared here.
 
@@ -442,6 +442,8 @@ def load(path, backend="auto", arena_bytes=None, weights="auto", scratch_bytes=N
     weights: "ram", "flash" (streamed per operator from the file, with the per-channel constants), "mapped" (read in
     place where the filesystem maps the file into memory: MicroPython ROMFS, e.g. /rom; with a backend that reads
     filters as raw bytes) or "auto" (mapped when possible, else RAM
-    when the filters take at most half of the free heap). Raises ModelError (bad/unsupported model, arena_bytes
-    too small), OSError (no file), MemoryError (the arena does not fit the heap)."""
-    return Model(path, backend, arena_bytes, weights, scratch_bytes)
+    when the filters take at most half of the free heap). keep_free_bytes: heap the caller needs once the model is
+    loaded (a stream's front end): the weights' place and the arena's extra scratch are chosen as though that much
+    were not free. Raises ModelError (bad/unsupported model, arena_bytes too small), OSError (no file), MemoryError
+    (the arena does not fit the heap)."""
+    return Model(path, backend, arena_bytes, weights, scratch_bytes, keep_free_bytes)

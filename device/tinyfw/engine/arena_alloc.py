@@ -27,7 +27,7 @@ STREAM_RESERVE = 2 * STREAM_SCRATCH_BYTES + WORK_RESERVE
 KEEP_FREE = 16384
 
 
-def allocate(f, h, arena_bytes, weights, k, lean=False):
+def allocate(f, h, arena_bytes, weights, k, lean=False, keep_free_bytes=0):
     """Decide where the weights live and allocate the one tensor arena. Weights: in place when the model file is
     memory-mapped (ROMFS: memoryview(file) works) and the backend reads filters as raw bytes ("mapped": no RAM, no
     reads at invoke, as TFLM reads flash), else in RAM or streamed (weights="auto": by the free heap). Arena: the
@@ -39,7 +39,8 @@ def allocate(f, h, arena_bytes, weights, k, lean=False):
     RAM (else it is read per operator at invoke, when larger than twice the widest layer's), then to a work area
     of up to STREAM_RESERVE bytes (larger weight blocks): same results, fewer reads per inference. ``lean``: none
     of that (weights="auto" streams when the file is not mapped, channel data streamed, no work reserve): the
-    retry when the build did not fit beside the first choice.
+    retry when the build did not fit beside the first choice. ``keep_free_bytes``: heap the caller needs after the
+    load, not counted as free in these choices.
 
     f: the open model file; h: plan_check.check()'s header tuple; k: the backend module. Returns (the arena,
     weights "ram", "flash" or "mapped", whether per-channel data is to be read per operator at invoke, the mapped
@@ -62,7 +63,7 @@ def allocate(f, h, arena_bytes, weights, k, lean=False):
         weights = "ram"
         # RAM when the filters take at most half of what the arena and the steps (~4 KB) leave (this module's
         # code is in the heap already)
-        if _mem_free is not None and filters > (_mem_free() - need_ram - WORK_RESERVE - 4096) // 2:
+        if _mem_free is not None and filters > (_mem_free() - keep_free_bytes - need_ram - WORK_RESERVE - 4096) // 2:
             weights = "flash"
     chan_bytes, max_ch = h[_H_CHAN_BYTES], h[_H_MAX_CHANNELS]
     stream_chan = weights != "ram" and chan_bytes > 2 * 12 * max_ch
@@ -82,7 +83,7 @@ def allocate(f, h, arena_bytes, weights, k, lean=False):
             # the reserve only when what build() needs still fits beside it: ~0.6 KB an operator and ~2 KB of
             # working objects, the per-channel data kept in RAM (streamed: one operator's), the filters when they
             # stay in RAM
-            free = _mem_free()
+            free = _mem_free() - keep_free_bytes
             build = 2048 + 600 * h[_H_OPS] + (filters if weights == "ram" else 0)
             if stream_chan and free - needed - build - chan_bytes - WORK_RESERVE >= KEEP_FREE:
                 stream_chan = False

@@ -113,7 +113,7 @@ def run(board, model_path, dataset, options, on_file=None, on_detection=None):
 
     files = sww.read(dataset)
     board.flash([model_path])
-    board.load(model_path)
+    board.load(model_path, keep_free_bytes=st.STREAM_KEEP_FREE_BYTES)     # the stream's heap left free
     labels = st.labels_for(model_path)
     profile = board.profile
     if not profile.power or "active" not in profile.power or "idle" not in profile.power:

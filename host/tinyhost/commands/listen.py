@@ -7,7 +7,7 @@ import json
 
 import click
 
-from .. import console
+from .. import boards, console
 from .. import stream as st
 from ..errors import UsageError
 from .common import board_options, json_option, write_json
@@ -67,6 +67,13 @@ def listen(board_name, port, baud, state_dir, model, wav_path, mic, seconds, thr
                                refractory_ms=refractory_ms).check()
     model_path = resolve(model)
     out = console.console()
+    profile, virtual = boards.from_spec(board_name)
+    if baud is None and port is None and virtual and not mic and st.virtual_board_baud() > profile.baud:
+        # a virtual board's line runs at the rate it is started at: one that carries the audio (a real board's
+        # rate is the user's: --baud)
+        baud = st.virtual_board_baud()
+        click.echo(f"virtual board started at {baud} baud, a rate that carries 16 kHz audio in real time "
+                   f"(the {profile.name} profile's {profile.baud} does not); --baud sets another", err=True)
     with board_mod.connect(board_name, port, baud, state_dir=state_dir) as b:
         label = {}
 
