@@ -1,6 +1,6 @@
 """Train, quantise and evaluate the shipped ``vww`` model (MobileNetV1 alpha=0.25, 96x96x3, person / no person).
 
-    python -m models.pipeline.vww [--vww-dir DIR] [--seed 1] [--epochs 24]
+    python -m models.pipeline.vww [--vww-dir DIR] [--seed 1] [--epochs 24] [--train-sources noto,twemoji,openmoji]
 
 Writes models/vww/vww.tflite, models/vww/testset/ (MLPerf Tiny layout: 96*96*3 uint8 RGB per .bin),
 models/vww/metrics.json and the numbers section of models/vww/README.md.
@@ -19,7 +19,7 @@ from models.pipeline import card, common, tflite_ops, vww_data
 
 log = logging.getLogger("pipeline.vww")
 OUT = common.MODELS_ROOT / "vww"
-COUNTS = {"train": 5000, "val": 200, "test": 400}            # images per class
+COUNTS = {"train": 5000, "val": 200, "test": 200}            # images per class (test: per class and source)
 SHIPPED_TEST_SAMPLES = 200
 ALPHA = 0.25
 
@@ -90,24 +90,34 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the synthetic set sizes")
     parser.add_argument("--aux-weight", type=float, default=0.5,
                         help="loss weight of the training-only emoji-subgroup head (0: off)")
+    parser.add_argument("--train-sources", default=",".join(vww_data.SOURCES),
+                        help="emoji design sources of the training scenes, comma-separated (test scenes come "
+                             f"from all of {', '.join(vww_data.SOURCES)}: a source left out is never seen)")
+    parser.add_argument("--compare-with", metavar="TFLITE",
+                        help="also score this .tflite (e.g. an earlier vww.tflite) on the same test scenes")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = common.Path(args.out)
     started = time.time()
 
-    tags, subgroups = None, []
+    tags, subgroups, test_sources = None, [], None
+    train_sources = tuple(s for s in args.train_sources.split(",") if s)
     if args.vww_dir:
         data = vww_data.vww_folders(args.vww_dir, args.seed, args.max_per_class)
         provenance = {"source": "coco-visual-wake-words folders", "path": str(args.vww_dir)}
     else:
         counts = {s: max(2, int(round(c * args.scale))) for s, c in COUNTS.items()}
-        data, glyph_stats, (tags, subgroups) = vww_data.synthetic(args.seed, counts)
-        provenance = {"source": "synthetic scenes of Noto Color Emoji glyphs on procedural backgrounds",
-                      "glyphs_per_split": glyph_stats}
+        data, glyph_stats, (tags, subgroups) = vww_data.synthetic(args.seed, counts, train_sources=train_sources)
+        test_sources = data["test"][2]
+        provenance = {"source": "synthetic scenes of emoji glyphs (Noto Color Emoji, Twemoji, OpenMoji) on "
+                                "procedural backgrounds",
+                      "train_sources": list(train_sources), "glyphs_per_source_and_split": glyph_stats,
+                      "npm_tarballs": {vww_data.npm_tarball(s).name: common.sha256(vww_data.npm_tarball(s).read_bytes())
+                                       for s in vww_data.NPM_SOURCES}}
     t_data = time.time() - started
-    images = {s: x for s, (x, _) in data.items()}
-    labels = {s: y for s, (_, y) in data.items()}
+    images = {s: x[0] for s, x in data.items()}
+    labels = {s: x[1] for s, x in data.items()}
     log.info("data: %s images in %.0f s", {s: len(y) for s, y in labels.items()}, t_data)
 
     tf = common.setup_tf(args.seed)
@@ -166,6 +176,20 @@ def main(argv=None):
     shipped_acc = float(np.mean(int8_pred[pick] == labels["test"][pick]))
     official = official_on_testset(images["test"], labels["test"])
     per_class = {name: float(np.mean(int8_pred[labels["test"] == i] == i)) for i, name in enumerate(vww_data.LABELS)}
+    per_source, float_per_source, compared = {}, {}, None
+    if args.compare_with:
+        other, _ = common.tflm_interpreter(common.Path(args.compare_with).read_bytes())
+        other_pred = common.tflm_predict(other, x_test_q).argmax(axis=1)
+        compared = {"file": args.compare_with, "accuracy_int8": float(np.mean(other_pred == labels["test"]))}
+    if test_sources is not None:
+        for k, source in enumerate(vww_data.SOURCES):
+            mask = test_sources == k
+            per_source[source] = {"samples": int(mask.sum()), "in_training": source in train_sources,
+                                  "accuracy": float(np.mean(int8_pred[mask] == labels["test"][mask]))}
+            float_per_source[source] = {"accuracy": float(np.mean(float_pred[mask] == labels["test"][mask]))}
+            if compared:
+                compared.setdefault("per_source", {})[source] = float(np.mean(other_pred[mask] ==
+                                                                             labels["test"][mask]))
     metrics = {
         "model": "vww", "architecture": f"MobileNetV1 alpha={ALPHA}, 96x96x3", "labels": list(vww_data.LABELS),
         "seed": args.seed, "epochs": args.epochs, "data": provenance,
@@ -173,6 +197,8 @@ def main(argv=None):
         "counts": {s: int(len(y)) for s, y in labels.items()},
         "accuracy_float": float_acc, "accuracy_int8": int8_acc, "accuracy_int8_shipped_testset": shipped_acc,
         "shipped_count": int(len(pick)), "accuracy_int8_per_class": per_class,
+        "accuracy_int8_per_source": per_source, "accuracy_float_per_source": float_per_source,
+        "compared_with": compared,
         "official_vww01_on_this_testset": official,
         "confusion_int8": common.confusion(labels["test"], int8_pred, 2).tolist(),
         "input": {"shape": [1, vww_data.SIZE, vww_data.SIZE, 3], "scale": in_scale, "zero_point": in_zp},
@@ -186,6 +212,7 @@ def main(argv=None):
     card.update(out / "README.md", metrics)
     log.info("float %.4f  int8 %.4f  shipped-200 %.4f  arena %d B  %d B .tflite",
              float_acc, int8_acc, shipped_acc, arena, len(blob))
+    log.info("int8 per source: %s; compared: %s", per_source, compared)
 
 
 if __name__ == "__main__":
