@@ -11,6 +11,7 @@ Input convention (as MLPerf Tiny vww01): the model's int8 input is ``pixel - 128
 
 import argparse
 import logging
+import textwrap
 import time
 
 import numpy as np
@@ -66,6 +67,28 @@ def augment(tf, images, labels):
     x = tf.image.random_brightness(x, 0.1)
     x = tf.image.random_contrast(x, 0.8, 1.2)
     return tf.clip_by_value(x, 0.0, 1.0), labels
+
+
+TESTSET_README = """# `vww` test set: {n} held-out emoji scenes, MLPerf Tiny vww01 layout
+
+`y_labels.csv` rows `file,2,class` (0 non_person, 1 person); each `.bin` is 27,648 bytes of uint8 RGB (96 rows x 96
+columns x 3 channels); feed `pixel - 128` as int8. Written by `python -m models.pipeline.vww` (see ../README.md).
+Each scene draws its emoji from one design source; the files of each source (the N in `tst_N_...`):
+
+{by_source}
+
+The scenes are derived from these emoji images, under their licences:
+
+- Noto Color Emoji, Copyright 2013 Google LLC, SIL Open Font License 1.1 (Debian `fonts-noto-color-emoji`).
+- Twemoji (https://github.com/jdecked/twemoji), Copyright 2019 Twitter, Inc and other contributors, CC BY 4.0
+  (https://creativecommons.org/licenses/by/4.0/), from the npm package `emoji-datasource-twitter`.
+- OpenMoji, the open-source emoji and icon project (https://openmoji.org), CC BY-SA 4.0
+  (https://creativecommons.org/licenses/by-sa/4.0/), from the npm package `openmoji`. The scenes drawn from
+  OpenMoji designs are adaptations of them and are shared under CC BY-SA 4.0 as well.
+
+The scenes were changed from the originals: the emoji are scaled, rotated, mirrored, cropped by the frame and
+composed on generated backgrounds, then blurred, recoloured, resampled and given noise.
+"""
 
 
 def official_on_testset(test_images, test_labels):
@@ -173,6 +196,12 @@ def main(argv=None):
 
     pick = common.stratified_pick(labels["test"], SHIPPED_TEST_SAMPLES, args.seed)
     common.write_mlperf_testset(out / "testset", images["test"][pick], labels["test"][pick], vww_data.LABELS)
+    if test_sources is not None:
+        by_source = "\n".join(textwrap.fill(f"- {source}: " + ", ".join(
+            str(i) for i, k in enumerate(test_sources[pick]) if k == j), 116, subsequent_indent="  ")
+            for j, source in enumerate(vww_data.SOURCES))
+        common.write_atomic(out / "testset" / "README.md",
+                            TESTSET_README.format(n=len(pick), by_source=by_source).encode())
     shipped_acc = float(np.mean(int8_pred[pick] == labels["test"][pick]))
     official = official_on_testset(images["test"], labels["test"])
     per_class = {name: float(np.mean(int8_pred[labels["test"] == i] == i)) for i, name in enumerate(vww_data.LABELS)}
