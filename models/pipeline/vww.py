@@ -20,7 +20,7 @@ from models.pipeline import card, common, tflite_ops, vww_data
 
 log = logging.getLogger("pipeline.vww")
 OUT = common.MODELS_ROOT / "vww"
-COUNTS = {"train": 5000, "val": 200, "test": 200}            # images per class (test: per class and source)
+COUNTS = {"train": 5000, "val": 200, "test": 600}            # images per class
 SHIPPED_TEST_SAMPLES = 200
 ALPHA = 0.25
 
@@ -114,8 +114,11 @@ def main(argv=None):
     parser.add_argument("--aux-weight", type=float, default=0.5,
                         help="loss weight of the training-only emoji-subgroup head (0: off)")
     parser.add_argument("--train-sources", default=",".join(vww_data.SOURCES),
-                        help="emoji design sources of the training scenes, comma-separated (test scenes come "
-                             f"from all of {', '.join(vww_data.SOURCES)}: a source left out is never seen)")
+                        help=f"emoji design sources of the training scenes, comma-separated, of "
+                             f"{', '.join(vww_data.SOURCES)}")
+    parser.add_argument("--test-sources", default=",".join(vww_data.SOURCES),
+                        help="emoji design sources of the test scenes (one left out of --train-sources is an "
+                             "artist set never seen in training)")
     parser.add_argument("--compare-with", metavar="TFLITE",
                         help="also score this .tflite (e.g. an earlier vww.tflite) on the same test scenes")
     parser.add_argument("--out", default=str(OUT))
@@ -126,18 +129,20 @@ def main(argv=None):
 
     tags, subgroups, test_sources = None, [], None
     train_sources = tuple(s for s in args.train_sources.split(",") if s)
+    test_sources_chosen = tuple(s for s in args.test_sources.split(",") if s)
     if args.vww_dir:
         data = vww_data.vww_folders(args.vww_dir, args.seed, args.max_per_class)
         provenance = {"source": "coco-visual-wake-words folders", "path": str(args.vww_dir)}
     else:
         counts = {s: max(2, int(round(c * args.scale))) for s, c in COUNTS.items()}
-        data, glyph_stats, (tags, subgroups) = vww_data.synthetic(args.seed, counts, train_sources=train_sources)
+        data, glyph_stats, (tags, subgroups) = vww_data.synthetic(args.seed, counts, train_sources=train_sources,
+                                                                  test_sources=test_sources_chosen)
         test_sources = data["test"][2]
         provenance = {"source": "synthetic scenes of emoji glyphs (Noto Color Emoji, Twemoji, OpenMoji) on "
                                 "procedural backgrounds",
                       "train_sources": list(train_sources), "glyphs_per_source_and_split": glyph_stats,
                       "npm_tarballs": {vww_data.npm_tarball(s).name: common.sha256(vww_data.npm_tarball(s).read_bytes())
-                                       for s in vww_data.NPM_SOURCES}}
+                                       for s in vww_data.NPM_SOURCES if s in glyph_stats}}
     t_data = time.time() - started
     images = {s: x[0] for s, x in data.items()}
     labels = {s: x[1] for s, x in data.items()}
@@ -213,6 +218,8 @@ def main(argv=None):
     if test_sources is not None:
         for k, source in enumerate(vww_data.SOURCES):
             mask = test_sources == k
+            if not mask.any():
+                continue
             per_source[source] = {"samples": int(mask.sum()), "in_training": source in train_sources,
                                   "accuracy": float(np.mean(int8_pred[mask] == labels["test"][mask]))}
             float_per_source[source] = {"accuracy": float(np.mean(float_pred[mask] == labels["test"][mask]))}

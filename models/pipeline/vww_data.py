@@ -264,33 +264,34 @@ def scene(rng, label, people, things, easy=False):
     return np.clip(np.round(out), 0, 255).astype(np.uint8), tags
 
 
-def synthetic(seed, counts, easy_fraction=0.25, train_sources=SOURCES):
+def synthetic(seed, counts, easy_fraction=0.25, train_sources=SOURCES, test_sources=SOURCES):
     """Scenes per split, ``{split: (images uint8 (n, 96, 96, 3), labels, sources)}`` with ``counts[split]``
     images per class, the glyph counts per split and source, and ``{split: multi-hot (n, len(subgroups))}`` of
     the emoji subgroups in each scene with the subgroup names.
 
-    Every scene draws its glyphs from one design source (``sources``: its index in SOURCES). Training and
-    validation scenes come from ``train_sources`` in turn; test scenes from every source, ``counts["test"]``
-    per class *per source*, so a source left out of ``train_sources`` is scored on designs of an artist set
-    never seen in training. A fraction ``easy_fraction`` of the *training* scenes are easy ones (see
-    :func:`scene`)."""
-    unknown = set(train_sources) - set(SOURCES)
-    if unknown or not train_sources:
-        raise SystemExit(f"pipeline: unknown emoji source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)}")
+    Every scene draws its glyphs from one design source (``sources``: its index in SOURCES), the sources taking
+    turns: training and validation scenes from ``train_sources``, test scenes from ``test_sources``, so a test
+    source left out of ``train_sources`` is scored on designs of an artist set never seen in training. A
+    fraction ``easy_fraction`` of the *training* scenes are easy ones (see :func:`scene`)."""
+    for chosen in (train_sources, test_sources):
+        unknown = set(chosen) - set(SOURCES)
+        if unknown or not chosen:
+            raise SystemExit(f"pipeline: emoji sources {', '.join(chosen) or '(none)'}: choose one or more of "
+                             f"{', '.join(SOURCES)}")
+    used = [s for s in SOURCES if s == "noto" or s in train_sources or s in test_sources]
     catalogue = emoji_catalogue()
-    glyphs = {source: render_glyphs(catalogue, source) for source in SOURCES}
-    parts = {source: split_by_base(glyphs[source], seed, bases_of=glyphs["noto"]) for source in SOURCES}
-    subgroups = sorted({sub for source in SOURCES for *_, sub in glyphs[source]})
+    glyphs = {source: render_glyphs(catalogue, source) for source in used}
+    parts = {source: split_by_base(glyphs[source], seed, bases_of=glyphs["noto"]) for source in used}
+    subgroups = sorted({sub for source in used for *_, sub in glyphs[source]})
     column = {sub: i for i, sub in enumerate(subgroups)}
     stats = {source: {s: {LABELS[k]: len(v) for k, v in parts[source][s].items()} for s in parts[source]}
-             for source in SOURCES}
+             for source in used}
     log.info("emoji glyphs per source and split: %s", stats)
     data, tags = {}, {}
     for i, split in enumerate(("train", "val", "test")):
         rng = np.random.default_rng(seed * 1000 + i)
-        pool = SOURCES if split == "test" else tuple(s for s in SOURCES if s in train_sources)
-        per_source = counts[split] if split == "test" else None
-        n = 2 * (per_source * len(pool) if per_source else counts[split])
+        pool = [s for s in SOURCES if s in (test_sources if split == "test" else train_sources)]
+        n = 2 * counts[split]
         labels = np.array([0, 1] * (n // 2), dtype=np.int64)
         sources = np.array([SOURCES.index(pool[(k // 2) % len(pool)]) for k in range(n)], dtype=np.int64)
         easy = rng.random(n) < (easy_fraction if split == "train" else 0.0)
