@@ -61,11 +61,30 @@ def build_mobilenet_v1(tf, alpha=ALPHA, n_classes=2, batch_size=None, weight_dec
     return tf.keras.Model(inputs, outputs, name="mobilenet_v1_025")
 
 
-def augment(tf, images, labels):
-    """Random flips, shifts and brightness on float batches in [0, 1] (training only)."""
+def augment(tf, images, labels, strong=False):
+    """Random flips, brightness and contrast on float batches in [0, 1] (training only).
+
+    ``strong`` adds, per image: a zoom of up to 1/0.85 about a random point, a random colour mix (each output
+    channel a near-identity mix of the three, so hues and palettes shift) and one cut-out square of 10-28 pixels
+    filled with a random grey.
+    """
     x = tf.image.random_flip_left_right(images)
     x = tf.image.random_brightness(x, 0.1)
     x = tf.image.random_contrast(x, 0.8, 1.2)
+    if strong:
+        n, size = tf.shape(x)[0], vww_data.SIZE
+        side = tf.random.uniform([n, 1], 0.85, 1.0)
+        corner = tf.random.uniform([n, 2], 0.0, 1.0) * (1.0 - side)
+        boxes = tf.concat([corner, corner + side], axis=1)
+        x = tf.image.crop_and_resize(x, boxes, tf.range(n), (size, size))
+        mix = tf.eye(3, batch_shape=[n]) + tf.random.normal([n, 3, 3], stddev=0.12)
+        x = tf.einsum("bhwc,bcd->bhwd", x, mix)
+        half = tf.random.uniform([n, 1, 1], 5.0, 14.0)
+        centre = tf.random.uniform([n, 2, 1, 1], 0.0, float(size))
+        grid = tf.range(size, dtype=tf.float32)
+        inside = tf.logical_and(tf.abs(grid[None, :, None] - centre[:, 0]) < half,
+                                tf.abs(grid[None, None, :] - centre[:, 1]) < half)
+        x = tf.where(inside[..., None], tf.random.uniform([n, 1, 1, 1]), x)
     return tf.clip_by_value(x, 0.0, 1.0), labels
 
 
@@ -121,6 +140,9 @@ def main(argv=None):
                              "artist set never seen in training)")
     parser.add_argument("--compare-with", metavar="TFLITE",
                         help="also score this .tflite (e.g. an earlier vww.tflite) on the same test scenes")
+    parser.add_argument("--augment", choices=("basic", "strong"), default="basic",
+                        help="training augmentation: flips, brightness, contrast; strong: also zoom, colour mix "
+                             "and cut-out")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -160,7 +182,7 @@ def main(argv=None):
     train = (tf.data.Dataset.from_tensor_slices((images["train"], targets("train")))
              .shuffle(len(labels["train"]), seed=args.seed)
              .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
-             .batch(32).map(lambda x, y: augment(tf, x, y)))
+             .batch(32).map(lambda x, y: augment(tf, x, y, strong=args.augment == "strong")))
     steps = int(np.ceil(len(labels["train"]) / 32)) * args.epochs
     # SGD with Nesterov momentum got MobileNet off the chance plateau faster than Adam on these scenes.
     schedule = tf.keras.optimizers.schedules.CosineDecay(0.05, steps, alpha=0.01)
@@ -228,7 +250,7 @@ def main(argv=None):
                                                                              labels["test"][mask]))
     metrics = {
         "model": "vww", "architecture": f"MobileNetV1 alpha={ALPHA}, 96x96x3", "labels": list(vww_data.LABELS),
-        "seed": args.seed, "epochs": args.epochs, "data": provenance,
+        "seed": args.seed, "epochs": args.epochs, "data": provenance, "augment": args.augment,
         "aux_tags_weight": args.aux_weight if use_tags else 0.0,
         "counts": {s: int(len(y)) for s, y in labels.items()},
         "accuracy_float": float_acc, "accuracy_int8": int8_acc, "accuracy_int8_shipped_testset": shipped_acc,
