@@ -52,11 +52,13 @@ clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
 
 # Shipped models (models/kws, models/vww): regenerate data, train, quantise, evaluate (docs/models.md).
-# TensorFlow goes into its own venv; the data needs Debian packages (MODEL_PACKAGES), which this target only checks.
+# TensorFlow goes into its own venv; the data needs Debian packages (MODEL_PACKAGES), which this target only checks,
+# and the Twemoji and OpenMoji images (npm packages, NPM_EMOJI), which it fetches with `npm pack` into build/npm/.
 TRAIN_VENV  ?= .venv-train
 TRAIN_STAMP := $(TRAIN_VENV)/.installed
 MODEL_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-  fonts-noto-color-emoji unicode-data
+  fonts-noto-color-emoji unicode-data librsvg2-bin npm
+NPM_EMOJI := emoji-datasource-twitter@16.0.0 openmoji@17.0.0
 # Leave-one-engine-out models: one per synthesiser, half the shipped model's epochs (time on 2 cores).
 LOEO_EPOCHS ?= 32
 
@@ -73,9 +75,14 @@ models: $(TRAIN_STAMP)
 	  && test -d /usr/share/festival/voices/english/ked_diphone \
 	  && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
 	  && test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf && test -f /usr/share/unicode/emoji/emoji-test.txt \
+	  && command -v rsvg-convert >/dev/null && command -v npm >/dev/null \
 	  || { echo "make models needs: apt-get install $(MODEL_PACKAGES)"; exit 1; }
 	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.kws
 	for engine in espeak-ng flite festival; do \
 	  nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.kws --leave-out $$engine --epochs $(LOEO_EPOCHS) || exit 1; \
+	done
+	mkdir -p build/npm
+	for pkg in $(NPM_EMOJI); do \
+	  test -f build/npm/$$(echo $$pkg | tr @ -).tgz || (cd build/npm && npm pack --silent $$pkg) || exit 1; \
 	done
 	nice -n 19 $(TRAIN_VENV)/bin/python -m models.pipeline.vww

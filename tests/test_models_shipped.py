@@ -249,3 +249,30 @@ def test_kws_leave_one_engine_out_table_is_in_the_card():
     assert f"int8: {100 * mean:.1f} %" in card
     if mean < 0.85:
         assert "is **below** the 85.0 %" in card
+
+
+# -- VWW by emoji design source --------------------------------------------------------------------------------
+
+VWW_SOURCES = ("noto", "twemoji", "openmoji")
+
+
+def test_vww_held_out_accuracy_per_design_source_is_in_the_card():
+    m = _metrics("vww")
+    per_source = m["accuracy_int8_per_source"]
+    assert set(per_source) == set(VWW_SOURCES)
+    assert sum(r["samples"] for r in per_source.values()) == m["counts"]["test"]
+    card = (_folder("vww") / "README.md").read_text()
+    for source, r in per_source.items():
+        assert f"| {source} |" in card and f"{100 * r['accuracy']:.1f} %" in card
+
+
+def test_vww_testset_readme_gives_each_file_its_source_and_the_licences():
+    text = (_folder("vww") / "testset" / "README.md").read_text()
+    with open(_folder("vww") / "testset" / "y_labels.csv", newline="") as f:
+        files = [int(row[0].split("_")[1]) for row in csv.reader(f)]
+    listed = []
+    for source in VWW_SOURCES:
+        entry = text.split(f"\n- {source}: ", 1)[1].split("\n- ", 1)[0].split("\n\n", 1)[0]
+        listed += [int(n) for n in entry.replace("\n", " ").split(",")]
+    assert sorted(listed) == sorted(files)
+    assert "CC BY 4.0" in text and "CC BY-SA 4.0" in text

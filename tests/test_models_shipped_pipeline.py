@@ -85,3 +85,70 @@ def test_synthesis_plan_draws_each_split_from_its_own_voices():
     engines = [kws_data.engine_of(p["voice"]) for _, _, _, p in jobs]
     assert set(engines) == set(kws_data.ENGINES)
     assert 0.4 < engines.count("espeak-ng") / len(engines) < 0.6
+
+
+def _npm_tarball(path, folder, files):
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(folder + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_emoji_designs_from_npm_tarballs_are_found_by_code_points(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    import io
+    import shutil
+    from PIL import Image
+    from models.pipeline import vww_data
+    monkeypatch.setattr(vww_data, "NPM_DIR", tmp_path)
+    png = io.BytesIO()
+    Image.new("RGBA", (64, 64), (250, 10, 10, 255)).save(png, format="PNG")
+    # Twemoji names files by code point in lower case, here with the variation selector that the catalogue lacks
+    _npm_tarball(vww_data.npm_tarball("twemoji"), vww_data.NPM_SOURCES["twemoji"][2],
+                 {"1f9d1-200d-1f692.png": png.getvalue(), "1f3c3-fe0f.png": png.getvalue()})
+    catalogue = [("\U0001F9D1\u200D\U0001F692", "firefighter", 1, "person-role"),
+                 ("\U0001F3C3", "person running", 1, "person-activity"),
+                 ("\U0001F34E", "red apple", 0, "food-fruit")]               # not in the tarball: no glyph
+    glyphs = vww_data.render_glyphs(catalogue, "twemoji")
+    assert [(b, lab) for _, b, lab, _ in glyphs] == [("firefighter", 1), ("person running", 1)]
+    g = glyphs[0][0]
+    assert g.shape == (vww_data.GLYPH_PX, vww_data.GLYPH_PX, 4) and tuple(g[40, 40]) == (250, 10, 10, 255)
+    if shutil.which("rsvg-convert"):                 # OpenMoji: upper-case SVG names, drawn by rsvg-convert
+        svg = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72">'
+               b'<rect x="16" y="6" width="40" height="60" fill="#00ff00"/></svg>')
+        _npm_tarball(vww_data.npm_tarball("openmoji"), vww_data.NPM_SOURCES["openmoji"][2],
+                     {"1F34E.svg": svg})
+        (g, base, label, _), = vww_data.render_glyphs(catalogue, "openmoji")
+        assert (base, label) == ("red apple", 0)
+        assert tuple(g[40, 40]) == (0, 255, 0, 255) and g[40, 2, 3] == 0    # cropped to the rectangle, centred
+
+
+def test_a_missing_npm_tarball_says_how_to_fetch_it(tmp_path, monkeypatch):
+    from models.pipeline import vww_data
+    monkeypatch.setattr(vww_data, "NPM_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="npm pack openmoji@"):
+        vww_data.render_glyphs([("\U0001F34E", "red apple", 0, "food-fruit")], "openmoji")
+
+
+def test_a_base_emoji_falls_in_one_split_in_every_design_source():
+    from models.pipeline import vww_data
+    tones = ("", " light", " dark")
+    noto = [(None, f"p{i}", 1, "person") for i in range(40) for _ in tones] + \
+           [(None, f"t{i}", 0, "food-fruit") for i in range(40)]
+    other = [(None, b, lab, sub) for _, b, lab, sub in noto if b != "p3"] + [(None, "extra", 1, "person")]
+
+    def named(glyphs):                                   # the "image" of a glyph is its base name here
+        return [(b, b, lab, sub) for _, b, lab, sub in glyphs]
+
+    def bases_per_split(parts):
+        return {s: sorted({g for lab in (0, 1) for g, _ in parts[s][lab]}) for s in parts}
+
+    noto_where = bases_per_split(vww_data.split_by_base(named(noto), seed=5))
+    other_where = bases_per_split(vww_data.split_by_base(named(other), seed=5, bases_of=named(noto)))
+    assert len(noto_where["test"]) == 6 + 6 and noto_where["test"]          # 15 % of 40 people and 40 things
+    for s in ("val", "test"):
+        assert other_where[s] == [b for b in noto_where[s] if b != "p3"]
+    assert "extra" in other_where["train"]               # a base emoji only another source draws: training

