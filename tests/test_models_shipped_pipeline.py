@@ -85,3 +85,17 @@ def test_synthesis_plan_draws_each_split_from_its_own_voices():
     engines = [kws_data.engine_of(p["voice"]) for _, _, _, p in jobs]
     assert set(engines) == set(kws_data.ENGINES)
     assert 0.4 < engines.count("espeak-ng") / len(engines) < 0.6
+
+
+def test_extra_people_utterances_are_training_voices_of_the_training_people_only():
+    split = kws_data.split_speakers([f"v{i}" for i in range(20)], seed=3)
+    jobs = kws_data._people_plan(1, (10, 20), split)
+    assert jobs == kws_data._people_plan(1, (10, 20), split)
+    assert len(jobs) == 10 * len(kws_data.KEYWORDS) + 20
+    assert {s for s, _, _, _ in jobs} == {"train"}
+    voices = {p["voice"] for _, _, _, p in jobs}
+    assert voices <= set(split["train"]) and {kws_data.engine_of(v) for v in voices} == {"flite", "festival"}
+    assert not {kws_data.PERSON[v] for v in voices} & set(kws_data.TEST_PEOPLE)
+    # every rendering has its own pitch; festival's also the spread the diphone voices' intonation takes
+    assert all(p["f0_hz"] and ("f0_std_hz" in p) == (kws_data.engine_of(p["voice"]) == "festival")
+               for _, _, _, p in jobs)
