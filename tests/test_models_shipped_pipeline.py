@@ -1,5 +1,7 @@
-"""The training pipeline's readers for the real datasets (Speech Commands v2, COCO VWW folders), numpy only."""
+"""The training pipeline's data: readers for the real datasets (Speech Commands v2, COCO VWW folders) and the synthetic
+KWS set's voice split and plans, numpy only; one test runs the synthesisers where they are installed."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -152,3 +154,32 @@ def test_a_base_emoji_falls_in_one_split_in_every_design_source():
     for s in ("val", "test"):
         assert other_where[s] == [b for b in noto_where[s] if b != "p3"]
     assert "extra" in other_where["train"]               # a base emoji only another source draws: training
+
+
+def test_extra_people_utterances_are_training_voices_of_the_training_people_only():
+    split = kws_data.split_speakers([f"v{i}" for i in range(20)], seed=3)
+    jobs = kws_data._people_plan(1, (10, 20), split)
+    assert jobs == kws_data._people_plan(1, (10, 20), split)
+    assert len(jobs) == 10 * len(kws_data.KEYWORDS) + 20
+    assert {s for s, _, _, _ in jobs} == {"train"}
+    voices = {p["voice"] for _, _, _, p in jobs}
+    assert voices <= set(split["train"]) and {kws_data.engine_of(v) for v in voices} == {"flite", "festival"}
+    assert not {kws_data.PERSON[v] for v in voices} & set(kws_data.TEST_PEOPLE)
+    # every rendering has its own pitch; festival's also the spread the diphone voices' intonation takes
+    assert all(p["f0_hz"] and ("f0_std_hz" in p) == (kws_data.engine_of(p["voice"]) == "festival")
+               for _, _, _, p in jobs)
+
+
+@pytest.mark.skipif(not all(shutil.which(c) for c in ("espeak-ng", "flite", "festival", "sox")),
+                    reason=f"needs the synthesisers: apt-get install {' '.join(kws_data.PACKAGES)}")
+def test_extra_people_utterances_leave_the_other_clips_as_they_were():
+    counts = {"train": (1, 2), "val": (1, 1), "test": (1, 1)}
+    silence = {"train": 2, "val": 1, "test": 1}
+    plain, speakers = kws_data.synthetic(5, counts, silence, people_extra=(0, 0))
+    more, _ = kws_data.synthetic(5, counts, silence, people_extra=(1, 2))
+    for split in ("val", "test"):
+        assert all(np.array_equal(a, b) for a, b in zip(plain[split], more[split]))
+    n = len(plain["train"][1])
+    assert all(np.array_equal(a, b[:n]) for a, b in zip(plain["train"], more["train"]))
+    extra = more["train"][2][n:]
+    assert len(extra) == 2 * (len(kws_data.KEYWORDS) + 2) and set(extra) <= {"flite", "festival"}

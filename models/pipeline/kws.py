@@ -42,6 +42,17 @@ def spec_augment(tf, batch, max_frames=8, max_coefficients=2):
     return tf.where(mask[..., None], mean, batch)
 
 
+def mixup(tf, batch, targets, alpha):
+    """mixup (Zhang et al., 2018): each clip's features and one-hot target blended with another clip's of the
+    batch, weight ~ Beta(alpha, alpha)."""
+    n = tf.shape(batch)[0]
+    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+    weight = a / (a + b)
+    other = tf.random.shuffle(tf.range(n))
+    wx, wy = tf.reshape(weight, [-1, 1, 1, 1]), weight[:, None]
+    return (wx * batch + (1 - wx) * tf.gather(batch, other), wy * targets + (1 - wy) * tf.gather(targets, other))
+
+
 def build_dscnn(tf, n_classes, filters=64, weight_decay=1e-4, batch_size=None, keras=None):
     """DS-CNN of MLPerf Tiny kws01: conv 10x4/2, four depthwise-separable blocks, average pool, dense.
 
@@ -142,6 +153,7 @@ def load_data(args):
     build/models/kws/ (git-ignored) by everything that makes them, so later runs (leave-one-engine-out) reuse them."""
     key = json.dumps({"seed": args.seed, "scale": args.scale, "speech_commands": args.speech_commands,
                       "max_per_class": args.max_per_class, "counts": COUNTS, "silence": SILENCE,
+                      "people_extra": list(args.people_extra),
                       "code": common.sha256((common.REPO_ROOT / "models/pipeline/kws_data.py").read_bytes())},
                      sort_keys=True)
     cache = common.REPO_ROOT / "build" / "models" / "kws" / f"data-{common.sha256(key.encode())[:16]}.npz"
@@ -160,10 +172,12 @@ def load_data(args):
     else:
         counts = {s: tuple(max(1, int(round(c * args.scale))) for c in v) for s, v in COUNTS.items()}
         silence = {s: max(1, int(round(v * args.scale))) for s, v in SILENCE.items()}
-        clips, speakers = kws_data.synthetic(args.seed, counts, silence)
+        extra = tuple(max(0, int(round(c * args.scale))) for c in args.people_extra)
+        clips, speakers = kws_data.synthetic(args.seed, counts, silence, people_extra=extra)
         provenance = {"source": "synthetic " + ", ".join(kws_data.ENGINES) + " + sox",
                       "engine_share": kws_data.ENGINE_SHARE,
                       "voices": {s: len(v) for s, v in speakers.items()}, "test_voices": speakers["test"],
+                      "people_extra": list(extra),
                       "split_voices": speakers, "accents": list(kws_data.ACCENTS),
                       "unknown_words": list(kws_data.UNKNOWN_WORDS)}
     feats = {s: kws_data.features(c) for s, (c, _, _) in clips.items()}
@@ -179,18 +193,32 @@ def load_data(args):
     return feats, labels, sources, test_clips, provenance
 
 
-def train_float(tf, feats, labels, seed, epochs):
-    """The DS-CNN trained on ``feats["train"]`` (SpecAugment-style masking, cosine-decayed Adam); returns the
-    model and the training dataset (for quantisation-aware fine-tuning)."""
-    model = build_dscnn(tf, len(kws_data.LABELS))
+def train_float(tf, feats, labels, seed, epochs, label_smoothing=0.0, mixup_alpha=0.0):
+    """The DS-CNN trained on ``feats["train"]`` (SpecAugment-style masking, cosine-decayed Adam; ``mixup_alpha``
+    > 0 adds :func:`mixup`, ``label_smoothing`` smooths the targets); returns the model and the training dataset
+    with plain class labels (for quantisation-aware fine-tuning)."""
+    n = len(kws_data.LABELS)
+    model = build_dscnn(tf, n)
     steps = int(np.ceil(len(labels["train"]) / 64)) * epochs
     schedule = tf.keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.02)
-    model.compile(optimizer=tf.keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    soft = bool(label_smoothing or mixup_alpha)
+    if soft:
+        model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
+                      loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                      metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")])
+    else:
+        model.compile(optimizer=tf.keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
     train = (tf.data.Dataset.from_tensor_slices((feats["train"][..., None], labels["train"]))
              .shuffle(len(labels["train"]), seed=seed).batch(64)
              .map(lambda x, y: (spec_augment(tf, x), y)))
-    model.fit(train, epochs=epochs, validation_data=(feats["val"][..., None], labels["val"]), verbose=2)
+    fit, val = train, (feats["val"][..., None], labels["val"])
+    if soft:
+        fit = train.map(lambda x, y: (x, tf.one_hot(y, n)))
+        if mixup_alpha:
+            fit = fit.map(lambda x, y: mixup(tf, x, y, mixup_alpha))
+        val = (val[0], np.eye(n, dtype=np.float32)[val[1]])
+    model.fit(fit, epochs=epochs, validation_data=val, verbose=2)
     return model, train
 
 
@@ -226,7 +254,7 @@ def leave_one_engine_out(args, engine, feats, labels, sources, provenance):
     tr_feats = {s: feats[s][keep[s]] if s in keep else feats[s] for s in kws_data.SPLITS}
     tr_labels = {s: labels[s][keep[s]] if s in keep else labels[s] for s in kws_data.SPLITS}
     tf = common.setup_tf(args.seed)
-    model, _ = train_float(tf, tr_feats, tr_labels, args.seed, args.epochs)
+    model, _ = train_float(tf, tr_feats, tr_labels, args.seed, args.epochs, args.label_smoothing, args.mixup)
     held = {"test": np.concatenate([feats[s][sources[s] == engine] for s in kws_data.SPLITS])}
     held_labels = np.concatenate([labels[s][sources[s] == engine] for s in kws_data.SPLITS])
     folder = common.REPO_ROOT / "build" / "models" / "kws"
@@ -237,6 +265,7 @@ def leave_one_engine_out(args, engine, feats, labels, sources, provenance):
     test_only = np.concatenate([np.zeros(int(np.sum(sources[s] == engine)), bool) if s != "test"
                                 else np.ones(int(np.sum(sources[s] == engine)), bool) for s in kws_data.SPLITS])
     result = {"engine": engine, "epochs": args.epochs, "seed": args.seed,
+              "label_smoothing": args.label_smoothing, "mixup_alpha": args.mixup,
               "trained_on": {s: int(len(tr_labels[s])) for s in ("train", "val")},
               "voices": sorted({v for split in provenance.get("split_voices", {}).values() for v in split
                                 if kws_data.engine_of(v) == engine}),
@@ -264,6 +293,13 @@ def main(argv=None):
     parser.add_argument("--leave-out", choices=kws_data.ENGINES, metavar="ENGINE",
                         help="instead of the shipped model: train without this synthesiser and score on it "
                              "(writes loeo/ENGINE.json and the card's leave-one-engine-out table)")
+    parser.add_argument("--people-extra", type=int, nargs=2, default=(0, 0),
+                        metavar=("PER_KEYWORD", "UNKNOWN"),
+                        help="extra training utterances by the training people's flite and festival voices, "
+                             "wider renderings (0 0: none)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the training targets")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                        help="mixup of training clips, weights ~ Beta(ALPHA, ALPHA) (0: none)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the synthetic set sizes")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -280,7 +316,7 @@ def main(argv=None):
         return
 
     tf = common.setup_tf(args.seed)
-    model, train = train_float(tf, feats, labels, args.seed, args.epochs)
+    model, train = train_float(tf, feats, labels, args.seed, args.epochs, args.label_smoothing, args.mixup)
     t_train = time.time() - started - (t_data or 0)
     float_pred = model.predict(feats["test"][..., None], batch_size=256, verbose=0).argmax(axis=1)
     float_acc = float(np.mean(float_pred == labels["test"]))
@@ -305,6 +341,7 @@ def main(argv=None):
     metrics = {
         "model": "kws", "architecture": "DS-CNN (MLPerf Tiny kws01 topology), 64 filters",
         "labels": list(kws_data.LABELS), "seed": args.seed, "epochs": args.epochs,
+        "label_smoothing": args.label_smoothing, "mixup_alpha": args.mixup,
         "data": provenance, "counts": {s: int(len(y)) for s, y in labels.items()},
         "accuracy_int8_per_source": per_source(int8_pred, labels["test"], sources["test"]),
         "accuracy_float_per_source": per_source(float_pred, labels["test"], sources["test"]),

@@ -64,6 +64,10 @@ PERSON = {"flite:awb": "awb", "flite:kal": "kal", "flite:kal16": "kal", "festiva
 TEST_PEOPLE = ("rms", "ked")
 #: Debian packages the synthetic set needs.
 PACKAGES = ("espeak-ng", "sox", "flite", "festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts")
+#: Extra training utterances (per keyword, unknown) said by the training people's voices (flite's and festival's
+#: training voices), rendered with wider ranges than the others (:func:`_people_plan`): the held-out people are
+#: heard through those engines, and three people are all the training set has of them.
+PEOPLE_EXTRA = (250, 500)
 
 
 def espeak_variants():
@@ -126,11 +130,12 @@ def _sox(wav_bytes, highpass_hz, lowpass_hz, reverb, shift_cents):
 
 
 def synthesise(word, voice, highpass_hz, lowpass_hz, reverb, shift_cents=0, accent="en-us", speed_wpm=175,
-               pitch=50, stretch=1.0, f0_hz=None, wav=None):
+               pitch=50, stretch=1.0, f0_hz=None, f0_std_hz=None, wav=None):
     """One word from its engine through sox: float32 samples at 16 kHz (leading/trailing silence trimmed).
 
     espeak-ng takes ``accent``, ``speed_wpm`` and ``pitch``; flite ``stretch`` (duration) and ``f0_hz`` (mean
-    pitch); festival's words come pre-rendered in ``wav`` (:func:`_festival_batch`, one process per voice).
+    pitch); festival's words come pre-rendered in ``wav`` (:func:`_festival_batch`, one process per voice, which
+    takes ``stretch`` and, for the diphone voices, ``f0_hz`` and ``f0_std_hz``).
     """
     engine, name = voice.split(":", 1)
     if engine == "espeak-ng":
@@ -158,6 +163,10 @@ def _festival_batch(jobs, folder):
         lines = [f"(voice_{voice})"]
         for i, word, p in items:
             lines.append(f"(Parameter.set 'Duration_Stretch {p['stretch']})")
+            if p.get("f0_hz"):
+                # diphone voices' intonation targets (the HMM voice makes its own F0 and ignores them)
+                lines.append(f"(set! int_lr_params '((target_f0_mean {p['f0_hz']}) (target_f0_std "
+                             f"{p['f0_std_hz']}) (model_f0_mean 170) (model_f0_std 34)))")
             lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{word}")) "{folder}/{i}.wav" \'riff)')
         script = Path(folder) / f"{voice}.scm"
         script.write_text("\n".join(lines) + "\n")
@@ -279,24 +288,58 @@ def _plan(seed, counts, speakers, engines=ENGINES):
     return jobs
 
 
-def synthetic(seed, counts, silence_counts, augment_copies=2, workers=2):
+def _people_plan(seed, counts, speakers):
+    """Extra training utterances ``(per keyword, unknown)`` by the training split's flite and festival voices
+    (the people of :data:`PERSON` not held out), the engines picked by :data:`ENGINE_SHARE`: wider stretch,
+    pitch, pitch-shift (it moves the formants too: a stand-in for other vocal tracts) and band limits than
+    :func:`_plan`. Its own random stream, so the other utterances and every test clip stay what they are."""
+    rng = np.random.default_rng([seed, 2])
+    engines = [e for e in ENGINES if e != "espeak-ng"]
+    share = np.array([ENGINE_SHARE[e] for e in engines])
+    share = share / share.sum()
+    voices = {e: [v for v in speakers["train"] if engine_of(v) == e] for e in engines}
+    per_keyword, n_unknown = counts
+    jobs = []
+    for label in range(len(LABELS)):
+        if label == SILENCE:
+            continue
+        for _ in range(n_unknown if label == UNKNOWN else per_keyword):
+            word = UNKNOWN_WORDS[rng.integers(len(UNKNOWN_WORDS))] if label == UNKNOWN else LABELS[label]
+            engine = engines[rng.choice(len(engines), p=share)]
+            jobs.append(("train", label, word, dict(
+                voice=voices[engine][rng.integers(len(voices[engine]))],
+                highpass_hz=int(rng.integers(40, 400)), lowpass_hz=int(rng.integers(3200, 7900)),
+                reverb=int(rng.choice([0, 0, 20, 40, 60, 80])),
+                shift_cents=int(rng.integers(-600, 601)) if rng.random() < 0.8 else 0,
+                stretch=round(float(rng.uniform(0.65, 1.5)), 2), f0_hz=int(rng.integers(70, 240)),
+                **({"f0_std_hz": int(rng.integers(5, 40))} if engine == "festival" else {}))))
+    return jobs
+
+
+def synthetic(seed, counts, silence_counts, augment_copies=2, workers=2, people_extra=PEOPLE_EXTRA):
     """Synthetic clips per split: ``{"train": (clips float32 (n, 16000), labels, sources), ...}``.
 
     ``counts[split] = (utterances per keyword, unknown utterances)``; ``silence_counts[split]`` noise-only clips;
-    each training utterance is placed ``augment_copies`` times (different offsets, levels, noise). ``sources``
-    names each clip's engine (``noise`` for silence). Also returns the voices of each split.
+    each training utterance is placed ``augment_copies`` times (different offsets, levels, noise);
+    ``people_extra`` adds training utterances by the training people's voices (:func:`_people_plan`, placed
+    after all the others with their own random stream). ``sources`` names each clip's engine (``noise`` for
+    silence). Also returns the voices of each split.
     """
     check_engines()
     speakers = split_speakers(espeak_variants(), seed)
     jobs = _plan(seed, counts, speakers)
-    log.info("synthesising %d utterances with %s + sox (%d train / %d val / %d test voices)", len(jobs),
-             ", ".join(ENGINES), *(len(speakers[s]) for s in SPLITS))
+    extra = _people_plan(seed, people_extra, speakers) if people_extra and any(people_extra) else []
+    log.info("synthesising %d + %d utterances with %s + sox (%d train / %d val / %d test voices)", len(jobs),
+             len(extra), ", ".join(ENGINES), *(len(speakers[s]) for s in SPLITS))
     with tempfile.TemporaryDirectory() as tmp:
+        # festival in two batches: the extra utterances set intonation targets that would carry over
         festival = _festival_batch([(i, j[2], j[3]) for i, j in enumerate(jobs)
                                     if engine_of(j[3]["voice"]) == "festival"], tmp)
+        festival.update(_festival_batch([(len(jobs) + i, j[2], j[3]) for i, j in enumerate(extra)
+                                         if engine_of(j[3]["voice"]) == "festival"], tmp))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             audio = list(pool.map(lambda ij: synthesise(ij[1][2], **ij[1][3], wav=festival.get(ij[0])),
-                                  enumerate(jobs)))
+                                  enumerate(jobs + extra)))
     rng = np.random.default_rng(seed + 1)
     data = {}
     for split in SPLITS:
@@ -315,6 +358,13 @@ def synthetic(seed, counts, silence_counts, augment_copies=2, workers=2):
             clips.append(silence_clip(rng, babble_pool))
             labels.append(SILENCE)
             sources.append("noise")
+        if split == "train" and extra:
+            extra_rng = np.random.default_rng([seed, 3])
+            for i, (_, label, _, params) in enumerate(extra, start=len(jobs)):
+                for _ in range(copies if audio[i].size else 0):
+                    clips.append(place(extra_rng, audio[i], babble_pool))
+                    labels.append(label)
+                    sources.append(engine_of(params["voice"]))
         data[split] = (np.stack(clips), np.array(labels, dtype=np.int64), np.array(sources))
     return data, speakers
 
