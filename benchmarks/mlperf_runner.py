@@ -546,7 +546,9 @@ def run_batch(args, runner_dir, work, port, baud, usb, devices, dataset_root, ro
 def run_streaming(args, runner_dir, work, port, baud, usb, devices, dataset_root, sww_data, truth_name, label):
     """sww01: the runner's streaming wakeword test, the DUT's port behind tinyhost's tap and the interface board
     played by tinyhost's stand-in (tinyhost.bench.interface_board), which streams the WAVs over the DUT's link."""
+    from tinyhost import board as board_layer
     from tinyhost import stream as st
+    from tinyhost.bench.eembc_host import EembcDut
     from tinyhost.bench.interface_board import DutLineTap, InterfaceBoard
     from tinyhost.zoo import KWS_LABELS
 
@@ -558,7 +560,10 @@ def run_streaming(args, runner_dir, work, port, baud, usb, devices, dataset_root
               + (f"; ERROR {playback.error}" if playback.error else ""), flush=True)
 
     results = []
-    with DutLineTap.open(port, baud) as tap, InterfaceBoard(tap, sww_data, on_playback=said) as io:
+    with EembcDut(port, baud=baud) as dut:                 # the runtime main.py starts: up and answering
+        dut.sync()
+    with board_layer.connect(port=port, baud=baud) as b, DutLineTap(b.dev) as tap, \
+            InterfaceBoard(tap, sww_data, on_playback=said) as io:
         frame = st.audio_frame_bytes(tap.dev.link.max_payload)
         if not st.line_keeps_up(baud, frame):
             raise Abort(f"the line ({baud} baud) carries the audio at {baud / st.line_bits_per_s(frame):.2f}x real "

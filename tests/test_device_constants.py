@@ -191,13 +191,15 @@ def test_records_model_prepare_builds_hold_what_plan_write_reads_in_each_slot():
 
 def test_the_boot_model_files_are_where_the_firmware_reads_them():
     """`tinyhost flash --boot-model` and `--mlperf-model` write the files tinyfw.boot_model reads the boot model's
-    path and the benchmark `profile` names from."""
+    path from and tinyfw.eembc the benchmark `profile` names."""
     from tinyhost.flash import BOOT_MODEL_FILE, MLPERF_MODEL_FILE
 
-    tree = ast.parse((TINYFW / "boot_model.py").read_text())
-    values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
-              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-              and node.targets[0].id in ("BOOT_MODEL_FILE", "MLPERF_MODEL_FILE")}
+    values = {}
+    for module in ("boot_model.py", "eembc.py"):
+        tree = ast.parse((TINYFW / module).read_text())
+        values.update({node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                       if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                       and node.targets[0].id in ("BOOT_MODEL_FILE", "MLPERF_MODEL_FILE")})
     assert values == {"BOOT_MODEL_FILE": BOOT_MODEL_FILE, "MLPERF_MODEL_FILE": MLPERF_MODEL_FILE}
 
 

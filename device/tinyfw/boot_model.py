@@ -5,9 +5,6 @@
 
 BOOT_MODEL_FILE = "/boot_model"                         # the path of the model to load
 DEFAULT_MODELS = ("/model.tflite", "/models/model.tflite")  # else the first of these that exists
-# the MLPerf Tiny benchmark `profile` names (m-model-[...]) when it is not the loaded model's own: sww01 for a
-# streaming wakeword DUT over the kws model (`tinyhost flash --mlperf-model`)
-MLPERF_MODEL_FILE = "/mlperf_model"
 
 
 def path():
@@ -27,15 +24,6 @@ def path():
             continue
         return p
     return ""
-
-
-def mlperf_model():
-    """The benchmark MLPERF_MODEL_FILE names; "" when there is none (`profile` then tells it by the input's size)."""
-    try:
-        with open(MLPERF_MODEL_FILE) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def load(rt):

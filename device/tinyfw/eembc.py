@@ -5,7 +5,7 @@
 # (mlcommons/tiny api/internally_implemented.cpp):
 #   name              m-name-dut-[tinyhost]
 #   profile           m-profile-[...] and m-model-[kws01|vww01|ic01|ad01] by the model's input size, or the
-#                     benchmark /mlperf_model names (sww01: tinyfw.boot_model)
+#                     benchmark /mlperf_model names (sww01)
 #   db load N         m-[Expecting N bytes]
 #   db HEX            hex bytes into the buffer (the runner sends 31 a command); m-load-done when N arrived
 #   db print [N] [O]  m-buffer-xx-xx-... lines, 8 bytes each
@@ -37,6 +37,9 @@ except ImportError:     # CPython (host-side tests)
 
 NAME = "tinyhost"
 PROFILE = "tinyhost MLPerf Tiny DUT 1.0"
+# the MLPerf Tiny benchmark `profile` names (m-model-[...]) when it is not the loaded model's own: sww01 for a
+# streaming wakeword DUT over the kws model (`tinyhost flash --mlperf-model` writes it)
+MLPERF_MODEL_FILE = "/mlperf_model"
 # MLPerf Tiny benchmark by the element count of the model input (kws01 49x10, vww01 96x96x3, ic01 32x32x3,
 # ad01 640 values).
 _BENCHMARKS = ((490, "kws01"), (27648, "vww01"), (3072, "ic01"), (640, "ad01"))
@@ -93,6 +96,16 @@ def model_id(model):
         if n == count:
             return name
     return "unknown"
+
+
+def mlperf_model():
+    """The benchmark MLPERF_MODEL_FILE names; "" when there is none (`profile` then tells it by the input's size).
+    Here, not in tinyfw.boot_model: `profile` imports nothing, as a board with VWW loaded has no heap for a module."""
+    try:
+        with open(MLPERF_MODEL_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _say(rt, line):
@@ -387,11 +400,9 @@ def handle_command(text, rt):
         if cmd == "name":
             _say(rt, "m-name-dut-[%s]" % NAME)
         elif cmd == "profile":
-            from tinyfw import boot_model
-
             model = _ensure_model(rt)
             _say(rt, "m-profile-[%s]" % PROFILE)
-            _say(rt, "m-model-[%s]" % (boot_model.mlperf_model() or model_id(model)))
+            _say(rt, "m-model-[%s]" % (mlperf_model() or model_id(model)))
         elif cmd == "db":
             _db(rt, args)
         elif cmd == "infer":

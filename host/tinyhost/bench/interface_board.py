@@ -33,7 +33,6 @@ from pathlib import Path
 
 from .. import protocol as P
 from .. import stream as st
-from ..client import Device
 from ..errors import DeviceError, TinyhostError
 
 log = logging.getLogger(__name__)
@@ -66,20 +65,10 @@ def _write_all(fd, data, timeout_s=5.0):
 
 class DutLineTap:
     """An open :class:`~tinyhost.client.Device`'s link behind a pty at :attr:`port`: bytes written there go to the
-    board; the board's text comes back there; frames go only to :meth:`exchange`'s caller. :meth:`open` opens a
-    board whose main.py starts the runtime (a board just powered up) and closes it with the tap."""
+    board; the board's text comes back there; frames go only to :meth:`exchange`'s caller."""
 
-    @classmethod
-    def open(cls, board_port, baud):
-        from .eembc_host import EembcDut
-
-        with EembcDut(board_port, baud=baud) as dut:       # the runtime main.py starts: up and answering
-            dut.sync()
-        return cls(Device.open(board_port, baud), owns_dev=True)
-
-    def __init__(self, dev, owns_dev=False):
+    def __init__(self, dev):
         self.dev = dev
-        self._owns_dev = owns_dev
         self._master, self._slave, self.port = _pty()
         self._lock = threading.Lock()
         self._running = True
@@ -125,8 +114,6 @@ class DutLineTap:
         for t in self._threads:
             t.join(timeout=2.0)
         self.dev.link.on_text = None
-        if self._owns_dev:
-            self.dev.close(leave_running=True)
         os.close(self._master)
         os.close(self._slave)
 
