@@ -86,7 +86,7 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
 
     dev = Device(Line())
     asked = []
-    monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None: asked.append(tries))
+    monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None, loader=False: asked.append(tries))
     assert dev._await_ready(allow_absent=True, checked=True) is True      # at once, not after 10 s
     assert asked == [3]
 
@@ -176,3 +176,31 @@ def test_a_raw_prompt_damaged_on_the_line_is_taken():
     line = Line()
     RawRepl(line, timeout_s=0.3).enter()                  # was: BoardNotResponding after three full waits
     assert line.reads == 1
+
+
+@pytest.mark.parametrize("after_reset, entered_again", [
+    (b"OK\r\nMPY: soft reboot\r\naw\xfaREPL; CTRL-B to exit\r\n>", False),    # one byte lost, one altered
+    (b"OK\r\nMPY: soft reboot\r\nraw RE\xfa\xfa\xe7\xfaTRL\xfa\r\n>", True)])   # too damaged to tell
+def test_a_soft_reset_whose_prompt_was_damaged_is_taken(after_reset, entered_again):
+    from tinyhost.rawrepl import RawRepl
+
+    class Line:
+        port = "fake"
+
+        def __init__(self):
+            self.sent = b""
+            self.answers = [after_reset, b"\r\nraw REPL; CTRL-B to exit\r\n>"]
+
+        def write(self, data):
+            self.sent += data
+
+        def drain(self, quiet_s, limit_s):
+            return b""
+
+        def read_until(self, marker, timeout_s):
+            return self.answers.pop(0)
+
+    line = Line()
+    RawRepl(line, timeout_s=0.3).soft_reset()             # was: BoardNotResponding, the flash stopped
+    assert len(line.answers) == (0 if entered_again else 1)
+    assert line.sent.endswith(b"\x01") == entered_again

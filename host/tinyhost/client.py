@@ -22,7 +22,7 @@ from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
 from .link import FramesDamaged, Link
 from .paths import firmware_dir
-from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
+from .rawrepl import CTRL_C, DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,14 @@ def bootstrap_sources(fw_dir=None):
     return scripts
 
 
+def loader_source(fw_dir=None):
+    """tinyfw/loader.py as sent through the raw REPL: without comment lines and blank lines, indented by one
+    space a level (it is written with four)."""
+    text = (Path(fw_dir or firmware_dir()) / "tinyfw" / "loader.py").read_text()
+    lines = (ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+    return "\n".join(" " * ((len(ln) - len(ln.lstrip(" "))) // 4) + ln.lstrip(" ") for ln in lines)
+
+
 _CONST_LINE = re.compile(r"^_[A-Za-z0-9_]+ = const\([^#\n]*\)[ \t]*(?:#.*)?$", re.M)
 
 
@@ -330,12 +338,30 @@ class Device:
             self.started_via = "import"
         else:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
-            *modules, start = bootstrap_sources()
-            for script in modules:
-                self.repl.exec_checked(script, tries=START_TRIES)
-            self._run_checked(start, allow_absent=False)
+            self._bootstrap()
             self.started_via = "bootstrap"
         self._hello()
+
+    def _bootstrap(self):
+        """Start the runtime from RAM on a board with stock MicroPython only: the loader (tinyfw/loader.py)
+        through the raw REPL, checked in pieces; the runtime's source to it in frames, unit by unit, each run once
+        its sha256 matches; then run()."""
+        *units, start = bootstrap_sources()
+        self.repl.exec_checked(loader_source(), tries=START_TRIES)
+        self._run_checked(f"load(globals(),{max(len(u.encode()) for u in units)})", allow_absent=False)
+        self._hello(loader=True)
+        for i, unit in enumerate(units):
+            self.put_file(unit.encode(), f"bootstrap/{i + 1}-of-{len(units)}")
+        self.running = False
+        try:
+            self.link.request(P.T.BYE, tries=3)
+        except TinyhostError as e:            # its OK lost: the loader has returned, or the start code finds out
+            log.info("ending the bootstrap loader: %s", e)
+        deadline = time.monotonic() + 2.0          # the raw REPL's end marker after load() returned
+        while b"\x04>" not in self.link.text_tail and time.monotonic() < deadline:
+            self.link.next_frame(min(deadline, time.monotonic() + 0.05))
+        self.t.write(CTRL_C)        # the raw REPL clears its line: the pad bytes after BYE went there
+        self._run_checked(start, allow_absent=False)
 
     def _probe(self):
         """True when a runtime already answers frames (e.g. started by main.py)."""
@@ -346,9 +372,15 @@ class Device:
             return False
         return True
 
-    def _hello(self, tries=4, timeout_s=None):
+    def _hello(self, tries=4, timeout_s=None, loader=False):
+        """HELLO: the runtime (``loader`` True: the bootstrap loader; None: either) answers; the link takes its
+        frame size and window."""
         f = self.link.request(P.T.HELLO, flags=P.FLAG_SYNC, tries=tries, timeout_s=timeout_s, expect_bytes=160)
         kv = P.parse_kv(f.payload)
+        if loader is not None and ("loader" in kv) != loader:
+            raise ProtocolError("the bootstrap loader answers, not the runtime" if not loader else
+                                "the runtime answers, not the bootstrap loader",
+                                hint="run the command again: tinyhost interrupts it and starts the runtime")
         if _int(kv.get("protocol")) != P.PROTOCOL_VERSION:
             raise ProtocolError(f"the board speaks tinyfw protocol {kv.get('protocol')}, this host "
                                 f"{P.PROTOCOL_VERSION}", hint="run `tinyhost flash` to update the firmware")
@@ -386,7 +418,7 @@ class Device:
     def _ready_lost(self):
         """The runtime started but its READY frame did not come through (damaged on the line): ask it with HELLO."""
         try:
-            self._hello(tries=3)
+            self._hello(tries=3, loader=None)
         except TinyhostError:
             return False
         return True
@@ -402,7 +434,8 @@ class Device:
             if checked and RUN_MARK in text and (self.link.stats.frames_bad > bad or (
                     f is None and time.monotonic() >= deadline)) and self._ready_lost():
                 return True
-            if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
+            # the import failed: its output has ended (\x04; the prompt after it may be lost on the line)
+            if allow_absent and ABSENT_MARK in text and b"\x04" in text.split(ABSENT_MARK, 1)[1]:
                 self.link.take_text()
                 return False
             if checked and (DAMAGED_MARK in text or (text.rstrip().endswith(b"\x04>") and RUN_MARK not in text)):
