@@ -62,7 +62,8 @@ def test_the_start_code_is_sent_checked():
     assert "TINYFW-ABSENT" in checked_code(START_CODE)
 
 
-def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
+@pytest.mark.parametrize("hit", [-1, 0])                    # its CRC; its magic (then it reads as stray bytes)
+def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch, hit):
     from tinyhost import protocol as P
     from tinyhost.client import Device
 
@@ -70,11 +71,12 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
         port = "fake"
 
         def __init__(self):
-            ready = bytearray(P.encode_frame(P.T.READY, 0))
-            ready[-1] ^= 1                                   # READY damaged on the line
+            ready = bytearray(P.encode_frame(P.T.READY, 0, b"tinyfw=0.1.0\nprotocol=1\xff"))
+            ready[hit] ^= 1                                  # READY damaged on the line
             self.out = RUN_MARK + b"\n" + bytes(ready)
 
         def read_some(self, timeout_s, max_bytes=None):
+            self.waited_s += timeout_s
             data, self.out = self.out, b""
             return data
 
@@ -84,11 +86,13 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
         def wire_time_s(self, nbytes):
             return nbytes * 10 / 115200
 
-    dev = Device(Line())
+    line = Line()
+    line.waited_s = 0.0
+    dev = Device(line)
     asked = []
     monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None, loader=False: asked.append(tries))
-    assert dev._await_ready(allow_absent=True, checked=True) is True      # at once, not after 10 s
-    assert asked == [3]
+    assert dev._await_ready(allow_absent=True, checked=True) is True
+    assert asked == [3] and line.waited_s < 1.0               # asked at once, not after its 10 s for READY
 
 
 class _Board:

@@ -146,6 +146,9 @@ def load(namespace, unit_bytes):
                           + repr(e).encode())
             cached = send(answer[0], seq, answer[1])
             if ftype == _BYE:
+                # the bytes after it (the host pads every frame) would be taken for REPL input
+                while poll.poll(50):
+                    inp.readinto(mv[:1])
                 return
     finally:
         micropython.kbd_intr(3)

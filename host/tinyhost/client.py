@@ -20,9 +20,9 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
-from .link import FramesDamaged, Link
+from .link import DAMAGED, FramesDamaged, Link
 from .paths import firmware_dir
-from .rawrepl import CTRL_C, DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
+from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -353,14 +353,14 @@ class Device:
         for i, unit in enumerate(units):
             self.put_file(unit.encode(), f"bootstrap/{i + 1}-of-{len(units)}")
         self.running = False
+        self.link.take_text()
         try:
             self.link.request(P.T.BYE, tries=3)
         except TinyhostError as e:            # its OK lost: the loader has returned, or the start code finds out
             log.info("ending the bootstrap loader: %s", e)
         deadline = time.monotonic() + 2.0          # the raw REPL's end marker after load() returned
-        while b"\x04>" not in self.link.text_tail and time.monotonic() < deadline:
+        while self.link.text_tail.count(b"\x04") < 2 and time.monotonic() < deadline:
             self.link.next_frame(min(deadline, time.monotonic() + 0.05))
-        self.t.write(CTRL_C)        # the raw REPL clears its line: the pad bytes after BYE went there
         self._run_checked(start, allow_absent=False)
 
     def _probe(self):
@@ -426,14 +426,20 @@ class Device:
     def _await_ready(self, allow_absent, checked=False):
         deadline = time.monotonic() + max(self.timeout_s, 10.0)
         bad = self.link.stats.frames_bad
+        damaged = False
         while True:
-            f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
+            # a frame damaged on the line: one failing its checks, stopping halfway, or without its magic
+            f = self.link.next_frame(min(deadline, time.monotonic() + 0.05), report_damage=True)
+            if f is DAMAGED:
+                damaged, f = True, None
             text = bytes(self.link.text_tail)
             if f is not None and f.ftype == P.T.READY:
                 return True
-            if checked and RUN_MARK in text and (self.link.stats.frames_bad > bad or (
-                    f is None and time.monotonic() >= deadline)) and self._ready_lost():
-                return True
+            if checked and RUN_MARK in text and (damaged or self.link.stats.frames_bad > bad or (
+                    f is None and time.monotonic() >= deadline)):
+                if self._ready_lost():
+                    return True
+                damaged, bad = False, self.link.stats.frames_bad
             # the import failed: its output has ended (\x04; the prompt after it may be lost on the line)
             if allow_absent and ABSENT_MARK in text and b"\x04" in text.split(ABSENT_MARK, 1)[1]:
                 self.link.take_text()
