@@ -256,6 +256,9 @@ def _bootstrap_units(source):
 # (a try that times out) is given up on after INFER_TIMEOUTS tries.
 INFER_TIMEOUTS = 5
 INFER_DAMAGE_TRIES = 32
+# INFO's and LIST's replies are hundreds of bytes: at 2e-3 damage per byte most arrive damaged, and each is asked
+# for again at once (a damaged reply is answered by a copy); silence still ends them after MAX_TRIES.
+REPLY_DAMAGE_TRIES = 32
 # Sending a model's input in pieces: SET_INPUT frames, then INVOKE and GET_OUTPUT. On a line that damages some
 # bytes, a frame arrives whole with probability exp(-rate * its bytes), so a damaged piece is sent again, not the
 # whole input. The host chooses between one INFER and pieces by the expected line time of each (ROUND_TRIP_BYTES:
@@ -444,8 +447,12 @@ class Device:
             if allow_absent and ABSENT_MARK in text and b"\x04" in text.split(ABSENT_MARK, 1)[1]:
                 self.link.take_text()
                 return False
-            if checked and (DAMAGED_MARK in text or (text.rstrip().endswith(b"\x04>") and RUN_MARK not in text)):
-                raise _Damaged()             # the code did not run as sent, or its wrapper was hit: send it again
+            # the code did not run as sent, or its wrapper was hit (its output's end may be damaged too): send it
+            # again
+            if checked and (DAMAGED_MARK in text or (RUN_MARK not in text and (
+                    text.rstrip().endswith(b"\x04>") or (b"Error" in text and text.rstrip().endswith(b">")) or (
+                    text and f is None and time.monotonic() >= deadline)))):
+                raise _Damaged()
             if b"Traceback" in text and text.rstrip().endswith(b"\x04>"):
                 detail = text.replace(b"\x04", b" ").decode(errors="replace").strip()
                 raise DeviceError(f"the tinyfw runtime failed to start: {detail[-500:]}",
@@ -511,7 +518,8 @@ class Device:
 
     # -- information ----------------------------------------------------------------------------------------
     def info(self):
-        return device_info_from_kv(P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600).payload))
+        return device_info_from_kv(P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600,
+                                                                damage_tries=REPLY_DAMAGE_TRIES).payload))
 
     def stats(self):
         """Device counters (frames_rx, frames_bad, frames_retried, heap_free_bytes, heap_peak_bytes, last_error,
@@ -527,7 +535,8 @@ class Device:
         start = 0
         while True:
             more, page = P.parse_list(self.link.request(P.T.LIST, P.pack_list(path, start),
-                                                        expect_bytes=self.link.max_payload).payload)
+                                                        expect_bytes=self.link.max_payload,
+                                                        damage_tries=REPLY_DAMAGE_TRIES).payload)
             entries += [FileEntry(n, s, d) for n, s, d in page]
             start += len(page)
             if not more or not page:
