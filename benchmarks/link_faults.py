@@ -94,9 +94,20 @@ def _board_files(port):
     return files
 
 
+def _phases(lines):
+    """A flash's phases from its output: the runtime started (``flashing N files`` printed) after so many s, the
+    files sent in so many s (its ``sent N files (...) in S s`` line); "" when it did not get that far."""
+    started = next((t for t, line in lines if line.startswith("flashing ")), None)
+    sent = next((line.split(") in ", 1)[1].split(" s", 1)[0] for _, line in lines
+                 if line.startswith("sent ") and ") in " in line), None)
+    if started is None or sent is None:
+        return ""
+    return f" (runtime started after {started:.1f} s, files sent in {sent} s)"
+
+
 def _faulty_flash(work, name, drop, corrupt, seed, limit_s, reference):
     """Flash a fresh board over a line with ``drop`` and ``corrupt`` per byte; (exit code, wall s, files identical?,
-    last line)."""
+    last line, phases)."""
     from tinyhost.sim import VirtualBoard
 
     state = work / f"state-{name}"
@@ -106,7 +117,7 @@ def _faulty_flash(work, name, drop, corrupt, seed, limit_s, reference):
     if rc == 0:
         with VirtualBoard(board="esp32", state_dir=state) as vb:
             same = _board_files(vb.port) == reference
-    return rc, wall, same, (lines[-1][1] if lines else "")
+    return rc, wall, same, (lines[-1][1] if lines else ""), _phases(lines)
 
 
 STEPS = ("flash", "flash-high", "accuracy", "accuracy-high", "reset")
@@ -144,9 +155,9 @@ def main(argv=None):
     killed = {}
     try:
         with VirtualBoard(board="esp32", state_dir=state) as vb:
-            rc, flash_s, lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, args.limit_s)
+            rc, flash_s, flash_lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, args.limit_s)
             if rc != 0:
-                print("flash failed:", *[line for _, line in lines[-5:]], sep="\n  ")
+                print("flash failed:", *[line for _, line in flash_lines[-5:]], sep="\n  ")
                 return 1
             reference = _board_files(vb.port)
             if steps & {"accuracy", "accuracy-high", "reset"}:
@@ -181,15 +192,15 @@ def main(argv=None):
 
     print(f"link faults: virtual esp32 at 115200 baud, seed {args.seed}; flash of a fresh board (firmware + kws) and "
           f"the kws accuracy run over the shipped samples")
-    print(f"flash, clean line: exit 0, {flash_s:7.1f} s")
+    print(f"flash, clean line: exit 0, {flash_s:7.1f} s{_phases(flash_lines)}")
     for drop, corrupt, result in ((args.drop, args.corrupt, flash_noisy), (args.high, args.high, flash_high)):
         if result is None:
             continue
-        rc, wall, same, last = result
+        rc, wall, same, last, phases = result
         said = (f"files {'identical to' if same else 'DIFFERENT from'} the clean flash" if rc == 0
                 else f"stopped: {last}")
-        print(f"flash, {drop:g} drop + {corrupt:g} corrupt: exit {rc}, {wall:7.1f} s ({wall / flash_s:.1f}x clean), "
-              f"{said}")
+        print(f"flash, {drop:g} drop + {corrupt:g} corrupt: exit {rc}, {wall:7.1f} s ({wall / flash_s:.1f}x clean)"
+              f"{phases}, {said}")
     if flash_noisy is not None:
         rows.append(("flash", flash_noisy[0], flash_noisy[2]))
     if clean is None:
