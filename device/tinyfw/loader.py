@@ -27,6 +27,7 @@ _ACK = const(0x82)
 _NAK = const(0x83)
 _READY = const(0x85)
 _FLAG_SYNC = const(1)
+_PROTOCOL_VERSION = const(1)
 _E_NO_MEMORY = const(10)
 _E_INTERNAL = const(14)
 _NAK_BAD_CRC = const(2)
@@ -42,8 +43,8 @@ def load(namespace, unit_bytes):
     import select
     inp = sys.stdin.buffer
     out = sys.stdout.buffer
-    hello = b"loader=1\nprotocol=1\nmax_payload=1024\nwindow=" + (b"4" if sys.platform in ("linux", "darwin")
-                                                                  else b"1")
+    hello = ("loader=1\nprotocol=%d\nmax_payload=%d\nwindow=%d" % (
+        _PROTOCOL_VERSION, _MAX_PAYLOAD, 4 if sys.platform in ("linux", "darwin") else 1)).encode()
     # a frame after its magic: type flags seq length hcheck, payload, crc
     f = bytearray(12 + _MAX_PAYLOAD)
     mv = memoryview(f)
