@@ -62,8 +62,10 @@ def test_the_start_code_is_sent_checked():
     assert "TINYFW-ABSENT" in checked_code(START_CODE)
 
 
-@pytest.mark.parametrize("hit", [-1, 0])                    # its CRC; its magic (then it reads as stray bytes)
-def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch, hit):
+@pytest.mark.parametrize("damage", ["crc", "magic", "lost bytes"])
+def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch, damage):
+    import time
+
     from tinyhost import protocol as P
     from tinyhost.client import Device
 
@@ -72,12 +74,17 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch, hit):
 
         def __init__(self):
             ready = bytearray(P.encode_frame(P.T.READY, 0, b"tinyfw=0.1.0\nprotocol=1\xff"))
-            ready[hit] ^= 1                                  # READY damaged on the line
+            if damage == "lost bytes":                       # the frame stops arriving two bytes short
+                del ready[12:14]
+            else:                                            # its CRC fails; without its magic it reads as bytes
+                ready[-1 if damage == "crc" else 0] ^= 1     # outside any frame
             self.out = RUN_MARK + b"\n" + bytes(ready)
 
         def read_some(self, timeout_s, max_bytes=None):
-            self.waited_s += timeout_s
             data, self.out = self.out, b""
+            if not data:                                     # a serial port waits for bytes that do not come
+                self.waited_s += timeout_s
+                time.sleep(timeout_s)
             return data
 
         def write(self, data):

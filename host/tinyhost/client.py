@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
-from .link import DAMAGED, FramesDamaged, Link
+from .link import DAMAGED, POLL_S, FramesDamaged, Link
 from .paths import firmware_dir
 from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
@@ -431,8 +431,9 @@ class Device:
         bad = self.link.stats.frames_bad
         damaged = False
         while True:
-            # a frame damaged on the line: one failing its checks, stopping halfway, or without its magic
-            f = self.link.next_frame(min(deadline, time.monotonic() + 0.05), report_damage=True)
+            # a frame damaged on the line: one failing its checks, stopping halfway, or without its magic (a wait
+            # shorter than the link's STALL_S would never see a frame stop halfway)
+            f = self.link.next_frame(min(deadline, time.monotonic() + POLL_S), report_damage=True)
             if f is DAMAGED:
                 damaged, f = True, None
             text = bytes(self.link.text_tail)
