@@ -13,10 +13,12 @@ In one run, each step a real `tinyhost` command on a virtual ESP32 (115200 baud)
 6. the clean run again with the VM killed (SIGKILL) 5 s in: how long until the host says the board reset, and
    the run's total time and predictions.
 
-Every step has a time limit (--limit-s) and the run stops by itself.
+Every step has a time limit (--limit-s) and the run stops by itself. ``--steps`` runs only some of them (the clean
+flash always runs: it is the reference): ``flash`` (step 2), ``flash-high`` (step 5's flash), ``accuracy`` (steps 3
+and 4), ``accuracy-high`` (steps 3 and 5's accuracy run), ``reset`` (step 6); default all.
 
     nice -n 19 python -m benchmarks.link_faults [--drop 1e-3] [--corrupt 1e-3] [--seed 2] [--limit-s 900]
-                                                [--high 1e-2] [--high-limit-s 600]
+                                                [--high 1e-2] [--high-limit-s 600] [--steps flash,flash-high]
 """
 
 import argparse
@@ -92,19 +94,41 @@ def _board_files(port):
     return files
 
 
-def _faulty_flash(work, name, rate, seed, limit_s, reference):
-    """Flash a fresh board over a line with ``rate`` drop and corrupt; (exit code, wall s, files identical?,
-    last line)."""
+def _phases(lines):
+    """A flash's phases from its output: the runtime started (``flashing N files`` printed) after so many s, the
+    files sent in so many s (its ``sent N files (...) in S s`` line); "" when it did not get that far."""
+    started = next((t for t, line in lines if line.startswith("flashing ")), None)
+    sent = next((line.split(") in ", 1)[1].split(" s", 1)[0] for _, line in lines
+                 if line.startswith("sent ") and ") in " in line), None)
+    if started is None or sent is None:
+        return ""
+    return f" (runtime started after {started:.1f} s, files sent in {sent} s)"
+
+
+def _faulty_flash(work, name, drop, corrupt, seed, limit_s, reference):
+    """Flash a fresh board over a line with ``drop`` and ``corrupt`` per byte; (exit code, wall s, files identical?,
+    last line, phases)."""
     from tinyhost.sim import VirtualBoard
 
     state = work / f"state-{name}"
-    with VirtualBoard(board="esp32", state_dir=state, drop_rate=rate, corrupt_rate=rate, seed=seed) as vb:
+    with VirtualBoard(board="esp32", state_dir=state, drop_rate=drop, corrupt_rate=corrupt, seed=seed) as vb:
         rc, wall, lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, limit_s)
     same = None
     if rc == 0:
         with VirtualBoard(board="esp32", state_dir=state) as vb:
             same = _board_files(vb.port) == reference
-    return rc, wall, same, (lines[-1][1] if lines else "")
+    return rc, wall, same, (lines[-1][1] if lines else ""), _phases(lines)
+
+
+STEPS = ("flash", "flash-high", "accuracy", "accuracy-high", "reset")
+
+
+def _steps(text):
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step {', '.join(unknown)}: choose from {', '.join(STEPS)}")
+    return set(steps)
 
 
 def main(argv=None):
@@ -115,7 +139,10 @@ def main(argv=None):
     ap.add_argument("--limit-s", type=float, default=900.0)
     ap.add_argument("--high", type=float, default=1e-2)
     ap.add_argument("--high-limit-s", type=float, default=600.0)
+    ap.add_argument("--steps", type=_steps, default=set(STEPS),
+                    help=f"comma-separated, of {', '.join(STEPS)} (default all)")
     args = ap.parse_args(argv)
+    steps = args.steps
     from tinyhost.sim import VirtualBoard
 
     tmp = tempfile.TemporaryDirectory()
@@ -124,60 +151,75 @@ def main(argv=None):
         (work / name).mkdir()
     state = work / "state"
     rows = []
+    clean = noisy = high = reset = flash_noisy = flash_high = None
+    killed = {}
     try:
         with VirtualBoard(board="esp32", state_dir=state) as vb:
-            rc, flash_s, lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, args.limit_s)
+            rc, flash_s, flash_lines = _run(["flash", "--port", vb.port, "--model", "kws"], work, args.limit_s)
             if rc != 0:
-                print("flash failed:", *[line for _, line in lines[-5:]], sep="\n  ")
+                print("flash failed:", *[line for _, line in flash_lines[-5:]], sep="\n  ")
                 return 1
             reference = _board_files(vb.port)
-            clean = _accuracy(vb.port, work, "clean", args.limit_s)
-        flash_noisy = _faulty_flash(work, "noisy", args.drop, args.seed, args.limit_s, reference)
-        flash_high = _faulty_flash(work, "high", args.high, args.seed, args.high_limit_s, reference)
-        with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.drop, corrupt_rate=args.corrupt,
-                          seed=args.seed) as vb:
-            noisy = _accuracy(vb.port, work, "noisy", args.limit_s)
-        with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.high, corrupt_rate=args.high,
-                          seed=args.seed) as vb:
-            high = _accuracy(vb.port, work, "high", args.high_limit_s)
-        with VirtualBoard(board="esp32", state_dir=state) as vb:
-            killed = {}
+            if steps & {"accuracy", "accuracy-high", "reset"}:
+                clean = _accuracy(vb.port, work, "clean", args.limit_s)
+        if "flash" in steps:
+            flash_noisy = _faulty_flash(work, "noisy", args.drop, args.corrupt, args.seed, args.limit_s, reference)
+        if "flash-high" in steps:
+            flash_high = _faulty_flash(work, "high", args.high, args.high, args.seed, args.high_limit_s, reference)
+        if "accuracy" in steps:
+            with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.drop, corrupt_rate=args.corrupt,
+                              seed=args.seed) as vb:
+                noisy = _accuracy(vb.port, work, "noisy", args.limit_s)
+        if "accuracy-high" in steps:
+            with VirtualBoard(board="esp32", state_dir=state, drop_rate=args.high, corrupt_rate=args.high,
+                              seed=args.seed) as vb:
+                high = _accuracy(vb.port, work, "high", args.high_limit_s)
+        if "reset" in steps:
+            with VirtualBoard(board="esp32", state_dir=state) as vb:
+                def kill_later(lines, t0):
+                    def go():
+                        while not any("accuracy:" in line for _, line in lines) and time.monotonic() - t0 < 60:
+                            time.sleep(0.05)
+                        time.sleep(5)
+                        vm = open(f"/proc/{vb.pid}/task/{vb.pid}/children").read().split()[0]
+                        killed["at"] = time.monotonic() - t0
+                        os.kill(int(vm), signal.SIGKILL)
+                    threading.Thread(target=go, daemon=True).start()
 
-            def kill_later(lines, t0):
-                def go():
-                    while not any("accuracy:" in line for _, line in lines) and time.monotonic() - t0 < 60:
-                        time.sleep(0.05)
-                    time.sleep(5)
-                    vm = open(f"/proc/{vb.pid}/task/{vb.pid}/children").read().split()[0]
-                    killed["at"] = time.monotonic() - t0
-                    os.kill(int(vm), signal.SIGKILL)
-                threading.Thread(target=go, daemon=True).start()
-
-            reset = _accuracy(vb.port, work, "reset", args.limit_s, kill_later)
+                reset = _accuracy(vb.port, work, "reset", args.limit_s, kill_later)
     finally:
         tmp.cleanup()
 
-    base_rc, base_s, base_top1, base_preds, _, _ = clean
     print(f"link faults: virtual esp32 at 115200 baud, seed {args.seed}; flash of a fresh board (firmware + kws) and "
-          f"the kws accuracy run over {len(base_preds)} shipped samples")
-    print(f"flash, clean line: exit 0, {flash_s:7.1f} s")
-    for rate, (rc, wall, same, last) in ((args.drop, flash_noisy), (args.high, flash_high)):
+          f"the kws accuracy run over the shipped samples")
+    print(f"flash, clean line: exit 0, {flash_s:7.1f} s{_phases(flash_lines)}")
+    for drop, corrupt, result in ((args.drop, args.corrupt, flash_noisy), (args.high, args.high, flash_high)):
+        if result is None:
+            continue
+        rc, wall, same, last, phases = result
         said = (f"files {'identical to' if same else 'DIFFERENT from'} the clean flash" if rc == 0
                 else f"stopped: {last}")
-        print(f"flash, {rate:g} drop + {rate:g} corrupt: exit {rc}, {wall:7.1f} s ({wall / flash_s:.1f}x clean), "
-              f"{said}")
-    rows.append(("flash", flash_noisy[0], flash_noisy[2]))
-    print(f"accuracy, clean line: exit {base_rc}, {base_s:7.1f} s, top-1 {base_top1}")
-    (rc, wall, top1, preds, recovered, lines) = high
-    if rc != 0:
+        print(f"flash, {drop:g} drop + {corrupt:g} corrupt: exit {rc}, {wall:7.1f} s ({wall / flash_s:.1f}x clean)"
+              f"{phases}, {said}")
+    if flash_noisy is not None:
+        rows.append(("flash", flash_noisy[0], flash_noisy[2]))
+    if clean is None:
+        return 0 if all(rc == 0 and same for _, rc, same in rows) else 1
+    base_rc, base_s, base_top1, base_preds, _, _ = clean
+    print(f"accuracy, clean line: exit {base_rc}, {base_s:7.1f} s, top-1 {base_top1}, {len(base_preds)} samples")
+    if high is not None and high[0] != 0:
+        (rc, wall, top1, preds, recovered, lines) = high
         last = next((line for _, line in reversed(lines) if line.startswith("tinyhost:")), lines[-1][1] if lines
                     else "")
         print(f"accuracy, {args.high:g} drop + {args.high:g} corrupt: exit {rc}, {wall:7.1f} s, {len(preds)} "
               f"predictions, stopped: {last}")
-    for name, (rc, wall, top1, preds, recovered, lines) in (
-            (f"accuracy, {args.drop:g} drop + {args.corrupt:g} corrupt", noisy),
-            *(((f"accuracy, {args.high:g} drop + {args.high:g} corrupt", high),) if high[0] == 0 else ()),
-            ("accuracy, VM killed", reset)):
+    for name, result in ((f"accuracy, {args.drop:g} drop + {args.corrupt:g} corrupt", noisy),
+                         (f"accuracy, {args.high:g} drop + {args.high:g} corrupt",
+                          high if high is not None and high[0] == 0 else None),
+                         ("accuracy, VM killed", reset)):
+        if result is None:
+            continue
+        rc, wall, top1, preds, recovered, lines = result
         same = preds == base_preds
         print(f"{name}: exit {rc}, {wall:7.1f} s ({wall / base_s:.1f}x clean), top-1 {top1}, "
               f"{recovered} recoveries, predictions {'identical to' if same else 'DIFFERENT from'} the clean run "

@@ -118,6 +118,60 @@ def test_fault_injection_upload_still_arrives_intact(fast_board):
         assert stats["frames_bad"] > 0 and stats["naks_sent"] > 0
 
 
+def test_bootstrap_over_a_damaging_line_runs_the_runtime_as_sent_and_the_files_arrive_identical(tmp_path):
+    """The bootstrap loader (tinyfw/loader.py, sent checked through the raw REPL) takes the runtime's source in
+    frames: over a line that drops and alters bytes (seeded) the runtime still starts from RAM, and what it then
+    writes is what was sent."""
+    from tinyhost.sim import VirtualBoard
+
+    with VirtualBoard(board="esp32", state_dir=tmp_path / "sim", baud=FAST_BAUD, drop_rate=2e-3, corrupt_rate=2e-3,
+                      seed=11) as vb:
+        with Device.open(vb.port, baud=FAST_BAUD) as dev:
+            assert dev.started_via == "bootstrap" and dev.info().bootstrapped
+            assert dev.link.stats.naks_received > 0 and dev.link.stats.frames_retried > 0   # damage was met
+            flash_runtime(dev)
+            for name in RUNTIME_FILES:
+                local = (ROOT / "device" / "tinyfw" / name).read_bytes()
+                assert dev.file_hash("/tinyfw/" + name) == hashlib.sha256(local).hexdigest()
+
+
+def _start_loader(dev, unit_bytes):
+    from tinyhost.client import loader_source
+
+    dev.repl.enter()
+    dev.repl.exec_checked(loader_source())
+    dev._run_checked(f"load(globals(), {unit_bytes})", allow_absent=False)
+    dev._hello(loader=True)
+
+
+def test_the_loader_runs_each_unit_in_the_repls_namespace_and_reports_its_errors(fast_board):
+    from tinyhost import protocol as P
+    from tinyhost.errors import DeviceError
+
+    with Device.open(fast_board.port, baud=FAST_BAUD, start=False) as dev:
+        _start_loader(dev, 100)
+        dev.put_file(b"def twice(x):\n    return 2 * x\n", "bootstrap/1-of-3")
+        with pytest.raises(DeviceError, match="ZeroDivisionError"):
+            dev.put_file(b"y = twice(21) // 0\n", "bootstrap/2-of-3")
+        with pytest.raises(DeviceError, match="larger than 100"):
+            dev.put_file(b"#" * 101, "bootstrap/3-of-3")
+        dev.link.request(P.T.BYE)
+        dev.t.read_until(b"\x04>", 2.0)
+        assert dev.repl.exec("print(twice(21))").strip() == b"42"
+
+
+def test_a_loader_left_running_is_ended_by_the_next_connection(fast_board):
+    from tinyhost import protocol as P
+
+    with Device.open(fast_board.port, baud=FAST_BAUD, start=False) as dev:
+        _start_loader(dev, 100)
+        dev.put_file(b"left_behind = 1\n", "bootstrap/1-of-1")
+        dev.t.close()                                        # a command stopped in the middle of a bootstrap
+    with Device.open(fast_board.port, baud=FAST_BAUD) as dev:
+        assert dev.started_via == "bootstrap"                # the loader ended (\r Ctrl-C), the runtime started
+        assert dev.link.request(P.T.HELLO).ftype == P.T.OK and "loader" not in dev.hello
+
+
 class _Interrupted(Exception):
     pass
 

@@ -62,7 +62,10 @@ def test_the_start_code_is_sent_checked():
     assert "TINYFW-ABSENT" in checked_code(START_CODE)
 
 
-def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
+@pytest.mark.parametrize("damage", ["crc", "magic", "lost bytes"])
+def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch, damage):
+    import time
+
     from tinyhost import protocol as P
     from tinyhost.client import Device
 
@@ -70,12 +73,18 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
         port = "fake"
 
         def __init__(self):
-            ready = bytearray(P.encode_frame(P.T.READY, 0))
-            ready[-1] ^= 1                                   # READY damaged on the line
+            ready = bytearray(P.encode_frame(P.T.READY, 0, b"tinyfw=0.1.0\nprotocol=1\xff"))
+            if damage == "lost bytes":                       # the frame stops arriving two bytes short
+                del ready[12:14]
+            else:                                            # its CRC fails; without its magic it reads as bytes
+                ready[-1 if damage == "crc" else 0] ^= 1     # outside any frame
             self.out = RUN_MARK + b"\n" + bytes(ready)
 
         def read_some(self, timeout_s, max_bytes=None):
             data, self.out = self.out, b""
+            if not data:                                     # a serial port waits for bytes that do not come
+                self.waited_s += timeout_s
+                time.sleep(timeout_s)
             return data
 
         def write(self, data):
@@ -84,11 +93,13 @@ def test_a_lost_ready_frame_is_recovered_with_hello(monkeypatch):
         def wire_time_s(self, nbytes):
             return nbytes * 10 / 115200
 
-    dev = Device(Line())
+    line = Line()
+    line.waited_s = 0.0
+    dev = Device(line)
     asked = []
-    monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None: asked.append(tries))
-    assert dev._await_ready(allow_absent=True, checked=True) is True      # at once, not after 10 s
-    assert asked == [3]
+    monkeypatch.setattr(dev, "_hello", lambda tries=4, timeout_s=None, loader=False: asked.append(tries))
+    assert dev._await_ready(allow_absent=True, checked=True) is True
+    assert asked == [3] and line.waited_s < 1.0               # asked at once, not after its 10 s for READY
 
 
 class _Board:
@@ -176,3 +187,31 @@ def test_a_raw_prompt_damaged_on_the_line_is_taken():
     line = Line()
     RawRepl(line, timeout_s=0.3).enter()                  # was: BoardNotResponding after three full waits
     assert line.reads == 1
+
+
+@pytest.mark.parametrize("after_reset, entered_again", [
+    (b"OK\r\nMPY: soft reboot\r\naw\xfaREPL; CTRL-B to exit\r\n>", False),    # one byte lost, one altered
+    (b"OK\r\nMPY: soft reboot\r\nraw RE\xfa\xfa\xe7\xfaTRL\xfa\r\n>", True)])   # too damaged to tell
+def test_a_soft_reset_whose_prompt_was_damaged_is_taken(after_reset, entered_again):
+    from tinyhost.rawrepl import RawRepl
+
+    class Line:
+        port = "fake"
+
+        def __init__(self):
+            self.sent = b""
+            self.answers = [after_reset, b"\r\nraw REPL; CTRL-B to exit\r\n>"]
+
+        def write(self, data):
+            self.sent += data
+
+        def drain(self, quiet_s, limit_s):
+            return b""
+
+        def read_until(self, marker, timeout_s):
+            return self.answers.pop(0)
+
+    line = Line()
+    RawRepl(line, timeout_s=0.3).soft_reset()             # was: BoardNotResponding, the flash stopped
+    assert len(line.answers) == (0 if entered_again else 1)
+    assert line.sent.endswith(b"\x01") == entered_again

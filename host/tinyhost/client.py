@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import BoardNotResponding, DeviceError, ProtocolError, TinyhostError, UsageError
-from .link import FramesDamaged, Link
+from .link import DAMAGED, POLL_S, FramesDamaged, Link
 from .paths import firmware_dir
 from .rawrepl import DAMAGED_MARK, RUN_MARK, RawRepl, checked_code
 from .transport import SerialTransport
@@ -194,6 +194,14 @@ def bootstrap_sources(fw_dir=None):
     return scripts
 
 
+def loader_source(fw_dir=None):
+    """tinyfw/loader.py as sent through the raw REPL: without comment lines and blank lines, indented by one
+    space a level (it is written with four)."""
+    text = (Path(fw_dir or firmware_dir()) / "tinyfw" / "loader.py").read_text()
+    lines = (ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+    return "\n".join(" " * ((len(ln) - len(ln.lstrip(" "))) // 4) + ln.lstrip(" ") for ln in lines)
+
+
 _CONST_LINE = re.compile(r"^_[A-Za-z0-9_]+ = const\([^#\n]*\)[ \t]*(?:#.*)?$", re.M)
 
 
@@ -248,6 +256,9 @@ def _bootstrap_units(source):
 # (a try that times out) is given up on after INFER_TIMEOUTS tries.
 INFER_TIMEOUTS = 5
 INFER_DAMAGE_TRIES = 32
+# INFO's and LIST's replies are hundreds of bytes: at 2e-3 damage per byte most arrive damaged, and each is asked
+# for again at once (a damaged reply is answered by a copy); silence still ends them after MAX_TRIES.
+REPLY_DAMAGE_TRIES = 32
 # Sending a model's input in pieces: SET_INPUT frames, then INVOKE and GET_OUTPUT. On a line that damages some
 # bytes, a frame arrives whole with probability exp(-rate * its bytes), so a damaged piece is sent again, not the
 # whole input. The host chooses between one INFER and pieces by the expected line time of each (ROUND_TRIP_BYTES:
@@ -330,12 +341,30 @@ class Device:
             self.started_via = "import"
         else:
             log.info("tinyfw is not on the board's filesystem: sending the runtime through the raw REPL")
-            *modules, start = bootstrap_sources()
-            for script in modules:
-                self.repl.exec_checked(script, tries=START_TRIES)
-            self._run_checked(start, allow_absent=False)
+            self._bootstrap()
             self.started_via = "bootstrap"
         self._hello()
+
+    def _bootstrap(self):
+        """Start the runtime from RAM on a board with stock MicroPython only: the loader (tinyfw/loader.py)
+        through the raw REPL, checked in pieces; the runtime's source to it in frames, unit by unit, each run once
+        its sha256 matches; then run()."""
+        *units, start = bootstrap_sources()
+        self.repl.exec_checked(loader_source(), tries=START_TRIES)
+        self._run_checked(f"load(globals(),{max(len(u.encode()) for u in units)})", allow_absent=False)
+        self._hello(loader=True)
+        for i, unit in enumerate(units):
+            self.put_file(unit.encode(), f"bootstrap/{i + 1}-of-{len(units)}")
+        self.running = False
+        self.link.take_text()
+        try:
+            self.link.request(P.T.BYE, tries=3)
+        except TinyhostError as e:            # its OK lost: the loader has returned, or the start code finds out
+            log.info("ending the bootstrap loader: %s", e)
+        deadline = time.monotonic() + 2.0          # the raw REPL's end marker after load() returned
+        while self.link.text_tail.count(b"\x04") < 2 and time.monotonic() < deadline:
+            self.link.next_frame(min(deadline, time.monotonic() + 0.05))
+        self._run_checked(start, allow_absent=False)
 
     def _probe(self):
         """True when a runtime already answers frames (e.g. started by main.py)."""
@@ -346,9 +375,15 @@ class Device:
             return False
         return True
 
-    def _hello(self, tries=4, timeout_s=None):
+    def _hello(self, tries=4, timeout_s=None, loader=False):
+        """HELLO: the runtime (``loader`` True: the bootstrap loader; None: either) answers; the link takes its
+        frame size and window."""
         f = self.link.request(P.T.HELLO, flags=P.FLAG_SYNC, tries=tries, timeout_s=timeout_s, expect_bytes=160)
         kv = P.parse_kv(f.payload)
+        if loader is not None and ("loader" in kv) != loader:
+            raise ProtocolError("the bootstrap loader answers, not the runtime" if not loader else
+                                "the runtime answers, not the bootstrap loader",
+                                hint="run the command again: tinyhost interrupts it and starts the runtime")
         if _int(kv.get("protocol")) != P.PROTOCOL_VERSION:
             raise ProtocolError(f"the board speaks tinyfw protocol {kv.get('protocol')}, this host "
                                 f"{P.PROTOCOL_VERSION}", hint="run `tinyhost flash` to update the firmware")
@@ -386,7 +421,7 @@ class Device:
     def _ready_lost(self):
         """The runtime started but its READY frame did not come through (damaged on the line): ask it with HELLO."""
         try:
-            self._hello(tries=3)
+            self._hello(tries=3, loader=None)
         except TinyhostError:
             return False
         return True
@@ -394,19 +429,31 @@ class Device:
     def _await_ready(self, allow_absent, checked=False):
         deadline = time.monotonic() + max(self.timeout_s, 10.0)
         bad = self.link.stats.frames_bad
+        damaged = False
         while True:
-            f = self.link.next_frame(min(deadline, time.monotonic() + 0.05))
+            # a frame damaged on the line: one failing its checks, stopping halfway, or without its magic (a wait
+            # shorter than the link's STALL_S would never see a frame stop halfway)
+            f = self.link.next_frame(min(deadline, time.monotonic() + POLL_S), report_damage=True)
+            if f is DAMAGED:
+                damaged, f = True, None
             text = bytes(self.link.text_tail)
             if f is not None and f.ftype == P.T.READY:
                 return True
-            if checked and RUN_MARK in text and (self.link.stats.frames_bad > bad or (
-                    f is None and time.monotonic() >= deadline)) and self._ready_lost():
-                return True
-            if allow_absent and ABSENT_MARK in text and text.rstrip().endswith(b"\x04>"):
+            if checked and RUN_MARK in text and (damaged or self.link.stats.frames_bad > bad or (
+                    f is None and time.monotonic() >= deadline)):
+                if self._ready_lost():
+                    return True
+                damaged, bad = False, self.link.stats.frames_bad
+            # the import failed: its output has ended (\x04; the prompt after it may be lost on the line)
+            if allow_absent and ABSENT_MARK in text and b"\x04" in text.split(ABSENT_MARK, 1)[1]:
                 self.link.take_text()
                 return False
-            if checked and (DAMAGED_MARK in text or (text.rstrip().endswith(b"\x04>") and RUN_MARK not in text)):
-                raise _Damaged()             # the code did not run as sent, or its wrapper was hit: send it again
+            # the code did not run as sent, or its wrapper was hit (its output's end may be damaged too): send it
+            # again
+            if checked and (DAMAGED_MARK in text or (RUN_MARK not in text and (
+                    text.rstrip().endswith(b"\x04>") or (b"Error" in text and text.rstrip().endswith(b">")) or (
+                    text and f is None and time.monotonic() >= deadline)))):
+                raise _Damaged()
             if b"Traceback" in text and text.rstrip().endswith(b"\x04>"):
                 detail = text.replace(b"\x04", b" ").decode(errors="replace").strip()
                 raise DeviceError(f"the tinyfw runtime failed to start: {detail[-500:]}",
@@ -472,7 +519,8 @@ class Device:
 
     # -- information ----------------------------------------------------------------------------------------
     def info(self):
-        return device_info_from_kv(P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600).payload))
+        return device_info_from_kv(P.parse_kv(self.link.request(P.T.INFO, expect_bytes=600,
+                                                                damage_tries=REPLY_DAMAGE_TRIES).payload))
 
     def stats(self):
         """Device counters (frames_rx, frames_bad, frames_retried, heap_free_bytes, heap_peak_bytes, last_error,
@@ -488,7 +536,8 @@ class Device:
         start = 0
         while True:
             more, page = P.parse_list(self.link.request(P.T.LIST, P.pack_list(path, start),
-                                                        expect_bytes=self.link.max_payload).payload)
+                                                        expect_bytes=self.link.max_payload,
+                                                        damage_tries=REPLY_DAMAGE_TRIES).payload)
             entries += [FileEntry(n, s, d) for n, s, d in page]
             start += len(page)
             if not more or not page:

@@ -8,6 +8,7 @@ or timeout). Every wait has a deadline; every retry loop stops after ``MAX_TRIES
 
 import collections
 import logging
+import math
 import re
 import random
 import time
@@ -22,8 +23,12 @@ MAX_TRIES = 8                  # sends of one frame before giving up
 BASE_TIMEOUT_S = 0.4           # reply timeout on top of the wire time (a loaded host or board answers late)
 TEXT_TAIL_BYTES = 2048
 STALL_S = 0.08                 # a frame from the device that stops arriving this long has lost bytes
-MIN_CHUNK_BYTES = 128          # smallest data chunk the sender shrinks to on a noisy line
-GROW_AFTER_CLEAN = 8           # acknowledged frames in a row before the chunk doubles again
+# Data frames are sized to the line (data_frames()): the chunk and the frames in flight that send a file in the least
+# expected line time at the damage rate per byte seen on data frames (each acknowledged or failed frame's bytes and
+# failures, the past weighed down by DATA_DAMAGE_MEMORY per frame).
+MIN_CHUNK_BYTES = 32           # smallest data chunk (a frame's overhead is 20 bytes)
+DATA_ROUND_TRIP_BYTES = 48     # an ACK's turnaround beyond the data frame, in byte times (its 14 bytes, the board)
+DATA_DAMAGE_MEMORY = 0.97
 # The raw REPL's "code finished" marker, after the program's output: end of output (\x04), the exception's text if
 # any, end of that (\x04), the prompt. Its last two bytes alone also occur in binary data.
 REPL_END = re.compile(rb"\x04(?:[^\x04]*Traceback[^\x04]*)?\x04>")
@@ -84,8 +89,8 @@ class Link:
         self.seq = random.randrange(0x10000)
         self.max_payload = 1024          # until HELLO tells what the device takes
         self.window = 1
-        self.data_chunk = 0              # current data chunk size (0: as large as a frame allows)
-        self.data_window = None          # data frames in flight now (None: as many as the device takes)
+        self.data_bytes = 0.0            # data frames' bytes on the line (acknowledged or failed) and their
+        self.data_failures = 0.0         # failures, both weighed down by DATA_DAMAGE_MEMORY per frame
         self.resync = False              # next request carries FLAG_SYNC
         self.stats = LinkStats()
         self.text_tail = bytearray()
@@ -266,36 +271,44 @@ class Link:
         raise FramesDamaged(f"{what} failed {tries} times (damaged frames: {self.stats.frames_bad}, "
                             f"NAKs: {self.stats.naks_received})")
 
+    @property
+    def data_damage_per_byte(self):
+        """The damage rate per byte the data frames have met (0 until one failed)."""
+        return self.data_failures / self.data_bytes if self.data_bytes else 0.0
+
+    def _data_outcome(self, frame_bytes, failed):
+        self.data_bytes = self.data_bytes * DATA_DAMAGE_MEMORY + frame_bytes + P.OVERHEAD_BYTES
+        self.data_failures = self.data_failures * DATA_DAMAGE_MEMORY + failed
+
     def send_data(self, ftype, data, pack, progress=None, what="data"):
         """Send ``data`` as consecutive frames ``pack(offset, chunk)``, up to ``self.window`` in flight, each
         acknowledged by an ACK (go-back-N on NAK or timeout). ``progress(bytes_acknowledged)`` as ACKs arrive.
 
-        The chunk size adapts to the line: halved (down to MIN_CHUNK_BYTES) when frames are lost or damaged,
-        doubled again after a run of clean ones; unacknowledged frames are cut anew. That is safe because the device
-        takes data by offset: a frame overlapping bytes it has already written only adds the bytes past its end.
+        The chunk and the frames in flight follow the line: :func:`data_frames` at the damage rate the data frames
+        have met so far (this transfer's and earlier ones'). Unacknowledged frames are cut anew after a loss. That
+        is safe because the device takes data by offset: a frame overlapping bytes it has already written only adds
+        the bytes past its end.
         """
         total = len(data)
         if total == 0:
             return
-        max_chunk = self.max_payload - len(pack(0, b""))
-        chunk = min(self.data_chunk or max_chunk, max_chunk)
         first = self.seq
         frames = []                     # index -> (offset, length, raw); index i has seq first + i
         self.seq_used = 0
         try:
-            self._send_frames(ftype, data, pack, progress, what, first, frames, max_chunk, chunk)
+            self._send_frames(ftype, data, pack, progress, what, first, frames)
         except BaseException:
             self.resync = True          # the device may be left waiting for a frame that will not come
             raise
         finally:
             self.seq = (first + self.seq_used) & 0xFFFF
 
-    def _send_frames(self, ftype, data, pack, progress, what, first, frames, max_chunk, chunk):
+    def _send_frames(self, ftype, data, pack, progress, what, first, frames):
         total = len(data)
-        window = max(1, self.window if self.data_window is None else min(self.window, self.data_window))
+        max_chunk = self.max_payload - len(pack(0, b""))
+        frame_extra = len(pack(0, b"")) + P.OVERHEAD_BYTES + len(FRAME_PAD)
         base = next_i = 0
         tries = 0
-        clean = 0
         deadline = 0.0
 
         def end_of(i):
@@ -304,6 +317,10 @@ class Link:
         def inflight_bytes():
             return sum(len(frames[i][2]) for i in range(base, next_i)) or P.OVERHEAD_BYTES
 
+        def fit():
+            return data_frames(self.data_damage_per_byte, max_chunk, max(1, self.window), frame_extra)
+
+        chunk, window = fit()
         while base < len(frames) or end_of(len(frames) - 1) < total:
             sent_any = False
             while next_i - base < window and (next_i < len(frames) or end_of(len(frames) - 1) < total):
@@ -331,22 +348,19 @@ class Link:
                 tries += 1
                 if tries >= MAX_TRIES:
                     raise ProtocolError(f"{what}: bytes {end_of(base - 1)}.. not acknowledged after {tries} tries")
+                self._data_outcome(len(frames[base][2]), 1)
                 self.stats.frames_retried += next_i - base
-                next_i = base                     # go back to the oldest unacknowledged frame, cut smaller
+                next_i = base                     # go back to the oldest unacknowledged frame, cut anew
                 del frames[base:]
-                chunk = max(MIN_CHUNK_BYTES, chunk // 2)
-                window = 1                        # frames sent behind a lost one are lost too (go-back-N)
-                clean = 0
+                chunk, window = fit()
                 continue
             idx = (f.seq - first) & 0xFFFF
             if f.ftype == P.T.ACK and base <= idx < next_i:
+                for i in range(base, idx + 1):
+                    self._data_outcome(len(frames[i][2]), 0)
                 base = idx + 1
                 tries = 0
-                clean += 1
-                if clean >= GROW_AFTER_CLEAN and (chunk < max_chunk or window < self.window):
-                    chunk = min(max_chunk, chunk * 2)
-                    window = min(max(1, self.window), window * 2)
-                    clean = 0
+                chunk, window = fit()
                 deadline = time.monotonic() + self.reply_timeout_s(inflight_bytes())
                 if progress:
                     progress(end_of(base - 1))
@@ -354,12 +368,13 @@ class Link:
                 self.stats.naks_received += 1
                 idx = (P.parse_nak(f.payload)[0] - first) & 0xFFFF
                 if base <= idx < next_i:
+                    for i in range(base, idx):
+                        self._data_outcome(len(frames[i][2]), 0)
+                    self._data_outcome(len(frames[idx][2]), 1)
                     self.stats.frames_retried += next_i - idx
                     base = next_i = idx           # everything before idx arrived; idx and later were dropped
                     del frames[idx:]
-                    chunk = max(MIN_CHUNK_BYTES, chunk // 2)
-                    window = 1
-                    clean = 0
+                    chunk, window = fit()
                     tries += 1
                     if tries >= MAX_TRIES:
                         raise ProtocolError(f"{what}: bytes {end_of(idx - 1)}.. rejected {tries} times")
@@ -370,5 +385,27 @@ class Link:
                                     hint="the board was reset; reconnect and retry")
             else:
                 self.stats.stale_frames += 1
-        self.data_chunk = chunk
-        self.data_window = window
+
+
+def data_frames(damage_per_byte, max_chunk, max_window, frame_extra=4 + P.OVERHEAD_BYTES + len(FRAME_PAD)):
+    """(chunk bytes, frames in flight) that send data in the least expected line time at ``damage_per_byte``, in
+    go-back-N: a frame of f bytes (its chunk plus ``frame_extra``) and its ACK get through with probability
+    q = exp(-rate x (f + ACK)); with w frames in flight each takes max(f, (f + DATA_ROUND_TRIP_BYTES) / w) of
+    line time, and a lost one costs it and the w - 1 sent behind it. Expected byte times per data byte:
+    (max(f, (f + round trip) / w) + (1 - q)(w - 1) f) / (q x chunk). On a clean line: the largest chunk and
+    the most frames in flight."""
+    best = None
+    n = max_chunk
+    sizes = []
+    while n > MIN_CHUNK_BYTES:
+        sizes.append(n)
+        n = int(n / 1.25)
+    sizes.append(min(MIN_CHUNK_BYTES, max_chunk))
+    for n in sizes:
+        f = n + frame_extra
+        q = math.exp(-damage_per_byte * (f + P.OVERHEAD_BYTES))
+        for w in range(max_window, 0, -1):
+            cost = (max(f, (f + DATA_ROUND_TRIP_BYTES) / w) + (1 - q) * (w - 1) * f) / (q * n)
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, n, w)
+    return best[1], best[2]

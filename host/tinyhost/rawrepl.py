@@ -288,9 +288,14 @@ class RawRepl:
     def soft_reset(self):
         """Soft-reset from the raw REPL (boot.py runs, main.py not) and wait for the raw prompt again."""
         self.t.write(CTRL_D)
-        got = self.t.read_until(RAW_PROMPT, max(self.timeout_s, 10.0))
-        if not got.endswith(RAW_PROMPT):
-            raise BoardNotResponding(f"the board did not come back after a soft reset ({got[-60:]!r})")
+        got = self.t.read_until(RAW_PROMPT[-3:], max(self.timeout_s, 10.0))
+        if got.endswith(RAW_PROMPT) or _prompt_damaged(got):
+            return
+        if not got:
+            raise BoardNotResponding("the board did not come back after a soft reset (no output at all)")
+        # its prompt was damaged on the line (or more came after it): ask for the prompt again
+        log.info("no raw REPL prompt after the soft reset (%r): entering the raw REPL again", got[-60:])
+        self.enter()
 
     def leave(self):
         """Back to the friendly REPL."""
