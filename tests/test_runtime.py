@@ -6,6 +6,7 @@ pyserial -- the same SerialTransport as for a real port, minus the raw REPL (tes
 """
 
 import hashlib
+import re
 import socket
 import struct
 import subprocess
@@ -355,6 +356,24 @@ def test_bad_model_and_missing_model(vm_model):
     with pytest.raises(DeviceError) as e:
         dev.infer(bytes(3))                           # input 0 has 40 bytes
     assert e.value.code == P.ErrorCode.BAD_ARGS
+
+
+def test_model_that_does_not_fit_is_refused_with_the_free_heap_and_the_next_load_works():
+    """The engine runs out of heap while tinyfw.cmd_load is out of it (the runtime drops it for the load): the
+    ERR names the model and the heap left free, and the runtime loads and runs a model that fits right after."""
+    v = VmRuntime(heap_bytes=320 * 1024)     # its filesystem takes 192 KB of it
+    try:
+        dev = v.dev
+        dev.put_file(FAKE_ENGINE.read_bytes(), "/tinyfw/engine/__init__.py")
+        dev.put_file(_fake_model(65535, 65535), "/huge.fake")
+        dev.put_file(_fake_model(40, 10), "/m.fake")
+        with pytest.raises(DoesNotFit) as e:
+            dev.load_model("/huge.fake")
+        assert re.search(r"/huge.fake does not fit in RAM \(.*; heap free \d+ bytes after unloading\)", str(e.value))
+        dev.load_model("/m.fake")
+        assert dev.infer(bytes(range(40))).output == _expected_output(bytes(range(40)), 10)
+    finally:
+        v.close()
 
 
 # -- the real engine (device/tinyfw/engine) with a real model -----------------------------------------------------

@@ -1,12 +1,13 @@
 # tinyfw model loading: the LOAD command and Runtime.load_model (docs/protocol.md).
 #
-# The runtime imports this module for one load and drops it again right after (Runtime._modelload), so that
-# neither the loading code nor the model commands' code (tinyfw.cmd_model, dropped before the load and imported
-# again after it) holds heap while the engine loads a model or while the model runs (docs/engine.md, "Memory").
+# The runtime imports this module twice for one load (Runtime._modelload): before the engine loads the model, to make
+# room (begin: the loaded model, a stream and the command modules go), and after it, to finish (finish: input copies,
+# offload, the board-time costs; then the LOAD reply or the error). In between it is dropped, so that neither its code
+# nor the model commands' code (tinyfw.cmd_model, dropped in begin and imported again after the load) holds heap
+# while the engine builds the model, the load's peak (docs/engine.md, "Memory").
 # Protocol numbers are private copies (compiled away; tests/test_device_constants.py checks them).
 import gc
 import sys
-import time
 
 from micropython import const
 
@@ -19,9 +20,18 @@ _E_NO_MEMORY = const(10)
 _E_NO_ENGINE = const(12)
 
 
-def load_model(rt, path, backend="auto", keep_free_bytes=0):
-    """Load ``path`` with the engine, replacing the loaded model, leaving ``keep_free_bytes`` of heap for what comes
-    after it; returns the engine Model."""
+def request_args(rt):
+    """The arguments of a LOAD request ('backend\\0path', then '\\0' and the heap to leave free in decimal bytes, if
+    any): (backend, path, keep_free_bytes)."""
+    fields = bytes(rt.payload_view()).split(b"\0")
+    if not 2 <= len(fields) <= 3 or (len(fields) == 3 and not fields[2].isdigit()):
+        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path' or 'backend\\0path\\0keep_free_bytes'")
+    return fields[0].decode() or "auto", fields[1].decode(), int(fields[2]) if len(fields) == 3 else 0
+
+
+def begin(rt):
+    """Make room for a model: a stream ends, the loaded model, its input copies and offload go, then the session,
+    file and model commands' code. Returns the engine module (tinyfw.engine)."""
     try:
         from tinyfw import engine
     except ImportError as e:
@@ -34,18 +44,25 @@ def load_model(rt, path, backend="auto", keep_free_bytes=0):
         rt.model_module().unload(rt)         # the loaded model, its input copies and offload go first
     rt.times = None
     rt.drop_commands()         # the session, file and model commands' code goes back to the heap first
-    try:
-        rt.model = engine.load(path, backend=backend, keep_free_bytes=keep_free_bytes)
-    except engine.ModelError as e:
-        raise DevError(_E_MODEL, "%s: %s" % (path, e))
-    except MemoryError as e:
-        gc.collect()
-        raise DevError(_E_NO_MEMORY, "%s does not fit in RAM (%s; heap free %d bytes after unloading)"
-                       % (path, e, gc.mem_free()))
-    except OSError as e:
-        if e.args and e.args[0] == 2:
-            raise DevError(_E_NOT_FOUND, "%s: no such file" % path)
-        raise
+    return engine
+
+
+def load_error(path, e, free_bytes):
+    """The DevError that tells why the engine did not load ``path`` (``e``, raised by engine.load with
+    ``free_bytes`` of heap free once the load gave up); ``e`` itself where it is none of the load's own errors."""
+    if isinstance(e, MemoryError):
+        return DevError(_E_NO_MEMORY, "%s does not fit in RAM (%s; heap free %d bytes after unloading)"
+                        % (path, e, free_bytes))
+    if isinstance(e, OSError):
+        return DevError(_E_NOT_FOUND, "%s: no such file" % path) if e.args and e.args[0] == 2 else e
+    from tinyfw.engine import ModelError     # resident: begin imported it
+    if isinstance(e, ModelError):
+        return DevError(_E_MODEL, "%s: %s" % (path, e))
+    return e
+
+
+def finish(rt, path, keep_free_bytes):
+    """After the engine loaded ``rt.model`` from ``path``: its input copies, offload, the board-time costs."""
     # The engine's planner may reuse an input's arena bytes once the input has been read (as TFLM does), so the
     # runtime keeps what the host set and puts it back before every run: INVOKE N runs N times on the same input.
     # Not for a model loaded leaving heap free (a stream's, which writes the input itself before every run).
@@ -57,10 +74,17 @@ def load_model(rt, path, backend="auto", keep_free_bytes=0):
             pass
     if _exists(OFFLOAD_CONFIG):
         rt.model_module()._offload(rt, True)     # /offload.json is read at every load
-    # else tinyfw.cmd_model stays out of the heap (it was dropped above) until a model command imports it: a model
+    # else tinyfw.cmd_model stays out of the heap (it was dropped in begin) until a model command imports it: a model
     # loaded for a stream runs beside the front end without it
     board_time(path)
     return rt.model
+
+
+def reply(rt, m, load_ms):
+    """Write the LOAD reply but its heap line into the frame buffer (tinyfw.load_reply); returns its length (the
+    runtime adds the heap line once this code is dropped, and sends the reply)."""
+    from tinyfw import load_reply       # the reply's code comes in once the model is loaded (the runtime drops it)
+    return load_reply.write(rt, m, load_ms)
 
 
 OFFLOAD_CONFIG = "/offload.json"     # tinyfw.cmd_model's _OFFLOAD_CONFIG
@@ -100,20 +124,3 @@ def board_time(path):
         clock.set_costs(int(line[1]), int(line[2]), line[0], path) if line else clock.set_costs(0, 0, "", path)
     except ValueError:
         clock.set_costs(0, 0, "", path)
-
-
-def load_request(rt):
-    """Execute a LOAD request ('backend\\0path', then '\\0' and the heap to leave free in decimal bytes, if any): load
-    the model and write the reply but its heap line into the frame buffer (tinyfw.load_reply); returns its length (the
-    runtime adds the heap line once this code is dropped, and sends the reply)."""
-    fields = bytes(rt.payload_view()).split(b"\0")
-    if not 2 <= len(fields) <= 3 or (len(fields) == 3 and not fields[2].isdigit()):
-        raise DevError(_E_BAD_ARGS, "LOAD wants 'backend\\0path' or 'backend\\0path\\0keep_free_bytes'")
-    backend = fields[0].decode() or "auto"
-    path = fields[1].decode()
-    keep = int(fields[2]) if len(fields) == 3 else 0
-    fields = None
-    t0 = time.ticks_ms()
-    m = load_model(rt, path, backend, keep)
-    from tinyfw import load_reply       # the reply's code comes in once the model is loaded (the runtime drops it)
-    return load_reply.write(rt, m, time.ticks_diff(time.ticks_ms(), t0))

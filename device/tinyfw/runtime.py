@@ -4,10 +4,11 @@
 # On a board without the firmware on its filesystem the host sends frame.py, cmd_files.py, cmd_session.py and this
 # file through the raw REPL instead, one after the other into one namespace ("bootstrap"); that is why the tinyfw
 # imports below are single lines the host can drop. The command handlers are the cmd_* modules: model commands
-# in tinyfw/cmd_model.py, imported on first use, and LOAD in tinyfw/cmd_load.py, imported for each load and dropped
-# after it; session commands (tinyfw/cmd_session.py) and file commands (tinyfw/cmd_files.py) are imported on first
-# use and dropped again before a model is loaded, as is tinyfw.cmd_model, so that the load has their heap
-# (docs/engine.md, "Memory"); text (EEMBC) commands go through tinyfw/cmd_text.py, imported at the first one.
+# in tinyfw/cmd_model.py, imported on first use, and LOAD in tinyfw/cmd_load.py, imported before and after the
+# engine loads a model and dropped while it does (its code is not in the heap at the load's peak); session commands
+# (tinyfw/cmd_session.py) and file commands (tinyfw/cmd_files.py) are imported on first use and dropped again
+# before a model is loaded, as is tinyfw.cmd_model, so that the load has their heap (docs/engine.md, "Memory");
+# text (EEMBC) commands go through tinyfw/cmd_text.py, imported at the first one.
 #
 # This module stays in the heap next to a model, so it is kept lean: protocol numbers are private copies
 # (`_X = const(...)` is compiled away: no global, no qstr; tests/test_device_constants.py checks every copy
@@ -222,19 +223,39 @@ class Runtime:
         return cmd_model
 
     def _modelload(self, path, backend, keep_free_bytes=0):
-        """Load a model with tinyfw.cmd_load, imported for this load and dropped right after it: ``path`` None
-        executes a LOAD request and returns the length of the reply begun in the frame buffer."""
+        """Load a model. tinyfw.cmd_load makes room first and is dropped while the engine loads, so that its code
+        is not in the heap at the load's peak; it is imported again to finish the load or tell why it failed.
+        ``path`` None executes a LOAD request and returns the length of the reply begun in the frame buffer;
+        else returns the engine Model."""
+        t0 = time.ticks_ms()
+        request = path is None
+        cmd_load = _load_module()
         try:
-            from tinyfw import cmd_load
-        except ImportError:
-            raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_load.py); "
-                           "run `tinyhost flash` first")
-        try:
-            if path is None:
-                return cmd_load.load_request(self)
-            return cmd_load.load_model(self, path, backend, keep_free_bytes)
+            if request:
+                backend, path, keep_free_bytes = cmd_load.request_args(self)
+            engine = cmd_load.begin(self)
         finally:
             cmd_load = None
+            _forget("cmd_load")
+        gc.collect()
+        error = None
+        try:
+            self.model = engine.load(path, backend=backend, keep_free_bytes=keep_free_bytes)
+        except Exception as e:      # told by tinyfw.cmd_load once its code is back
+            error = e
+        engine = None
+        free = 0
+        if error is not None:
+            gc.collect()
+            free = gc.mem_free()    # what the failed load left (its error tells it)
+        cmd_load = _load_module()
+        try:
+            if error is not None:
+                raise cmd_load.load_error(path, error, free)
+            m = cmd_load.finish(self, path, keep_free_bytes)
+            return cmd_load.reply(self, m, time.ticks_diff(time.ticks_ms(), t0)) if request else m
+        finally:
+            cmd_load = error = None
             _forget("cmd_load")
             _forget("load_reply")
 
@@ -434,6 +455,16 @@ class Runtime:
         put16(self.small, 0, code)
         self.small[2:2 + len(raw)] = raw
         self.reply_small(2 + len(raw), _ERR)
+
+
+def _load_module():
+    """tinyfw.cmd_load, imported (it is dropped while a model loads)."""
+    try:
+        from tinyfw import cmd_load
+    except ImportError:
+        raise DevError(_E_NO_ENGINE, "model commands need the flashed firmware (tinyfw/cmd_load.py); "
+                       "run `tinyhost flash` first")
+    return cmd_load
 
 
 def _forget(name):
