@@ -5,6 +5,8 @@ flash` sends it, a model with its load plan beside it loads and runs with the he
 import json
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,9 +115,14 @@ def test_vww_runs_with_weights_streamed_in_esp32_heap(tmp_path, mpy_device):
 def test_shipped_model_loads_through_the_running_runtime_in_esp32_heap(name, tmp_path, mpy_device):
     from tinyhost.model import engine_module
 
-    model = helpers.with_plan(helpers.REPO / "models" / name / f"{name}.tflite", tmp_path)
-    proc = subprocess.run([helpers.micropython(), "-X", f"heapsize={ESP32_HEAP_BYTES}", str(RUNTIME_HEAP),
-                           str(model), str(mpy_device)], capture_output=True, text=True, timeout=120)
+    # Paths as short as a board's (/models/kws.tflite, /tinyfw/...): MicroPython keeps every module's path and the
+    # model's name for good, so a long temporary folder (pytest's, one per worker) would take heap a board keeps.
+    with tempfile.TemporaryDirectory(prefix="th", dir="/tmp") as short:
+        shutil.copytree(mpy_device, Path(short) / "d")
+        model = helpers.with_plan(helpers.REPO / "models" / name / f"{name}.tflite", Path(short))
+        proc = subprocess.run([helpers.micropython(), "-X", f"heapsize={ESP32_HEAP_BYTES}", str(RUNTIME_HEAP),
+                               model.name, "d"], cwd=short, capture_output=True, text=True, timeout=120)
+        m = engine_module().load(str(model), backend="numpy")
     result = next((json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
                    if line.startswith("RESULT ")), None)
     assert result is not None and result["ok"], proc.stdout[-2000:] + proc.stderr[-500:]
@@ -124,7 +131,6 @@ def test_shipped_model_loads_through_the_running_runtime_in_esp32_heap(name, tmp
     # UNLOAD gives the arena and the steps back: the second LOAD ends where the first did (no leak, room for it;
     # the harness's own stage records grow by ~100 B a stage)
     assert used["LOAD again"] <= used["LOAD"] + 1024, result["stages"]
-    m = engine_module().load(str(model), backend="numpy")
     x = np.frombuffer(bytes((i * 7) % 256 for i in range(m.inputs[0].nbytes)), dtype=np.int8)
     assert bytes(result["output"]) == helpers.engine_output(m, x).tobytes()
 
