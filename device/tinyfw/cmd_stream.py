@@ -188,9 +188,13 @@ def _reload_leaving_room(rt):
 
 
 def stop():
-    """End the stream; returns its Listener (None when none ran)."""
+    """End the stream: its buffers and front end go back to the heap at once (so that what follows, a reply of its
+    counters, has room); returns its Listener, counters and settings kept (None when none ran)."""
     li = _state[_LISTENER]
     _state[_LISTENER] = None
+    if li is not None:
+        li.release()
+        gc.collect()
     return li
 
 
@@ -277,8 +281,7 @@ def cmd_stop(rt):
     if li is None:
         raise DevError(_E_STATE, "no stream: send STREAM_START first")
     drain(li, rt.small)
-    counters(rt, li)
-    stop()
+    counters(rt, stop())
 
 
 STREAM_COMMANDS = {_STREAM_START: cmd_start, _AUDIO: cmd_audio, _STREAM_STOP: cmd_stop}
