@@ -56,7 +56,8 @@ def window_gain(s, i, samples, n_samples, start, win_h, width):
         x = samples[i]
         if x < 0:
             x = -x
-        s += (x * (win_h[j] + 1)) >> 10
+        m = j if j + j <= width else width - j                # the window is symmetric: its first half is kept
+        s += (x * (win_h[m] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
@@ -87,10 +88,11 @@ def window(i, j, samples, n_samples, start, win_h, win_l, re, im, rev, width, n_
     i = start
     for j in range(width):
         x = samples[i]
+        m = j if j + j <= width else width - j                # w[j] = w[width - j]: the table's first half
         if gain >= 15:
-            y = ((x * win_h[j]) << up) + ((x * win_l[j] + half) >> sh)
+            y = ((x * win_h[m]) << up) + ((x * win_l[m] + half) >> sh)
         else:
-            t = x * win_h[j] + ((x * win_l[j] + 0x4000) >> 15)  # |t| <= |x| (win_h + 1) + 2
+            t = x * win_h[m] + ((x * win_l[m] + 0x4000) >> 15)  # |t| <= |x| (win_h + 1) + 2
             y = (t + half) >> sh
         k = rev[j >> 1]
         if j & 1:

@@ -82,7 +82,7 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # filter (those that do, k_lo..k_hi, are known once the filterbank is made).
     fe._re = _zeros("i", n_half)                        # work buffers: the FFT's
     fe._im = _zeros("i", n_half)
-    win_h, win_l = _pieces(window_samples)
+    win_h, win_l = _pieces(window_samples // 2 + 1)    # the window's first half: w[n] = w[window_samples - n]
     fe._mag = _zeros("i", n_bins)                       # work buffer: magnitudes
     sp_h, sp_l = _pieces(2 * n_bins)
     fe._ln = _zeros("i", 258)
@@ -98,8 +98,8 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     fe._log_mel = _zeros("i", mel_bins)
     sums = _zeros("i", mel_bins)
     edges = _zeros("d", mel_bins + 2)                   # the filters' edges in mel
-    # periodic Hann window in Q30, split
-    for n in range(window_samples):
+    # periodic Hann window in Q30, split: its first half and middle (the kernels read w[n] at min(n, N - n))
+    for n in range(window_samples // 2 + 1):
         _put30(win_h, win_l, n, _q30(0.5 - 0.5 * math.cos(2.0 * math.pi * n / window_samples)))
     # complex input point j (samples 2j, 2j+1) goes to rev[j] (bit reversal over n_half points)
     bits = 0

@@ -34,7 +34,10 @@ def window_gain(s: int, i: int, samples, n_samples: int, start: int, win_h, widt
         x = (x16[i] ^ 0x8000) - 0x8000
         if x < 0:
             x = 0 - x
-        s += (x * (wh[j] + 1)) >> 10
+        m = j
+        if j + j > width:
+            m = width - j
+        s += (x * (wh[m] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
@@ -73,10 +76,13 @@ def window(i: int, j: int, samples, n_samples: int, start: int, win_h, win_l, re
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
+        m = j
+        if j + j > width:
+            m = width - j
         if gain >= 15:
-            y = ((x * wh[j]) << up) + ((x * wl[j] + half) >> sh)
+            y = ((x * wh[m]) << up) + ((x * wl[m] + half) >> sh)
         else:
-            y = (x * wh[j] + ((x * wl[j] + 0x4000) >> 15) + half) >> sh
+            y = (x * wh[m] + ((x * wl[m] + 0x4000) >> 15) + half) >> sh
         k = rv[j >> 1]
         if j & 1:
             pi[k] = y
