@@ -16,7 +16,7 @@ from tinyfw.frame import DevError
 
 _E_NO_MEMORY = const(10)
 _E_STATE = const(11)
-# Heap the front end (tinyfw.mfcc: its tables and work buffers, 18 KB for kws in the 64-bit virtual board, and the
+# Heap the front end (tinyfw.mfcc: its tables and work buffers, 15 KB for kws in the 64-bit virtual board, and the
 # code that makes them) and the stream's buffers take beside the model; a model loaded again for a stream leaves it
 # free (engine.load's keep_free_bytes). tinyhost.stream.STREAM_HEAP_BYTES is a copy (tests/test_stream.py).
 _STREAM_HEAP_BYTES = const(28672)
