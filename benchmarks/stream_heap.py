@@ -1,7 +1,8 @@
 """Where the heap goes when a board streams keyword spotting (docs/streaming.md, "Memory"): the free heap after each
 step of `tinyhost listen`'s set-up, in the virtual board's MicroPython VM, step by step through the raw REPL with the
 runtime's own objects: boot, the runtime, the model loaded as listen loads it (leaving the stream's heap free, and
-for comparison as a plain LOAD does), the stream's code, the front end's tables, the stream's buffers.
+for comparison as a plain LOAD does), the stream's code, the front end's tables, the stream's buffers (made once the
+start's code, tinyfw.stream_setup, is dropped, as cmd_stream.start drops it).
 
     python -m benchmarks.stream_heap [--boards esp32,esp32s3] [--model models/kws/kws.tflite]
 
@@ -29,6 +30,8 @@ class _Out:
 rt = R.Runtime(_In(), _Out())
 """
 _LISTENER = """
+stream_setup = None
+cmd_stream._drop("stream_setup")
 from tinyfw import stream
 li = stream.Listener(rt.model, fe, 33, 1, 128, 1000, 1023, 40)
 """
@@ -54,8 +57,9 @@ def steps(model_remote, keep_free_bytes):
             ("runtime running", _RUNTIME),
             ("model loaded", load),
             ("stream's code (cmd_stream)", "from tinyfw import cmd_stream"),
+            ("start's code (stream_setup)", "from tinyfw import stream_setup"),
             ("front end's code (mfcc)", "from tinyfw import mfcc"),
-            ("front end's tables built", "fe = cmd_stream.frontend(rt.model.inputs[0].scale, "
+            ("front end's tables built", "fe = stream_setup.frontend(rt.model.inputs[0].scale, "
                                          "rt.model.inputs[0].zero_point)"),
             ("stream's buffers (Listener)", _LISTENER)]
 

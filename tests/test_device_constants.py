@@ -17,7 +17,7 @@ from tinyhost.client import BOOTSTRAP_MODULES, bootstrap_sources
 TINYFW = Path(__file__).resolve().parents[1] / "device" / "tinyfw"
 # the modules that carry private copies of protocol numbers
 COPYING_MODULES = ("frame.py", "runtime.py", "cmd_session.py", "cmd_files.py", "cmd_model.py", "cmd_load.py",
-                   "cmd_stream.py", "loader.py")
+                   "cmd_stream.py", "stream_setup.py", "loader.py")
 
 
 def protocol_values():

@@ -150,6 +150,38 @@ def test_quantisation_thresholds_round_as_the_host(scale, zero_point):
     assert (codes == quantize(probes / 2.0 ** 20, f32, zero_point).astype(int)).all()
 
 
+def _q30_pieces(x):
+    """x in Q30 as mfcc_tables stores it: (high signed 15-bit piece, low 15 bits)."""
+    v = device_mfcc_tables._q30(x)
+    return v >> 15, v & 0x7FFF
+
+
+@pytest.mark.parametrize("fft_size,mel_bins", [(256, 16), (512, 40), (1024, 40)])
+def test_the_quarter_wave_gives_every_cos_and_sin_as_computed_directly(fft_size, mel_bins):
+    """The kernels' cos and sin of pi k / n_half come from a quarter wave of cosine (mfcc_ref.cos_sin): the same
+    Q30 pieces, for every k the FFT and the spectrum use, as computing each one from math.cos and math.sin."""
+    from tinyfw import mfcc_ref
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, window_samples=min(640, fft_size), fft_size=fft_size,
+                          mel_bins=mel_bins, backend="ref")
+    cos_h, cos_l = fe._cos
+    n_half = fft_size // 2
+    assert len(cos_h) == n_half // 2 + 1
+    for k in range(n_half):
+        a = np.pi * k / n_half
+        assert mfcc_ref.cos_sin(cos_h, cos_l, k, n_half) == _q30_pieces(np.cos(a)) + _q30_pieces(np.sin(a)), k
+
+
+@pytest.mark.parametrize("window_samples", [480, 640])
+def test_the_half_window_is_the_periodic_hann_window(window_samples):
+    """The window's table keeps w[0..N/2]; the kernels read w[n] at min(n, N - n): the values of every n."""
+    fe = device_mfcc.Mfcc(SCALE, ZERO_POINT, window_samples=window_samples, fft_size=1024, backend="ref")
+    win_h, win_l = fe._win
+    assert len(win_h) == window_samples // 2 + 1
+    for n in range(window_samples):
+        m = min(n, window_samples - n)
+        assert (win_h[m], win_l[m]) == _q30_pieces(0.5 - 0.5 * np.cos(2.0 * np.pi * n / window_samples)), n
+
+
 @pytest.mark.parametrize("bad", [dict(scale=0.0), dict(fft_size=1000), dict(window_samples=641),
                                  dict(window_samples=2048), dict(mfcc_count=41), dict(mel_high_hz=9000.0),
                                  dict(log_offset=0.5), dict(fft_size=4096, mel_bins=2, mfcc_count=2),

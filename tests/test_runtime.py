@@ -470,7 +470,7 @@ def test_ack_nak_and_event_frames_share_one_buffer_and_allocate_nothing(tmp_path
     assert P.parse_event(frames[2].payload) == (3, 0xDEADBEEF) and P.parse_event(frames[3].payload) == (4, 5)
 
 
-STREAM_FILES = FIRMWARE + ",eembc.py,boot_model.py,cmd_stream.py,stream.py,mfcc.py,mfcc_tables.py,mfcc_ref.py,mfcc_viper.py"
+STREAM_FILES = FIRMWARE + ",eembc.py,boot_model.py,cmd_stream.py,stream_setup.py,stream.py,mfcc.py,mfcc_tables.py,mfcc_ref.py,mfcc_viper.py"
 
 
 def _text(dev, cmd, timeout_s=10.0):

@@ -99,7 +99,7 @@ def test_stream_start_format_is_the_firmwares():
 
 
 def test_stream_numbers_shared_with_the_firmware():
-    assert _device_constant_call("cmd_stream.py", "_STREAM_HEAP_BYTES") == st.STREAM_HEAP_BYTES
+    assert _device_constant_call("stream_setup.py", "_STREAM_HEAP_BYTES") == st.STREAM_HEAP_BYTES
     for name in ("EVENT_BYTES", "BUSY_MAX", "BUSY_BYTES"):
         assert _device_constant_call("cmd_stream.py", "_" + name) == _device_constant_call("stream.py", name), name
     assert st.STREAM_KEEP_FREE_BYTES == st.STREAM_CODE_BYTES + st.STREAM_HEAP_BYTES

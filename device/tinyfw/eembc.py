@@ -374,8 +374,8 @@ def _stream_command(rt, cmd):
             _say(rt, "m-[Already idle; ignoring stop]")
             return
         cmd_stream.drain(li, bytearray(10 * 8))
-        cmd_stream.stop()
-        c = li.counts
+        li = None
+        c = cmd_stream.stop().counts
         _say(rt, "Streaming stopped.")
         _say(rt, "m-[hops %d, inferences %d, skipped %d, hops dropped %d, detections %d, busy %d us of %d us, "
                  "clock %s]" % (c[0], c[1], c[2], c[3], c[4], c[6], c[7], clock.model() or "real"))

@@ -73,14 +73,13 @@ class Mfcc:
                              % (start, n, self.mfcc_count, out_at, len(out)))
         width = self.window_samples
         win_h, win_l = self._win
-        tw_h, tw_l = self._tw
-        sp_h, sp_l = self._sp
+        cos_h, cos_l = self._cos
         band, w_a, w_b = self._filt
         n_half, k_lo, k_hi, k_max = self._dims
         gain = k.window_gain(0, 0, samples, n, start, win_h, width)
         k.window(0, 0, samples, n, start, win_h, win_l, self._re, self._im, self._rev, width, n_half, gain)
-        k.fft(0, 0, self._re, self._im, tw_h, tw_l, n_half, self._ws)
-        down = k.spectrum(0, 0, self._re, self._im, sp_h, sp_l, self._mag, k_lo, k_hi, n_half, self._ws)
+        k.fft(0, 0, self._re, self._im, cos_h, cos_l, n_half, self._ws)
+        down = k.spectrum(0, 0, self._re, self._im, cos_h, cos_l, self._mag, k_lo, k_hi, n_half, self._ws)
         k.mel(0, 0, self._mag, band, w_a, w_b, self._energy, k_lo, k_hi, self.mel_bins, down)
         # energy = E * 2**(16 + gain - down): samples are x / 2**15, y carries 2**gain, the split gives 2 X
         k.log_dct(0, 0, self._energy, self._ln, self._offset, 16 + gain - down, self._dct_h, self._dct_l,

@@ -56,7 +56,8 @@ def window_gain(s, i, samples, n_samples, start, win_h, width):
         x = samples[i]
         if x < 0:
             x = -x
-        s += (x * (win_h[j] + 1)) >> 10
+        m = j if j + j <= width else width - j                # the window is symmetric: its first half is kept
+        s += (x * (win_h[m] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
@@ -87,10 +88,11 @@ def window(i, j, samples, n_samples, start, win_h, win_l, re, im, rev, width, n_
     i = start
     for j in range(width):
         x = samples[i]
+        m = j if j + j <= width else width - j                # w[j] = w[width - j]: the table's first half
         if gain >= 15:
-            y = ((x * win_h[j]) << up) + ((x * win_l[j] + half) >> sh)
+            y = ((x * win_h[m]) << up) + ((x * win_l[m] + half) >> sh)
         else:
-            t = x * win_h[j] + ((x * win_l[j] + 0x4000) >> 15)  # |t| <= |x| (win_h + 1) + 2
+            t = x * win_h[m] + ((x * win_l[m] + 0x4000) >> 15)  # |t| <= |x| (win_h + 1) + 2
             y = (t + half) >> sh
         k = rev[j >> 1]
         if j & 1:
@@ -102,9 +104,20 @@ def window(i, j, samples, n_samples, start, win_h, win_l, re, im, rev, width, n_
             i = 0
 
 
-def fft(a, b, re, im, tw_h, tw_l, n_half, ws):
+def cos_sin(cos_h, cos_l, k, n_half):
+    """cos and sin of pi k / n_half (0 <= k < n_half) in Q30 pieces, (ch, cl, sh, sl), from the quarter wave
+    cos_h/cos_l, cos(pi i / n_half) for i = 0..n_half / 2: sin x = cos(pi / 2 - x), and cos x = -cos(pi - x) past
+    pi / 2 (the same values as computed directly, tests/test_frontend_device.py)."""
+    h = n_half >> 1
+    if k <= h:
+        return cos_h[k], cos_l[k], cos_h[h - k], cos_l[h - k]
+    v = -(cos_h[n_half - k] * 32768 + cos_l[n_half - k])
+    return v >> 15, v & 0x7FFF, cos_h[k - h], cos_l[k - h]
+
+
+def fft(a, b, re, im, cos_h, cos_l, n_half, ws):
     """In-place radix-2 decimation-in-time FFT of n_half complex points given in bit-reversed order.
-    tw_h/tw_l: cos(2 pi j / n_half) at [2j] and sin at [2j+1], j < n_half / 2, in Q30 split into 15-bit pieces;
+    Twiddle j: cos and sin of 2 pi j / n_half = pi (2 j) / n_half (cos_sin, in Q30 split into 15-bit pieces);
     the twiddles 1 (j = 0) and -i (j = n_half / 4) are applied exactly, without multiplying.
     Every intermediate value is a partial DFT of the input: its parts stay below the input's L1 norm (2**28)."""
     size = 2
@@ -112,11 +125,7 @@ def fft(a, b, re, im, tw_h, tw_l, n_half, ws):
     while size <= n_half:
         half = size >> 1
         for j in range(half):
-            t = 2 * j * step
-            ch = tw_h[t]
-            cl = tw_l[t]
-            sh = tw_h[t + 1]
-            sl = tw_l[t + 1]
+            ch, cl, sh, sl = cos_sin(cos_h, cos_l, 2 * j * step, n_half)
             for a in range(j, n_half, size):
                 b = a + half
                 br = re[b]
@@ -156,10 +165,10 @@ def isqrt_round(v):
     return r
 
 
-def spectrum(v, r, re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
+def spectrum(v, r, re, im, cos_h, cos_l, mag, k_lo, k_hi, n_half, ws):
     """|2 X[k]| for bins k_lo <= k < k_hi of the real FFT of the 2 n_half samples, from the n_half-point complex
-    FFT Z (X[k] = (Z[k] + conj Z[-k]) / 2 + e^(-i pi k / n_half) (Z[k] - conj Z[-k]) / 2i); sp_h/sp_l:
-    cos(pi k / n_half) at [2k] and sin at [2k+1] in Q30. The parts are rounded to 14 bits before the square root.
+    FFT Z (X[k] = (Z[k] + conj Z[-k]) / 2 + e^(-i pi k / n_half) (Z[k] - conj Z[-k]) / 2i); the
+    cos and sin of pi k / n_half from cos_sin. The parts are rounded to 14 bits before the square root.
     Returns ``down``, the smallest shift with (the largest magnitude >> down) <= 2**24 (for ``mel``)."""
     top = 0
     for k in range(k_lo, k_hi):
@@ -170,10 +179,7 @@ def spectrum(v, r, re, im, sp_h, sp_l, mag, k_lo, k_hi, n_half, ws):
         im_m = im[m]
         p = rk - rm
         q = ik + im_m
-        ch = sp_h[2 * k]
-        cl = sp_l[2 * k]
-        sh = sp_h[2 * k + 1]
-        sl = sp_l[2 * k + 1]
+        ch, cl, sh, sl = cos_sin(cos_h, cos_l, k, n_half)
         xr = rk + rm + mul30(q, ch, cl) - mul30(p, sh, sl)
         xi = ik - im_m - mul30(p, ch, cl) - mul30(q, sh, sl)
         if xr < 0:

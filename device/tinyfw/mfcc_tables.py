@@ -73,7 +73,6 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # FFT bins that may reach a mel filter: those below mel_high_hz (a bin at or above it lies at or past the
     # last filter's upper edge), and one more for the float rounding of the edges
     n_bins = min(n_half + 1, int(math.floor(mel_high_hz * n_half / (sample_rate_hz / 2.0))) + 2)
-    n_tw = max(1, n_half // 2)
     # Every table is allocated first, at its final size, and filled in place one value at a time: building
     # them makes no list of values, so the heap it needs beyond the tables
     # themselves is a few floats at a time, and what it frees leaves no holes between them (docs/frontend.md).
@@ -82,11 +81,10 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # filter (those that do, k_lo..k_hi, are known once the filterbank is made).
     fe._re = _zeros("i", n_half)                        # work buffers: the FFT's
     fe._im = _zeros("i", n_half)
-    win_h, win_l = _pieces(window_samples)
+    win_h, win_l = _pieces(window_samples // 2 + 1)    # the window's first half: w[n] = w[window_samples - n]
     fe._mag = _zeros("i", n_bins)                       # work buffer: magnitudes
-    sp_h, sp_l = _pieces(2 * n_bins)
+    cos_h, cos_l = _pieces(n_half // 2 + 1)             # cos(pi i / n_half): the FFT's twiddles and the split's
     fe._ln = _zeros("i", 258)
-    tw_h, tw_l = _pieces(2 * n_tw)
     fe._bounds = bounds(scale, zero_point)
     fe._dct_h, fe._dct_l = _pieces(mfcc_count * mel_bins)
     fe._rev = _zeros("H", window_samples // 2)
@@ -98,8 +96,8 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     fe._log_mel = _zeros("i", mel_bins)
     sums = _zeros("i", mel_bins)
     edges = _zeros("d", mel_bins + 2)                   # the filters' edges in mel
-    # periodic Hann window in Q30, split
-    for n in range(window_samples):
+    # periodic Hann window in Q30, split: its first half and middle (the kernels read w[n] at min(n, N - n))
+    for n in range(window_samples // 2 + 1):
         _put30(win_h, win_l, n, _q30(0.5 - 0.5 * math.cos(2.0 * math.pi * n / window_samples)))
     # complex input point j (samples 2j, 2j+1) goes to rev[j] (bit reversal over n_half points)
     bits = 0
@@ -111,10 +109,9 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
             if j >> b & 1:
                 r |= 1 << (bits - 1 - b)
         fe._rev[j] = r
-    for j in range(n_tw):
-        a = 2.0 * math.pi * j / n_half
-        _put30(tw_h, tw_l, 2 * j, _q30(math.cos(a)))
-        _put30(tw_h, tw_l, 2 * j + 1, _q30(math.sin(a)))
+    # a quarter wave of cosine: the kernels take cos and sin of pi k / n_half, 0 <= k < n_half, from it (cos_sin)
+    for i in range(n_half // 2 + 1):
+        _put30(cos_h, cos_l, i, _q30(math.cos(math.pi * i / n_half)))
     # mel filterbank: the bins that have a weight, each in at most two adjacent filters (band[k], band[k] + 1)
     for i in range(mel_bins + 2):
         edges[i] = (_hz_to_mel(mel_low_hz) + (_hz_to_mel(mel_high_hz) - _hz_to_mel(mel_low_hz)) * i
@@ -154,9 +151,6 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
                          "mel bins")
     sums = edges = None
     fe.bins = k_hi - k_lo                               # FFT bins that reach a mel filter
-    for k in range(k_hi):
-        _put30(sp_h, sp_l, 2 * k, _q30(math.cos(math.pi * k / n_half)))
-        _put30(sp_h, sp_l, 2 * k + 1, _q30(math.sin(math.pi * k / n_half)))
     # ln(1 + i/256) in Q24, i = 0..256, then ln 2
     for i in range(257):
         fe._ln[i] = int(math.floor(math.log(1.0 + i / 256.0) * (1 << 24) + 0.5))
@@ -174,15 +168,14 @@ def build(fe, scale, zero_point, sample_rate_hz, clip_samples, window_samples, s
     # bytes of the tables and work buffers (their contents; each array object adds a few dozen more)
     fe.ram_bytes = (4 * (len(fe._ln) + len(fe._offset) + len(fe._bounds) + 2 * n_half + len(fe._mag)
                            + 2 * mel_bins)
-                      + 2 * (2 * len(win_h) + len(fe._rev) + 2 * len(tw_h) + 2 * n_bins
-                             + 2 * len(sp_h) + 2 * len(fe._dct_h))
+                      + 2 * (2 * len(win_h) + len(fe._rev) + 2 * len(cos_h) + 2 * n_bins
+                             + 2 * len(fe._dct_h))
                       + n_bins)
 
     # The instance's attributes stay at 29 or fewer: MicroPython sizes an object's attribute table in steps (17, 29,
     # 53 slots of 16 bytes in the 64-bit VM); the 30th would cost 384 bytes more. Mfcc.frame() unpacks these.
     fe._win = (win_h, win_l)
-    fe._tw = (tw_h, tw_l)
-    fe._sp = (sp_h, sp_l)
+    fe._cos = (cos_h, cos_l)
     fe._filt = (band, w_a, w_b)
     fe._dims = (n_half, k_lo, k_hi, k_max)
 

@@ -34,7 +34,10 @@ def window_gain(s: int, i: int, samples, n_samples: int, start: int, win_h, widt
         x = (x16[i] ^ 0x8000) - 0x8000
         if x < 0:
             x = 0 - x
-        s += (x * (wh[j] + 1)) >> 10
+        m = j
+        if j + j > width:
+            m = width - j
+        s += (x * (wh[m] + 1)) >> 10
         i += 1
         if i == n_samples:
             i = 0
@@ -73,10 +76,13 @@ def window(i: int, j: int, samples, n_samples: int, start: int, win_h, win_l, re
     j = 0
     while j < width:
         x = (x16[i] ^ 0x8000) - 0x8000
+        m = j
+        if j + j > width:
+            m = width - j
         if gain >= 15:
-            y = ((x * wh[j]) << up) + ((x * wl[j] + half) >> sh)
+            y = ((x * wh[m]) << up) + ((x * wl[m] + half) >> sh)
         else:
-            y = (x * wh[j] + ((x * wl[j] + 0x4000) >> 15) + half) >> sh
+            y = (x * wh[m] + ((x * wl[m] + 0x4000) >> 15) + half) >> sh
         k = rv[j >> 1]
         if j & 1:
             pi[k] = y
@@ -89,11 +95,12 @@ def window(i: int, j: int, samples, n_samples: int, start: int, win_h, win_l, re
 
 
 @micropython.viper
-def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
+def fft(a: int, b: int, re, im, cos_h, cos_l, n_half: int, ws: int):
     pr = ptr32(re)
     pi = ptr32(im)
-    th = ptr16(tw_h)
-    tl = ptr16(tw_l)
+    th = ptr16(cos_h)
+    tl = ptr16(cos_l)
+    hq = n_half >> 1
     size = 2
     step = n_half >> 1
     while size <= n_half:
@@ -128,11 +135,18 @@ def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
             if 2 * j == half:
                 j += 1
                 continue
-            t = 2 * j * step
-            ch = (th[t] ^ 0x8000) - 0x8000
-            cl = tl[t]
-            sh = (th[t + 1] ^ 0x8000) - 0x8000
-            sl = tl[t + 1]
+            t = 2 * j * step                                 # mfcc_ref.cos_sin
+            if t <= hq:
+                ch = (th[t] ^ 0x8000) - 0x8000
+                cl = tl[t]
+                sh = (th[hq - t] ^ 0x8000) - 0x8000
+                sl = tl[hq - t]
+            else:
+                ch = 0 - ((((th[n_half - t] ^ 0x8000) - 0x8000) << 15) + tl[n_half - t])
+                cl = ch & 0x7FFF
+                ch = ch >> 15
+                sh = (th[t - hq] ^ 0x8000) - 0x8000
+                sl = tl[t - hq]
             a = j
             while a < n_half:
                 b = a + half
@@ -159,11 +173,12 @@ def fft(a: int, b: int, re, im, tw_h, tw_l, n_half: int, ws: int):
 
 
 @micropython.viper
-def spectrum(v: int, r: int, re, im, sp_h, sp_l, mag, k_lo: int, k_hi: int, n_half: int, ws: int) -> int:
+def spectrum(v: int, r: int, re, im, cos_h, cos_l, mag, k_lo: int, k_hi: int, n_half: int, ws: int) -> int:
     pr = ptr32(re)
     pi = ptr32(im)
-    th = ptr16(sp_h)
-    tl = ptr16(sp_l)
+    th = ptr16(cos_h)
+    tl = ptr16(cos_l)
+    hq = n_half >> 1
     pm = ptr32(mag)
     top = 0
     k = k_lo
@@ -175,10 +190,17 @@ def spectrum(v: int, r: int, re, im, sp_h, sp_l, mag, k_lo: int, k_hi: int, n_ha
         imm = (pi[m] << ws) >> ws
         p = rk - rm
         q = ik + imm
-        ch = (th[2 * k] ^ 0x8000) - 0x8000
-        cl = tl[2 * k]
-        sh = (th[2 * k + 1] ^ 0x8000) - 0x8000
-        sl = tl[2 * k + 1]
+        if k <= hq:                                           # mfcc_ref.cos_sin
+            ch = (th[k] ^ 0x8000) - 0x8000
+            cl = tl[k]
+            sh = (th[hq - k] ^ 0x8000) - 0x8000
+            sl = tl[hq - k]
+        else:
+            ch = 0 - ((((th[n_half - k] ^ 0x8000) - 0x8000) << 15) + tl[n_half - k])
+            cl = ch & 0x7FFF
+            ch = ch >> 15
+            sh = (th[k - hq] ^ 0x8000) - 0x8000
+            sl = tl[k - hq]
         ph = p >> 15
         pl = p & 0x7FFF
         qh = q >> 15

@@ -84,5 +84,5 @@ def run(rt, li, text, seconds):
                 break
     finally:
         i2s.deinit()
-    cmd_stream.counters(rt, li)
-    cmd_stream.stop()
+    buf = ev = None
+    cmd_stream.counters(rt, cmd_stream.stop())

@@ -149,6 +149,11 @@ class Listener:
         self.t0_ns = clock.now_us() * 1000
         self.backlog_hops = backlog_hops
 
+    def release(self):
+        """Give the buffers and the front end back to the heap (the stream has ended); the counters and settings
+        stay for its report."""
+        self.ring = self.feat = self.post = self.sums = self.ev = self.busy = self.fe = self.model = None
+
     # -- audio in -----------------------------------------------------------------------------------------------
     def feed(self, buf, off, n):
         """Take n bytes (int16 little-endian samples) from buf[off:]: into the ring, a hop at a time through the

@@ -24,8 +24,9 @@ BITS_PER_BYTE = 10                  # 8N1: a start and a stop bit around each by
 AUDIO_BITS_PER_S = RATE_HZ * 16     # 256 kbit/s of int16 samples
 # Heap a model loaded for a stream leaves free (LOAD's keep_free_bytes; the engine then streams its weights from flash
 # where they would not fit beside it): the stream's code, imported at STREAM_START (tinyfw.cmd_stream, tinyfw.stream,
-# tinyfw.mfcc: 12.5 KB in the 64-bit virtual board), then the front end's tables and the stream's buffers
-# (STREAM_HEAP_BYTES: tinyfw.cmd_stream's _STREAM_HEAP_BYTES, tests/test_stream.py checks the copy). docs/streaming.md
+# tinyfw.mfcc; tinyfw.stream_setup for the start only: python -m benchmarks.stream_heap), then the front end's tables
+# and the stream's buffers (STREAM_HEAP_BYTES: tinyfw.stream_setup's _STREAM_HEAP_BYTES, tests/test_stream.py checks
+# the copy). docs/streaming.md
 STREAM_CODE_BYTES = 14336
 STREAM_HEAP_BYTES = 28672
 STREAM_KEEP_FREE_BYTES = STREAM_CODE_BYTES + STREAM_HEAP_BYTES
