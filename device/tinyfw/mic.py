@@ -57,6 +57,15 @@ def _to16(buf, n):
     return j
 
 
+def _host_wants_end(fio, poll, one):
+    """Whether the host sent a byte to end the listening; the zero bytes that pad each of its frames (the one that
+    started the listening among them) are read away and do not count."""
+    while poll.poll(0):
+        if fio.inp.readinto(one) != 1 or one[0]:
+            return True
+    return False
+
+
 def run(rt, li, text, seconds):
     """Listen for ``seconds`` of audio (or until the host sends a byte); then answer with the counters."""
     from tinyfw import cmd_stream
@@ -66,6 +75,7 @@ def run(rt, li, text, seconds):
     hop_bytes = stream.HOP_SAMPLES * (4 if bits == 32 else 2)
     buf = bytearray(hop_bytes)
     ev = bytearray(stream.EVENT_BYTES)
+    one = bytearray(1)
     poll = rt.fio.poll
     hops = int(seconds * RATE_HZ) // stream.HOP_SAMPLES
     k = 0
@@ -80,9 +90,9 @@ def run(rt, li, text, seconds):
             while cmd_stream.take(li, ev, 0, 1):
                 rt.send_event(ev[8] << 8 | ev[9], ev[0] | ev[1] << 8 | ev[2] << 16 | ev[3] << 24)
             k += 1
-            if poll is not None and k % 50 == 0 and poll.poll(0):     # once a second: the host wants it to end
+            if poll is not None and k % 50 == 0 and _host_wants_end(rt.fio, poll, one):    # looked at once a second
                 break
     finally:
         i2s.deinit()
-    buf = ev = None
+    buf = ev = one = None
     cmd_stream.counters(rt, cmd_stream.stop())
