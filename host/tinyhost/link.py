@@ -20,6 +20,9 @@ from .errors import BoardNotResponding, DeviceError, DoesNotFit, ModelError, Pro
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 8                  # sends of one frame before giving up
+# A data frame NAKed is sent again at once, so those tries are cheap: on a damaging line a NAK for a frame can also
+# come from the frame after it, sent before the NAK arrived (go-back-N), and a busy board answers late.
+NAK_TRIES = 32
 BASE_TIMEOUT_S = 0.4           # reply timeout on top of the wire time (a loaded host or board answers late)
 TEXT_TAIL_BYTES = 2048
 STALL_S = 0.08                 # a frame from the device that stops arriving this long has lost bytes
@@ -308,7 +311,7 @@ class Link:
         max_chunk = self.max_payload - len(pack(0, b""))
         frame_extra = len(pack(0, b"")) + P.OVERHEAD_BYTES + len(FRAME_PAD)
         base = next_i = 0
-        tries = 0
+        tries = naks = 0
         deadline = 0.0
 
         def end_of(i):
@@ -359,7 +362,7 @@ class Link:
                 for i in range(base, idx + 1):
                     self._data_outcome(len(frames[i][2]), 0)
                 base = idx + 1
-                tries = 0
+                tries = naks = 0
                 chunk, window = fit()
                 deadline = time.monotonic() + self.reply_timeout_s(inflight_bytes())
                 if progress:
@@ -375,9 +378,9 @@ class Link:
                     base = next_i = idx           # everything before idx arrived; idx and later were dropped
                     del frames[idx:]
                     chunk, window = fit()
-                    tries += 1
-                    if tries >= MAX_TRIES:
-                        raise ProtocolError(f"{what}: bytes {end_of(idx - 1)}.. rejected {tries} times")
+                    naks += 1
+                    if naks >= NAK_TRIES:
+                        raise ProtocolError(f"{what}: bytes {end_of(idx - 1)}.. rejected {naks} times")
             elif f.ftype == P.T.ERR and idx < len(frames):
                 raise device_error(f, what)
             elif f.ftype == P.T.READY:
