@@ -8,9 +8,11 @@ import ctypes
 import hashlib
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tty
 from pathlib import Path
@@ -86,6 +88,15 @@ def unique_id_hex(flash_image):
     return hashlib.sha256(str(Path(flash_image).resolve()).encode()).hexdigest()[:12]
 
 
+
+def _link(folder, name, target):
+    """``folder/name``, a symbolic link to ``target``; "" for no target."""
+    if not target:
+        return ""
+    path = os.path.join(folder, name)
+    os.symlink(os.path.abspath(target), path)
+    return path
+
 class VM:
     """One run of the MicroPython VM booting the board; ``master_fd`` is the relay's end of its serial line."""
 
@@ -97,10 +108,16 @@ class VM:
         try:
             tty.setraw(slave_fd)
             block_count = board.fs_bytes // board.fs_block_bytes
-            args = [sys.executable, "-c", _LAUNCHER, "-X", f"heapsize={board.heap_bytes}", "-i", str(SHIM),
-                    str(flash_image), str(board.fs_block_bytes), str(block_count), board.name,
+            # The VM's arguments are strings on its heap while it boots: paths of one length whatever the checkout's
+            # and the state folder's, so that the heap's layout a board's programs find does not depend on where they
+            # are (on the default virtual ESP32, VWW's load and a KWS stream fit or not with that layout).
+            self.links = tempfile.mkdtemp(prefix="tinyhost-vm-args-", dir="/tmp")
+            shim, flash, romfs = (_link(self.links, name, target)
+                                  for name, target in (("s.py", SHIM), ("f", flash_image), ("r", romfs_image)))
+            args = [sys.executable, "-c", _LAUNCHER, "-X", f"heapsize={board.heap_bytes}", "-i", shim,
+                    flash, str(board.fs_block_bytes), str(block_count), board.name,
                     str(board.heap_bytes), str(board.fs_bytes), str(baud), mode,
-                    str(romfs_image or ""), "@ROMFS_ADDR@", str(board.romfs_bytes if romfs_image else 0),
+                    romfs, "@ROMFS_ADDR@", str(board.romfs_bytes if romfs_image else 0),
                     unique_id_hex(flash_image)]
             env = dict(os.environ)
             env.pop("MICROPYPATH", None)
@@ -113,6 +130,7 @@ class VM:
                 start_new_session=True, preexec_fn=lambda: _die_with_parent(relay_pid))
         except BaseException:
             os.close(master_fd)
+            shutil.rmtree(getattr(self, "links", ""), ignore_errors=True)
             raise
         finally:
             os.close(slave_fd)
@@ -170,6 +188,7 @@ class VM:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        shutil.rmtree(self.links, ignore_errors=True)
         for fd in (self.master_fd, self.exit_fd):
             try:
                 os.close(fd)
