@@ -129,8 +129,8 @@ def test_shipped_model_loads_through_the_running_runtime_in_esp32_heap(name, tmp
     assert result["invoke_allocation_free"]
     used = {name: u for name, u, _free in result["stages"]}
     # UNLOAD gives the arena and the steps back: the second LOAD ends where the first did (no leak, room for it).
-    # What it may add: the names MicroPython keeps for good of the modules first imported by the first LOAD and
-    # SET_INPUT (about 1.4 KB measured with micropython.qstr_info()), and the harness's records (~100 B a stage).
+    # What it may add: the names MicroPython keeps for good (micropython.qstr_info() counts them) of the modules
+    # first imported by the first LOAD and SET_INPUT, and the harness's records (~100 B a stage).
     assert used["LOAD again"] <= used["LOAD"] + 2048, result["stages"]
     x = np.frombuffer(bytes((i * 7) % 256 for i in range(m.inputs[0].nbytes)), dtype=np.int8)
     assert bytes(result["output"]) == helpers.engine_output(m, x).tobytes()
